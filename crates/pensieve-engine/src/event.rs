@@ -1,0 +1,69 @@
+//! What the engine says back while it works on a request.
+//!
+//! Each protocol edge turns these into its own wire events (SSE or one JSON body).
+
+use std::time::Duration;
+
+use crate::EngineError;
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model emitted an end-of-generation token.
+    EndOfTurn,
+    /// The request's `max_tokens` was reached.
+    MaxTokens,
+    /// One of the request's stop sequences appeared; it is cut from the output.
+    StopSequence(String),
+    /// The context window filled up before `max_tokens` was reached.
+    ContextWindow,
+    /// The client went away or the server is shutting down.
+    Cancelled,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All prompt tokens, cached or not.
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV was already in the cache and was not computed again.
+    pub cached_prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    /// Prompt tokens that had to be computed.
+    pub fn uncached_prompt_tokens(&self) -> u32 {
+        self.prompt_tokens - self.cached_prompt_tokens
+    }
+}
+
+/// Where the time of one request went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// From submission until the engine picked the request up.
+    pub queued: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+/// One message from the engine to the request's owner.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// The prompt is in the cache; `cached_prompt_tokens` of it were reused.
+    PrefillDone { cached_prompt_tokens: u32 },
+    /// Newly generated text (whole UTF-8 characters, stop sequences already cut).
+    Text(String),
+    /// Generation ended normally; nothing follows.
+    Done(Completion),
+    /// Generation failed; nothing follows.
+    Failed(EngineError),
+}

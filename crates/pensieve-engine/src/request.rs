@@ -1,0 +1,148 @@
+//! The neutral request: what every API edge translates its wire request into.
+//!
+//! Nothing here knows about Anthropic or OpenAI field names. An edge builds a
+//! [`GenerateRequest`]; the engine renders it through the model's chat template,
+//! tokenizes it and validates it into a [`crate::ValidRequest`].
+
+use serde_json::Value;
+
+/// Who speaks a message, in the chat-template sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    /// The result of a tool call, fed back to the model.
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// A tool call the assistant made earlier in the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as a JSON object.
+    pub arguments: Value,
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    /// The text of the turn; several text blocks are joined with blank lines by the edge.
+    pub content: String,
+    /// Reasoning the assistant produced before its answer (kept for templates that render it).
+    pub reasoning: Option<String>,
+    /// Tool calls made by an assistant turn.
+    pub tool_calls: Vec<ToolCall>,
+    /// For [`Role::Tool`]: the id of the call this result answers.
+    pub tool_call_id: Option<String>,
+    /// For [`Role::Tool`]: the name of the tool that produced the result, where known.
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+            reasoning: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+/// A tool the model may call, as a JSON-schema function definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Value,
+}
+
+/// How the model may use the tools it is given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    /// Must call some tool.
+    Required,
+    /// Must call this tool.
+    Named(String),
+    /// Must not call tools.
+    None,
+}
+
+/// Sampling settings. `temperature == 0` means greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == Some(1)
+    }
+}
+
+/// A chat request in the engine's own terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// The model name the client asked for; echoed back, never used to refuse.
+    pub model: String,
+    /// The conversation, system turns included, in order.
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
+    pub sampling: SamplingParams,
+    /// The most tokens to generate; clamped to what the context has left.
+    pub max_tokens: u32,
+    pub stop_sequences: Vec<String>,
+    /// Whether the client asked for extended thinking (passed to templates that support it).
+    pub thinking: bool,
+}
+
+impl GenerateRequest {
+    /// A request with default settings, for tests and simple callers.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>, max_tokens: u32) -> Self {
+        GenerateRequest {
+            model: model.into(),
+            messages,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop_sequences: Vec::new(),
+            thinking: false,
+        }
+    }
+}

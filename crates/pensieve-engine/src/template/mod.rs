@@ -1,0 +1,468 @@
+//! Chat templates: turning a conversation into the prompt text a model was tuned on.
+//!
+//! This module owns rendering a model's own `tokenizer.chat_template` (Hugging Face
+//! Jinja) with minijinja under HF's conventions, the built-in fallbacks for models
+//! that ship none (ChatML, Gemma, Llama 3), and the reshaping every conversation
+//! goes through first (merging same-role turns, folding mid-conversation system
+//! turns when a template refuses them, continuing a final assistant prefill).
+//!
+//! HF renders with jinja2 (`trim_blocks`, `lstrip_blocks`, loop controls), its own
+//! `tojson` (`json.dumps`, unsorted keys, no HTML escaping), `raise_exception` and
+//! `strftime_now`, and passes `messages`, `tools` (None when there are none),
+//! `add_generation_prompt` and the special tokens. We mirror that, and print values
+//! the way Python does, so a prompt matches what `apply_chat_template` would give.
+//! Rendering is deterministic apart from `strftime_now`'s date: `count_tokens` must
+//! see exactly the prompt generation will.
+
+mod normalize;
+mod python;
+mod strftime;
+#[cfg(test)]
+mod tests;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::request::{Message, ToolSpec};
+
+/// The name the template is stored under; it shows in error locations.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Stands in for a prefill's text while rendering, so we can find where the
+/// template puts the content of the final assistant turn.
+const PREFILL_MARKER: &str = "<<pensieve-prefill-marker>>";
+
+/// Why a template could not be compiled or rendered. The server answers with 400:
+/// these come from the model's template refusing the conversation's shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the chat template has a syntax error: {0}")]
+    Syntax(String),
+    /// The template failed, including its own `raise_exception(message)`, whose
+    /// message is carried verbatim.
+    #[error("the chat template failed to render the conversation: {0}")]
+    Render(String),
+    #[error(
+        "the chat template does not render the final assistant message, so it cannot be continued as a prefill"
+    )]
+    PrefillDropped,
+}
+
+/// The special-token strings templates refer to as `bos_token` and `eos_token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub bos: String,
+    pub eos: String,
+}
+
+/// The fallback templates for models without `tokenizer.chat_template`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinTemplate {
+    ChatMl,
+    Gemma,
+    Llama3,
+}
+
+impl BuiltinTemplate {
+    /// Picks a fallback from the GGUF `general.architecture` and the vocabulary's
+    /// special tokens: Llama 3 shares the `llama` architecture with Llama 2 and
+    /// SmolLM, so it is recognised by its `<|begin_of_text|>` / `<|eot_id|>` tokens.
+    pub fn for_model(architecture: &str, tokens: &SpecialTokens) -> Self {
+        let llama3_tokens = ["<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"];
+        if architecture.starts_with("gemma") {
+            BuiltinTemplate::Gemma
+        } else if llama3_tokens.contains(&tokens.bos.as_str())
+            || llama3_tokens.contains(&tokens.eos.as_str())
+        {
+            BuiltinTemplate::Llama3
+        } else {
+            BuiltinTemplate::ChatMl
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            BuiltinTemplate::ChatMl => include_str!("builtin/chatml.jinja"),
+            BuiltinTemplate::Gemma => include_str!("builtin/gemma.jinja"),
+            BuiltinTemplate::Llama3 => include_str!("builtin/llama3.jinja"),
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            BuiltinTemplate::ChatMl => "built-in chatml",
+            BuiltinTemplate::Gemma => "built-in gemma",
+            BuiltinTemplate::Llama3 => "built-in llama3",
+        }
+    }
+}
+
+/// Per-request switches passed to the template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Passed as `enable_thinking` (Qwen 3 style templates open or close a think block with it).
+    pub enable_thinking: bool,
+}
+
+/// A compiled chat template: built once per model, shared across requests.
+#[derive(Clone)]
+pub struct ChatTemplate {
+    env: Arc<Environment<'static>>,
+    tokens: SpecialTokens,
+    description: &'static str,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("description", &self.description)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles a model's own template; syntax errors are reported here, not per request.
+    pub fn from_source(source: &str, tokens: SpecialTokens) -> Result<Self, TemplateError> {
+        Self::compile(source, tokens, "model template")
+    }
+
+    /// One of the built-in fallbacks.
+    pub fn builtin(kind: BuiltinTemplate, tokens: SpecialTokens) -> Self {
+        match Self::compile(kind.source(), tokens, kind.description()) {
+            Ok(template) => template,
+            // The built-in sources are fixed and compiled by the unit tests.
+            Err(err) => panic!("built-in template {kind:?} does not compile: {err}"),
+        }
+    }
+
+    /// The model's template when it has one (a blank one counts as none), else the
+    /// fallback for its architecture and vocabulary.
+    pub fn for_model(
+        source: Option<&str>,
+        architecture: &str,
+        tokens: SpecialTokens,
+    ) -> Result<Self, TemplateError> {
+        match source.filter(|s| !s.trim().is_empty()) {
+            Some(source) => Self::from_source(source, tokens),
+            None => {
+                let kind = BuiltinTemplate::for_model(architecture, &tokens);
+                Ok(Self::builtin(kind, tokens))
+            }
+        }
+    }
+
+    /// "model template" or "built-in <name>", for logs.
+    pub fn describe(&self) -> &str {
+        self.description
+    }
+
+    /// Renders the conversation into prompt text, ending with the opening of the
+    /// assistant's turn, or with the assistant's partial text when the last message
+    /// is a prefill. Special tokens appear as text: tokenize with special-token
+    /// parsing on and without adding BOS (templates that want BOS print it).
+    pub fn render(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
+        let conversation = normalize::normalize(messages);
+        let first_error = match self.render_conversation(&conversation, tools, opts) {
+            Ok(prompt) => return Ok(prompt),
+            Err(err) => err,
+        };
+        // Many templates refuse a system turn after the first message; retry once
+        // with those folded into user turns rather than failing the request.
+        match normalize::fold_mid_system(&conversation) {
+            Some(folded) => {
+                tracing::debug!(
+                    template = self.description,
+                    error = %first_error,
+                    "retrying the chat template with mid-conversation system messages folded into user turns"
+                );
+                self.render_conversation(&folded, tools, opts)
+            }
+            None => Err(first_error),
+        }
+    }
+
+    fn render_conversation(
+        &self,
+        conversation: &[Message],
+        tools: &[ToolSpec],
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
+        let Some(prefill) = normalize::prefill(conversation) else {
+            return self.render_raw(conversation, None, tools, opts);
+        };
+        // Render the prefill turn as a finished turn holding a marker, then cut at
+        // the marker: whatever the template puts before the content (role header,
+        // reasoning) stays, whatever closes the turn goes.
+        let marker = unique_marker(conversation);
+        let rendered = self.render_raw(conversation, Some(&marker), tools, opts)?;
+        let cut = rendered
+            .find(&marker)
+            .ok_or(TemplateError::PrefillDropped)?;
+        let mut prompt = String::with_capacity(cut + prefill.len());
+        prompt.push_str(&rendered[..cut]);
+        prompt.push_str(prefill);
+        Ok(prompt)
+    }
+
+    /// One template render. With a `prefill_marker`, the marker replaces the final
+    /// message's content and no generation prompt is added: that turn is continued.
+    fn render_raw(
+        &self,
+        conversation: &[Message],
+        prefill_marker: Option<&str>,
+        tools: &[ToolSpec],
+        opts: &RenderOptions,
+    ) -> Result<String, TemplateError> {
+        let last = conversation.len().saturating_sub(1);
+        let messages: Vec<TemplateMessage<'_>> = conversation
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let content = if i == last { prefill_marker } else { None };
+                TemplateMessage::new(message, content)
+            })
+            .collect();
+        // HF passes `tools=None` without tools; `{% if tools is defined %}` is then true.
+        let tools = if tools.is_empty() {
+            Value::from(())
+        } else {
+            Value::from_serialize(tools.iter().map(TemplateTool::new).collect::<Vec<_>>())
+        };
+        let ctx = context! {
+            messages => Value::from_serialize(&messages),
+            tools => tools,
+            add_generation_prompt => prefill_marker.is_none(),
+            bos_token => self.tokens.bos.as_str(),
+            eos_token => self.tokens.eos.as_str(),
+            enable_thinking => opts.enable_thinking,
+        };
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|err| TemplateError::Render(err.to_string()))?;
+        template.render(ctx).map_err(render_error)
+    }
+
+    fn compile(
+        source: &str,
+        tokens: SpecialTokens,
+        description: &'static str,
+    ) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        // jinja2 as HF configures it.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_unknown_method_callback(python::unknown_method);
+        env.set_formatter(python::format_output);
+        env.add_filter("tojson", python::tojson);
+        env.add_filter("string", python::string_filter);
+        // jinja2 built-ins that minijinja keeps in its contrib crate.
+        env.add_filter("truncate", minijinja_contrib::filters::truncate);
+        env.add_filter("striptags", minijinja_contrib::filters::striptags);
+        env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+        env.add_function("cycler", minijinja_contrib::globals::cycler);
+        env.add_function("joiner", minijinja_contrib::globals::joiner);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime::strftime_now);
+        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
+            .map_err(|err| TemplateError::Syntax(err.to_string()))?;
+        Ok(ChatTemplate {
+            env: Arc::new(env),
+            tokens,
+            description,
+        })
+    }
+}
+
+/// Marks errors that a template raised on purpose, so their message is reported as is.
+#[derive(Debug)]
+struct RaisedByTemplate;
+
+impl std::fmt::Display for RaisedByTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("raised by the chat template")
+    }
+}
+
+impl StdError for RaisedByTemplate {}
+
+/// `raise_exception(message)`: templates call it to refuse a conversation.
+fn raise_exception(message: Value) -> Result<Value, Error> {
+    let message = match message.as_str() {
+        Some(text) => text.to_owned(),
+        None => message.to_string(),
+    };
+    Err(Error::new(ErrorKind::InvalidOperation, message).with_source(RaisedByTemplate))
+}
+
+fn render_error(err: Error) -> TemplateError {
+    // minijinja may wrap the error raised inside a macro or include; look down the chain.
+    let mut current: Option<&(dyn StdError + 'static)> = Some(&err);
+    while let Some(cause) = current {
+        if let Some(raised) = cause.downcast_ref::<Error>() {
+            if raised.source().is_some_and(|s| s.is::<RaisedByTemplate>()) {
+                return TemplateError::Render(raised.detail().unwrap_or_default().to_owned());
+            }
+        }
+        current = cause.source();
+    }
+    TemplateError::Render(err.to_string())
+}
+
+/// A marker that appears in no message, so finding it in the output is unambiguous.
+fn unique_marker(conversation: &[Message]) -> String {
+    let mut marker = PREFILL_MARKER.to_owned();
+    while conversation.iter().any(|m| m.content.contains(&marker)) {
+        marker.push('#');
+    }
+    marker
+}
+
+/// HF's jinja2 has a `{% generation %}...{% endgeneration %}` block that marks
+/// assistant text for training masks and renders its body unchanged. minijinja has
+/// no such tag, so it becomes an always-true `if` with the same whitespace control.
+fn strip_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        match rewrite_generation_tag(tag) {
+            Some((replacement, consumed)) => {
+                out.push_str(&replacement);
+                rest = &tag[consumed..];
+            }
+            None => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// For a `tag` starting with `{%`: the rewrite and its length in bytes when it is
+/// `{% generation %}` or `{% endgeneration %}` (with any `-`/`+` modifiers).
+fn rewrite_generation_tag(tag: &str) -> Option<(String, usize)> {
+    let end = tag.find("%}")?;
+    let inner = &tag[2..end];
+    let (left, inner) = split_modifier_start(inner);
+    let (inner, right) = split_modifier_end(inner);
+    let body = match inner.trim() {
+        "generation" => "if true",
+        "endgeneration" => "endif",
+        _ => return None,
+    };
+    Some((format!("{{%{left} {body} {right}%}}"), end + 2))
+}
+
+fn split_modifier_start(inner: &str) -> (&str, &str) {
+    match inner.chars().next() {
+        Some(c @ ('-' | '+')) => (&inner[..c.len_utf8()], &inner[c.len_utf8()..]),
+        _ => ("", inner),
+    }
+}
+
+fn split_modifier_end(inner: &str) -> (&str, &str) {
+    match inner.chars().last() {
+        Some(c @ ('-' | '+')) => {
+            let at = inner.len() - c.len_utf8();
+            (&inner[..at], &inner[at..])
+        }
+        _ => (inner, ""),
+    }
+}
+
+/// A message as HF templates expect it: `content` always a string, tool calls in
+/// OpenAI shape with `arguments` as an object, reasoning as `reasoning_content`.
+#[derive(Serialize)]
+struct TemplateMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<TemplateToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> TemplateMessage<'a> {
+    fn new(message: &'a Message, content: Option<&'a str>) -> Self {
+        TemplateMessage {
+            role: message.role.as_str(),
+            content: content.unwrap_or(&message.content),
+            reasoning_content: message.reasoning.as_deref().filter(|r| !r.is_empty()),
+            tool_calls: message
+                .tool_calls
+                .iter()
+                .map(|call| TemplateToolCall {
+                    id: &call.id,
+                    kind: "function",
+                    function: TemplateFunctionCall {
+                        name: &call.name,
+                        arguments: &call.arguments,
+                    },
+                })
+                .collect(),
+            tool_call_id: message.tool_call_id.as_deref(),
+            name: message.name.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TemplateToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: TemplateFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct TemplateFunctionCall<'a> {
+    name: &'a str,
+    arguments: &'a serde_json::Value,
+}
+
+/// A tool in the OpenAI function shape HF templates iterate over.
+#[derive(Serialize)]
+struct TemplateTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: TemplateFunction<'a>,
+}
+
+impl<'a> TemplateTool<'a> {
+    fn new(tool: &'a ToolSpec) -> Self {
+        TemplateTool {
+            kind: "function",
+            function: TemplateFunction {
+                name: &tool.name,
+                description: tool.description.as_deref(),
+                parameters: &tool.parameters,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TemplateFunction<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    parameters: &'a serde_json::Value,
+}

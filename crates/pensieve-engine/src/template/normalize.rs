@@ -1,0 +1,224 @@
+//! Reshaping a conversation into what chat templates accept.
+//!
+//! Clients send shapes many templates reject: two user turns in a row (an
+//! Anthropic user turn split around tool results), a `system` turn in the middle
+//! (Claude Code sends one right after the first user message), an empty assistant
+//! turn at the end. These functions are pure and run before every render, so the
+//! same request always renders to the same prompt.
+
+use crate::request::{Message, Role};
+
+/// Merges consecutive messages of the same role, never tool results: each tool
+/// result answers its own call. Texts are joined with a blank line and assistant
+/// tool calls are concatenated, so leading system messages become one as well.
+pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match out.last_mut() {
+            Some(last) if last.role == message.role && message.role != Role::Tool => {
+                merge_into(last, message);
+            }
+            _ => out.push(message.clone()),
+        }
+    }
+    // An empty assistant turn at the end has nothing to continue; rendering it
+    // would close an empty turn and then open another.
+    if out.last().is_some_and(|m| {
+        m.role == Role::Assistant && m.content.is_empty() && m.tool_calls.is_empty()
+    }) {
+        out.pop();
+    }
+    out
+}
+
+fn merge_into(target: &mut Message, next: &Message) {
+    target.content = join_text(&target.content, &next.content);
+    target.reasoning = match (target.reasoning.take(), next.reasoning.as_deref()) {
+        (Some(first), Some(second)) => Some(join_text(&first, second)),
+        (first, second) => first.or_else(|| second.map(str::to_owned)),
+    };
+    target.tool_calls.extend(next.tool_calls.iter().cloned());
+}
+
+/// Joins two texts with a blank line, skipping empty ones.
+fn join_text(first: &str, second: &str) -> String {
+    match (first.is_empty(), second.is_empty()) {
+        (_, true) => first.to_owned(),
+        (true, false) => second.to_owned(),
+        (false, false) => format!("{first}\n\n{second}"),
+    }
+}
+
+/// The fallback for templates that refuse a system turn after the first message:
+/// each such turn becomes user text, merged into the neighbouring user turn
+/// (appended to the one before it, or prepended to the one after it). `None` when
+/// the conversation has no mid-conversation system turn, so there is nothing to retry.
+pub(crate) fn fold_mid_system(messages: &[Message]) -> Option<Vec<Message>> {
+    let has_mid_system = messages.iter().skip(1).any(|m| m.role == Role::System);
+    if !has_mid_system {
+        return None;
+    }
+    let folded: Vec<Message> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut m = m.clone();
+            if i > 0 && m.role == Role::System {
+                m.role = Role::User;
+            }
+            m
+        })
+        .collect();
+    Some(normalize(&folded))
+}
+
+/// The text the model should continue: a final assistant turn with text and no
+/// tool calls is a prefill, not a finished turn.
+pub(crate) fn prefill(messages: &[Message]) -> Option<&str> {
+    messages
+        .last()
+        .filter(|m| m.role == Role::Assistant && !m.content.is_empty() && m.tool_calls.is_empty())
+        .map(|m| m.content.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::ToolCall;
+    use serde_json::json;
+
+    fn msg(role: Role, content: &str) -> Message {
+        Message::text(role, content)
+    }
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall {
+            id: id.to_owned(),
+            name: "f".to_owned(),
+            arguments: json!({}),
+        }
+    }
+
+    fn tool_result(id: &str, content: &str) -> Message {
+        Message {
+            tool_call_id: Some(id.to_owned()),
+            ..msg(Role::Tool, content)
+        }
+    }
+
+    #[test]
+    fn merges_consecutive_same_role_turns_with_a_blank_line() {
+        let merged = normalize(&[
+            msg(Role::System, "a"),
+            msg(Role::System, "b"),
+            msg(Role::User, "q1"),
+            msg(Role::User, ""),
+            msg(Role::User, "q2"),
+            msg(Role::Assistant, "x"),
+            msg(Role::Assistant, "y"),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                msg(Role::System, "a\n\nb"),
+                msg(Role::User, "q1\n\nq2"),
+                msg(Role::Assistant, "x\n\ny"),
+            ]
+        );
+    }
+
+    #[test]
+    fn concatenates_assistant_tool_calls_and_reasoning() {
+        let first = Message {
+            reasoning: Some("think 1".into()),
+            tool_calls: vec![call("a")],
+            ..msg(Role::Assistant, "")
+        };
+        let second = Message {
+            reasoning: Some("think 2".into()),
+            tool_calls: vec![call("b")],
+            ..msg(Role::Assistant, "then")
+        };
+        let merged = normalize(&[msg(Role::User, "q"), first, second]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[1].content, "then");
+        assert_eq!(merged[1].reasoning.as_deref(), Some("think 1\n\nthink 2"));
+        let ids: Vec<&str> = merged[1].tool_calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn never_merges_tool_results() {
+        let conversation = [
+            msg(Role::User, "q"),
+            Message {
+                tool_calls: vec![call("a"), call("b")],
+                ..msg(Role::Assistant, "")
+            },
+            tool_result("a", "1"),
+            tool_result("b", "2"),
+        ];
+        assert_eq!(normalize(&conversation), conversation.to_vec());
+    }
+
+    #[test]
+    fn drops_a_trailing_empty_assistant_turn() {
+        let merged = normalize(&[msg(Role::User, "q"), msg(Role::Assistant, "")]);
+        assert_eq!(merged, vec![msg(Role::User, "q")]);
+    }
+
+    #[test]
+    fn folds_mid_system_into_the_previous_user_turn_when_last() {
+        let conversation = normalize(&[
+            msg(Role::System, "sys"),
+            msg(Role::User, "q"),
+            msg(Role::System, "reminder"),
+        ]);
+        assert_eq!(
+            fold_mid_system(&conversation),
+            Some(vec![
+                msg(Role::System, "sys"),
+                msg(Role::User, "q\n\nreminder")
+            ])
+        );
+    }
+
+    #[test]
+    fn folds_mid_system_into_the_next_user_turn() {
+        let conversation = [
+            msg(Role::User, "q"),
+            msg(Role::Assistant, "a"),
+            msg(Role::System, "reminder"),
+            msg(Role::User, "q2"),
+        ];
+        assert_eq!(
+            fold_mid_system(&conversation),
+            Some(vec![
+                msg(Role::User, "q"),
+                msg(Role::Assistant, "a"),
+                msg(Role::User, "reminder\n\nq2"),
+            ])
+        );
+    }
+
+    #[test]
+    fn nothing_to_fold_without_a_mid_system_turn() {
+        let conversation = [msg(Role::System, "s"), msg(Role::User, "q")];
+        assert_eq!(fold_mid_system(&conversation), None);
+    }
+
+    #[test]
+    fn prefill_is_a_final_assistant_text_without_tool_calls() {
+        let user = msg(Role::User, "q");
+        assert_eq!(
+            prefill(&[user.clone(), msg(Role::Assistant, "Sure")]),
+            Some("Sure")
+        );
+        assert_eq!(prefill(std::slice::from_ref(&user)), None);
+        let calling = Message {
+            tool_calls: vec![call("a")],
+            ..msg(Role::Assistant, "Let me check")
+        };
+        assert_eq!(prefill(&[user, calling]), None);
+    }
+}

@@ -1,0 +1,434 @@
+//! Template tests. The fixture tests compare our renders with Python's jinja2 set
+//! up as Hugging Face's `apply_chat_template` sets it up: `fixtures/generate.py`
+//! renders every case in `fixtures/cases.json` with every template and writes
+//! `fixtures/expected/<template>/<case>.txt`. `smollm2.jinja` and
+//! `qwen2.5-coder.jinja` are the `tokenizer.chat_template` strings of
+//! SmolLM2-135M-Instruct.Q4_1.gguf and Qwen2.5-Coder-0.5B-Instruct.gguf, read with
+//! the `gguf` Python package; the BOS/EOS strings in `cases.json` come from the same
+//! files. After changing a case or a built-in template, rerun `generate.py`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::request::{Role, ToolCall};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures")
+}
+
+fn tokens(bos: &str, eos: &str) -> SpecialTokens {
+    SpecialTokens {
+        bos: bos.to_owned(),
+        eos: eos.to_owned(),
+    }
+}
+
+fn user(text: &str) -> Message {
+    Message::text(Role::User, text)
+}
+
+fn system(text: &str) -> Message {
+    Message::text(Role::System, text)
+}
+
+fn assistant(text: &str) -> Message {
+    Message::text(Role::Assistant, text)
+}
+
+fn str_field(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn parse_message(value: &Value) -> Message {
+    let role = match value["role"].as_str() {
+        Some("system") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") => Role::Tool,
+        other => panic!("fixture message has an unknown role {other:?}"),
+    };
+    let tool_calls = value
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|call| ToolCall {
+                    id: str_field(call, "id").unwrap_or_default(),
+                    name: str_field(call, "name").unwrap_or_default(),
+                    arguments: call["arguments"].clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Message {
+        role,
+        content: str_field(value, "content").unwrap_or_default(),
+        reasoning: str_field(value, "reasoning"),
+        tool_calls,
+        tool_call_id: str_field(value, "tool_call_id"),
+        name: str_field(value, "name"),
+    }
+}
+
+fn parse_tool(value: &Value) -> ToolSpec {
+    ToolSpec {
+        name: str_field(value, "name").unwrap_or_default(),
+        description: str_field(value, "description"),
+        parameters: value["parameters"].clone(),
+    }
+}
+
+fn fixture_template(info: &Value) -> ChatTemplate {
+    let tokens = tokens(
+        info["bos"].as_str().unwrap_or_default(),
+        info["eos"].as_str().unwrap_or_default(),
+    );
+    if let Some(file) = info["file"].as_str() {
+        let source =
+            std::fs::read_to_string(fixtures().join(file)).expect("fixture template is readable");
+        return ChatTemplate::from_source(&source, tokens).expect("fixture template compiles");
+    }
+    let kind = match info["builtin"].as_str() {
+        Some("chatml") => BuiltinTemplate::ChatMl,
+        Some("gemma") => BuiltinTemplate::Gemma,
+        Some("llama3") => BuiltinTemplate::Llama3,
+        other => panic!("unknown built-in template {other:?}"),
+    };
+    ChatTemplate::builtin(kind, tokens)
+}
+
+#[test]
+fn renders_like_hugging_face_jinja2() {
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json is readable"),
+    )
+    .expect("cases.json is JSON");
+    let templates = spec["templates"]
+        .as_object()
+        .expect("templates is an object");
+    let default_templates: Vec<&str> = templates
+        .keys()
+        .map(String::as_str)
+        .filter(|name| *name != "python-compat")
+        .collect();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, info) in templates {
+        let template = fixture_template(info);
+        for case in spec["cases"].as_array().expect("cases is an array") {
+            let case_name = case["name"].as_str().unwrap_or_default();
+            let applies = match case.get("templates").and_then(Value::as_array) {
+                Some(list) => list.iter().any(|t| t.as_str() == Some(name.as_str())),
+                None => default_templates.contains(&name.as_str()),
+            };
+            if !applies {
+                continue;
+            }
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .expect("messages is an array")
+                .iter()
+                .map(parse_message)
+                .collect();
+            let tools: Vec<ToolSpec> = match case["tools"].as_str() {
+                Some(set) => spec["tool_sets"][set]
+                    .as_array()
+                    .expect("tool set exists")
+                    .iter()
+                    .map(parse_tool)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let opts = RenderOptions {
+                enable_thinking: case["enable_thinking"].as_bool().unwrap_or(false),
+            };
+            let path = fixtures()
+                .join("expected")
+                .join(name)
+                .join(format!("{case_name}.txt"));
+            let expected =
+                std::fs::read_to_string(&path).expect("expected output exists; run generate.py");
+            checked += 1;
+            match template.render(&messages, &tools, &opts) {
+                Ok(actual) if actual == expected => {}
+                Ok(actual) => failures.push(format!(
+                    "{name}/{case_name}:\n--- expected (jinja2)\n{expected}\n--- actual (minijinja)\n{actual}\n"
+                )),
+                Err(err) => failures.push(format!("{name}/{case_name}: {err}")),
+            }
+        }
+    }
+    assert!(checked >= 75, "only {checked} fixture renders ran");
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn raise_exception_surfaces_as_render_error_with_its_message() {
+    let source = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with ' ~ 'a user') }}{% endif %}ok";
+    let template = ChatTemplate::from_source(source, SpecialTokens::default()).expect("compiles");
+    let err = template
+        .render(
+            &[assistant("hi"), user("q")],
+            &[],
+            &RenderOptions::default(),
+        )
+        .expect_err("the template refuses");
+    assert_eq!(
+        err,
+        TemplateError::Render("Conversation must start with a user".to_owned())
+    );
+    assert!(err
+        .to_string()
+        .contains("Conversation must start with a user"));
+}
+
+#[test]
+fn raise_exception_inside_a_macro_keeps_its_message() {
+    let source = "{% macro check(m) %}{{ raise_exception('bad role ' ~ m.role) }}{% endmacro %}{{ check(messages[0]) }}";
+    let template = ChatTemplate::from_source(source, SpecialTokens::default()).expect("compiles");
+    let err = template
+        .render(&[user("q")], &[], &RenderOptions::default())
+        .expect_err("raises");
+    assert_eq!(err, TemplateError::Render("bad role user".to_owned()));
+}
+
+#[test]
+fn other_render_failures_name_the_cause_and_location() {
+    let template =
+        ChatTemplate::from_source("{{ messages[0].content + 1 }}", SpecialTokens::default())
+            .expect("compiles");
+    let err = template
+        .render(&[user("q")], &[], &RenderOptions::default())
+        .expect_err("fails");
+    let TemplateError::Render(message) = err else {
+        panic!("expected a render error, got {err:?}");
+    };
+    assert!(message.contains("chat_template"), "{message}");
+}
+
+#[test]
+fn syntax_errors_surface_at_compile_time() {
+    let err = ChatTemplate::from_source(
+        "{% for m in messages %}{{ m.content }}",
+        SpecialTokens::default(),
+    )
+    .expect_err("unclosed for");
+    assert!(matches!(err, TemplateError::Syntax(_)), "{err:?}");
+    assert!(err.to_string().contains("syntax error"), "{err}");
+}
+
+#[test]
+fn mid_conversation_system_is_folded_when_the_template_refuses_it() {
+    let source = "{% for m in messages %}{% if m.role == 'system' and not loop.first %}{{ raise_exception('System message must be first') }}{% endif %}[{{ m.role }}:{{ m.content }}]{% endfor %}";
+    let template = ChatTemplate::from_source(source, SpecialTokens::default()).expect("compiles");
+    let conversation = [
+        system("s"),
+        user("q"),
+        system("reminder"),
+        assistant("a"),
+        user("q2"),
+        system("late"),
+    ];
+    let prompt = template
+        .render(&conversation, &[], &RenderOptions::default())
+        .expect("renders after folding");
+    assert_eq!(
+        prompt,
+        "[system:s][user:q\n\nreminder][assistant:a][user:q2\n\nlate]"
+    );
+}
+
+#[test]
+fn the_retry_error_is_returned_when_folding_does_not_help() {
+    let source = "{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}";
+    let template = ChatTemplate::from_source(source, SpecialTokens::default()).expect("compiles");
+    let err = template
+        .render(
+            &[user("q"), system("s"), assistant("a"), user("q2")],
+            &[],
+            &RenderOptions::default(),
+        )
+        .expect_err("still fails");
+    assert_eq!(err, TemplateError::Render("one message only".to_owned()));
+}
+
+#[test]
+fn prefill_fails_clearly_when_the_template_drops_the_last_message() {
+    let source = "{% for m in messages[:-1] %}{{ m.content }}{% endfor %}";
+    let template = ChatTemplate::from_source(source, SpecialTokens::default()).expect("compiles");
+    let err = template
+        .render(
+            &[user("q"), assistant("partial")],
+            &[],
+            &RenderOptions::default(),
+        )
+        .expect_err("no place to continue");
+    assert_eq!(err, TemplateError::PrefillDropped);
+}
+
+#[test]
+fn prefill_marker_never_collides_with_message_text() {
+    let conversation = [user(PREFILL_MARKER), assistant("go")];
+    let marker = unique_marker(&conversation);
+    assert!(!conversation.iter().any(|m| m.content.contains(&marker)));
+    let template = ChatTemplate::from_source(
+        "{% for m in messages %}<{{ m.content }}>{% endfor %}",
+        SpecialTokens::default(),
+    )
+    .expect("compiles");
+    let prompt = template
+        .render(&conversation, &[], &RenderOptions::default())
+        .expect("renders");
+    assert_eq!(prompt, format!("<{PREFILL_MARKER}><go"));
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    let template = ChatTemplate::builtin(BuiltinTemplate::ChatMl, SpecialTokens::default());
+    let tools = [ToolSpec {
+        name: "f".into(),
+        description: None,
+        parameters: json!({"type": "object", "properties": {"z": {}, "a": {}, "m": {}}}),
+    }];
+    let conversation = [system("s"), user("q")];
+    let first = template
+        .render(&conversation, &tools, &RenderOptions::default())
+        .expect("renders");
+    for _ in 0..10 {
+        let again = template
+            .render(&conversation, &tools, &RenderOptions::default())
+            .expect("renders");
+        assert_eq!(again, first);
+    }
+    // Keys keep the client's order, as Python dicts do.
+    assert!(first.contains(r#"{"z": {}, "a": {}, "m": {}}"#), "{first}");
+}
+
+#[test]
+fn fallback_is_chosen_by_architecture_and_vocabulary() {
+    let plain = tokens("<s>", "</s>");
+    let llama3 = tokens("<|begin_of_text|>", "<|eot_id|>");
+    assert_eq!(
+        BuiltinTemplate::for_model("gemma3", &plain),
+        BuiltinTemplate::Gemma
+    );
+    assert_eq!(
+        BuiltinTemplate::for_model("gemma2", &plain),
+        BuiltinTemplate::Gemma
+    );
+    assert_eq!(
+        BuiltinTemplate::for_model("gemma", &plain),
+        BuiltinTemplate::Gemma
+    );
+    assert_eq!(
+        BuiltinTemplate::for_model("llama", &llama3),
+        BuiltinTemplate::Llama3
+    );
+    assert_eq!(
+        BuiltinTemplate::for_model("llama", &plain),
+        BuiltinTemplate::ChatMl
+    );
+    assert_eq!(
+        BuiltinTemplate::for_model("qwen2", &plain),
+        BuiltinTemplate::ChatMl
+    );
+
+    let gemma =
+        ChatTemplate::for_model(None, "gemma3", tokens("<bos>", "<eos>")).expect("fallback");
+    assert_eq!(gemma.describe(), "built-in gemma");
+    let blank = ChatTemplate::for_model(Some("  \n"), "llama", plain.clone()).expect("fallback");
+    assert_eq!(blank.describe(), "built-in chatml");
+    let own = ChatTemplate::for_model(Some("{{ messages[0].content }}"), "gemma3", plain)
+        .expect("compiles");
+    assert_eq!(own.describe(), "model template");
+}
+
+#[test]
+fn builtin_templates_compile() {
+    for kind in [
+        BuiltinTemplate::ChatMl,
+        BuiltinTemplate::Gemma,
+        BuiltinTemplate::Llama3,
+    ] {
+        let template = ChatTemplate::builtin(kind, SpecialTokens::default());
+        template
+            .render(&[user("q")], &[], &RenderOptions::default())
+            .expect("renders");
+    }
+}
+
+#[test]
+fn gemma_puts_system_text_at_the_start_of_the_first_user_turn() {
+    let template = ChatTemplate::builtin(BuiltinTemplate::Gemma, tokens("<bos>", "<eos>"));
+    let prompt = template
+        .render(
+            &[
+                system("Be brief."),
+                user("Hi"),
+                assistant("Hello"),
+                user("Bye"),
+            ],
+            &[],
+            &RenderOptions::default(),
+        )
+        .expect("renders");
+    assert_eq!(
+        prompt,
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n\
+         <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    );
+}
+
+#[test]
+fn llama3_uses_header_tokens() {
+    let template = ChatTemplate::builtin(
+        BuiltinTemplate::Llama3,
+        tokens("<|begin_of_text|>", "<|eot_id|>"),
+    );
+    let prompt = template
+        .render(&[user(" Hi ")], &[], &RenderOptions::default())
+        .expect("renders");
+    assert_eq!(
+        prompt,
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+}
+
+#[test]
+fn enable_thinking_and_special_tokens_are_passed_through() {
+    let template = ChatTemplate::from_source(
+        "{{ bos_token }}|{{ eos_token }}|{{ enable_thinking }}|{{ add_generation_prompt }}|{{ tools }}",
+        tokens("<s>", "</s>"),
+    )
+    .expect("compiles");
+    let opts = RenderOptions {
+        enable_thinking: true,
+    };
+    let prompt = template.render(&[user("q")], &[], &opts).expect("renders");
+    assert_eq!(prompt, "<s>|</s>|True|True|None");
+}
+
+#[test]
+fn generation_tags_become_plain_blocks_with_the_same_whitespace_control() {
+    assert_eq!(
+        strip_generation_tags(
+            "a{%- generation -%}b{% endgeneration %}c{% if x %}{%+endgeneration+%}"
+        ),
+        "a{%- if true -%}b{% endif %}c{% if x %}{%+ endif +%}"
+    );
+}
+
+#[test]
+fn chat_template_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChatTemplate>();
+}

@@ -1,0 +1,450 @@
+//! `/v1/messages` and `/v1/messages/count_tokens` requests, parsed leniently (unknown
+//! fields and block types are ignored, as Claude Code sends many) and translated into
+//! the engine's [`GenerateRequest`].
+
+use std::collections::HashMap;
+
+use pensieve_engine::{
+    GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Claude Code's attribution line: metadata for Anthropic's billing, not for the model,
+/// and different per request in some versions, so it would defeat prefix caching.
+const BILLING_HEADER: &str = "x-anthropic-billing-header:";
+
+/// A request the edge must refuse, with a message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RequestError(pub String);
+
+fn field_required(name: &str) -> RequestError {
+    RequestError(format!("{name}: Field required"))
+}
+
+/// The body of `POST /v1/messages`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagesRequest {
+    pub model: Option<String>,
+    pub messages: Option<Vec<InputMessage>>,
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub system: Option<SystemPrompt>,
+    #[serde(default)]
+    pub stop_sequences: Option<Vec<String>>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceParam>,
+    #[serde(default)]
+    pub thinking: Option<ThinkingParam>,
+}
+
+/// The body of `POST /v1/messages/count_tokens`: a messages request without `max_tokens`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CountTokensRequest {
+    pub model: Option<String>,
+    pub messages: Option<Vec<InputMessage>>,
+    #[serde(default)]
+    pub system: Option<SystemPrompt>,
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceParam>,
+    #[serde(default)]
+    pub thinking: Option<ThinkingParam>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SystemPrompt {
+    Text(String),
+    Blocks(Vec<ContentBlock>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InputMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Blocks(Vec<ContentBlock>),
+}
+
+/// A content block. Fields the server has no use for (`cache_control`, `citations`,
+/// `signature`) are accepted and ignored; unknown block types become [`ContentBlock::Other`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    Image {
+        #[serde(default)]
+        source: Value,
+    },
+    Document {
+        #[serde(default)]
+        source: Value,
+    },
+    ToolUse {
+        #[serde(default)]
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    ToolResult {
+        #[serde(default)]
+        tool_use_id: String,
+        #[serde(default)]
+        content: Option<Content>,
+        #[serde(default)]
+        is_error: Option<bool>,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    RedactedThinking {},
+    /// A system note placed mid-conversation by some clients.
+    MidConvSystem {
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        content: Option<Box<Content>>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub input_schema: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolChoiceParam {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThinkingParam {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub budget_tokens: Option<u32>,
+}
+
+/// Parse a `/v1/messages` body; errors name the offending field.
+pub fn parse_messages(body: &[u8]) -> Result<MessagesRequest, RequestError> {
+    parse(body)
+}
+
+/// Parse a `/v1/messages/count_tokens` body.
+pub fn parse_count_tokens(body: &[u8]) -> Result<CountTokensRequest, RequestError> {
+    parse(body)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            RequestError(format!("the request body is not valid JSON: {inner}"))
+        } else if path == "." {
+            RequestError(inner.to_string())
+        } else {
+            RequestError(format!("{path}: {inner}"))
+        }
+    })
+}
+
+impl MessagesRequest {
+    /// Check the required fields and translate into the engine's request.
+    pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
+        let model = self.model.ok_or_else(|| field_required("model"))?;
+        let messages = self.messages.ok_or_else(|| field_required("messages"))?;
+        let max_tokens = self
+            .max_tokens
+            .ok_or_else(|| field_required("max_tokens"))?;
+        let mut request =
+            GenerateRequest::new(model, conversation(self.system, messages)?, max_tokens);
+        request.tools = tools(self.tools.unwrap_or_default());
+        request.tool_choice = tool_choice(self.tool_choice)?;
+        request.thinking = thinking_enabled(self.thinking.as_ref());
+        request.stop_sequences = self.stop_sequences.unwrap_or_default();
+        request.sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: None,
+            seed: None,
+        };
+        Ok(request)
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+}
+
+impl CountTokensRequest {
+    /// Translate into the engine's request (only its prompt is used).
+    pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
+        let model = self.model.ok_or_else(|| field_required("model"))?;
+        let messages = self.messages.ok_or_else(|| field_required("messages"))?;
+        let mut request = GenerateRequest::new(model, conversation(self.system, messages)?, 1);
+        request.tools = tools(self.tools.unwrap_or_default());
+        request.tool_choice = tool_choice(self.tool_choice)?;
+        request.thinking = thinking_enabled(self.thinking.as_ref());
+        Ok(request)
+    }
+}
+
+fn thinking_enabled(thinking: Option<&ThinkingParam>) -> bool {
+    thinking.is_some_and(|t| t.kind == "enabled" || t.kind == "adaptive")
+}
+
+/// Only client tools reach the model; Anthropic's server tools (`web_search_*`,
+/// `bash_*`, ...) are the hosted API's business and are dropped.
+fn tools(tools: Vec<Tool>) -> Vec<ToolSpec> {
+    tools
+        .into_iter()
+        .filter(|t| t.kind.as_deref().is_none_or(|k| k == "custom"))
+        .filter(|t| !t.name.is_empty())
+        .map(|t| ToolSpec {
+            name: t.name,
+            description: t.description,
+            parameters: t
+                .input_schema
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        })
+        .collect()
+}
+
+fn tool_choice(choice: Option<ToolChoiceParam>) -> Result<ToolChoice, RequestError> {
+    let Some(choice) = choice else {
+        return Ok(ToolChoice::Auto);
+    };
+    match choice.kind.as_str() {
+        "auto" => Ok(ToolChoice::Auto),
+        "any" => Ok(ToolChoice::Required),
+        "none" => Ok(ToolChoice::None),
+        "tool" => choice
+            .name
+            .map(ToolChoice::Named)
+            .ok_or_else(|| field_required("tool_choice.name")),
+        other => Err(RequestError(format!(
+            "tool_choice.type: expected one of auto, any, tool, none; got {other:?}"
+        ))),
+    }
+}
+
+/// The system prompt and the messages as one neutral conversation.
+fn conversation(
+    system: Option<SystemPrompt>,
+    messages: Vec<InputMessage>,
+) -> Result<Vec<Message>, RequestError> {
+    let mut out = Vec::new();
+    if let Some(system) = system {
+        let text = match system {
+            SystemPrompt::Text(t) => strip_billing_header(&t),
+            SystemPrompt::Blocks(blocks) => join_texts(
+                blocks
+                    .iter()
+                    .filter_map(|b| match b {
+                        ContentBlock::Text { text } => Some(strip_billing_header(text)),
+                        _ => None,
+                    })
+                    .filter(|t| !t.is_empty()),
+            ),
+        };
+        if !text.is_empty() {
+            out.push(Message::text(Role::System, text));
+        }
+    }
+    // Tool results name their tool only by id; templates often want the name too.
+    let mut tool_names: HashMap<String, String> = HashMap::new();
+    for (i, message) in messages.into_iter().enumerate() {
+        let role = match message.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "system" => Role::System,
+            other => {
+                return Err(RequestError(format!(
+                    "messages.{i}.role: expected user, assistant or system; got {other:?}"
+                )))
+            }
+        };
+        let blocks = match message.content {
+            None => Vec::new(),
+            Some(Content::Text(t)) => vec![ContentBlock::Text { text: t }],
+            Some(Content::Blocks(b)) => b,
+        };
+        translate_turn(role, blocks, i, &mut tool_names, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// One wire message can become several neutral ones: tool results are their own turns
+/// (placed before the user's text of the same turn) and mid-conversation system blocks too.
+fn translate_turn(
+    role: Role,
+    blocks: Vec<ContentBlock>,
+    index: usize,
+    tool_names: &mut HashMap<String, String>,
+    out: &mut Vec<Message>,
+) -> Result<(), RequestError> {
+    let mut texts = Vec::new();
+    let mut reasoning = Vec::new();
+    let mut calls = Vec::new();
+    let mut results = 0;
+    for (j, block) in blocks.into_iter().enumerate() {
+        let at = || format!("messages.{index}.content.{j}");
+        match block {
+            ContentBlock::Text { text } => texts.push(text),
+            ContentBlock::Thinking { thinking } => reasoning.push(thinking),
+            ContentBlock::RedactedThinking {} | ContentBlock::Other => {}
+            ContentBlock::Image { .. } => {
+                return Err(RequestError(format!(
+                    "{}: this model does not accept images",
+                    at()
+                )))
+            }
+            ContentBlock::Document { source } => texts.push(document_text(&source, &at())?),
+            ContentBlock::MidConvSystem { text, content } => {
+                let body = match content.map(|c| *c) {
+                    Some(c) => content_text(c),
+                    None => text,
+                };
+                out.push(Message::text(Role::System, body));
+            }
+            ContentBlock::ToolUse { id, name, input } => {
+                if role != Role::Assistant {
+                    return Err(RequestError(format!(
+                        "{}: tool_use blocks belong in assistant messages",
+                        at()
+                    )));
+                }
+                tool_names.insert(id.clone(), name.clone());
+                let arguments = match input {
+                    Value::Null => Value::Object(Default::default()),
+                    v => v,
+                };
+                calls.push(ToolCall {
+                    id,
+                    name,
+                    arguments,
+                });
+            }
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                let mut text = content.map(content_text).unwrap_or_default();
+                if is_error == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                let mut m = Message::text(Role::Tool, text);
+                m.name = tool_names.get(&tool_use_id).cloned();
+                m.tool_call_id = Some(tool_use_id);
+                out.push(m);
+                results += 1;
+            }
+        }
+    }
+    if role == Role::User && texts.is_empty() && results > 0 {
+        // A user turn that only carried tool results has no text turn of its own.
+        return Ok(());
+    }
+    let mut m = Message::text(role, join_texts(texts.into_iter()));
+    m.tool_calls = calls;
+    if !reasoning.is_empty() {
+        m.reasoning = Some(reasoning.join("\n"));
+    }
+    out.push(m);
+    Ok(())
+}
+
+fn join_texts(texts: impl Iterator<Item = String>) -> String {
+    texts.collect::<Vec<_>>().join("\n\n")
+}
+
+fn strip_billing_header(text: &str) -> String {
+    if !text.contains(BILLING_HEADER) {
+        return text.to_owned();
+    }
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with(BILLING_HEADER))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim_start_matches('\n')
+        .to_owned()
+}
+
+/// The text of a tool result or nested content: text blocks joined; others dropped.
+fn content_text(content: Content) -> String {
+    match content {
+        Content::Text(t) => t,
+        Content::Blocks(blocks) => join_texts(blocks.into_iter().filter_map(|b| match b {
+            ContentBlock::Text { text } => Some(text),
+            ContentBlock::Image { .. } => Some("[image omitted]".to_owned()),
+            _ => None,
+        })),
+    }
+}
+
+/// Documents with a text source are read as text; anything else (PDF) is refused.
+fn document_text(source: &Value, at: &str) -> Result<String, RequestError> {
+    match source.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(source
+            .get("data")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()),
+        Some("content") => {
+            let content: Option<Content> = source
+                .get("content")
+                .and_then(|c| serde_json::from_value(c.clone()).ok());
+            Ok(content.map(content_text).unwrap_or_default())
+        }
+        other => Err(RequestError(format!(
+            "{at}: document source {} is not supported; send the document as text",
+            other.unwrap_or("(missing)")
+        ))),
+    }
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -1,0 +1,327 @@
+//! Request parsing against the R-items of anthropic-api.md.
+
+use super::*;
+use serde_json::json;
+
+fn generate(body: Value) -> Result<GenerateRequest, RequestError> {
+    parse_messages(body.to_string().as_bytes())?.into_generate()
+}
+
+fn base() -> Value {
+    json!({"model": "claude-opus-5-5", "max_tokens": 64,
+           "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[test]
+fn r3_required_fields_are_named() {
+    for field in ["model", "messages", "max_tokens"] {
+        let mut body = base();
+        body.as_object_mut().unwrap().remove(field);
+        let err = generate(body).unwrap_err();
+        assert_eq!(err.0, format!("{field}: Field required"));
+    }
+}
+
+#[test]
+fn r4_unknown_top_level_fields_are_ignored() {
+    let mut body = base();
+    body["context_management"] = json!({"edits": [{"type": "clear_thinking_20251015"}]});
+    body["output_config"] = json!({"effort": "medium"});
+    body["metadata"] = json!({"user_id": "{\"a\":1}"});
+    body["service_tier"] = json!("auto");
+    body["container"] = json!(null);
+    body["thinking"] = json!({"type": "adaptive", "display": "omitted"});
+    let req = generate(body).unwrap();
+    assert!(req.thinking);
+    assert_eq!(req.model, "claude-opus-5-5");
+}
+
+#[test]
+fn r5_content_as_string_or_blocks() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    ]);
+    let req = generate(body).unwrap();
+    assert_eq!(req.messages[0].content, "a\n\nb");
+    assert_eq!(generate(base()).unwrap().messages[0].content, "hi");
+}
+
+#[test]
+fn r6_system_role_inside_messages() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "env", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": [{"type": "mid_conv_system", "text": "note"}, {"type": "text", "text": "go"}]}
+    ]);
+    let req = generate(body).unwrap();
+    let roles: Vec<_> = req
+        .messages
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (Role::User, "hi"),
+            (Role::System, "env"),
+            (Role::System, "note"),
+            (Role::User, "go")
+        ]
+    );
+}
+
+#[test]
+fn r9_cache_control_and_citations_accepted() {
+    let mut body = base();
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "1h"}, "citations": []}
+    ]}]);
+    assert_eq!(generate(body).unwrap().messages[0].content, "x");
+}
+
+#[test]
+fn r10_images_are_a_clear_400() {
+    let mut body = base();
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    ]}]);
+    let err = generate(body).unwrap_err();
+    assert!(err.0.contains("messages.0.content.0"), "{}", err.0);
+    assert!(err.0.contains("images"), "{}", err.0);
+}
+
+#[test]
+fn r11_r12_tool_use_and_results() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "make a file"},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "ok"},
+            {"type": "tool_use", "id": "toolu_01", "name": "Write", "input": {"file_path": "/a", "content": "hi"}}
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "done", "cache_control": {"type": "ephemeral"}},
+            {"type": "tool_result", "tool_use_id": "toolu_01", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"type": "tool_result", "tool_use_id": "toolu_01"},
+            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "boom", "is_error": true},
+            {"type": "text", "text": "thanks"}
+        ]}
+    ]);
+    let req = generate(body).unwrap();
+    let m = &req.messages;
+    assert_eq!(m[1].role, Role::Assistant);
+    assert_eq!(m[1].tool_calls[0].name, "Write");
+    assert_eq!(m[1].tool_calls[0].arguments["content"], "hi");
+    let results: Vec<_> = m[2..6]
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            (Role::Tool, "done"),
+            (Role::Tool, "a\n\nb"),
+            (Role::Tool, ""),
+            (Role::Tool, "Error: boom")
+        ]
+    );
+    assert_eq!(m[2].tool_call_id.as_deref(), Some("toolu_01"));
+    assert_eq!(m[2].name.as_deref(), Some("Write"));
+    assert_eq!((m[6].role, m[6].content.as_str()), (Role::User, "thanks"));
+    assert_eq!(m.len(), 7);
+}
+
+#[test]
+fn only_tool_results_make_no_empty_user_turn() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "out"}]}
+    ]);
+    let req = generate(body).unwrap();
+    assert_eq!(req.messages.len(), 3);
+    assert_eq!(req.messages[2].role, Role::Tool);
+}
+
+#[test]
+fn r13_thinking_blocks_in_history() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": ""},
+            {"type": "redacted_thinking", "data": "xyz"},
+            {"type": "text", "text": "a"}
+        ]},
+        {"role": "user", "content": "more"}
+    ]);
+    let req = generate(body).unwrap();
+    assert_eq!(req.messages[1].reasoning.as_deref(), Some("hmm"));
+    assert_eq!(req.messages[1].content, "a");
+}
+
+#[test]
+fn r14_documents() {
+    let mut body = base();
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc text"}},
+        {"type": "text", "text": "summarise"}
+    ]}]);
+    assert_eq!(
+        generate(body).unwrap().messages[0].content,
+        "doc text\n\nsummarise"
+    );
+    let mut body = base();
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "AAAA"}}
+    ]}]);
+    assert!(generate(body).unwrap_err().0.contains("not supported"));
+}
+
+#[test]
+fn r15_unknown_block_types_are_ignored() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {}},
+            {"type": "web_search_tool_result", "tool_use_id": "s1", "content": []},
+            {"type": "text", "text": "a"}
+        ]},
+        {"role": "user", "content": [{"type": "tool_reference", "tool_name": "x"}, {"type": "text", "text": "b"}]}
+    ]);
+    let req = generate(body).unwrap();
+    assert_eq!(req.messages[1].content, "a");
+    assert_eq!(req.messages[2].content, "b");
+}
+
+#[test]
+fn r16_system_string_or_blocks_without_billing_line() {
+    let mut body = base();
+    body["system"] = json!([
+        {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328.abc; cc_entrypoint=cli; cch=123;"},
+        {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Be brief."}
+    ]);
+    let req = generate(body).unwrap();
+    assert_eq!(req.messages[0].role, Role::System);
+    assert_eq!(req.messages[0].content, "You are Claude Code.\n\nBe brief.");
+
+    let mut body = base();
+    body["system"] =
+        json!("x-anthropic-billing-header: cc_version=1; cc_entrypoint=cli;\nBe brief.");
+    assert_eq!(generate(body).unwrap().messages[0].content, "Be brief.");
+
+    let mut body = base();
+    body["system"] = json!("plain");
+    assert_eq!(generate(body).unwrap().messages[0].content, "plain");
+}
+
+#[test]
+fn r17_sampling_and_stops() {
+    let mut body = base();
+    body["temperature"] = json!(0.0);
+    body["top_p"] = json!(0.9);
+    body["top_k"] = json!(40);
+    body["stop_sequences"] = json!(["END"]);
+    body["stream"] = json!(true);
+    let parsed = parse_messages(body.to_string().as_bytes()).unwrap();
+    assert!(parsed.is_stream());
+    let req = parsed.into_generate().unwrap();
+    assert_eq!(req.sampling.temperature, 0.0);
+    assert_eq!(req.sampling.top_p, Some(0.9));
+    assert_eq!(req.sampling.top_k, Some(40));
+    assert_eq!(req.stop_sequences, vec!["END".to_string()]);
+    assert_eq!(req.max_tokens, 64);
+}
+
+#[test]
+fn r19_r20_tools_with_extra_fields_and_server_tools() {
+    let mut body = base();
+    body["tools"] = json!([
+        {"name": "Read", "description": "read", "input_schema": {"type": "object"},
+         "cache_control": {"type": "ephemeral"}, "strict": true, "defer_loading": true,
+         "eager_input_streaming": true, "input_examples": []},
+        {"name": "NoSchema"},
+        {"type": "custom", "name": "Custom", "input_schema": {"type": "object"}},
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}
+    ]);
+    let req = generate(body).unwrap();
+    let names: Vec<_> = req.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["Read", "NoSchema", "Custom"]);
+    assert_eq!(req.tools[1].parameters, json!({}));
+}
+
+#[test]
+fn r21_tool_choice() {
+    let cases = [
+        (json!({"type": "auto"}), ToolChoice::Auto),
+        (
+            json!({"type": "any", "disable_parallel_tool_use": true}),
+            ToolChoice::Required,
+        ),
+        (
+            json!({"type": "tool", "name": "Read"}),
+            ToolChoice::Named("Read".into()),
+        ),
+        (json!({"type": "none"}), ToolChoice::None),
+    ];
+    for (choice, expected) in cases {
+        let mut body = base();
+        body["tool_choice"] = choice;
+        assert_eq!(generate(body).unwrap().tool_choice, expected);
+    }
+    let mut body = base();
+    body["tool_choice"] = json!({"type": "tool"});
+    assert_eq!(
+        generate(body).unwrap_err().0,
+        "tool_choice.name: Field required"
+    );
+}
+
+#[test]
+fn r22_thinking_variants() {
+    for (thinking, on) in [
+        (json!({"type": "enabled", "budget_tokens": 1024}), true),
+        (json!({"type": "disabled"}), false),
+        (json!({"type": "adaptive", "display": "summarized"}), true),
+    ] {
+        let mut body = base();
+        body["thinking"] = thinking;
+        assert_eq!(generate(body).unwrap().thinking, on);
+    }
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let mut body = base();
+    body["max_tokens"] = json!("lots");
+    let err = parse_messages(body.to_string().as_bytes()).unwrap_err();
+    assert!(err.0.starts_with("max_tokens:"), "{}", err.0);
+    let err = parse_messages(b"{not json").unwrap_err();
+    assert!(err.0.contains("not valid JSON"), "{}", err.0);
+}
+
+#[test]
+fn bad_role_is_named() {
+    let mut body = base();
+    body["messages"] = json!([{"role": "robot", "content": "x"}]);
+    assert!(generate(body).unwrap_err().0.starts_with("messages.0.role"));
+}
+
+#[test]
+fn count_tokens_needs_no_max_tokens() {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                      "system": "s", "tools": [{"name": "T", "input_schema": {}}]});
+    let req = parse_count_tokens(body.to_string().as_bytes())
+        .unwrap()
+        .into_generate()
+        .unwrap();
+    assert_eq!(req.messages.len(), 2);
+    assert_eq!(req.tools.len(), 1);
+}

@@ -1,0 +1,7 @@
+//! Wire types of the APIs Pensieve speaks, and their translation to and from the
+//! engine's neutral types. Nothing here does I/O.
+//!
+//! - [`anthropic`]: the Messages API (requests, responses, the SSE encoder, errors).
+
+pub mod anthropic;
+pub mod ids;

@@ -1,0 +1,106 @@
+//! The router, its shared state, and the middleware every request passes through
+//! (request id, authentication).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use pensieve_engine::Engine;
+use pensieve_protocol::anthropic::ErrorKind;
+use pensieve_protocol::ids::random_id;
+
+use crate::auth::is_authorized;
+use crate::error::ApiError;
+use crate::routes;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// When set, every API route needs this key.
+    pub api_key: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How often a stream without other traffic gets a `ping` (prefill can take minutes).
+    pub ping_interval: Duration,
+    /// When the served model was created (reported by `/v1/models`).
+    pub model_created: SystemTime,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            api_key: None,
+            body_limit: 32 * 1024 * 1024,
+            ping_interval: Duration::from_secs(3),
+            model_created: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Arc<ServerConfig>,
+}
+
+/// The id of the request being handled, also sent back as the `request-id` header.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/messages", post(routes::messages::messages))
+        .route("/v1/v1/messages", post(routes::messages::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(routes::messages::count_tokens),
+        )
+        .route(
+            "/v1/v1/messages/count_tokens",
+            post(routes::messages::count_tokens),
+        )
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{id}", get(routes::models::retrieve))
+        .route("/health", get(routes::health::health))
+        .route("/", get(routes::health::root).head(routes::health::root))
+        .fallback(routes::health::not_found);
+    api.layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .with_state(state)
+}
+
+/// Paths that answer without a key: liveness checks carry no data.
+fn is_public(method: &Method, path: &str) -> bool {
+    path == "/health" || (path == "/" && (method == Method::GET || method == Method::HEAD))
+}
+
+/// Assign the request id, check the key, and stamp the id on the response.
+async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let id = random_id("req_");
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = match &state.config.api_key {
+        Some(key)
+            if !is_public(request.method(), request.uri().path())
+                && !is_authorized(request.headers(), key) =>
+        {
+            ApiError::new(ErrorKind::Authentication, "invalid x-api-key")
+                .with_request_id(&id)
+                .into_response()
+        }
+        _ => next.run(request).await,
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    response
+}
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

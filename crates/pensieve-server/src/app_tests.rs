@@ -1,0 +1,337 @@
+//! The API through `Router::oneshot` over the scripted engine backend: status codes,
+//! error envelopes, headers, auth and the SSE stream, without a model or a socket.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use pensieve_engine::testing::{model_info, ByteTokenizer, ScriptedRunner};
+use pensieve_engine::{Engine, EngineConfig};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::*;
+
+fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
+    let engine = Engine::start(
+        model_info(context),
+        Arc::new(ByteTokenizer),
+        Box::new(ScriptedRunner::new(reply)),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    AppState {
+        engine,
+        config: Arc::new(config),
+    }
+}
+
+fn router(reply: &str) -> Router {
+    app(state_with(reply, ServerConfig::default(), 4096))
+}
+
+async fn send(
+    router: Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    send_with(router, method, uri, body, &[]).await
+}
+
+async fn send_with(
+    router: Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let body = match body {
+        Some(v) => Body::from(v.to_string()),
+        None => Body::empty(),
+    };
+    let response = router.oneshot(builder.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, bytes)
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn message(stream: bool) -> Value {
+    json!({"model": "claude-opus-5-5", "max_tokens": 100, "stream": stream,
+           "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn non_streaming_message() {
+    let (status, headers, body) = send(
+        router("Hello!"),
+        "POST",
+        "/v1/messages?beta=true",
+        Some(message(false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["request-id"].to_str().unwrap().starts_with("req_"));
+    let body = json_of(&body);
+    assert!(body["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(body["model"], "claude-opus-5-5");
+    assert_eq!(body["content"], json!([{"type": "text", "text": "Hello!"}]));
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["usage"]["output_tokens"], 6);
+    assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn streaming_message_frames_and_order() {
+    let (status, headers, body) =
+        send(router("Hi"), "POST", "/v1/messages", Some(message(true))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let text = String::from_utf8(body).unwrap();
+    let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+    let names: Vec<&str> = frames
+        .iter()
+        .map(|f| f.lines().next().unwrap().trim_start_matches("event: "))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    for frame in &frames {
+        let data = frame
+            .lines()
+            .nth(1)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
+        let event: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            event["type"],
+            frame.lines().next().unwrap().trim_start_matches("event: ")
+        );
+    }
+    let start: Value = serde_json::from_str(
+        frames[0]
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("data: "),
+    )
+    .unwrap();
+    assert!(start["message"]["usage"]["input_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn v1_v1_path_is_accepted() {
+    let (status, _, _) = send(router("x"), "POST", "/v1/v1/messages", Some(message(false))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_max_tokens_is_400_with_envelope() {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, headers, body) = send(router("x"), "POST", "/v1/messages", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = json_of(&body);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["message"], "max_tokens: Field required");
+    assert_eq!(body["request_id"], headers["request-id"].to_str().unwrap());
+}
+
+#[tokio::test]
+async fn prompt_too_long_is_400_with_claude_code_wording() {
+    let state = state_with("x", ServerConfig::default(), 32);
+    let mut body = message(false);
+    body["messages"][0]["content"] = json!("y".repeat(100));
+    let (status, _, body) = send(app(state), "POST", "/v1/messages", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = json_of(&body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.starts_with("prompt is too long: "), "{message}");
+    assert!(message.ends_with(" tokens > 31 maximum"), "{message}");
+}
+
+#[tokio::test]
+async fn count_tokens_matches_generation() {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "system": "be brief"});
+    let (status, _, counted) = send(
+        router("x"),
+        "POST",
+        "/v1/messages/count_tokens",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let counted = json_of(&counted)["input_tokens"].as_u64().unwrap();
+    let mut gen = body;
+    gen["max_tokens"] = json!(5);
+    let (_, _, served) = send(router("x"), "POST", "/v1/messages", Some(gen)).await;
+    let usage = &json_of(&served)["usage"];
+    let total = usage["input_tokens"].as_u64().unwrap()
+        + usage["cache_read_input_tokens"].as_u64().unwrap();
+    assert_eq!(counted, total);
+}
+
+#[tokio::test]
+async fn models_list_and_retrieve() {
+    let (status, _, body) = send(router("x"), "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = json_of(&body);
+    assert_eq!(body["data"][0]["id"], "scripted");
+    assert_eq!(body["data"][0]["type"], "model");
+    assert!(body["data"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(body["has_more"], false);
+    assert_eq!(body["first_id"], "scripted");
+
+    let (status, _, _) = send(router("x"), "GET", "/v1/models/scripted", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = send(router("x"), "GET", "/v1/models/claude-haiku-4-5", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body)["id"], "claude-haiku-4-5");
+    let (status, _, body) = send(router("x"), "GET", "/v1/models/gpt-99", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&body)["error"]["type"], "not_found_error");
+}
+
+#[tokio::test]
+async fn head_root_and_health() {
+    let (status, _, _) = send(router("x"), "HEAD", "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = send(router("x"), "GET", "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body)["status"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_envelope() {
+    let (status, _, body) = send(router("x"), "GET", "/v2/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&body)["error"]["type"], "not_found_error");
+}
+
+#[tokio::test]
+async fn api_key_is_enforced() {
+    let config = ServerConfig {
+        api_key: Some("sekrit".into()),
+        ..ServerConfig::default()
+    };
+    let state = state_with("ok", config, 4096);
+    let (status, _, body) = send_with(
+        app(state.clone()),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &[("x-api-key", "wrong")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(json_of(&body)["error"]["type"], "authentication_error");
+    let (status, _, _) = send(app(state.clone()), "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send_with(
+        app(state.clone()),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &[("x-api-key", "sekrit")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send_with(
+        app(state.clone()),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &[("authorization", "Bearer sekrit")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Liveness needs no key.
+    let (status, _, _) = send(app(state), "GET", "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let config = ServerConfig {
+        body_limit: 1024,
+        ..ServerConfig::default()
+    };
+    let mut body = message(false);
+    body["messages"][0]["content"] = json!("z".repeat(4096));
+    let (status, _, bytes) = send(
+        app(state_with("x", config, 100_000)),
+        "POST",
+        "/v1/messages",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json_of(&bytes)["error"]["type"], "request_too_large");
+}
+
+#[tokio::test]
+async fn unknown_fields_and_beta_headers_are_ignored() {
+    let mut body = message(false);
+    body["context_management"] = json!({"edits": []});
+    body["output_config"] = json!({"effort": "medium"});
+    body["thinking"] = json!({"type": "adaptive", "display": "omitted"});
+    let (status, _, _) = send_with(
+        router("x"),
+        "POST",
+        "/v1/messages?beta=true",
+        Some(body),
+        &[
+            (
+                "anthropic-beta",
+                "claude-code-20250219,interleaved-thinking-2025-05-14",
+            ),
+            ("anthropic-version", "2023-06-01"),
+            ("x-app", "cli"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn invalid_json_is_400() {
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/messages")
+        .body(Body::from("{nope"))
+        .unwrap();
+    let response = router("x").oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,107 @@
+//! One error type for every handler, rendered as Anthropic's error envelope.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pensieve_engine::EngineError;
+use pensieve_protocol::anthropic::{error_body, ErrorKind, RequestError};
+
+/// Seconds a client should wait before retrying when the server is busy.
+const RETRY_AFTER_SECS: u64 = 2;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            request_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, id: &str) -> Self {
+        self.request_id = Some(id.to_owned());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::new(ErrorKind::InvalidRequest, e.0)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let kind = match &e {
+            e if e.is_client_error() => ErrorKind::InvalidRequest,
+            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::EngineStopped | EngineError::Backend(_) => {
+                // Internals go to the log; the client gets a plain message.
+                tracing::error!(error = %e, "engine failure");
+                ErrorKind::Api
+            }
+            _ => ErrorKind::Api,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = error_body(self.kind, &self.message, self.request_id.as_deref());
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::RateLimit) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_statuses() {
+        let cases = [
+            (EngineError::PromptTooLong { tokens: 9, max: 8 }, 400),
+            (EngineError::InvalidRequest("x".into()), 400),
+            (EngineError::Overloaded { waiting: 1 }, 529),
+            (EngineError::ShuttingDown, 529),
+            (EngineError::Backend("x".into()), 500),
+            (EngineError::EngineStopped, 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e).status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn prompt_too_long_keeps_claude_codes_wording() {
+        let e = ApiError::from(EngineError::PromptTooLong {
+            tokens: 9000,
+            max: 8191,
+        });
+        assert_eq!(e.message, "prompt is too long: 9000 tokens > 8191 maximum");
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn overloaded_sets_retry_after() {
+        let r = ApiError::from(EngineError::Overloaded { waiting: 1 }).into_response();
+        assert_eq!(r.status().as_u16(), 529);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

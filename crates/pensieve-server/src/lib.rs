@@ -1,0 +1,16 @@
+//! The HTTP edge: routes, authentication, request ids, error rendering and streaming.
+//!
+//! Handlers translate wire requests (from `pensieve-protocol`) into the engine's neutral
+//! requests and engine events back into wire responses; they hold no model logic.
+//!
+//! - [`app`]: the router, its state and middleware.
+//! - [`routes`]: one module per API surface.
+//! - [`error`]: [`ApiError`], rendered in each API's error shape.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod routes;
+
+pub use app::{app, AppState, ServerConfig};
+pub use error::ApiError;

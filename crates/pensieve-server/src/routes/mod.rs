@@ -1,0 +1,5 @@
+//! Handlers, one module per API surface.
+
+pub mod health;
+pub mod messages;
+pub mod models;

@@ -1,0 +1,179 @@
+//! `pensieve serve`: load a model, start the engine, serve HTTP until Ctrl-C or SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use pensieve_engine::{Engine, EngineConfig};
+use pensieve_llama::LlamaOptions;
+use pensieve_server::{AppState, ServerConfig};
+
+/// How long open streams get to end after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Path to a GGUF model file.
+    #[arg(long, short = 'm', value_name = "PATH")]
+    model: PathBuf,
+    /// Address to listen on. Anything but loopback needs --api-key (or --insecure-no-auth).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, short = 'p', default_value_t = 7777)]
+    port: u16,
+    /// Context length in tokens [default: the model's, at most 32768].
+    #[arg(long, value_name = "N")]
+    ctx: Option<u32>,
+    /// CPU threads [default: the number of physical cores].
+    #[arg(long, short = 't', value_name = "N")]
+    threads: Option<usize>,
+    /// Require this key (x-api-key or Authorization: Bearer) on every API request.
+    #[arg(
+        long,
+        env = "PENSIEVE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// Allow listening on a non-loopback address without an API key.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Name the model is listed under [default: the file name without extension].
+    #[arg(long, value_name = "NAME")]
+    model_id: Option<String>,
+    /// Requests that may wait while one runs; more get 529 overloaded.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    queue: usize,
+    /// Tokens per prefill step.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    batch: u32,
+    /// Model layers to offload to the GPU (builds with cuda, metal or vulkan).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    gpu_layers: u32,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    max_body_mib: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    if !args.host.is_loopback() && args.api_key.is_none() && !args.insecure_no_auth {
+        bail!(
+            "refusing to listen on {} without --api-key: anyone on the network could use the \
+             model. Pass --api-key KEY, or --insecure-no-auth if you really mean it",
+            args.host
+        );
+    }
+    if args.api_key.as_deref() == Some("") {
+        bail!("--api-key must not be empty");
+    }
+    let options = LlamaOptions {
+        id: args.model_id.clone(),
+        context_size: args.ctx,
+        threads: args.threads,
+        batch_size: args.batch,
+        gpu_layers: args.gpu_layers,
+        ..LlamaOptions::new(&args.model)
+    };
+    let loaded = pensieve_llama::load(&options)
+        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let engine = Engine::start(
+        loaded.info,
+        loaded.tokenizer,
+        Box::new(loaded.runner),
+        EngineConfig {
+            queue_capacity: args.queue,
+        },
+    )
+    .context("cannot start the engine")?;
+    let config = ServerConfig {
+        api_key: args.api_key.clone(),
+        body_limit: args.max_body_mib.saturating_mul(1024 * 1024),
+        model_created: std::fs::metadata(&args.model)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        ..ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let result = runtime.block_on(serve(addr, engine.clone(), config));
+    engine.shutdown();
+    engine.join();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(addr: SocketAddr, engine: Engine, config: ServerConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let state = AppState {
+        engine: engine.clone(),
+        config: Arc::new(config),
+    };
+    tracing::info!(%addr, model = %engine.info().id, "listening");
+    let signal = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let signal = signal.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending open streams");
+            // Running and queued generations end with an error event, so streams close.
+            engine.shutdown();
+            signal.cancel();
+        }
+    });
+    let server = axum::serve(listener, pensieve_server::app(state))
+        .with_graceful_shutdown(signal.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    signal.cancelled().await;
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(result)) => result.context("server error"),
+        Ok(Err(e)) => Err(e).context("server task failed"),
+        Err(_) => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // llama.cpp is chatty at info level; its warnings and errors still show.
+    let filter = EnvFilter::try_from_env("PENSIEVE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

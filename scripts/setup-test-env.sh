@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Idempotent setup of everything the test suite needs on a fresh machine:
+#   - system packages to build llama.cpp (cmake, clang, libclang-dev)
+#   - a Python venv with the official clients and pytest
+#       ${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}
+#   - Claude Code from the npm registry
+#       ${PENSIEVE_NPM_PREFIX:-$HOME/.cache/pensieve/npm}/node_modules/.bin/claude
+#   - the GGUF test models (scripts/fetch-test-models.sh)
+#
+# Every step is skipped when what it makes is already there.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}"
+NPM_PREFIX="${PENSIEVE_NPM_PREFIX:-$HOME/.cache/pensieve/npm}"
+PYTHON="${PYTHON:-python3}"
+
+# Pinned versions (verified together on Python 3.11 / Node 20).
+PY_REQUIREMENTS=(
+    "anthropic==2.14.0"
+    "openai==3.57.0"
+    "pytest==9.2.0"
+    "httpx==0.28.1"
+)
+CLAUDE_CODE_VERSION="2.1.328"
+
+log() { printf '[setup-test-env] %s\n' "$*" >&2; }
+die() { printf '[setup-test-env] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- system packages ---------------------------------------------------------
+setup_apt() {
+    local missing=() pkg
+    for pkg in cmake clang libclang-dev; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+            missing+=("$pkg")
+        fi
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "system packages: ok"
+        return 0
+    fi
+    log "system packages: installing ${missing[*]}"
+    local sudo=()
+    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# --- python venv -------------------------------------------------------------
+setup_venv() {
+    local stamp="$VENV/.pensieve-requirements"
+    local want
+    want="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
+    if [[ -x "$VENV/bin/python" && -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]] \
+        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx" 2>/dev/null; then
+        log "python venv: ok ($VENV)"
+        return 0
+    fi
+    log "python venv: creating $VENV"
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
+    "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx" \
+        || die "venv packages do not import"
+    printf '%s' "$want" >"$stamp"
+    log "python venv: ok ($("$VENV/bin/python" -c 'import anthropic, openai, pytest; print("anthropic", anthropic.__version__, "openai", openai.__version__, "pytest", pytest.__version__)'))"
+}
+
+# --- Claude Code -------------------------------------------------------------
+claude_version_ok() {
+    local out
+    out="$("$NPM_PREFIX/node_modules/.bin/claude" --version 2>/dev/null)" || return 1
+    [[ "$out" == "$CLAUDE_CODE_VERSION"* ]]
+}
+
+setup_claude_code() {
+    if claude_version_ok; then
+        log "claude code: ok ($CLAUDE_CODE_VERSION)"
+        return 0
+    fi
+    command -v npm >/dev/null || die "npm not found (Claude Code is installed from the npm registry)"
+    log "claude code: installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION into $NPM_PREFIX"
+    mkdir -p "$NPM_PREFIX"
+    # The package's own postinstall copies the native binary (from its platform
+    # package, an optional dependency) over bin/claude.exe; it needs no network.
+    npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --save-exact \
+        "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >&2
+    if ! claude_version_ok; then
+        # Some npm configurations skip install scripts: run it by hand.
+        log "claude code: running its postinstall step by hand"
+        (cd "$NPM_PREFIX/node_modules/@anthropic-ai/claude-code" && node install.cjs) >&2 || true
+    fi
+    claude_version_ok || die "claude --version does not run ($NPM_PREFIX/node_modules/.bin/claude)"
+    log "claude code: ok ($("$NPM_PREFIX/node_modules/.bin/claude" --version))"
+}
+
+setup_apt
+setup_venv
+setup_claude_code
+bash "$ROOT/scripts/fetch-test-models.sh"
+log "done"

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one command that runs every test, on a fresh machine too:
+#   1. scripts/setup-test-env.sh  (system packages, Python venv, Claude Code, test models)
+#   2. cargo test --release --workspace
+#   3. cargo build --release       (the pensieve binary)
+#   4. the end-to-end pytest suite in tests/e2e against that binary
+# Exits non-zero if any step fails. The last line printed is pytest's summary.
+#
+# Extra arguments go to pytest, e.g.  scripts/test.sh -m "not claude_code" -x
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pensieve-target}"
+export PENSIEVE_TEST_MODELS="${PENSIEVE_TEST_MODELS:-$HOME/.cache/pensieve/test-models}"
+export PENSIEVE_VENV="${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}"
+export PENSIEVE_NPM_PREFIX="${PENSIEVE_NPM_PREFIX:-$HOME/.cache/pensieve/npm}"
+export PENSIEVE_BIN="${PENSIEVE_BIN:-$CARGO_TARGET_DIR/release/pensieve}"
+export PYTHONDONTWRITEBYTECODE=1
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+failed=()
+
+step "setting up the test environment"
+if ! bash scripts/setup-test-env.sh; then
+    echo "setup-test-env.sh failed" >&2
+    exit 1
+fi
+
+step "cargo test --release --workspace"
+if ! cargo test --release --workspace; then
+    failed+=("cargo test")
+fi
+
+step "cargo build --release"
+if ! cargo build --release -p pensieve; then
+    failed+=("cargo build")
+fi
+
+step "end-to-end tests (PENSIEVE_BIN=$PENSIEVE_BIN)"
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "FAILED before the end-to-end tests: ${failed[*]}" >&2
+fi
+# Nothing is printed after pytest: its summary line is the last line of the run.
+"$PENSIEVE_VENV/bin/python" -m pytest tests/e2e -v "$@"
+pytest_rc=$?
+if [[ $pytest_rc -ne 0 || ${#failed[@]} -gt 0 ]]; then
+    exit 1
+fi
+exit 0

@@ -1,0 +1,219 @@
+"""Fixtures for the end-to-end suite: the real `pensieve` binary, serving a real
+GGUF model over a real socket, driven by the real clients.
+
+Environment:
+  PENSIEVE_BIN          the binary (default: $CARGO_TARGET_DIR/release/pensieve,
+                        CARGO_TARGET_DIR defaulting to ~/.cache/pensieve-target)
+  PENSIEVE_TEST_MODELS  the models directory (scripts/fetch-test-models.sh)
+  PENSIEVE_NPM_PREFIX   where Claude Code is installed (scripts/setup-test-env.sh)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+HOME = Path.home()
+
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN_CODER = "Qwen2.5-Coder-0.5B-Instruct.gguf"
+GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
+
+# The model name clients ask for; the server must echo it back.
+REQUESTED_MODEL = "claude-opus-5-5"
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+def pensieve_bin() -> Path:
+    explicit = os.environ.get("PENSIEVE_BIN")
+    if explicit:
+        return Path(explicit)
+    target = os.environ.get("CARGO_TARGET_DIR") or str(HOME / ".cache" / "pensieve-target")
+    return Path(target) / "release" / "pensieve"
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("PENSIEVE_TEST_MODELS") or HOME / ".cache" / "pensieve" / "test-models")
+
+
+def model_path(name: str) -> Path:
+    path = models_dir() / name
+    if not path.is_file():
+        pytest.fail(f"test model {path} is missing: run scripts/fetch-test-models.sh")
+    return path
+
+
+def claude_bin() -> Path:
+    prefix = os.environ.get("PENSIEVE_NPM_PREFIX") or str(HOME / ".cache" / "pensieve" / "npm")
+    return Path(prefix) / "node_modules" / ".bin" / "claude"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One running `pensieve serve` process."""
+
+    def __init__(self, model: Path, extra_args: list[str], api_key: str | None = None):
+        self.model = model
+        self.api_key = api_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            str(pensieve_bin()),
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            "2",
+            *extra_args,
+        ]
+        if api_key is not None:
+            self.args += ["--api-key", api_key]
+        self._log_dir = tempfile.TemporaryDirectory(prefix="pensieve-e2e-")
+        self.log_path = Path(self._log_dir.name) / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+        return text[-chars:]
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"x-api-key": self.api_key} if self.api_key else {}
+
+    def start(self) -> None:
+        binary = pensieve_bin()
+        if not binary.is_file():
+            pytest.fail(f"pensieve binary not found at {binary} (set PENSIEVE_BIN or build it)")
+        log = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                self.stop()
+                pytest.fail(
+                    f"pensieve exited with {code} before it was ready\n"
+                    f"command: {' '.join(self.args)}\n--- server log ---\n{self.log_tail()}"
+                )
+            try:
+                r = httpx.get(f"{self.url}/health", headers=self.auth_headers(), timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last_error = f"/health answered {r.status_code}: {r.text[:200]}"
+            except httpx.HTTPError as e:
+                last_error = repr(e)
+            time.sleep(0.25)
+        self.stop()
+        pytest.fail(
+            f"pensieve not ready within {STARTUP_TIMEOUT_S:.0f}s ({last_error})\n"
+            f"command: {' '.join(self.args)}\n--- server log ---\n{self.log_tail()}"
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        self._log_dir.cleanup()
+
+
+def _serve(model: str, extra_args: list[str] | None = None, api_key: str | None = None):
+    server = Server(model_path(model), extra_args or [], api_key=api_key)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clean_client_env():
+    """The SDKs read these; a developer's own settings must not leak into the tests."""
+    saved = {}
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        if var in os.environ:
+            saved[var] = os.environ.pop(var)
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def smol_server():
+    """SmolLM2-135M with the default context (the model's 8k), no key."""
+    yield from _serve(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def small_ctx_server():
+    """SmolLM2-135M with a 512-token context, for prompt-too-long checks."""
+    yield from _serve(SMOLLM2, ["--ctx", "512"])
+
+
+@pytest.fixture(scope="session")
+def auth_server():
+    """SmolLM2-135M that requires the key `secret`."""
+    yield from _serve(SMOLLM2, api_key="secret")
+
+
+@pytest.fixture(scope="session")
+def base_url(smol_server) -> str:
+    return smol_server.url
+
+
+@pytest.fixture(scope="session")
+def client(smol_server):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=smol_server.url, api_key="anything", max_retries=0, timeout=180.0)
+
+
+@pytest.fixture(scope="session")
+def http(smol_server):
+    with httpx.Client(base_url=smol_server.url, timeout=180.0) as c:
+        yield c
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "claude_code: drives the real Claude Code CLI against the server (slow: minutes of prefill)"
+    )

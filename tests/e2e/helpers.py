@@ -1,0 +1,66 @@
+"""Small helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator
+
+import httpx
+
+REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]+$")
+TOO_LONG_RE = re.compile(r"prompt is too long: (\d+) tokens > (\d+) maximum")
+
+BILLING_LINE = "x-anthropic-billing-header: cc_version=1; cc_entrypoint=cli;"
+
+
+def iter_sse(response: httpx.Response) -> Iterator[tuple[str | None, dict]]:
+    """Parse a text/event-stream body into (event name, parsed data) pairs."""
+    event: str | None = None
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+def assert_error_shape(response: httpx.Response, status: int, error_type: str) -> dict:
+    """The Anthropic error envelope: {"type":"error","error":{"type","message"},"request_id"}."""
+    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert body.get("type") == "error", body
+    assert isinstance(body.get("error"), dict), body
+    assert body["error"].get("type") == error_type, body
+    assert isinstance(body["error"].get("message"), str) and body["error"]["message"], body
+    assert isinstance(body.get("request_id"), str) and REQUEST_ID_RE.match(body["request_id"]), body
+    header_id = response.headers.get("request-id")
+    assert header_id == body["request_id"], (header_id, body["request_id"])
+    return body
+
+
+def text_of(message) -> str:
+    """All text blocks of an SDK Message, joined."""
+    return "".join(block.text for block in message.content if block.type == "text")
+
+
+def prompt_total(usage) -> int:
+    """Input tokens of a response, counting prefix-cache hits (input + cache_creation + cache_read)."""
+    return (
+        usage.input_tokens
+        + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+        + (getattr(usage, "cache_read_input_tokens", None) or 0)
+    )
