@@ -66,16 +66,18 @@ pub struct LoadedModel {
     pub runner: LlamaRunner,
 }
 
-/// llama.cpp's global state is initialised once per process.
+/// llama.cpp's global state is initialised once per process (a second init fails, so
+/// concurrent first loads must wait for one another: `get_or_init` does that).
 fn backend() -> Result<&'static LlamaBackend, LlamaError> {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    if let Some(b) = BACKEND.get() {
-        return Ok(b);
-    }
-    // llama.cpp logs through tracing, under the `llama-cpp-2` target.
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    let backend = LlamaBackend::init().map_err(|e| LlamaError::Backend(e.to_string()))?;
-    Ok(BACKEND.get_or_init(|| backend))
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs through tracing, under the `llama-cpp-2` target.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LlamaError::Backend(e.clone()))
 }
 
 /// Load the model file and create a context for it.

@@ -84,6 +84,7 @@ fn is_public(method: &Method, path: &str) -> bool {
 async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = random_id("req_");
     request.extensions_mut().insert(RequestId(id.clone()));
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut response = match &state.config.api_key {
         Some(key)
             if !is_public(request.method(), request.uri().path())
@@ -97,6 +98,10 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("request-id", value);
+    }
+    // Successful generations log their own line with tokens and timings.
+    if response.status().is_client_error() || response.status().is_server_error() {
+        tracing::info!(request_id = %id, %method, %path, status = response.status().as_u16(), "request refused");
     }
     response
 }

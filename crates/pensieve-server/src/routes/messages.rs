@@ -143,7 +143,10 @@ impl Reply {
                     let body = MessageResponse::new(self.message_id, self.model, text, &completion);
                     return Ok(Json(body).into_response());
                 }
-                GenerationEvent::Failed(e) => return Err(e.into()),
+                GenerationEvent::Failed(e) => {
+                    self.log_failure(&e);
+                    return Err(e.into());
+                }
             }
         }
         Err(EngineError::EngineStopped.into())
@@ -193,13 +196,20 @@ impl Reply {
                         self.log(true, &completion);
                         encoder.on_event(GenerationEvent::Done(completion))
                     }
+                    Some(GenerationEvent::Failed(e)) => {
+                        self.log_failure(&e);
+                        encoder.on_event(GenerationEvent::Failed(e))
+                    }
                     Some(event) => encoder.on_event(event),
                     // The engine dropped the request without a word: report it in-band.
                     None => vec![encoder.error(&EngineError::EngineStopped)],
                 },
                 _ = ping.tick() => vec![StreamEncoder::ping()],
                 // The client went away: dropping `generation` cancels it in the engine.
-                _ = frames.closed() => return,
+                _ = frames.closed() => {
+                    tracing::info!(request_id = %self.request_id, "client disconnected; generation cancelled");
+                    return;
+                }
             };
             for event in events {
                 if !send(event).await {
@@ -210,6 +220,10 @@ impl Reply {
                 return;
             }
         }
+    }
+
+    fn log_failure(&self, e: &EngineError) {
+        tracing::warn!(request_id = %self.request_id, model = %self.model, error = %e, "message failed");
     }
 
     /// One line per finished request.

@@ -1,0 +1,169 @@
+//! The llama.cpp backend against the real test models (fetched by
+//! `scripts/fetch-test-models.sh` into `$PENSIEVE_TEST_MODELS`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pensieve_engine::{
+    Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, Message, ModelRunner,
+    Role, SamplingParams, Tokenizer,
+};
+use pensieve_llama::{load, LlamaOptions, LoadedModel};
+
+fn model_path(file: &str) -> PathBuf {
+    let dir = std::env::var_os("PENSIEVE_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/pensieve/test-models")
+        });
+    let path = dir.join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-test-models.sh",
+        path.display()
+    );
+    path
+}
+
+fn smollm2(context: u32) -> LoadedModel {
+    let mut options = LlamaOptions::new(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    options.context_size = Some(context);
+    options.threads = Some(2);
+    load(&options).expect("SmolLM2 loads")
+}
+
+#[test]
+fn reads_metadata_and_special_tokens() {
+    let model = smollm2(1024);
+    let info = &model.info;
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.train_context, 8192);
+    assert_eq!(info.context_size, 1024);
+    assert_eq!(info.id, "SmolLM2-135M-Instruct.Q4_1");
+    assert!(info
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("<|im_start|>")));
+    assert_eq!(info.bos_token, "<|im_start|>");
+    assert_eq!(info.eos_token, "<|im_end|>");
+    let tok = &model.tokenizer;
+    // Special tokens written in the prompt become their ids; no BOS is added for SmolLM2.
+    let ids = tok.encode("<|im_start|>user\nhi<|im_end|>\n");
+    assert_eq!(ids.first(), Some(&1));
+    assert!(ids.contains(&2));
+    for eog in [0, 2] {
+        assert!(tok.is_end_of_generation(eog), "token {eog} ends generation");
+    }
+    assert!(!tok.is_end_of_generation(ids[1]));
+    // Control tokens render as nothing; text tokens as their bytes.
+    assert!(tok.token_bytes(2).is_empty());
+    let hello = tok.encode("hello");
+    let text: Vec<u8> = hello.iter().flat_map(|t| tok.token_bytes(*t)).collect();
+    assert_eq!(text, b"hello");
+}
+
+#[test]
+fn gemma_without_template_gets_a_bos() {
+    let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
+    options.context_size = Some(512);
+    options.threads = Some(2);
+    let model = load(&options).expect("Gemma 3 loads");
+    assert_eq!(model.info.architecture, "gemma3");
+    assert!(model.info.chat_template.is_none());
+    assert_eq!(model.info.bos_token, "<bos>");
+    let ids = model.tokenizer.encode("hello");
+    assert_eq!(ids[0], 2, "Gemma wants a BOS and the text had none");
+    // Written by a template, the BOS is not doubled.
+    assert_eq!(model.tokenizer.encode("<bos>hello"), ids);
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let err = load(&LlamaOptions::new("/nonexistent/model.gguf"))
+        .err()
+        .expect("loading a missing file fails");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
+    let mut model = smollm2(1024);
+    let prompt = model
+        .tokenizer
+        .encode("<|im_start|>user\nList three colours.<|im_end|>\n<|im_start|>assistant\n");
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    let runner = &mut model.runner;
+    let run = |runner: &mut dyn ModelRunner, from: usize| {
+        // Evaluate the prompt from `from` in one batch, then 8 greedy tokens.
+        runner.evaluate(&prompt[from..], from as u32).unwrap();
+        runner.start_sampling(&greedy);
+        let mut out = Vec::new();
+        for i in 0..8 {
+            let t = runner.sample();
+            out.push(t);
+            runner.evaluate(&[t], (prompt.len() + i) as u32).unwrap();
+        }
+        out
+    };
+    assert!(runner.truncate(0));
+    let cold = run(runner, 0);
+    // Cut back to the last prompt token and go again: same greedy continuation.
+    let last = prompt.len() - 1;
+    assert!(runner.truncate(last as u32));
+    let reused = run(runner, last);
+    assert_eq!(cold, reused);
+}
+
+#[tokio::test]
+async fn engine_generates_and_reports_cache_reuse() {
+    let model = smollm2(2048);
+    let engine = Engine::start(
+        model.info,
+        model.tokenizer.clone() as Arc<dyn Tokenizer>,
+        Box::new(model.runner),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let mut request = GenerateRequest::new(
+        "claude-test",
+        vec![
+            Message::text(Role::System, "You are terse."),
+            Message::text(Role::User, "Count from 1 to 20, separated by commas."),
+        ],
+        40,
+    );
+    request.sampling.temperature = 0.0;
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let valid = engine.validate(&request).unwrap();
+        let prompt_len = valid.prompt.len() as u32;
+        let mut generation = engine.submit(valid).unwrap();
+        let mut text = String::new();
+        let completion = loop {
+            match generation.events.recv().await.expect("engine answers") {
+                GenerationEvent::Text(t) => text.push_str(&t),
+                GenerationEvent::Done(c) => break c,
+                GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+                GenerationEvent::PrefillDone { .. } => {}
+            }
+        };
+        assert_eq!(completion.usage.prompt_tokens, prompt_len);
+        assert!(matches!(
+            completion.reason,
+            FinishReason::EndOfTurn | FinishReason::MaxTokens
+        ));
+        outputs.push((text, completion.usage.cached_prompt_tokens));
+    }
+    assert!(!outputs[0].0.is_empty());
+    assert_eq!(outputs[0].1, 0, "the first request is cold");
+    // The second request reuses all of the prompt but its last token.
+    let prompt_len = engine.prompt_tokens(&request).unwrap().len() as u32;
+    assert_eq!(outputs[1].1, prompt_len - 1);
+    assert_eq!(outputs[0].0, outputs[1].0, "greedy output is the same");
+    engine.shutdown();
+    engine.join();
+}
