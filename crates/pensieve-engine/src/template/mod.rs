@@ -19,6 +19,7 @@ mod python;
 mod strftime;
 #[cfg(test)]
 mod tests;
+mod tool_prompt;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -113,6 +114,10 @@ pub struct ChatTemplate {
     env: Arc<Environment<'static>>,
     tokens: SpecialTokens,
     description: &'static str,
+    /// Whether the template writes the `tools` it is given into the prompt. When it
+    /// does not (SmolLM2's), we describe the tools in the system prompt ourselves:
+    /// dropping them would hide them from the model and undercount the prompt.
+    renders_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -170,6 +175,13 @@ impl ChatTemplate {
         tools: &[ToolSpec],
         opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
+        let with_tools;
+        let (messages, tools) = if tools.is_empty() || self.renders_tools {
+            (messages, tools)
+        } else {
+            with_tools = tool_prompt::with_tool_system_prompt(messages, tools)?;
+            (with_tools.as_slice(), &[][..])
+        };
         let conversation = normalize::normalize(messages);
         let first_error = match self.render_conversation(&conversation, tools, opts) {
             Ok(prompt) => return Ok(prompt),
@@ -276,11 +288,27 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime::strftime_now);
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
             .map_err(|err| TemplateError::Syntax(err.to_string()))?;
-        Ok(ChatTemplate {
+        let mut template = ChatTemplate {
             env: Arc::new(env),
             tokens,
             description,
-        })
+            renders_tools: true,
+        };
+        template.renders_tools = template.probe_renders_tools();
+        Ok(template)
+    }
+
+    /// Render a one-message conversation with a probe tool and look for its name.
+    fn probe_renders_tools(&self) -> bool {
+        let name = "pensieve_probe_tool_7f3a";
+        let tool = ToolSpec {
+            name: name.to_owned(),
+            description: Some("probe".to_owned()),
+            parameters: serde_json::json!({"type": "object", "properties": {}}),
+        };
+        let messages = [Message::text(crate::request::Role::User, "hi")];
+        self.render_raw(&messages, None, &[tool], &RenderOptions::default())
+            .is_ok_and(|prompt| prompt.contains(name))
     }
 }
 
@@ -440,14 +468,14 @@ struct TemplateFunctionCall<'a> {
 
 /// A tool in the OpenAI function shape HF templates iterate over.
 #[derive(Serialize)]
-struct TemplateTool<'a> {
+pub(super) struct TemplateTool<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     function: TemplateFunction<'a>,
 }
 
 impl<'a> TemplateTool<'a> {
-    fn new(tool: &'a ToolSpec) -> Self {
+    pub(super) fn new(tool: &'a ToolSpec) -> Self {
         TemplateTool {
             kind: "function",
             function: TemplateFunction {

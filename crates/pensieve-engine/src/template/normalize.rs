@@ -13,7 +13,7 @@ use crate::request::{Message, Role};
 /// tool calls are concatenated, so leading system messages become one as well.
 pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
-    for message in messages {
+    for message in &hoist_system_above_user(messages) {
         match out.last_mut() {
             Some(last) if last.role == message.role && message.role != Role::Tool => {
                 merge_into(last, message);
@@ -27,6 +27,25 @@ pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
         m.role == Role::Assistant && m.content.is_empty() && m.tool_calls.is_empty()
     }) {
         out.pop();
+    }
+    out
+}
+
+/// Claude Code sends its environment description as a `system` turn right after the
+/// user's prompt. Rendered there it is the last thing the model reads, and small models
+/// answer it instead of the user. So a system turn that follows user turns moves ahead
+/// of them. Later requests of the conversation keep that turn in the same place, so
+/// their prompts still share the same prefix (what prefix caching needs).
+fn hoist_system_above_user(messages: &[Message]) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut at = out.len();
+        if message.role == Role::System {
+            while at > 0 && out[at - 1].role == Role::User {
+                at -= 1;
+            }
+        }
+        out.insert(at, message.clone());
     }
     out
 }
@@ -107,6 +126,37 @@ mod tests {
     }
 
     #[test]
+    fn a_system_turn_after_the_user_moves_above_it() {
+        // Claude Code's first request, then its second one: the same prefix either way.
+        let first = normalize(&[
+            msg(Role::System, "main"),
+            msg(Role::User, "prompt"),
+            msg(Role::System, "env"),
+        ]);
+        let roles: Vec<_> = first.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            roles,
+            vec![(Role::System, "main\n\nenv"), (Role::User, "prompt")]
+        );
+        let second = normalize(&[
+            msg(Role::System, "main"),
+            msg(Role::User, "prompt"),
+            msg(Role::System, "env"),
+            msg(Role::Assistant, "calling"),
+            msg(Role::User, "more"),
+        ]);
+        assert_eq!(second[..2], first[..]);
+        // After an assistant turn a system turn stays where it is.
+        let later = normalize(&[
+            msg(Role::User, "q"),
+            msg(Role::Assistant, "a"),
+            msg(Role::System, "note"),
+            msg(Role::User, "q2"),
+        ]);
+        assert_eq!(later[2].role, Role::System);
+    }
+
+    #[test]
     fn merges_consecutive_same_role_turns_with_a_blank_line() {
         let merged = normalize(&[
             msg(Role::System, "a"),
@@ -169,16 +219,19 @@ mod tests {
 
     #[test]
     fn folds_mid_system_into_the_previous_user_turn_when_last() {
-        let conversation = normalize(&[
+        let conversation = [
             msg(Role::System, "sys"),
             msg(Role::User, "q"),
+            msg(Role::Assistant, "a"),
             msg(Role::System, "reminder"),
-        ]);
+        ];
         assert_eq!(
             fold_mid_system(&conversation),
             Some(vec![
                 msg(Role::System, "sys"),
-                msg(Role::User, "q\n\nreminder")
+                msg(Role::User, "q"),
+                msg(Role::Assistant, "a"),
+                msg(Role::User, "reminder")
             ])
         );
     }

@@ -322,6 +322,21 @@ pub(super) fn tojson(value: &Value, args: Rest<Value>) -> Result<Value, Error> {
     Ok(Value::from(writer.out))
 }
 
+/// `json.dumps(value, ensure_ascii=False, separators=(",", ":"))`: compact JSON that
+/// prints numbers as Python does, for text we write into prompts ourselves.
+pub(super) fn compact_json(value: &Value) -> Result<String, Error> {
+    let mut writer = JsonWriter {
+        out: String::new(),
+        ensure_ascii: false,
+        indent: None,
+        item_sep: ",".to_owned(),
+        key_sep: ":".to_owned(),
+        sort_keys: false,
+    };
+    writer.write(value, 0)?;
+    Ok(writer.out)
+}
+
 /// Separates keyword arguments, which arrive as a trailing kwargs value.
 fn split_kwargs(mut args: Vec<Value>) -> Result<(Vec<Value>, Kwargs), Error> {
     let kwargs = match args.last() {

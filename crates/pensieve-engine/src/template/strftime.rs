@@ -39,7 +39,10 @@ mod tests {
         assert_eq!(format_time(&t, "%d %b %Y"), "26 Jul 2024");
         assert_eq!(format_time(&t, "%Y-%m-%d"), "2024-07-26");
         assert_eq!(format_time(&t, "%B %d, %Y"), "July 26, 2024");
-        assert_eq!(format_time(&t, "%A %j %H:%M:%S %p"), "Friday 208 09:05:03 AM");
+        assert_eq!(
+            format_time(&t, "%A %j %H:%M:%S %p"),
+            "Friday 208 09:05:03 AM"
+        );
         assert_eq!(format_time(&t, "%-d/%-m %I%%"), "26/7 09%");
         assert_eq!(format_time(&t, "%e|%k|%l|%y"), "26| 9| 9|24");
     }

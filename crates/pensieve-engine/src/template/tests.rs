@@ -242,7 +242,9 @@ fn mid_conversation_system_is_folded_when_the_template_refuses_it() {
         .expect("renders after folding");
     assert_eq!(
         prompt,
-        "[system:s][user:q\n\nreminder][assistant:a][user:q2\n\nlate]"
+        // "reminder" and "late" follow user turns, so they move above them first;
+        // only "late" is still mid-conversation and gets folded.
+        "[system:s\n\nreminder][user:q][assistant:a][user:late\n\nq2]"
     );
 }
 
