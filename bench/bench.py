@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import signal
 import socket
 import statistics
@@ -114,6 +115,52 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)   # idle + iowait
+    total = sum(parts[:8])                                    # guest time is already in user
+    return total - idle, total
+
+
+def proc_jiffies(pid: int) -> int:
+    """utime + stime of one process (all its threads), in jiffies."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def machine_busy(interval: float = 1.0) -> float:
+    """Fraction of all cores busy over `interval` seconds (0..1)."""
+    b0, t0 = cpu_jiffies()
+    time.sleep(interval)
+    b1, t1 = cpu_jiffies()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_for_idle(max_wait: float, threshold: float) -> float:
+    """Wait (up to max_wait s) until the machine is below `threshold` busy; returns the last
+    sample. Other work on a 2-core machine wrecks a 2-thread server's timings (its threads
+    spin-wait on each other), so measuring while another build runs is mostly noise."""
+    deadline = time.monotonic() + max_wait
+    busy = machine_busy()
+    warned = False
+    while busy > threshold and time.monotonic() < deadline:
+        if not warned:
+            log(f"machine {100 * busy:.0f}% busy before start; waiting up to {max_wait:.0f} s "
+                f"for < {100 * threshold:.0f}%")
+            warned = True
+        time.sleep(4)
+        busy = machine_busy()
+    if busy > threshold:
+        log(f"warning: machine still {100 * busy:.0f}% busy; measuring anyway (see 'other CPU')")
+    return busy
 
 
 def synthetic_text(n_words: int, seed: int = 1234) -> str:
@@ -296,7 +343,7 @@ atexit.register(_kill_all)
 
 
 def _on_signal(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,6 +519,9 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
     # warm-up: faults the weights in and lets the server set up its threads; not measured
     stream_message(srv.port, make_body(model_name, "You are a helpful assistant.",
                                        "Say hello.", 8), args.request_timeout)
+    # CPU used by anything but the server and this script while measuring: the noise gauge
+    busy0, total0 = cpu_jiffies()
+    srv0, self0 = proc_jiffies(srv.proc.pid), proc_jiffies(os.getpid())
 
     dec_rates = []
     dec_runs = []
@@ -519,6 +569,12 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
     res["prefill_runs"] = pre_runs
 
     res["peak_rss_kib"] = srv.peak_rss_kib()
+    busy1, total1 = cpu_jiffies()
+    srv1, self1 = proc_jiffies(srv.proc.pid), proc_jiffies(os.getpid())
+    if total1 > total0:
+        foreign = (busy1 - busy0) - (srv1 - srv0) - (self1 - self0)
+        res["other_cpu_pct"] = max(0.0, 100.0 * foreign / (total1 - total0))
+        res["server_cpu_pct"] = 100.0 * (srv1 - srv0) / (total1 - total0)
     return res
 
 
@@ -534,6 +590,7 @@ METRICS = [
     ("decode_long_tok_s", "decode tok/s after prompt", "{:.1f}", True),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}", False),
     ("startup_s", "start -> /health 200 (s)", "{:.2f}", False),
+    ("other_cpu_pct", "other CPU while measuring %", "{:.0f}", False),
 ]
 
 
@@ -557,13 +614,19 @@ def print_table(summary: dict, sides: list[str]) -> None:
         if len(sides) == 2:
             a = summary[LLAMA].get(key)
             b = summary[PENSIEVE].get(key)
-            ratio = b["median"] / a["median"] if a and b and a["median"] else None
+            ratio = (b["median"] / a["median"]
+                     if a and b and a["median"] and key != "other_cpu_pct" else None)
             row += f"{(f'{ratio:.2f}x' if ratio else '-'):>16}"
         print(row)
     wide = [(s, label) for s in sides for key, label, _, _ in METRICS[:4]
             if summary[s].get(key) and summary[s][key]["spread"] and summary[s][key]["spread"] > 0.15]
     for s, label in wide:
         print(f"note: {s} '{label}' spread > 15% of median: noisy machine, consider a rerun")
+    for s in sides:
+        o = summary[s].get("other_cpu_pct")
+        if o and o["max"] > 10:
+            print(f"note: other processes used up to {o['max']:.0f}% of the machine while {s} was "
+                  f"measured: its numbers are not trustworthy, rerun on a quiet machine")
 
 
 def main() -> int:
@@ -578,13 +641,22 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--decode-tokens", type=int, default=256, help="max_tokens of the decode request")
     ap.add_argument("--decode-reps", type=int, default=1, help="decode requests per round")
-    ap.add_argument("--prefill-words", type=int, default=1550,
-                    help="words of synthetic text in the cold prompt (1550 ~ 2,000 tokens with SmolLM2)")
+    ap.add_argument("--prefill-words", type=int, default=1740,
+                    help="words of synthetic text in the cold prompt (1740: ~2,000 tokens with SmolLM2)")
     ap.add_argument("--prefill-max-tokens", type=int, default=32,
                     help="max_tokens of the cold-prompt request (its decode is 'decode after prompt')")
     ap.add_argument("--prefill-reps", type=int, default=1, help="cold-prompt requests per round")
     ap.add_argument("--health-timeout", type=float, default=180)
     ap.add_argument("--request-timeout", type=float, default=600)
+    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
+                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
+    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT",
+                    help="'idle' means below PCT%% of all cores busy (default 15)")
+    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
+                    help="a round during which other processes used more than PCT%% of the machine "
+                         "is noisy and is redone (default 15)")
+    ap.add_argument("--retry-noisy", type=int, default=2, metavar="N",
+                    help="redo a noisy round up to N times, then keep it (default 2)")
     ap.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
     ap.add_argument("--llama-args", default="", help="extra arguments for llama-server (one string)")
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")
@@ -623,49 +695,89 @@ def main() -> int:
         if side == LLAMA:
             return [bins[LLAMA], "-m", model, "--host", "127.0.0.1", "--port", str(port),
                     "-np", "1", "-c", str(args.ctx), "-t", str(args.threads), "--no-webui",
-                    *args.llama_args.split()]
+                    *shlex.split(args.llama_args)]
         return [bins[PENSIEVE], "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-                "--ctx", str(args.ctx), "--threads", str(args.threads), *args.pensieve_args.split()]
+                "--ctx", str(args.ctx), "--threads", str(args.threads), *shlex.split(args.pensieve_args)]
 
     versions = {}
     for s in sides:
         try:
             p = subprocess.run([bins[s], "--version"], capture_output=True, text=True, timeout=30)
-            versions[s] = (p.stdout + p.stderr).strip()[-300:]
+            out = (p.stdout + p.stderr).strip()
+            versions[s] = out[:300] if p.returncode == 0 else f"? (--version exited {p.returncode})"
         except Exception as e:  # noqa: BLE001
             versions[s] = f"? ({e})"
 
     bw = None
     if not args.no_bandwidth:
+        # measured before and after the runs (best of both): one of them may hit a busy moment
         log("measuring memory bandwidth (512 MiB copy and scan)")
         bw = measure_bandwidth()
 
+    # the command line is the whole configuration: drop settings a server would read from the
+    # environment (llama-server's LLAMA_ARG_*, pensieve's API key, which this client doesn't know)
+    server_env = {k: v for k, v in os.environ.items()
+                  if not k.startswith("LLAMA_ARG_") and k != "PENSIEVE_API_KEY"}
     prefill_text = synthetic_text(args.prefill_words)
     results: dict[str, list[dict]] = {s: [] for s in sides}
+    discarded: list[dict] = []
+    failures: list[dict] = []
     started = time.time()
     interrupted = False
     try:
         for rnd in range(args.rounds):
             for s in sides:
-                srv = Server(s, command(s, free_port()), 0, log_dir / f"{s}.log")
-                srv.port = int(srv.cmd[srv.cmd.index("--port") + 1])
-                try:
-                    srv.start(args.health_timeout)
-                    r = run_round(srv, args, model_name, prefill_text)
-                finally:
-                    srv.stop()
-                r["round"] = rnd + 1
-                results[s].append(r)
-                log(f"round {rnd + 1}/{args.rounds} {s}: decode {_f(r['decode_tok_s'])} tok/s "
-                    f"({r['decode_output_tokens']} tok), prefill {_f(r['prefill_tok_s'])} tok/s "
-                    f"({r['prefill_prompt_tokens']} tok, TTFT {_f(r['ttft_s'], 2)} s), "
-                    f"decode after prompt {_f(r['decode_long_tok_s'])} tok/s, "
-                    f"peak RSS {_f((r['peak_rss_kib'] or 0) / 1024, 0)} MiB")
-    except KeyboardInterrupt:
+                for attempt in range(args.retry_noisy + 1):
+                    busy_before = (wait_for_idle(args.wait_idle, args.idle_threshold / 100)
+                                   if args.wait_idle > 0 else None)
+                    port = free_port()
+                    srv = Server(s, command(s, port), port, log_dir / f"{s}.log", env=server_env)
+                    try:
+                        srv.start(args.health_timeout)
+                        r = run_round(srv, args, model_name, prefill_text)
+                    except (RuntimeError, OSError, http.client.HTTPException, ValueError) as e:
+                        srv.stop()
+                        failures.append({"side": s, "round": rnd + 1, "error": str(e)})
+                        log(f"round {rnd + 1} {s} FAILED: {e}\n--- server log tail:\n{srv.log_tail()}")
+                        if sum(1 for f in failures if f["side"] == s) >= 2:
+                            raise RuntimeError(f"{s} failed twice; giving up") from e
+                        break
+                    finally:
+                        srv.stop()
+                    r["round"] = rnd + 1
+                    r["attempt"] = attempt + 1
+                    r["busy_before_pct"] = None if busy_before is None else 100 * busy_before
+                    log(f"round {rnd + 1}/{args.rounds} {s}: decode {_f(r['decode_tok_s'])} tok/s "
+                        f"({r['decode_output_tokens']} tok), prefill {_f(r['prefill_tok_s'])} tok/s "
+                        f"({r['prefill_prompt_tokens']} tok, TTFT {_f(r['ttft_s'], 2)} s), "
+                        f"decode after prompt {_f(r['decode_long_tok_s'])} tok/s, "
+                        f"peak RSS {_f((r['peak_rss_kib'] or 0) / 1024, 0)} MiB, "
+                        f"other CPU {_f(r.get('other_cpu_pct'), 0)}%")
+                    noisy = (r.get("other_cpu_pct") or 0) > args.max_other_cpu
+                    if noisy and attempt < args.retry_noisy:
+                        log(f"other processes took {r['other_cpu_pct']:.0f}% of the machine "
+                            f"(> {args.max_other_cpu:.0f}%): discarding this round of {s}, redoing it")
+                        discarded.append(r)
+                        continue
+                    results[s].append(r)
+                    break
+    except KeyboardInterrupt as e:
         interrupted = True
-        log("interrupted: servers stopped; summarizing what was measured")
+        log(f"interrupted ({e or 'SIGINT'}): servers stopped; summarizing what was measured")
+    except RuntimeError as e:
+        interrupted = True
+        log(f"stopped: {e}; summarizing what was measured")
     finally:
         _kill_all()
+
+    if bw and not interrupted:
+        try:
+            log("measuring memory bandwidth again")
+            bw2 = measure_bandwidth()
+            bw["copy_bytes_per_s"] = max(bw["copy_bytes_per_s"], bw2["copy_bytes_per_s"])
+            bw["read_bytes_per_s"] = max(bw["read_bytes_per_s"], bw2["read_bytes_per_s"])
+        except KeyboardInterrupt:
+            pass
 
     summary: dict[str, dict] = {}
     for s in sides:
@@ -676,7 +788,8 @@ def main() -> int:
 
     print()
     print(f"model: {model} ({model_bytes / 1e6:.1f} MB), threads {args.threads}, ctx {args.ctx}, "
-          f"rounds {len(results[sides[0]])}{' (interrupted)' if interrupted else ''}")
+          f"rounds {len(results[sides[0]])}{' (interrupted)' if interrupted else ''}"
+          f"{f', {len(discarded)} noisy round(s) discarded and redone' if discarded else ''}")
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
     for s in sides:
         print(f"{s}: {bins[s]}  ({'; '.join(versions[s].splitlines()) or '?'})")
@@ -721,13 +834,18 @@ def main() -> int:
             "ratios_pensieve_over_llama": (
                 {k: (summary[PENSIEVE][k]["median"] / summary[LLAMA][k]["median"])
                  for k, *_ in METRICS if summary[PENSIEVE].get(k) and summary[LLAMA].get(k)
-                 and summary[LLAMA][k]["median"]}
+                 and summary[LLAMA][k]["median"] and k != "other_cpu_pct"}
                 if len(sides) == 2 else None),
             "runs": results,
+            "discarded_noisy_runs": discarded,
+            "failures": failures,
         }
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
         print(f"json: {args.json}")
-    return 130 if interrupted else 0
+    if failures:
+        print(f"{len(failures)} round(s) failed: " + "; ".join(f"{f['side']} round {f['round']}: "
+                                                          f"{f['error'][:200]}" for f in failures))
+    return 130 if interrupted else (1 if failures else 0)
 
 
 def _f(x, nd: int = 1) -> str:

@@ -105,7 +105,7 @@ class Server:
         if not binary.is_file():
             pytest.fail(f"pensieve binary not found at {binary} (set PENSIEVE_BIN or build it)")
         log = open(self.log_path, "wb")
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PENSIEVE_API_KEY")}
         env.setdefault("RUST_LOG", "info")
         self.proc = subprocess.Popen(
             self.args,
