@@ -310,11 +310,20 @@ def test_system_string_and_blocks_with_billing_line(client):
 
 
 def test_role_system_inside_messages(client):
+    def count(**kw):
+        return client.messages.count_tokens(model=REQUESTED_MODEL, **kw).input_tokens
+
+    note = "Always answer in French."
+    # Claude Code's shape: a system turn right after the user's prompt. It reaches the
+    # prompt above the user turn, exactly as if it had been sent as `system`.
     base = [{"role": "user", "content": "Say hello."}]
-    with_system = base + [{"role": "system", "content": "Always answer in French."}]
-    n_base = client.messages.count_tokens(model=REQUESTED_MODEL, messages=base).input_tokens
-    n_sys = client.messages.count_tokens(model=REQUESTED_MODEL, messages=with_system).input_tokens
-    assert n_sys > n_base, "a role: system message must be placed in the prompt"
+    with_system = base + [{"role": "system", "content": note}]
+    n_sys = count(messages=with_system)
+    assert n_sys == count(system=note, messages=base), "a role: system message must be placed in the prompt"
+    # Later in a conversation, a system turn adds to the prompt where it stands.
+    convo = base + [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Again."}]
+    mid = convo[:2] + [{"role": "system", "content": note}] + convo[2:]
+    assert count(messages=mid) > count(messages=convo)
     msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=16, messages=with_system)
     assert msg.role == "assistant"
     assert msg.usage.output_tokens > 0
