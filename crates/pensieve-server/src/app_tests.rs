@@ -302,6 +302,26 @@ async fn oversized_body_is_413() {
 }
 
 #[tokio::test]
+async fn oversized_chunked_body_is_413() {
+    // No content-length: the limit is found while reading.
+    let config = ServerConfig {
+        body_limit: 1024,
+        ..ServerConfig::default()
+    };
+    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 512])));
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/messages")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let response = app(state_with("x", config, 4096))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
 async fn unknown_fields_and_beta_headers_are_ignored() {
     let mut body = message(false);
     body["context_management"] = json!({"edits": []});

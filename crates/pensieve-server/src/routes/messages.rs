@@ -100,8 +100,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if is_limit {
             too_large()
         } else {
