@@ -86,10 +86,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     request.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut response = match &state.config.api_key {
-        Some(key)
-            if !is_public(request.method(), request.uri().path())
-                && !is_authorized(request.headers(), key) =>
-        {
+        Some(key) if !is_public(&method, &path) && !is_authorized(request.headers(), key) => {
             ApiError::new(ErrorKind::Authentication, "invalid x-api-key")
                 .with_request_id(&id)
                 .into_response()

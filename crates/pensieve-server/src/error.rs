@@ -42,17 +42,7 @@ impl From<RequestError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let kind = match &e {
-            e if e.is_client_error() => ErrorKind::InvalidRequest,
-            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
-            EngineError::EngineStopped | EngineError::Backend(_) => {
-                // Internals go to the log; the client gets a plain message.
-                tracing::error!(error = %e, "engine failure");
-                ErrorKind::Api
-            }
-            _ => ErrorKind::Api,
-        };
-        ApiError::new(kind, e.to_string())
+        ApiError::new(ErrorKind::of_engine_error(&e), e.to_string())
     }
 }
 

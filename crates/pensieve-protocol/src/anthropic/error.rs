@@ -1,5 +1,6 @@
 //! Anthropic's error envelope: `{"type":"error","error":{"type","message"},"request_id"}`.
 
+use pensieve_engine::EngineError;
 use serde_json::{json, Value};
 
 /// The error types Anthropic's API uses, each with its HTTP status.
@@ -26,6 +27,15 @@ impl ErrorKind {
             ErrorKind::RateLimit => 429,
             ErrorKind::Api => 500,
             ErrorKind::Overloaded => 529,
+        }
+    }
+
+    /// The API error type an engine failure is reported as.
+    pub fn of_engine_error(error: &EngineError) -> Self {
+        match error {
+            e if e.is_client_error() => ErrorKind::InvalidRequest,
+            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            _ => ErrorKind::Api,
         }
     }
 

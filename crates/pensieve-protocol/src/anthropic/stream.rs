@@ -142,11 +142,7 @@ impl StreamEncoder {
     /// An error after the 200 has gone out: reported in-band, then the stream ends.
     pub fn error(&mut self, error: &EngineError) -> SseEvent {
         self.finished = true;
-        let kind = match error {
-            e if e.is_client_error() => ErrorKind::InvalidRequest,
-            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
-            _ => ErrorKind::Api,
-        };
+        let kind = ErrorKind::of_engine_error(error);
         SseEvent::new("error", error_body(kind, &error.to_string(), None))
     }
 }
