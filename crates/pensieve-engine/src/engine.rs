@@ -1,7 +1,8 @@
 //! The engine handle: turns neutral requests into prompts, admits them into a bounded
-//! FIFO queue, and runs them one at a time on a dedicated OS thread that owns the
+//! queue, and hands them to the scheduler on a dedicated OS thread that owns the
 //! [`ModelRunner`] (llama.cpp contexts must stay on one thread).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -9,21 +10,30 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::generate::{Job, Sequence};
+use crate::cache::CacheConfig;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
+use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams};
 
 /// Settings of the engine itself (the model's own come from the backend).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Requests that may wait while one runs; past this, new ones are refused as overloaded.
+    /// Requests that may wait for a sequence slot; past this, new ones are refused as
+    /// overloaded.
     pub queue_capacity: usize,
+    /// Sequences generating at once (continuous batching).
+    pub parallel: usize,
+    pub cache: CacheConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { queue_capacity: 64 }
+        EngineConfig {
+            queue_capacity: 64,
+            parallel: 4,
+            cache: CacheConfig::default(),
+        }
     }
 }
 
@@ -55,8 +65,9 @@ struct Shared {
     info: ModelInfo,
     tokenizer: Arc<dyn Tokenizer>,
     template: ChatTemplate,
-    queue: mpsc::Sender<Command>,
+    queue: mpsc::UnboundedSender<Command>,
     capacity: usize,
+    counters: Arc<Counters>,
     shutdown: CancellationToken,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -79,15 +90,26 @@ impl Engine {
         )?;
         tracing::info!(template = template.describe(), "chat template ready");
         let capacity = config.queue_capacity.max(1);
-        let (queue, jobs) = mpsc::channel(capacity);
+        let (queue, commands) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
+        let counters = Arc::new(Counters {
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+        });
+        let scheduler = Scheduler::new(
+            runner,
+            tokenizer.clone(),
+            commands,
+            shutdown.clone(),
+            counters.clone(),
+            SchedulerConfig {
+                parallel: config.parallel,
+                cache: config.cache,
+            },
+        );
         let thread = std::thread::Builder::new()
             .name("pensieve-engine".into())
-            .spawn({
-                let tokenizer = tokenizer.clone();
-                let shutdown = shutdown.clone();
-                move || engine_thread(runner, tokenizer, jobs, shutdown)
-            })
+            .spawn(move || scheduler.run())
             .map_err(|e| EngineError::Backend(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             shared: Arc::new(Shared {
@@ -96,6 +118,7 @@ impl Engine {
                 template,
                 queue,
                 capacity,
+                counters,
                 shutdown,
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -157,33 +180,42 @@ impl Engine {
         if self.shared.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
+        let waiting = &self.shared.counters.waiting;
+        if waiting.fetch_add(1, Ordering::Relaxed) >= self.shared.capacity {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded {
+                waiting: self.shared.capacity,
+            });
+        }
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             request,
             events,
             submitted: Instant::now(),
         };
-        match self.shared.queue.try_send(Command::Run(job)) {
-            Ok(()) => Ok(Generation { events: receiver }),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(EngineError::Overloaded {
-                waiting: self.shared.capacity,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::EngineStopped),
+        if self.shared.queue.send(Command::Run(job)).is_err() {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::EngineStopped);
         }
+        Ok(Generation { events: receiver })
     }
 
-    /// Requests waiting in the queue (not counting the one running).
+    /// Requests waiting for a sequence slot.
     pub fn queue_depth(&self) -> usize {
-        self.shared.capacity - self.shared.queue.capacity()
+        self.shared.counters.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Sequences being prefilled or generated.
+    pub fn running(&self) -> usize {
+        self.shared.counters.running.load(Ordering::Relaxed)
     }
 
     /// Stop the engine: running and queued requests end with a shutdown error, and the
     /// engine thread exits once they have.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        // Wake the thread if it is idle. When the queue is full it wakes anyway, for the
-        // queued jobs, and closes the queue on seeing the shutdown.
-        let _ = self.shared.queue.try_send(Command::Stop);
+        // Wake the thread if it is idle.
+        let _ = self.shared.queue.send(Command::Stop);
     }
 
     /// Wait for the engine thread to exit (after [`Engine::shutdown`]).
@@ -216,41 +248,6 @@ fn validate_sampling(s: &SamplingParams) -> Result<(), EngineError> {
         }
     }
     Ok(())
-}
-
-/// What the engine thread is asked to do.
-enum Command {
-    Run(Job),
-    /// Wake up and notice the shutdown.
-    Stop,
-}
-
-fn engine_thread(
-    mut runner: Box<dyn ModelRunner>,
-    tokenizer: Arc<dyn Tokenizer>,
-    mut jobs: mpsc::Receiver<Command>,
-    shutdown: CancellationToken,
-) {
-    let mut sequence = Sequence::default();
-    while let Some(command) = jobs.blocking_recv() {
-        let Command::Run(job) = command else {
-            jobs.close();
-            continue;
-        };
-        if shutdown.is_cancelled() {
-            let _ = job
-                .events
-                .send(GenerationEvent::Failed(EngineError::ShuttingDown));
-            jobs.close();
-            continue;
-        }
-        // The client left while its request waited.
-        if job.events.is_closed() {
-            continue;
-        }
-        sequence.run(runner.as_mut(), tokenizer.as_ref(), job, &shutdown);
-    }
-    tracing::debug!("engine thread exiting");
 }
 
 #[cfg(test)]

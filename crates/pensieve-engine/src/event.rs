@@ -28,6 +28,8 @@ pub struct Usage {
     pub prompt_tokens: u32,
     /// Prompt tokens whose KV was already in the cache and was not computed again.
     pub cached_prompt_tokens: u32,
+    /// Prompt tokens computed by this request and stored in the prefix cache.
+    pub cache_creation_tokens: u32,
     pub completion_tokens: u32,
 }
 

@@ -3,20 +3,23 @@
 //!
 //! - [`request`]: the neutral request every API edge builds.
 //! - [`template`]: the model's chat template, rendered with minijinja.
-//! - [`engine`]: validation, the bounded queue, and the engine thread.
-//! - `generate`: the per-sequence generation loop (prefix reuse, prefill, sampling).
+//! - [`engine`]: validation, the bounded queue, and the engine handle.
+//! - `scheduler`: the engine thread: continuous batching, admission, preemption,
+//!   cancellation, and the generation of each sequence.
+//! - [`cache`]: the prefix cache (radix tree, context/RAM/disk tiers, eviction).
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
 //! - [`event`]: what the engine reports back.
 //! - [`testing`]: a scripted backend for tests of the engine and the HTTP edge.
 
+pub mod cache;
 pub mod detok;
 pub mod engine;
 pub mod error;
 pub mod event;
-mod generate;
 pub mod model;
 pub mod request;
+mod scheduler;
 pub mod stop;
 pub mod template;
 pub mod testing;
@@ -24,5 +27,6 @@ pub mod testing;
 pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
-pub use model::{ModelInfo, ModelRunner, RunnerError, TokenId, Tokenizer};
+pub use cache::CacheConfig;
+pub use model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
 pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};

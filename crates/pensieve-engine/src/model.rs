@@ -48,17 +48,51 @@ pub enum RunnerError {
     Failed(String),
 }
 
-/// Step-level access to one sequence of a loaded model.
+/// A sequence slot of the backend's KV cache: `0..max_sequences()`.
+pub type SeqId = u32;
+
+/// One token of a batch: evaluate `token` at `pos` of sequence `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchToken {
+    pub seq: SeqId,
+    pub token: TokenId,
+    pub pos: u32,
+    /// Keep this token's logits, to sample from them after the decode.
+    pub logits: bool,
+}
+
+/// Step-level access to a loaded model with a KV cache shared by many sequences.
+///
+/// Sequences are slots; the cache's cells are a pool shared by all of them, and a cell
+/// can belong to several sequences at once ([`ModelRunner::share`]), which is how one
+/// computed prefix serves many requests.
 pub trait ModelRunner: Send {
-    /// The most tokens one [`ModelRunner::evaluate`] call accepts.
+    /// The most tokens one [`ModelRunner::decode`] call accepts.
     fn batch_size(&self) -> usize;
-    /// Drop cached positions from `position` on. Returns false when the backend cannot
-    /// cut its cache there (sliding-window layers), in which case everything is dropped.
-    fn truncate(&mut self, position: u32) -> bool;
-    /// Evaluate `tokens` at positions `start..`; keeps the logits of the last one.
-    fn evaluate(&mut self, tokens: &[TokenId], start: u32) -> Result<(), RunnerError>;
-    /// Prepare a sampler for a new generation.
-    fn start_sampling(&mut self, params: &SamplingParams);
-    /// Sample the next token from the last evaluated logits.
-    fn sample(&mut self) -> TokenId;
+    /// How many sequence slots exist.
+    fn max_sequences(&self) -> usize;
+    /// KV cells shared by all sequences.
+    fn cache_cells(&self) -> usize;
+    /// Whether a sequence can be cut back to any position. False for sliding-window or
+    /// recurrent layers: their state before the end is gone.
+    fn can_truncate(&self) -> bool;
+    /// Evaluate one batch.
+    fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;
+    /// Prepare the sampler of `seq` for a new generation.
+    fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams);
+    /// Sample the next token of `seq` from the logits of entry `index` of the last batch.
+    fn sample(&mut self, seq: SeqId, index: usize) -> TokenId;
+    /// Drop positions `from..` of `seq`. False when the cache cannot be cut there.
+    fn truncate(&mut self, seq: SeqId, from: u32) -> bool;
+    /// Forget `seq` entirely; its cells are freed unless another sequence shares them.
+    fn release(&mut self, seq: SeqId);
+    /// Let `dst` (empty) share positions `0..len` of `src` without copying data.
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32);
+    /// A snapshot of everything `seq` holds, for [`ModelRunner::restore`].
+    fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError>;
+    /// Load a snapshot into the empty `seq`.
+    fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError>;
+    /// Identifies the model and cache layout a snapshot belongs to (snapshots on disk
+    /// are only loaded into the same).
+    fn fingerprint(&self) -> String;
 }

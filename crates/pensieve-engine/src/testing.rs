@@ -1,10 +1,11 @@
 //! A tiny deterministic backend for tests of the engine and of the HTTP edge: bytes are
-//! tokens, and the "model" replays a fixed reply.
+//! tokens, the KV cache is simulated cell by cell, and the "model" replays a fixed reply.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::model::{ModelInfo, ModelRunner, RunnerError, TokenId, Tokenizer};
+use crate::model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
 use crate::SamplingParams;
 
 /// The end-of-generation token of [`ByteTokenizer`].
@@ -30,22 +31,65 @@ impl Tokenizer for ByteTokenizer {
     }
 }
 
-/// What the scripted runner saw, for assertions.
+/// What the scripted runner's cache holds and what it was asked, for assertions.
 #[derive(Debug, Default, Clone)]
 pub struct RunnerLog {
-    /// `(start position, token count)` of every evaluate call.
-    pub evaluations: Vec<(u32, usize)>,
-    pub truncations: Vec<u32>,
+    /// Every decode call: `(seq, first position, token count)` per sequence in it.
+    pub decodes: Vec<Vec<(SeqId, u32, usize)>>,
+    /// The tokens each slot holds, by position; each position names a cell.
+    pub slots: HashMap<SeqId, Vec<(TokenId, u64)>>,
+    /// How many slots use each cell.
+    pub cells: HashMap<u64, usize>,
+    next_cell: u64,
+    pub saves: usize,
+    pub restores: usize,
 }
 
-/// Replies with `reply` (then EOG, unless `endless`), whatever the prompt.
+impl RunnerLog {
+    /// Cells in use by any slot.
+    pub fn used_cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// The token ids slot `seq` holds.
+    pub fn tokens_of(&self, seq: SeqId) -> Vec<TokenId> {
+        self.slots
+            .get(&seq)
+            .map(|s| s.iter().map(|(t, _)| *t).collect())
+            .unwrap_or_default()
+    }
+
+    fn drop_cells(&mut self, cells: impl IntoIterator<Item = u64>) {
+        for c in cells {
+            if let Some(n) = self.cells.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    self.cells.remove(&c);
+                }
+            }
+        }
+    }
+
+    fn new_cell(&mut self) -> u64 {
+        self.next_cell += 1;
+        self.cells.insert(self.next_cell, 1);
+        self.next_cell
+    }
+}
+
+/// A simulated backend: a KV cache of `cells` cells shared by `sequences` slots, with
+/// the same sharing semantics as llama.cpp's unified cache, and a "model" that replies
+/// with `reply` (then EOG, unless `endless`), whatever the prompt.
 pub struct ScriptedRunner {
     reply: Vec<TokenId>,
-    next: usize,
+    next: HashMap<SeqId, usize>,
     pub endless: bool,
-    /// Sleep per evaluate call, to make cancellation observable.
+    /// Sleep per decode call, to make concurrency and cancellation observable.
     pub step_delay: Duration,
     pub batch: usize,
+    pub sequences: usize,
+    pub cells: usize,
+    pub truncatable: bool,
     pub log: Arc<Mutex<RunnerLog>>,
 }
 
@@ -53,11 +97,21 @@ impl ScriptedRunner {
     pub fn new(reply: &str) -> Self {
         ScriptedRunner {
             reply: ByteTokenizer.encode(reply),
-            next: 0,
+            next: HashMap::new(),
             endless: false,
             step_delay: Duration::ZERO,
             batch: 8,
+            sequences: 16,
+            cells: 4096,
+            truncatable: true,
             log: Arc::default(),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, RunnerLog> {
+        match self.log.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 }
@@ -67,33 +121,124 @@ impl ModelRunner for ScriptedRunner {
         self.batch
     }
 
-    fn truncate(&mut self, position: u32) -> bool {
-        if let Ok(mut log) = self.log.lock() {
-            log.truncations.push(position);
-        }
-        true
+    fn max_sequences(&self) -> usize {
+        self.sequences
     }
 
-    fn evaluate(&mut self, tokens: &[TokenId], start: u32) -> Result<(), RunnerError> {
+    fn cache_cells(&self) -> usize {
+        self.cells
+    }
+
+    fn can_truncate(&self) -> bool {
+        self.truncatable
+    }
+
+    fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
         std::thread::sleep(self.step_delay);
-        if let Ok(mut log) = self.log.lock() {
-            log.evaluations.push((start, tokens.len()));
+        assert!(batch.len() <= self.batch, "batch over budget");
+        let cells = self.cells;
+        let mut log = self.log();
+        if log.used_cells() + batch.len() > cells {
+            return Err(RunnerError::CacheFull);
         }
+        let mut call: Vec<(SeqId, u32, usize)> = Vec::new();
+        for t in batch {
+            let expected = log.slots.get(&t.seq).map_or(0, Vec::len) as u32;
+            assert_eq!(t.pos, expected, "seq {} gets position {} out of order", t.seq, t.pos);
+            let cell = log.new_cell();
+            log.slots.entry(t.seq).or_default().push((t.token, cell));
+            match call.last_mut() {
+                Some((seq, _, n)) if *seq == t.seq => *n += 1,
+                _ => call.push((t.seq, t.pos, 1)),
+            }
+        }
+        log.decodes.push(call);
         Ok(())
     }
 
-    fn start_sampling(&mut self, _params: &SamplingParams) {
-        self.next = 0;
+    fn start_sampling(&mut self, seq: SeqId, _params: &SamplingParams) {
+        self.next.insert(seq, 0);
     }
 
-    fn sample(&mut self) -> TokenId {
-        let token = match self.reply.get(self.next) {
+    fn sample(&mut self, seq: SeqId, _index: usize) -> TokenId {
+        let next = self.next.entry(seq).or_insert(0);
+        let token = match self.reply.get(*next) {
             Some(t) => *t,
-            None if self.endless => self.reply[self.next % self.reply.len().max(1)],
+            None if self.endless => self.reply[*next % self.reply.len().max(1)],
             None => EOG,
         };
-        self.next += 1;
+        *next += 1;
         token
+    }
+
+    fn truncate(&mut self, seq: SeqId, from: u32) -> bool {
+        if !self.truncatable {
+            return false;
+        }
+        let mut log = self.log();
+        let removed: Vec<u64> = match log.slots.get_mut(&seq) {
+            Some(s) if (from as usize) < s.len() => {
+                s.drain(from as usize..).map(|(_, c)| c).collect()
+            }
+            _ => Vec::new(),
+        };
+        log.drop_cells(removed);
+        true
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        let mut log = self.log();
+        if let Some(s) = log.slots.remove(&seq) {
+            log.drop_cells(s.into_iter().map(|(_, c)| c));
+        }
+    }
+
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) {
+        let mut log = self.log();
+        let shared: Vec<(TokenId, u64)> = log
+            .slots
+            .get(&src)
+            .map(|s| s.iter().take(len as usize).copied().collect())
+            .unwrap_or_default();
+        assert!(
+            log.slots.get(&dst).is_none_or(Vec::is_empty),
+            "share into a slot that is in use"
+        );
+        for (_, c) in &shared {
+            *log.cells.entry(*c).or_insert(0) += 1;
+        }
+        log.slots.insert(dst, shared);
+    }
+
+    fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError> {
+        let mut log = self.log();
+        log.saves += 1;
+        Ok(log
+            .tokens_of(seq)
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect())
+    }
+
+    fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError> {
+        let mut log = self.log();
+        log.restores += 1;
+        assert!(log.slots.get(&seq).is_none_or(Vec::is_empty), "restore into a used slot");
+        let tokens: Vec<TokenId> = state
+            .chunks_exact(4)
+            .map(|c| TokenId::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut slot = Vec::new();
+        for t in tokens {
+            let cell = log.new_cell();
+            slot.push((t, cell));
+        }
+        log.slots.insert(seq, slot);
+        Ok(())
+    }
+
+    fn fingerprint(&self) -> String {
+        "scripted".into()
     }
 }
 

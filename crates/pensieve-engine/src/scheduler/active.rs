@@ -1,0 +1,190 @@
+//! One request on the engine thread: its tokens, how far its KV is computed, and what
+//! its generated tokens become (text, stop sequences, the final usage).
+
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::detok::Utf8Stream;
+use crate::event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
+use crate::model::{SeqId, TokenId, Tokenizer};
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::{EngineError, ValidRequest};
+
+/// A request waiting for, or being worked on by, the engine thread.
+pub(crate) struct Job {
+    pub request: ValidRequest,
+    pub events: UnboundedSender<GenerationEvent>,
+    pub submitted: Instant,
+}
+
+/// A request the scheduler owns, from the queue to its end.
+pub(crate) struct Active {
+    pub job: Job,
+    /// Its slot in the backend's cache while it runs.
+    pub seq: Option<SeqId>,
+    /// The prompt, then every generated token.
+    pub tokens: Vec<TokenId>,
+    pub prompt_len: usize,
+    /// `tokens[..computed]` have their KV in the slot.
+    pub computed: usize,
+    /// Prompt tokens served from the prefix cache at first admission.
+    pub cached: Option<u32>,
+    /// Admission order, newest highest: the newest is preempted first.
+    pub order: u64,
+    /// Positions where a snapshot is taken on the way (backends that can't cut back).
+    pub checkpoints: Vec<usize>,
+    generated: u32,
+    utf8: Utf8Stream,
+    stops: StopMatcher,
+    admitted: Option<Instant>,
+    prefill_done: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+/// What a sampled token did to the request.
+pub(crate) enum Step {
+    Continue,
+    Finished(FinishReason),
+}
+
+/// Timestamps the metrics want from one sampled token.
+pub(crate) struct TokenTiming {
+    /// Submission -> this token, when it is the first.
+    pub first: Option<std::time::Duration>,
+    /// Since the previous token, otherwise.
+    pub gap: Option<std::time::Duration>,
+}
+
+impl Active {
+    pub fn new(job: Job) -> Active {
+        let tokens = job.request.prompt.clone();
+        let stops = StopMatcher::new(&job.request.stop_sequences);
+        Active {
+            prompt_len: tokens.len(),
+            tokens,
+            job,
+            seq: None,
+            computed: 0,
+            cached: None,
+            order: 0,
+            checkpoints: Vec::new(),
+            generated: 0,
+            utf8: Utf8Stream::default(),
+            stops,
+            admitted: None,
+            prefill_done: None,
+            last_token: None,
+        }
+    }
+
+    /// Whether the client is gone (its receiver dropped).
+    pub fn is_cancelled(&self) -> bool {
+        self.job.events.is_closed()
+    }
+
+    /// Tokens still to evaluate before the next sample.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    pub fn mark_admitted(&mut self, order: u64, reused: usize) {
+        self.order = order;
+        self.computed = reused;
+        if self.cached.is_none() {
+            self.cached = Some(reused.min(self.prompt_len) as u32);
+            self.admitted = Some(Instant::now());
+        }
+    }
+
+    /// Back to the queue after losing its slot; it continues where it was.
+    pub fn preempted(&mut self) {
+        self.seq = None;
+        self.computed = 0;
+    }
+
+    /// The logits after `tokens[..computed]` were sampled into `token`.
+    pub fn accept(&mut self, token: TokenId, tokenizer: &dyn Tokenizer) -> (Step, TokenTiming) {
+        let now = Instant::now();
+        if self.prefill_done.is_none() {
+            self.prefill_done = Some(now);
+            let _ = self.job.events.send(GenerationEvent::PrefillDone {
+                cached_prompt_tokens: self.cached.unwrap_or(0),
+            });
+        }
+        let timing = TokenTiming {
+            first: self
+                .last_token
+                .is_none()
+                .then(|| now - self.job.submitted),
+            gap: self.last_token.map(|t| now - t),
+        };
+        self.last_token = Some(now);
+        if tokenizer.is_end_of_generation(token) {
+            return (Step::Finished(FinishReason::EndOfTurn), timing);
+        }
+        self.generated += 1;
+        self.tokens.push(token);
+        let text = self.utf8.push(&tokenizer.token_bytes(token));
+        match self.stops.push(&text) {
+            StopOutcome::Continue(text) => self.send_text(text),
+            StopOutcome::Stopped { text, sequence } => {
+                self.send_text(text);
+                return (Step::Finished(FinishReason::StopSequence(sequence)), timing);
+            }
+        }
+        let request = &self.job.request;
+        if self.generated >= request.max_tokens {
+            let reason = if request.max_tokens < request.requested_max_tokens {
+                FinishReason::ContextWindow
+            } else {
+                FinishReason::MaxTokens
+            };
+            return (Step::Finished(reason), timing);
+        }
+        (Step::Continue, timing)
+    }
+
+    /// Flush held-back text and report the end. Returns the usage it reported.
+    pub fn finish(&mut self, reason: FinishReason) -> Usage {
+        if !matches!(reason, FinishReason::StopSequence(_)) {
+            let rest = self.utf8.finish();
+            let rest = match self.stops.push(&rest) {
+                StopOutcome::Continue(t) => t + &self.stops.finish(),
+                StopOutcome::Stopped { text, .. } => text,
+            };
+            self.send_text(rest);
+        }
+        let now = Instant::now();
+        let admitted = self.admitted.unwrap_or(now);
+        let prefill_done = self.prefill_done.unwrap_or(now);
+        let cached = self.cached.unwrap_or(0);
+        let usage = Usage {
+            prompt_tokens: self.prompt_len as u32,
+            cached_prompt_tokens: cached,
+            // Every computed prompt token stays in the prefix cache.
+            cache_creation_tokens: self.prompt_len as u32 - cached,
+            completion_tokens: self.generated,
+        };
+        let _ = self.job.events.send(GenerationEvent::Done(Completion {
+            reason,
+            usage,
+            timings: Timings {
+                queued: admitted - self.job.submitted,
+                prefill: prefill_done - admitted,
+                decode: now - prefill_done,
+            },
+        }));
+        usage
+    }
+
+    pub fn fail(&self, error: EngineError) {
+        let _ = self.job.events.send(GenerationEvent::Failed(error));
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.job.events.send(GenerationEvent::Text(text));
+        }
+    }
+}

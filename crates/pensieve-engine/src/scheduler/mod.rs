@@ -1,0 +1,481 @@
+//! The engine thread: continuous batching over one backend.
+//!
+//! Every step builds one batch: the next token of every decoding sequence first, then
+//! chunks of pending prefills under the token budget, so a long prompt never stalls the
+//! streams already running. Requests are admitted while a sequence slot is free and the
+//! KV cells they need fit; a sequence that runs the cache out of cells is preempted (its
+//! computed prefix goes to the prefix cache) and resumed later where it was. A cancelled
+//! request leaves the batch and frees its slot before the next step.
+
+mod active;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheConfig, PrefixCache, Source};
+use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
+use crate::EngineError;
+pub(crate) use active::{Active, Job};
+use active::Step;
+
+/// What the engine thread is asked to do.
+pub(crate) enum Command {
+    Run(Job),
+    /// Wake up and notice the shutdown.
+    Stop,
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerConfig {
+    /// Sequences running at once.
+    pub parallel: usize,
+    pub cache: CacheConfig,
+}
+
+/// State shared with the engine handle.
+pub(crate) struct Counters {
+    /// Requests submitted and not yet admitted (the queue depth).
+    pub waiting: AtomicUsize,
+    /// Sequences admitted and not finished.
+    pub running: AtomicUsize,
+}
+
+pub(crate) struct Scheduler {
+    runner: Box<dyn ModelRunner>,
+    tokenizer: Arc<dyn Tokenizer>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+    counters: Arc<Counters>,
+    parallel: usize,
+    /// Slots no request or cache entry holds.
+    free: Vec<SeqId>,
+    waiting: VecDeque<Active>,
+    running: Vec<Active>,
+    cache: PrefixCache,
+    admissions: u64,
+    closed: bool,
+}
+
+/// Where one batch entry came from.
+struct Planned {
+    /// Index into `running`.
+    index: usize,
+    tokens: usize,
+    /// Batch index of the logits to sample from, when this completes the pending tokens.
+    logits: Option<usize>,
+}
+
+impl Scheduler {
+    pub fn new(
+        runner: Box<dyn ModelRunner>,
+        tokenizer: Arc<dyn Tokenizer>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: CancellationToken,
+        counters: Arc<Counters>,
+        config: SchedulerConfig,
+    ) -> Scheduler {
+        let slots = runner.max_sequences().max(1);
+        let parallel = config.parallel.clamp(1, slots);
+        let cache = PrefixCache::new(config.cache, runner.can_truncate(), &runner.fingerprint());
+        Scheduler {
+            free: (0..slots as SeqId).rev().collect(),
+            runner,
+            tokenizer,
+            commands,
+            shutdown,
+            counters,
+            parallel,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            cache,
+            admissions: 0,
+            closed: false,
+        }
+    }
+
+    /// Run until shutdown (or until every engine handle is gone).
+    pub fn run(mut self) {
+        loop {
+            self.receive();
+            if self.shutdown.is_cancelled() || (self.closed && self.is_idle()) {
+                break;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.publish();
+            if self.running.is_empty() {
+                continue;
+            }
+            self.step();
+            self.publish();
+        }
+        self.stop();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Take new requests; block while there is nothing to do.
+    fn receive(&mut self) {
+        if self.is_idle() && !self.closed {
+            match self.commands.blocking_recv() {
+                Some(command) => self.take(command),
+                None => self.closed = true,
+            }
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.take(command),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Run(job) => self.waiting.push_back(Active::new(job)),
+            Command::Stop => {}
+        }
+    }
+
+    /// Requests whose client left: out of the queue, and out of the batch with their
+    /// slot freed (what they computed is kept in RAM for a retry).
+    fn drop_cancelled(&mut self) {
+        let mut gone = 0;
+        self.waiting.retain(|a| {
+            let cancelled = a.is_cancelled();
+            // Preempted requests were taken off the queue count when first admitted.
+            if cancelled && a.cached.is_none() {
+                gone += 1;
+            }
+            !cancelled
+        });
+        self.counters.waiting.fetch_sub(gone, Ordering::Relaxed);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_cancelled() {
+                let active = self.running.swap_remove(i);
+                tracing::debug!(computed = active.computed, "request cancelled");
+                self.stash(active);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Move waiting requests into free slots while their KV fits.
+    fn admit(&mut self) {
+        while self.running.len() < self.parallel {
+            let Some(next) = self.waiting.front() else {
+                return;
+            };
+            // Admission by capacity: the cells of what runs plus the newcomer's prompt.
+            let in_use: usize = self.running.iter().map(|a| a.tokens.len()).sum();
+            let cells = self.runner.cache_cells();
+            if !self.running.is_empty() && in_use + next.tokens.len() > cells {
+                return;
+            }
+            let Some(seq) = self.take_slot() else {
+                return;
+            };
+            let Some(mut active) = self.waiting.pop_front() else {
+                return;
+            };
+            if active.cached.is_none() {
+                self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            let reused = self.load_prefix(seq, &active.tokens);
+            self.admissions += 1;
+            active.seq = Some(seq);
+            active.mark_admitted(self.admissions, reused);
+            if !self.runner.can_truncate() {
+                active.checkpoints = checkpoints(&active.tokens[..active.prompt_len], reused, self.tokenizer.as_ref());
+            }
+            self.runner.start_sampling(seq, &active.job.request.sampling);
+            self.running.push(active);
+        }
+    }
+
+    /// Fill `seq` with the longest cached prefix of `tokens`; returns its length.
+    fn load_prefix(&mut self, seq: SeqId, tokens: &[crate::TokenId]) -> usize {
+        let Some(hit) = self.cache.lookup(tokens) else {
+            return 0;
+        };
+        let loaded = match &hit.source {
+            Source::Context(src) => {
+                self.runner.share(*src, seq, hit.len as u32);
+                true
+            }
+            Source::Snapshot(bytes) => match self.runner.restore(seq, bytes) {
+                Ok(()) => hit.len == hit.source_len || self.runner.truncate(seq, hit.len as u32),
+                Err(e) => {
+                    tracing::warn!("cannot restore a cached prefix: {e}");
+                    false
+                }
+            },
+        };
+        if !loaded {
+            self.runner.release(seq);
+            return 0;
+        }
+        // A prefix other conversations start with too: keep it as an entry of its own.
+        if hit.shared_prefix {
+            if let Some(slot) = self.free.pop() {
+                self.runner.share(seq, slot, hit.len as u32);
+                let freed = self
+                    .cache
+                    .insert_context(&tokens[..hit.len], hit.len, slot, true);
+                self.release_slots(freed);
+            }
+        }
+        hit.len
+    }
+
+    /// One batch: decode tokens first, then prefill chunks.
+    fn step(&mut self) {
+        let budget = self.runner.batch_size().max(1);
+        let mut batch: Vec<BatchToken> = Vec::with_capacity(budget);
+        let mut plan: Vec<Planned> = Vec::new();
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        // Decoders (one pending token) first, then prefills oldest first.
+        order.sort_by_key(|&i| (self.running[i].pending() > 1, self.running[i].order));
+        let decoding = order.iter().any(|&i| self.running[i].pending() == 1);
+        // While streams are decoding, prefill in smaller chunks so their next token
+        // is not held up long.
+        let prefill_budget = if decoding { (budget / 4).max(1) } else { budget };
+        let mut prefill_used = 0;
+        for i in order {
+            let a = &self.running[i];
+            let Some(seq) = a.seq else { continue };
+            let room = budget - batch.len();
+            if room == 0 {
+                break;
+            }
+            let mut n = a.pending().min(room);
+            if a.pending() > 1 {
+                n = n.min(prefill_budget.saturating_sub(prefill_used));
+                if let Some(&stop) = a.checkpoints.iter().find(|&&c| c > a.computed) {
+                    n = n.min(stop - a.computed);
+                }
+                if n == 0 {
+                    continue;
+                }
+                prefill_used += n;
+            }
+            let completes = n == a.pending();
+            for k in 0..n {
+                let pos = a.computed + k;
+                batch.push(BatchToken {
+                    seq,
+                    token: a.tokens[pos],
+                    pos: pos as u32,
+                    logits: completes && k == n - 1,
+                });
+            }
+            plan.push(Planned {
+                index: i,
+                tokens: n,
+                logits: completes.then(|| batch.len() - 1),
+            });
+        }
+        if batch.is_empty() {
+            return;
+        }
+        match self.runner.decode(&batch) {
+            Ok(()) => self.after_decode(plan),
+            Err(RunnerError::CacheFull) => self.relieve_pressure(),
+            Err(RunnerError::Failed(e)) => self.fail_all(&e),
+        }
+    }
+
+    fn after_decode(&mut self, plan: Vec<Planned>) {
+        let mut finished = Vec::new();
+        for p in plan {
+            let a = &mut self.running[p.index];
+            a.computed += p.tokens;
+            let Some(seq) = a.seq else { continue };
+            if a.checkpoints.first() == Some(&a.computed) {
+                a.checkpoints.remove(0);
+                let tokens = a.tokens[..a.computed].to_vec();
+                self.checkpoint(seq, &tokens);
+            }
+            let a = &mut self.running[p.index];
+            let Some(index) = p.logits else { continue };
+            let token = self.runner.sample(seq, index);
+            let (step, _timing) = a.accept(token, self.tokenizer.as_ref());
+            if let Step::Finished(reason) = step {
+                finished.push((p.index, reason));
+            }
+        }
+        // Highest index first, so swap_remove leaves the others' indices valid.
+        finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, reason) in finished {
+            let mut active = self.running.swap_remove(i);
+            active.finish(reason);
+            self.keep(active);
+        }
+    }
+
+    /// A finished request's slot becomes a cache entry (prompt and reply).
+    fn keep(&mut self, active: Active) {
+        let Some(seq) = active.seq else { return };
+        let computed = &active.tokens[..active.computed];
+        if computed.is_empty() {
+            self.runner.release(seq);
+            self.free.push(seq);
+            return;
+        }
+        let freed = self
+            .cache
+            .insert_context(computed, active.prompt_len.min(computed.len()), seq, false);
+        self.release_slots(freed);
+    }
+
+    /// Save what a request computed to RAM and free its slot (cancelled or preempted).
+    fn stash(&mut self, active: Active) {
+        let Some(seq) = active.seq else { return };
+        if active.computed > 0 {
+            match self.runner.save(seq) {
+                Ok(bytes) => self.cache.insert_snapshot(
+                    &active.tokens[..active.computed],
+                    active.prompt_len.min(active.computed),
+                    bytes,
+                ),
+                Err(e) => tracing::warn!("cannot save a sequence: {e}"),
+            }
+        }
+        self.runner.release(seq);
+        self.free.push(seq);
+    }
+
+    /// A snapshot point of a backend that can't cut back: share the slot's state with a
+    /// cache slot as it is now.
+    fn checkpoint(&mut self, seq: SeqId, tokens: &[crate::TokenId]) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => match self.cache.evict_context(self.runner.as_mut()) {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        self.runner.share(seq, slot, tokens.len() as u32);
+        let freed = self.cache.insert_context(tokens, tokens.len(), slot, false);
+        self.release_slots(freed);
+    }
+
+    /// The cache ran out of cells: evict a cached entry, or else preempt the newest
+    /// running sequence. The batch is built again next step.
+    fn relieve_pressure(&mut self) {
+        if let Some(seq) = self.cache.evict_context(self.runner.as_mut()) {
+            self.free.push(seq);
+            return;
+        }
+        if self.running.len() > 1 {
+            let newest = (0..self.running.len())
+                .max_by_key(|&i| self.running[i].order)
+                .unwrap_or(0);
+            let mut active = self.running.swap_remove(newest);
+            tracing::info!(tokens = active.tokens.len(), "KV cache full: preempting a sequence");
+            let seq = active.seq;
+            let computed = active.computed;
+            let tokens = active.tokens[..computed].to_vec();
+            if let Some(seq) = seq {
+                if computed > 0 {
+                    match self.runner.save(seq) {
+                        Ok(bytes) => self.cache.insert_snapshot(
+                            &tokens,
+                            active.prompt_len.min(computed),
+                            bytes,
+                        ),
+                        Err(e) => tracing::warn!("cannot save a sequence: {e}"),
+                    }
+                }
+                self.runner.release(seq);
+                self.free.push(seq);
+            }
+            active.preempted();
+            self.waiting.push_front(active);
+            return;
+        }
+        self.fail_all("the KV cache is full");
+    }
+
+    /// A backend failure: every running request ends with it, and cached slots are
+    /// dropped (their state is unknown).
+    fn fail_all(&mut self, reason: &str) {
+        tracing::error!("decode failed: {reason}");
+        for active in std::mem::take(&mut self.running) {
+            active.fail(EngineError::Backend(reason.to_owned()));
+            if let Some(seq) = active.seq {
+                self.runner.release(seq);
+                self.free.push(seq);
+            }
+        }
+        let freed = self.cache.drop_context(self.runner.as_mut());
+        self.free.extend(freed);
+    }
+
+    fn take_slot(&mut self) -> Option<SeqId> {
+        self.free
+            .pop()
+            .or_else(|| self.cache.evict_context(self.runner.as_mut()))
+    }
+
+    fn release_slots(&mut self, slots: Vec<SeqId>) {
+        for s in slots {
+            self.runner.release(s);
+            self.free.push(s);
+        }
+    }
+
+    fn publish(&self) {
+        self.counters
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+    }
+
+    /// Shutdown: fail what is queued or running, and write the cache to disk.
+    fn stop(&mut self) {
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            self.take(command);
+        }
+        for active in self.waiting.drain(..) {
+            if active.cached.is_none() {
+                self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            active.fail(EngineError::ShuttingDown);
+        }
+        for active in std::mem::take(&mut self.running) {
+            active.fail(EngineError::ShuttingDown);
+            self.stash(active);
+        }
+        let written = self.cache.persist(self.runner.as_mut());
+        if written > 0 {
+            tracing::info!(entries = written, "prefix cache written to disk");
+        }
+        self.publish();
+        tracing::debug!("engine thread exiting");
+    }
+}
+
+/// Where a prompt's snapshots go when the backend can't cut a sequence back: after each
+/// end-of-turn token (message boundaries) beyond what is already cached.
+fn checkpoints(prompt: &[crate::TokenId], reused: usize, tokenizer: &dyn Tokenizer) -> Vec<usize> {
+    prompt
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i + 1 > reused && *i + 1 < prompt.len() && tokenizer.is_end_of_generation(**t))
+        .map(|(i, _)| i + 1)
+        .collect()
+}
