@@ -8,6 +8,7 @@
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
 //! - [`event`]: what the engine reports back.
+//! - [`metrics`]: the Prometheus metrics ([`EngineMetrics`]) the engine and the HTTP edge record.
 //! - [`testing`]: a scripted backend for tests of the engine and the HTTP edge.
 
 pub mod detok;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 mod generate;
+pub mod metrics;
 pub mod model;
 pub mod request;
 pub mod stop;
@@ -24,5 +26,6 @@ pub mod testing;
 pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
+pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{ModelInfo, ModelRunner, RunnerError, TokenId, Tokenizer};
 pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};
