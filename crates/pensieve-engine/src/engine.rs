@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::generate::{Job, Sequence};
+use crate::metrics::EngineMetrics;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams};
@@ -59,6 +60,7 @@ struct Shared {
     capacity: usize,
     shutdown: CancellationToken,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Engine {
@@ -81,12 +83,14 @@ impl Engine {
         let capacity = config.queue_capacity.max(1);
         let (queue, jobs) = mpsc::channel(capacity);
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(EngineMetrics::new());
         let thread = std::thread::Builder::new()
             .name("pensieve-engine".into())
             .spawn({
                 let tokenizer = tokenizer.clone();
                 let shutdown = shutdown.clone();
-                move || engine_thread(runner, tokenizer, jobs, shutdown)
+                let metrics = metrics.clone();
+                move || engine_thread(runner, tokenizer, jobs, shutdown, metrics)
             })
             .map_err(|e| EngineError::Backend(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
@@ -98,12 +102,18 @@ impl Engine {
                 capacity,
                 shutdown,
                 thread: std::sync::Mutex::new(Some(thread)),
+                metrics,
             }),
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    /// The server's metrics, recorded by the engine thread and the HTTP edge.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.shared.metrics
     }
 
     /// Render the request through the chat template and tokenize it, exactly as
@@ -230,6 +240,7 @@ fn engine_thread(
     tokenizer: Arc<dyn Tokenizer>,
     mut jobs: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
+    metrics: Arc<EngineMetrics>,
 ) {
     let mut sequence = Sequence::default();
     while let Some(command) = jobs.blocking_recv() {
@@ -248,7 +259,9 @@ fn engine_thread(
         if job.events.is_closed() {
             continue;
         }
+        metrics.set_running(1);
         sequence.run(runner.as_mut(), tokenizer.as_ref(), job, &shutdown);
+        metrics.set_running(0);
     }
     tracing::debug!("engine thread exiting");
 }
