@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheConfig;
+use crate::metrics::EngineMetrics;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
@@ -47,6 +48,8 @@ pub struct ValidRequest {
     pub requested_max_tokens: u32,
     pub sampling: SamplingParams,
     pub stop_sequences: Vec<String>,
+    /// Report what the prefix cache stores as cache creation.
+    pub cache_requested: bool,
 }
 
 /// A running request: its events arrive on `events`; dropping it cancels the request.
@@ -70,6 +73,7 @@ struct Shared {
     counters: Arc<Counters>,
     shutdown: CancellationToken,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Engine {
@@ -96,12 +100,14 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
         });
+        let metrics = Arc::new(EngineMetrics::new());
         let scheduler = Scheduler::new(
             runner,
             tokenizer.clone(),
             commands,
             shutdown.clone(),
             counters.clone(),
+            metrics.clone(),
             SchedulerConfig {
                 parallel: config.parallel,
                 cache: config.cache,
@@ -121,12 +127,18 @@ impl Engine {
                 counters,
                 shutdown,
                 thread: std::sync::Mutex::new(Some(thread)),
+                metrics,
             }),
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    /// The server's metrics, recorded by the engine thread and the HTTP edge.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.shared.metrics
     }
 
     /// Render the request through the chat template and tokenize it, exactly as
@@ -172,6 +184,7 @@ impl Engine {
             requested_max_tokens: request.max_tokens,
             sampling: request.sampling.clone(),
             stop_sequences: request.stop_sequences.clone(),
+            cache_requested: request.cache_requested,
         })
     }
 

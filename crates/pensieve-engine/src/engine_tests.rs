@@ -5,16 +5,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::testing::{model_info, ByteTokenizer, ScriptedRunner};
-use crate::{Completion, FinishReason, Message, Role};
+use crate::testing::{model_info, ByteTokenizer, ScriptedRunner, EOG};
+use crate::{CacheConfig, Completion, FinishReason, Message, Role, SeqId};
 
 fn start(runner: ScriptedRunner, context: u32, queue: usize) -> Engine {
+    start_with(runner, context, queue, 4, CacheConfig::default())
+}
+
+fn start_with(
+    runner: ScriptedRunner,
+    context: u32,
+    queue: usize,
+    parallel: usize,
+    cache: CacheConfig,
+) -> Engine {
     Engine::start(
         model_info(context),
         Arc::new(ByteTokenizer),
         Box::new(runner),
         EngineConfig {
             queue_capacity: queue,
+            parallel,
+            cache,
         },
     )
     .unwrap()
@@ -27,6 +39,7 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         requested_max_tokens: max_tokens,
         sampling: SamplingParams::default(),
         stop_sequences: Vec::new(),
+        cache_requested: true,
     }
 }
 
@@ -81,6 +94,17 @@ async fn stop_sequences_are_cut() {
     );
 }
 
+/// The `(seq, start, count)` of every decode call, flattened.
+fn decodes(log: &Arc<std::sync::Mutex<crate::testing::RunnerLog>>) -> Vec<(SeqId, u32, usize)> {
+    log.lock()
+        .unwrap()
+        .decodes
+        .iter()
+        .flatten()
+        .copied()
+        .collect()
+}
+
 #[tokio::test]
 async fn shared_prefix_is_not_computed_again() {
     let runner = ScriptedRunner::new("ok");
@@ -92,8 +116,10 @@ async fn shared_prefix_is_not_computed_again() {
             .unwrap(),
     )
     .await;
-    assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
-    log.lock().unwrap().evaluations.clear();
+    let first = first.unwrap();
+    assert_eq!(first.usage.cached_prompt_tokens, 0);
+    assert_eq!(first.usage.cache_creation_tokens, 27);
+    log.lock().unwrap().decodes.clear();
 
     let (_, second) = finish(
         engine
@@ -104,10 +130,10 @@ async fn shared_prefix_is_not_computed_again() {
     let second = second.unwrap();
     let shared = "system prompt; question ".len() as u32;
     assert_eq!(second.usage.cached_prompt_tokens, shared);
-    let log = log.lock().unwrap();
-    // Prefill starts where the shared prefix ends, and the cache was cut there.
-    assert_eq!(log.evaluations[0], (shared, 3));
-    assert_eq!(log.truncations.last(), Some(&shared));
+    assert_eq!(second.usage.cache_creation_tokens, 27 - shared);
+    // Prefill starts where the shared prefix ends: only the suffix is computed.
+    let d = decodes(&log);
+    assert_eq!((d[0].1, d[0].2), (shared, 3));
 }
 
 #[tokio::test]
@@ -124,12 +150,67 @@ async fn prefill_runs_in_batch_sized_chunks() {
     let log = runner.log.clone();
     let engine = start(runner, 256, 4);
     let _ = finish(engine.submit(valid(&"x".repeat(20), 1)).unwrap()).await;
-    let chunks: Vec<_> = log.lock().unwrap().evaluations.clone();
+    let chunks: Vec<_> = decodes(&log).iter().map(|(_, p, n)| (*p, *n)).collect();
     assert_eq!(chunks, vec![(0, 8), (8, 8), (16, 4)]);
 }
 
 #[tokio::test]
-async fn dropping_the_generation_stops_the_engine() {
+async fn two_concurrent_streams_both_progress() {
+    let mut runner = ScriptedRunner::new("abc");
+    runner.endless = true;
+    runner.step_delay = Duration::from_millis(2);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let a = engine.submit(valid("first", 40)).unwrap();
+    let b = engine.submit(valid("second", 40)).unwrap();
+    let (a, b) = tokio::join!(finish(a), finish(b));
+    assert_eq!(a.0.len(), 40);
+    assert_eq!(b.0.len(), 40);
+    // Both were decoded in the same steps: some decode call carries a token of each.
+    let log = log.lock().unwrap();
+    let together = log
+        .decodes
+        .iter()
+        .filter(|call| call.len() == 2 && call.iter().all(|(_, _, n)| *n == 1))
+        .count();
+    assert!(together >= 30, "only {together} shared decode steps");
+}
+
+#[tokio::test]
+async fn a_long_prefill_does_not_stall_decoding() {
+    let mut runner = ScriptedRunner::new("abc");
+    runner.endless = true;
+    runner.step_delay = Duration::from_millis(1);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let mut a = engine.submit(valid("short", 500)).unwrap();
+    // Wait until A is decoding, then send a prompt of 400 tokens.
+    while let Some(e) = a.events.recv().await {
+        if matches!(e, GenerationEvent::Text(_)) {
+            break;
+        }
+    }
+    let b = engine.submit(valid(&"y".repeat(400), 1)).unwrap();
+    let _ = finish(b).await;
+    drop(a);
+    let log = log.lock().unwrap();
+    // Every step of B's prefill also carried A's next token, and B's chunks were
+    // small enough to keep that step short.
+    let b_steps: Vec<_> = log
+        .decodes
+        .iter()
+        .skip(1) // A's own prefill
+        .filter(|call| call.iter().any(|(_, _, n)| *n > 1))
+        .collect();
+    assert!(b_steps.len() >= 100, "{} steps", b_steps.len());
+    for call in b_steps {
+        assert_eq!(call.len(), 2, "{call:?}");
+        assert!(call.iter().all(|(_, _, n)| *n <= 2), "{call:?}");
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_generation_frees_its_cells() {
     let mut runner = ScriptedRunner::new("abc");
     runner.endless = true;
     runner.step_delay = Duration::from_millis(5);
@@ -142,14 +223,125 @@ async fn dropping_the_generation_stops_the_engine() {
             break;
         }
     }
+    assert!(log.lock().unwrap().used_cells() > 0);
     drop(g);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let after_drop = log.lock().unwrap().evaluations.len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(log.lock().unwrap().evaluations.len(), after_drop);
-    // The engine is free for the next request.
+    let after_drop = log.lock().unwrap().decodes.len();
+    assert_eq!(log.lock().unwrap().used_cells(), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.lock().unwrap().decodes.len(), after_drop);
+    assert_eq!(engine.running(), 0);
+    // What it computed was kept in RAM: a retry reuses it.
     let (_, done) = finish(engine.submit(valid("p", 2)).unwrap()).await;
     assert!(done.is_ok());
+}
+
+#[tokio::test]
+async fn a_preempted_sequence_resumes_where_it_was() {
+    // 60 cells for two sequences that need 10 + 40 each: one must give way.
+    let mut runner = ScriptedRunner::new("abcdefghij");
+    runner.positional = true;
+    runner.endless = true;
+    runner.cells = 60;
+    let log = runner.log.clone();
+    let engine = start_with(runner, 60, 4, 2, CacheConfig::default());
+    let a = engine.submit(valid("0123456789", 40)).unwrap();
+    let b = engine.submit(valid("9876543210", 40)).unwrap();
+    let (a, b) = tokio::join!(finish(a), finish(b));
+    // The reply depends only on positions: both continue exactly as if alone.
+    let expected: String = (10..50).map(|i| (b'a' + (i % 10) as u8) as char).collect();
+    assert_eq!(a.0, expected);
+    assert_eq!(b.0, expected);
+    assert_eq!(a.1.unwrap().usage.completion_tokens, 40);
+    assert_eq!(b.1.unwrap().usage.completion_tokens, 40);
+    assert!(log.lock().unwrap().saves >= 1, "nothing was preempted");
+}
+
+#[tokio::test]
+async fn host_snapshots_stay_within_their_budget() {
+    // Two slots: one runs, one caches; older entries are saved to RAM (4 bytes a
+    // token here) and the oldest of those dropped past 200 bytes.
+    let mut runner = ScriptedRunner::new("ok");
+    runner.sequences = 2;
+    let cache = CacheConfig {
+        host_bytes: 200,
+        ..CacheConfig::default()
+    };
+    let engine = start_with(runner, 4096, 4, 1, cache);
+    for i in 0..12 {
+        let prompt = format!("{i} distinct prompt number {i}");
+        let _ = finish(engine.submit(valid(&prompt, 2)).unwrap()).await;
+        let text = engine.metrics().encode();
+        let host = metric(&text, "pensieve_cache_bytes{tier=\"host\"}");
+        assert!(host <= 200.0, "{host} bytes in RAM");
+    }
+    let text = engine.metrics().encode();
+    assert!(metric(&text, "pensieve_cache_bytes{tier=\"host\"}") > 0.0);
+    // At most both slots hold an entry.
+    assert!(metric(&text, "pensieve_cache_entries{tier=\"context\"}") <= 2.0);
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("{name} missing in {text}"))
+}
+
+#[tokio::test]
+async fn a_restart_with_a_cache_dir_still_hits() {
+    let dir = std::env::temp_dir().join(format!("pensieve-cache-test-{}", rand::random::<u64>()));
+    let cache = CacheConfig {
+        disk_dir: Some(dir.clone()),
+        ..CacheConfig::default()
+    };
+    let prompt = "a long system prompt that every session starts with; hello";
+    let engine = start_with(ScriptedRunner::new("ok"), 4096, 4, 2, cache.clone());
+    let _ = finish(engine.submit(valid(prompt, 2)).unwrap()).await;
+    engine.shutdown();
+    tokio::task::spawn_blocking({
+        let e = engine.clone();
+        move || e.join()
+    })
+    .await
+    .unwrap();
+
+    let runner = ScriptedRunner::new("ok");
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, cache);
+    let (_, done) = finish(engine.submit(valid(prompt, 2)).unwrap()).await;
+    assert_eq!(
+        done.unwrap().usage.cached_prompt_tokens,
+        prompt.len() as u32 - 1
+    );
+    assert_eq!(log.lock().unwrap().restores, 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn without_truncation_prefixes_resume_at_message_boundaries() {
+    // Sliding-window backends can't cut back: snapshots are taken at end-of-turn
+    // tokens (0 here) and a new prompt resumes from the last one it shares.
+    let mut runner = ScriptedRunner::new("ok");
+    runner.truncatable = false;
+    let log = runner.log.clone();
+    let engine = start(runner, 4096, 4);
+    let turn = |user: &str| {
+        let mut p = ByteTokenizer.encode("system text");
+        p.push(EOG);
+        p.extend(ByteTokenizer.encode(user));
+        p.push(EOG);
+        p.extend(ByteTokenizer.encode("assistant:"));
+        ValidRequest {
+            prompt: p,
+            ..valid("", 3)
+        }
+    };
+    let (_, first) = finish(engine.submit(turn("first question")).unwrap()).await;
+    assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
+    let (_, second) = finish(engine.submit(turn("second question")).unwrap()).await;
+    assert_eq!(second.unwrap().usage.cached_prompt_tokens, 12);
+    // Nothing was ever cut back.
+    assert!(log.lock().unwrap().decodes.len() > 2);
 }
 
 #[tokio::test]
@@ -157,7 +349,7 @@ async fn a_full_queue_is_overloaded() {
     let mut runner = ScriptedRunner::new("abc");
     runner.endless = true;
     runner.step_delay = Duration::from_millis(20);
-    let engine = start(runner, 100_000, 1);
+    let engine = start_with(runner, 100_000, 1, 1, CacheConfig::default());
     let mut running = engine.submit(valid("p", 1000)).unwrap();
     // Make sure the first one left the queue and is running.
     while let Some(e) = running.events.recv().await {

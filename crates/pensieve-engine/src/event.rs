@@ -28,7 +28,8 @@ pub struct Usage {
     pub prompt_tokens: u32,
     /// Prompt tokens whose KV was already in the cache and was not computed again.
     pub cached_prompt_tokens: u32,
-    /// Prompt tokens computed by this request and stored in the prefix cache.
+    /// Prompt tokens computed by this request and stored in the prefix cache, when the
+    /// request asked for caching (0 otherwise).
     pub cache_creation_tokens: u32,
     pub completion_tokens: u32,
 }
@@ -37,6 +38,12 @@ impl Usage {
     /// Prompt tokens that had to be computed.
     pub fn uncached_prompt_tokens(&self) -> u32 {
         self.prompt_tokens - self.cached_prompt_tokens
+    }
+
+    /// Prompt tokens neither read from nor reported as written to the cache (Anthropic's
+    /// `input_tokens`: the three add up to the prompt).
+    pub fn plain_prompt_tokens(&self) -> u32 {
+        self.uncached_prompt_tokens() - self.cache_creation_tokens
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
 //! - [`event`]: what the engine reports back.
+//! - [`metrics`]: the Prometheus metrics ([`EngineMetrics`]) the engine and the HTTP edge record.
 //! - [`testing`]: a scripted backend for tests of the engine and the HTTP edge.
 
 pub mod cache;
@@ -17,6 +18,7 @@ pub mod detok;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod metrics;
 pub mod model;
 pub mod request;
 mod scheduler;
@@ -24,9 +26,10 @@ pub mod stop;
 pub mod template;
 pub mod testing;
 
+pub use cache::CacheConfig;
 pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
-pub use cache::CacheConfig;
+pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
 pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};

@@ -92,6 +92,8 @@ pub trait ModelRunner: Send {
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError>;
     /// Load a snapshot into the empty `seq`.
     fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError>;
+    /// Bytes of KV one cached token takes (for reporting the cache's size).
+    fn kv_bytes_per_token(&self) -> u64;
     /// Identifies the model and cache layout a snapshot belongs to (snapshots on disk
     /// are only loaded into the same).
     fn fingerprint(&self) -> String;

@@ -129,6 +129,9 @@ pub struct GenerateRequest {
     pub stop_sequences: Vec<String>,
     /// Whether the client asked for extended thinking (passed to templates that support it).
     pub thinking: bool,
+    /// Whether the client marked cache breakpoints: then the prompt tokens this request
+    /// stores in the prefix cache are reported as cache creation.
+    pub cache_requested: bool,
 }
 
 impl GenerateRequest {
@@ -143,6 +146,7 @@ impl GenerateRequest {
             max_tokens,
             stop_sequences: Vec::new(),
             thinking: false,
+            cache_requested: false,
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct ScriptedRunner {
     reply: Vec<TokenId>,
     next: HashMap<SeqId, usize>,
     pub endless: bool,
+    /// Reply with `reply[slot length % reply length]`: the output depends only on
+    /// positions, so a sequence that was preempted and resumed must continue exactly.
+    pub positional: bool,
     /// Sleep per decode call, to make concurrency and cancellation observable.
     pub step_delay: Duration,
     pub batch: usize,
@@ -99,6 +102,7 @@ impl ScriptedRunner {
             reply: ByteTokenizer.encode(reply),
             next: HashMap::new(),
             endless: false,
+            positional: false,
             step_delay: Duration::ZERO,
             batch: 8,
             sequences: 16,
@@ -144,7 +148,11 @@ impl ModelRunner for ScriptedRunner {
         let mut call: Vec<(SeqId, u32, usize)> = Vec::new();
         for t in batch {
             let expected = log.slots.get(&t.seq).map_or(0, Vec::len) as u32;
-            assert_eq!(t.pos, expected, "seq {} gets position {} out of order", t.seq, t.pos);
+            assert_eq!(
+                t.pos, expected,
+                "seq {} gets position {} out of order",
+                t.seq, t.pos
+            );
             let cell = log.new_cell();
             log.slots.entry(t.seq).or_default().push((t.token, cell));
             match call.last_mut() {
@@ -161,6 +169,10 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn sample(&mut self, seq: SeqId, _index: usize) -> TokenId {
+        if self.positional {
+            let len = self.log().slots.get(&seq).map_or(0, Vec::len);
+            return self.reply[len % self.reply.len().max(1)];
+        }
         let next = self.next.entry(seq).or_insert(0);
         let token = match self.reply.get(*next) {
             Some(t) => *t,
@@ -223,7 +235,10 @@ impl ModelRunner for ScriptedRunner {
     fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError> {
         let mut log = self.log();
         log.restores += 1;
-        assert!(log.slots.get(&seq).is_none_or(Vec::is_empty), "restore into a used slot");
+        assert!(
+            log.slots.get(&seq).is_none_or(Vec::is_empty),
+            "restore into a used slot"
+        );
         let tokens: Vec<TokenId> = state
             .chunks_exact(4)
             .map(|c| TokenId::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -235,6 +250,10 @@ impl ModelRunner for ScriptedRunner {
         }
         log.slots.insert(seq, slot);
         Ok(())
+    }
+
+    fn kv_bytes_per_token(&self) -> u64 {
+        4
     }
 
     fn fingerprint(&self) -> String {

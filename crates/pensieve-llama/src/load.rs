@@ -10,11 +10,17 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use pensieve_engine::ModelInfo;
 
-use crate::runner::LlamaRunner;
+use crate::runner::{LlamaRunner, RunnerLayout};
 use crate::tokenizer::LlamaTokenizer;
 
 /// Context length used when none is asked for: enough for Claude Code, bounded for memory.
 pub const DEFAULT_MAX_CONTEXT: u32 = 32_768;
+
+/// Most sequences generating at once when `--parallel` is not given.
+pub const DEFAULT_MAX_PARALLEL: usize = 4;
+
+/// Share of available memory the KV cache may take when sizing `--parallel`.
+const KV_MEMORY_SHARE: f64 = 0.25;
 
 /// How to load and run a model.
 #[derive(Debug, Clone)]
@@ -30,6 +36,11 @@ pub struct LlamaOptions {
     pub batch_size: u32,
     /// Layers to offload to a GPU (when built with one); 0 keeps everything on the CPU.
     pub gpu_layers: u32,
+    /// Sequences generating at once; defaults to what the KV cache fits in memory (at
+    /// most [`DEFAULT_MAX_PARALLEL`]).
+    pub parallel: Option<usize>,
+    /// Extra sequence slots that hold cached prefixes in the context.
+    pub cache_slots: usize,
 }
 
 impl LlamaOptions {
@@ -41,6 +52,8 @@ impl LlamaOptions {
             threads: None,
             batch_size: 512,
             gpu_layers: 0,
+            parallel: None,
+            cache_slots: 32,
         }
     }
 }
@@ -64,6 +77,8 @@ pub struct LoadedModel {
     pub info: ModelInfo,
     pub tokenizer: Arc<LlamaTokenizer>,
     pub runner: LlamaRunner,
+    /// Sequences the context was sized for.
+    pub parallel: usize,
 }
 
 /// llama.cpp's global state is initialised once per process (a second init fails, so
@@ -116,24 +131,60 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         .max(1);
     let threads = i32::try_from(threads).unwrap_or(i32::MAX);
     let batch = options.batch_size.clamp(1, context_size);
+    let architecture = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let kv_bytes_per_token = kv_bytes_per_token(model, &architecture);
+    let parallel = match options.parallel {
+        Some(0) => return Err(LlamaError::Options("--parallel must be at least 1".into())),
+        Some(n) => n,
+        None => default_parallel(context_size, kv_bytes_per_token),
+    };
+    // llama.cpp allows 256 sequences; the rest of them hold cached prefixes.
+    let sequences = (parallel + options.cache_slots).min(256);
+    if parallel > sequences {
+        return Err(LlamaError::Options("--parallel must be at most 256".into()));
+    }
+    let cells = (context_size as u64 * parallel as u64).min(u32::MAX as u64) as u32;
     let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(context_size))
+        .with_n_ctx(NonZeroU32::new(cells))
         .with_n_batch(batch)
         .with_n_ubatch(batch)
-        .with_n_seq_max(1)
+        .with_n_seq_max(sequences as u32)
+        // One pool of cells for all sequences, so a prefix can be shared by reference.
+        .with_kv_unified(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let context = model
         .new_context(backend, ctx_params)
         .map_err(|e| LlamaError::Context {
-            context: context_size,
+            context: cells,
             reason: e.to_string(),
         })?;
+    let can_truncate = !(model.is_recurrent()
+        || model.is_hybrid()
+        || meta_u64(model, &format!("{architecture}.attention.sliding_window")).is_some());
+    let file_size = std::fs::metadata(&options.path)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let fingerprint = format!(
+        "llama.cpp/{arch}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv=f16",
+        arch = architecture,
+        params = model.n_params(),
+        layers = model.n_layer(),
+        embd = model.n_embd(),
+        kv = model.n_head_kv(),
+    );
+    let layout = RunnerLayout {
+        batch_size: batch as usize,
+        sequences,
+        cells: cells as usize,
+        can_truncate,
+        kv_bytes_per_token,
+        fingerprint,
+    };
 
     let tokenizer = Arc::new(LlamaTokenizer::new(model));
-    let architecture = model
-        .meta_val_str("general.architecture")
-        .unwrap_or_else(|_| "unknown".to_owned());
     let chat_template = model
         .chat_template(None)
         .ok()
@@ -161,12 +212,47 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         context_size,
         train_context,
         threads,
+        parallel,
+        kv_cells = cells,
+        can_truncate,
         has_template = info.chat_template.is_some(),
         "model loaded"
     );
     Ok(LoadedModel {
         info,
         tokenizer,
-        runner: LlamaRunner::new(context, batch as usize),
+        runner: LlamaRunner::new(context, layout),
+        parallel,
     })
+}
+
+/// f16 K and V of every layer for one token.
+fn kv_bytes_per_token(model: &LlamaModel, architecture: &str) -> u64 {
+    let heads = u64::from(model.n_head().max(1));
+    let head_dim = meta_u64(model, &format!("{architecture}.attention.key_length"))
+        .unwrap_or_else(|| model.n_embd().max(0) as u64 / heads);
+    u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2 * 2
+}
+
+fn meta_u64(model: &LlamaModel, key: &str) -> Option<u64> {
+    model.meta_val_str(key).ok()?.trim().parse().ok()
+}
+
+/// As many sequences as a share of the available memory holds at full context, between
+/// 1 and [`DEFAULT_MAX_PARALLEL`].
+fn default_parallel(context: u32, kv_bytes_per_token: u64) -> usize {
+    let per_sequence = (u64::from(context) * kv_bytes_per_token).max(1);
+    let Some(available) = available_memory() else {
+        return DEFAULT_MAX_PARALLEL;
+    };
+    let fits = (available as f64 * KV_MEMORY_SHARE / per_sequence as f64) as usize;
+    fits.clamp(1, DEFAULT_MAX_PARALLEL)
+}
+
+/// `MemAvailable` on Linux; None elsewhere.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

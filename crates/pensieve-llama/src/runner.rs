@@ -1,30 +1,42 @@
-//! One llama.cpp context as the engine's step-level [`ModelRunner`].
+//! One llama.cpp context as the engine's step-level [`ModelRunner`]: a unified KV cache
+//! shared by every sequence slot, one batch per step, one sampler per slot.
 
+use std::collections::HashMap;
+
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use pensieve_engine::{ModelRunner, RunnerError, SamplingParams, TokenId};
+use pensieve_engine::{BatchToken, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId};
+
+/// What the runner knows about its context that llama.cpp does not tell afterwards.
+pub(crate) struct RunnerLayout {
+    pub batch_size: usize,
+    pub sequences: usize,
+    pub cells: usize,
+    /// False with sliding-window or recurrent layers.
+    pub can_truncate: bool,
+    pub kv_bytes_per_token: u64,
+    pub fingerprint: String,
+}
 
 /// Owns a context and its batch buffer; lives on the engine thread.
 pub struct LlamaRunner {
     context: LlamaContext<'static>,
     batch: LlamaBatch<'static>,
-    batch_size: usize,
-    sampler: LlamaSampler,
-    /// Batch index of the token whose logits the next sample reads.
-    last_logits: i32,
+    layout: RunnerLayout,
+    samplers: HashMap<SeqId, LlamaSampler>,
 }
 
 impl LlamaRunner {
-    pub(crate) fn new(context: LlamaContext<'static>, batch_size: usize) -> Self {
+    pub(crate) fn new(context: LlamaContext<'static>, layout: RunnerLayout) -> Self {
         LlamaRunner {
             context,
-            batch: LlamaBatch::new(batch_size, 1),
-            batch_size,
-            sampler: LlamaSampler::greedy(),
-            last_logits: 0,
+            batch: LlamaBatch::new(layout.batch_size, 1),
+            layout,
+            samplers: HashMap::new(),
         }
     }
 }
@@ -50,55 +62,131 @@ fn build_sampler(params: &SamplingParams) -> LlamaSampler {
     LlamaSampler::chain_simple(chain)
 }
 
+fn seq_i32(seq: SeqId) -> i32 {
+    // Slots are below llama.cpp's limit of 256 sequences.
+    i32::try_from(seq).unwrap_or(i32::MAX)
+}
+
 impl ModelRunner for LlamaRunner {
     fn batch_size(&self) -> usize {
-        self.batch_size
+        self.layout.batch_size
     }
 
-    fn truncate(&mut self, position: u32) -> bool {
-        let cut = self
-            .context
-            .clear_kv_cache_seq(Some(0), Some(position), None)
-            .unwrap_or(false);
-        if !cut {
-            self.context.clear_kv_cache();
-        }
-        cut
+    fn max_sequences(&self) -> usize {
+        self.layout.sequences
     }
 
-    fn evaluate(&mut self, tokens: &[TokenId], start: u32) -> Result<(), RunnerError> {
+    fn cache_cells(&self) -> usize {
+        self.layout.cells
+    }
+
+    fn can_truncate(&self) -> bool {
+        self.layout.can_truncate
+    }
+
+    fn decode(&mut self, tokens: &[BatchToken]) -> Result<(), RunnerError> {
         if tokens.is_empty() {
             return Ok(());
         }
-        if tokens.len() > self.batch_size {
+        if tokens.len() > self.layout.batch_size {
             return Err(RunnerError::Failed(format!(
                 "{} tokens exceed the batch size of {}",
                 tokens.len(),
-                self.batch_size
+                self.layout.batch_size
             )));
         }
         self.batch.clear();
-        let last = tokens.len() - 1;
-        for (i, &token) in tokens.iter().enumerate() {
-            let pos = i32::try_from(start as usize + i)
+        for t in tokens {
+            let pos = i32::try_from(t.pos)
                 .map_err(|_| RunnerError::Failed("position out of range".into()))?;
             self.batch
-                .add(LlamaToken(token), pos, &[0], i == last)
+                .add(LlamaToken(t.token), pos, &[seq_i32(t.seq)], t.logits)
                 .map_err(|e| RunnerError::Failed(e.to_string()))?;
         }
         self.context.decode(&mut self.batch).map_err(|e| match e {
             DecodeError::NoKvCacheSlot => RunnerError::CacheFull,
             other => RunnerError::Failed(other.to_string()),
-        })?;
-        self.last_logits = last as i32;
-        Ok(())
+        })
     }
 
-    fn start_sampling(&mut self, params: &SamplingParams) {
-        self.sampler = build_sampler(params);
+    fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams) {
+        self.samplers.insert(seq, build_sampler(params));
     }
 
-    fn sample(&mut self) -> TokenId {
-        self.sampler.sample(&self.context, self.last_logits).0
+    fn sample(&mut self, seq: SeqId, index: usize) -> TokenId {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let sampler = self
+            .samplers
+            .entry(seq)
+            .or_insert_with(LlamaSampler::greedy);
+        sampler.sample(&self.context, index).0
+    }
+
+    fn truncate(&mut self, seq: SeqId, from: u32) -> bool {
+        if !self.layout.can_truncate {
+            return false;
+        }
+        self.context
+            .clear_kv_cache_seq(Some(seq), Some(from), None)
+            .unwrap_or(false)
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        self.samplers.remove(&seq);
+        // A whole-sequence removal always succeeds.
+        let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
+    }
+
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) {
+        // Unified KV cache: the cells gain `dst` as an owner; nothing is copied.
+        if let Err(e) =
+            self.context
+                .copy_kv_cache_seq(seq_i32(src), seq_i32(dst), Some(0), Some(len))
+        {
+            tracing::warn!("cannot share a cached prefix: {e}");
+        }
+    }
+
+    fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError> {
+        let flags = LlamaStateSeqFlags::empty();
+        let size = self.context.state_seq_get_size_ext(seq_i32(seq), flags);
+        let mut bytes = vec![0u8; size];
+        // SAFETY: the buffer has the size llama.cpp asked for.
+        let written = unsafe {
+            self.context
+                .state_seq_get_data_ext(bytes.as_mut_ptr(), seq_i32(seq), flags)
+        };
+        if written != size {
+            return Err(RunnerError::Failed(format!(
+                "sequence state: {written} of {size} bytes written"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError> {
+        // SAFETY: llama.cpp reads at most `state.len()` bytes and checks what it reads
+        // (a mismatch makes it fail, not crash); snapshots only come from `save` of a
+        // context with the same fingerprint.
+        let ok = unsafe {
+            self.context
+                .state_seq_set_data_ext(state, seq_i32(seq), LlamaStateSeqFlags::empty())
+        };
+        if ok {
+            Ok(())
+        } else {
+            let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
+            Err(RunnerError::Failed(
+                "the snapshot does not fit this context".into(),
+            ))
+        }
+    }
+
+    fn kv_bytes_per_token(&self) -> u64 {
+        self.layout.kv_bytes_per_token
+    }
+
+    fn fingerprint(&self) -> String {
+        self.layout.fingerprint.clone()
     }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pensieve_engine::{
-    Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, Message, ModelRunner,
-    Role, SamplingParams, Tokenizer,
+    BatchToken, Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, Message,
+    ModelRunner, Role, SamplingParams, SeqId, TokenId, Tokenizer,
 };
 use pensieve_llama::{load, LlamaOptions, LoadedModel};
 
@@ -86,36 +86,106 @@ fn missing_file_is_a_clear_error() {
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
-#[test]
-fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
-    let mut model = smollm2(1024);
-    let prompt = model
-        .tokenizer
-        .encode("<|im_start|>user\nList three colours.<|im_end|>\n<|im_start|>assistant\n");
+/// Evaluate `prompt[from..]` into `seq` in one batch, then 8 greedy tokens.
+fn greedy_run(
+    runner: &mut dyn ModelRunner,
+    seq: SeqId,
+    prompt: &[TokenId],
+    from: usize,
+) -> Vec<TokenId> {
     let greedy = SamplingParams {
         temperature: 0.0,
         ..SamplingParams::default()
     };
-    let runner = &mut model.runner;
-    let run = |runner: &mut dyn ModelRunner, from: usize| {
-        // Evaluate the prompt from `from` in one batch, then 8 greedy tokens.
-        runner.evaluate(&prompt[from..], from as u32).unwrap();
-        runner.start_sampling(&greedy);
-        let mut out = Vec::new();
-        for i in 0..8 {
-            let t = runner.sample();
-            out.push(t);
-            runner.evaluate(&[t], (prompt.len() + i) as u32).unwrap();
-        }
-        out
-    };
-    assert!(runner.truncate(0));
-    let cold = run(runner, 0);
-    // Cut back to the last prompt token and go again: same greedy continuation.
+    let batch: Vec<BatchToken> = (from..prompt.len())
+        .map(|i| BatchToken {
+            seq,
+            token: prompt[i],
+            pos: i as u32,
+            logits: i == prompt.len() - 1,
+        })
+        .collect();
+    runner.decode(&batch).unwrap();
+    runner.start_sampling(seq, &greedy);
+    let mut out = Vec::new();
+    let mut index = batch.len() - 1;
+    for i in 0..8 {
+        let t = runner.sample(seq, index);
+        out.push(t);
+        let pos = (prompt.len() + i) as u32;
+        runner
+            .decode(&[BatchToken {
+                seq,
+                token: t,
+                pos,
+                logits: true,
+            }])
+            .unwrap();
+        index = 0;
+    }
+    out
+}
+
+#[test]
+fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
+    let mut model = smollm2(1024);
+    assert!(model.runner.can_truncate());
+    let prompt = model
+        .tokenizer
+        .encode("<|im_start|>user\nList three colours.<|im_end|>\n<|im_start|>assistant\n");
     let last = prompt.len() - 1;
-    assert!(runner.truncate(last as u32));
-    let reused = run(runner, last);
-    assert_eq!(cold, reused);
+    let runner: &mut dyn ModelRunner = &mut model.runner;
+    let cold = greedy_run(runner, 0, &prompt, 0);
+    // Cut back to the last prompt token and go again: same greedy continuation.
+    assert!(runner.truncate(0, last as u32));
+    let snapshot = runner.save(0).unwrap();
+    assert_eq!(greedy_run(runner, 0, &prompt, last), cold);
+    // A second sequence sharing the prefix by reference continues the same way.
+    assert!(runner.truncate(0, last as u32));
+    runner.share(0, 1, last as u32);
+    assert_eq!(greedy_run(runner, 1, &prompt, last), cold);
+    // And so does one restored from a snapshot.
+    runner.restore(2, &snapshot).unwrap();
+    assert_eq!(greedy_run(runner, 2, &prompt, last), cold);
+    // Snapshots are about 23 KB a token of SmolLM2's f16 KV.
+    let per_token = snapshot.len() / last;
+    assert!(
+        (15_000..40_000).contains(&per_token),
+        "{per_token} bytes a token"
+    );
+}
+
+#[test]
+fn sliding_window_models_resume_from_whole_snapshots() {
+    let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
+    options.context_size = Some(2048);
+    options.threads = Some(2);
+    let mut model = load(&options).expect("Gemma 3 loads");
+    assert!(
+        !model.runner.can_truncate(),
+        "Gemma 3 has sliding-window layers"
+    );
+    let prompt = model
+        .tokenizer
+        .encode("<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n");
+    let last = prompt.len() - 1;
+    let runner: &mut dyn ModelRunner = &mut model.runner;
+    // Prefill all but the last token, snapshot there; continuing in place and from a
+    // restored snapshot give the same tokens.
+    let batch: Vec<BatchToken> = (0..last)
+        .map(|i| BatchToken {
+            seq: 0,
+            token: prompt[i],
+            pos: i as u32,
+            logits: false,
+        })
+        .collect();
+    runner.decode(&batch).unwrap();
+    let snapshot = runner.save(0).unwrap();
+    runner.restore(3, &snapshot).unwrap();
+    let from_restore = greedy_run(runner, 3, &prompt, last);
+    let in_place = greedy_run(runner, 0, &prompt, last);
+    assert_eq!(from_restore, in_place);
 }
 
 #[tokio::test]
@@ -125,7 +195,10 @@ async fn engine_generates_and_reports_cache_reuse() {
         model.info,
         model.tokenizer.clone() as Arc<dyn Tokenizer>,
         Box::new(model.runner),
-        EngineConfig::default(),
+        EngineConfig {
+            parallel: model.parallel,
+            ..EngineConfig::default()
+        },
     )
     .unwrap();
     let mut request = GenerateRequest::new(

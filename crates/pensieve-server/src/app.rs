@@ -1,5 +1,5 @@
 //! The router, its shared state, and the middleware every request passes through
-//! (request id, authentication).
+//! (metrics, request id, authentication).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,7 +16,7 @@ use pensieve_protocol::ids::random_id;
 
 use crate::auth::is_authorized;
 use crate::error::ApiError;
-use crate::routes;
+use crate::{request_metrics, routes};
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -69,15 +69,24 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))
+        .route("/metrics", get(routes::metrics::metrics))
         .route("/", get(routes::health::root).head(routes::health::root))
         .fallback(routes::health::not_found);
+    // The last layer added runs first: metrics wrap `edge`, so refused requests count too.
     api.layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_metrics::record,
+        ))
         .with_state(state)
 }
 
-/// Paths that answer without a key: liveness checks carry no data.
+/// Paths that answer without a key: liveness checks and metrics carry no prompts or
+/// outputs, only counts and timings.
 fn is_public(method: &Method, path: &str) -> bool {
-    path == "/health" || (path == "/" && (method == Method::GET || method == Method::HEAD))
+    path == "/health"
+        || path == "/metrics"
+        || (path == "/" && (method == Method::GET || method == Method::HEAD))
 }
 
 /// Assign the request id, check the key, and stamp the id on the response.

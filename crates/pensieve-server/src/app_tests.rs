@@ -355,3 +355,113 @@ async fn invalid_json_is_400() {
     let response = router("x").oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The value of the sample line that starts with `series` (name plus labels, exactly).
+fn sample(text: &str, series: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
+async fn scrape(router: Router) -> String {
+    let (status, headers, body) = send(router, "GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    String::from_utf8(body).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_needs_no_key_and_counts_requests_by_status() {
+    let config = ServerConfig {
+        api_key: Some("sekrit".into()),
+        ..ServerConfig::default()
+    };
+    let state = state_with("ok", config, 4096);
+    let (status, _, _) = send(
+        app(state.clone()),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        let (status, _, _) = send_with(
+            app(state.clone()),
+            "POST",
+            "/v1/messages",
+            Some(message(false)),
+            &[("x-api-key", "sekrit")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let text = scrape(app(state)).await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let requests = |status: &str| {
+        sample(
+            &text,
+            &format!("pensieve_requests_total{{route=\"/v1/messages\",status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(requests("401").as_deref(), Some("1"), "{text}");
+    assert_eq!(requests("200").as_deref(), Some("2"), "{text}");
+    // Each body was read to the end before the scrape, so each request was timed.
+    assert_eq!(
+        sample(
+            &text,
+            "pensieve_request_duration_seconds_count{route=\"/v1/messages\"}"
+        )
+        .as_deref(),
+        Some("3"),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "pensieve_queue_depth").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn metrics_labels_use_route_templates_not_paths() {
+    let state = state_with("x", ServerConfig::default(), 4096);
+    send(
+        app(state.clone()),
+        "GET",
+        "/v1/models/claude-haiku-4-5",
+        None,
+    )
+    .await;
+    send(app(state.clone()), "GET", "/v2/nothing", None).await;
+    send(app(state.clone()), "GET", "/v1/messages", None).await;
+    let text = scrape(app(state)).await;
+    for (series, value) in [
+        ("{route=\"/v1/models/{id}\",status=\"200\"}", "1"),
+        ("{route=\"unmatched\",status=\"404\"}", "1"),
+        ("{route=\"/v1/messages\",status=\"405\"}", "1"),
+    ] {
+        let series = format!("pensieve_requests_total{series}");
+        assert_eq!(
+            sample(&text, &series).as_deref(),
+            Some(value),
+            "{series} in:\n{text}"
+        );
+    }
+    assert!(!text.contains("claude-haiku"), "{text}");
+    assert!(!text.contains("/v2/nothing"), "{text}");
+}
+
+#[tokio::test]
+async fn timed_bodies_keep_their_length() {
+    // The metrics layer wraps every body; a JSON reply must still have a known size, so
+    // it is sent with content-length rather than chunked.
+    let request = Request::builder()
+        .method("GET")
+        .uri("/v1/models")
+        .body(Body::empty())
+        .unwrap();
+    let response = router("x").oneshot(request).await.unwrap();
+    assert!(axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .is_some());
+}

@@ -4,12 +4,14 @@
 //! requests and engine events back into wire responses; they hold no model logic.
 //!
 //! - [`app`]: the router, its state and middleware.
+//! - [`request_metrics`]: the middleware that counts and times every request.
 //! - [`routes`]: one module per API surface.
 //! - [`error`]: [`ApiError`], rendered in each API's error shape.
 
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod request_metrics;
 pub mod routes;
 
 pub use app::{app, AppState, ServerConfig};

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
+use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::{Engine, EngineConfig};
+use pensieve_engine::{CacheConfig, Engine, EngineConfig};
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ServerConfig};
 
@@ -24,9 +25,23 @@ pub struct ServeArgs {
     host: IpAddr,
     #[arg(long, short = 'p', default_value_t = 7777)]
     port: u16,
-    /// Context length in tokens [default: the model's, at most 32768].
+    /// Context length of each sequence in tokens [default: the model's, at most 32768].
     #[arg(long, value_name = "N")]
     ctx: Option<u32>,
+    /// Sequences generating at once (continuous batching) [default: what fits in a
+    /// quarter of the available memory at full context, at most 4].
+    #[arg(long, short = 'n', value_name = "N")]
+    parallel: Option<usize>,
+    /// RAM for prefix-cache snapshots, e.g. 4GiB [default: a quarter of the memory
+    /// available after loading, at least 256MiB].
+    #[arg(long, value_name = "SIZE")]
+    cache_ram: Option<ByteSize>,
+    /// Keep prefix-cache snapshots in this directory too, so they survive a restart.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Disk space for prefix-cache snapshots in --cache-dir.
+    #[arg(long, value_name = "SIZE", default_value = "16GiB")]
+    cache_disk: ByteSize,
     /// CPU threads [default: the number of physical cores].
     #[arg(long, short = 't', value_name = "N")]
     threads: Option<usize>,
@@ -44,7 +59,7 @@ pub struct ServeArgs {
     /// Name the model is listed under [default: the file name without extension].
     #[arg(long, value_name = "NAME")]
     model_id: Option<String>,
-    /// Requests that may wait while one runs; more get 529 overloaded.
+    /// Requests that may wait for a free sequence; more get 529 overloaded.
     #[arg(long, default_value_t = 64, value_name = "N")]
     queue: usize,
     /// Tokens per prefill step.
@@ -76,6 +91,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         threads: args.threads,
         batch_size: args.batch,
         gpu_layers: args.gpu_layers,
+        parallel: args.parallel,
         ..LlamaOptions::new(&args.model)
     };
     let loaded = pensieve_llama::load(&options)
@@ -86,6 +102,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Box::new(loaded.runner),
         EngineConfig {
             queue_capacity: args.queue,
+            parallel: loaded.parallel,
+            cache: CacheConfig {
+                host_bytes: args
+                    .cache_ram
+                    .map_or_else(default_cache_ram, |b| b.as_u64()),
+                disk_dir: args.cache_dir.clone(),
+                disk_bytes: args.cache_disk.as_u64(),
+            },
         },
     )
     .context("cannot start the engine")?;
@@ -164,6 +188,22 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// A quarter of the memory available now (the model and its KV cache are loaded), at
+/// least 256 MiB.
+fn default_cache_ram() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib * 1024);
+    let quarter = available.map_or(2 << 30, |b| b / 4);
+    let bytes = quarter.max(256 << 20);
+    tracing::info!(cache_ram = %ByteSize::b(bytes), "prefix cache RAM budget");
+    bytes
 }
 
 fn init_logging() {

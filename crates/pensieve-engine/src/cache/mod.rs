@@ -143,7 +143,9 @@ impl PrefixCache {
                     cache.disk = Some(store);
                     cache.trim_disk();
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), "prefix cache on disk disabled: {e}"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "prefix cache on disk disabled: {e}")
+                }
             }
         }
         cache

@@ -280,7 +280,9 @@ mod tests {
         // Random sequences over a small alphabet share many prefixes.
         let mut state = 12345u64;
         let mut next = move |n: u64| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) % n
         };
         let mut t = RadixTree::default();

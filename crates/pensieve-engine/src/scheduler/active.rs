@@ -113,10 +113,7 @@ impl Active {
             });
         }
         let timing = TokenTiming {
-            first: self
-                .last_token
-                .is_none()
-                .then(|| now - self.job.submitted),
+            first: self.last_token.is_none().then(|| now - self.job.submitted),
             gap: self.last_token.map(|t| now - t),
         };
         self.last_token = Some(now);
@@ -162,8 +159,13 @@ impl Active {
         let usage = Usage {
             prompt_tokens: self.prompt_len as u32,
             cached_prompt_tokens: cached,
-            // Every computed prompt token stays in the prefix cache.
-            cache_creation_tokens: self.prompt_len as u32 - cached,
+            // Every computed prompt token stays in the prefix cache; clients that asked
+            // for caching are told so.
+            cache_creation_tokens: if self.job.request.cache_requested {
+                self.prompt_len as u32 - cached
+            } else {
+                0
+            },
             completion_tokens: self.generated,
         };
         let _ = self.job.events.send(GenerationEvent::Done(Completion {

@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheConfig, PrefixCache, Source};
+use crate::metrics::{CacheTier, EngineMetrics};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
 use crate::EngineError;
-pub(crate) use active::{Active, Job};
 use active::Step;
+pub(crate) use active::{Active, Job};
 
 /// What the engine thread is asked to do.
 pub(crate) enum Command {
@@ -51,6 +52,7 @@ pub(crate) struct Scheduler {
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown: CancellationToken,
     counters: Arc<Counters>,
+    metrics: Arc<EngineMetrics>,
     parallel: usize,
     /// Slots no request or cache entry holds.
     free: Vec<SeqId>,
@@ -77,6 +79,7 @@ impl Scheduler {
         commands: mpsc::UnboundedReceiver<Command>,
         shutdown: CancellationToken,
         counters: Arc<Counters>,
+        metrics: Arc<EngineMetrics>,
         config: SchedulerConfig,
     ) -> Scheduler {
         let slots = runner.max_sequences().max(1);
@@ -89,6 +92,7 @@ impl Scheduler {
             commands,
             shutdown,
             counters,
+            metrics,
             parallel,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -195,13 +199,25 @@ impl Scheduler {
                 self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             }
             let reused = self.load_prefix(seq, &active.tokens);
+            if active.cached.is_none() {
+                let cached = reused.min(active.prompt_len);
+                self.metrics.add_prompt_tokens(active.prompt_len as u64);
+                self.metrics.add_cached_prompt_tokens(cached as u64);
+                self.metrics
+                    .add_cache_created_tokens((active.prompt_len - cached) as u64);
+            }
             self.admissions += 1;
             active.seq = Some(seq);
             active.mark_admitted(self.admissions, reused);
             if !self.runner.can_truncate() {
-                active.checkpoints = checkpoints(&active.tokens[..active.prompt_len], reused, self.tokenizer.as_ref());
+                active.checkpoints = checkpoints(
+                    &active.tokens[..active.prompt_len],
+                    reused,
+                    self.tokenizer.as_ref(),
+                );
             }
-            self.runner.start_sampling(seq, &active.job.request.sampling);
+            self.runner
+                .start_sampling(seq, &active.job.request.sampling);
             self.running.push(active);
         }
     }
@@ -252,7 +268,11 @@ impl Scheduler {
         let decoding = order.iter().any(|&i| self.running[i].pending() == 1);
         // While streams are decoding, prefill in smaller chunks so their next token
         // is not held up long.
-        let prefill_budget = if decoding { (budget / 4).max(1) } else { budget };
+        let prefill_budget = if decoding {
+            (budget / 4).max(1)
+        } else {
+            budget
+        };
         let mut prefill_used = 0;
         for i in order {
             let a = &self.running[i];
@@ -312,7 +332,16 @@ impl Scheduler {
             let a = &mut self.running[p.index];
             let Some(index) = p.logits else { continue };
             let token = self.runner.sample(seq, index);
-            let (step, _timing) = a.accept(token, self.tokenizer.as_ref());
+            let (step, timing) = a.accept(token, self.tokenizer.as_ref());
+            if let Some(d) = timing.first {
+                self.metrics.observe_ttft(d);
+            }
+            if let Some(d) = timing.gap {
+                self.metrics.observe_inter_token(d);
+            }
+            if !matches!(step, Step::Finished(crate::FinishReason::EndOfTurn)) {
+                self.metrics.add_generated_tokens(1);
+            }
             if let Step::Finished(reason) = step {
                 finished.push((p.index, reason));
             }
@@ -335,9 +364,9 @@ impl Scheduler {
             self.free.push(seq);
             return;
         }
-        let freed = self
-            .cache
-            .insert_context(computed, active.prompt_len.min(computed.len()), seq, false);
+        let freed =
+            self.cache
+                .insert_context(computed, active.prompt_len.min(computed.len()), seq, false);
         self.release_slots(freed);
     }
 
@@ -385,7 +414,10 @@ impl Scheduler {
                 .max_by_key(|&i| self.running[i].order)
                 .unwrap_or(0);
             let mut active = self.running.swap_remove(newest);
-            tracing::info!(tokens = active.tokens.len(), "KV cache full: preempting a sequence");
+            tracing::info!(
+                tokens = active.tokens.len(),
+                "KV cache full: preempting a sequence"
+            );
             let seq = active.seq;
             let computed = active.computed;
             let tokens = active.tokens[..computed].to_vec();
@@ -438,10 +470,22 @@ impl Scheduler {
         }
     }
 
+    /// Gauges for `/metrics`.
     fn publish(&self) {
         self.counters
             .running
             .store(self.running.len(), Ordering::Relaxed);
+        self.metrics.set_running(self.running.len());
+        self.metrics
+            .set_queue_depth(self.counters.waiting.load(Ordering::Relaxed));
+        let s = self.cache.stats();
+        let context_bytes = s.context_tokens * self.runner.kv_bytes_per_token();
+        self.metrics
+            .set_cache(CacheTier::Context, s.context_entries, context_bytes);
+        self.metrics
+            .set_cache(CacheTier::Host, s.host_entries, s.host_bytes);
+        self.metrics
+            .set_cache(CacheTier::Disk, s.disk_entries, s.disk_bytes);
     }
 
     /// Shutdown: fail what is queued or running, and write the cache to disk.
@@ -475,7 +519,9 @@ fn checkpoints(prompt: &[crate::TokenId], reused: usize, tokenizer: &dyn Tokeniz
     prompt
         .iter()
         .enumerate()
-        .filter(|(i, t)| *i + 1 > reused && *i + 1 < prompt.len() && tokenizer.is_end_of_generation(**t))
+        .filter(|(i, t)| {
+            *i + 1 > reused && *i + 1 < prompt.len() && tokenizer.is_end_of_generation(**t)
+        })
         .map(|(i, _)| i + 1)
         .collect()
 }

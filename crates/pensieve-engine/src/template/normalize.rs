@@ -34,18 +34,25 @@ pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
 /// Claude Code sends its environment description as a `system` turn right after the
 /// user's prompt. Rendered there it is the last thing the model reads, and small models
 /// answer it instead of the user. So a system turn that follows user turns moves ahead
-/// of them. Later requests of the conversation keep that turn in the same place, so
-/// their prompts still share the same prefix (what prefix caching needs).
+/// of them, as the start of the user's turn when a system prompt comes first. It is not
+/// merged into that system prompt: the environment (working directory, date) differs
+/// between sessions, while the system prompt and the tool schemas rendered after it do
+/// not, and they must stay one shared prefix for the prefix cache. Later requests of
+/// the conversation keep the moved turn in the same place, so they share it too.
 fn hoist_system_above_user(messages: &[Message]) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for message in messages {
         let mut at = out.len();
+        let mut message = message.clone();
         if message.role == Role::System {
             while at > 0 && out[at - 1].role == Role::User {
                 at -= 1;
             }
+            if at < out.len() && at > 0 {
+                message.role = Role::User;
+            }
         }
-        out.insert(at, message.clone());
+        out.insert(at, message);
     }
     out
 }
@@ -136,7 +143,7 @@ mod tests {
         let roles: Vec<_> = first.iter().map(|m| (m.role, m.content.as_str())).collect();
         assert_eq!(
             roles,
-            vec![(Role::System, "main\n\nenv"), (Role::User, "prompt")]
+            vec![(Role::System, "main"), (Role::User, "env\n\nprompt")]
         );
         let second = normalize(&[
             msg(Role::System, "main"),

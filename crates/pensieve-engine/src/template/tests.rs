@@ -242,9 +242,9 @@ fn mid_conversation_system_is_folded_when_the_template_refuses_it() {
         .expect("renders after folding");
     assert_eq!(
         prompt,
-        // "reminder" and "late" follow user turns, so they move above them first;
-        // only "late" is still mid-conversation and gets folded.
-        "[system:s\n\nreminder][user:q][assistant:a][user:late\n\nq2]"
+        // "reminder" and "late" follow user turns, so they move above them, into the
+        // start of the user's turn (the system prompt stays as it was).
+        "[system:s][user:reminder\n\nq][assistant:a][user:late\n\nq2]"
     );
 }
 

@@ -47,6 +47,9 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoiceParam>,
     #[serde(default)]
     pub thinking: Option<ThinkingParam>,
+    /// Automatic caching of the whole prompt.
+    #[serde(default)]
+    pub cache_control: Option<Value>,
 }
 
 /// The body of `POST /v1/messages/count_tokens`: a messages request without `max_tokens`.
@@ -93,6 +96,8 @@ pub enum ContentBlock {
     Text {
         #[serde(default)]
         text: String,
+        #[serde(default)]
+        cache_control: Option<Value>,
     },
     Image {
         #[serde(default)]
@@ -116,6 +121,8 @@ pub enum ContentBlock {
         content: Option<Content>,
         #[serde(default)]
         is_error: Option<bool>,
+        #[serde(default)]
+        cache_control: Option<Value>,
     },
     Thinking {
         #[serde(default)]
@@ -143,6 +150,8 @@ pub struct Tool {
     pub description: Option<String>,
     #[serde(default)]
     pub input_schema: Option<Value>,
+    #[serde(default)]
+    pub cache_control: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +200,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError>
 impl MessagesRequest {
     /// Check the required fields and translate into the engine's request.
     pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
+        let cache_requested = self.asks_for_caching();
         let model = self.model.ok_or_else(|| field_required("model"))?;
         let messages = self.messages.ok_or_else(|| field_required("messages"))?;
         let max_tokens = self
@@ -201,6 +211,7 @@ impl MessagesRequest {
         request.tools = tools(self.tools.unwrap_or_default());
         request.tool_choice = tool_choice(self.tool_choice)?;
         request.thinking = thinking_enabled(self.thinking.as_ref());
+        request.cache_requested = cache_requested;
         request.stop_sequences = self.stop_sequences.unwrap_or_default();
         request.sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
@@ -210,6 +221,37 @@ impl MessagesRequest {
             seed: None,
         };
         Ok(request)
+    }
+
+    /// Whether the client marked anything with `cache_control` (then what the prefix
+    /// cache newly stores is reported as `cache_creation_input_tokens`, as Anthropic does).
+    pub fn asks_for_caching(&self) -> bool {
+        let block = |b: &ContentBlock| {
+            matches!(
+                b,
+                ContentBlock::Text {
+                    cache_control: Some(_),
+                    ..
+                } | ContentBlock::ToolResult {
+                    cache_control: Some(_),
+                    ..
+                }
+            )
+        };
+        let content =
+            |c: &Content| matches!(c, Content::Blocks(blocks) if blocks.iter().any(block));
+        self.cache_control.is_some()
+            || matches!(&self.system, Some(SystemPrompt::Blocks(b)) if b.iter().any(block))
+            || self
+                .messages
+                .iter()
+                .flatten()
+                .any(|m| m.content.as_ref().is_some_and(content))
+            || self
+                .tools
+                .iter()
+                .flatten()
+                .any(|t| t.cache_control.is_some())
     }
 
     pub fn is_stream(&self) -> bool {
@@ -282,7 +324,7 @@ fn conversation(
                 blocks
                     .iter()
                     .filter_map(|b| match b {
-                        ContentBlock::Text { text } => Some(strip_billing_header(text)),
+                        ContentBlock::Text { text, .. } => Some(strip_billing_header(text)),
                         _ => None,
                     })
                     .filter(|t| !t.is_empty()),
@@ -307,7 +349,10 @@ fn conversation(
         };
         let blocks = match message.content {
             None => Vec::new(),
-            Some(Content::Text(t)) => vec![ContentBlock::Text { text: t }],
+            Some(Content::Text(t)) => vec![ContentBlock::Text {
+                text: t,
+                cache_control: None,
+            }],
             Some(Content::Blocks(b)) => b,
         };
         translate_turn(role, blocks, i, &mut tool_names, &mut out)?;
@@ -331,7 +376,7 @@ fn translate_turn(
     for (j, block) in blocks.into_iter().enumerate() {
         let at = || format!("messages.{index}.content.{j}");
         match block {
-            ContentBlock::Text { text } => texts.push(text),
+            ContentBlock::Text { text, .. } => texts.push(text),
             ContentBlock::Thinking { thinking } => reasoning.push(thinking),
             ContentBlock::RedactedThinking {} | ContentBlock::Other => {}
             ContentBlock::Image { .. } => {
@@ -370,6 +415,7 @@ fn translate_turn(
                 tool_use_id,
                 content,
                 is_error,
+                ..
             } => {
                 let mut text = content.map(content_text).unwrap_or_default();
                 if is_error == Some(true) {
@@ -417,7 +463,7 @@ fn content_text(content: Content) -> String {
     match content {
         Content::Text(t) => t,
         Content::Blocks(blocks) => join_texts(blocks.into_iter().filter_map(|b| match b {
-            ContentBlock::Text { text } => Some(text),
+            ContentBlock::Text { text, .. } => Some(text),
             ContentBlock::Image { .. } => Some("[image omitted]".to_owned()),
             _ => None,
         })),

@@ -16,8 +16,8 @@ pub struct ResponseUsage {
 impl From<Usage> for ResponseUsage {
     fn from(u: Usage) -> Self {
         ResponseUsage {
-            input_tokens: u.uncached_prompt_tokens(),
-            cache_creation_input_tokens: 0,
+            input_tokens: u.plain_prompt_tokens(),
+            cache_creation_input_tokens: u.cache_creation_tokens,
             cache_read_input_tokens: u.cached_prompt_tokens,
             output_tokens: u.completion_tokens,
         }
@@ -88,6 +88,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 10,
                 cached_prompt_tokens: 4,
+                cache_creation_tokens: 5,
                 completion_tokens: 3,
             },
             timings: Timings::default(),
@@ -99,7 +100,7 @@ mod tests {
                 "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
                 "content": [{"type": "text", "text": "hi"}],
                 "stop_reason": "stop_sequence", "stop_sequence": "END",
-                "usage": {"input_tokens": 6, "cache_creation_input_tokens": 0,
+                "usage": {"input_tokens": 1, "cache_creation_input_tokens": 5,
                           "cache_read_input_tokens": 4, "output_tokens": 3}
             })
         );

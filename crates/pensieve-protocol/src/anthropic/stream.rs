@@ -158,6 +158,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 12,
                 cached_prompt_tokens: 2,
+                cache_creation_tokens: 0,
                 completion_tokens: 2,
             },
             timings: Timings::default(),

@@ -2,4 +2,5 @@
 
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod models;

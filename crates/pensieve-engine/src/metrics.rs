@@ -1,0 +1,286 @@
+//! The server's Prometheus metrics: one registry holding every `pensieve_*` series, the
+//! methods the scheduler and the HTTP edge record through, and the text rendering that
+//! `GET /metrics` serves.
+//!
+//! Every method takes `&self` (the metrics are atomics, label families take a short
+//! lock), so one `Arc<EngineMetrics>` is shared by the engine thread and the handlers.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Time to first token, in seconds: from a few milliseconds (a cached prompt on a GPU) to
+/// ten minutes (a long prompt prefilled on a CPU); slower ones land in `+Inf`.
+const TTFT_BUCKETS: [f64; 15] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Time between two generated tokens, in seconds: about 1 ms to 5 s.
+const INTER_TOKEN_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A whole HTTP request, in seconds: a streamed generation can run for many minutes, so
+/// the same range as time to first token.
+const REQUEST_BUCKETS: [f64; 15] = TTFT_BUCKETS;
+
+/// Where cached prompt state lives: in a live llama.cpp context, in host memory, or on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheTier {
+    Context,
+    Host,
+    Disk,
+}
+
+impl CacheTier {
+    const ALL: [CacheTier; 3] = [CacheTier::Context, CacheTier::Host, CacheTier::Disk];
+
+    /// The `tier` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Context => "context",
+            CacheTier::Host => "host",
+            CacheTier::Disk => "disk",
+        }
+    }
+}
+
+impl EncodeLabelValue for CacheTier {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    /// The matched route template (`/v1/models/{id}`), never the raw path, so the
+    /// number of series stays bounded.
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TierLabels {
+    tier: CacheTier,
+}
+
+type UGauge = Gauge<u64, AtomicU64>;
+
+/// Every metric the server exports, and the registry that renders them.
+#[derive(Debug)]
+pub struct EngineMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    queue_depth: UGauge,
+    running: UGauge,
+    ttft: Histogram,
+    inter_token: Histogram,
+    prompt_tokens: Counter,
+    cached_prompt_tokens: Counter,
+    cache_created_tokens: Counter,
+    generated_tokens: Counter,
+    cache_entries: Family<TierLabels, UGauge>,
+    cache_bytes: Family<TierLabels, UGauge>,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics::new()
+    }
+}
+
+impl EngineMetrics {
+    /// A fresh registry with every series registered at zero.
+    pub fn new() -> Self {
+        let m = EngineMetrics {
+            registry: Registry::with_prefix("pensieve"),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS)),
+            queue_depth: UGauge::default(),
+            running: UGauge::default(),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            inter_token: Histogram::new(INTER_TOKEN_BUCKETS),
+            prompt_tokens: Counter::default(),
+            cached_prompt_tokens: Counter::default(),
+            cache_created_tokens: Counter::default(),
+            generated_tokens: Counter::default(),
+            cache_entries: Family::default(),
+            cache_bytes: Family::default(),
+        };
+        // Every tier is reported from the start, so a tier that is empty (or not built
+        // yet) reads 0 rather than missing.
+        for tier in CacheTier::ALL {
+            m.set_cache(tier, 0, 0);
+        }
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "requests",
+            "HTTP requests answered, by matched route and status code",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "HTTP request time, from arrival to the end of the response body",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Requests waiting to be scheduled",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "running_sequences",
+            "Sequences being prefilled or decoded",
+            self.running.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_token",
+            "Time from admission into the queue to the first generated token",
+            Unit::Seconds,
+            self.ttft.clone(),
+        );
+        r.register_with_unit(
+            "inter_token_latency",
+            "Time between consecutive generated tokens of one sequence",
+            Unit::Seconds,
+            self.inter_token.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens of admitted requests, cached or not",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "cached_prompt_tokens",
+            "Prompt tokens served from the prefix cache instead of prefilled",
+            self.cached_prompt_tokens.clone(),
+        );
+        r.register(
+            "cache_created_tokens",
+            "Prompt tokens prefilled and written into the prefix cache",
+            self.cache_created_tokens.clone(),
+        );
+        r.register(
+            "generated_tokens",
+            "Tokens generated",
+            self.generated_tokens.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Prefix cache entries held, by tier",
+            self.cache_entries.clone(),
+        );
+        r.register_with_unit(
+            "cache",
+            "Prefix cache size, by tier",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        self
+    }
+
+    /// Requests admitted but not yet running.
+    pub fn set_queue_depth(&self, n: usize) {
+        self.queue_depth.set(to_u64(n));
+    }
+
+    /// Sequences currently being prefilled or decoded.
+    pub fn set_running(&self, n: usize) {
+        self.running.set(to_u64(n));
+    }
+
+    /// From the request's admission into the queue to its first generated token
+    /// (queue wait and prefill included).
+    pub fn observe_ttft(&self, d: Duration) {
+        self.ttft.observe(d.as_secs_f64());
+    }
+
+    /// Between two consecutive tokens of one sequence.
+    pub fn observe_inter_token(&self, d: Duration) {
+        self.inter_token.observe(d.as_secs_f64());
+    }
+
+    /// All prompt tokens of a request, including those then found in the cache.
+    pub fn add_prompt_tokens(&self, n: u64) {
+        self.prompt_tokens.inc_by(n);
+    }
+
+    /// Prompt tokens reused from the prefix cache (cache hits).
+    pub fn add_cached_prompt_tokens(&self, n: u64) {
+        self.cached_prompt_tokens.inc_by(n);
+    }
+
+    /// Prompt tokens newly written into the prefix cache.
+    pub fn add_cache_created_tokens(&self, n: u64) {
+        self.cache_created_tokens.inc_by(n);
+    }
+
+    pub fn add_generated_tokens(&self, n: u64) {
+        self.generated_tokens.inc_by(n);
+    }
+
+    /// The current size of one cache tier (replaces the previous reading).
+    pub fn set_cache(&self, tier: CacheTier, entries: usize, bytes: u64) {
+        let labels = TierLabels { tier };
+        self.cache_entries
+            .get_or_create(&labels)
+            .set(to_u64(entries));
+        self.cache_bytes.get_or_create(&labels).set(bytes);
+    }
+
+    /// Count one answered HTTP request. `route` must be a route template or a fixed
+    /// word like `unmatched`, never a raw path: each distinct value is a new series.
+    pub fn record_request(&self, route: &str, status: u16) {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// How long one HTTP request took; `route` as in [`EngineMetrics::record_request`].
+    pub fn observe_request_duration(&self, route: &str, d: Duration) {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+        };
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(d.as_secs_f64());
+    }
+
+    /// Everything, in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // The encoder's only errors are its writer's, and writing to a String cannot fail.
+        if let Err(e) = text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// `usize` always fits in `u64` on the targets we build for; saturate rather than panic.
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;
