@@ -325,3 +325,27 @@ fn count_tokens_needs_no_max_tokens() {
     assert_eq!(req.messages.len(), 2);
     assert_eq!(req.tools.len(), 1);
 }
+
+#[test]
+fn cache_control_anywhere_asks_for_caching() {
+    assert!(!generate(base()).unwrap().cache_requested);
+    let marked = json!({"type": "ephemeral"});
+    let mut system = base();
+    system["system"] = json!([{"type": "text", "text": "s", "cache_control": marked}]);
+    let mut message = base();
+    message["messages"] = json!([{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": marked}]}]);
+    let mut result = base();
+    result["messages"] = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok",
+                                      "cache_control": marked}]}
+    ]);
+    let mut tool = base();
+    tool["tools"] = json!([{"name": "f", "input_schema": {}, "cache_control": marked}]);
+    let mut top = base();
+    top["cache_control"] = marked;
+    for body in [system, message, result, tool, top] {
+        assert!(generate(body.clone()).unwrap().cache_requested, "{body}");
+    }
+}
