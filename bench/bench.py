@@ -20,182 +20,30 @@ by the model file's size. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import atexit
 import http.client
 import json
 import os
-import platform
-import random
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-LLAMA = "llama-server"
-PENSIEVE = "pensieve"
+from client import decode_rate, stream_message, ttft
+from common import (DEFAULT_LLAMA_BIN, LLAMA, PENSIEVE, SMOLLM, Server, binary_version,
+                    cpu_jiffies, cpu_model, fmt_stat, free_port, install_signal_handlers, kill_all,
+                    log, nonce, proc_jiffies, server_env, summarize, synthetic_text, wait_for_idle)
+
 SIDES = (LLAMA, PENSIEVE)
 
-DEFAULT_MODEL_CANDIDATES = [
-    "/root/.cache/pensieve/test-models/SmolLM2-135M-Instruct.Q4_1.gguf",
-]
-DEFAULT_LLAMA_BIN = "/root/.cache/pensieve/peers/bin/llama-server"
+DEFAULT_MODEL_CANDIDATES = [SMOLLM]
 
 DECODE_PROMPT = (
     "Write a long, detailed story about a lighthouse keeper who finds a hidden cave under the "
     "rocks. Describe every room of the lighthouse, the weather, the sea, the cave and what he "
     "finds there, step by step, in many paragraphs."
 )
-
-# Word list for the synthetic prefill text: ordinary English words, so the tokenizer sees
-# ordinary text (about 1.2-1.4 tokens a word with a BPE vocabulary).
-_WORDS = (
-    "the a of and to in is was that for on with as by at from it this be are were which or "
-    "an have has had not but they their his her its one all would there been if more when "
-    "will who so no into time year people way day man thing woman life child world school "
-    "state family student group country problem hand part place case week company system "
-    "program question work government number night point home water room mother area money "
-    "story fact month lot right study book eye job word business issue side kind head house "
-    "service friend father power hour game line end member law car city community name "
-    "president team minute idea kid body information back parent face others level office "
-    "door health person art war history party result change morning reason research girl guy "
-    "moment air teacher force education river mountain light ship harbor storm island bridge "
-    "garden window market letter music paper road village winter summer forest field valley "
-    "small large old new good great long little own other right big high different early "
-    "young important few public bad same able quiet bright dark cold warm slow quick green"
-).split()
-
-
-# --------------------------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------------------------
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_proc_status(pid: int) -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                out[k.strip()] = v.strip()
-    except OSError:
-        pass
-    return out
-
-
-def kib_field(status: dict[str, str], key: str) -> int | None:
-    v = status.get(key)
-    if not v:
-        return None
-    try:
-        return int(v.split()[0])
-    except ValueError:
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)   # idle + iowait
-    total = sum(parts[:8])                                    # guest time is already in user
-    return total - idle, total
-
-
-def proc_jiffies(pid: int) -> int:
-    """utime + stime of one process (all its threads), in jiffies."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return int(rest[11]) + int(rest[12])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def machine_busy(interval: float = 1.0) -> float:
-    """Fraction of all cores busy over `interval` seconds (0..1)."""
-    b0, t0 = cpu_jiffies()
-    time.sleep(interval)
-    b1, t1 = cpu_jiffies()
-    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def wait_for_idle(max_wait: float, threshold: float) -> float:
-    """Wait (up to max_wait s) until the machine is below `threshold` busy; returns the last
-    sample. Other work on a 2-core machine wrecks a 2-thread server's timings (its threads
-    spin-wait on each other), so measuring while another build runs is mostly noise."""
-    deadline = time.monotonic() + max_wait
-    busy = machine_busy()
-    warned = False
-    while busy > threshold and time.monotonic() < deadline:
-        if not warned:
-            log(f"machine {100 * busy:.0f}% busy before start; waiting up to {max_wait:.0f} s "
-                f"for < {100 * threshold:.0f}%")
-            warned = True
-        time.sleep(4)
-        busy = machine_busy()
-    if busy > threshold:
-        log(f"warning: machine still {100 * busy:.0f}% busy; measuring anyway (see 'other CPU')")
-    return busy
-
-
-def synthetic_text(n_words: int, seed: int = 1234) -> str:
-    """Deterministic pseudo-English text: the same body for both servers and every round."""
-    rng = random.Random(seed)
-    sentences = []
-    count = 0
-    while count < n_words:
-        k = rng.randint(8, 18)
-        words = [rng.choice(_WORDS) for _ in range(k)]
-        words[0] = words[0].capitalize()
-        sentences.append(" ".join(words) + ".")
-        count += k
-    paras = []
-    for i in range(0, len(sentences), 6):
-        paras.append(" ".join(sentences[i:i + 6]))
-    return "\n\n".join(paras)
-
-
-def nonce() -> str:
-    return "%016x" % random.SystemRandom().getrandbits(64)
-
-
-def summarize(values: list[float]) -> dict | None:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    med = statistics.median(vals)
-    return {
-        "median": med,
-        "min": min(vals),
-        "max": max(vals),
-        "n": len(vals),
-        "spread": (max(vals) - min(vals)) / med if med else None,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,274 +77,6 @@ def measure_bandwidth(mib: int = 512, reps: int = 3) -> dict:
         "read_bytes_per_s": read_best,     # bytes scanned per second
     }
 
-
-# --------------------------------------------------------------------------------------------
-# servers
-# --------------------------------------------------------------------------------------------
-
-class Server:
-    def __init__(self, side: str, cmd: list[str], port: int, log_path: Path, env: dict | None = None):
-        self.side = side
-        self.cmd = cmd
-        self.port = port
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-
-    def start(self, health_timeout: float) -> None:
-        log(f"start {self.side}: {' '.join(self.cmd)}")
-        self._logf = open(self.log_path, "ab")
-        self._logf.write(f"\n===== {time.ctime()} {' '.join(self.cmd)}\n".encode())
-        self._logf.flush()
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,   # own process group: we can kill all it spawned
-        )
-        _LIVE.add(self)
-        deadline = t0 + health_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.side} exited with code {self.proc.returncode} before becoming healthy;"
-                    f" last log lines:\n{self.log_tail()}")
-            if self._healthy():
-                self.startup_s = time.perf_counter() - t0
-                log(f"{self.side} healthy after {self.startup_s:.2f} s (pid {self.proc.pid})")
-                return
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"{self.side} not healthy after {health_timeout} s;"
-                                   f" last log lines:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def _healthy(self) -> bool:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            c.request("GET", "/health")
-            r = c.getresponse()
-            r.read()
-            c.close()
-            return r.status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-
-    def peak_rss_kib(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None
-        return kib_field(read_proc_status(self.proc.pid), "VmHWM")
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=10)
-        else:
-            # leader gone; make sure nothing it spawned is left
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc = None
-        _LIVE.discard(self)
-        try:
-            self._logf.close()
-        except Exception:
-            pass
-
-    def log_tail(self, n: int = 25) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-            return "\n".join(lines[-n:])
-        except OSError:
-            return "(no log)"
-
-
-_LIVE: set[Server] = set()
-
-
-def _kill_all() -> None:
-    for s in list(_LIVE):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(_kill_all)
-
-
-def _on_signal(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-# --------------------------------------------------------------------------------------------
-# streaming client
-# --------------------------------------------------------------------------------------------
-
-class StreamError(RuntimeError):
-    pass
-
-
-def stream_message(port: int, body: dict, timeout: float) -> dict:
-    """POST /v1/messages with stream=true; returns timings (perf_counter seconds) and usage.
-
-    Content deltas are text_delta and thinking_delta (a model's visible tokens either way);
-    input_json_delta (tool arguments) counts too."""
-    payload = json.dumps(body).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-        "anthropic-version": "2023-06-01",
-        "x-api-key": "bench",
-    }
-    t_sent = time.perf_counter()
-    conn.request("POST", "/v1/messages", body=payload, headers=headers)
-    resp = conn.getresponse()
-    if resp.status != 200:
-        txt = resp.read().decode(errors="replace")
-        conn.close()
-        raise StreamError(f"HTTP {resp.status}: {txt[:500]}")
-
-    delta_times: list[float] = []
-    text_parts: list[str] = []
-    usage: dict[str, int] = {}
-    events: dict[str, int] = {}
-    stop_reason = None
-    t_message_start = None
-    t_end = None
-    notes: list[str] = []
-
-    def take_usage(u: dict | None) -> None:
-        if not isinstance(u, dict):
-            return
-        for k, v in u.items():
-            if isinstance(v, int):
-                usage[k] = max(usage.get(k, 0), v) if k in usage else v
-
-    data_lines: list[str] = []
-    event_name = None
-    done = False
-    while not done:
-        raw = resp.readline()
-        now = time.perf_counter()
-        if not raw:
-            break
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if line.startswith(":"):
-            continue
-        if line.startswith("event:"):
-            event_name = line[6:].strip()
-            continue
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-            continue
-        if line != "":
-            continue
-        # blank line: dispatch
-        if not data_lines:
-            event_name = None
-            continue
-        data_s = "\n".join(data_lines)
-        data_lines = []
-        if data_s.strip() == "[DONE]":
-            break
-        try:
-            data = json.loads(data_s)
-        except json.JSONDecodeError:
-            notes.append(f"unparsable SSE data: {data_s[:80]!r}")
-            event_name = None
-            continue
-        typ = data.get("type") or event_name or "?"
-        event_name = None
-        events[typ] = events.get(typ, 0) + 1
-        if typ == "message_start":
-            t_message_start = now
-            take_usage((data.get("message") or {}).get("usage"))
-        elif typ == "content_block_delta":
-            d = data.get("delta") or {}
-            dt = d.get("type")
-            piece = d.get("text") if dt == "text_delta" else d.get("thinking") if dt == "thinking_delta" \
-                else d.get("partial_json") if dt == "input_json_delta" else None
-            if piece:  # signature_delta and empty pieces are not tokens
-                delta_times.append(now)
-                text_parts.append(piece)
-        elif typ == "message_delta":
-            take_usage(data.get("usage"))
-            stop_reason = (data.get("delta") or {}).get("stop_reason", stop_reason)
-        elif typ == "message_stop":
-            t_end = now
-            done = True
-        elif typ == "error":
-            conn.close()
-            raise StreamError(f"error event: {data_s[:500]}")
-    if t_end is None:
-        t_end = time.perf_counter()
-        notes.append("stream ended without message_stop")
-    conn.close()
-
-    text = "".join(text_parts)
-    out_tokens = usage.get("output_tokens")
-    if not out_tokens:
-        out_tokens = len(delta_times)
-        notes.append("no output_tokens in usage: counted content deltas instead")
-    # prompt tokens: Anthropic splits them into uncached input_tokens + cache reads/creation
-    prompt_tokens = None
-    if "input_tokens" in usage:
-        prompt_tokens = (usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
-                         + usage.get("cache_creation_input_tokens", 0))
-    else:
-        notes.append("no input_tokens in usage")
-    return {
-        "t_sent": t_sent,
-        "t_message_start": t_message_start,
-        "t_first_delta": delta_times[0] if delta_times else None,
-        "t_last_delta": delta_times[-1] if delta_times else None,
-        "t_end": t_end,
-        "n_deltas": len(delta_times),
-        "output_tokens": out_tokens,
-        "prompt_tokens": prompt_tokens,
-        "cached_tokens": usage.get("cache_read_input_tokens", 0),
-        "usage": usage,
-        "events": events,
-        "stop_reason": stop_reason,
-        "text_chars": len(text),
-        "text_head": text[:120],
-        "notes": notes,
-    }
-
-
-def decode_rate(r: dict) -> float | None:
-    n = r["output_tokens"]
-    if not n or n < 2 or r["t_first_delta"] is None or r["t_last_delta"] is None:
-        return None
-    span = r["t_last_delta"] - r["t_first_delta"]
-    if span <= 0:
-        return None
-    return (n - 1) / span
-
-
-def ttft(r: dict) -> float | None:
-    if r["t_first_delta"] is not None:
-        return r["t_first_delta"] - r["t_sent"]
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,6 +148,9 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
     res["decode_long_output_tokens"] = r["output_tokens"]
     res["prefill_runs"] = pre_runs
 
+    for x in dec_runs + pre_runs:   # keep the JSON as it was: no per-delta times, no content
+        x.pop("delta_times", None)
+        x.pop("content", None)
     res["peak_rss_kib"] = srv.peak_rss_kib()
     busy1, total1 = cpu_jiffies()
     srv1, self1 = proc_jiffies(srv.proc.pid), proc_jiffies(os.getpid())
@@ -592,12 +175,6 @@ METRICS = [
     ("startup_s", "start -> /health 200 (s)", "{:.2f}", False),
     ("other_cpu_pct", "other CPU while measuring %", "{:.0f}", False),
 ]
-
-
-def fmt_stat(s: dict | None, f: str) -> str:
-    if not s:
-        return "-"
-    return f"{f.format(s['median'])} [{f.format(s['min'])}-{f.format(s['max'])}]"
 
 
 def print_table(summary: dict, sides: list[str]) -> None:
@@ -664,11 +241,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="write all results as JSON")
     args = ap.parse_args()
 
-    # Ctrl-C, kill and hang-up all end in the same cleanup (SIGINT set explicitly: a background
-    # job of a non-interactive shell would otherwise inherit it ignored)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    install_signal_handlers()
 
     model = args.model
     if not model:
@@ -699,14 +272,7 @@ def main() -> int:
         return [bins[PENSIEVE], "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
                 "--ctx", str(args.ctx), "--threads", str(args.threads), *shlex.split(args.pensieve_args)]
 
-    versions = {}
-    for s in sides:
-        try:
-            p = subprocess.run([bins[s], "--version"], capture_output=True, text=True, timeout=30)
-            out = (p.stdout + p.stderr).strip()
-            versions[s] = out[:300] if p.returncode == 0 else f"? (--version exited {p.returncode})"
-        except Exception as e:  # noqa: BLE001
-            versions[s] = f"? ({e})"
+    versions = {s: binary_version(bins[s]) for s in sides}
 
     bw = None
     if not args.no_bandwidth:
@@ -714,10 +280,7 @@ def main() -> int:
         log("measuring memory bandwidth (512 MiB copy and scan)")
         bw = measure_bandwidth()
 
-    # the command line is the whole configuration: drop settings a server would read from the
-    # environment (llama-server's LLAMA_ARG_*, pensieve's API key, which this client doesn't know)
-    server_env = {k: v for k, v in os.environ.items()
-                  if not k.startswith("LLAMA_ARG_") and k != "PENSIEVE_API_KEY"}
+    env = server_env()
     prefill_text = synthetic_text(args.prefill_words)
     results: dict[str, list[dict]] = {s: [] for s in sides}
     discarded: list[dict] = []
@@ -731,7 +294,7 @@ def main() -> int:
                     busy_before = (wait_for_idle(args.wait_idle, args.idle_threshold / 100)
                                    if args.wait_idle > 0 else None)
                     port = free_port()
-                    srv = Server(s, command(s, port), port, log_dir / f"{s}.log", env=server_env)
+                    srv = Server(s, command(s, port), port, log_dir / f"{s}.log", env=env)
                     try:
                         srv.start(args.health_timeout)
                         r = run_round(srv, args, model_name, prefill_text)
@@ -768,7 +331,7 @@ def main() -> int:
         interrupted = True
         log(f"stopped: {e}; summarizing what was measured")
     finally:
-        _kill_all()
+        kill_all()
 
     if bw and not interrupted:
         try:
