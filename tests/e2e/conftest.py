@@ -104,7 +104,8 @@ class Server:
         binary = pensieve_bin()
         if not binary.is_file():
             pytest.fail(f"pensieve binary not found at {binary} (set PENSIEVE_BIN or build it)")
-        log = open(self.log_path, "wb")
+        # Appended to, so that a restarted server's log keeps the earlier run's.
+        log = open(self.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PENSIEVE_API_KEY")}
         env.setdefault("RUST_LOG", "info")
         self.proc = subprocess.Popen(
@@ -151,6 +152,21 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """Graceful shutdown (SIGTERM) and its exit status; start() may then run it again
+        on the same port with the same arguments."""
+        proc = self.proc
+        assert proc is not None, "the server was never started"
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+                pytest.fail(f"pensieve did not exit within {timeout:.0f}s of SIGTERM\n--- server log ---\n{self.log_tail()}")
+        return proc.returncode
 
     def close(self) -> None:
         self.stop()

@@ -64,3 +64,35 @@ def prompt_total(usage) -> int:
         + (getattr(usage, "cache_creation_input_tokens", None) or 0)
         + (getattr(usage, "cache_read_input_tokens", None) or 0)
     )
+
+
+METRIC_LINE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class Metrics:
+    """One scrape of GET /metrics (OpenMetrics text), by sample name and labels."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples: dict[tuple[str, frozenset], float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = METRIC_LINE_RE.match(line)
+            if not m:
+                continue
+            labels = frozenset(LABEL_RE.findall(m.group(2) or ""))
+            self.samples[(m.group(1), labels)] = float(m.group(3))
+
+    def get(self, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        if key not in self.samples:
+            raise AssertionError(f"no sample {name}{labels or ''} in /metrics:\n{self.text}")
+        return self.samples[key]
+
+
+def scrape(base_url: str) -> Metrics:
+    r = httpx.get(f"{base_url}/metrics", timeout=30.0)
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    return Metrics(r.text)

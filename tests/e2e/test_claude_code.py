@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import httpx
+
 from conftest import QWEN_CODER, _serve, claude_bin
 
 pytestmark = pytest.mark.claude_code
@@ -25,20 +27,54 @@ TOO_LONG_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
-def qwen_server():
-    """Qwen2.5-Coder-0.5B-Instruct with a context big enough for Claude Code."""
-    yield from _serve(QWEN_CODER, ["--ctx", "32768"])
+def cache_dir():
+    with tempfile.TemporaryDirectory(prefix="pensieve-cc-cache-") as d:
+        yield d
 
 
-def run_claude(base_url: str, prompt: str, timeout_s: float, extra_env: dict[str, str] | None = None):
-    """Run `claude -p PROMPT` with a throwaway HOME and working directory.
-    Returns (exit code or None on timeout, stdout, stderr, seconds)."""
+@pytest.fixture(scope="module")
+def project_dir():
+    """The user's project: every Claude Code session here runs in it."""
+    with tempfile.TemporaryDirectory(prefix="pensieve-cc-project-") as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def qwen_server(cache_dir):
+    """Qwen2.5-Coder-0.5B-Instruct with a context big enough for Claude Code, and a
+    prefix cache on disk."""
+    yield from _serve(QWEN_CODER, ["--ctx", "32768", "--cache-dir", cache_dir])
+
+
+# How long the cold session took, for the session after the restart.
+COLD_SESSION: dict[str, float] = {}
+
+
+def metric(server, name: str) -> float:
+    """One sample of the server's /metrics, 0 when absent."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def run_claude(
+    base_url: str,
+    prompt: str,
+    timeout_s: float,
+    extra_env: dict[str, str] | None = None,
+    workdir: str | None = None,
+):
+    """Run `claude -p PROMPT` with a throwaway HOME, in `workdir` (default: a throwaway
+    directory). Returns (exit code or None on timeout, stdout, stderr, seconds)."""
     binary = claude_bin()
     if not binary.exists():
         pytest.fail(f"Claude Code not found at {binary}: run scripts/setup-test-env.sh")
     with tempfile.TemporaryDirectory(prefix="pensieve-cc-home-") as home, tempfile.TemporaryDirectory(
         prefix="pensieve-cc-work-"
-    ) as work:
+    ) as scratch:
+        work = workdir or scratch
         env = {
             k: v
             for k, v in os.environ.items()
@@ -92,8 +128,8 @@ def test_claude_code_prompt_too_long_on_small_context(smol_server):
     assert smol_server.alive()
 
 
-def test_claude_code_says_hello(qwen_server):
-    code, out, err, took = run_claude(qwen_server.url, "Say hello", HELLO_TIMEOUT_S)
+def test_claude_code_says_hello(qwen_server, project_dir):
+    code, out, err, took = run_claude(qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir)
     report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
              f"--- server log ---\n{qwen_server.log_tail(4000)}"
     assert code is not None, f"Claude Code did not finish within {HELLO_TIMEOUT_S}s:\n" + report
@@ -101,3 +137,29 @@ def test_claude_code_says_hello(qwen_server):
     assert out.strip(), "no text printed:\n" + report
     assert "API Error" not in out, report
     print(f"claude -p 'Say hello' took {took:.1f}s and printed: {out.strip()[:200]!r}")
+    COLD_SESSION["seconds"] = took
+
+
+def test_a_new_session_after_a_restart_reuses_the_prompt_from_disk(qwen_server, project_dir, cache_dir):
+    """Claude Code's system prompt and tool schemas are the same in every session: after
+    the server restarts, a new session in the same project reads them from --cache-dir
+    and only prefills what is new (its prompt)."""
+    if "seconds" not in COLD_SESSION:
+        pytest.fail("the cold session (test_claude_code_says_hello) did not succeed")
+    qwen_server.stop()
+    assert any(Path(cache_dir).rglob("*.kv")), "nothing was written to --cache-dir on shutdown"
+    qwen_server.start()
+    assert metric(qwen_server, 'pensieve_cache_entries{tier="disk"}') >= 1
+    code, out, err, took = run_claude(qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=project_dir)
+    report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
+             f"--- server log ---\n{qwen_server.log_tail(4000)}"
+    assert code == 0, report
+    assert out.strip(), "no text printed:\n" + report
+    prompt = metric(qwen_server, "pensieve_prompt_tokens_total")
+    cached = metric(qwen_server, "pensieve_cached_prompt_tokens_total")
+    cold = COLD_SESSION["seconds"]
+    print(f"after a restart: claude -p 'Say hi' took {took:.1f}s = {took / cold:.2f} of the cold "
+          f"session ({cold:.1f}s); {cached:.0f} of {prompt:.0f} prompt tokens came from the cache")
+    # The system prompt and tools (~10k tokens) come from disk.
+    assert cached >= 0.7 * prompt, report
+    assert took <= 0.5 * cold, report

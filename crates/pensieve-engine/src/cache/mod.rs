@@ -187,7 +187,11 @@ impl PrefixCache {
         self.clock += 1;
         let clock = self.clock;
         let entry = self.entries.get_mut(&best)?;
-        entry.last_used = clock;
+        // The chat template's first few tokens match everything: that is no reason to
+        // keep an entry longer.
+        if len >= MIN_SHARED_PREFIX {
+            entry.last_used = clock;
+        }
         let shared_prefix = len < entry.prompt_len && len >= MIN_SHARED_PREFIX;
         let source_len = entry.tokens.len();
         let source = if let Some(seq) = entry.seq {
@@ -327,10 +331,14 @@ impl PrefixCache {
 
     pub fn stats(&self) -> CacheStats {
         let mut s = CacheStats::default();
+        // Context entries share the cells of their common prefixes: count those once.
+        s.context_tokens = self
+            .tree
+            .distinct_tokens(|id| self.entries.get(&id).is_some_and(|e| e.seq.is_some()))
+            as u64;
         for e in self.entries.values() {
             if e.seq.is_some() {
                 s.context_entries += 1;
-                s.context_tokens += e.tokens.len() as u64;
             }
             if let Some(b) = &e.host {
                 s.host_entries += 1;

@@ -159,6 +159,22 @@ impl RadixTree {
         found
     }
 
+    /// Tokens in the union of the entries that `keep` selects: a prefix several of them
+    /// share is counted once.
+    pub fn distinct_tokens(&self, keep: impl Fn(EntryId) -> bool) -> usize {
+        let mut total = 0;
+        let mut stack = vec![ROOT];
+        while let Some(n) = stack.pop() {
+            let node = &self.nodes[n];
+            if !node.below.iter().any(|id| keep(*id)) {
+                continue;
+            }
+            total += node.label.len();
+            stack.extend(node.children.values().copied());
+        }
+        total
+    }
+
     /// Entries stored in the tree.
     pub fn len(&self) -> usize {
         self.nodes[ROOT].below.len()
@@ -232,6 +248,10 @@ mod tests {
         assert_eq!(t.longest_match(&[5]).len, 0);
         assert_eq!(t.longest_match(&[7, 8, 9]).entries, vec![3]);
         assert_eq!(t.len(), 3);
+        // [1 2 3] + [4 5] + [9] + [7 8]
+        assert_eq!(t.distinct_tokens(|_| true), 8);
+        assert_eq!(t.distinct_tokens(|id| id != 3), 6);
+        assert_eq!(t.distinct_tokens(|id| id == 2), 4);
     }
 
     #[test]

@@ -104,6 +104,8 @@ impl Scheduler {
 
     /// Run until shutdown (or until every engine handle is gone).
     pub fn run(mut self) {
+        // The disk tier is known before the first request.
+        self.publish();
         loop {
             self.receive();
             if self.shutdown.is_cancelled() || (self.closed && self.is_idle()) {
@@ -232,11 +234,19 @@ impl Scheduler {
                 self.runner.share(*src, seq, hit.len as u32);
                 true
             }
-            Source::Snapshot(bytes) => match self.runner.restore(seq, bytes) {
-                Ok(()) => hit.len == hit.source_len || self.runner.truncate(seq, hit.len as u32),
-                Err(e) => {
-                    tracing::warn!("cannot restore a cached prefix: {e}");
-                    false
+            Source::Snapshot(bytes) => loop {
+                match self.runner.restore(seq, bytes) {
+                    Ok(()) => {
+                        break hit.len == hit.source_len
+                            || self.runner.truncate(seq, hit.len as u32);
+                    }
+                    // No room for it: make some by moving a cached entry out of the
+                    // context, then try again.
+                    Err(_) if self.evict_one() => continue,
+                    Err(e) => {
+                        tracing::warn!("cannot restore a cached prefix: {e}");
+                        break false;
+                    }
                 }
             },
         };
@@ -405,8 +415,7 @@ impl Scheduler {
     /// The cache ran out of cells: evict a cached entry, or else preempt the newest
     /// running sequence. The batch is built again next step.
     fn relieve_pressure(&mut self) {
-        if let Some(seq) = self.cache.evict_context(self.runner.as_mut()) {
-            self.free.push(seq);
+        if self.evict_one() {
             return;
         }
         if self.running.len() > 1 {
@@ -455,6 +464,17 @@ impl Scheduler {
         }
         let freed = self.cache.drop_context(self.runner.as_mut());
         self.free.extend(freed);
+    }
+
+    /// Move the least recently used context entry out of the KV cache; false when none.
+    fn evict_one(&mut self) -> bool {
+        match self.cache.evict_context(self.runner.as_mut()) {
+            Some(slot) => {
+                self.free.push(slot);
+                true
+            }
+            None => false,
+        }
     }
 
     fn take_slot(&mut self) -> Option<SeqId> {
