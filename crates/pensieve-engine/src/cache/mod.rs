@@ -330,12 +330,14 @@ impl PrefixCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let mut s = CacheStats::default();
         // Context entries share the cells of their common prefixes: count those once.
-        s.context_tokens = self
-            .tree
-            .distinct_tokens(|id| self.entries.get(&id).is_some_and(|e| e.seq.is_some()))
-            as u64;
+        let mut s = CacheStats {
+            context_tokens: self
+                .tree
+                .distinct_tokens(|id| self.entries.get(&id).is_some_and(|e| e.seq.is_some()))
+                as u64,
+            ..CacheStats::default()
+        };
         for e in self.entries.values() {
             if e.seq.is_some() {
                 s.context_entries += 1;
