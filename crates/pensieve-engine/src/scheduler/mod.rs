@@ -170,9 +170,9 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].is_cancelled() {
-                let active = self.running.swap_remove(i);
+                let mut active = self.running.swap_remove(i);
                 tracing::debug!(computed = active.computed, "request cancelled");
-                self.stash(active);
+                self.stash(&mut active);
             } else {
                 i += 1;
             }
@@ -381,8 +381,8 @@ impl Scheduler {
     }
 
     /// Save what a request computed to RAM and free its slot (cancelled or preempted).
-    fn stash(&mut self, active: Active) {
-        let Some(seq) = active.seq else { return };
+    fn stash(&mut self, active: &mut Active) {
+        let Some(seq) = active.seq.take() else { return };
         if active.computed > 0 {
             match self.runner.save(seq) {
                 Ok(bytes) => self.cache.insert_snapshot(
@@ -427,23 +427,7 @@ impl Scheduler {
                 tokens = active.tokens.len(),
                 "KV cache full: preempting a sequence"
             );
-            let seq = active.seq;
-            let computed = active.computed;
-            let tokens = active.tokens[..computed].to_vec();
-            if let Some(seq) = seq {
-                if computed > 0 {
-                    match self.runner.save(seq) {
-                        Ok(bytes) => self.cache.insert_snapshot(
-                            &tokens,
-                            active.prompt_len.min(computed),
-                            bytes,
-                        ),
-                        Err(e) => tracing::warn!("cannot save a sequence: {e}"),
-                    }
-                }
-                self.runner.release(seq);
-                self.free.push(seq);
-            }
+            self.stash(&mut active);
             active.preempted();
             self.waiting.push_front(active);
             return;
@@ -520,9 +504,9 @@ impl Scheduler {
             }
             active.fail(EngineError::ShuttingDown);
         }
-        for active in std::mem::take(&mut self.running) {
+        for mut active in std::mem::take(&mut self.running) {
             active.fail(EngineError::ShuttingDown);
-            self.stash(active);
+            self.stash(&mut active);
         }
         let written = self.cache.persist(self.runner.as_mut());
         if written > 0 {
