@@ -33,6 +33,14 @@ def cache_dir():
 
 
 @pytest.fixture(scope="module")
+def user_home():
+    """The user's HOME: the same for every session, as on a real machine (Claude Code's
+    system prompt names paths under it, e.g. its memory directory)."""
+    with tempfile.TemporaryDirectory(prefix="pensieve-cc-user-") as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
 def project_dir():
     """The user's project: every Claude Code session here runs in it."""
     with tempfile.TemporaryDirectory(prefix="pensieve-cc-project-") as d:
@@ -65,16 +73,18 @@ def run_claude(
     timeout_s: float,
     extra_env: dict[str, str] | None = None,
     workdir: str | None = None,
+    home: str | None = None,
 ):
-    """Run `claude -p PROMPT` with a throwaway HOME, in `workdir` (default: a throwaway
-    directory). Returns (exit code or None on timeout, stdout, stderr, seconds)."""
+    """Run `claude -p PROMPT` with `home` as HOME and in `workdir` (each default: a
+    throwaway directory). Returns (exit code or None on timeout, stdout, stderr, seconds)."""
     binary = claude_bin()
     if not binary.exists():
         pytest.fail(f"Claude Code not found at {binary}: run scripts/setup-test-env.sh")
-    with tempfile.TemporaryDirectory(prefix="pensieve-cc-home-") as home, tempfile.TemporaryDirectory(
+    with tempfile.TemporaryDirectory(prefix="pensieve-cc-home-") as scratch_home, tempfile.TemporaryDirectory(
         prefix="pensieve-cc-work-"
     ) as scratch:
         work = workdir or scratch
+        home = home or scratch_home
         env = {
             k: v
             for k, v in os.environ.items()
@@ -128,8 +138,10 @@ def test_claude_code_prompt_too_long_on_small_context(smol_server):
     assert smol_server.alive()
 
 
-def test_claude_code_says_hello(qwen_server, project_dir):
-    code, out, err, took = run_claude(qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir)
+def test_claude_code_says_hello(qwen_server, project_dir, user_home):
+    code, out, err, took = run_claude(
+        qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home
+    )
     report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
              f"--- server log ---\n{qwen_server.log_tail(4000)}"
     assert code is not None, f"Claude Code did not finish within {HELLO_TIMEOUT_S}s:\n" + report
@@ -140,17 +152,20 @@ def test_claude_code_says_hello(qwen_server, project_dir):
     COLD_SESSION["seconds"] = took
 
 
-def test_a_new_session_after_a_restart_reuses_the_prompt_from_disk(qwen_server, project_dir, cache_dir):
-    """Claude Code's system prompt and tool schemas are the same in every session: after
-    the server restarts, a new session in the same project reads them from --cache-dir
-    and only prefills what is new (its prompt)."""
+def test_a_new_session_after_a_restart_reuses_the_prompt_from_disk(qwen_server, project_dir, user_home, cache_dir):
+    """Claude Code's system prompt and tool schemas are the same in every session of the
+    same user: after the server restarts, a new session in the same project reads them
+    (and the environment, the same on the same day) from --cache-dir and only prefills
+    what is new, its prompt."""
     if "seconds" not in COLD_SESSION:
         pytest.fail("the cold session (test_claude_code_says_hello) did not succeed")
     qwen_server.stop()
     assert any(Path(cache_dir).rglob("*.kv")), "nothing was written to --cache-dir on shutdown"
     qwen_server.start()
     assert metric(qwen_server, 'pensieve_cache_entries{tier="disk"}') >= 1
-    code, out, err, took = run_claude(qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=project_dir)
+    code, out, err, took = run_claude(
+        qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home
+    )
     report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
              f"--- server log ---\n{qwen_server.log_tail(4000)}"
     assert code == 0, report
