@@ -250,7 +250,7 @@ fn default_parallel(context: u32, kv_bytes_per_token: u64) -> usize {
 }
 
 /// `MemAvailable` on Linux; None elsewhere.
-fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -193,14 +193,7 @@ async fn shutdown_signal() {
 /// A quarter of the memory available now (the model and its KV cache are loaded), at
 /// least 256 MiB.
 fn default_cache_ram() -> u64 {
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map(|kib| kib * 1024);
-    let quarter = available.map_or(2 << 30, |b| b / 4);
+    let quarter = pensieve_llama::load::available_memory().map_or(2 << 30, |b| b / 4);
     let bytes = quarter.max(256 << 20);
     tracing::info!(cache_ram = %ByteSize::b(bytes), "prefix cache RAM budget");
     bytes

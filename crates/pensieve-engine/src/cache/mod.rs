@@ -325,7 +325,6 @@ impl PrefixCache {
         if let Some(disk) = &mut self.disk {
             disk.flush();
         }
-        self.trim_disk();
         written
     }
 

@@ -99,7 +99,6 @@ impl Active {
 
     /// Back to the queue after losing its slot; it continues where it was.
     pub fn preempted(&mut self) {
-        self.seq = None;
         self.computed = 0;
     }
 

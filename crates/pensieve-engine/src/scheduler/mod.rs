@@ -113,11 +113,9 @@ impl Scheduler {
             }
             self.drop_cancelled();
             self.admit();
-            self.publish();
-            if self.running.is_empty() {
-                continue;
+            if !self.running.is_empty() {
+                self.step();
             }
-            self.step();
             self.publish();
         }
         self.stop();
@@ -197,11 +195,10 @@ impl Scheduler {
             let Some(mut active) = self.waiting.pop_front() else {
                 return;
             };
+            let reused = self.load_prefix(seq, &active.tokens);
+            // First admission (not a resumed preempted one): it leaves the queue.
             if active.cached.is_none() {
                 self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
-            let reused = self.load_prefix(seq, &active.tokens);
-            if active.cached.is_none() {
                 let cached = reused.min(active.prompt_len);
                 self.metrics.add_prompt_tokens(active.prompt_len as u64);
                 self.metrics.add_cached_prompt_tokens(cached as u64);
