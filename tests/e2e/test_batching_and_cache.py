@@ -358,9 +358,10 @@ def test_cancelled_stream_frees_its_sequence(cache_server):
     )
     after = scrape(server.url)
     assert after.get("pensieve_queue_depth") == 0
-    # Its cells were given back: what it computed is now a snapshot in RAM.
+    # Its cells were given back: what it computed is now a snapshot in RAM (admitting
+    # it may have moved another entry there too).
     host_before, host_after = _tiers(before)["host"], _tiers(after)["host"]
-    assert host_after[0] == host_before[0] + 1 and host_after[1] > host_before[1], (
+    assert host_after[0] > host_before[0] and host_after[1] > host_before[1], (
         f"no RAM snapshot of the cancelled sequence: host (entries, bytes) {host_before} -> {host_after}"
     )
     generated = after.get("pensieve_generated_tokens_total") - before.get("pensieve_generated_tokens_total")

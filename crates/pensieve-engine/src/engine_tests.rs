@@ -411,3 +411,78 @@ fn validation_checks_the_context() {
         Err(EngineError::InvalidRequest(_))
     ));
 }
+
+/// A backend whose sequences each have cells of their own (llama.cpp's KV streams), with
+/// one slot per running sequence.
+fn own_cells(slots: usize) -> ScriptedRunner {
+    let mut runner = ScriptedRunner::new("ok");
+    runner.own_cells = true;
+    runner.sequences = slots;
+    runner
+}
+
+#[tokio::test]
+async fn own_cells_a_next_turn_continues_in_the_same_slot() {
+    let runner = own_cells(2);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let first = "system prompt; question one";
+    let (reply, _) = finish(engine.submit(valid(first, 5)).unwrap()).await;
+    let next = format!("{first}{reply} and a follow-up");
+    let (_, second) = finish(engine.submit(valid(&next, 5)).unwrap()).await;
+    // Prompt and reply were all still in the slot: nothing copied, saved or restored.
+    let computed = (first.len() + reply.len()) as u32;
+    assert_eq!(second.unwrap().usage.cached_prompt_tokens, computed);
+    let log = log.lock().unwrap();
+    assert_eq!((log.copies, log.saves, log.restores), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn own_cells_a_branch_keeps_the_conversation_it_left() {
+    // One slot: B starts from A's system prompt in A's slot, so A's turn goes to RAM
+    // first and comes back whole for A's next turn.
+    let runner = own_cells(1);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 1, CacheConfig::default());
+    let system = "s".repeat(200);
+    let a = format!("{system}{}", "a".repeat(100));
+    let b = format!("{system}{}", "b".repeat(100));
+    let (a_reply, _) = finish(engine.submit(valid(&a, 5)).unwrap()).await;
+    let (_, b_done) = finish(engine.submit(valid(&b, 5)).unwrap()).await;
+    assert_eq!(b_done.unwrap().usage.cached_prompt_tokens, 200);
+    {
+        let log = log.lock().unwrap();
+        // A's entry, and the shared system prompt as an entry of its own.
+        assert_eq!((log.copies, log.saves, log.restores), (0, 2, 0));
+    }
+    let a2 = format!("{a}{a_reply} next");
+    let (_, a2_done) = finish(engine.submit(valid(&a2, 5)).unwrap()).await;
+    let whole_turn = (a.len() + a_reply.len()) as u32;
+    assert_eq!(a2_done.unwrap().usage.cached_prompt_tokens, whole_turn);
+    assert_eq!(log.lock().unwrap().restores, 1);
+}
+
+#[tokio::test]
+async fn own_cells_without_truncation_checkpoints_go_to_ram() {
+    let mut runner = own_cells(1);
+    runner.truncatable = false;
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 1, CacheConfig::default());
+    let turn = |user: &str| {
+        let mut p = ByteTokenizer.encode("system text");
+        p.push(EOG);
+        p.extend(ByteTokenizer.encode(user));
+        p.push(EOG);
+        p.extend(ByteTokenizer.encode("assistant:"));
+        ValidRequest {
+            prompt: p,
+            ..valid("", 3)
+        }
+    };
+    let (_, first) = finish(engine.submit(turn("first question")).unwrap()).await;
+    assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
+    assert!(log.lock().unwrap().saves >= 1);
+    let (_, second) = finish(engine.submit(turn("second question")).unwrap()).await;
+    assert_eq!(second.unwrap().usage.cached_prompt_tokens, 12);
+    assert_eq!(log.lock().unwrap().restores, 1);
+}

@@ -61,18 +61,21 @@ pub struct BatchToken {
     pub logits: bool,
 }
 
-/// Step-level access to a loaded model with a KV cache shared by many sequences.
+/// Step-level access to a loaded model with a KV cache for many sequences.
 ///
-/// Sequences are slots; the cache's cells are a pool shared by all of them, and a cell
-/// can belong to several sequences at once ([`ModelRunner::share`]), which is how one
-/// computed prefix serves many requests.
+/// Sequences are slots. Their cells are either one pool shared by all of them, where a
+/// cell can belong to several sequences at once and [`ModelRunner::share`] costs nothing,
+/// or cells of each sequence's own ([`ModelRunner::shares_cells`] is false), where every
+/// token attends only to its own sequence's cells and `share` copies.
 pub trait ModelRunner: Send {
     /// The most tokens one [`ModelRunner::decode`] call accepts.
     fn batch_size(&self) -> usize;
     /// How many sequence slots exist.
     fn max_sequences(&self) -> usize;
-    /// KV cells shared by all sequences.
+    /// KV cells of all sequences together.
     fn cache_cells(&self) -> usize;
+    /// Whether all sequences draw on one pool of cells (see the trait's docs).
+    fn shares_cells(&self) -> bool;
     /// Whether a sequence can be cut back to any position. False for sliding-window or
     /// recurrent layers: their state before the end is gone.
     fn can_truncate(&self) -> bool;
@@ -86,7 +89,8 @@ pub trait ModelRunner: Send {
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool;
     /// Forget `seq` entirely; its cells are freed unless another sequence shares them.
     fn release(&mut self, seq: SeqId);
-    /// Let `dst` (empty) share positions `0..len` of `src` without copying data.
+    /// Give `dst` (empty) positions `0..len` of `src`: by reference when cells are
+    /// shared, else by copying them.
     fn share(&mut self, src: SeqId, dst: SeqId, len: u32);
     /// A snapshot of everything `seq` holds, for [`ModelRunner::restore`].
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError>;

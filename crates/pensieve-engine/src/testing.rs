@@ -43,6 +43,8 @@ pub struct RunnerLog {
     next_cell: u64,
     pub saves: usize,
     pub restores: usize,
+    /// Prefixes copied from one slot to another (with `own_cells`).
+    pub copies: usize,
 }
 
 impl RunnerLog {
@@ -77,8 +79,9 @@ impl RunnerLog {
     }
 }
 
-/// A simulated backend: a KV cache of `cells` cells shared by `sequences` slots, with
-/// the same sharing semantics as llama.cpp's unified cache, and a "model" that replies
+/// A simulated backend: a KV cache of `cells` cells for `sequences` slots, with the
+/// sharing semantics of llama.cpp's unified cache (or, with `own_cells`, of its
+/// per-sequence streams), and a "model" that replies
 /// with `reply` (then EOG, unless `endless`), whatever the prompt.
 pub struct ScriptedRunner {
     reply: Vec<TokenId>,
@@ -93,6 +96,8 @@ pub struct ScriptedRunner {
     pub sequences: usize,
     pub cells: usize,
     pub truncatable: bool,
+    /// Cells of each slot's own, as llama.cpp's per-sequence KV streams: `share` copies.
+    pub own_cells: bool,
     pub log: Arc<Mutex<RunnerLog>>,
 }
 
@@ -108,6 +113,7 @@ impl ScriptedRunner {
             sequences: 16,
             cells: 4096,
             truncatable: true,
+            own_cells: false,
             log: Arc::default(),
         }
     }
@@ -131,6 +137,10 @@ impl ModelRunner for ScriptedRunner {
 
     fn cache_cells(&self) -> usize {
         self.cells
+    }
+
+    fn shares_cells(&self) -> bool {
+        !self.own_cells
     }
 
     fn can_truncate(&self) -> bool {
@@ -216,9 +226,18 @@ impl ModelRunner for ScriptedRunner {
             log.slots.get(&dst).is_none_or(Vec::is_empty),
             "share into a slot that is in use"
         );
-        for (_, c) in &shared {
-            *log.cells.entry(*c).or_insert(0) += 1;
-        }
+        let shared = if self.own_cells {
+            log.copies += 1;
+            shared
+                .into_iter()
+                .map(|(t, _)| (t, log.new_cell()))
+                .collect()
+        } else {
+            for (_, c) in &shared {
+                *log.cells.entry(*c).or_insert(0) += 1;
+            }
+            shared
+        };
         log.slots.insert(dst, shared);
     }
 

@@ -1,5 +1,5 @@
-//! One llama.cpp context as the engine's step-level [`ModelRunner`]: a unified KV cache
-//! shared by every sequence slot, one batch per step, one sampler per slot.
+//! One llama.cpp context as the engine's step-level [`ModelRunner`]: a KV stream per
+//! sequence slot, one batch per step, one sampler per slot.
 
 use std::collections::HashMap;
 
@@ -27,7 +27,15 @@ pub struct LlamaRunner {
     context: LlamaContext<'static>,
     batch: LlamaBatch<'static>,
     layout: RunnerLayout,
-    samplers: HashMap<SeqId, LlamaSampler>,
+    samplers: HashMap<SeqId, Sampler>,
+}
+
+/// How one sequence picks its next token.
+enum Sampler {
+    /// The most likely token, read straight from the logits (llama.cpp's greedy sampler
+    /// first copies the whole vocabulary into a candidate array, every token).
+    Greedy,
+    Chain(LlamaSampler),
 }
 
 impl LlamaRunner {
@@ -42,9 +50,9 @@ impl LlamaRunner {
 }
 
 /// The sampler chain for one request, in llama.cpp's usual order.
-fn build_sampler(params: &SamplingParams) -> LlamaSampler {
+fn build_sampler(params: &SamplingParams) -> Sampler {
     if params.is_greedy() {
-        return LlamaSampler::greedy();
+        return Sampler::Greedy;
     }
     let mut chain = Vec::new();
     if let Some(k) = params.top_k.filter(|k| *k > 0) {
@@ -59,7 +67,18 @@ fn build_sampler(params: &SamplingParams) -> LlamaSampler {
     chain.push(LlamaSampler::temp(params.temperature));
     let seed = params.seed.map_or_else(rand::random::<u32>, |s| s as u32);
     chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain_simple(chain)
+    Sampler::Chain(LlamaSampler::chain_simple(chain))
+}
+
+/// Index of the largest logit (the first of equals, as llama.cpp's greedy sampler).
+fn argmax(logits: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    TokenId::try_from(best).unwrap_or(0)
 }
 
 fn seq_i32(seq: SeqId) -> i32 {
@@ -78,6 +97,10 @@ impl ModelRunner for LlamaRunner {
 
     fn cache_cells(&self) -> usize {
         self.layout.cells
+    }
+
+    fn shares_cells(&self) -> bool {
+        false
     }
 
     fn can_truncate(&self) -> bool {
@@ -115,11 +138,10 @@ impl ModelRunner for LlamaRunner {
 
     fn sample(&mut self, seq: SeqId, index: usize) -> TokenId {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
-        let sampler = self
-            .samplers
-            .entry(seq)
-            .or_insert_with(LlamaSampler::greedy);
-        sampler.sample(&self.context, index).0
+        match self.samplers.get_mut(&seq) {
+            Some(Sampler::Chain(chain)) => chain.sample(&self.context, index).0,
+            Some(Sampler::Greedy) | None => argmax(self.context.get_logits_ith(index)),
+        }
     }
 
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool {
@@ -138,12 +160,15 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn share(&mut self, src: SeqId, dst: SeqId, len: u32) {
-        // Unified KV cache: the cells gain `dst` as an owner; nothing is copied.
-        if let Err(e) =
-            self.context
-                .copy_kv_cache_seq(seq_i32(src), seq_i32(dst), Some(0), Some(len))
-        {
-            tracing::warn!("cannot share a cached prefix: {e}");
+        // Each sequence has a KV stream of its own: copy through a snapshot. (llama.cpp's
+        // cross-stream seq_cp copies the whole stream, and only at the next decode.)
+        let copied = self.save(src).and_then(|state| self.restore(dst, &state));
+        if let Err(e) = copied {
+            tracing::warn!("cannot copy a cached prefix: {e}");
+            return;
+        }
+        if self.layout.can_truncate {
+            let _ = self.context.clear_kv_cache_seq(Some(dst), Some(len), None);
         }
     }
 
@@ -188,5 +213,17 @@ impl ModelRunner for LlamaRunner {
 
     fn fingerprint(&self) -> String {
         self.layout.fingerprint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -3.0]), 1);
+        assert_eq!(argmax(&[1.0]), 0);
     }
 }

@@ -30,6 +30,8 @@ fn smollm2(context: u32) -> LoadedModel {
     let mut options = LlamaOptions::new(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
     options.context_size = Some(context);
     options.threads = Some(2);
+    // Tests use sequences 0 to 2.
+    options.parallel = Some(4);
     load(&options).expect("SmolLM2 loads")
 }
 
@@ -140,7 +142,7 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
     assert!(runner.truncate(0, last as u32));
     let snapshot = runner.save(0).unwrap();
     assert_eq!(greedy_run(runner, 0, &prompt, last), cold);
-    // A second sequence sharing the prefix by reference continues the same way.
+    // A second sequence given a copy of the prefix continues the same way.
     assert!(runner.truncate(0, last as u32));
     runner.share(0, 1, last as u32);
     assert_eq!(greedy_run(runner, 1, &prompt, last), cold);
@@ -160,6 +162,7 @@ fn sliding_window_models_resume_from_whole_snapshots() {
     let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
     options.context_size = Some(2048);
     options.threads = Some(2);
+    options.parallel = Some(4);
     let mut model = load(&options).expect("Gemma 3 loads");
     assert!(
         !model.runner.can_truncate(),

@@ -4,7 +4,8 @@
 //! An entry is a token sequence whose KV the backend computed once. It lives in up to
 //! three tiers:
 //! - **context**: a sequence slot of the backend's KV cache holds it; a new request
-//!   shares its cells without copying ([`ModelRunner::share`]);
+//!   shares its cells ([`ModelRunner::share`]) or, when each sequence has cells of its
+//!   own, takes the slot over ([`PrefixCache::adopt`]);
 //! - **host**: a snapshot in RAM ([`ModelRunner::save`]), bounded in bytes;
 //! - **disk**: the same snapshot in `--cache-dir`, which outlives the process.
 //!
@@ -47,6 +48,10 @@ impl Default for CacheConfig {
 
 /// Prefixes shorter than this are not worth a slot of their own.
 const MIN_SHARED_PREFIX: usize = 64;
+
+/// A tail this short is cheaper to compute again than to save (a turn's end that the
+/// chat template renders differently next time).
+const DISPOSABLE_TAIL: usize = 64;
 
 #[derive(Debug)]
 struct Entry {
@@ -240,10 +245,46 @@ impl PrefixCache {
     }
 
     /// Keep a snapshot of `tokens` in RAM (spilling older ones to disk or dropping them
-    /// to stay in budget).
-    pub fn insert_snapshot(&mut self, tokens: &[TokenId], prompt_len: usize, bytes: Vec<u8>) {
+    /// to stay in budget); `shared` marks a prefix several conversations start with.
+    pub fn insert_snapshot(
+        &mut self,
+        tokens: &[TokenId],
+        prompt_len: usize,
+        bytes: Vec<u8>,
+        shared: bool,
+    ) {
         let id = self.add(tokens.into(), prompt_len);
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.shared = shared;
+        }
         self.put_host(id, Arc::new(bytes));
+    }
+
+    /// A request takes over slot `seq` and the entry it holds, keeping the first `keep`
+    /// tokens (with cells of each sequence's own, continuing in place beats copying).
+    /// The entry leaves the context; it is saved to RAM first unless it is already
+    /// stored elsewhere or all the request drops of it is a short tail.
+    pub fn adopt(&mut self, seq: SeqId, keep: usize, runner: &mut dyn ModelRunner) {
+        let Some(id) = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.seq == Some(seq))
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.seq = None;
+        let worth_saving = entry.shared || entry.tokens.len() > keep + DISPOSABLE_TAIL;
+        if worth_saving && entry.host.is_none() && entry.disk.is_none() {
+            match runner.save(seq) {
+                Ok(bytes) => self.put_host(id, Arc::new(bytes)),
+                Err(e) => tracing::warn!("cannot save a cache entry: {e}"),
+            }
+        }
+        self.drop_if_empty(id);
     }
 
     /// Free one context slot: the least recently used entry held in one is saved to RAM

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheConfig, PrefixCache, Source};
+use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
 use crate::metrics::{CacheTier, EngineMetrics};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
 use crate::EngineError;
@@ -189,13 +189,13 @@ impl Scheduler {
             if !self.running.is_empty() && in_use + next.tokens.len() > cells {
                 return;
             }
-            let Some(seq) = self.take_slot() else {
-                return;
-            };
             let Some(mut active) = self.waiting.pop_front() else {
                 return;
             };
-            let reused = self.load_prefix(seq, &active.tokens);
+            let Some((seq, reused)) = self.place(&active.tokens) else {
+                self.waiting.push_front(active);
+                return;
+            };
             // First admission (not a resumed preempted one): it leaves the queue.
             if active.cached.is_none() {
                 self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -221,9 +221,40 @@ impl Scheduler {
         }
     }
 
-    /// Fill `seq` with the longest cached prefix of `tokens`; returns its length.
-    fn load_prefix(&mut self, seq: SeqId, tokens: &[crate::TokenId]) -> usize {
-        let Some(hit) = self.cache.lookup(tokens) else {
+    /// A slot for `tokens`, holding the longest cached prefix of them: the slot and how
+    /// many tokens it holds. None when no slot is free.
+    fn place(&mut self, tokens: &[crate::TokenId]) -> Option<(SeqId, usize)> {
+        if self.runner.shares_cells() {
+            // Take the slot first: freeing one may move an entry out of the context,
+            // and the lookup must not return it as a context entry after that.
+            let seq = self.take_slot()?;
+            let hit = self.cache.lookup(tokens);
+            return Some((seq, self.load_prefix(seq, tokens, hit)));
+        }
+        // Cells of each sequence's own: sharing would copy, so continue in the slot
+        // that holds the prefix when there is one.
+        let hit = self.cache.lookup(tokens);
+        if let Some(Hit {
+            source: Source::Context(src),
+            len,
+            source_len,
+            ..
+        }) = hit
+        {
+            self.cache.adopt(src, len, self.runner.as_mut());
+            if len == source_len || self.runner.truncate(src, len as u32) {
+                return Some((src, self.keep_shared(src, tokens, hit)));
+            }
+            self.runner.release(src);
+            return Some((src, 0));
+        }
+        let seq = self.take_slot()?;
+        Some((seq, self.load_prefix(seq, tokens, hit)))
+    }
+
+    /// Fill the empty `seq` with a cached prefix of `tokens`; returns its length.
+    fn load_prefix(&mut self, seq: SeqId, tokens: &[crate::TokenId], hit: Option<Hit>) -> usize {
+        let Some(hit) = hit else {
             return 0;
         };
         let loaded = match &hit.source {
@@ -251,15 +282,29 @@ impl Scheduler {
             self.runner.release(seq);
             return 0;
         }
-        // A prefix other conversations start with too: keep it as an entry of its own.
-        if hit.shared_prefix {
-            if let Some(slot) = self.free.pop() {
-                self.runner.share(seq, slot, hit.len as u32);
-                let freed = self
-                    .cache
-                    .insert_context(&tokens[..hit.len], hit.len, slot, true);
-                self.release_slots(freed);
+        self.keep_shared(seq, tokens, Some(hit))
+    }
+
+    /// `seq` holds the hit's prefix of `tokens`. A prefix other conversations start with
+    /// too gets an entry of its own: another slot sharing it when cells are shared, else
+    /// a snapshot in RAM. Returns the prefix length.
+    fn keep_shared(&mut self, seq: SeqId, tokens: &[crate::TokenId], hit: Option<Hit>) -> usize {
+        let Some(hit) = hit else {
+            return 0;
+        };
+        if !hit.shared_prefix {
+            return hit.len;
+        }
+        let prefix = &tokens[..hit.len];
+        if !self.runner.shares_cells() {
+            match self.runner.save(seq) {
+                Ok(bytes) => self.cache.insert_snapshot(prefix, hit.len, bytes, true),
+                Err(e) => tracing::warn!("cannot save a shared prefix: {e}"),
             }
+        } else if let Some(slot) = self.free.pop() {
+            self.runner.share(seq, slot, hit.len as u32);
+            let freed = self.cache.insert_context(prefix, hit.len, slot, true);
+            self.release_slots(freed);
         }
         hit.len
     }
@@ -318,8 +363,19 @@ impl Scheduler {
         if batch.is_empty() {
             return;
         }
-        match self.runner.decode(&batch) {
-            Ok(()) => self.after_decode(plan),
+        let started = std::time::Instant::now();
+        let result = self.runner.decode(&batch);
+        let decoded = started.elapsed();
+        match result {
+            Ok(()) => {
+                self.after_decode(plan);
+                tracing::trace!(
+                    tokens = batch.len(),
+                    decode_us = decoded.as_micros() as u64,
+                    step_us = started.elapsed().as_micros() as u64,
+                    "step"
+                );
+            }
             Err(RunnerError::CacheFull) => self.relieve_pressure(),
             Err(RunnerError::Failed(e)) => self.fail_all(&e),
         }
@@ -386,6 +442,7 @@ impl Scheduler {
                     &active.tokens[..active.computed],
                     active.prompt_len.min(active.computed),
                     bytes,
+                    false,
                 ),
                 Err(e) => tracing::warn!("cannot save a sequence: {e}"),
             }
@@ -394,9 +451,19 @@ impl Scheduler {
         self.free.push(seq);
     }
 
-    /// A snapshot point of a backend that can't cut back: share the slot's state with a
-    /// cache slot as it is now.
+    /// A snapshot point of a backend that can't cut back: keep the slot's state as it is
+    /// now, in a cache slot sharing it (or in RAM).
     fn checkpoint(&mut self, seq: SeqId, tokens: &[crate::TokenId]) {
+        if !self.runner.shares_cells() {
+            // A slot of its own would cost a whole sequence's cells: RAM instead.
+            match self.runner.save(seq) {
+                Ok(bytes) => self
+                    .cache
+                    .insert_snapshot(tokens, tokens.len(), bytes, false),
+                Err(e) => tracing::warn!("cannot save a checkpoint: {e}"),
+            }
+            return;
+        }
         let slot = match self.free.pop() {
             Some(s) => s,
             None => match self.cache.evict_context(self.runner.as_mut()) {
