@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::CacheConfig;
 use crate::metrics::EngineMetrics;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
+use crate::output::{OutputFormat, ToolFormat};
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
-use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams};
+use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams, ToolChoice};
 
 /// Settings of the engine itself (the model's own come from the backend).
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     /// Sequences generating at once (continuous batching).
     pub parallel: usize,
     pub cache: CacheConfig,
+    /// How the model writes tool calls; None: as its chat template shows.
+    pub tool_format: Option<ToolFormat>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +37,7 @@ impl Default for EngineConfig {
             queue_capacity: 64,
             parallel: 4,
             cache: CacheConfig::default(),
+            tool_format: None,
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct ValidRequest {
     pub stop_sequences: Vec<String>,
     /// Report what the prefix cache stores as cache creation.
     pub cache_requested: bool,
+    /// What to look for in the output (tool calls, reasoning).
+    pub output: OutputFormat,
 }
 
 /// A running request: its events arrive on `events`; dropping it cancels the request.
@@ -68,6 +74,10 @@ struct Shared {
     info: ModelInfo,
     tokenizer: Arc<dyn Tokenizer>,
     template: ChatTemplate,
+    /// How the model writes tool calls, if we know.
+    tool_format: Option<ToolFormat>,
+    /// The template knows `<think>` blocks.
+    reasoning: bool,
     queue: mpsc::UnboundedSender<Command>,
     capacity: usize,
     counters: Arc<Counters>,
@@ -92,7 +102,22 @@ impl Engine {
                 eos: info.eos_token.clone(),
             },
         )?;
-        tracing::info!(template = template.describe(), "chat template ready");
+        let source = info.chat_template.as_deref().unwrap_or_default();
+        // Tools the template can't place are described in the `<tool_call>` convention.
+        let tool_format = config.tool_format.or_else(|| {
+            if template.renders_tools() {
+                ToolFormat::detect(source)
+            } else {
+                Some(ToolFormat::Hermes)
+            }
+        });
+        let reasoning = source.contains("<think>");
+        tracing::info!(
+            template = template.describe(),
+            tool_format = ?tool_format,
+            reasoning,
+            "chat template ready"
+        );
         let capacity = config.queue_capacity.max(1);
         let (queue, commands) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
@@ -122,6 +147,8 @@ impl Engine {
                 info,
                 tokenizer,
                 template,
+                tool_format,
+                reasoning,
                 queue,
                 capacity,
                 counters,
@@ -144,14 +171,23 @@ impl Engine {
     /// Render the request through the chat template and tokenize it, exactly as
     /// generation will (count_tokens relies on this being the same path).
     pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<TokenId>, EngineError> {
-        let text = self.shared.template.render(
+        Ok(self.shared.tokenizer.encode(&self.render(request)?))
+    }
+
+    fn render(&self, request: &GenerateRequest) -> Result<String, EngineError> {
+        // `tool_choice: none` offers no tools.
+        let tools = if request.tool_choice == ToolChoice::None {
+            &[][..]
+        } else {
+            &request.tools[..]
+        };
+        Ok(self.shared.template.render(
             &request.messages,
-            &request.tools,
+            tools,
             &RenderOptions {
                 enable_thinking: request.thinking,
             },
-        )?;
-        Ok(self.shared.tokenizer.encode(&text))
+        )?)
     }
 
     /// Build the prompt and check that the request can run.
@@ -162,7 +198,8 @@ impl Engine {
                 "max_tokens: must be at least 1".into(),
             ));
         }
-        let prompt = self.prompt_tokens(request)?;
+        let text = self.render(request)?;
+        let prompt = self.shared.tokenizer.encode(&text);
         let context = self.shared.info.context_size;
         // At least one position must be left to generate into.
         let max_prompt = context.saturating_sub(1);
@@ -185,6 +222,13 @@ impl Engine {
             sampling: request.sampling.clone(),
             stop_sequences: request.stop_sequences.clone(),
             cache_requested: request.cache_requested,
+            output: OutputFormat {
+                tools: self.shared.tool_format.filter(|_| {
+                    !request.tools.is_empty() && request.tool_choice != ToolChoice::None
+                }),
+                reasoning: self.shared.reasoning,
+                starts_thinking: text.trim_end().ends_with("<think>"),
+            },
         })
     }
 

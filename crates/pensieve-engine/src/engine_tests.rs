@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::testing::{model_info, ByteTokenizer, ScriptedRunner, EOG};
-use crate::{CacheConfig, Completion, FinishReason, Message, Role, SeqId};
+use crate::{CacheConfig, Completion, FinishReason, Message, OutputFormat, Role, SeqId};
 
 fn start(runner: ScriptedRunner, context: u32, queue: usize) -> Engine {
     start_with(runner, context, queue, 4, CacheConfig::default())
@@ -27,6 +27,7 @@ fn start_with(
             queue_capacity: queue,
             parallel,
             cache,
+            tool_format: None,
         },
     )
     .unwrap()
@@ -40,6 +41,7 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         sampling: SamplingParams::default(),
         stop_sequences: Vec::new(),
         cache_requested: true,
+        output: OutputFormat::default(),
     }
 }
 
@@ -49,7 +51,11 @@ async fn finish(mut g: Generation) -> (String, Result<Completion, EngineError>) 
     while let Some(event) = g.events.recv().await {
         match event {
             GenerationEvent::Text(t) => text.push_str(&t),
-            GenerationEvent::PrefillDone { .. } => {}
+            GenerationEvent::PrefillDone { .. }
+            | GenerationEvent::Thinking(_)
+            | GenerationEvent::ToolCallStart { .. }
+            | GenerationEvent::ToolCallArguments(_)
+            | GenerationEvent::ToolCallEnd => {}
             GenerationEvent::Done(c) => return (text, Ok(c)),
             GenerationEvent::Failed(e) => return (text, Err(e)),
         }
@@ -485,4 +491,43 @@ async fn own_cells_without_truncation_checkpoints_go_to_ram() {
     let (_, second) = finish(engine.submit(turn("second question")).unwrap()).await;
     assert_eq!(second.unwrap().usage.cached_prompt_tokens, 12);
     assert_eq!(log.lock().unwrap().restores, 1);
+}
+
+#[tokio::test]
+async fn a_tool_call_in_the_output_becomes_call_events_and_ends_in_tool_use() {
+    let reply = "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let engine = start(ScriptedRunner::new(reply), 4096, 4);
+    let mut request = valid("weather?", 200);
+    request.output = OutputFormat {
+        tools: Some(crate::ToolFormat::Hermes),
+        ..OutputFormat::default()
+    };
+    let mut g = engine.submit(request).unwrap();
+    let (mut text, mut name, mut args) = (String::new(), None, String::new());
+    let (mut fragments, mut ended) = (0, false);
+    while let Some(e) = g.events.recv().await {
+        match e {
+            GenerationEvent::Text(t) => {
+                assert!(name.is_none(), "text after the call: {t:?}");
+                text.push_str(&t);
+            }
+            GenerationEvent::ToolCallStart { name: n } => name = Some(n),
+            GenerationEvent::ToolCallArguments(a) => {
+                fragments += 1;
+                args.push_str(&a);
+            }
+            GenerationEvent::ToolCallEnd => ended = true,
+            GenerationEvent::Done(c) => {
+                assert_eq!(c.reason, FinishReason::ToolUse);
+                break;
+            }
+            GenerationEvent::Failed(e) => panic!("{e}"),
+            GenerationEvent::PrefillDone { .. } | GenerationEvent::Thinking(_) => {}
+        }
+    }
+    assert_eq!(text, "Checking.");
+    assert_eq!(name.as_deref(), Some("get_weather"));
+    assert_eq!(args, "{\"city\": \"Paris\"}");
+    assert!(ended);
+    assert!(fragments > 1, "the arguments streamed in pieces");
 }

@@ -17,6 +17,8 @@ pub enum FinishReason {
     StopSequence(String),
     /// The context window filled up before `max_tokens` was reached.
     ContextWindow,
+    /// The model ended its turn after calling tools.
+    ToolUse,
     /// The client went away or the server is shutting down.
     Cancelled,
 }
@@ -68,9 +70,20 @@ pub struct Completion {
 #[derive(Debug)]
 pub enum GenerationEvent {
     /// The prompt is in the cache; `cached_prompt_tokens` of it were reused.
-    PrefillDone { cached_prompt_tokens: u32 },
+    PrefillDone {
+        cached_prompt_tokens: u32,
+    },
     /// Newly generated text (whole UTF-8 characters, stop sequences already cut).
     Text(String),
+    /// Reasoning the model wrote before its answer.
+    Thinking(String),
+    /// A tool call begins.
+    ToolCallStart {
+        name: String,
+    },
+    /// Part of the current call's arguments: a call's fragments make one JSON object.
+    ToolCallArguments(String),
+    ToolCallEnd,
     /// Generation ended normally; nothing follows.
     Done(Completion),
     /// Generation failed; nothing follows.

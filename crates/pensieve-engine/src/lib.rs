@@ -8,6 +8,7 @@
 //!   cancellation, and the generation of each sequence.
 //! - [`cache`]: the prefix cache (radix tree, context/RAM/disk tiers, eviction).
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
+//! - [`output`]: the model's output split into text, reasoning and tool calls.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
 //! - [`event`]: what the engine reports back.
 //! - [`metrics`]: the Prometheus metrics ([`EngineMetrics`]) the engine and the HTTP edge record.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod request;
 mod scheduler;
 pub mod stop;
@@ -32,4 +34,5 @@ pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
+pub use output::{OutputFormat, ToolFormat};
 pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};

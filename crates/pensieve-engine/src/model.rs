@@ -36,6 +36,9 @@ pub trait Tokenizer: Send + Sync {
     fn token_bytes(&self, token: TokenId) -> Vec<u8>;
     /// Whether generating this token ends the turn.
     fn is_end_of_generation(&self, token: TokenId) -> bool;
+    /// The one token that is exactly `text` (a marker such as `<tool_call>`, which is
+    /// often a control token), if there is one.
+    fn single_token(&self, text: &str) -> Option<TokenId>;
 }
 
 /// A failure inside the backend while evaluating tokens.

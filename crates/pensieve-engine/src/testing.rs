@@ -29,6 +29,10 @@ impl Tokenizer for ByteTokenizer {
     fn is_end_of_generation(&self, token: TokenId) -> bool {
         token == EOG
     }
+
+    fn single_token(&self, _text: &str) -> Option<TokenId> {
+        None
+    }
 }
 
 /// What the scripted runner's cache holds and what it was asked, for assertions.

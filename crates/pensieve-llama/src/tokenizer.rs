@@ -60,4 +60,11 @@ impl Tokenizer for LlamaTokenizer {
     fn is_end_of_generation(&self, token: TokenId) -> bool {
         self.model.vocab().is_eog(LlamaToken(token))
     }
+
+    fn single_token(&self, text: &str) -> Option<TokenId> {
+        match self.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
+            [token] => Some(token.0),
+            _ => None,
+        }
+    }
 }

@@ -225,6 +225,7 @@ async fn engine_generates_and_reports_cache_reuse() {
                 GenerationEvent::Done(c) => break c,
                 GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
                 GenerationEvent::PrefillDone { .. } => {}
+                other => panic!("no tools were offered: {other:?}"),
             }
         };
         assert_eq!(completion.usage.prompt_tokens, prompt_len);
@@ -242,4 +243,20 @@ async fn engine_generates_and_reports_cache_reuse() {
     assert_eq!(outputs[0].0, outputs[1].0, "greedy output is the same");
     engine.shutdown();
     engine.join();
+}
+
+#[test]
+fn qwen_writes_its_tool_call_markers_as_single_tokens() {
+    let mut options = LlamaOptions::new(model_path("Qwen2.5-Coder-0.5B-Instruct.gguf"));
+    options.context_size = Some(512);
+    options.threads = Some(2);
+    options.parallel = Some(1);
+    let model = load(&options).expect("Qwen loads");
+    let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
+    let markers = pensieve_engine::output::marker_tokens(tokenizer);
+    let open = tokenizer.single_token("<tool_call>").expect("one token");
+    let close = tokenizer.single_token("</tool_call>").expect("one token");
+    assert_eq!(markers.get(&open).map(Vec::as_slice), Some(&b"<tool_call>"[..]));
+    assert_eq!(markers.get(&close).map(Vec::as_slice), Some(&b"</tool_call>"[..]));
+    assert_eq!(tokenizer.single_token("hello world"), None);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::{CacheConfig, Engine, EngineConfig};
+use pensieve_engine::{CacheConfig, Engine, EngineConfig, ToolFormat};
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ServerConfig};
 
@@ -71,6 +71,18 @@ pub struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     max_body_mib: usize,
+    /// How the model writes tool calls [default: as its chat template shows].
+    #[arg(long, value_name = "FORMAT", value_parser = parse_tool_format)]
+    tool_parser: Option<ToolFormat>,
+}
+
+fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
+    ToolFormat::from_name(name).ok_or_else(|| {
+        format!(
+            "unknown tool-call format {name:?}; known: {}",
+            ToolFormat::NAMES.join(", ")
+        )
+    })
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -110,6 +122,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 disk_dir: args.cache_dir.clone(),
                 disk_bytes: args.cache_disk.as_u64(),
             },
+            tool_format: args.tool_parser,
         },
     )
     .context("cannot start the engine")?;

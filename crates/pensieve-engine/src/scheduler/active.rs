@@ -1,6 +1,7 @@
 //! One request on the engine thread: its tokens, how far its KV is computed, and what
 //! its generated tokens become (text, stop sequences, the final usage).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -8,6 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::detok::Utf8Stream;
 use crate::event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 use crate::model::{SeqId, TokenId, Tokenizer};
+use crate::output::{OutputParser, Segment};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{EngineError, ValidRequest};
 
@@ -37,6 +39,9 @@ pub(crate) struct Active {
     generated: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
+    output: OutputParser,
+    /// The generated text as the model wrote it (markers included), for the debug log.
+    raw: String,
     admitted: Option<Instant>,
     prefill_done: Option<Instant>,
     last_token: Option<Instant>,
@@ -60,6 +65,7 @@ impl Active {
     pub fn new(job: Job) -> Active {
         let tokens = job.request.prompt.clone();
         let stops = StopMatcher::new(&job.request.stop_sequences);
+        let output = OutputParser::new(job.request.output);
         Active {
             prompt_len: tokens.len(),
             tokens,
@@ -72,6 +78,8 @@ impl Active {
             generated: 0,
             utf8: Utf8Stream::default(),
             stops,
+            output,
+            raw: String::new(),
             admitted: None,
             prefill_done: None,
             last_token: None,
@@ -103,7 +111,13 @@ impl Active {
     }
 
     /// The logits after `tokens[..computed]` were sampled into `token`.
-    pub fn accept(&mut self, token: TokenId, tokenizer: &dyn Tokenizer) -> (Step, TokenTiming) {
+    /// `markers`: tokens that render as their marker text (see [`crate::output`]).
+    pub fn accept(
+        &mut self,
+        token: TokenId,
+        tokenizer: &dyn Tokenizer,
+        markers: &HashMap<TokenId, Vec<u8>>,
+    ) -> (Step, TokenTiming) {
         let now = Instant::now();
         if self.prefill_done.is_none() {
             self.prefill_done = Some(now);
@@ -121,7 +135,10 @@ impl Active {
         }
         self.generated += 1;
         self.tokens.push(token);
-        let text = self.utf8.push(&tokenizer.token_bytes(token));
+        let text = match markers.get(&token) {
+            Some(marker) => self.utf8.push(marker),
+            None => self.utf8.push(&tokenizer.token_bytes(token)),
+        };
         match self.stops.push(&text) {
             StopOutcome::Continue(text) => self.send_text(text),
             StopOutcome::Stopped { text, sequence } => {
@@ -151,6 +168,14 @@ impl Active {
             };
             self.send_text(rest);
         }
+        for segment in self.output.finish() {
+            self.send_segment(segment);
+        }
+        tracing::debug!(output = %self.raw, "generated");
+        let reason = match reason {
+            FinishReason::EndOfTurn if self.output.calls() > 0 => FinishReason::ToolUse,
+            other => other,
+        };
         let now = Instant::now();
         let admitted = self.admitted.unwrap_or(now);
         let prefill_done = self.prefill_done.unwrap_or(now);
@@ -183,9 +208,24 @@ impl Active {
         let _ = self.job.events.send(GenerationEvent::Failed(error));
     }
 
-    fn send_text(&self, text: String) {
-        if !text.is_empty() {
-            let _ = self.job.events.send(GenerationEvent::Text(text));
+    fn send_text(&mut self, text: String) {
+        if text.is_empty() {
+            return;
         }
+        self.raw.push_str(&text);
+        for segment in self.output.push(&text) {
+            self.send_segment(segment);
+        }
+    }
+
+    fn send_segment(&self, segment: Segment) {
+        let event = match segment {
+            Segment::Text(t) => GenerationEvent::Text(t),
+            Segment::Thinking(t) => GenerationEvent::Thinking(t),
+            Segment::CallStart { name } => GenerationEvent::ToolCallStart { name },
+            Segment::CallArguments(a) => GenerationEvent::ToolCallArguments(a),
+            Segment::CallEnd => GenerationEvent::ToolCallEnd,
+        };
+        let _ = self.job.events.send(event);
     }
 }

@@ -9,7 +9,7 @@
 
 mod active;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -59,6 +59,8 @@ pub(crate) struct Scheduler {
     waiting: VecDeque<Active>,
     running: Vec<Active>,
     cache: PrefixCache,
+    /// Tokens that render as the marker text they are (tool calls, reasoning).
+    markers: HashMap<crate::TokenId, Vec<u8>>,
     admissions: u64,
     closed: bool,
 }
@@ -85,6 +87,7 @@ impl Scheduler {
         let slots = runner.max_sequences().max(1);
         let parallel = config.parallel.clamp(1, slots);
         let cache = PrefixCache::new(config.cache, runner.can_truncate(), &runner.fingerprint());
+        let markers = crate::output::marker_tokens(tokenizer.as_ref());
         Scheduler {
             free: (0..slots as SeqId).rev().collect(),
             runner,
@@ -97,6 +100,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             cache,
+            markers,
             admissions: 0,
             closed: false,
         }
@@ -395,7 +399,7 @@ impl Scheduler {
             let a = &mut self.running[p.index];
             let Some(index) = p.logits else { continue };
             let token = self.runner.sample(seq, index);
-            let (step, timing) = a.accept(token, self.tokenizer.as_ref());
+            let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
             if let Some(d) = timing.first {
                 self.metrics.observe_ttft(d);
             }

@@ -165,6 +165,12 @@ impl ChatTemplate {
         self.description
     }
 
+    /// Whether the template writes the tools itself; when not, the engine describes them
+    /// in the system prompt in the `<tool_call>` convention.
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
+    }
+
     /// Renders the conversation into prompt text, ending with the opening of the
     /// assistant's turn, or with the assistant's partial text when the last message
     /// is a prefill. Special tokens appear as text: tokenize with special-token

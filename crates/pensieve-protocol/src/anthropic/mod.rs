@@ -14,5 +14,5 @@ pub use error::{error_body, ErrorKind};
 pub use request::{
     parse_count_tokens, parse_messages, CountTokensRequest, MessagesRequest, RequestError,
 };
-pub use response::{stop_reason, MessageResponse, ResponseUsage};
+pub use response::{stop_reason, ContentCollector, MessageResponse, ResponseBlock, ResponseUsage};
 pub use stream::{SseEvent, StreamEncoder};

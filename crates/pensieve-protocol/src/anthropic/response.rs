@@ -1,7 +1,10 @@
 //! The non-streaming `/v1/messages` response and the usage block shared with streaming.
 
-use pensieve_engine::{Completion, FinishReason, Usage};
+use pensieve_engine::{Completion, FinishReason, GenerationEvent, Usage};
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::ids::random_id;
 
 /// `usage` as Anthropic reports it: the prompt split into uncached, newly cached and
 /// cache-read tokens (their sum is the whole prompt).
@@ -31,13 +34,77 @@ pub fn stop_reason(reason: &FinishReason) -> (&'static str, Option<String>) {
         FinishReason::MaxTokens => ("max_tokens", None),
         FinishReason::StopSequence(s) => ("stop_sequence", Some(s.clone())),
         FinishReason::ContextWindow => ("model_context_window_exceeded", None),
+        FinishReason::ToolUse => ("tool_use", None),
     }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseBlock {
-    Text { text: String },
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+}
+
+/// Gathers a generation's events into content blocks, in order.
+#[derive(Debug, Default)]
+pub struct ContentCollector {
+    blocks: Vec<ResponseBlock>,
+    /// The arguments of the call being read.
+    arguments: String,
+}
+
+impl ContentCollector {
+    /// Take one engine event (those that are not content are ignored).
+    pub fn push(&mut self, event: &GenerationEvent) {
+        match event {
+            GenerationEvent::Text(t) => match self.blocks.last_mut() {
+                Some(ResponseBlock::Text { text }) => text.push_str(t),
+                _ => self.blocks.push(ResponseBlock::Text { text: t.clone() }),
+            },
+            GenerationEvent::Thinking(t) => match self.blocks.last_mut() {
+                Some(ResponseBlock::Thinking { thinking, .. }) => thinking.push_str(t),
+                _ => self.blocks.push(ResponseBlock::Thinking {
+                    thinking: t.clone(),
+                    signature: String::new(),
+                }),
+            },
+            GenerationEvent::ToolCallStart { name } => {
+                self.arguments.clear();
+                self.blocks.push(ResponseBlock::ToolUse {
+                    id: random_id("toolu_"),
+                    name: name.clone(),
+                    input: Value::Object(Default::default()),
+                });
+            }
+            GenerationEvent::ToolCallArguments(a) => self.arguments.push_str(a),
+            GenerationEvent::ToolCallEnd => {
+                if let Some(ResponseBlock::ToolUse { input, .. }) = self.blocks.last_mut() {
+                    // The engine's output parser always closes the arguments into an
+                    // object (it logs what it had to repair); `{}` stays otherwise.
+                    if let Ok(v @ Value::Object(_)) = serde_json::from_str(&self.arguments) {
+                        *input = v;
+                    }
+                }
+            }
+            GenerationEvent::PrefillDone { .. }
+            | GenerationEvent::Done(_)
+            | GenerationEvent::Failed(_) => {}
+        }
+    }
+
+    pub fn into_blocks(self) -> Vec<ResponseBlock> {
+        self.blocks
+    }
 }
 
 /// The body of a non-streaming `/v1/messages` response.
@@ -55,13 +122,13 @@ pub struct MessageResponse {
 }
 
 impl MessageResponse {
-    pub fn new(id: String, model: String, text: String, completion: &Completion) -> Self {
+    pub fn new(
+        id: String,
+        model: String,
+        content: Vec<ResponseBlock>,
+        completion: &Completion,
+    ) -> Self {
         let (stop_reason, stop_sequence) = stop_reason(&completion.reason);
-        let content = if text.is_empty() {
-            Vec::new()
-        } else {
-            vec![ResponseBlock::Text { text }]
-        };
         MessageResponse {
             id,
             kind: "message",
@@ -93,7 +160,8 @@ mod tests {
             },
             timings: Timings::default(),
         };
-        let r = MessageResponse::new("msg_1".into(), "claude-x".into(), "hi".into(), &completion);
+        let text = vec![ResponseBlock::Text { text: "hi".into() }];
+        let r = MessageResponse::new("msg_1".into(), "claude-x".into(), text, &completion);
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({
@@ -107,6 +175,32 @@ mod tests {
     }
 
     #[test]
+    fn p2_blocks_in_order_with_tool_input_as_an_object() {
+        let mut c = ContentCollector::default();
+        for e in [
+            GenerationEvent::Thinking("a".into()),
+            GenerationEvent::Thinking("b".into()),
+            GenerationEvent::Text("t".into()),
+            GenerationEvent::ToolCallStart { name: "f".into() },
+            GenerationEvent::ToolCallArguments("{\"x\":".into()),
+            GenerationEvent::ToolCallArguments(" [1]}".into()),
+            GenerationEvent::ToolCallEnd,
+        ] {
+            c.push(&e);
+        }
+        let blocks = serde_json::to_value(c.into_blocks()).unwrap();
+        assert_eq!(
+            blocks[0],
+            json!({"type": "thinking", "thinking": "ab", "signature": ""})
+        );
+        assert_eq!(blocks[1], json!({"type": "text", "text": "t"}));
+        assert_eq!(blocks[2]["type"], "tool_use");
+        assert_eq!(blocks[2]["name"], "f");
+        assert_eq!(blocks[2]["input"], json!({"x": [1]}));
+        assert!(blocks[2]["id"].as_str().unwrap().starts_with("toolu_"));
+    }
+
+    #[test]
     fn p3_stop_reasons() {
         assert_eq!(stop_reason(&FinishReason::EndOfTurn), ("end_turn", None));
         assert_eq!(stop_reason(&FinishReason::MaxTokens), ("max_tokens", None));
@@ -114,5 +208,6 @@ mod tests {
             stop_reason(&FinishReason::ContextWindow),
             ("model_context_window_exceeded", None)
         );
+        assert_eq!(stop_reason(&FinishReason::ToolUse), ("tool_use", None));
     }
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::error::{error_body, ErrorKind};
 use super::response::{stop_reason, ResponseUsage};
+use crate::ids::random_id;
 
 /// One server-sent event: `event: <name>\ndata: <json>\n\n`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,14 +26,22 @@ impl SseEvent {
     }
 }
 
+/// The kinds of content block a stream opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    ToolUse,
+}
+
 /// Encodes one message's stream.
 #[derive(Debug)]
 pub struct StreamEncoder {
     id: String,
     model: String,
     input_tokens: u32,
-    /// Index of the open content block, if any.
-    open_block: Option<u32>,
+    /// Index and kind of the open content block, if any.
+    open_block: Option<(u32, Block)>,
     next_index: u32,
     finished: bool,
 }
@@ -81,41 +90,85 @@ impl StreamEncoder {
         }
         match event {
             GenerationEvent::PrefillDone { .. } => Vec::new(),
-            GenerationEvent::Text(text) => self.text(text),
+            GenerationEvent::Text(text) => self.delta(
+                Block::Text,
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": text}),
+            ),
+            GenerationEvent::Thinking(thinking) => self.delta(
+                Block::Thinking,
+                json!({"type": "thinking", "thinking": ""}),
+                json!({"type": "thinking_delta", "thinking": thinking}),
+            ),
+            GenerationEvent::ToolCallStart { name } => {
+                let mut out = Vec::new();
+                self.close_block(&mut out);
+                let block = json!({"type": "tool_use", "id": random_id("toolu_"),
+                                   "name": name, "input": {}});
+                out.push(self.open(Block::ToolUse, block));
+                out
+            }
+            GenerationEvent::ToolCallArguments(json) => match self.open_block {
+                Some((index, Block::ToolUse)) => vec![SseEvent::new(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta", "partial_json": json}}),
+                )],
+                _ => Vec::new(),
+            },
+            GenerationEvent::ToolCallEnd => {
+                let mut out = Vec::new();
+                self.close_block(&mut out);
+                out
+            }
             GenerationEvent::Done(completion) => self.done(&completion),
             GenerationEvent::Failed(error) => vec![self.error(&error)],
         }
     }
 
-    fn text(&mut self, text: String) -> Vec<SseEvent> {
+    /// A delta for a block of `kind`: into the open one, or a new one (`empty` is its
+    /// start event's accumulator).
+    fn delta(&mut self, kind: Block, empty: Value, delta: Value) -> Vec<SseEvent> {
         let mut out = Vec::new();
         let index = match self.open_block {
-            Some(i) => i,
-            None => {
-                let i = self.next_index;
-                self.next_index += 1;
-                self.open_block = Some(i);
-                out.push(SseEvent::new(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": i,
-                           "content_block": {"type": "text", "text": ""}}),
-                ));
-                i
+            Some((i, open)) if open == kind => i,
+            _ => {
+                self.close_block(&mut out);
+                out.push(self.open(kind, empty));
+                self.next_index - 1
             }
         };
         out.push(SseEvent::new(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": index,
-                   "delta": {"type": "text_delta", "text": text}}),
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
         ));
         out
     }
 
+    fn open(&mut self, kind: Block, content_block: Value) -> SseEvent {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open_block = Some((index, kind));
+        SseEvent::new(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": content_block}),
+        )
+    }
+
     fn close_block(&mut self, out: &mut Vec<SseEvent>) {
-        if let Some(i) = self.open_block.take() {
+        if let Some((index, kind)) = self.open_block.take() {
+            if kind == Block::Thinking {
+                // Nothing is signed here; the contract still wants the delta.
+                out.push(SseEvent::new(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "signature_delta", "signature": ""}}),
+                ));
+            }
             out.push(SseEvent::new(
                 "content_block_stop",
-                json!({"type": "content_block_stop", "index": i}),
+                json!({"type": "content_block_stop", "index": index}),
             ));
         }
     }
@@ -232,6 +285,83 @@ mod tests {
         assert_eq!(delta["usage"]["output_tokens"], 2);
         assert_eq!(delta["usage"]["input_tokens"], 10);
         assert_eq!(delta["usage"]["cache_read_input_tokens"], 2);
+    }
+
+    #[test]
+    fn s6_s8_thinking_then_text_then_two_tool_calls() {
+        let out = run(vec![
+            GenerationEvent::Thinking("plan".into()),
+            GenerationEvent::Text("Checking.".into()),
+            GenerationEvent::ToolCallStart {
+                name: "get_weather".into(),
+            },
+            GenerationEvent::ToolCallArguments("{\"city\": ".into()),
+            GenerationEvent::ToolCallArguments("\"Paris\"}".into()),
+            GenerationEvent::ToolCallEnd,
+            GenerationEvent::ToolCallStart {
+                name: "get_time".into(),
+            },
+            GenerationEvent::ToolCallArguments("{}".into()),
+            GenerationEvent::ToolCallEnd,
+            done(FinishReason::ToolUse),
+        ]);
+        let names: Vec<_> = out.iter().map(|e| e.event).collect();
+        assert_eq!(
+            names,
+            vec![
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            out[1].data["content_block"],
+            json!({"type": "thinking", "thinking": ""})
+        );
+        assert_eq!(
+            out[3].data["delta"],
+            json!({"type": "signature_delta", "signature": ""})
+        );
+        let tool = &out[8].data;
+        assert_eq!(tool["index"], 2);
+        assert_eq!(tool["content_block"]["type"], "tool_use");
+        assert_eq!(tool["content_block"]["name"], "get_weather");
+        assert_eq!(tool["content_block"]["input"], json!({}));
+        assert!(tool["content_block"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("toolu_"));
+        let json: String = [&out[9], &out[10]]
+            .iter()
+            .map(|e| {
+                assert_eq!(e.data["delta"]["type"], "input_json_delta");
+                e.data["delta"]["partial_json"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            json!({"city": "Paris"})
+        );
+        assert_eq!(out[12].data["index"], 3);
+        assert_ne!(
+            out[12].data["content_block"]["id"],
+            tool["content_block"]["id"]
+        );
+        assert_eq!(out[15].data["delta"]["stop_reason"], "tool_use");
     }
 
     #[test]

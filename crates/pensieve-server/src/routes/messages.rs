@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::{
-    parse_count_tokens, parse_messages, ErrorKind, MessageResponse, SseEvent, StreamEncoder,
+    parse_count_tokens, parse_messages, ContentCollector, ErrorKind, MessageResponse, SseEvent,
+    StreamEncoder,
 };
 use pensieve_protocol::ids::random_id;
 use serde_json::json;
@@ -132,20 +133,21 @@ struct Reply {
 impl Reply {
     /// Gather the whole generation into one JSON message.
     async fn collect(self, mut generation: Generation) -> Result<Response, ApiError> {
-        let mut text = String::new();
+        let mut content = ContentCollector::default();
         while let Some(event) = generation.events.recv().await {
             match event {
-                GenerationEvent::PrefillDone { .. } => {}
-                GenerationEvent::Text(t) => text.push_str(&t),
                 GenerationEvent::Done(completion) => {
                     self.log(false, &completion);
-                    let body = MessageResponse::new(self.message_id, self.model, text, &completion);
+                    let blocks = content.into_blocks();
+                    let body =
+                        MessageResponse::new(self.message_id, self.model, blocks, &completion);
                     return Ok(Json(body).into_response());
                 }
                 GenerationEvent::Failed(e) => {
                     self.log_failure(&e);
                     return Err(e.into());
                 }
+                other => content.push(&other),
             }
         }
         Err(EngineError::EngineStopped.into())
