@@ -436,11 +436,12 @@ async fn own_cells_a_next_turn_continues_in_the_same_slot() {
     let (reply, _) = finish(engine.submit(valid(first, 5)).unwrap()).await;
     let next = format!("{first}{reply} and a follow-up");
     let (_, second) = finish(engine.submit(valid(&next, 5)).unwrap()).await;
-    // Prompt and reply were all still in the slot: nothing copied, saved or restored.
+    // Prompt and reply were all still in the slot: nothing copied or restored (the
+    // first turn was saved to RAM for other requests starting meanwhile).
     let computed = (first.len() + reply.len()) as u32;
     assert_eq!(second.unwrap().usage.cached_prompt_tokens, computed);
     let log = log.lock().unwrap();
-    assert_eq!((log.copies, log.saves, log.restores), (0, 0, 0));
+    assert_eq!((log.copies, log.saves, log.restores), (0, 1, 0));
 }
 
 #[tokio::test]
@@ -530,4 +531,27 @@ async fn a_tool_call_in_the_output_becomes_call_events_and_ends_in_tool_use() {
     assert_eq!(args, "{\"city\": \"Paris\"}");
     assert!(ended);
     assert!(fragments > 1, "the arguments streamed in pieces");
+}
+
+#[tokio::test]
+async fn own_cells_a_request_starting_beside_the_continued_turn_still_hits() {
+    // A's next turn takes over A's slot; B, which starts from A's system prompt at the
+    // same time (a subagent), reads it from the copy kept in RAM.
+    let runner = own_cells(2);
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let system = "s".repeat(120);
+    let a = format!("{system} question A");
+    let (a_reply, _) = finish(engine.submit(valid(&a, 5)).unwrap()).await;
+    let a2 = engine
+        .submit(valid(&format!("{a}{a_reply} more"), 5))
+        .unwrap();
+    let b = engine
+        .submit(valid(&format!("{system} question B"), 5))
+        .unwrap();
+    let ((_, a2), (_, b)) = tokio::join!(finish(a2), finish(b));
+    assert_eq!(
+        a2.unwrap().usage.cached_prompt_tokens as usize,
+        a.len() + a_reply.len()
+    );
+    assert_eq!(b.unwrap().usage.cached_prompt_tokens as usize, system.len() + 1 + "question ".len());
 }

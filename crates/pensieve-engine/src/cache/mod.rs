@@ -49,10 +49,6 @@ impl Default for CacheConfig {
 /// Prefixes shorter than this are not worth a slot of their own.
 const MIN_SHARED_PREFIX: usize = 64;
 
-/// A tail this short is cheaper to compute again than to save (a turn's end that the
-/// chat template renders differently next time).
-const DISPOSABLE_TAIL: usize = 64;
-
 #[derive(Debug)]
 struct Entry {
     tokens: Arc<[TokenId]>,
@@ -260,11 +256,11 @@ impl PrefixCache {
         self.put_host(id, Arc::new(bytes));
     }
 
-    /// A request takes over slot `seq` and the entry it holds, keeping the first `keep`
-    /// tokens (with cells of each sequence's own, continuing in place beats copying).
-    /// The entry leaves the context; it is saved to RAM first unless it is already
-    /// stored elsewhere or all the request drops of it is a short tail.
-    pub fn adopt(&mut self, seq: SeqId, keep: usize, runner: &mut dyn ModelRunner) {
+    /// A request takes over slot `seq` and the entry it holds (with cells of each
+    /// sequence's own, continuing in place beats copying). The entry leaves the context
+    /// and is saved to RAM first, unless it is stored there already: requests that start
+    /// while this one runs (a subagent with the same system prompt) still find it.
+    pub fn adopt(&mut self, seq: SeqId, runner: &mut dyn ModelRunner) {
         let Some(id) = self
             .entries
             .iter()
@@ -277,8 +273,7 @@ impl PrefixCache {
             return;
         };
         entry.seq = None;
-        let worth_saving = entry.shared || entry.tokens.len() > keep + DISPOSABLE_TAIL;
-        if worth_saving && entry.host.is_none() && entry.disk.is_none() {
+        if entry.host.is_none() {
             match runner.save(seq) {
                 Ok(bytes) => self.put_host(id, Arc::new(bytes)),
                 Err(e) => tracing::warn!("cannot save a cache entry: {e}"),

@@ -245,7 +245,7 @@ impl Scheduler {
             ..
         }) = hit
         {
-            self.cache.adopt(src, len, self.runner.as_mut());
+            self.cache.adopt(src, self.runner.as_mut());
             if len == source_len || self.runner.truncate(src, len as u32) {
                 return Some((src, self.keep_shared(src, tokens, hit)));
             }
