@@ -97,3 +97,45 @@ def test_without_tools_the_model_just_talks(client):
     message = client.messages.create(model="qwen", max_tokens=32, messages=QUESTION, **T0)
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert all(b.type == "text" for b in message.content)
+
+
+FILE_TOOL = {
+    "name": "write_file",
+    "description": "Write text into a file.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "maxLength": 40},
+            "content": {"type": "string", "maxLength": 80},
+            "append": {"type": "boolean"},
+        },
+        "required": ["path", "content"],
+        "additionalProperties": False,
+    },
+}
+SAVE = [{"role": "user", "content": "Tell me a joke about cats."}]
+
+
+@pytest.mark.parametrize(
+    "model, tool_choice",
+    [("smol", {"type": "any"}), ("qwen", {"type": "tool", "name": "write_file"})],
+)
+def test_a_forced_tool_call_matches_the_schema(model, tool_choice, request):
+    """A prompt that asks for no tool, a tool_choice that demands one: the call is made,
+    and its input validates against the tool's schema (constrained decoding)."""
+    import jsonschema
+
+    server = request.getfixturevalue("smol_server" if model == "smol" else "qwen")
+    client = anthropic.Anthropic(base_url=server.url, api_key="anything", max_retries=0, timeout=300.0)
+    message = client.messages.create(
+        model=model, max_tokens=256, tools=[WEATHER_TOOL, FILE_TOOL], tool_choice=tool_choice,
+        messages=SAVE, **T0,
+    )
+    assert message.stop_reason == "tool_use", f"{message}\n--- log ---\n{server.log_tail(2000)}"
+    calls = [b for b in message.content if b.type == "tool_use"]
+    assert len(calls) == 1, message.content
+    call = calls[0]
+    schema = {t["name"]: t["input_schema"] for t in (WEATHER_TOOL, FILE_TOOL)}[call.name]
+    if tool_choice["type"] == "tool":
+        assert call.name == "write_file"
+    jsonschema.validate(call.input, schema)

@@ -11,9 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheConfig;
+use crate::constrain::{Constraint, Grammars, LazyCall};
 use crate::metrics::EngineMetrics;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
-use crate::output::{OutputFormat, ToolFormat};
+use crate::output::{marker_tokens, OutputFormat, ToolFormat};
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams, ToolChoice};
@@ -56,6 +57,10 @@ pub struct ValidRequest {
     pub cache_requested: bool,
     /// What to look for in the output (tool calls, reasoning).
     pub output: OutputFormat,
+    /// The grammar the output must follow (a forced tool call).
+    pub constraint: Option<Constraint>,
+    /// The grammar a call follows once the model opens one (`tool_choice: auto`).
+    pub lazy_call: Option<LazyCall>,
 }
 
 /// A running request: its events arrive on `events`; dropping it cancels the request.
@@ -78,6 +83,8 @@ struct Shared {
     tool_format: Option<ToolFormat>,
     /// The template knows `<think>` blocks.
     reasoning: bool,
+    /// Grammars over the model's vocabulary (None if they could not be built).
+    grammars: Option<Grammars>,
     queue: mpsc::UnboundedSender<Command>,
     capacity: usize,
     counters: Arc<Counters>,
@@ -112,6 +119,13 @@ impl Engine {
             }
         });
         let reasoning = source.contains("<think>");
+        let grammars = match Grammars::new(tokenizer.as_ref(), &marker_tokens(tokenizer.as_ref())) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!("constrained decoding is off: {e}");
+                None
+            }
+        };
         tracing::info!(
             template = template.describe(),
             tool_format = ?tool_format,
@@ -149,6 +163,7 @@ impl Engine {
                 template,
                 tool_format,
                 reasoning,
+                grammars,
                 queue,
                 capacity,
                 counters,
@@ -215,6 +230,7 @@ impl Engine {
                 "messages: the prompt is empty".into(),
             ));
         }
+        let (constraint, lazy_call) = self.constraint(request)?;
         Ok(ValidRequest {
             prompt,
             max_tokens: request.max_tokens.min(context - tokens),
@@ -229,7 +245,65 @@ impl Engine {
                 reasoning: self.shared.reasoning,
                 starts_thinking: text.trim_end().ends_with("<think>"),
             },
+            constraint,
+            lazy_call,
         })
+    }
+
+    /// The grammars of a request with tools: the whole output when `tool_choice` forces
+    /// a call, else each call the model opens.
+    fn constraint(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<(Option<Constraint>, Option<LazyCall>), EngineError> {
+        let name = match &request.tool_choice {
+            ToolChoice::Required => None,
+            ToolChoice::Named(name) => Some(name.as_str()),
+            ToolChoice::None => return Ok((None, None)),
+            ToolChoice::Auto => {
+                let (Some(format), Some(grammars)) =
+                    (self.shared.tool_format, &self.shared.grammars)
+                else {
+                    return Ok((None, None));
+                };
+                if request.tools.is_empty() {
+                    return Ok((None, None));
+                }
+                return match grammars.call_body(format, &request.tools) {
+                    Ok(lazy) => Ok((None, Some(lazy))),
+                    Err(e) => {
+                        tracing::warn!("tool calls not constrained: {e}");
+                        Ok((None, None))
+                    }
+                };
+            }
+        };
+        if request.tools.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "tool_choice: requires a tool call, but no tools were given".into(),
+            ));
+        }
+        if let Some(name) = name {
+            if !request.tools.iter().any(|t| t.name == name) {
+                return Err(EngineError::InvalidRequest(format!(
+                    "tool_choice.name: {name:?} is not among the tools"
+                )));
+            }
+        }
+        let (Some(format), Some(grammars)) = (self.shared.tool_format, &self.shared.grammars)
+        else {
+            tracing::warn!(
+                "tool_choice cannot be enforced for this model (no known tool-call format)"
+            );
+            return Ok((None, None));
+        };
+        match grammars.forced_call(format, &request.tools, name) {
+            Ok(c) => Ok((Some(c), None)),
+            Err(e) => {
+                tracing::warn!("tool_choice not enforced: {e}");
+                Ok((None, None))
+            }
+        }
     }
 
     /// Queue a request. Fails at once when the queue is full or the engine is gone.
@@ -250,7 +324,7 @@ impl Engine {
             events,
             submitted: Instant::now(),
         };
-        if self.shared.queue.send(Command::Run(job)).is_err() {
+        if self.shared.queue.send(Command::Run(Box::new(job))).is_err() {
             waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::EngineStopped);
         }

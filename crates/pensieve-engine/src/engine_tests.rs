@@ -42,6 +42,8 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         stop_sequences: Vec::new(),
         cache_requested: true,
         output: OutputFormat::default(),
+        constraint: None,
+        lazy_call: None,
     }
 }
 
@@ -553,5 +555,88 @@ async fn own_cells_a_request_starting_beside_the_continued_turn_still_hits() {
         a2.unwrap().usage.cached_prompt_tokens as usize,
         a.len() + a_reply.len()
     );
-    assert_eq!(b.unwrap().usage.cached_prompt_tokens as usize, system.len() + 1 + "question ".len());
+    assert_eq!(
+        b.unwrap().usage.cached_prompt_tokens as usize,
+        system.len() + 1 + "question ".len()
+    );
+}
+
+#[tokio::test]
+async fn a_forced_tool_call_is_made_whatever_the_model_prefers() {
+    use crate::constrain::Grammars;
+    // The "model" wants to chat; the grammar of `tool_choice: any` makes it call.
+    let engine = start(ScriptedRunner::new("Sure, happy to help!"), 4096, 4);
+    let tool = crate::ToolSpec {
+        name: "list_files".into(),
+        description: None,
+        parameters: serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}),
+    };
+    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
+    let mut request = valid("files?", 200);
+    request.output = OutputFormat {
+        tools: Some(crate::ToolFormat::Hermes),
+        ..OutputFormat::default()
+    };
+    request.constraint = Some(
+        grammars
+            .forced_call(crate::ToolFormat::Hermes, &[tool], None)
+            .unwrap(),
+    );
+    let mut g = engine.submit(request).unwrap();
+    let (mut name, mut args, mut text) = (None, String::new(), String::new());
+    loop {
+        match g.events.recv().await.unwrap() {
+            GenerationEvent::ToolCallStart { name: n } => name = Some(n),
+            GenerationEvent::ToolCallArguments(a) => args.push_str(&a),
+            GenerationEvent::Text(t) => text.push_str(&t),
+            GenerationEvent::Done(c) => {
+                assert_eq!(c.reason, FinishReason::ToolUse, "text: {text:?}");
+                break;
+            }
+            GenerationEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(text, "");
+    assert_eq!(name.as_deref(), Some("list_files"));
+    assert_eq!(args, "{}");
+}
+
+#[tokio::test]
+async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
+    use crate::constrain::Grammars;
+    // The "model" misspells the tool's name; once it opened a call, the grammar only
+    // lets it write a real one.
+    let reply = "{\"name\": \"list_filez\", \"arguments\": {}}";
+    let engine = start(ScriptedRunner::new(reply), 4096, 4);
+    let tool = crate::ToolSpec {
+        name: "list_files".into(),
+        description: None,
+        parameters: serde_json::json!({"type": "object", "properties": {}}),
+    };
+    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
+    let mut request = valid("files?", 200);
+    request.output = OutputFormat {
+        tools: Some(crate::ToolFormat::Hermes),
+        ..OutputFormat::default()
+    };
+    request.lazy_call = Some(
+        grammars
+            .call_body(crate::ToolFormat::Hermes, &[tool])
+            .unwrap(),
+    );
+    let mut g = engine.submit(request).unwrap();
+    let mut name = None;
+    loop {
+        match g.events.recv().await.unwrap() {
+            GenerationEvent::ToolCallStart { name: n } => name = Some(n),
+            GenerationEvent::Done(c) => {
+                assert_eq!(c.reason, FinishReason::ToolUse);
+                break;
+            }
+            GenerationEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(name.as_deref(), Some("list_files"));
 }

@@ -15,6 +15,7 @@
 //! - [`testing`]: a scripted backend for tests of the engine and the HTTP edge.
 
 pub mod cache;
+pub mod constrain;
 pub mod detok;
 pub mod engine;
 pub mod error;
@@ -33,6 +34,8 @@ pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 pub use metrics::{CacheTier, EngineMetrics};
-pub use model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
+pub use model::{
+    BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,
+};
 pub use output::{OutputFormat, ToolFormat};
 pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};

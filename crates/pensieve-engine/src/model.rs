@@ -39,6 +39,21 @@ pub trait Tokenizer: Send + Sync {
     /// The one token that is exactly `text` (a marker such as `<tool_call>`, which is
     /// often a control token), if there is one.
     fn single_token(&self, text: &str) -> Option<TokenId>;
+    /// How many token ids there are.
+    fn vocab_size(&self) -> usize;
+}
+
+/// Which tokens may come next: bit `t % 32` of word `t / 32` allows token `t`.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenMask<'a>(pub &'a [u32]);
+
+impl TokenMask<'_> {
+    pub fn allows(&self, token: TokenId) -> bool {
+        let Ok(t) = usize::try_from(token) else {
+            return false;
+        };
+        self.0.get(t / 32).is_some_and(|w| (w >> (t % 32)) & 1 == 1)
+    }
 }
 
 /// A failure inside the backend while evaluating tokens.
@@ -86,8 +101,9 @@ pub trait ModelRunner: Send {
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;
     /// Prepare the sampler of `seq` for a new generation.
     fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams);
-    /// Sample the next token of `seq` from the logits of entry `index` of the last batch.
-    fn sample(&mut self, seq: SeqId, index: usize) -> TokenId;
+    /// Sample the next token of `seq` from the logits of entry `index` of the last batch,
+    /// among the tokens `mask` allows (all without one).
+    fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId;
     /// Drop positions `from..` of `seq`. False when the cache cannot be cut there.
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool;
     /// Forget `seq` entirely; its cells are freed unless another sequence shares them.

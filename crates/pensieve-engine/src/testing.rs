@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::model::{BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, Tokenizer};
+use crate::model::{
+    BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,
+};
 use crate::SamplingParams;
 
 /// The end-of-generation token of [`ByteTokenizer`].
@@ -32,6 +34,10 @@ impl Tokenizer for ByteTokenizer {
 
     fn single_token(&self, _text: &str) -> Option<TokenId> {
         None
+    }
+
+    fn vocab_size(&self) -> usize {
+        257
     }
 }
 
@@ -122,6 +128,22 @@ impl ScriptedRunner {
         }
     }
 
+    /// The reply's next token.
+    fn scripted(&mut self, seq: SeqId, _index: usize) -> TokenId {
+        if self.positional {
+            let len = self.log().slots.get(&seq).map_or(0, Vec::len);
+            return self.reply[len % self.reply.len().max(1)];
+        }
+        let next = self.next.entry(seq).or_insert(0);
+        let token = match self.reply.get(*next) {
+            Some(t) => *t,
+            None if self.endless => self.reply[*next % self.reply.len().max(1)],
+            None => EOG,
+        };
+        *next += 1;
+        token
+    }
+
     fn log(&self) -> std::sync::MutexGuard<'_, RunnerLog> {
         match self.log.lock() {
             Ok(g) => g,
@@ -182,19 +204,14 @@ impl ModelRunner for ScriptedRunner {
         self.next.insert(seq, 0);
     }
 
-    fn sample(&mut self, seq: SeqId, _index: usize) -> TokenId {
-        if self.positional {
-            let len = self.log().slots.get(&seq).map_or(0, Vec::len);
-            return self.reply[len % self.reply.len().max(1)];
+    fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
+        let token = self.scripted(seq, index);
+        match mask {
+            // A grammar overrides the script, as it would the model's preference: the
+            // first token it allows.
+            Some(mask) if !mask.allows(token) => (0..257).find(|t| mask.allows(*t)).unwrap_or(EOG),
+            _ => token,
         }
-        let next = self.next.entry(seq).or_insert(0);
-        let token = match self.reply.get(*next) {
-            Some(t) => *t,
-            None if self.endless => self.reply[*next % self.reply.len().max(1)],
-            None => EOG,
-        };
-        *next += 1;
-        token
     }
 
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool {

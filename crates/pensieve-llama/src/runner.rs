@@ -7,9 +7,12 @@ use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use pensieve_engine::{BatchToken, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId};
+use pensieve_engine::{
+    BatchToken, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
+};
 
 /// What the runner knows about its context that llama.cpp does not tell afterwards.
 pub(crate) struct RunnerLayout {
@@ -70,15 +73,18 @@ fn build_sampler(params: &SamplingParams) -> Sampler {
     Sampler::Chain(LlamaSampler::chain_simple(chain))
 }
 
-/// Index of the largest logit (the first of equals, as llama.cpp's greedy sampler).
-fn argmax(logits: &[f32]) -> TokenId {
-    let mut best = 0;
+/// Index of the largest logit among the allowed tokens (the first of equals, as
+/// llama.cpp's greedy sampler).
+fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
+    let mut best: Option<(usize, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+        let allowed = mask.is_none_or(|m| m.allows(TokenId::try_from(i).unwrap_or(-1)));
+        if allowed && best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
         }
     }
-    TokenId::try_from(best).unwrap_or(0)
+    best.and_then(|(i, _)| TokenId::try_from(i).ok())
+        .unwrap_or(0)
 }
 
 fn seq_i32(seq: SeqId) -> i32 {
@@ -136,11 +142,29 @@ impl ModelRunner for LlamaRunner {
         self.samplers.insert(seq, build_sampler(params));
     }
 
-    fn sample(&mut self, seq: SeqId, index: usize) -> TokenId {
+    fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
-        match self.samplers.get_mut(&seq) {
-            Some(Sampler::Chain(chain)) => chain.sample(&self.context, index).0,
-            Some(Sampler::Greedy) | None => argmax(self.context.get_logits_ith(index)),
+        match (self.samplers.get_mut(&seq), mask) {
+            (Some(Sampler::Chain(chain)), None) => chain.sample(&self.context, index).0,
+            (Some(Sampler::Chain(chain)), Some(mask)) => {
+                // Tokens the grammar forbids get no chance, then the usual chain.
+                let mut candidates = LlamaTokenDataArray::from_iter(
+                    self.context.candidates_ith(index).map(|mut c| {
+                        if !mask.allows(c.id().0) {
+                            c.set_logit(f32::NEG_INFINITY);
+                        }
+                        c
+                    }),
+                    false,
+                );
+                candidates.apply_sampler(chain);
+                candidates
+                    .selected_token()
+                    .map_or_else(|| argmax_allowed(&[], Some(mask)), |t| t.0)
+            }
+            (Some(Sampler::Greedy) | None, mask) => {
+                argmax_allowed(self.context.get_logits_ith(index), mask)
+            }
         }
     }
 
@@ -218,12 +242,20 @@ impl ModelRunner for LlamaRunner {
 
 #[cfg(test)]
 mod tests {
-    use super::argmax;
+    use super::*;
 
     #[test]
     fn argmax_takes_the_first_of_equal_maxima() {
-        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
-        assert_eq!(argmax(&[f32::NEG_INFINITY, -3.0]), 1);
-        assert_eq!(argmax(&[1.0]), 0);
+        assert_eq!(argmax_allowed(&[0.5, 2.0, -1.0, 2.0], None), 1);
+        assert_eq!(argmax_allowed(&[f32::NEG_INFINITY, -3.0], None), 1);
+        assert_eq!(argmax_allowed(&[1.0], None), 0);
+    }
+
+    #[test]
+    fn argmax_keeps_to_the_mask() {
+        let allow_0_and_2 = [0b101u32];
+        let mask = Some(TokenMask(&allow_0_and_2));
+        assert_eq!(argmax_allowed(&[0.5, 2.0, -1.0, 3.0], mask), 0);
+        assert_eq!(argmax_allowed(&[0.5, 2.0, 1.0, 3.0], mask), 2);
     }
 }

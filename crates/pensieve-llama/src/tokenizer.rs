@@ -61,6 +61,10 @@ impl Tokenizer for LlamaTokenizer {
         self.model.vocab().is_eog(LlamaToken(token))
     }
 
+    fn vocab_size(&self) -> usize {
+        usize::try_from(self.model.n_vocab()).unwrap_or(0)
+    }
+
     fn single_token(&self, text: &str) -> Option<TokenId> {
         match self.model.vocab().tokenize(text.as_bytes(), false, true)[..] {
             [token] => Some(token.0),

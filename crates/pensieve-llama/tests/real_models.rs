@@ -112,7 +112,7 @@ fn greedy_run(
     let mut out = Vec::new();
     let mut index = batch.len() - 1;
     for i in 0..8 {
-        let t = runner.sample(seq, index);
+        let t = runner.sample(seq, index, None);
         out.push(t);
         let pos = (prompt.len() + i) as u32;
         runner
@@ -256,7 +256,13 @@ fn qwen_writes_its_tool_call_markers_as_single_tokens() {
     let markers = pensieve_engine::output::marker_tokens(tokenizer);
     let open = tokenizer.single_token("<tool_call>").expect("one token");
     let close = tokenizer.single_token("</tool_call>").expect("one token");
-    assert_eq!(markers.get(&open).map(Vec::as_slice), Some(&b"<tool_call>"[..]));
-    assert_eq!(markers.get(&close).map(Vec::as_slice), Some(&b"</tool_call>"[..]));
+    assert_eq!(
+        markers.get(&open).map(Vec::as_slice),
+        Some(&b"<tool_call>"[..])
+    );
+    assert_eq!(
+        markers.get(&close).map(Vec::as_slice),
+        Some(&b"</tool_call>"[..])
+    );
     assert_eq!(tokenizer.single_token("hello world"), None);
 }

@@ -36,13 +36,13 @@ impl ToolFormat {
 
     fn open(self) -> &'static str {
         match self {
-            ToolFormat::Hermes => "<tool_call>",
+            ToolFormat::Hermes => CALL_OPEN,
         }
     }
 
     fn close(self) -> &'static str {
         match self {
-            ToolFormat::Hermes => "</tool_call>",
+            ToolFormat::Hermes => CALL_CLOSE,
         }
     }
 }
@@ -53,8 +53,12 @@ const THINK_CLOSE: &str = "</think>";
 /// How a call written without its tags starts.
 const BARE_CALL: &str = "{\"name\"";
 
+/// The Hermes call markers.
+pub(crate) const CALL_OPEN: &str = "<tool_call>";
+const CALL_CLOSE: &str = "</tool_call>";
+
 /// Every marker a parser looks for.
-const MARKERS: &[&str] = &["<tool_call>", "</tool_call>", THINK_OPEN, THINK_CLOSE];
+const MARKERS: &[&str] = &[CALL_OPEN, CALL_CLOSE, THINK_OPEN, THINK_CLOSE];
 
 /// The model's tokens that are exactly a marker. Models often have their markers as
 /// control tokens, which detokenize to nothing; generated, they must read as the marker.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::constrain::{Constraint, LazyCall};
 use crate::detok::Utf8Stream;
 use crate::event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
 use crate::model::{SeqId, TokenId, Tokenizer};
@@ -36,6 +37,10 @@ pub(crate) struct Active {
     pub order: u64,
     /// Positions where a snapshot is taken on the way (backends that can't cut back).
     pub checkpoints: Vec<usize>,
+    /// The grammar its output must follow now, if any.
+    pub constraint: Option<Constraint>,
+    /// The grammar of a call, started when the model opens one.
+    pub lazy_call: Option<LazyCall>,
     generated: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
@@ -66,6 +71,8 @@ impl Active {
         let tokens = job.request.prompt.clone();
         let stops = StopMatcher::new(&job.request.stop_sequences);
         let output = OutputParser::new(job.request.output);
+        let constraint = job.request.constraint.clone();
+        let lazy_call = job.request.lazy_call.clone();
         Active {
             prompt_len: tokens.len(),
             tokens,
@@ -75,6 +82,8 @@ impl Active {
             cached: None,
             order: 0,
             checkpoints: Vec::new(),
+            constraint,
+            lazy_call,
             generated: 0,
             utf8: Utf8Stream::default(),
             stops,
@@ -84,6 +93,11 @@ impl Active {
             prefill_done: None,
             last_token: None,
         }
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> u32 {
+        self.generated
     }
 
     /// Whether the client is gone (its receiver dropped).

@@ -17,15 +17,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
+use crate::constrain::Constraint;
 use crate::metrics::{CacheTier, EngineMetrics};
-use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
+use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
 use crate::EngineError;
 use active::Step;
 pub(crate) use active::{Active, Job};
 
 /// What the engine thread is asked to do.
 pub(crate) enum Command {
-    Run(Job),
+    /// Boxed: a request's grammar makes it large.
+    Run(Box<Job>),
     /// Wake up and notice the shutdown.
     Stop,
 }
@@ -151,7 +153,7 @@ impl Scheduler {
 
     fn take(&mut self, command: Command) {
         match command {
-            Command::Run(job) => self.waiting.push_back(Active::new(job)),
+            Command::Run(job) => self.waiting.push_back(Active::new(*job)),
             Command::Stop => {}
         }
     }
@@ -398,7 +400,16 @@ impl Scheduler {
             }
             let a = &mut self.running[p.index];
             let Some(index) = p.logits else { continue };
-            let token = self.runner.sample(seq, index);
+            // A grammar (a forced tool call) decides which tokens may come.
+            let mask = a.constraint.as_mut().and_then(Constraint::mask);
+            if mask.is_none() {
+                a.constraint = None;
+            }
+            let token = self
+                .runner
+                .sample(seq, index, mask.as_deref().map(TokenMask));
+            self.follow_grammar(p.index, token);
+            let a = &mut self.running[p.index];
             let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
             if let Some(d) = timing.first {
                 self.metrics.observe_ttft(d);
@@ -419,6 +430,38 @@ impl Scheduler {
             let mut active = self.running.swap_remove(i);
             active.finish(reason);
             self.keep(active);
+        }
+    }
+
+    /// After `token` was sampled: advance the request's grammar; under `tool_choice:
+    /// auto`, start a call's grammar when the model opens one (its marker, or `{` as the
+    /// first token) and drop it when the call is complete.
+    fn follow_grammar(&mut self, index: usize, token: crate::TokenId) {
+        let a = &mut self.running[index];
+        if let Some(c) = a.constraint.as_mut() {
+            c.accept(token);
+            if a.lazy_call.is_some() && c.is_complete() {
+                a.constraint = None;
+            }
+            return;
+        }
+        let Some(lazy) = &a.lazy_call else {
+            return;
+        };
+        let opens_call = self
+            .markers
+            .get(&token)
+            .is_some_and(|m| m.as_slice() == crate::output::CALL_OPEN.as_bytes());
+        if opens_call {
+            a.constraint = Some(lazy.after_marker());
+        } else if a.generated() == 0
+            && self
+                .tokenizer
+                .token_bytes(token)
+                .trim_ascii_start()
+                .starts_with(b"{")
+        {
+            a.constraint = lazy.bare_start(token);
         }
     }
 

@@ -1,0 +1,372 @@
+//! Constrained decoding with llguidance: grammars over the model's vocabulary that make
+//! what the model writes valid by construction. A forced tool call (`tool_choice: any`
+//! or a named tool) is the model's format around arguments that match the tool's JSON
+//! schema, then the end of the turn.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+use crate::model::{TokenId, TokenMask, Tokenizer};
+use crate::output::ToolFormat;
+use crate::request::ToolSpec;
+
+/// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
+pub struct Grammars {
+    factory: ParserFactory,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Grammars")
+    }
+}
+
+impl Grammars {
+    /// `markers`: control tokens that stand for marker text, so a grammar's `<tool_call>`
+    /// can be that one token.
+    pub fn new(
+        tokenizer: &dyn Tokenizer,
+        markers: &HashMap<TokenId, Vec<u8>>,
+    ) -> Result<Grammars, String> {
+        let size = tokenizer.vocab_size();
+        let mut words = Vec::with_capacity(size);
+        let mut ends = Vec::new();
+        for id in 0..size {
+            let token = TokenId::try_from(id).map_err(|e| e.to_string())?;
+            if tokenizer.is_end_of_generation(token) {
+                ends.push(token as u32);
+            }
+            let bytes = match markers.get(&token) {
+                Some(marker) => marker.clone(),
+                None => tokenizer.token_bytes(token),
+            };
+            words.push(bytes);
+        }
+        let Some(&eos) = ends.first() else {
+            return Err("the vocabulary has no end-of-generation token".into());
+        };
+        let info = TokRxInfo::new(size as u32, eos);
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(&ends);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        // llguidance logs to stderr by default; errors come back as values here.
+        factory.set_stderr_log_level(0);
+        Ok(Grammars { factory })
+    }
+
+    /// A grammar for exactly one call of one of `tools` (only `name`, when given), in the
+    /// model's format, then the end of the turn.
+    pub fn forced_call(
+        &self,
+        format: ToolFormat,
+        tools: &[ToolSpec],
+        name: Option<&str>,
+    ) -> Result<Constraint, String> {
+        let chosen: Vec<&ToolSpec> = tools
+            .iter()
+            .filter(|t| name.is_none_or(|n| t.name == n))
+            .collect();
+        if chosen.is_empty() {
+            return Err(match name {
+                Some(n) => format!("tool_choice names {n:?}, which is not among the tools"),
+                None => "tool_choice requires a tool call, but no tools were given".into(),
+            });
+        }
+        let lark = forced_call_lark(format, &chosen);
+        let matcher = self.matcher(&lark)?;
+        Ok(Constraint { lark, matcher })
+    }
+
+    /// For `tool_choice: auto`: the grammars a call must follow once the model opens
+    /// one, with its marker or, at the start of the output, with a bare `{`.
+    pub fn call_body(&self, format: ToolFormat, tools: &[ToolSpec]) -> Result<LazyCall, String> {
+        let tools: Vec<&ToolSpec> = tools.iter().collect();
+        let (after_open, close) = match format {
+            ToolFormat::Hermes => ("\n{\"name\": ", "}\n</tool_call>"),
+        };
+        let tagged = call_lark(after_open, close, &tools);
+        let bare = call_lark("{\"name\": ", "}", &tools);
+        Ok(LazyCall {
+            tagged: Constraint {
+                matcher: self.matcher(&tagged)?,
+                lark: tagged,
+            },
+            bare: Constraint {
+                matcher: self.matcher(&bare)?,
+                lark: bare,
+            },
+        })
+    }
+
+    fn matcher(&self, lark: &str) -> Result<Matcher, String> {
+        let grammar = TopLevelGrammar::from_lark(lark.to_owned());
+        let parser = self
+            .factory
+            .create_parser(grammar)
+            .map_err(|e| format!("cannot build the grammar: {e}"))?;
+        Ok(Matcher::new(Ok(parser)))
+    }
+}
+
+/// A request's grammar and where its generation stands in it.
+pub struct Constraint {
+    lark: String,
+    matcher: Matcher,
+}
+
+impl Constraint {
+    /// The tokens allowed next; None when the grammar has failed (then nothing is
+    /// constrained any more, and the failure is logged once).
+    pub fn mask(&mut self) -> Option<Vec<u32>> {
+        // Once the grammar is complete, only the end of the turn is allowed.
+        match self.matcher.compute_mask_or_eos() {
+            Ok(mask) => Some(mask.as_slice().to_vec()),
+            Err(e) => {
+                tracing::warn!("grammar failed, generation continues unconstrained: {e}");
+                None
+            }
+        }
+    }
+
+    /// The token sampled under the last mask.
+    pub fn accept(&mut self, token: TokenId) {
+        // A complete grammar has only the end of the turn left: nothing to consume.
+        if self.matcher.is_stopped() {
+            return;
+        }
+        if let Err(e) = self.matcher.consume_token(token as u32) {
+            tracing::warn!("grammar rejected a token: {e}");
+        }
+    }
+}
+
+impl Constraint {
+    /// The grammar is complete (a lazily started call has ended).
+    pub fn is_complete(&mut self) -> bool {
+        self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false)
+    }
+
+    /// Whether the token can start (or continue) what the grammar wants.
+    fn try_accept(&mut self, token: TokenId) -> bool {
+        self.matcher.consume_token(token as u32).is_ok() && !self.matcher.is_error()
+    }
+}
+
+/// The grammars of a call under `tool_choice: auto`, started when the model opens one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LazyCall {
+    /// After the opening marker, up to and with the closing one.
+    tagged: Constraint,
+    /// A call's object alone (models that drop the tags).
+    bare: Constraint,
+}
+
+impl LazyCall {
+    /// The constraint for what follows the opening marker.
+    pub fn after_marker(&self) -> Constraint {
+        self.tagged.clone()
+    }
+
+    /// When the output's first token opens a bare call object: the constraint, with that
+    /// token consumed. None when the token can't start one.
+    pub fn bare_start(&self, token: TokenId) -> Option<Constraint> {
+        let mut c = self.bare.clone();
+        c.try_accept(token).then_some(c)
+    }
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint")
+            .field("lark", &self.lark)
+            .finish()
+    }
+}
+
+impl Clone for Constraint {
+    fn clone(&self) -> Self {
+        Constraint {
+            lark: self.lark.clone(),
+            matcher: self.matcher.deep_clone(),
+        }
+    }
+}
+
+impl PartialEq for Constraint {
+    fn eq(&self, other: &Self) -> bool {
+        self.lark == other.lark
+    }
+}
+
+/// Borrow a mask as the runner's type.
+pub fn as_mask(words: &[u32]) -> TokenMask<'_> {
+    TokenMask(words)
+}
+
+/// Lark for one call: the format's frame, the tool's name, its schema's arguments.
+fn forced_call_lark(format: ToolFormat, tools: &[&ToolSpec]) -> String {
+    let (open, close) = match format {
+        ToolFormat::Hermes => ("<tool_call>\n{\"name\": ", "}\n</tool_call>"),
+    };
+    call_lark(open, close, tools)
+}
+
+/// Lark for `open`, one of the tools' names and arguments, `close`.
+fn call_lark(open: &str, close: &str, tools: &[&ToolSpec]) -> String {
+    let mut lark = format!("start: {} call {}\n", literal(open), literal(close));
+    let alternatives: Vec<String> = (0..tools.len()).map(|i| format!("c{i}")).collect();
+    lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
+    for (i, tool) in tools.iter().enumerate() {
+        let head = format!("{}, \"arguments\": ", json_string(&tool.name));
+        lark.push_str(&format!("c{i}: {} a{i}\n", literal(&head)));
+        lark.push_str(&format!(
+            "a{i}: %json {}\n",
+            schema_for_grammar(&tool.parameters)
+        ));
+    }
+    lark
+}
+
+/// A schema as llguidance takes it: lenient about keywords it does not implement (tool
+/// schemas carry `$schema`, `format`, ...), and an object when the tool gave none. The
+/// arguments take only the properties the tool names (as OpenAI's strict mode): left
+/// open, a small model invents keys until `max_tokens`.
+fn schema_for_grammar(schema: &Value) -> String {
+    let mut schema = match schema {
+        Value::Object(o) if !o.is_empty() => Value::Object(o.clone()),
+        _ => serde_json::json!({"type": "object"}),
+    };
+    if let Value::Object(o) = &mut schema {
+        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+        o.insert(
+            "x-guidance".into(),
+            // Spaced as Python's json.dumps, which is how chat templates show calls.
+            serde_json::json!({"lenient": true, "whitespace_flexible": false,
+                               "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    schema.to_string()
+}
+
+fn json_string(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// A lark string literal for `s`.
+fn literal(s: &str) -> String {
+    json_string(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ByteTokenizer;
+    use serde_json::json;
+
+    fn weather() -> ToolSpec {
+        ToolSpec {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+                "additionalProperties": false
+            }),
+        }
+    }
+
+    /// Drive the grammar with a preference: `prefer`'s next byte when allowed.
+    fn generate(c: &mut Constraint, prefer: &str) -> String {
+        let tokenizer = ByteTokenizer;
+        let mut out = Vec::new();
+        let mut prefer = ByteTokenizer.encode(prefer).into_iter();
+        for _ in 0..400 {
+            let mask = match c.matcher.compute_mask_or_eos() {
+                Ok(m) => m.as_slice().to_vec(),
+                Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&out)),
+            };
+            let m = as_mask(&mask);
+            let wanted = prefer.next();
+            // Else something that ends what is open, else the first token allowed.
+            let closers = ByteTokenizer.encode("\"}1,");
+            let token = match wanted {
+                Some(t) if m.allows(t) => t,
+                _ => closers
+                    .into_iter()
+                    .chain(0..257)
+                    .find(|t| m.allows(*t))
+                    .expect("something is allowed"),
+            };
+            if tokenizer.is_end_of_generation(token) {
+                break;
+            }
+            c.accept(token);
+            out.extend(tokenizer.token_bytes(token));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_forced_call_matches_the_schema() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let tools = [weather()];
+        let mut c = grammars
+            .forced_call(ToolFormat::Hermes, &tools, None)
+            .unwrap();
+        // The "model" wants to chat; the grammar makes it call.
+        let text = generate(&mut c, "Sure! The weather is nice.");
+        let body = text
+            .strip_prefix("<tool_call>\n")
+            .and_then(|t| t.strip_suffix("\n</tool_call>"))
+            .unwrap_or_else(|| panic!("{text:?}"));
+        let call: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(call["name"], "get_weather");
+        assert!(call["arguments"]["city"].is_string(), "{call}");
+        assert!(call["arguments"]["days"].is_i64(), "{call}");
+    }
+
+    #[test]
+    fn a_lazy_call_starts_at_a_bare_brace_and_ends_with_its_object() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let lazy = grammars
+            .call_body(ToolFormat::Hermes, &[weather()])
+            .unwrap();
+        let brace = ByteTokenizer.encode("{")[0];
+        assert!(lazy.bare_start(ByteTokenizer.encode("H")[0]).is_none());
+        let mut c = lazy.bare_start(brace).unwrap();
+        let rest = generate(
+            &mut c,
+            "\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}",
+        );
+        assert_eq!(
+            rest,
+            "\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}"
+        );
+        assert!(c.is_complete());
+    }
+
+    #[test]
+    fn a_named_tool_is_the_one_called() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let mut other = weather();
+        other.name = "get_time".into();
+        let tools = [weather(), other];
+        let mut c = grammars
+            .forced_call(ToolFormat::Hermes, &tools, Some("get_time"))
+            .unwrap();
+        let text = generate(&mut c, "<tool_call>\n{\"name\": \"get_weather\"");
+        assert!(text.contains("\"name\": \"get_time\""), "{text}");
+        assert!(grammars
+            .forced_call(ToolFormat::Hermes, &tools, Some("nope"))
+            .is_err());
+    }
+}
