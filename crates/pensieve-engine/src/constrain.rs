@@ -89,8 +89,10 @@ impl Grammars {
         let (after_open, close) = match format {
             ToolFormat::Hermes => ("\n{\"name\": ", "}\n</tool_call>"),
         };
-        let tagged = call_lark(after_open, close, &tools);
-        let bare = call_lark("{\"name\": ", "}", &tools);
+        let tagged = call_lark(&literal(after_open), close, &tools);
+        // A bare call's first token may carry the newline after a code fence.
+        let bare_open = format!("/[ \\t\\n]*/ {}", literal("{\"name\": "));
+        let bare = call_lark(&bare_open, "}", &tools);
         Ok(LazyCall {
             tagged: Constraint {
                 matcher: self.matcher(&tagged)?,
@@ -213,12 +215,12 @@ fn forced_call_lark(format: ToolFormat, tools: &[&ToolSpec]) -> String {
     let (open, close) = match format {
         ToolFormat::Hermes => ("<tool_call>\n{\"name\": ", "}\n</tool_call>"),
     };
-    call_lark(open, close, tools)
+    call_lark(&literal(open), close, tools)
 }
 
-/// Lark for `open`, one of the tools' names and arguments, `close`.
+/// Lark for `open` (a lark expression), one of the tools' names and arguments, `close`.
 fn call_lark(open: &str, close: &str, tools: &[&ToolSpec]) -> String {
-    let mut lark = format!("start: {} call {}\n", literal(open), literal(close));
+    let mut lark = format!("start: {open} call {}\n", literal(close));
     let alternatives: Vec<String> = (0..tools.len()).map(|i| format!("c{i}")).collect();
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
     for (i, tool) in tools.iter().enumerate() {
@@ -342,6 +344,8 @@ mod tests {
             .unwrap();
         let brace = ByteTokenizer.encode("{")[0];
         assert!(lazy.bare_start(ByteTokenizer.encode("H")[0]).is_none());
+        // After a code fence the object may start on the next line.
+        assert!(lazy.bare_start(ByteTokenizer.encode("\n")[0]).is_some());
         let mut c = lazy.bare_start(brace).unwrap();
         let rest = generate(
             &mut c,

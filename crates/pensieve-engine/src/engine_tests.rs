@@ -47,6 +47,19 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
     }
 }
 
+/// A prompt of messages ended by end-of-turn tokens (0): "system text", then `user`.
+fn chat_turn(user: &str) -> ValidRequest {
+    let mut p = ByteTokenizer.encode("system text");
+    p.push(EOG);
+    p.extend(ByteTokenizer.encode(user));
+    p.push(EOG);
+    p.extend(ByteTokenizer.encode("assistant:"));
+    ValidRequest {
+        prompt: p,
+        ..valid("", 3)
+    }
+}
+
 /// Drain a generation: its text and how it ended.
 async fn finish(mut g: Generation) -> (String, Result<Completion, EngineError>) {
     let mut text = String::new();
@@ -333,20 +346,9 @@ async fn without_truncation_prefixes_resume_at_message_boundaries() {
     runner.truncatable = false;
     let log = runner.log.clone();
     let engine = start(runner, 4096, 4);
-    let turn = |user: &str| {
-        let mut p = ByteTokenizer.encode("system text");
-        p.push(EOG);
-        p.extend(ByteTokenizer.encode(user));
-        p.push(EOG);
-        p.extend(ByteTokenizer.encode("assistant:"));
-        ValidRequest {
-            prompt: p,
-            ..valid("", 3)
-        }
-    };
-    let (_, first) = finish(engine.submit(turn("first question")).unwrap()).await;
+    let (_, first) = finish(engine.submit(chat_turn("first question")).unwrap()).await;
     assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
-    let (_, second) = finish(engine.submit(turn("second question")).unwrap()).await;
+    let (_, second) = finish(engine.submit(chat_turn("second question")).unwrap()).await;
     assert_eq!(second.unwrap().usage.cached_prompt_tokens, 12);
     // Nothing was ever cut back.
     assert!(log.lock().unwrap().decodes.len() > 2);
@@ -477,21 +479,10 @@ async fn own_cells_without_truncation_checkpoints_go_to_ram() {
     runner.truncatable = false;
     let log = runner.log.clone();
     let engine = start_with(runner, 4096, 4, 1, CacheConfig::default());
-    let turn = |user: &str| {
-        let mut p = ByteTokenizer.encode("system text");
-        p.push(EOG);
-        p.extend(ByteTokenizer.encode(user));
-        p.push(EOG);
-        p.extend(ByteTokenizer.encode("assistant:"));
-        ValidRequest {
-            prompt: p,
-            ..valid("", 3)
-        }
-    };
-    let (_, first) = finish(engine.submit(turn("first question")).unwrap()).await;
+    let (_, first) = finish(engine.submit(chat_turn("first question")).unwrap()).await;
     assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
     assert!(log.lock().unwrap().saves >= 1);
-    let (_, second) = finish(engine.submit(turn("second question")).unwrap()).await;
+    let (_, second) = finish(engine.submit(chat_turn("second question")).unwrap()).await;
     assert_eq!(second.unwrap().usage.cached_prompt_tokens, 12);
     assert_eq!(log.lock().unwrap().restores, 1);
 }

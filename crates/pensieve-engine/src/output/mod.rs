@@ -53,6 +53,9 @@ const THINK_CLOSE: &str = "</think>";
 /// How a call written without its tags starts.
 const BARE_CALL: &str = "{\"name\"";
 
+/// Code fences a bare call may come in.
+pub(crate) const BARE_FENCES: [&str; 3] = ["", "```json\n", "```\n"];
+
 /// The Hermes call markers.
 pub(crate) const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
@@ -130,6 +133,11 @@ struct Call {
     /// Opened without a marker (`{"name": ...` where a block starts): the call ends
     /// with its object.
     bare: bool,
+    /// A bare call inside a code fence: the fence's opening, given back as text should
+    /// the object not be a call.
+    fence: &'static str,
+    /// What still closes a bare call after its arguments: `}`, then the fence's "```".
+    closers: Vec<&'static str>,
 }
 
 impl OutputParser {
@@ -242,18 +250,31 @@ impl OutputParser {
     fn text(&mut self, out: &mut Vec<Segment>) -> bool {
         // Small models often drop the tags and write the call's object alone, where a
         // block starts.
+        // Some wrap it in a code fence.
         if self.format.tools.is_some() && !self.in_text {
             let trimmed = self.held.trim_start();
-            if trimmed.starts_with(BARE_CALL) {
-                let start = self.held.len() - trimmed.len();
-                self.held.drain(..start);
-                self.mode = Mode::Call(Call {
-                    bare: true,
-                    ..Call::default()
-                });
-                return true;
+            for fence in BARE_FENCES {
+                let start = format!("{fence}{BARE_CALL}");
+                if trimmed.starts_with(&start) {
+                    let skip = self.held.len() - trimmed.len() + fence.len();
+                    self.held.drain(..skip);
+                    let mut closers = vec!["}"];
+                    if !fence.is_empty() {
+                        closers.push("```");
+                    }
+                    self.mode = Mode::Call(Call {
+                        bare: true,
+                        fence,
+                        closers,
+                        ..Call::default()
+                    });
+                    return true;
+                }
             }
-            if BARE_CALL.starts_with(trimmed) {
+            if BARE_FENCES
+                .iter()
+                .any(|fence| format!("{fence}{BARE_CALL}").starts_with(trimmed))
+            {
                 // Whitespace, or what may still become a bare call: wait.
                 return false;
             }
@@ -381,13 +402,20 @@ impl OutputParser {
             return false;
         };
         if call.args_done {
-            let trimmed = self.held.trim_start();
-            if trimmed.is_empty() {
-                return false;
+            // The object's closing brace, then the fence's; anything else is text.
+            while let Some(&closer) = call.closers.first() {
+                let trimmed = self.held.trim_start();
+                if trimmed.is_empty() || (closer.starts_with(trimmed) && trimmed != closer) {
+                    return false;
+                }
+                let ws = self.held.len() - trimmed.len();
+                if !trimmed.starts_with(closer) {
+                    self.held.drain(..ws);
+                    break;
+                }
+                self.held.drain(..ws + closer.len());
+                call.closers.remove(0);
             }
-            // The object's closing brace (anything else is left as text).
-            let skip = self.held.len() - trimmed.len() + usize::from(trimmed.starts_with('}'));
-            self.held.drain(..skip);
             self.mode = Mode::Text;
             out.push(Segment::CallEnd);
             self.calls += 1;
@@ -402,9 +430,9 @@ impl OutputParser {
             return false;
         };
         if call.buffered {
-            let body = std::mem::take(&mut call.body);
+            let text = format!("{}{}", call.fence, call.body);
             self.mode = Mode::Text;
-            self.emit_text(out, &body);
+            self.emit_text(out, &text);
         }
         false
     }

@@ -237,3 +237,14 @@ fn json_that_is_not_a_call_stays_text() {
         assert_eq!(calls, 0);
     }
 }
+
+#[test]
+fn a_bare_call_in_a_code_fence_is_a_call() {
+    let text = format!("```json\n{QWEN_BARE}\n```");
+    let (segments, calls) = parse(HERMES, &text);
+    assert_eq!(segments, call("get_weather", "{\"city\": \"Paris\"}"));
+    assert_eq!(calls, 1);
+    // A fenced object that is no call stays text, fence and all.
+    let text = "```json\n{\"name\": \"Ada\", \"born\": 1815}\n```";
+    assert_eq!(parse(HERMES, text).0, vec![Segment::Text(text.into())]);
+}

@@ -95,9 +95,14 @@ impl Active {
         }
     }
 
-    /// Tokens generated so far.
-    pub fn generated(&self) -> u32 {
-        self.generated
+    /// Whether a token of `bytes` next would open a call without its marker: a `{` where
+    /// the output starts, or right after a code fence that starts it.
+    pub fn opens_bare_call(&self, bytes: &[u8]) -> bool {
+        let so_far = self.raw.trim();
+        let at_start = crate::output::BARE_FENCES
+            .iter()
+            .any(|fence| fence.trim() == so_far);
+        at_start && bytes.trim_ascii_start().starts_with(b"{")
     }
 
     /// Whether the client is gone (its receiver dropped).

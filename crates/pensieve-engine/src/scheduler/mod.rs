@@ -434,8 +434,8 @@ impl Scheduler {
     }
 
     /// After `token` was sampled: advance the request's grammar; under `tool_choice:
-    /// auto`, start a call's grammar when the model opens one (its marker, or `{` as the
-    /// first token) and drop it when the call is complete.
+    /// auto`, start a call's grammar when the model opens one (its marker, or `{` where
+    /// the output starts, perhaps in a code fence) and drop it when the call is complete.
     fn follow_grammar(&mut self, index: usize, token: crate::TokenId) {
         let a = &mut self.running[index];
         if let Some(c) = a.constraint.as_mut() {
@@ -454,13 +454,7 @@ impl Scheduler {
             .is_some_and(|m| m.as_slice() == crate::output::CALL_OPEN.as_bytes());
         if opens_call {
             a.constraint = Some(lazy.after_marker());
-        } else if a.generated() == 0
-            && self
-                .tokenizer
-                .token_bytes(token)
-                .trim_ascii_start()
-                .starts_with(b"{")
-        {
+        } else if a.opens_bare_call(&self.tokenizer.token_bytes(token)) {
             a.constraint = lazy.bare_start(token);
         }
     }
