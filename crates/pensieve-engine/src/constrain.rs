@@ -84,7 +84,13 @@ impl Grammars {
 
     /// For `tool_choice: auto`: the grammars a call must follow once the model opens
     /// one, with its marker or, at the start of the output, with a bare `{`.
-    pub fn call_body(&self, format: ToolFormat, tools: &[ToolSpec]) -> Result<LazyCall, String> {
+    /// Without `parallel`, the turn ends after the first call.
+    pub fn call_body(
+        &self,
+        format: ToolFormat,
+        tools: &[ToolSpec],
+        parallel: bool,
+    ) -> Result<LazyCall, String> {
         let tools: Vec<&ToolSpec> = tools.iter().collect();
         let (after_open, close) = match format {
             ToolFormat::Hermes => ("\n{\"name\": ", "}\n</tool_call>"),
@@ -102,6 +108,7 @@ impl Grammars {
                 matcher: self.matcher(&bare)?,
                 lark: bare,
             },
+            parallel,
         })
     }
 
@@ -166,9 +173,17 @@ pub struct LazyCall {
     tagged: Constraint,
     /// A call's object alone (models that drop the tags).
     bare: Constraint,
+    /// More calls may follow one; without, the grammar of a finished call keeps only the
+    /// end of the turn allowed.
+    parallel: bool,
 }
 
 impl LazyCall {
+    /// Whether the model may go on after a call.
+    pub fn allows_more(&self) -> bool {
+        self.parallel
+    }
+
     /// The constraint for what follows the opening marker.
     pub fn after_marker(&self) -> Constraint {
         self.tagged.clone()
@@ -340,7 +355,7 @@ mod tests {
     fn a_lazy_call_starts_at_a_bare_brace_and_ends_with_its_object() {
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let lazy = grammars
-            .call_body(ToolFormat::Hermes, &[weather()])
+            .call_body(ToolFormat::Hermes, &[weather()], true)
             .unwrap();
         let brace = ByteTokenizer.encode("{")[0];
         assert!(lazy.bare_start(ByteTokenizer.encode("H")[0]).is_none());

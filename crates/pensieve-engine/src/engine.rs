@@ -269,7 +269,8 @@ impl Engine {
                 if request.tools.is_empty() {
                     return Ok((None, None));
                 }
-                return match grammars.call_body(format, &request.tools) {
+                return match grammars.call_body(format, &request.tools, request.parallel_tool_calls)
+                {
                     Ok(lazy) => Ok((None, Some(lazy))),
                     Err(e) => {
                         tracing::warn!("tool calls not constrained: {e}");

@@ -613,7 +613,7 @@ async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
     };
     request.lazy_call = Some(
         grammars
-            .call_body(crate::ToolFormat::Hermes, &[tool])
+            .call_body(crate::ToolFormat::Hermes, &[tool], true)
             .unwrap(),
     );
     let mut g = engine.submit(request).unwrap();
@@ -630,4 +630,47 @@ async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
         }
     }
     assert_eq!(name.as_deref(), Some("list_files"));
+}
+
+#[tokio::test]
+async fn without_parallel_calls_the_turn_ends_after_the_first() {
+    use crate::constrain::Grammars;
+    let one = "{\"name\": \"list_files\", \"arguments\": {}}";
+    let engine = start(ScriptedRunner::new(&format!("{one}\n{one}")), 4096, 4);
+    let tool = crate::ToolSpec {
+        name: "list_files".into(),
+        description: None,
+        parameters: serde_json::json!({"type": "object", "properties": {}}),
+    };
+    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
+    for (parallel, expected) in [(true, 2), (false, 1)] {
+        let mut request = valid("files?", 200);
+        request.output = OutputFormat {
+            tools: Some(crate::ToolFormat::Hermes),
+            ..OutputFormat::default()
+        };
+        request.lazy_call = Some(
+            grammars
+                .call_body(
+                    crate::ToolFormat::Hermes,
+                    std::slice::from_ref(&tool),
+                    parallel,
+                )
+                .unwrap(),
+        );
+        let mut g = engine.submit(request).unwrap();
+        let mut calls = 0;
+        loop {
+            match g.events.recv().await.unwrap() {
+                GenerationEvent::ToolCallEnd => calls += 1,
+                GenerationEvent::Done(c) => {
+                    assert_eq!(c.reason, FinishReason::ToolUse);
+                    break;
+                }
+                GenerationEvent::Failed(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+        assert_eq!(calls, expected, "parallel calls allowed: {parallel}");
+    }
 }

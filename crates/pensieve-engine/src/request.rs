@@ -123,6 +123,8 @@ pub struct GenerateRequest {
     pub messages: Vec<Message>,
     pub tools: Vec<ToolSpec>,
     pub tool_choice: ToolChoice,
+    /// Whether the model may make several tool calls in one turn.
+    pub parallel_tool_calls: bool,
     pub sampling: SamplingParams,
     /// The most tokens to generate; clamped to what the context has left.
     pub max_tokens: u32,
@@ -142,6 +144,7 @@ impl GenerateRequest {
             messages,
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: true,
             sampling: SamplingParams::default(),
             max_tokens,
             stop_sequences: Vec::new(),

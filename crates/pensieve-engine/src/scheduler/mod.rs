@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
-use crate::constrain::Constraint;
+use crate::constrain::{Constraint, LazyCall};
 use crate::metrics::{CacheTier, EngineMetrics};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
 use crate::EngineError;
@@ -440,7 +440,9 @@ impl Scheduler {
         let a = &mut self.running[index];
         if let Some(c) = a.constraint.as_mut() {
             c.accept(token);
-            if a.lazy_call.is_some() && c.is_complete() {
+            // A finished call frees the model, unless one call is all it may make: then
+            // the complete grammar leaves only the end of the turn.
+            if a.lazy_call.as_ref().is_some_and(LazyCall::allows_more) && c.is_complete() {
                 a.constraint = None;
             }
             return;

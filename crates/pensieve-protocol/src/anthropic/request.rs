@@ -209,6 +209,11 @@ impl MessagesRequest {
         let mut request =
             GenerateRequest::new(model, conversation(self.system, messages)?, max_tokens);
         request.tools = tools(self.tools.unwrap_or_default());
+        request.parallel_tool_calls = !self
+            .tool_choice
+            .as_ref()
+            .and_then(|c| c.disable_parallel_tool_use)
+            .unwrap_or(false);
         request.tool_choice = tool_choice(self.tool_choice)?;
         request.thinking = thinking_enabled(self.thinking.as_ref());
         request.cache_requested = cache_requested;

@@ -282,6 +282,11 @@ fn r21_tool_choice() {
         generate(body).unwrap_err().0,
         "tool_choice.name: Field required"
     );
+    // disable_parallel_tool_use: at most one call.
+    let mut body = base();
+    assert!(generate(body.clone()).unwrap().parallel_tool_calls);
+    body["tool_choice"] = json!({"type": "auto", "disable_parallel_tool_use": true});
+    assert!(!generate(body).unwrap().parallel_tool_calls);
 }
 
 #[test]
