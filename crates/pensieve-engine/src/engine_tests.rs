@@ -552,125 +552,98 @@ async fn own_cells_a_request_starting_beside_the_continued_turn_still_hits() {
     );
 }
 
-#[tokio::test]
-async fn a_forced_tool_call_is_made_whatever_the_model_prefers() {
-    use crate::constrain::Grammars;
-    // The "model" wants to chat; the grammar of `tool_choice: any` makes it call.
-    let engine = start(ScriptedRunner::new("Sure, happy to help!"), 4096, 4);
-    let tool = crate::ToolSpec {
+/// A tool without arguments, as the scripted tests call it.
+fn list_files(closed: bool) -> crate::ToolSpec {
+    let mut parameters = serde_json::json!({"type": "object", "properties": {}});
+    if closed {
+        parameters["additionalProperties"] = serde_json::Value::Bool(false);
+    }
+    crate::ToolSpec {
         name: "list_files".into(),
         description: None,
-        parameters: serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}),
-    };
-    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
+        parameters,
+    }
+}
+
+/// A request whose output is read for Hermes calls.
+fn tool_request() -> ValidRequest {
     let mut request = valid("files?", 200);
     request.output = OutputFormat {
         tools: Some(crate::ToolFormat::Hermes),
         ..OutputFormat::default()
     };
-    request.constraint = Some(
-        grammars
-            .forced_call(crate::ToolFormat::Hermes, &[tool], None)
-            .unwrap(),
-    );
-    let mut g = engine.submit(request).unwrap();
-    let (mut name, mut args, mut text) = (None, String::new(), String::new());
+    request
+}
+
+fn grammars() -> crate::constrain::Grammars {
+    crate::constrain::Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap()
+}
+
+/// What a generation said: text, calls as (name, arguments), and how it ended.
+async fn drain_calls(mut g: Generation) -> (String, Vec<(String, String)>, FinishReason) {
+    let (mut text, mut calls) = (String::new(), Vec::new());
     loop {
-        match g.events.recv().await.unwrap() {
-            GenerationEvent::ToolCallStart { name: n } => name = Some(n),
-            GenerationEvent::ToolCallArguments(a) => args.push_str(&a),
+        match g.events.recv().await.expect("the engine answers") {
             GenerationEvent::Text(t) => text.push_str(&t),
-            GenerationEvent::Done(c) => {
-                assert_eq!(c.reason, FinishReason::ToolUse, "text: {text:?}");
-                break;
+            GenerationEvent::ToolCallStart { name } => calls.push((name, String::new())),
+            GenerationEvent::ToolCallArguments(a) => {
+                if let Some((_, args)) = calls.last_mut() {
+                    args.push_str(&a);
+                }
             }
+            GenerationEvent::Done(c) => return (text, calls, c.reason),
             GenerationEvent::Failed(e) => panic!("{e}"),
             _ => {}
         }
     }
+}
+
+#[tokio::test]
+async fn a_forced_tool_call_is_made_whatever_the_model_prefers() {
+    // The "model" wants to chat; the grammar of `tool_choice: any` makes it call.
+    let engine = start(ScriptedRunner::new("Sure, happy to help!"), 4096, 4);
+    let mut request = tool_request();
+    request.constraint = Some(
+        grammars()
+            .forced_call(crate::ToolFormat::Hermes, &[list_files(true)], None)
+            .unwrap(),
+    );
+    let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+    assert_eq!(reason, FinishReason::ToolUse, "text: {text:?}");
     assert_eq!(text, "");
-    assert_eq!(name.as_deref(), Some("list_files"));
-    assert_eq!(args, "{}");
+    assert_eq!(calls, vec![("list_files".to_owned(), "{}".to_owned())]);
 }
 
 #[tokio::test]
 async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
-    use crate::constrain::Grammars;
     // The "model" misspells the tool's name; once it opened a call, the grammar only
     // lets it write a real one.
     let reply = "{\"name\": \"list_filez\", \"arguments\": {}}";
     let engine = start(ScriptedRunner::new(reply), 4096, 4);
-    let tool = crate::ToolSpec {
-        name: "list_files".into(),
-        description: None,
-        parameters: serde_json::json!({"type": "object", "properties": {}}),
-    };
-    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
-    let mut request = valid("files?", 200);
-    request.output = OutputFormat {
-        tools: Some(crate::ToolFormat::Hermes),
-        ..OutputFormat::default()
-    };
+    let mut request = tool_request();
     request.lazy_call = Some(
-        grammars
-            .call_body(crate::ToolFormat::Hermes, &[tool], true)
+        grammars()
+            .call_body(crate::ToolFormat::Hermes, &[list_files(false)], true)
             .unwrap(),
     );
-    let mut g = engine.submit(request).unwrap();
-    let mut name = None;
-    loop {
-        match g.events.recv().await.unwrap() {
-            GenerationEvent::ToolCallStart { name: n } => name = Some(n),
-            GenerationEvent::Done(c) => {
-                assert_eq!(c.reason, FinishReason::ToolUse);
-                break;
-            }
-            GenerationEvent::Failed(e) => panic!("{e}"),
-            _ => {}
-        }
-    }
-    assert_eq!(name.as_deref(), Some("list_files"));
+    let (_, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+    assert_eq!(reason, FinishReason::ToolUse);
+    assert_eq!(calls[0].0, "list_files");
 }
 
 #[tokio::test]
 async fn without_parallel_calls_the_turn_ends_after_the_first() {
-    use crate::constrain::Grammars;
     let one = "{\"name\": \"list_files\", \"arguments\": {}}";
     let engine = start(ScriptedRunner::new(&format!("{one}\n{one}")), 4096, 4);
-    let tool = crate::ToolSpec {
-        name: "list_files".into(),
-        description: None,
-        parameters: serde_json::json!({"type": "object", "properties": {}}),
-    };
-    let grammars = Grammars::new(&ByteTokenizer, &std::collections::HashMap::new()).unwrap();
     for (parallel, expected) in [(true, 2), (false, 1)] {
-        let mut request = valid("files?", 200);
-        request.output = OutputFormat {
-            tools: Some(crate::ToolFormat::Hermes),
-            ..OutputFormat::default()
-        };
+        let mut request = tool_request();
         request.lazy_call = Some(
-            grammars
-                .call_body(
-                    crate::ToolFormat::Hermes,
-                    std::slice::from_ref(&tool),
-                    parallel,
-                )
+            grammars()
+                .call_body(crate::ToolFormat::Hermes, &[list_files(false)], parallel)
                 .unwrap(),
         );
-        let mut g = engine.submit(request).unwrap();
-        let mut calls = 0;
-        loop {
-            match g.events.recv().await.unwrap() {
-                GenerationEvent::ToolCallEnd => calls += 1,
-                GenerationEvent::Done(c) => {
-                    assert_eq!(c.reason, FinishReason::ToolUse);
-                    break;
-                }
-                GenerationEvent::Failed(e) => panic!("{e}"),
-                _ => {}
-            }
-        }
-        assert_eq!(calls, expected, "parallel calls allowed: {parallel}");
+        let (_, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+        assert_eq!(reason, FinishReason::ToolUse);
+        assert_eq!(calls.len(), expected, "parallel calls allowed: {parallel}");
     }
 }
