@@ -23,6 +23,20 @@ class StreamError(RuntimeError):
     pass
 
 
+def _json_events(resp, notes: list[str]):
+    """Yields (arrival time, event name, data string, parsed data) per SSE event up to
+    `[DONE]`; data that is not JSON is noted in `notes` and skipped."""
+    for now, event_name, data_s in _sse_events(resp):
+        if data_s.strip() == "[DONE]":
+            return
+        try:
+            data = json.loads(data_s)
+        except json.JSONDecodeError:
+            notes.append(f"unparsable SSE data: {data_s[:80]!r}")
+            continue
+        yield now, event_name, data_s, data
+
+
 def _sse_events(resp):
     """Yields (arrival perf_counter, event name or None, data string) per SSE event."""
     data_lines: list[str] = []
@@ -115,14 +129,7 @@ def stream_message(port: int, body: dict, timeout: float) -> dict:
     t_end = None
     notes: list[str] = []
     try:
-        for now, event_name, data_s in _sse_events(resp):
-            if data_s.strip() == "[DONE]":
-                break
-            try:
-                data = json.loads(data_s)
-            except json.JSONDecodeError:
-                notes.append(f"unparsable SSE data: {data_s[:80]!r}")
-                continue
+        for now, event_name, data_s, data in _json_events(resp, notes):
             typ = data.get("type") or event_name or "?"
             events[typ] = events.get(typ, 0) + 1
             if typ == "message_start":
@@ -211,14 +218,7 @@ def stream_chat(port: int, body: dict, timeout: float) -> dict:
     cached = None
     notes: list[str] = []
     try:
-        for now, _, data_s in _sse_events(resp):
-            if data_s.strip() == "[DONE]":
-                break
-            try:
-                data = json.loads(data_s)
-            except json.JSONDecodeError:
-                notes.append(f"unparsable SSE data: {data_s[:80]!r}")
-                continue
+        for now, _, data_s, data in _json_events(resp, notes):
             if "error" in data:
                 raise StreamError(f"error chunk: {data_s[:500]}")
             events["chunk"] = events.get("chunk", 0) + 1

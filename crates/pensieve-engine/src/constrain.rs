@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
-use crate::model::{TokenId, TokenMask, Tokenizer};
+#[cfg(doc)]
+use crate::model::TokenMask;
+use crate::model::{TokenId, Tokenizer};
 use crate::output::ToolFormat;
 use crate::request::ToolSpec;
 
@@ -129,12 +131,12 @@ pub struct Constraint {
 }
 
 impl Constraint {
-    /// The tokens allowed next; None when the grammar has failed (then nothing is
-    /// constrained any more, and the failure is logged once).
-    pub fn mask(&mut self) -> Option<Vec<u32>> {
+    /// The tokens allowed next (see [`TokenMask`]); None when the grammar has failed
+    /// (then nothing is constrained any more, and the failure is logged once).
+    pub fn mask(&mut self) -> Option<SimpleVob> {
         // Once the grammar is complete, only the end of the turn is allowed.
         match self.matcher.compute_mask_or_eos() {
-            Ok(mask) => Some(mask.as_slice().to_vec()),
+            Ok(mask) => Some(mask),
             Err(e) => {
                 tracing::warn!("grammar failed, generation continues unconstrained: {e}");
                 None
@@ -220,11 +222,6 @@ impl PartialEq for Constraint {
     }
 }
 
-/// Borrow a mask as the runner's type.
-pub fn as_mask(words: &[u32]) -> TokenMask<'_> {
-    TokenMask(words)
-}
-
 /// Lark for one call: the format's frame, the tool's name, its schema's arguments.
 fn forced_call_lark(format: ToolFormat, tools: &[&ToolSpec]) -> String {
     let (open, close) = match format {
@@ -284,6 +281,7 @@ fn literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TokenMask;
     use crate::testing::ByteTokenizer;
     use serde_json::json;
 
@@ -308,10 +306,10 @@ mod tests {
         let mut prefer = ByteTokenizer.encode(prefer).into_iter();
         for _ in 0..400 {
             let mask = match c.matcher.compute_mask_or_eos() {
-                Ok(m) => m.as_slice().to_vec(),
+                Ok(m) => m,
                 Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&out)),
             };
-            let m = as_mask(&mask);
+            let m = TokenMask(mask.as_slice());
             let wanted = prefer.next();
             // Else something that ends what is open, else the first token allowed.
             let closers = ByteTokenizer.encode("\"}1,");

@@ -2,8 +2,9 @@
 //! queue, and hands them to the scheduler on a dedicated OS thread that owns the
 //! [`ModelRunner`] (llama.cpp contexts must stay on one thread).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -83,8 +84,11 @@ struct Shared {
     tool_format: Option<ToolFormat>,
     /// The template knows `<think>` blocks.
     reasoning: bool,
-    /// Grammars over the model's vocabulary (None if they could not be built).
-    grammars: Option<Grammars>,
+    /// Tokens that stand for marker text (see [`crate::output::marker_tokens`]).
+    markers: HashMap<TokenId, Vec<u8>>,
+    /// Grammars over the model's vocabulary, built by the first request with tools (it
+    /// walks the whole vocabulary); None if they could not be built.
+    grammars: OnceLock<Option<Grammars>>,
     queue: mpsc::UnboundedSender<Command>,
     capacity: usize,
     counters: Arc<Counters>,
@@ -119,13 +123,7 @@ impl Engine {
             }
         });
         let reasoning = source.contains("<think>");
-        let grammars = match Grammars::new(tokenizer.as_ref(), &marker_tokens(tokenizer.as_ref())) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                tracing::warn!("constrained decoding is off: {e}");
-                None
-            }
-        };
+        let markers = marker_tokens(tokenizer.as_ref());
         tracing::info!(
             template = template.describe(),
             tool_format = ?tool_format,
@@ -150,6 +148,7 @@ impl Engine {
             SchedulerConfig {
                 parallel: config.parallel,
                 cache: config.cache,
+                markers: markers.clone(),
             },
         );
         let thread = std::thread::Builder::new()
@@ -163,7 +162,8 @@ impl Engine {
                 template,
                 tool_format,
                 reasoning,
-                grammars,
+                markers,
+                grammars: OnceLock::new(),
                 queue,
                 capacity,
                 counters,
@@ -251,60 +251,66 @@ impl Engine {
     }
 
     /// The grammars of a request with tools: the whole output when `tool_choice` forces
-    /// a call, else each call the model opens.
+    /// a call (`Some(name)`, `Some(None)` for any tool), else each call the model opens.
     fn constraint(
         &self,
         request: &GenerateRequest,
     ) -> Result<(Option<Constraint>, Option<LazyCall>), EngineError> {
-        let name = match &request.tool_choice {
-            ToolChoice::Required => None,
-            ToolChoice::Named(name) => Some(name.as_str()),
+        let forced = match &request.tool_choice {
             ToolChoice::None => return Ok((None, None)),
-            ToolChoice::Auto => {
-                let (Some(format), Some(grammars)) =
-                    (self.shared.tool_format, &self.shared.grammars)
-                else {
-                    return Ok((None, None));
-                };
-                if request.tools.is_empty() {
-                    return Ok((None, None));
-                }
-                return match grammars.call_body(format, &request.tools, request.parallel_tool_calls)
-                {
-                    Ok(lazy) => Ok((None, Some(lazy))),
-                    Err(e) => {
-                        tracing::warn!("tool calls not constrained: {e}");
-                        Ok((None, None))
-                    }
-                };
-            }
+            ToolChoice::Auto if request.tools.is_empty() => return Ok((None, None)),
+            ToolChoice::Auto => None,
+            ToolChoice::Required => Some(None),
+            ToolChoice::Named(name) => Some(Some(name.as_str())),
         };
-        if request.tools.is_empty() {
-            return Err(EngineError::InvalidRequest(
-                "tool_choice: requires a tool call, but no tools were given".into(),
-            ));
-        }
-        if let Some(name) = name {
-            if !request.tools.iter().any(|t| t.name == name) {
+        if let Some(name) = forced {
+            if request.tools.is_empty() {
+                return Err(EngineError::InvalidRequest(
+                    "tool_choice: requires a tool call, but no tools were given".into(),
+                ));
+            }
+            if let Some(name) = name.filter(|n| !request.tools.iter().any(|t| t.name == *n)) {
                 return Err(EngineError::InvalidRequest(format!(
                     "tool_choice.name: {name:?} is not among the tools"
                 )));
             }
         }
-        let (Some(format), Some(grammars)) = (self.shared.tool_format, &self.shared.grammars)
-        else {
-            tracing::warn!(
-                "tool_choice cannot be enforced for this model (no known tool-call format)"
-            );
+        let (Some(format), Some(grammars)) = (self.shared.tool_format, self.grammars()) else {
+            if forced.is_some() {
+                tracing::warn!(
+                    "tool_choice cannot be enforced for this model (no known tool-call format)"
+                );
+            }
             return Ok((None, None));
         };
-        match grammars.forced_call(format, &request.tools, name) {
-            Ok(c) => Ok((Some(c), None)),
-            Err(e) => {
-                tracing::warn!("tool_choice not enforced: {e}");
-                Ok((None, None))
-            }
-        }
+        let built = match forced {
+            Some(name) => grammars
+                .forced_call(format, &request.tools, name)
+                .map(|c| (Some(c), None)),
+            None => grammars
+                .call_body(format, &request.tools, request.parallel_tool_calls)
+                .map(|lazy| (None, Some(lazy))),
+        };
+        Ok(built.unwrap_or_else(|e| {
+            tracing::warn!("tool calls not constrained: {e}");
+            (None, None)
+        }))
+    }
+
+    fn grammars(&self) -> Option<&Grammars> {
+        let shared = &self.shared;
+        shared
+            .grammars
+            .get_or_init(
+                || match Grammars::new(shared.tokenizer.as_ref(), &shared.markers) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        tracing::warn!("constrained decoding is off: {e}");
+                        None
+                    }
+                },
+            )
+            .as_ref()
     }
 
     /// Queue a request. Fails at once when the queue is full or the engine is gone.

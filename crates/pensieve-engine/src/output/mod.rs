@@ -53,8 +53,12 @@ const THINK_CLOSE: &str = "</think>";
 /// How a call written without its tags starts.
 const BARE_CALL: &str = "{\"name\"";
 
-/// Code fences a bare call may come in.
-pub(crate) const BARE_FENCES: [&str; 3] = ["", "```json\n", "```\n"];
+/// Code fences a bare call may come in, each with how such a call starts.
+pub(crate) const BARE_FENCES: [(&str, &str); 3] = [
+    ("", BARE_CALL),
+    ("```json\n", "```json\n{\"name\""),
+    ("```\n", "```\n{\"name\""),
+];
 
 /// The Hermes call markers.
 pub(crate) const CALL_OPEN: &str = "<tool_call>";
@@ -253,9 +257,8 @@ impl OutputParser {
         // Some wrap it in a code fence.
         if self.format.tools.is_some() && !self.in_text {
             let trimmed = self.held.trim_start();
-            for fence in BARE_FENCES {
-                let start = format!("{fence}{BARE_CALL}");
-                if trimmed.starts_with(&start) {
+            for (fence, start) in BARE_FENCES {
+                if trimmed.starts_with(start) {
                     let skip = self.held.len() - trimmed.len() + fence.len();
                     self.held.drain(..skip);
                     let mut closers = vec!["}"];
@@ -273,7 +276,7 @@ impl OutputParser {
             }
             if BARE_FENCES
                 .iter()
-                .any(|fence| format!("{fence}{BARE_CALL}").starts_with(trimmed))
+                .any(|(_, start)| start.starts_with(trimmed))
             {
                 // Whitespace, or what may still become a bare call: wait.
                 return false;

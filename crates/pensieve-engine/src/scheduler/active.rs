@@ -101,7 +101,7 @@ impl Active {
         let so_far = self.raw.trim();
         let at_start = crate::output::BARE_FENCES
             .iter()
-            .any(|fence| fence.trim() == so_far);
+            .any(|(fence, _)| fence.trim() == so_far);
         at_start && bytes.trim_ascii_start().starts_with(b"{")
     }
 

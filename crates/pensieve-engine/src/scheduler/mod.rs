@@ -38,6 +38,8 @@ pub(crate) struct SchedulerConfig {
     /// Sequences running at once.
     pub parallel: usize,
     pub cache: CacheConfig,
+    /// Tokens that render as the marker text they are.
+    pub markers: HashMap<crate::TokenId, Vec<u8>>,
 }
 
 /// State shared with the engine handle.
@@ -89,7 +91,6 @@ impl Scheduler {
         let slots = runner.max_sequences().max(1);
         let parallel = config.parallel.clamp(1, slots);
         let cache = PrefixCache::new(config.cache, runner.can_truncate(), &runner.fingerprint());
-        let markers = crate::output::marker_tokens(tokenizer.as_ref());
         Scheduler {
             free: (0..slots as SeqId).rev().collect(),
             runner,
@@ -102,7 +103,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             cache,
-            markers,
+            markers: config.markers,
             admissions: 0,
             closed: false,
         }
@@ -405,9 +406,9 @@ impl Scheduler {
             if mask.is_none() {
                 a.constraint = None;
             }
-            let token = self
-                .runner
-                .sample(seq, index, mask.as_deref().map(TokenMask));
+            let token =
+                self.runner
+                    .sample(seq, index, mask.as_ref().map(|m| TokenMask(m.as_slice())));
             self.follow_grammar(p.index, token);
             let a = &mut self.running[p.index];
             let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
