@@ -647,3 +647,26 @@ async fn without_parallel_calls_the_turn_ends_after_the_first() {
         assert_eq!(calls.len(), expected, "parallel calls allowed: {parallel}");
     }
 }
+
+#[tokio::test]
+async fn a_forced_call_comes_out_as_a_call_in_every_format() {
+    use crate::ToolFormat::*;
+    let engine = start(ScriptedRunner::new("Sure, happy to help!"), 4096, 4);
+    for format in [Hermes, Llama3Json, Mistral, MistralJson, FunctionGemma] {
+        let mut request = tool_request();
+        request.output.tools = Some(format);
+        request.constraint = Some(
+            grammars()
+                .forced_call(format, &[list_files(true)], None)
+                .unwrap(),
+        );
+        let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+        assert_eq!(reason, FinishReason::ToolUse, "{format:?}: {text:?}");
+        assert_eq!(text, "", "{format:?}");
+        assert_eq!(
+            calls,
+            vec![("list_files".to_owned(), "{}".to_owned())],
+            "{format:?}"
+        );
+    }
+}

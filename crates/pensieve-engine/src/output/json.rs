@@ -64,6 +64,15 @@ impl Default for JsonScanner {
 }
 
 impl JsonScanner {
+    /// A scanner already inside an object, after one of its values: it completes at the
+    /// object's `}` (what remains of a call object once its arguments were read).
+    pub fn rest_of_object() -> Self {
+        JsonScanner {
+            stack: vec![Frame::Object],
+            state: State::AfterValue,
+        }
+    }
+
     #[cfg(test)]
     fn is_done(&self) -> bool {
         self.state == State::Done
@@ -287,6 +296,15 @@ mod tests {
         assert_eq!(r.last(), Some(&Scan::Complete));
         assert_eq!(r.iter().filter(|x| **x == Scan::Complete).count(), 1);
         assert!(!r.contains(&Scan::Invalid));
+    }
+
+    #[test]
+    fn the_rest_of_an_object_ends_at_its_brace() {
+        let mut s = JsonScanner::rest_of_object();
+        let r: Vec<Scan> = r#", "id": "a}b"} x"#.chars().map(|c| s.push(c)).collect();
+        assert_eq!(r.iter().position(|x| *x == Scan::Complete), Some(13));
+        let mut s = JsonScanner::rest_of_object();
+        assert_eq!(s.push('}'), Scan::Complete);
     }
 
     #[test]

@@ -1,48 +1,104 @@
 //! What the model's output text becomes: plain text, reasoning and tool calls, recognised
 //! in the model's own format as the text streams, so that no marker reaches the client
 //! and a call's arguments stream as soon as they are generated.
+//!
+//! `call` reads JSON call objects (Hermes, Llama 3, Mistral's arrays), `mistral` the
+//! `name[ARGS]{...}` form, `gemma` FunctionGemma's `call:name{key:<escape>value<escape>}`.
 
+mod call;
+mod gemma;
 mod json;
+mod mistral;
 
 use std::collections::HashMap;
 
 use crate::model::{TokenId, Tokenizer};
-use json::{JsonScanner, Scan};
+use call::Call;
+use gemma::GemmaCall;
 
 /// How a model writes tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolFormat {
     /// Hermes and Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
     Hermes,
+    /// Llama 3.x: `{"name": ..., "parameters": {...}}` alone, perhaps after
+    /// `<|python_tag|>`, several separated by `;`.
+    Llama3Json,
+    /// Mistral since tokenizer v11 (Mistral Small 3.2, Devstral, Magistral):
+    /// `[TOOL_CALLS]name[ARGS]{...}`, once per call.
+    Mistral,
+    /// Earlier Mistral (7B v0.3, Nemo, Small 3.1):
+    /// `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`.
+    MistralJson,
+    /// FunctionGemma (Gemma 3 270M):
+    /// `<start_function_call>call:name{key:<escape>text<escape>,n:1}<end_function_call>`.
+    FunctionGemma,
 }
 
 impl ToolFormat {
-    /// Names accepted by `--tool-parser`.
-    pub const NAMES: &'static [&'static str] = &["hermes", "qwen"];
+    /// Names accepted by `--tool-parser` (vLLM's names for the same formats).
+    pub const NAMES: &'static [&'static str] = &[
+        "hermes",
+        "qwen",
+        "llama3_json",
+        "mistral",
+        "mistral_json",
+        "functiongemma",
+    ];
 
     /// The format a chat template teaches its model, when it is one we parse.
     pub fn detect(template: &str) -> Option<ToolFormat> {
-        template
-            .contains("<tool_call>")
-            .then_some(ToolFormat::Hermes)
+        if template.contains(CALL_OPEN) {
+            Some(ToolFormat::Hermes)
+        } else if template.contains(MISTRAL_CALLS) {
+            Some(if template.contains(MISTRAL_ARGS) {
+                ToolFormat::Mistral
+            } else {
+                ToolFormat::MistralJson
+            })
+        } else if template.contains(GEMMA_CALL_OPEN) {
+            Some(ToolFormat::FunctionGemma)
+        } else if template.contains(PYTHON_TAG)
+            || template.contains("{\"name\": function name, \"parameters\"")
+        {
+            Some(ToolFormat::Llama3Json)
+        } else {
+            None
+        }
     }
 
     pub fn from_name(name: &str) -> Option<ToolFormat> {
         match name {
             "hermes" | "qwen" => Some(ToolFormat::Hermes),
+            "llama3_json" | "llama3" => Some(ToolFormat::Llama3Json),
+            "mistral" => Some(ToolFormat::Mistral),
+            "mistral_json" => Some(ToolFormat::MistralJson),
+            "functiongemma" | "gemma" => Some(ToolFormat::FunctionGemma),
             _ => None,
         }
     }
 
-    fn open(self) -> &'static str {
+    /// The marker that opens a call (or, for Llama 3, may).
+    pub fn open(self) -> &'static str {
         match self {
             ToolFormat::Hermes => CALL_OPEN,
+            ToolFormat::Llama3Json => PYTHON_TAG,
+            ToolFormat::Mistral | ToolFormat::MistralJson => MISTRAL_CALLS,
+            ToolFormat::FunctionGemma => GEMMA_CALL_OPEN,
         }
     }
 
-    fn close(self) -> &'static str {
+    /// Whether the model may write a call object with no marker before it: Llama 3
+    /// always does, small Hermes models often drop their tags.
+    pub fn bare_calls(self) -> bool {
+        matches!(self, ToolFormat::Hermes | ToolFormat::Llama3Json)
+    }
+
+    /// The key of a call object that holds its arguments.
+    pub fn arguments_key(self) -> &'static str {
         match self {
-            ToolFormat::Hermes => CALL_CLOSE,
+            ToolFormat::Llama3Json => "parameters",
+            _ => "arguments",
         }
     }
 }
@@ -50,22 +106,38 @@ impl ToolFormat {
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
 
-/// How a call written without its tags starts.
-const BARE_CALL: &str = "{\"name\"";
-
-/// Code fences a bare call may come in, each with how such a call starts.
-pub(crate) const BARE_FENCES: [(&str, &str); 3] = [
-    ("", BARE_CALL),
-    ("```json\n", "```json\n{\"name\""),
-    ("```\n", "```\n{\"name\""),
-];
+/// Code fences a call written without its tags may come in (the first: none). Such a
+/// call starts `{"name"`, with or without whitespace after the brace.
+pub(crate) const FENCES: [&str; 3] = ["", "```json\n", "```\n"];
 
 /// The Hermes call markers.
-pub(crate) const CALL_OPEN: &str = "<tool_call>";
+const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
+/// Llama 3's marker before a call.
+const PYTHON_TAG: &str = "<|python_tag|>";
+/// Mistral's markers: before the calls, before a call's arguments, before a call's id.
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
+/// FunctionGemma's markers, and its string delimiter.
+const GEMMA_CALL_OPEN: &str = "<start_function_call>";
+const GEMMA_CALL_CLOSE: &str = "<end_function_call>";
+const GEMMA_ESCAPE: &str = "<escape>";
 
 /// Every marker a parser looks for.
-const MARKERS: &[&str] = &[CALL_OPEN, CALL_CLOSE, THINK_OPEN, THINK_CLOSE];
+const MARKERS: &[&str] = &[
+    CALL_OPEN,
+    CALL_CLOSE,
+    THINK_OPEN,
+    THINK_CLOSE,
+    PYTHON_TAG,
+    MISTRAL_CALLS,
+    MISTRAL_ARGS,
+    MISTRAL_CALL_ID,
+    GEMMA_CALL_OPEN,
+    GEMMA_CALL_CLOSE,
+    GEMMA_ESCAPE,
+];
 
 /// The model's tokens that are exactly a marker. Models often have their markers as
 /// control tokens, which detokenize to nothing; generated, they must read as the marker.
@@ -114,34 +186,20 @@ pub struct OutputParser {
     /// The last segment emitted was text (whitespace that would open a text block is
     /// dropped).
     in_text: bool,
+    /// Inside Mistral's `[TOOL_CALLS][...]` array: call objects separated by `,`.
+    in_array: bool,
 }
 
 #[derive(Debug)]
 enum Mode {
     Text,
     Thinking,
+    /// A JSON call object.
     Call(Call),
-}
-
-/// A tool call being read.
-#[derive(Debug, Default)]
-struct Call {
-    /// The call's text after the opening marker.
-    body: String,
-    /// Set once `{"name": "...", "arguments":` has been read and the call announced.
-    args: Option<JsonScanner>,
-    /// The arguments object is complete (or was closed).
-    args_done: bool,
-    /// The header is not of the streamable shape: wait for the closing marker.
-    buffered: bool,
-    /// Opened without a marker (`{"name": ...` where a block starts): the call ends
-    /// with its object.
-    bare: bool,
-    /// A bare call inside a code fence: the fence's opening, given back as text should
-    /// the object not be a call.
-    fence: &'static str,
-    /// What still closes a bare call after its arguments: `}`, then the fence's "```".
-    closers: Vec<&'static str>,
+    /// After Mistral's `[TOOL_CALLS]`: a name and `[ARGS]`, or an array of call objects.
+    MistralHead,
+    /// FunctionGemma's `call:name{...}`.
+    Gemma(GemmaCall),
 }
 
 impl OutputParser {
@@ -156,6 +214,7 @@ impl OutputParser {
             held: String::new(),
             calls: 0,
             in_text: false,
+            in_array: false,
         }
     }
 
@@ -173,6 +232,8 @@ impl OutputParser {
                 Mode::Text => self.text(&mut out),
                 Mode::Thinking => self.thinking(&mut out),
                 Mode::Call(_) => self.call(&mut out),
+                Mode::MistralHead => self.mistral_head(&mut out),
+                Mode::Gemma(_) => self.gemma_call(&mut out),
             };
             if !progressed {
                 return out;
@@ -197,38 +258,11 @@ impl OutputParser {
                     self.emit(&mut out, Segment::Thinking(held));
                 }
             }
-            Mode::Call(mut call) => {
-                call.body.push_str(&held);
-                match call.args {
-                    Some(scanner) => {
-                        if call.args_done {
-                            // Only the closing marker is missing.
-                            self.calls += 1;
-                        } else {
-                            let rest = scanner.completion();
-                            if !rest.is_empty() {
-                                out.push(Segment::CallArguments(rest));
-                            }
-                            tracing::info!("a tool call was cut off; its arguments were closed");
-                        }
-                        out.push(Segment::CallEnd);
-                    }
-                    None if call.bare => {
-                        tracing::info!(body = %call.body, "a tool call was cut off before its arguments; dropped");
-                    }
-                    None => match parse_whole_call(&call.body) {
-                        Some((name, arguments)) => {
-                            self.emit(&mut out, Segment::CallStart { name });
-                            out.push(Segment::CallArguments(arguments));
-                            out.push(Segment::CallEnd);
-                            self.calls += 1;
-                        }
-                        None => {
-                            tracing::info!(body = %call.body, "a tool call was cut off before its name; dropped");
-                        }
-                    },
-                }
+            Mode::Call(call) => self.finish_call(&mut out, call, &held),
+            Mode::MistralHead => {
+                tracing::info!(body = %held, "a tool call was cut off before its arguments; dropped");
             }
+            Mode::Gemma(call) => self.finish_gemma(&mut out, call, &held),
         }
         out
     }
@@ -250,36 +284,25 @@ impl OutputParser {
         }
     }
 
+    /// A call ended: text follows, or another call.
+    fn end_call(&mut self, out: &mut Vec<Segment>) {
+        out.push(Segment::CallEnd);
+        self.calls += 1;
+        self.in_text = false;
+        self.mode = Mode::Text;
+    }
+
     /// Plain text: emit up to the next marker (or up to a possible marker start).
     fn text(&mut self, out: &mut Vec<Segment>) -> bool {
         // Small models often drop the tags and write the call's object alone, where a
-        // block starts.
-        // Some wrap it in a code fence.
-        if self.format.tools.is_some() && !self.in_text {
-            let trimmed = self.held.trim_start();
-            for (fence, start) in BARE_FENCES {
-                if trimmed.starts_with(start) {
-                    let skip = self.held.len() - trimmed.len() + fence.len();
-                    self.held.drain(..skip);
-                    let mut closers = vec!["}"];
-                    if !fence.is_empty() {
-                        closers.push("```");
-                    }
-                    self.mode = Mode::Call(Call {
-                        bare: true,
-                        fence,
-                        closers,
-                        ..Call::default()
-                    });
-                    return true;
-                }
-            }
-            if BARE_FENCES
-                .iter()
-                .any(|(_, start)| start.starts_with(trimmed))
-            {
+        // block starts; some wrap it in a code fence. Llama 3 writes calls that way.
+        let bare = self.format.tools.is_some_and(ToolFormat::bare_calls) || self.in_array;
+        if bare && !self.in_text {
+            match self.bare_call_start() {
+                Some(true) => return true,
                 // Whitespace, or what may still become a bare call: wait.
-                return false;
+                Some(false) => return false,
+                None => {}
             }
         }
         let mut markers: Vec<&str> = Vec::new();
@@ -295,10 +318,14 @@ impl OutputParser {
                 self.held.drain(..at + marker.len());
                 // Whitespace between blocks is not worth a text block of its own.
                 self.emit_text(out, before.trim_end());
-                self.mode = if marker == THINK_OPEN {
-                    Mode::Thinking
-                } else {
-                    Mode::Call(Call::default())
+                self.in_text = false;
+                self.mode = match marker {
+                    THINK_OPEN => Mode::Thinking,
+                    CALL_OPEN => Mode::Call(Call::tagged(CALL_CLOSE)),
+                    MISTRAL_CALLS => Mode::MistralHead,
+                    GEMMA_CALL_OPEN => Mode::Gemma(GemmaCall::default()),
+                    // Llama 3's tag: the call object follows, as a bare one.
+                    _ => Mode::Text,
                 };
                 true
             }
@@ -334,159 +361,6 @@ impl OutputParser {
             }
         }
     }
-
-    fn call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Some(tools) = self.format.tools else {
-            return false;
-        };
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        // Arguments stream until the scanner says the object ended.
-        if let (false, Some(scanner)) = (call.args_done, call.args.as_mut()) {
-            let mut consumed = self.held.len();
-            let mut done = false;
-            let mut fragment = String::new();
-            for (i, c) in self.held.char_indices() {
-                match scanner.push(c) {
-                    Scan::Inside => fragment.push(c),
-                    Scan::Complete => {
-                        fragment.push(c);
-                        consumed = i + c.len_utf8();
-                        done = true;
-                        break;
-                    }
-                    Scan::EndedBefore | Scan::Invalid => {
-                        // Not JSON any more: close what was streamed.
-                        tracing::warn!(body = %call.body, "a tool call's arguments are not valid JSON; closed");
-                        fragment.push_str(&scanner.completion());
-                        consumed = i;
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            call.body.extend(self.held.drain(..consumed));
-            if !fragment.is_empty() {
-                out.push(Segment::CallArguments(fragment));
-            }
-            if !done {
-                return false;
-            }
-            call.args_done = true;
-        }
-        if call.bare {
-            return self.bare_call(out);
-        }
-        // The closing marker ends the call; what comes between the arguments and it is
-        // ignored.
-        match find_marker(&self.held, &[tools.close()]) {
-            Found::At(at, marker) => {
-                call.body.extend(self.held.drain(..at));
-                if self.read_header(out) {
-                    return true;
-                }
-                self.held.drain(..marker.len());
-                if let Mode::Call(call) = std::mem::replace(&mut self.mode, Mode::Text) {
-                    self.end_call(out, call, tools);
-                }
-                true
-            }
-            Found::No { safe } => {
-                call.body.extend(self.held.drain(..safe));
-                self.read_header(out)
-            }
-        }
-    }
-
-    /// A call without tags: it ends where its object does.
-    fn bare_call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.args_done {
-            // The object's closing brace, then the fence's; anything else is text.
-            while let Some(&closer) = call.closers.first() {
-                let trimmed = self.held.trim_start();
-                if trimmed.is_empty() || (closer.starts_with(trimmed) && trimmed != closer) {
-                    return false;
-                }
-                let ws = self.held.len() - trimmed.len();
-                if !trimmed.starts_with(closer) {
-                    self.held.drain(..ws);
-                    break;
-                }
-                self.held.drain(..ws + closer.len());
-                call.closers.remove(0);
-            }
-            self.mode = Mode::Text;
-            out.push(Segment::CallEnd);
-            self.calls += 1;
-            return true;
-        }
-        call.body.extend(self.held.drain(..));
-        if self.read_header(out) {
-            return true;
-        }
-        // Not a call after all: it was text.
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.buffered {
-            let text = format!("{}{}", call.fence, call.body);
-            self.mode = Mode::Text;
-            self.emit_text(out, &text);
-        }
-        false
-    }
-
-    /// Before its arguments stream: once `{"name": "...", "arguments": ` is read, announce
-    /// the call and put the arguments back to be streamed. True when it did.
-    fn read_header(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.args.is_some() || call.buffered {
-            return false;
-        }
-        match parse_header(&call.body) {
-            Header::Complete { name, value_start } if call.body[value_start..].starts_with('{') => {
-                let value = call.body.split_off(value_start);
-                self.held.insert_str(0, &value);
-                call.args = Some(JsonScanner::default());
-                self.in_text = false;
-                out.push(Segment::CallStart { name });
-                true
-            }
-            Header::Incomplete => false,
-            Header::Complete { .. } | Header::Mismatch => {
-                call.buffered = true;
-                false
-            }
-        }
-    }
-
-    fn end_call(&mut self, out: &mut Vec<Segment>, call: Call, tools: ToolFormat) {
-        if call.args.is_some() {
-            out.push(Segment::CallEnd);
-            self.calls += 1;
-            return;
-        }
-        // Not streamed: parse the whole body now.
-        match parse_whole_call(&call.body) {
-            Some((name, arguments)) => {
-                self.emit(out, Segment::CallStart { name });
-                out.push(Segment::CallArguments(arguments));
-                out.push(Segment::CallEnd);
-                self.calls += 1;
-            }
-            None => {
-                tracing::warn!(body = %call.body, "a tool call could not be parsed; returned as text");
-                let text = format!("{}{}{}", tools.open(), call.body, tools.close());
-                self.emit(out, Segment::Text(text));
-            }
-        }
-    }
 }
 
 enum Found<'m> {
@@ -517,104 +391,17 @@ fn find_marker<'m>(text: &str, markers: &[&'m str]) -> Found<'m> {
     Found::No { safe }
 }
 
-enum Header {
-    /// `{"name": "<name>", "arguments": ` read; the value starts at this byte offset.
-    Complete {
-        name: String,
-        value_start: usize,
-    },
-    Incomplete,
-    /// Not the usual shape (another key order, say): parse the call whole at its end.
-    Mismatch,
+/// Whether `name` can be a tool's name (the part of a call before its arguments, in the
+/// formats that write it bare).
+fn is_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// Reads `{"name": "...", "arguments"|"parameters": ` at the start of a call body.
-fn parse_header(body: &str) -> Header {
-    let mut rest = body;
-    macro_rules! expect {
-        ($lit:expr) => {{
-            rest = rest.trim_start();
-            if rest.is_empty() {
-                return Header::Incomplete;
-            }
-            if let Some(r) = rest.strip_prefix($lit) {
-                rest = r;
-            } else if $lit.starts_with(rest) {
-                return Header::Incomplete;
-            } else {
-                return Header::Mismatch;
-            }
-        }};
-    }
-    expect!("{");
-    expect!("\"name\"");
-    expect!(":");
-    expect!("\"");
-    let Some(end) = string_end(rest) else {
-        return Header::Incomplete;
-    };
-    let Ok(name) = serde_json::from_str::<String>(&format!("\"{}", &rest[..=end])) else {
-        return Header::Mismatch;
-    };
-    rest = &rest[end + 1..];
-    expect!(",");
-    expect!("\"");
-    let Some(end) = string_end(rest) else {
-        let partial = rest;
-        return if "arguments".starts_with(partial) || "parameters".starts_with(partial) {
-            Header::Incomplete
-        } else {
-            Header::Mismatch
-        };
-    };
-    if !matches!(&rest[..end], "arguments" | "parameters") {
-        return Header::Mismatch;
-    }
-    rest = &rest[end + 1..];
-    expect!(":");
-    rest = rest.trim_start();
-    if rest.is_empty() {
-        return Header::Incomplete;
-    }
-    Header::Complete {
-        name,
-        value_start: body.len() - rest.len(),
-    }
-}
-
-/// Byte offset of the `"` that ends a JSON string whose opening quote is already read.
-fn string_end(s: &str) -> Option<usize> {
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match (escaped, c) {
-            (true, _) => escaped = false,
-            (false, '\\') => escaped = true,
-            (false, '"') => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// A whole call body as JSON: `{"name", "arguments" | "parameters"}` in any order, the
-/// arguments an object or a string holding one. Returns the name and the arguments' JSON.
-fn parse_whole_call(body: &str) -> Option<(String, String)> {
-    let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    let name = value.get("name")?.as_str()?.to_owned();
-    let arguments = value
-        .get("arguments")
-        .or_else(|| value.get("parameters"))
-        .cloned()
-        .unwrap_or_else(|| serde_json::json!({}));
-    let arguments = match arguments {
-        serde_json::Value::String(s) => serde_json::from_str(&s).ok()?,
-        other => other,
-    };
-    if !arguments.is_object() {
-        return None;
-    }
-    Some((name, arguments.to_string()))
-}
-
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod tests;

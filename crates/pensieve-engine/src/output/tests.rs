@@ -10,7 +10,7 @@ const HERMES: OutputFormat = OutputFormat {
 
 /// Segments of `text` fed in pieces of `size` characters, merged (adjacent text,
 /// thinking and argument fragments joined) so splits can be compared.
-fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Segment>, usize) {
+pub(super) fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Segment>, usize) {
     let mut p = OutputParser::new(format);
     let mut out = Vec::new();
     let chars: Vec<char> = text.chars().collect();
@@ -21,7 +21,7 @@ fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Segment>, usi
     (merge(out), p.calls())
 }
 
-fn merge(segments: Vec<Segment>) -> Vec<Segment> {
+pub(super) fn merge(segments: Vec<Segment>) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for s in segments {
         match (out.last_mut(), s) {
@@ -35,7 +35,7 @@ fn merge(segments: Vec<Segment>) -> Vec<Segment> {
 }
 
 /// The same segments however the text is split.
-fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
+pub(super) fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
     let whole = parse_in(format, text, usize::MAX);
     for size in [1, 2, 3, 5, 7, 13] {
         assert_eq!(
@@ -47,7 +47,7 @@ fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
     whole
 }
 
-fn call(name: &str, args: &str) -> Vec<Segment> {
+pub(super) fn call(name: &str, args: &str) -> Vec<Segment> {
     vec![
         Segment::CallStart { name: name.into() },
         Segment::CallArguments(args.into()),
@@ -247,4 +247,13 @@ fn a_bare_call_in_a_code_fence_is_a_call() {
     // A fenced object that is no call stays text, fence and all.
     let text = "```json\n{\"name\": \"Ada\", \"born\": 1815}\n```";
     assert_eq!(parse(HERMES, text).0, vec![Segment::Text(text.into())]);
+}
+
+#[test]
+fn a_pretty_printed_call_is_a_call() {
+    // Qwen2.5-Coder-0.5B's answer to Claude Code's "Say hello" (with its ~20 tools).
+    let text = "```json\n{\n  \"name\": \"helloworld\",\n  \"arguments\": {}\n}\n```";
+    let (segments, calls) = parse(HERMES, text);
+    assert_eq!(segments, call("helloworld", "{}"));
+    assert_eq!(calls, 1);
 }

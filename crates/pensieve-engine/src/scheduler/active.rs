@@ -99,9 +99,9 @@ impl Active {
     /// the output starts, or right after a code fence that starts it.
     pub fn opens_bare_call(&self, bytes: &[u8]) -> bool {
         let so_far = self.raw.trim();
-        let at_start = crate::output::BARE_FENCES
+        let at_start = crate::output::FENCES
             .iter()
-            .any(|(fence, _)| fence.trim() == so_far);
+            .any(|fence| fence.trim() == so_far);
         at_start && bytes.trim_ascii_start().starts_with(b"{")
     }
 

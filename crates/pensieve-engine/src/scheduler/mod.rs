@@ -451,14 +451,13 @@ impl Scheduler {
         let Some(lazy) = &a.lazy_call else {
             return;
         };
-        let opens_call = self
-            .markers
-            .get(&token)
-            .is_some_and(|m| m.as_slice() == crate::output::CALL_OPEN.as_bytes());
-        if opens_call {
-            a.constraint = Some(lazy.after_marker());
-        } else if a.opens_bare_call(&self.tokenizer.token_bytes(token)) {
+        if let Some(c) = self.markers.get(&token).and_then(|m| lazy.after_marker(m)) {
+            a.constraint = Some(c);
+        } else if lazy.has_bare_calls() && a.opens_bare_call(&self.tokenizer.token_bytes(token)) {
             a.constraint = lazy.bare_start(token);
+        }
+        if a.constraint.is_some() {
+            tracing::debug!("a tool call opened: its grammar is on");
         }
     }
 

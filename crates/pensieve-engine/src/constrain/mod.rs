@@ -1,7 +1,9 @@
 //! Constrained decoding with llguidance: grammars over the model's vocabulary that make
 //! what the model writes valid by construction. A forced tool call (`tool_choice: any`
 //! or a named tool) is the model's format around arguments that match the tool's JSON
-//! schema, then the end of the turn.
+//! schema, then the end of the turn; under `auto` the same grammar starts when the model
+//! opens a call. Structured output is one JSON value of a schema. `gemma` writes
+//! FunctionGemma's argument syntax.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use crate::model::TokenMask;
 use crate::model::{TokenId, Tokenizer};
 use crate::output::ToolFormat;
 use crate::request::ToolSpec;
+
+mod gemma;
 
 /// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
 pub struct Grammars {
@@ -79,14 +83,15 @@ impl Grammars {
                 None => "tool_choice requires a tool call, but no tools were given".into(),
             });
         }
-        let lark = forced_call_lark(format, &chosen);
-        let matcher = self.matcher(&lark)?;
-        Ok(Constraint { lark, matcher })
+        let frame = Frame::of(format);
+        let open = format!("{}{}", frame.marker, frame.after_marker);
+        let lark = calls_lark(format, &literal(&open), frame.close, &chosen, false);
+        self.constraint(lark)
     }
 
     /// For `tool_choice: auto`: the grammars a call must follow once the model opens
-    /// one, with its marker or, at the start of the output, with a bare `{`.
-    /// Without `parallel`, the turn ends after the first call.
+    /// one, with its marker or, in the formats that allow it, at the start of the output
+    /// with a bare `{`. Without `parallel`, the turn ends after the first call.
     pub fn call_body(
         &self,
         format: ToolFormat,
@@ -94,24 +99,36 @@ impl Grammars {
         parallel: bool,
     ) -> Result<LazyCall, String> {
         let tools: Vec<&ToolSpec> = tools.iter().collect();
-        let (after_open, close) = match format {
-            ToolFormat::Hermes => ("\n{\"name\": ", "}\n</tool_call>"),
-        };
-        let tagged = call_lark(&literal(after_open), close, &tools);
+        let frame = Frame::of(format);
+        let tagged = calls_lark(
+            format,
+            &literal(frame.after_marker),
+            frame.close,
+            &tools,
+            parallel,
+        );
         // A bare call's first token may carry the newline after a code fence.
-        let bare_open = format!("/[ \\t\\n]*/ {}", literal("{\"name\": "));
-        let bare = call_lark(&bare_open, "}", &tools);
+        let bare = match format.bare_calls() {
+            true => Some(self.constraint(calls_lark(format, WS, "", &tools, false))?),
+            false => None,
+        };
         Ok(LazyCall {
-            tagged: Constraint {
-                matcher: self.matcher(&tagged)?,
-                lark: tagged,
-            },
-            bare: Constraint {
-                matcher: self.matcher(&bare)?,
-                lark: bare,
-            },
+            tagged: self.constraint(tagged)?,
+            bare,
+            trigger: format.open(),
             parallel,
         })
+    }
+
+    /// Output that is one JSON value matching `schema` (structured output), then the end
+    /// of the turn.
+    pub fn json_output(&self, schema: &Value) -> Result<Constraint, String> {
+        self.constraint(format!("start: %json {}\n", schema_for_grammar(schema)))
+    }
+
+    fn constraint(&self, lark: String) -> Result<Constraint, String> {
+        let matcher = self.matcher(&lark)?;
+        Ok(Constraint { lark, matcher })
     }
 
     fn matcher(&self, lark: &str) -> Result<Matcher, String> {
@@ -173,8 +190,10 @@ impl Constraint {
 pub struct LazyCall {
     /// After the opening marker, up to and with the closing one.
     tagged: Constraint,
-    /// A call's object alone (models that drop the tags).
-    bare: Constraint,
+    /// A call's object alone (Llama 3; Hermes models that drop the tags).
+    bare: Option<Constraint>,
+    /// The marker that opens a call.
+    trigger: &'static str,
     /// More calls may follow one; without, the grammar of a finished call keeps only the
     /// end of the turn allowed.
     parallel: bool,
@@ -186,15 +205,20 @@ impl LazyCall {
         self.parallel
     }
 
-    /// The constraint for what follows the opening marker.
-    pub fn after_marker(&self) -> Constraint {
-        self.tagged.clone()
+    /// The constraint for what follows the marker, when `marker` opens a call.
+    pub fn after_marker(&self, marker: &[u8]) -> Option<Constraint> {
+        (marker == self.trigger.as_bytes()).then(|| self.tagged.clone())
+    }
+
+    /// Whether the format has calls without a marker.
+    pub fn has_bare_calls(&self) -> bool {
+        self.bare.is_some()
     }
 
     /// When the output's first token opens a bare call object: the constraint, with that
     /// token consumed. None when the token can't start one.
     pub fn bare_start(&self, token: TokenId) -> Option<Constraint> {
-        let mut c = self.bare.clone();
+        let mut c = self.bare.clone()?;
         c.try_accept(token).then_some(c)
     }
 }
@@ -222,26 +246,96 @@ impl PartialEq for Constraint {
     }
 }
 
-/// Lark for one call: the format's frame, the tool's name, its schema's arguments.
-fn forced_call_lark(format: ToolFormat, tools: &[&ToolSpec]) -> String {
-    let (open, close) = match format {
-        ToolFormat::Hermes => ("<tool_call>\n{\"name\": ", "}\n</tool_call>"),
-    };
-    call_lark(&literal(open), close, tools)
+/// Whitespace, as lark expressions: before a call, and inside a call's opening.
+const WS: &str = "/[ \\t\\n]*/";
+const INDENT: &str = "/[ \\t\\n]{0,16}/";
+
+/// The text around a format's calls.
+struct Frame {
+    /// The marker that opens a call.
+    marker: &'static str,
+    /// What the model writes after it, before the call.
+    after_marker: &'static str,
+    /// What closes a call (or, for arrays, the calls).
+    close: &'static str,
 }
 
-/// Lark for `open` (a lark expression), one of the tools' names and arguments, `close`.
-fn call_lark(open: &str, close: &str, tools: &[&ToolSpec]) -> String {
-    let mut lark = format!("start: {open} call {}\n", literal(close));
+impl Frame {
+    fn of(format: ToolFormat) -> Frame {
+        let (after_marker, close) = match format {
+            ToolFormat::Hermes => ("\n", "\n</tool_call>"),
+            ToolFormat::Llama3Json | ToolFormat::Mistral => ("", ""),
+            ToolFormat::MistralJson => ("[", "]"),
+            ToolFormat::FunctionGemma => ("", "<end_function_call>"),
+        };
+        Frame {
+            // Llama 3 writes its JSON calls without the tag (that is for built-in tools).
+            marker: match format {
+                ToolFormat::Llama3Json => "",
+                _ => format.open(),
+            },
+            after_marker,
+            close,
+        }
+    }
+}
+
+/// Lark for `open` (a lark expression), one call of one of the tools (several, separated
+/// by `, `, in Mistral's arrays when `parallel`), `close`.
+fn calls_lark(
+    format: ToolFormat,
+    open: &str,
+    close: &str,
+    tools: &[&ToolSpec],
+    parallel: bool,
+) -> String {
+    let calls = match (format, parallel) {
+        (ToolFormat::MistralJson, true) => "call (\", \" call)*",
+        _ => "call",
+    };
+    let close = if close.is_empty() {
+        String::new()
+    } else {
+        literal(close)
+    };
+    let mut lark = format!("start: {open} {calls} {close}\n");
     let alternatives: Vec<String> = (0..tools.len()).map(|i| format!("c{i}")).collect();
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
     for (i, tool) in tools.iter().enumerate() {
-        let head = format!("{}, \"arguments\": ", json_string(&tool.name));
-        lark.push_str(&format!("c{i}: {} a{i}\n", literal(&head)));
-        lark.push_str(&format!(
-            "a{i}: %json {}\n",
-            schema_for_grammar(&tool.parameters)
-        ));
+        let name = &tool.name;
+        // The head as a lark expression; a JSON call may have whitespace after its `{`
+        // (pretty-printed, as small models write it), a little.
+        let (head, tail) = match format {
+            ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::MistralJson => (
+                format!(
+                    "\"{{\" {INDENT} {}",
+                    literal(&format!(
+                        "\"name\": {}, \"{}\": ",
+                        json_string(name),
+                        format.arguments_key()
+                    ))
+                ),
+                literal("}"),
+            ),
+            ToolFormat::Mistral => (literal(&format!("{name}[ARGS]")), String::new()),
+            ToolFormat::FunctionGemma => (literal(&format!("call:{name}")), String::new()),
+        };
+        lark.push_str(&format!("c{i}: {head} a{i} {tail}\n"));
+        match format {
+            ToolFormat::FunctionGemma => {
+                let mut rules = gemma::Rules::new(&format!("g{i}_"));
+                let value = rules.value(&tool.parameters);
+                lark.push_str(&format!("a{i}: {value}\n"));
+                lark.push_str(&rules.into_lark());
+            }
+            _ => lark.push_str(&format!(
+                "a{i}: %json {}\n",
+                schema_for_grammar(&tool.parameters)
+            )),
+        }
+    }
+    if format == ToolFormat::FunctionGemma {
+        lark.push_str(gemma::TERMINALS);
     }
     lark
 }
@@ -369,6 +463,84 @@ mod tests {
             "\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}"
         );
         assert!(c.is_complete());
+        // Pretty-printed, as small models write it.
+        let mut c = lazy.bare_start(brace).unwrap();
+        let call =
+            "\n  \"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}";
+        assert_eq!(generate(&mut c, call), call);
+    }
+
+    /// The model's own call in each format: the forced grammar lets it through whole,
+    /// the output parser reads it back as the call, and the arguments fit the schema.
+    #[test]
+    fn each_format_forces_its_own_call() {
+        use crate::output::{OutputFormat, OutputParser, Segment};
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let cases = [
+            (ToolFormat::Hermes, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}\n</tool_call>"),
+            (ToolFormat::Llama3Json, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\", \"days\": 2}}"),
+            (ToolFormat::Mistral, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\", \"days\": 2}"),
+            (ToolFormat::MistralJson, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}]"),
+            (ToolFormat::FunctionGemma, "<start_function_call>call:get_weather{city:<escape>Oslo<escape>,days:2}<end_function_call>"),
+        ];
+        for (format, own) in cases {
+            let mut c = grammars.forced_call(format, &[weather()], None).unwrap();
+            let text = generate(&mut c, own);
+            assert_eq!(text, own, "{format:?}");
+            let mut parser = OutputParser::new(OutputFormat {
+                tools: Some(format),
+                ..OutputFormat::default()
+            });
+            let mut segments = parser.push(&text);
+            segments.extend(parser.finish());
+            let args: String = segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::CallArguments(a) => Some(a.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let args: Value = serde_json::from_str(&args).unwrap();
+            assert_eq!(args, json!({"city": "Oslo", "days": 2}), "{format:?}");
+            assert_eq!(parser.calls(), 1, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn functiongemma_arguments_follow_the_schema() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let allowed = |text: &str| {
+            let mut c = grammars
+                .forced_call(ToolFormat::FunctionGemma, &[weather()], None)
+                .unwrap();
+            ByteTokenizer.encode(text).into_iter().all(|t| {
+                let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
+                c.accept(t);
+                ok
+            })
+        };
+        let open = "<start_function_call>call:get_weather{";
+        assert!(allowed(&format!(
+            "{open}city:<escape>Oslo<escape>,days:2}}"
+        )));
+        // A required key left out, another key, a string for a number.
+        assert!(!allowed(&format!("{open}days:2}}")));
+        assert!(!allowed(&format!("{open}town:")));
+        assert!(!allowed(&format!(
+            "{open}city:<escape>Oslo<escape>,days:<escape>"
+        )));
+    }
+
+    #[test]
+    fn structured_output_matches_its_schema() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let mut c = grammars.json_output(&weather().parameters).unwrap();
+        let text = generate(&mut c, "Sure! {\"city\": \"Oslo\"");
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(
+            value["city"].is_string() && value["days"].is_i64(),
+            "{value}"
+        );
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! FunctionGemma's argument syntax as lark, from a tool's JSON schema: keys bare,
+//! strings between `<escape>` delimiters, the rest as in JSON. An object's properties
+//! come in the schema's order, the required ones always, the others when the model
+//! writes them.
+
+use serde_json::{Map, Value};
+
+use super::literal;
+
+/// Terminals and rules for values the schema leaves open. Strings can't hold `<e` (the
+/// start of the delimiter) or end in `<`.
+pub(super) const TERMINALS: &str = r#"FG_STR: /<escape>([^<]|<[^e<])*<escape>/
+FG_INT: /-?(0|[1-9][0-9]*)/
+FG_NUM: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/
+FG_KEY: /[A-Za-z_][A-Za-z0-9_\-]*/
+fg_any: FG_STR | FG_NUM | "true" | "false" | "null" | fg_obj | fg_arr
+fg_obj: "{" [fg_pair ("," fg_pair)*] "}"
+fg_pair: FG_KEY ":" fg_any
+fg_arr: "[" [fg_any ("," fg_any)*] "]"
+"#;
+
+/// The rules one tool's arguments need.
+pub(super) struct Rules {
+    prefix: String,
+    lark: String,
+    count: usize,
+}
+
+impl Rules {
+    /// Rule names start with `prefix` (one per tool, so tools' rules don't clash).
+    pub(super) fn new(prefix: &str) -> Rules {
+        Rules {
+            prefix: prefix.to_owned(),
+            lark: String::new(),
+            count: 0,
+        }
+    }
+
+    pub(super) fn into_lark(self) -> String {
+        self.lark
+    }
+
+    fn rule(&mut self, body: &str) -> String {
+        let name = format!("{}{}", self.prefix, self.count);
+        self.count += 1;
+        self.lark.push_str(&format!("{name}: {body}\n"));
+        name
+    }
+
+    /// A lark expression for a value of `schema`.
+    pub(super) fn value(&mut self, schema: &Value) -> String {
+        if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+            if !values.is_empty() {
+                return one_of(values.iter().map(constant));
+            }
+        }
+        if let Some(value) = schema.get("const") {
+            return constant(value);
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = schema.get(key).and_then(Value::as_array) {
+                let options: Vec<String> = options.iter().map(|o| self.value(o)).collect();
+                if !options.is_empty() {
+                    return one_of(options.into_iter());
+                }
+            }
+        }
+        let types: Vec<&str> = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ if schema.get("properties").is_some() => vec!["object"],
+            _ => Vec::new(),
+        };
+        if types.is_empty() {
+            return "fg_any".into();
+        }
+        let options: Vec<String> = types.iter().map(|t| self.typed(t, schema)).collect();
+        one_of(options.into_iter())
+    }
+
+    fn typed(&mut self, ty: &str, schema: &Value) -> String {
+        match ty {
+            "string" => "FG_STR".into(),
+            "integer" => "FG_INT".into(),
+            "number" => "FG_NUM".into(),
+            "boolean" => "(\"true\" | \"false\")".into(),
+            "null" => "\"null\"".into(),
+            "array" => {
+                let item = match schema.get("items") {
+                    Some(items) if items.is_object() => self.value(items),
+                    _ => "fg_any".into(),
+                };
+                self.rule(&format!("\"[\" [{item} (\",\" {item})*] \"]\""))
+            }
+            // Only the properties named, as for JSON calls.
+            "object" => match schema.get("properties").and_then(Value::as_object) {
+                Some(props) if props.is_empty() => "\"{}\"".into(),
+                Some(props) => self.object(props, schema),
+                None => "fg_obj".into(),
+            },
+            _ => "fg_any".into(),
+        }
+    }
+
+    /// `{key:value,...}` with the properties in order; the required ones must come.
+    fn object(&mut self, props: &Map<String, Value>, schema: &Value) -> String {
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let pairs: Vec<(String, bool)> = props
+            .iter()
+            .map(|(key, value)| {
+                let value = self.value(value);
+                (
+                    format!("{} {value}", literal(&format!("{key}:"))),
+                    required.contains(&key.as_str()),
+                )
+            })
+            .collect();
+        // after[i]: properties i.. when one was written before (each after a comma).
+        let mut after: Vec<Option<String>> = vec![None; pairs.len() + 1];
+        for i in (0..pairs.len()).rev() {
+            let (pair, needed) = &pairs[i];
+            let this = if *needed {
+                format!("\",\" {pair}")
+            } else {
+                format!("[\",\" {pair}]")
+            };
+            let body = match &after[i + 1] {
+                Some(rest) => format!("{this} {rest}"),
+                None => this,
+            };
+            after[i] = Some(self.rule(&body));
+        }
+        // first[i]: properties i.., at least one, none written before.
+        let mut first: Vec<Option<String>> = vec![None; pairs.len() + 1];
+        for i in (0..pairs.len()).rev() {
+            let (pair, needed) = &pairs[i];
+            let mut body = match &after[i + 1] {
+                Some(rest) => format!("{pair} {rest}"),
+                None => pair.clone(),
+            };
+            if !*needed {
+                if let Some(skip) = &first[i + 1] {
+                    body = format!("{body} | {skip}");
+                }
+            }
+            first[i] = Some(self.rule(&body));
+        }
+        let inner = first[0].clone().unwrap_or_default();
+        if pairs.iter().any(|(_, needed)| *needed) {
+            self.rule(&format!("\"{{\" {inner} \"}}\""))
+        } else {
+            self.rule(&format!("\"{{\" [{inner}] \"}}\""))
+        }
+    }
+}
+
+/// A schema constant as FunctionGemma writes it.
+fn constant(value: &Value) -> String {
+    match value {
+        Value::String(s) => literal(&format!("<escape>{s}<escape>")),
+        other => literal(&other.to_string()),
+    }
+}
+
+fn one_of(options: impl Iterator<Item = String>) -> String {
+    let options: Vec<String> = options.collect();
+    if options.len() == 1 {
+        return options.into_iter().next().unwrap_or_default();
+    }
+    format!("({})", options.join(" | "))
+}

@@ -1,0 +1,431 @@
+//! JSON call objects, `{"name": "...", "arguments": {...}}`: between Hermes tags, bare
+//! (Llama 3, small models that drop their tags, code fences), or as the elements of
+//! Mistral's `[TOOL_CALLS][...]` array. The header is read first so that the arguments
+//! can stream as they are generated.
+
+use super::json::{JsonScanner, Scan};
+use super::{find_marker, Found, Mode, OutputParser, Segment, ToolFormat, FENCES};
+
+/// A call object being read.
+#[derive(Debug, Default)]
+pub(super) struct Call {
+    /// The call's text after the opening marker.
+    body: String,
+    /// Set once `{"name": "...", "arguments":` has been read and the call announced.
+    args: Option<JsonScanner>,
+    /// The arguments are complete (or were closed).
+    args_done: bool,
+    /// The header is not of the streamable shape: wait for the closing marker.
+    buffered: bool,
+    /// Between tags: the closing one ends the call. Else the call ends with its object.
+    close: Option<&'static str>,
+    /// The call is its arguments alone (Mistral's `name[ARGS]{...}`): it ends with them.
+    arguments_only: bool,
+    /// The object after its arguments (other keys, such as Mistral's `"id"`), until `}`.
+    rest: Option<JsonScanner>,
+    /// A bare call inside a code fence: the fence's opening, given back as text should
+    /// the object not be a call.
+    fence: &'static str,
+    /// What may follow a bare call's object, each optional, in order: the fence's "```",
+    /// an array's `,` or `]`, Llama's `;`.
+    closers: Vec<&'static str>,
+}
+
+impl Call {
+    pub(super) fn tagged(close: &'static str) -> Call {
+        Call {
+            close: Some(close),
+            ..Call::default()
+        }
+    }
+
+    /// A call whose name was read: its arguments follow, and end it.
+    pub(super) fn arguments_only(scanner: JsonScanner) -> Call {
+        Call {
+            args: Some(scanner),
+            arguments_only: true,
+            ..Call::default()
+        }
+    }
+}
+
+impl OutputParser {
+    /// Where a block starts, a call object without its marker (perhaps in a code fence):
+    /// Some(true) when one started, Some(false) when it may still, None when not.
+    pub(super) fn bare_call_start(&mut self) -> Option<bool> {
+        let trimmed = self.held.trim_start();
+        let mut may_start = false;
+        for fence in FENCES {
+            match bare_object(trimmed, fence) {
+                Bare::Yes => {
+                    let skip = self.held.len() - trimmed.len() + fence.len();
+                    self.held.drain(..skip);
+                    let mut closers = Vec::new();
+                    if !fence.is_empty() {
+                        closers.push("```");
+                    }
+                    if self.in_array {
+                        closers.extend([",", "]"]);
+                    }
+                    if self.format.tools == Some(ToolFormat::Llama3Json) {
+                        closers.push(";");
+                    }
+                    self.mode = Mode::Call(Call {
+                        fence,
+                        closers,
+                        ..Call::default()
+                    });
+                    return Some(true);
+                }
+                Bare::Maybe => may_start = true,
+                Bare::No => {}
+            }
+        }
+        may_start.then_some(false)
+    }
+
+    pub(super) fn call(&mut self, out: &mut Vec<Segment>) -> bool {
+        let Mode::Call(call) = &mut self.mode else {
+            return false;
+        };
+        // Arguments stream until the scanner says the object ended.
+        if let (false, Some(scanner)) = (call.args_done, call.args.as_mut()) {
+            let (consumed, fragment, done) = stream_json(scanner, &self.held, &call.body);
+            call.body.extend(self.held.drain(..consumed));
+            if !fragment.is_empty() {
+                out.push(Segment::CallArguments(fragment));
+            }
+            if !done {
+                return false;
+            }
+            call.args_done = true;
+        }
+        let Some(close) = call.close else {
+            return self.bare_call(out);
+        };
+        // The closing marker ends the call; what comes between the arguments and it is
+        // ignored.
+        match find_marker(&self.held, &[close]) {
+            Found::At(at, marker) => {
+                call.body.extend(self.held.drain(..at));
+                if self.read_header(out) {
+                    return true;
+                }
+                self.held.drain(..marker.len());
+                if let Mode::Call(call) = std::mem::replace(&mut self.mode, Mode::Text) {
+                    self.end_tagged_call(out, call, close);
+                }
+                true
+            }
+            Found::No { safe } => {
+                call.body.extend(self.held.drain(..safe));
+                self.read_header(out)
+            }
+        }
+    }
+
+    /// A call without tags: it ends where its object does.
+    fn bare_call(&mut self, out: &mut Vec<Segment>) -> bool {
+        let Mode::Call(call) = &mut self.mode else {
+            return false;
+        };
+        if call.args_done && call.arguments_only {
+            self.end_call(out);
+            return true;
+        }
+        if call.args_done {
+            // The rest of the object: other keys are skipped.
+            let rest = call.rest.get_or_insert_with(JsonScanner::rest_of_object);
+            let mut consumed = None;
+            for (i, c) in self.held.char_indices() {
+                match rest.push(c) {
+                    Scan::Inside => {}
+                    Scan::Complete => {
+                        consumed = Some(i + c.len_utf8());
+                        break;
+                    }
+                    Scan::EndedBefore | Scan::Invalid => {
+                        consumed = Some(i);
+                        break;
+                    }
+                }
+            }
+            let Some(consumed) = consumed else {
+                self.held.clear();
+                return false;
+            };
+            self.held.drain(..consumed);
+            // Then what may follow the object; anything else is text.
+            while let Some(&closer) = call.closers.first() {
+                let trimmed = self.held.trim_start();
+                if trimmed.is_empty() || (closer.starts_with(trimmed) && trimmed != closer) {
+                    return false;
+                }
+                let ws = self.held.len() - trimmed.len();
+                if trimmed.starts_with(closer) {
+                    self.held.drain(..ws + closer.len());
+                    if closer == "]" {
+                        self.in_array = false;
+                    }
+                }
+                call.closers.remove(0);
+            }
+            self.end_call(out);
+            return true;
+        }
+        call.body.extend(self.held.drain(..));
+        if self.read_header(out) {
+            return true;
+        }
+        // Not a call after all: it was text.
+        let Mode::Call(call) = &mut self.mode else {
+            return false;
+        };
+        if call.buffered {
+            let text = format!("{}{}", call.fence, call.body);
+            self.mode = Mode::Text;
+            self.in_array = false;
+            self.emit_text(out, &text);
+        }
+        false
+    }
+
+    /// Before its arguments stream: once `{"name": "...", "arguments": ` is read, announce
+    /// the call and put the arguments back to be streamed. True when it did.
+    fn read_header(&mut self, out: &mut Vec<Segment>) -> bool {
+        let Mode::Call(call) = &mut self.mode else {
+            return false;
+        };
+        if call.args.is_some() || call.buffered {
+            return false;
+        }
+        match parse_header(&call.body) {
+            Header::Complete { name, value_start } if call.body[value_start..].starts_with('{') => {
+                let value = call.body.split_off(value_start);
+                self.held.insert_str(0, &value);
+                call.args = Some(JsonScanner::default());
+                self.in_text = false;
+                out.push(Segment::CallStart { name });
+                true
+            }
+            Header::Incomplete => false,
+            Header::Complete { .. } | Header::Mismatch => {
+                call.buffered = true;
+                false
+            }
+        }
+    }
+
+    fn end_tagged_call(&mut self, out: &mut Vec<Segment>, call: Call, close: &str) {
+        if call.args.is_some() {
+            self.end_call(out);
+            return;
+        }
+        // Not streamed: parse the whole body now.
+        match parse_whole_call(&call.body) {
+            Some((name, arguments)) => {
+                self.emit(out, Segment::CallStart { name });
+                out.push(Segment::CallArguments(arguments));
+                self.end_call(out);
+            }
+            None => {
+                tracing::warn!(body = %call.body, "a tool call could not be parsed; returned as text");
+                let open = self.format.tools.map_or("", ToolFormat::open);
+                let text = format!("{open}{}{close}", call.body);
+                self.emit(out, Segment::Text(text));
+            }
+        }
+    }
+
+    /// The output ended inside a call object.
+    pub(super) fn finish_call(&mut self, out: &mut Vec<Segment>, mut call: Call, held: &str) {
+        call.body.push_str(held);
+        match call.args {
+            Some(scanner) => {
+                if call.args_done {
+                    // Only what follows the arguments is missing.
+                    self.calls += 1;
+                } else {
+                    let rest = scanner.completion();
+                    if !rest.is_empty() {
+                        out.push(Segment::CallArguments(rest));
+                    }
+                    tracing::info!("a tool call was cut off; its arguments were closed");
+                }
+                out.push(Segment::CallEnd);
+            }
+            None if call.close.is_none() => {
+                tracing::info!(body = %call.body, "a tool call was cut off before its arguments; dropped");
+            }
+            None => match parse_whole_call(&call.body) {
+                Some((name, arguments)) => {
+                    self.emit(out, Segment::CallStart { name });
+                    out.push(Segment::CallArguments(arguments));
+                    out.push(Segment::CallEnd);
+                    self.calls += 1;
+                }
+                None => {
+                    tracing::info!(body = %call.body, "a tool call was cut off before its name; dropped");
+                }
+            },
+        }
+    }
+}
+
+enum Bare {
+    Yes,
+    /// Not yet: more text will tell.
+    Maybe,
+    No,
+}
+
+/// Whether `text` starts with `fence` and then `{"name"` (whitespace allowed after `{`).
+fn bare_object(text: &str, fence: &str) -> Bare {
+    let Some(rest) = text.strip_prefix(fence) else {
+        return if fence.starts_with(text) {
+            Bare::Maybe
+        } else {
+            Bare::No
+        };
+    };
+    let Some(rest) = rest.strip_prefix('{') else {
+        return if rest.is_empty() {
+            Bare::Maybe
+        } else {
+            Bare::No
+        };
+    };
+    let rest = rest.trim_start();
+    if rest.starts_with("\"name\"") {
+        Bare::Yes
+    } else if "\"name\"".starts_with(rest) {
+        Bare::Maybe
+    } else {
+        Bare::No
+    }
+}
+
+/// Feed `held` to an arguments scanner: (bytes consumed, the JSON they add, whether the
+/// value is complete). Text that can't continue the value ends it, closed.
+pub(super) fn stream_json(
+    scanner: &mut JsonScanner,
+    held: &str,
+    body: &str,
+) -> (usize, String, bool) {
+    let mut fragment = String::new();
+    for (i, c) in held.char_indices() {
+        match scanner.push(c) {
+            Scan::Inside => fragment.push(c),
+            Scan::Complete => {
+                fragment.push(c);
+                return (i + c.len_utf8(), fragment, true);
+            }
+            Scan::EndedBefore | Scan::Invalid => {
+                // Not JSON any more: close what was streamed.
+                tracing::warn!(body = %body, "a tool call's arguments are not valid JSON; closed");
+                fragment.push_str(&scanner.completion());
+                return (i, fragment, true);
+            }
+        }
+    }
+    (held.len(), fragment, false)
+}
+
+enum Header {
+    /// `{"name": "<name>", "arguments": ` read; the value starts at this byte offset.
+    Complete {
+        name: String,
+        value_start: usize,
+    },
+    Incomplete,
+    /// Not the usual shape (another key order, say): parse the call whole at its end.
+    Mismatch,
+}
+
+/// Reads `{"name": "...", "arguments"|"parameters": ` at the start of a call body.
+fn parse_header(body: &str) -> Header {
+    let mut rest = body;
+    macro_rules! expect {
+        ($lit:expr) => {{
+            rest = rest.trim_start();
+            if rest.is_empty() {
+                return Header::Incomplete;
+            }
+            if let Some(r) = rest.strip_prefix($lit) {
+                rest = r;
+            } else if $lit.starts_with(rest) {
+                return Header::Incomplete;
+            } else {
+                return Header::Mismatch;
+            }
+        }};
+    }
+    expect!("{");
+    expect!("\"name\"");
+    expect!(":");
+    expect!("\"");
+    let Some(end) = string_end(rest) else {
+        return Header::Incomplete;
+    };
+    let Ok(name) = serde_json::from_str::<String>(&format!("\"{}", &rest[..=end])) else {
+        return Header::Mismatch;
+    };
+    rest = &rest[end + 1..];
+    expect!(",");
+    expect!("\"");
+    let Some(end) = string_end(rest) else {
+        let partial = rest;
+        return if "arguments".starts_with(partial) || "parameters".starts_with(partial) {
+            Header::Incomplete
+        } else {
+            Header::Mismatch
+        };
+    };
+    if !matches!(&rest[..end], "arguments" | "parameters") {
+        return Header::Mismatch;
+    }
+    rest = &rest[end + 1..];
+    expect!(":");
+    rest = rest.trim_start();
+    if rest.is_empty() {
+        return Header::Incomplete;
+    }
+    Header::Complete {
+        name,
+        value_start: body.len() - rest.len(),
+    }
+}
+
+/// Byte offset of the `"` that ends a JSON string whose opening quote is already read.
+fn string_end(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A whole call body as JSON: `{"name", "arguments" | "parameters"}` in any order, the
+/// arguments an object or a string holding one. Returns the name and the arguments' JSON.
+fn parse_whole_call(body: &str) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let name = value.get("name")?.as_str()?.to_owned();
+    let arguments = value
+        .get("arguments")
+        .or_else(|| value.get("parameters"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let arguments = match arguments {
+        serde_json::Value::String(s) => serde_json::from_str(&s).ok()?,
+        other => other,
+    };
+    if !arguments.is_object() {
+        return None;
+    }
+    Some((name, arguments.to_string()))
+}
