@@ -233,3 +233,20 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "claude_code: drives the real Claude Code CLI against the server (slow: minutes of prefill)"
     )
+
+
+# Lines tests report (measured rates, timings), printed in the run's summary.
+REPORT: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print `line` now and again in the summary at the end of the run."""
+    print(line)
+    REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("measured")
+        for line in REPORT:
+            terminalreporter.write_line(line)

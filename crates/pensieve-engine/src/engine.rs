@@ -257,6 +257,12 @@ impl Engine {
         request: &GenerateRequest,
     ) -> Result<(Option<Constraint>, Option<LazyCall>), EngineError> {
         let forced = match &request.tool_choice {
+            // A reply that is JSON; with tools offered, the tools' grammars come first.
+            _ if request.output_schema.is_some()
+                && (request.tools.is_empty() || request.tool_choice == ToolChoice::None) =>
+            {
+                return self.json_output(request);
+            }
             ToolChoice::None => return Ok((None, None)),
             ToolChoice::Auto if request.tools.is_empty() => return Ok((None, None)),
             ToolChoice::Auto => None,
@@ -295,6 +301,22 @@ impl Engine {
             tracing::warn!("tool calls not constrained: {e}");
             (None, None)
         }))
+    }
+
+    /// The grammar of a structured-output request.
+    fn json_output(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<(Option<Constraint>, Option<LazyCall>), EngineError> {
+        let (Some(schema), Some(grammars)) = (&request.output_schema, self.grammars()) else {
+            return Err(EngineError::InvalidRequest(
+                "response_format: constrained decoding is not available for this model".into(),
+            ));
+        };
+        let constraint = grammars
+            .json_output(schema)
+            .map_err(|e| EngineError::InvalidRequest(format!("response_format: {e}")))?;
+        Ok((Some(constraint), None))
     }
 
     fn grammars(&self) -> Option<&Grammars> {

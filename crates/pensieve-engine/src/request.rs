@@ -134,6 +134,8 @@ pub struct GenerateRequest {
     /// Whether the client marked cache breakpoints: then the prompt tokens this request
     /// stores in the prefix cache are reported as cache creation.
     pub cache_requested: bool,
+    /// Structured output: the reply is one JSON value of this schema.
+    pub output_schema: Option<Value>,
 }
 
 impl GenerateRequest {
@@ -150,6 +152,7 @@ impl GenerateRequest {
             stop_sequences: Vec::new(),
             thinking: false,
             cache_requested: false,
+            output_schema: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! engine's neutral types. Nothing here does I/O.
 //!
 //! - [`anthropic`]: the Messages API (requests, responses, the SSE encoder, errors).
+//! - [`openai`]: the Chat Completions API, translated into the same neutral types.
 
 pub mod anthropic;
 pub mod ids;
+pub mod openai;

@@ -15,7 +15,7 @@ use pensieve_protocol::anthropic::ErrorKind;
 use pensieve_protocol::ids::random_id;
 
 use crate::auth::is_authorized;
-use crate::error::ApiError;
+use crate::error::{ApiError, Dialect};
 use crate::{request_metrics, routes};
 
 /// Settings of the HTTP edge.
@@ -66,6 +66,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/v1/messages/count_tokens",
             post(routes::messages::count_tokens),
         )
+        .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/chat/completions", post(routes::chat::completions))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))
@@ -97,6 +99,7 @@ async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -
     let mut response = match &state.config.api_key {
         Some(key) if !is_public(&method, &path) && !is_authorized(request.headers(), key) => {
             ApiError::new(ErrorKind::Authentication, "invalid x-api-key")
+                .in_dialect(Dialect::of_path(&path))
                 .with_request_id(&id)
                 .into_response()
         }

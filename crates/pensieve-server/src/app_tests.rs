@@ -465,3 +465,92 @@ async fn timed_bodies_keep_their_length() {
         .exact()
         .is_some());
 }
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-local", "max_tokens": 100, "stream": stream,
+           "stream_options": {"include_usage": true},
+           "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn chat_completion_and_its_stream() {
+    let (status, _, body) = send(
+        router("Hello"),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v = json_of(&body);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "gpt-local");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    let (status, headers, body) = send(
+        router("Hello"),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(true)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let text = String::from_utf8(body).unwrap();
+    let frames: Vec<&str> = text
+        .split("\n\n")
+        .filter(|f| f.starts_with("data: "))
+        .collect();
+    assert_eq!(frames.last(), Some(&"data: [DONE]"));
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(&f["data: ".len()..]).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn openai_routes_answer_errors_in_openais_shape() {
+    let (status, _, body) = send(
+        router("x"),
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "m"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v = json_of(&body);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["param"], "messages");
+    let state = state_with(
+        "x",
+        ServerConfig {
+            api_key: Some("k".into()),
+            ..ServerConfig::default()
+        },
+        4096,
+    );
+    let (status, _, body) = send(
+        app(state),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(json_of(&body)["error"]["code"], "invalid_api_key");
+    // A prompt over the context: OpenAI's code for it.
+    let long = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let (status, _, body) = send(router("x"), "POST", "/v1/chat/completions", Some(long)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(&body)["error"]["code"], "context_length_exceeded");
+}

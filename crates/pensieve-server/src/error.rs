@@ -1,9 +1,31 @@
-//! One error type for every handler, rendered as Anthropic's error envelope.
+//! One error type for every handler, rendered in the envelope of the API the request
+//! came to: Anthropic's, or OpenAI's on its routes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pensieve_engine::EngineError;
 use pensieve_protocol::anthropic::{error_body, ErrorKind, RequestError};
+use pensieve_protocol::openai::{self, OpenAiError};
+
+/// Which API's error envelope a response uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    #[default]
+    Anthropic,
+    OpenAi,
+}
+
+impl Dialect {
+    /// The dialect of the API served at `path`.
+    pub fn of_path(path: &str) -> Dialect {
+        let path = path.trim_start_matches("/v1");
+        if path.starts_with("/chat/completions") || path.starts_with("/completions") {
+            Dialect::OpenAi
+        } else {
+            Dialect::Anthropic
+        }
+    }
+}
 
 /// Seconds a client should wait before retrying when the server is busy.
 const RETRY_AFTER_SECS: u64 = 2;
@@ -13,6 +35,10 @@ pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
     pub request_id: Option<String>,
+    pub dialect: Dialect,
+    /// OpenAI's `param` and `code`.
+    pub param: Option<String>,
+    pub code: Option<String>,
 }
 
 impl ApiError {
@@ -21,7 +47,15 @@ impl ApiError {
             kind,
             message: message.into(),
             request_id: None,
+            dialect: Dialect::Anthropic,
+            param: None,
+            code: None,
         }
+    }
+
+    pub fn in_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     pub fn with_request_id(mut self, id: &str) -> Self {
@@ -30,7 +64,20 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        let status = match self.dialect {
+            Dialect::Anthropic => self.kind.status(),
+            Dialect::OpenAi => openai::error::status(self.kind),
+        };
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<OpenAiError> for ApiError {
+    fn from(e: OpenAiError) -> Self {
+        let mut error =
+            ApiError::new(ErrorKind::InvalidRequest, e.message).in_dialect(Dialect::OpenAi);
+        error.param = e.param;
+        error
     }
 }
 
@@ -42,13 +89,25 @@ impl From<RequestError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        ApiError::new(ErrorKind::of_engine_error(&e), e.to_string())
+        let (code, param) = openai::engine_error_detail(&e);
+        let mut error = ApiError::new(ErrorKind::of_engine_error(&e), e.to_string());
+        error.code = code.map(str::to_owned);
+        error.param = param.map(str::to_owned);
+        error
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = error_body(self.kind, &self.message, self.request_id.as_deref());
+        let body = match self.dialect {
+            Dialect::Anthropic => error_body(self.kind, &self.message, self.request_id.as_deref()),
+            Dialect::OpenAi => openai::error_body(
+                self.kind,
+                &self.message,
+                self.param.as_deref(),
+                self.code.as_deref(),
+            ),
+        };
         let mut response = (self.status(), axum::Json(body)).into_response();
         if matches!(self.kind, ErrorKind::Overloaded | ErrorKind::RateLimit) {
             response

@@ -248,8 +248,9 @@ impl OutputParser {
         let mut out = Vec::new();
         let held = std::mem::take(&mut self.held);
         match std::mem::replace(&mut self.mode, Mode::Text) {
+            // Whitespace ends the text it follows; alone, it is not worth a block.
             Mode::Text => {
-                if !held.trim().is_empty() {
+                if self.in_text || !held.trim().is_empty() {
                     self.emit_text(&mut out, &held);
                 }
             }

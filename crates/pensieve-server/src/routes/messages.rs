@@ -2,23 +2,19 @@
 //! where an Anthropic request becomes an engine request, and engine events become
 //! Anthropic responses.
 
-use std::convert::Infallible;
-
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::{
-    parse_count_tokens, parse_messages, ContentCollector, ErrorKind, MessageResponse, SseEvent,
-    StreamEncoder,
+    parse_count_tokens, parse_messages, ContentCollector, MessageResponse, SseEvent, StreamEncoder,
 };
 use pensieve_protocol::ids::random_id;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
 use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
 
@@ -84,41 +80,29 @@ async fn start_message(
     }
 }
 
-/// Read the whole body, refusing one over `limit` with 413.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorKind::RequestTooLarge,
-            format!("request body is larger than the server's limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let is_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if is_limit {
-            too_large()
-        } else {
-            ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("cannot read the request body: {e}"),
-            )
-        }
-    })
-}
+/// Anthropic's SSE events as frames.
+struct AnthropicFrames(StreamEncoder);
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::Api, format!("internal task failed: {e}")))
+impl FrameEncoder for AnthropicFrames {
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        self.0
+            .on_event(event)
+            .iter()
+            .map(SseEvent::to_frame)
+            .collect()
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        vec![self.0.error(error).to_frame()]
+    }
+
+    fn ping(&self) -> String {
+        StreamEncoder::ping().to_frame()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 /// What the response needs besides the engine's events.
@@ -153,74 +137,20 @@ impl Reply {
         Err(EngineError::EngineStopped.into())
     }
 
-    /// Stream the generation as SSE. Headers and `message_start` go out at once, and a
-    /// `ping` every `ping_interval`, so clients see bytes during a long prefill.
+    /// Stream the generation as SSE: `message_start` at once, then the encoder's events.
     fn stream(self, generation: Generation, ping_interval: std::time::Duration) -> Response {
-        let (frames, body) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-        tokio::spawn(self.pump(generation, frames, ping_interval));
-        let mut response = Response::new(Body::from_stream(ReceiverStream::new(body)));
-        *response.status_mut() = StatusCode::OK;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response
-    }
-
-    async fn pump(
-        self,
-        mut generation: Generation,
-        frames: mpsc::Sender<Result<Bytes, Infallible>>,
-        ping_interval: std::time::Duration,
-    ) {
-        let send = |event: SseEvent| {
-            let frames = frames.clone();
-            async move { frames.send(Ok(Bytes::from(event.to_frame()))).await.is_ok() }
-        };
-        let mut encoder = StreamEncoder::new(
+        let encoder = AnthropicFrames(StreamEncoder::new(
             self.message_id.clone(),
             self.model.clone(),
             self.prompt_tokens,
-        );
-        if !send(encoder.start()).await {
-            return;
-        }
-        let start = tokio::time::Instant::now() + ping_interval;
-        let mut ping = tokio::time::interval_at(start, ping_interval);
-        loop {
-            let events = tokio::select! {
-                event = generation.events.recv() => match event {
-                    Some(GenerationEvent::Done(completion)) => {
-                        self.log(true, &completion);
-                        encoder.on_event(GenerationEvent::Done(completion))
-                    }
-                    Some(GenerationEvent::Failed(e)) => {
-                        self.log_failure(&e);
-                        encoder.on_event(GenerationEvent::Failed(e))
-                    }
-                    Some(event) => encoder.on_event(event),
-                    // The engine dropped the request without a word: report it in-band.
-                    None => vec![encoder.error(&EngineError::EngineStopped)],
-                },
-                _ = ping.tick() => vec![StreamEncoder::ping()],
-                // The client went away: dropping `generation` cancels it in the engine.
-                _ = frames.closed() => {
-                    tracing::info!(request_id = %self.request_id, "client disconnected; generation cancelled");
-                    return;
-                }
-            };
-            for event in events {
-                if !send(event).await {
-                    return;
-                }
-            }
-            if encoder.is_finished() {
-                return;
-            }
-        }
+        ));
+        let first = vec![encoder.0.start().to_frame()];
+        let request_id = self.request_id.clone();
+        let log: LogOutcome = Box::new(move |outcome| match outcome {
+            Ok(completion) => self.log(true, completion),
+            Err(e) => self.log_failure(e),
+        });
+        stream_sse(request_id, encoder, first, generation, ping_interval, log)
     }
 
     fn log_failure(&self, e: &EngineError) {

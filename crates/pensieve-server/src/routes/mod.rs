@@ -1,6 +1,8 @@
 //! Handlers, one module per API surface.
 
+pub mod chat;
 pub mod health;
+mod io;
 pub mod messages;
 pub mod metrics;
 pub mod models;

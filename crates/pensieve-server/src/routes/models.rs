@@ -1,7 +1,9 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 //!
 //! The server runs one model. `claude-*` names are served by it too (Claude Code asks
-//! for them), so they are reported as existing.
+//! for them), so they are reported as existing. Each entry carries the fields of both
+//! APIs' model objects (Anthropic's `type`, `display_name`, `created_at`; OpenAI's
+//! `object`, `created`, `owned_by`), so both SDKs read the same list.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -19,12 +21,19 @@ fn model_entry(state: &AppState, id: &str) -> Value {
     } else {
         format!("{id} (served by {served})")
     };
-    json!({"type": "model", "id": id, "display_name": display_name, "created_at": created})
+    let created_unix = state
+        .config
+        .model_created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({"type": "model", "id": id, "display_name": display_name, "created_at": created,
+           "object": "model", "created": created_unix, "owned_by": "pensieve"})
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let id = state.engine.info().id.clone();
     Json(json!({
+        "object": "list",
         "data": [model_entry(&state, &id)],
         "has_more": false,
         "first_id": id,

@@ -1,0 +1,16 @@
+//! The OpenAI Chat Completions API (`/v1/chat/completions`).
+//!
+//! - [`request`]: lenient request types and their translation to a `GenerateRequest`.
+//! - [`response`]: the non-streaming response, finish reasons and usage.
+//! - [`stream`]: the SSE encoder, a pure state machine over engine events.
+//! - [`error`]: the error envelope.
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod stream;
+
+pub use error::{engine_error_detail, error_body, OpenAiError};
+pub use request::{parse_chat, ChatRequest};
+pub use response::{ChatCompletion, MessageCollector};
+pub use stream::ChunkEncoder;

@@ -1,0 +1,418 @@
+//! `/v1/chat/completions` requests, parsed leniently (unknown fields are ignored) and
+//! translated into the engine's [`GenerateRequest`].
+
+use std::collections::HashMap;
+
+use pensieve_engine::{
+    GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::OpenAiError;
+
+/// What `max_tokens` is when the client gives none: the rest of the context.
+const NO_LIMIT: u32 = u32::MAX;
+
+/// The body of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub logit_bias: Option<HashMap<String, f32>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<ChatContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ChatToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// Reasoning an earlier reply carried (as this server sends it).
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChatContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ImageUrl {},
+    InputAudio {},
+    File {},
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatToolCall {
+    #[serde(default)]
+    pub id: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON object, as a string.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatTool {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: Option<FunctionDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+}
+
+/// Parse a body, with serde's message (which names the field) on failure.
+pub fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, OpenAiError> {
+    serde_json::from_slice(bytes).map_err(|e| OpenAiError::invalid(None, format!("{e}")))
+}
+
+impl ChatRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether a streamed reply ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The neutral request. Settings the engine can't honour are refused by name
+    /// rather than ignored.
+    pub fn into_generate(self) -> Result<GenerateRequest, OpenAiError> {
+        let model = self
+            .model
+            .ok_or_else(|| OpenAiError::invalid(Some("model"), "model: Field required"))?;
+        let messages = self
+            .messages
+            .ok_or_else(|| OpenAiError::invalid(Some("messages"), "messages: Field required"))?;
+        if messages.is_empty() {
+            return Err(OpenAiError::invalid(
+                Some("messages"),
+                "messages: at least one message is required",
+            ));
+        }
+        if let Some(n) = self.n.filter(|n| *n != 1) {
+            return Err(OpenAiError::invalid(
+                Some("n"),
+                format!("n: only 1 choice per request is supported, got {n}"),
+            ));
+        }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(OpenAiError::invalid(
+                Some("logprobs"),
+                "logprobs: not supported by this server yet",
+            ));
+        }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(OpenAiError::invalid(
+                    Some(name),
+                    format!("{name}: not supported by this server yet"),
+                ));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(OpenAiError::invalid(
+                Some("logit_bias"),
+                "logit_bias: not supported by this server yet",
+            ));
+        }
+        let max_tokens = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .unwrap_or(NO_LIMIT);
+        if max_tokens == 0 {
+            return Err(OpenAiError::invalid(
+                Some("max_tokens"),
+                "max_tokens: must be at least 1",
+            ));
+        }
+        let mut sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p,
+            seed: self.seed,
+            ..SamplingParams::default()
+        };
+        if !(0.0..=2.0).contains(&sampling.temperature) {
+            return Err(OpenAiError::invalid(
+                Some("temperature"),
+                "temperature: must be between 0 and 2",
+            ));
+        }
+        if sampling.top_p == Some(1.0) {
+            sampling.top_p = None;
+        }
+        let tools = self
+            .tools
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| tool_spec(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut request = GenerateRequest::new(model, conversation(messages)?, max_tokens);
+        request.sampling = sampling;
+        request.tools = tools;
+        request.tool_choice = tool_choice(self.tool_choice)?;
+        request.parallel_tool_calls = self.parallel_tool_calls.unwrap_or(true);
+        request.stop_sequences = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        request.stop_sequences.retain(|s| !s.is_empty());
+        request.output_schema = output_schema(self.response_format)?;
+        Ok(request)
+    }
+}
+
+fn tool_spec(index: usize, tool: ChatTool) -> Result<ToolSpec, OpenAiError> {
+    if tool.kind.as_deref().is_some_and(|k| k != "function") {
+        return Err(OpenAiError::invalid(
+            Some("tools"),
+            format!("tools.{index}.type: only function tools are supported"),
+        ));
+    }
+    let f = tool.function.ok_or_else(|| {
+        OpenAiError::invalid(
+            Some("tools"),
+            format!("tools.{index}.function: Field required"),
+        )
+    })?;
+    Ok(ToolSpec {
+        name: f.name,
+        description: f.description,
+        parameters: f
+            .parameters
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+    })
+}
+
+/// `"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}`.
+fn tool_choice(choice: Option<Value>) -> Result<ToolChoice, OpenAiError> {
+    let bad = || {
+        OpenAiError::invalid(
+            Some("tool_choice"),
+            "tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+        )
+    };
+    match choice {
+        None => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(bad()),
+        },
+        Some(v) => v
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(|n| ToolChoice::Named(n.to_owned()))
+            .ok_or_else(bad),
+    }
+}
+
+/// The schema a JSON reply must follow: any object for `json_object`.
+fn output_schema(format: Option<ResponseFormat>) -> Result<Option<Value>, OpenAiError> {
+    let Some(format) = format else {
+        return Ok(None);
+    };
+    match format.kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(serde_json::json!({"type": "object"}))),
+        "json_schema" => format
+            .json_schema
+            .and_then(|s| s.schema)
+            .map(Some)
+            .ok_or_else(|| {
+                OpenAiError::invalid(
+                    Some("response_format"),
+                    "response_format.json_schema.schema: Field required",
+                )
+            }),
+        other => Err(OpenAiError::invalid(
+            Some("response_format"),
+            format!(
+                "response_format.type: expected text, json_object or json_schema; got {other:?}"
+            ),
+        )),
+    }
+}
+
+/// The messages as one neutral conversation.
+fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError> {
+    // Tool results name their call by id; templates often want the tool's name too.
+    let mut tool_names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" | "function" => Role::Tool,
+            other => {
+                return Err(OpenAiError::invalid(
+                    Some("messages"),
+                    format!("messages.{i}.role: expected system, developer, user, assistant or tool; got {other:?}"),
+                ))
+            }
+        };
+        let mut message = Message::text(role, content_text(m.content, i)?);
+        message.reasoning = m.reasoning_content.filter(|r| !r.is_empty());
+        for (j, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            let arguments = if call.function.arguments.trim().is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_str(&call.function.arguments).map_err(|e| {
+                    OpenAiError::invalid(
+                        Some("messages"),
+                        format!("messages.{i}.tool_calls.{j}.function.arguments: not a JSON object ({e})"),
+                    )
+                })?
+            };
+            tool_names.insert(call.id.clone(), call.function.name.clone());
+            message.tool_calls.push(ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments,
+            });
+        }
+        if role == Role::Tool {
+            message.name = m.name.or_else(|| {
+                m.tool_call_id
+                    .as_ref()
+                    .and_then(|id| tool_names.get(id).cloned())
+            });
+            message.tool_call_id = m.tool_call_id;
+        }
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn content_text(content: Option<ChatContent>, index: usize) -> Result<String, OpenAiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(ChatContent::Text(t)) => Ok(t),
+        Some(ChatContent::Parts(parts)) => {
+            let mut texts = Vec::new();
+            for (j, part) in parts.into_iter().enumerate() {
+                match part {
+                    ContentPart::Text { text } => texts.push(text),
+                    ContentPart::Other => {}
+                    ContentPart::ImageUrl {}
+                    | ContentPart::InputAudio {}
+                    | ContentPart::File {} => {
+                        return Err(OpenAiError::invalid(
+                            Some("messages"),
+                            format!("messages.{index}.content.{j}: this model accepts text only"),
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -1,0 +1,156 @@
+//! `POST /v1/chat/completions` (streaming and not): where an OpenAI request becomes an
+//! engine request, and engine events become chat completions. Errors use OpenAI's
+//! envelope.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
+use pensieve_protocol::ids::random_id;
+use pensieve_protocol::openai::{parse_chat, ChatCompletion, ChunkEncoder, MessageCollector};
+
+use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
+use crate::app::{AppState, RequestId};
+use crate::error::{ApiError, Dialect};
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match start(&state, &request_id.0, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => e
+            .in_dialect(Dialect::OpenAi)
+            .with_request_id(&request_id.0)
+            .into_response(),
+    }
+}
+
+async fn start(
+    state: &AppState,
+    request_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(headers, body, state.config.body_limit).await?;
+    let parsed = parse_chat(&bytes)?;
+    let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
+    let request = parsed.into_generate()?;
+    let engine = state.engine.clone();
+    // Rendering and tokenizing a long prompt is CPU work: keep it off the reactor.
+    let (request, valid) = blocking(move || {
+        let valid = engine.validate(&request);
+        (request, valid)
+    })
+    .await?;
+    let generation = state.engine.submit(valid?)?;
+    let reply = Reply {
+        request_id: request_id.to_owned(),
+        id: random_id("chatcmpl-"),
+        model: request.model,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    if stream {
+        let encoder = ChunkEncoder::new(
+            reply.id.clone(),
+            reply.model.clone(),
+            reply.created,
+            include_usage,
+        );
+        let first = vec![encoder.start()];
+        let request_id = reply.request_id.clone();
+        let log: LogOutcome = Box::new(move |outcome| match outcome {
+            Ok(completion) => reply.log(true, completion),
+            Err(e) => reply.log_failure(e),
+        });
+        let interval = state.config.ping_interval;
+        Ok(stream_sse(
+            request_id, encoder, first, generation, interval, log,
+        ))
+    } else {
+        reply.collect(generation).await
+    }
+}
+
+impl FrameEncoder for ChunkEncoder {
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        ChunkEncoder::on_event(self, event)
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        ChunkEncoder::error(self, error)
+    }
+
+    fn ping(&self) -> String {
+        ChunkEncoder::ping()
+    }
+
+    fn is_finished(&self) -> bool {
+        ChunkEncoder::is_finished(self)
+    }
+}
+
+/// What the response needs besides the engine's events.
+struct Reply {
+    request_id: String,
+    id: String,
+    /// The name the client asked for, echoed back.
+    model: String,
+    created: u64,
+}
+
+impl Reply {
+    async fn collect(self, mut generation: Generation) -> Result<Response, ApiError> {
+        let mut message = MessageCollector::default();
+        while let Some(event) = generation.events.recv().await {
+            match event {
+                GenerationEvent::Done(completion) => {
+                    self.log(false, &completion);
+                    let body = ChatCompletion::new(
+                        self.id,
+                        self.model,
+                        self.created,
+                        message.into_message(),
+                        &completion,
+                    );
+                    return Ok(Json(body).into_response());
+                }
+                GenerationEvent::Failed(e) => {
+                    self.log_failure(&e);
+                    return Err(e.into());
+                }
+                other => message.push(&other),
+            }
+        }
+        Err(EngineError::EngineStopped.into())
+    }
+
+    fn log_failure(&self, e: &EngineError) {
+        tracing::warn!(request_id = %self.request_id, model = %self.model, error = %e, "chat completion failed");
+    }
+
+    /// One line per finished request.
+    fn log(&self, stream: bool, c: &Completion) {
+        tracing::info!(
+            request_id = %self.request_id,
+            model = %self.model,
+            stream,
+            prompt_tokens = c.usage.prompt_tokens,
+            cached_tokens = c.usage.cached_prompt_tokens,
+            output_tokens = c.usage.completion_tokens,
+            queued_ms = c.timings.queued.as_millis() as u64,
+            prefill_ms = c.timings.prefill.as_millis() as u64,
+            decode_ms = c.timings.decode.as_millis() as u64,
+            stop = ?c.reason,
+            "chat completion done"
+        );
+    }
+}

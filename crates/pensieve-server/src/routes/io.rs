@@ -1,0 +1,139 @@
+//! What the generation routes share: reading the body within the limit, running CPU
+//! work (rendering, tokenizing) off the reactor, and the SSE response.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
+use pensieve_protocol::anthropic::ErrorKind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::ApiError;
+
+/// Read the whole body, refusing one over `limit` with 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("request body is larger than the server's limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            too_large()
+        } else {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })
+}
+
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Api, format!("internal task failed: {e}")))
+}
+
+/// One API's SSE encoder: frames from engine events.
+pub trait FrameEncoder: Send + 'static {
+    /// The frames an event makes.
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String>;
+    /// The stream ends with `error`.
+    fn error(&mut self, error: &EngineError) -> Vec<String>;
+    /// A frame that keeps the connection busy.
+    fn ping(&self) -> String;
+    fn is_finished(&self) -> bool;
+}
+
+/// How a finished generation is logged: its completion, or its failure.
+pub type LogOutcome = Box<dyn Fn(Result<&Completion, &EngineError>) + Send>;
+
+/// Stream `generation` as SSE: `first` at once, then the encoder's frames, and a ping
+/// every `ping_interval` so clients see bytes during a long prefill. Returns the
+/// response whose body is that stream.
+pub fn stream_sse<E: FrameEncoder>(
+    request_id: String,
+    mut encoder: E,
+    first: Vec<String>,
+    mut generation: Generation,
+    ping_interval: std::time::Duration,
+    log: LogOutcome,
+) -> Response {
+    let (frames, response) = sse_response();
+    tokio::spawn(async move {
+        let send = |frame: String| {
+            let frames = frames.clone();
+            async move { frames.send(Ok(Bytes::from(frame))).await.is_ok() }
+        };
+        for frame in first {
+            if !send(frame).await {
+                return;
+            }
+        }
+        let start = tokio::time::Instant::now() + ping_interval;
+        let mut ping = tokio::time::interval_at(start, ping_interval);
+        loop {
+            let out = tokio::select! {
+                event = generation.events.recv() => match event {
+                    Some(GenerationEvent::Done(completion)) => {
+                        log(Ok(&completion));
+                        encoder.on_event(GenerationEvent::Done(completion))
+                    }
+                    Some(GenerationEvent::Failed(e)) => {
+                        log(Err(&e));
+                        encoder.on_event(GenerationEvent::Failed(e))
+                    }
+                    Some(event) => encoder.on_event(event),
+                    // The engine dropped the request without a word: report it in-band.
+                    None => encoder.error(&EngineError::EngineStopped),
+                },
+                _ = ping.tick() => vec![encoder.ping()],
+                // The client went away: dropping `generation` cancels it in the engine.
+                _ = frames.closed() => {
+                    tracing::info!(request_id = %request_id, "client disconnected; generation cancelled");
+                    return;
+                }
+            };
+            for frame in out {
+                if !send(frame).await {
+                    return;
+                }
+            }
+            if encoder.is_finished() {
+                return;
+            }
+        }
+    });
+    response
+}
+
+/// Where SSE frames are written, and the response that streams them.
+fn sse_response() -> (mpsc::Sender<Result<Bytes, Infallible>>, Response) {
+    let (frames, body) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let mut response = Response::new(Body::from_stream(ReceiverStream::new(body)));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    (frames, response)
+}

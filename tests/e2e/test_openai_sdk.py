@@ -1,0 +1,253 @@
+"""The OpenAI Chat Completions API with the real `openai` SDK against the real binary:
+plain and streamed replies with usage, tool calls (forced, with arguments that validate,
+streamed as `tool_calls` deltas), `json_schema` output that validates, the model list,
+and errors in OpenAI's shape with the SDK's exception types."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from conftest import QWEN_CODER, _serve
+
+QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+            "required": ["city", "days"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def smol(smol_server):
+    return openai.OpenAI(base_url=f"{smol_server.url}/v1", api_key="anything", max_retries=0, timeout=180.0)
+
+
+@pytest.fixture(scope="module")
+def qwen_server():
+    yield from _serve(QWEN_CODER, ["--ctx", "4096"])
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_server):
+    return openai.OpenAI(base_url=f"{qwen_server.url}/v1", api_key="anything", max_retries=0, timeout=300.0)
+
+
+def test_a_chat_completion(smol):
+    r = smol.chat.completions.create(
+        model="smol",
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}],
+        max_tokens=16,
+        temperature=0,
+    )
+    assert r.object == "chat.completion"
+    assert r.id.startswith("chatcmpl-")
+    assert r.model == "smol"
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 16
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_max_tokens_ends_with_length_and_a_repeat_reads_the_cache(smol):
+    messages = [{"role": "user", "content": "Count from one to one hundred in words, separated by commas."}]
+    first = smol.chat.completions.create(model="smol", messages=messages, max_completion_tokens=8, temperature=0)
+    assert first.choices[0].finish_reason == "length"
+    assert first.usage.completion_tokens == 8
+    again = smol.chat.completions.create(model="smol", messages=messages, max_completion_tokens=8, temperature=0)
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_a_streamed_completion_with_usage(smol):
+    stream = smol.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage, roles = [], None, None, []
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            usage = chunk.usage
+            assert chunk.choices == []
+            continue
+        delta = chunk.choices[0].delta
+        if delta.role:
+            roles.append(delta.role)
+        if delta.content:
+            text.append(delta.content)
+        if chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert roles == ["assistant"]
+    assert "".join(text).strip()
+    assert finish in ("stop", "length")
+    assert usage is not None and 0 < usage.completion_tokens <= 24
+
+
+def test_stop_sequences(smol):
+    """Greedy output cut at a stop string taken from the uncut output: the reply is what
+    came before it, and ends with `stop`."""
+    args = dict(model="smol", messages=[{"role": "user", "content": "Describe the sea in two sentences."}],
+                max_tokens=48, temperature=0)
+    full = smol.chat.completions.create(**args).choices[0].message.content
+    words = full.split()
+    assert len(words) > 4, full
+    stop = words[len(words) // 2]
+    r = smol.chat.completions.create(**args, stop=[stop, "never-said"])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == full[: full.index(stop)]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_forced_tool_call_validates(qwen, streamed):
+    args = dict(
+        model="qwen",
+        messages=QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=96,
+        temperature=0,
+    )
+    if not streamed:
+        r = qwen.chat.completions.create(**args)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        assert choice.message.content is None
+        calls = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    else:
+        calls = {}
+        finish = None
+        for chunk in qwen.chat.completions.create(**args, stream=True):
+            if not chunk.choices:
+                continue
+            for d in chunk.choices[0].delta.tool_calls or []:
+                entry = calls.setdefault(d.index, [None, None, ""])
+                if d.id:
+                    entry[0] = d.id
+                if d.function and d.function.name:
+                    entry[1] = d.function.name
+                if d.function and d.function.arguments:
+                    entry[2] += d.function.arguments
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls"
+        calls = [tuple(v) for _, v in sorted(calls.items())]
+    assert len(calls) == 1, calls
+    call_id, name, arguments = calls[0]
+    assert call_id.startswith("call_")
+    assert name == "get_weather"
+    jsonschema.validate(json.loads(arguments), WEATHER_TOOL["function"]["parameters"])
+
+
+def test_a_tool_result_continues_the_conversation(qwen):
+    r = qwen.chat.completions.create(
+        model="qwen",
+        messages=QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=96,
+        temperature=0,
+    )
+    call = r.choices[0].message.tool_calls[0]
+    follow = qwen.chat.completions.create(
+        model="qwen",
+        messages=QUESTION
+        + [
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 degrees Celsius."},
+        ],
+        tools=[WEATHER_TOOL],
+        # A 0.5B model would call the tool again; the answer is what is tested here.
+        tool_choice="none",
+        max_tokens=64,
+        temperature=0,
+    )
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    assert follow.choices[0].message.content
+
+
+def test_json_schema_output_validates(qwen):
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "languages": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        },
+        "required": ["name", "age", "languages"],
+    }
+    r = qwen.chat.completions.create(
+        model="qwen",
+        messages=[{"role": "user", "content": "Describe a fictional programmer."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        max_tokens=160,
+        temperature=0,
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_json_object_output_is_an_object(smol):
+    r = smol.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Give me a JSON object about a cat."}],
+        response_format={"type": "json_object"},
+        max_tokens=96,
+        temperature=0,
+    )
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:
+        assert r.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_the_model_list(smol):
+    models = smol.models.list()
+    assert len(models.data) == 1
+    assert models.data[0].object == "model"
+    assert models.data[0].id
+
+
+def test_errors_have_openais_shape_and_types(smol, small_ctx_server, auth_server):
+    with pytest.raises(openai.BadRequestError) as e:
+        smol.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], n=3)
+    assert e.value.body["param"] == "n"
+    assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        smol.chat.completions.create(model="smol", messages=[])
+    tight = openai.OpenAI(base_url=f"{small_ctx_server.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        tight.chat.completions.create(model="smol", messages=[{"role": "user", "content": "word " * 2000}])
+    assert e.value.code == "context_length_exceeded"
+    locked = openai.OpenAI(base_url=f"{auth_server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        locked.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}])
+    ok = openai.OpenAI(base_url=f"{auth_server.url}/v1", api_key="secret", max_retries=0)
+    assert ok.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    ).choices
+
+
+def test_a_bad_body_is_a_bad_request(smol_server):
+    import httpx
+
+    r = httpx.post(f"{smol_server.url}/v1/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
