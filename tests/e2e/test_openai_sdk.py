@@ -5,6 +5,7 @@ and errors in OpenAI's shape with the SDK's exception types."""
 
 from __future__ import annotations
 
+import collections
 import json
 
 import jsonschema
@@ -99,6 +100,28 @@ def test_a_streamed_completion_with_usage(smol):
     assert "".join(text).strip()
     assert finish in ("stop", "length")
     assert usage is not None and 0 < usage.completion_tokens <= 24
+
+
+def test_logit_bias_and_penalties_change_the_output(smol):
+    """A +100 bias on one token makes greedy decoding write only it; a frequency penalty
+    keeps a repetitive answer from repeating itself."""
+    args = dict(model="smol", messages=[{"role": "user", "content": "List the word cat twenty times."}],
+                max_tokens=40, temperature=0)
+    plain = smol.chat.completions.create(**args).choices[0].message.content
+    forced = smol.chat.completions.create(**args, logit_bias={"1000": 100}).choices[0].message.content
+    assert forced != plain
+    unit = forced[: len(forced) // 40]
+    assert unit and forced == unit * 40, forced
+
+    def most_repeated(text: str) -> int:
+        return collections.Counter(text.lower().split()).most_common(1)[0][1]
+
+    penalised = smol.chat.completions.create(**args, frequency_penalty=2.0).choices[0].message.content
+    assert most_repeated(plain) >= 5, plain
+    assert most_repeated(penalised) < most_repeated(plain), (plain, penalised)
+    with pytest.raises(openai.BadRequestError) as e:
+        smol.chat.completions.create(**args, logit_bias={"99999999": 1})
+    assert "vocabulary" in e.value.message
 
 
 def test_stop_sequences(smol):

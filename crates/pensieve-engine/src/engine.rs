@@ -207,7 +207,7 @@ impl Engine {
 
     /// Build the prompt and check that the request can run.
     pub fn validate(&self, request: &GenerateRequest) -> Result<ValidRequest, EngineError> {
-        validate_sampling(&request.sampling)?;
+        validate_sampling(&request.sampling, self.shared.tokenizer.vocab_size())?;
         if request.max_tokens == 0 {
             return Err(EngineError::InvalidRequest(
                 "max_tokens: must be at least 1".into(),
@@ -392,7 +392,7 @@ impl Engine {
     }
 }
 
-fn validate_sampling(s: &SamplingParams) -> Result<(), EngineError> {
+fn validate_sampling(s: &SamplingParams, vocab_size: usize) -> Result<(), EngineError> {
     let bad = |msg: &str| Err(EngineError::InvalidRequest(msg.to_owned()));
     if !s.temperature.is_finite() || s.temperature < 0.0 {
         return bad("temperature: must be a number >= 0");
@@ -406,6 +406,25 @@ fn validate_sampling(s: &SamplingParams) -> Result<(), EngineError> {
         if !(0.0..=1.0).contains(&p) {
             return bad("min_p: must be between 0 and 1");
         }
+    }
+    for (name, p) in [
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        if !(-2.0..=2.0).contains(&p) {
+            return Err(EngineError::InvalidRequest(format!(
+                "{name}: must be between -2 and 2"
+            )));
+        }
+    }
+    if let Some((token, _)) = s
+        .logit_bias
+        .iter()
+        .find(|(t, _)| usize::try_from(*t).map_or(true, |t| t >= vocab_size))
+    {
+        return Err(EngineError::InvalidRequest(format!(
+            "logit_bias: token {token} is not in the vocabulary ({vocab_size} tokens)"
+        )));
     }
     Ok(())
 }

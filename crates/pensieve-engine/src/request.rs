@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::model::TokenId;
+
 /// Who speaks a message, in the chat-template sense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -94,6 +96,12 @@ pub struct SamplingParams {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
+    /// Subtracted from the logit of every token already generated (OpenAI's meaning).
+    pub presence_penalty: f32,
+    /// Subtracted once per earlier occurrence of the token in the output.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these tokens.
+    pub logit_bias: Vec<(TokenId, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -104,6 +112,9 @@ impl Default for SamplingParams {
             top_k: None,
             min_p: None,
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -111,6 +122,11 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == Some(1)
+    }
+
+    /// Whether the logits are changed before sampling (penalties, biases).
+    pub fn adjusts_logits(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || !self.logit_bias.is_empty()
     }
 }
 

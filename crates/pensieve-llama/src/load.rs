@@ -182,6 +182,7 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         can_truncate,
         kv_bytes_per_token,
         fingerprint,
+        n_vocab: model.n_vocab(),
     };
 
     let tokenizer = Arc::new(LlamaTokenizer::new(model));

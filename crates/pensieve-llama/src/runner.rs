@@ -8,6 +8,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use pensieve_engine::{
@@ -23,6 +24,7 @@ pub(crate) struct RunnerLayout {
     pub can_truncate: bool,
     pub kv_bytes_per_token: u64,
     pub fingerprint: String,
+    pub n_vocab: i32,
 }
 
 /// Owns a context and its batch buffer; lives on the engine thread.
@@ -52,12 +54,36 @@ impl LlamaRunner {
     }
 }
 
+/// How many generated tokens the penalties look back on.
+const PENALTY_WINDOW: i32 = 4096;
+
 /// The sampler chain for one request, in llama.cpp's usual order.
-fn build_sampler(params: &SamplingParams) -> Sampler {
-    if params.is_greedy() {
+fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
+    if params.is_greedy() && !params.adjusts_logits() {
         return Sampler::Greedy;
     }
     let mut chain = Vec::new();
+    if !params.logit_bias.is_empty() {
+        let biases: Vec<LlamaLogitBias> = params
+            .logit_bias
+            .iter()
+            .map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token), bias))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            PENALTY_WINDOW,
+            1.0,
+            params.frequency_penalty,
+            params.presence_penalty,
+        ));
+    }
+    if params.is_greedy() {
+        chain.push(LlamaSampler::greedy());
+        return Sampler::Chain(LlamaSampler::chain_simple(chain));
+    }
     if let Some(k) = params.top_k.filter(|k| *k > 0) {
         chain.push(LlamaSampler::top_k(i32::try_from(k).unwrap_or(i32::MAX)));
     }
@@ -139,7 +165,8 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams) {
-        self.samplers.insert(seq, build_sampler(params));
+        self.samplers
+            .insert(seq, build_sampler(params, self.layout.n_vocab));
     }
 
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
@@ -158,9 +185,12 @@ impl ModelRunner for LlamaRunner {
                     false,
                 );
                 candidates.apply_sampler(chain);
-                candidates
+                let token = candidates
                     .selected_token()
-                    .map_or_else(|| argmax_allowed(&[], Some(mask)), |t| t.0)
+                    .map_or_else(|| argmax_allowed(&[], Some(mask)), |t| t.0);
+                // The penalties count what was generated.
+                chain.accept(LlamaToken(token));
+                token
             }
             (Some(Sampler::Greedy) | None, mask) => {
                 argmax_allowed(self.context.get_logits_ith(index), mask)

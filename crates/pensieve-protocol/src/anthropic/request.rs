@@ -222,8 +222,7 @@ impl MessagesRequest {
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p,
             top_k: self.top_k,
-            min_p: None,
-            seed: None,
+            ..SamplingParams::default()
         };
         Ok(request)
     }

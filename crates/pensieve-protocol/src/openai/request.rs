@@ -199,23 +199,6 @@ impl ChatRequest {
                 "logprobs: not supported by this server yet",
             ));
         }
-        for (name, value) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(OpenAiError::invalid(
-                    Some(name),
-                    format!("{name}: not supported by this server yet"),
-                ));
-            }
-        }
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(OpenAiError::invalid(
-                Some("logit_bias"),
-                "logit_bias: not supported by this server yet",
-            ));
-        }
         let max_tokens = self
             .max_completion_tokens
             .or(self.max_tokens)
@@ -230,6 +213,9 @@ impl ChatRequest {
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p,
             seed: self.seed,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: logit_bias(self.logit_bias.unwrap_or_default())?,
             ..SamplingParams::default()
         };
         if !(0.0..=2.0).contains(&sampling.temperature) {
@@ -262,6 +248,29 @@ impl ChatRequest {
         request.output_schema = output_schema(self.response_format)?;
         Ok(request)
     }
+}
+
+/// `{"token id": bias}`, the bias between -100 and 100.
+fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(i32, f32)>, OpenAiError> {
+    let mut out: Vec<(i32, f32)> = bias
+        .into_iter()
+        .map(|(token, value)| {
+            let id = token.trim().parse::<i32>().ok().filter(|t| *t >= 0);
+            match id {
+                Some(id) if (-100.0..=100.0).contains(&value) => Ok((id, value)),
+                Some(_) => Err(OpenAiError::invalid(
+                    Some("logit_bias"),
+                    format!("logit_bias.{token}: must be between -100 and 100"),
+                )),
+                None => Err(OpenAiError::invalid(
+                    Some("logit_bias"),
+                    format!("logit_bias: {token:?} is not a token id"),
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_by_key(|(t, _)| *t);
+    Ok(out)
 }
 
 fn tool_spec(index: usize, tool: ChatTool) -> Result<ToolSpec, OpenAiError> {

@@ -90,8 +90,8 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     for (key, value, param) in [
         ("n", json!(2), "n"),
         ("logprobs", json!(true), "logprobs"),
-        ("presence_penalty", json!(0.5), "presence_penalty"),
-        ("logit_bias", json!({"42": 5}), "logit_bias"),
+        ("logit_bias", json!({"x": 5}), "logit_bias"),
+        ("logit_bias", json!({"42": 500}), "logit_bias"),
         ("max_tokens", json!(0), "max_tokens"),
         ("temperature", json!(3), "temperature"),
     ] {
@@ -106,6 +106,13 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     b["logprobs"] = json!(false);
     b["frequency_penalty"] = json!(0);
     assert!(parse(b).is_ok());
+    let mut b = base.clone();
+    b["presence_penalty"] = json!(0.5);
+    b["frequency_penalty"] = json!(1);
+    b["logit_bias"] = json!({"42": -100, "7": 3.5});
+    let s = parse(b).unwrap().sampling;
+    assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, 1.0));
+    assert_eq!(s.logit_bias, vec![(7, 3.5), (42, -100.0)]);
     let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})).unwrap_err();
     assert!(e.message.contains("text only"), "{e}");
     assert!(parse(json!({"messages": []})).is_err());
