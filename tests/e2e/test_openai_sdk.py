@@ -124,6 +124,34 @@ def test_logit_bias_and_penalties_change_the_output(smol):
     assert "vocabulary" in e.value.message
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_logprobs_match_the_tokens(smol, streamed):
+    """Greedy decoding with logprobs: one entry per generated token, whose bytes make the
+    text; each token is the most likely of its top_logprobs, with the same logprob."""
+    args = dict(model="smol", messages=[{"role": "user", "content": "Name three colours."}],
+                max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    if streamed:
+        entries, text, usage = [], [], None
+        for chunk in smol.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}):
+            if chunk.usage:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                entries.extend(choice.logprobs.content if choice.logprobs else [])
+        text = "".join(text)
+    else:
+        r = smol.chat.completions.create(**args)
+        entries, text, usage = r.choices[0].logprobs.content, r.choices[0].message.content, r.usage
+    assert len(entries) == usage.completion_tokens == 12
+    assert bytes(b for e in entries for b in e.bytes).decode().strip() == text.strip()
+    for e in entries:
+        assert e.logprob <= 0
+        assert len(e.top_logprobs) == 3
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        assert e.top_logprobs[0].bytes == e.bytes
+        assert abs(e.top_logprobs[0].logprob - e.logprob) < 1e-4
+
+
 def test_stop_sequences(smol):
     """Greedy output cut at a stop string taken from the uncut output: the reply is what
     came before it, and ends with `stop`."""

@@ -67,6 +67,7 @@ async fn finish(mut g: Generation) -> (String, Result<Completion, EngineError>) 
         match event {
             GenerationEvent::Text(t) => text.push_str(&t),
             GenerationEvent::PrefillDone { .. }
+            | GenerationEvent::Logprob(_)
             | GenerationEvent::Thinking(_)
             | GenerationEvent::ToolCallStart { .. }
             | GenerationEvent::ToolCallArguments(_)
@@ -516,7 +517,9 @@ async fn a_tool_call_in_the_output_becomes_call_events_and_ends_in_tool_use() {
                 break;
             }
             GenerationEvent::Failed(e) => panic!("{e}"),
-            GenerationEvent::PrefillDone { .. } | GenerationEvent::Thinking(_) => {}
+            GenerationEvent::PrefillDone { .. }
+            | GenerationEvent::Logprob(_)
+            | GenerationEvent::Thinking(_) => {}
         }
     }
     assert_eq!(text, "Checking.");

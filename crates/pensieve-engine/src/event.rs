@@ -66,6 +66,16 @@ pub struct Completion {
     pub timings: Timings,
 }
 
+/// A sampled token's log-probability under the model, with the most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece of a UTF-8 character, perhaps).
+    pub token: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
 /// One message from the engine to the request's owner.
 #[derive(Debug)]
 pub enum GenerationEvent {
@@ -73,6 +83,9 @@ pub enum GenerationEvent {
     PrefillDone {
         cached_prompt_tokens: u32,
     },
+    /// The log-probability of the token just sampled (when the request asked for them),
+    /// sent before the text it makes.
+    Logprob(TokenLogprob),
     /// Newly generated text (whole UTF-8 characters, stop sequences already cut).
     Text(String),
     /// Reasoning the model wrote before its answer.

@@ -32,7 +32,7 @@ pub mod testing;
 pub use cache::CacheConfig;
 pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
-pub use event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
+pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{
     BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,

@@ -104,6 +104,18 @@ pub trait ModelRunner: Send {
     /// Sample the next token of `seq` from the logits of entry `index` of the last batch,
     /// among the tokens `mask` allows (all without one).
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId;
+    /// The log-probability of `token` at entry `index` of the last batch, and the `top`
+    /// most likely tokens there with theirs (most likely first). None when the backend
+    /// can't tell.
+    fn logprobs(
+        &self,
+        index: usize,
+        token: TokenId,
+        top: usize,
+    ) -> Option<(f32, Vec<(TokenId, f32)>)> {
+        let _ = (index, token, top);
+        None
+    }
     /// Drop positions `from..` of `seq`. False when the cache cannot be cut there.
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool;
     /// Forget `seq` entirely; its cells are freed unless another sequence shares them.

@@ -113,6 +113,28 @@ fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
         .unwrap_or(0)
 }
 
+/// The log-probability of `token` under the softmax of `logits`, and the `top` most
+/// likely tokens with theirs, most likely first.
+fn log_softmax_at(logits: &[f32], token: TokenId, top: usize) -> (f32, Vec<(TokenId, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let of = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |l| l - log_sum);
+    let mut best: Vec<usize> = (0..logits.len()).collect();
+    let top = top.min(best.len());
+    if top > 0 {
+        best.select_nth_unstable_by(top - 1, |a, b| logits[*b].total_cmp(&logits[*a]));
+        best.truncate(top);
+        best.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
+    } else {
+        best.clear();
+    }
+    let top = best
+        .into_iter()
+        .filter_map(|i| Some((TokenId::try_from(i).ok()?, of(i))))
+        .collect();
+    (of(usize::try_from(token).unwrap_or(usize::MAX)), top)
+}
+
 fn seq_i32(seq: SeqId) -> i32 {
     // Slots are below llama.cpp's limit of 256 sequences.
     i32::try_from(seq).unwrap_or(i32::MAX)
@@ -198,6 +220,20 @@ impl ModelRunner for LlamaRunner {
         }
     }
 
+    fn logprobs(
+        &self,
+        index: usize,
+        token: TokenId,
+        top: usize,
+    ) -> Option<(f32, Vec<(TokenId, f32)>)> {
+        let index = i32::try_from(index).ok()?;
+        Some(log_softmax_at(
+            self.context.get_logits_ith(index),
+            token,
+            top,
+        ))
+    }
+
     fn truncate(&mut self, seq: SeqId, from: u32) -> bool {
         if !self.layout.can_truncate {
             return false;
@@ -273,6 +309,17 @@ impl ModelRunner for LlamaRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_softmax_gives_the_token_and_the_most_likely() {
+        let logits = [0.0, 2.0_f32.ln(), 1.0_f32.ln() - 10.0, 1.0_f32.ln()];
+        let (lp, top) = log_softmax_at(&logits, 1, 2);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp - (2.0 / total).ln()).abs() < 1e-5);
+        assert_eq!(top.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1, 0]);
+        assert!(top[0].1 > top[1].1);
+        assert!(log_softmax_at(&logits, 0, 0).1.is_empty());
+    }
 
     #[test]
     fn argmax_takes_the_first_of_equal_maxima() {

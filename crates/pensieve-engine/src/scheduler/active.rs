@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::constrain::{Constraint, LazyCall};
 use crate::detok::Utf8Stream;
-use crate::event::{Completion, FinishReason, GenerationEvent, Timings, Usage};
+use crate::event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 use crate::model::{SeqId, TokenId, Tokenizer};
 use crate::output::{OutputParser, Segment};
 use crate::stop::{StopMatcher, StopOutcome};
@@ -221,6 +221,24 @@ impl Active {
             },
         }));
         usage
+    }
+
+    /// The sampled token's log-probability, before its text.
+    pub fn send_logprob(
+        &self,
+        token: TokenId,
+        logprob: f32,
+        top: &[(TokenId, f32)],
+        tokenizer: &dyn Tokenizer,
+    ) {
+        let _ = self.job.events.send(GenerationEvent::Logprob(TokenLogprob {
+            token: tokenizer.token_bytes(token),
+            logprob,
+            top: top
+                .iter()
+                .map(|&(t, l)| (tokenizer.token_bytes(t), l))
+                .collect(),
+        }));
     }
 
     pub fn fail(&self, error: EngineError) {

@@ -409,6 +409,13 @@ impl Scheduler {
             let token =
                 self.runner
                     .sample(seq, index, mask.as_ref().map(|m| TokenMask(m.as_slice())));
+            if let Some(top) = a.job.request.sampling.logprobs {
+                if !self.tokenizer.is_end_of_generation(token) {
+                    if let Some((logprob, top)) = self.runner.logprobs(index, token, top) {
+                        a.send_logprob(token, logprob, &top, self.tokenizer.as_ref());
+                    }
+                }
+            }
             self.follow_grammar(p.index, token);
             let a = &mut self.running[p.index];
             let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);

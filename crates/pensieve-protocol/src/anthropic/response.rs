@@ -97,6 +97,7 @@ impl ContentCollector {
                 }
             }
             GenerationEvent::PrefillDone { .. }
+            | GenerationEvent::Logprob(_)
             | GenerationEvent::Done(_)
             | GenerationEvent::Failed(_) => {}
         }

@@ -89,7 +89,7 @@ impl StreamEncoder {
             return Vec::new();
         }
         match event {
-            GenerationEvent::PrefillDone { .. } => Vec::new(),
+            GenerationEvent::PrefillDone { .. } | GenerationEvent::Logprob(_) => Vec::new(),
             GenerationEvent::Text(text) => self.delta(
                 Block::Text,
                 json!({"type": "text", "text": ""}),

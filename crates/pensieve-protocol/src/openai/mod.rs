@@ -3,9 +3,11 @@
 //! - [`request`]: lenient request types and their translation to a `GenerateRequest`.
 //! - [`response`]: the non-streaming response, finish reasons and usage.
 //! - [`stream`]: the SSE encoder, a pure state machine over engine events.
+//! - [`logprobs`]: tokens with their log-probabilities.
 //! - [`error`]: the error envelope.
 
 pub mod error;
+pub mod logprobs;
 pub mod request;
 pub mod response;
 pub mod stream;

@@ -13,6 +13,8 @@ use super::error::OpenAiError;
 
 /// What `max_tokens` is when the client gives none: the rest of the context.
 const NO_LIMIT: u32 = u32::MAX;
+/// OpenAI's limit on `top_logprobs`.
+const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// The body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +166,10 @@ impl ChatRequest {
         self.stream.unwrap_or(false)
     }
 
+    pub fn wants_logprobs(&self) -> bool {
+        self.logprobs == Some(true)
+    }
+
     /// Whether a streamed reply ends with a usage chunk.
     pub fn include_usage(&self) -> bool {
         self.stream_options
@@ -193,11 +199,19 @@ impl ChatRequest {
                 format!("n: only 1 choice per request is supported, got {n}"),
             ));
         }
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(OpenAiError::invalid(
-                Some("logprobs"),
-                "logprobs: not supported by this server yet",
-            ));
+        if let Some(n) = self.top_logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(OpenAiError::invalid(
+                    Some("top_logprobs"),
+                    format!("top_logprobs: must be between 0 and {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+            if self.logprobs != Some(true) {
+                return Err(OpenAiError::invalid(
+                    Some("top_logprobs"),
+                    "top_logprobs: logprobs must be true when top_logprobs is set",
+                ));
+            }
         }
         let max_tokens = self
             .max_completion_tokens
@@ -216,6 +230,8 @@ impl ChatRequest {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias: logit_bias(self.logit_bias.unwrap_or_default())?,
+            logprobs: (self.logprobs == Some(true))
+                .then(|| self.top_logprobs.unwrap_or(0) as usize),
             ..SamplingParams::default()
         };
         if !(0.0..=2.0).contains(&sampling.temperature) {

@@ -89,7 +89,7 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     for (key, value, param) in [
         ("n", json!(2), "n"),
-        ("logprobs", json!(true), "logprobs"),
+        ("top_logprobs", json!(21), "top_logprobs"),
         ("logit_bias", json!({"x": 5}), "logit_bias"),
         ("logit_bias", json!({"42": 500}), "logit_bias"),
         ("max_tokens", json!(0), "max_tokens"),
@@ -110,7 +110,10 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     b["presence_penalty"] = json!(0.5);
     b["frequency_penalty"] = json!(1);
     b["logit_bias"] = json!({"42": -100, "7": 3.5});
+    b["logprobs"] = json!(true);
+    b["top_logprobs"] = json!(3);
     let s = parse(b).unwrap().sampling;
+    assert_eq!(s.logprobs, Some(3));
     assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, 1.0));
     assert_eq!(s.logit_bias, vec![(7, 3.5), (42, -100.0)]);
     let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})).unwrap_err();

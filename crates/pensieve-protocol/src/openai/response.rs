@@ -4,6 +4,7 @@
 use pensieve_engine::{Completion, FinishReason, GenerationEvent, Usage};
 use serde::Serialize;
 
+use super::logprobs::LogprobEntry;
 use crate::ids::random_id;
 
 /// `finish_reason` of a finished generation.
@@ -67,15 +68,29 @@ pub struct ReplyMessage {
     pub tool_calls: Vec<ToolCallOut>,
 }
 
-/// Gathers a generation's events into one assistant message.
+/// Gathers a generation's events into one assistant message (and its tokens'
+/// log-probabilities, when asked for).
 #[derive(Debug, Default)]
 pub struct MessageCollector {
     text: String,
     reasoning: String,
     calls: Vec<ToolCallOut>,
+    logprobs: Option<Vec<LogprobEntry>>,
 }
 
 impl MessageCollector {
+    pub fn new(logprobs: bool) -> Self {
+        MessageCollector {
+            logprobs: logprobs.then(Vec::new),
+            ..MessageCollector::default()
+        }
+    }
+
+    /// `logprobs.content`, when the request asked for it.
+    pub fn take_logprobs(&mut self) -> Option<Logprobs> {
+        self.logprobs.take().map(|content| Logprobs { content })
+    }
+
     /// Take one engine event (those that are not content are ignored).
     pub fn push(&mut self, event: &GenerationEvent) {
         match event {
@@ -101,6 +116,11 @@ impl MessageCollector {
                     }
                 }
             }
+            GenerationEvent::Logprob(t) => {
+                if let Some(entries) = self.logprobs.as_mut() {
+                    entries.push(t.into());
+                }
+            }
             GenerationEvent::PrefillDone { .. }
             | GenerationEvent::Done(_)
             | GenerationEvent::Failed(_) => {}
@@ -119,11 +139,16 @@ impl MessageCollector {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Logprobs {
+    pub content: Vec<LogprobEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Choice {
     pub index: u32,
     pub message: ReplyMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Logprobs>,
 }
 
 /// The body of a non-streaming `/v1/chat/completions` response.
@@ -143,9 +168,11 @@ impl ChatCompletion {
         id: String,
         model: String,
         created: u64,
-        message: ReplyMessage,
+        mut collected: MessageCollector,
         completion: &Completion,
     ) -> Self {
+        let logprobs = collected.take_logprobs();
+        let message = collected.into_message();
         ChatCompletion {
             id,
             object: "chat.completion",
@@ -155,7 +182,7 @@ impl ChatCompletion {
                 index: 0,
                 message,
                 finish_reason: finish_reason(&completion.reason),
-                logprobs: None,
+                logprobs,
             }],
             usage: completion.usage.into(),
             system_fingerprint: None,
@@ -191,7 +218,7 @@ mod tests {
             "chatcmpl-1".into(),
             "m".into(),
             7,
-            c.into_message(),
+            c,
             &completion(FinishReason::StopSequence("END".into())),
         );
         assert_eq!(

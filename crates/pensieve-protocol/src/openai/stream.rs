@@ -10,6 +10,7 @@ use pensieve_engine::{EngineError, GenerationEvent};
 use serde_json::{json, Value};
 
 use super::error::{engine_error_detail, error_body};
+use super::logprobs::LogprobEntry;
 use super::response::{finish_reason, ChatUsage};
 use crate::anthropic::ErrorKind;
 use crate::ids::random_id;
@@ -22,6 +23,8 @@ pub struct ChunkEncoder {
     /// Calls started so far; the current one's index is one less.
     calls: usize,
     finished: bool,
+    /// Tokens' log-probabilities not yet sent: they go with the next delta.
+    logprobs: Vec<LogprobEntry>,
 }
 
 impl ChunkEncoder {
@@ -33,11 +36,12 @@ impl ChunkEncoder {
             include_usage,
             calls: 0,
             finished: false,
+            logprobs: Vec::new(),
         }
     }
 
     /// The first frame: the assistant's role.
-    pub fn start(&self) -> String {
+    pub fn start(&mut self) -> String {
         self.delta(json!({"role": "assistant", "content": ""}), None)
     }
 
@@ -56,6 +60,10 @@ impl ChunkEncoder {
         }
         match event {
             GenerationEvent::PrefillDone { .. } | GenerationEvent::ToolCallEnd => Vec::new(),
+            GenerationEvent::Logprob(t) => {
+                self.logprobs.push((&t).into());
+                Vec::new()
+            }
             GenerationEvent::Text(t) => vec![self.delta(json!({"content": t}), None)],
             GenerationEvent::Thinking(t) => {
                 vec![self.delta(json!({"reasoning_content": t}), None)]
@@ -114,8 +122,14 @@ impl ChunkEncoder {
         chunk
     }
 
-    fn delta(&self, delta: Value, finish: Option<&str>) -> String {
-        let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish});
+    fn delta(&mut self, delta: Value, finish: Option<&str>) -> String {
+        let logprobs = if self.logprobs.is_empty() {
+            Value::Null
+        } else {
+            json!({"content": std::mem::take(&mut self.logprobs)})
+        };
+        let choice =
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
         frame(&self.chunk(vec![choice]))
     }
 }

@@ -41,6 +41,7 @@ async fn start(
     let bytes = read_body(headers, body, state.config.body_limit).await?;
     let parsed = parse_chat(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
+    let logprobs = parsed.wants_logprobs();
     let request = parsed.into_generate()?;
     let engine = state.engine.clone();
     // Rendering and tokenizing a long prompt is CPU work: keep it off the reactor.
@@ -57,9 +58,10 @@ async fn start(
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        logprobs,
     };
     if stream {
-        let encoder = ChunkEncoder::new(
+        let mut encoder = ChunkEncoder::new(
             reply.id.clone(),
             reply.model.clone(),
             reply.created,
@@ -105,11 +107,13 @@ struct Reply {
     /// The name the client asked for, echoed back.
     model: String,
     created: u64,
+    /// The request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Reply {
     async fn collect(self, mut generation: Generation) -> Result<Response, ApiError> {
-        let mut message = MessageCollector::default();
+        let mut message = MessageCollector::new(self.logprobs);
         while let Some(event) = generation.events.recv().await {
             match event {
                 GenerationEvent::Done(completion) => {
@@ -118,7 +122,7 @@ impl Reply {
                         self.id,
                         self.model,
                         self.created,
-                        message.into_message(),
+                        message,
                         &completion,
                     );
                     return Ok(Json(body).into_response());
