@@ -302,3 +302,31 @@ def test_a_bad_body_is_a_bad_request(smol_server):
                    headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_text_completion(smol):
+    """`/v1/completions`: the prompt continued as it is, with logprobs in the legacy shape."""
+    r = smol.completions.create(model="smol", prompt="The capital of France is", max_tokens=8,
+                                temperature=0, logprobs=2)
+    assert r.object == "text_completion"
+    choice = r.choices[0]
+    assert choice.text and choice.finish_reason == "length"
+    assert r.usage.completion_tokens == 8
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens).strip() == choice.text.strip()
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert lp.text_offset == sorted(lp.text_offset)
+    # The same prompt as token ids, streamed.
+    pieces, finish = [], None
+    for chunk in smol.completions.create(model="smol", prompt=[1000, 1001, 1002], max_tokens=6,
+                                         temperature=0, stream=True):
+        pieces.append(chunk.choices[0].text)
+        finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) and finish == "length"
+    with pytest.raises(openai.BadRequestError) as e:
+        smol.completions.create(model="smol", prompt=[99999999], max_tokens=2)
+    assert "vocabulary" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        smol.completions.create(model="smol", prompt="x", echo=True)
+    assert e.value.body["param"] == "echo"

@@ -18,7 +18,7 @@ use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
 use crate::output::{marker_tokens, OutputFormat, ToolFormat};
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
-use crate::{EngineError, GenerateRequest, GenerationEvent, SamplingParams, ToolChoice};
+use crate::{EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams, ToolChoice};
 
 /// Settings of the engine itself (the model's own come from the backend).
 #[derive(Debug, Clone)]
@@ -213,8 +213,27 @@ impl Engine {
                 "max_tokens: must be at least 1".into(),
             ));
         }
-        let text = self.render(request)?;
-        let prompt = self.shared.tokenizer.encode(&text);
+        let (text, prompt) = match &request.raw_prompt {
+            None => {
+                let text = self.render(request)?;
+                let prompt = self.shared.tokenizer.encode(&text);
+                (text, prompt)
+            }
+            Some(RawPrompt::Text(text)) => (text.clone(), self.shared.tokenizer.encode(text)),
+            Some(RawPrompt::Tokens(tokens)) => {
+                let vocab = self.shared.tokenizer.vocab_size();
+                if let Some(t) = tokens
+                    .iter()
+                    .find(|t| usize::try_from(**t).map_or(true, |t| t >= vocab))
+                {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "prompt: token {t} is not in the vocabulary ({vocab} tokens)"
+                    )));
+                }
+                (String::new(), tokens.clone())
+            }
+        };
+        let raw = request.raw_prompt.is_some();
         let context = self.shared.info.context_size;
         // At least one position must be left to generate into.
         let max_prompt = context.saturating_sub(1);
@@ -238,12 +257,13 @@ impl Engine {
             sampling: request.sampling.clone(),
             stop_sequences: request.stop_sequences.clone(),
             cache_requested: request.cache_requested,
+            // A text completion is the model's text as it is.
             output: OutputFormat {
                 tools: self.shared.tool_format.filter(|_| {
-                    !request.tools.is_empty() && request.tool_choice != ToolChoice::None
+                    !raw && !request.tools.is_empty() && request.tool_choice != ToolChoice::None
                 }),
-                reasoning: self.shared.reasoning,
-                starts_thinking: text.trim_end().ends_with("<think>"),
+                reasoning: self.shared.reasoning && !raw,
+                starts_thinking: !raw && text.trim_end().ends_with("<think>"),
             },
             constraint,
             lazy_call,

@@ -38,4 +38,6 @@ pub use model::{
     BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,
 };
 pub use output::{OutputFormat, ToolFormat};
-pub use request::{GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec};
+pub use request::{
+    GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+};

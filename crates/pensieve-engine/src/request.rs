@@ -155,6 +155,17 @@ pub struct GenerateRequest {
     pub cache_requested: bool,
     /// Structured output: the reply is one JSON value of this schema.
     pub output_schema: Option<Value>,
+    /// A prompt given as it is (text completion): no chat template, and the output is
+    /// plain text. `messages` is ignored.
+    pub raw_prompt: Option<RawPrompt>,
+}
+
+/// A text-completion prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawPrompt {
+    /// Tokenized as it is (special tokens in it are read as such).
+    Text(String),
+    Tokens(Vec<TokenId>),
 }
 
 impl GenerateRequest {
@@ -172,6 +183,7 @@ impl GenerateRequest {
             thinking: false,
             cache_requested: false,
             output_schema: None,
+            raw_prompt: None,
         }
     }
 }

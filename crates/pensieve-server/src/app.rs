@@ -68,6 +68,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/chat/completions", post(routes::chat::completions))
+        .route("/v1/completions", post(routes::completions::completions))
+        .route("/completions", post(routes::completions::completions))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))

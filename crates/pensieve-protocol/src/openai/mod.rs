@@ -1,4 +1,5 @@
-//! The OpenAI Chat Completions API (`/v1/chat/completions`).
+//! The OpenAI Chat Completions API (`/v1/chat/completions`) and the legacy Completions
+//! API (`/v1/completions`, in [`completions`]).
 //!
 //! - [`request`]: lenient request types and their translation to a `GenerateRequest`.
 //! - [`response`]: the non-streaming response, finish reasons and usage.
@@ -6,12 +7,14 @@
 //! - [`logprobs`]: tokens with their log-probabilities.
 //! - [`error`]: the error envelope.
 
+pub mod completions;
 pub mod error;
 pub mod logprobs;
 pub mod request;
 pub mod response;
 pub mod stream;
 
+pub use completions::{parse_completion, CompletionRequest, TextChunkEncoder, TextCollector};
 pub use error::{engine_error_detail, error_body, OpenAiError};
 pub use request::{parse_chat, ChatRequest};
 pub use response::{ChatCompletion, MessageCollector};

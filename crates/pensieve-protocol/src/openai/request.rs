@@ -267,7 +267,7 @@ impl ChatRequest {
 }
 
 /// `{"token id": bias}`, the bias between -100 and 100.
-fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(i32, f32)>, OpenAiError> {
+pub(super) fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(i32, f32)>, OpenAiError> {
     let mut out: Vec<(i32, f32)> = bias
         .into_iter()
         .map(|(token, value)| {

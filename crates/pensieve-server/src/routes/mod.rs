@@ -1,6 +1,7 @@
 //! Handlers, one module per API surface.
 
 pub mod chat;
+pub mod completions;
 pub mod health;
 mod io;
 pub mod messages;

@@ -1,0 +1,119 @@
+//! `POST /v1/completions` (streaming and not): a prompt continued as it is, through the
+//! same engine as chat. Errors use OpenAI's envelope.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use pensieve_engine::{EngineError, GenerationEvent};
+use pensieve_protocol::ids::random_id;
+use pensieve_protocol::openai::{parse_completion, TextChunkEncoder, TextCollector};
+
+use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
+use crate::app::{AppState, RequestId};
+use crate::error::{ApiError, Dialect};
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match start(&state, &request_id.0, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => e
+            .in_dialect(Dialect::OpenAi)
+            .with_request_id(&request_id.0)
+            .into_response(),
+    }
+}
+
+async fn start(
+    state: &AppState,
+    request_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(headers, body, state.config.body_limit).await?;
+    let parsed = parse_completion(&bytes)?;
+    let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
+    let logprobs = parsed.wants_logprobs();
+    let request = parsed.into_generate()?;
+    let model = request.model.clone();
+    let engine = state.engine.clone();
+    let valid = blocking(move || engine.validate(&request)).await??;
+    let mut generation = state.engine.submit(valid)?;
+    let id = random_id("cmpl-");
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let log_id = request_id.to_owned();
+    let log_model = model.clone();
+    let log = move |stream: bool, outcome: Result<&pensieve_engine::Completion, &EngineError>| {
+        match outcome {
+            Ok(c) => tracing::info!(
+                request_id = %log_id,
+                model = %log_model,
+                stream,
+                prompt_tokens = c.usage.prompt_tokens,
+                cached_tokens = c.usage.cached_prompt_tokens,
+                output_tokens = c.usage.completion_tokens,
+                prefill_ms = c.timings.prefill.as_millis() as u64,
+                decode_ms = c.timings.decode.as_millis() as u64,
+                stop = ?c.reason,
+                "completion done"
+            ),
+            Err(e) => tracing::warn!(request_id = %log_id, error = %e, "completion failed"),
+        }
+    };
+    if stream {
+        let encoder = TextChunkEncoder::new(id, model, created, include_usage, logprobs);
+        let log: LogOutcome = Box::new(move |outcome| log(true, outcome));
+        let interval = state.config.ping_interval;
+        return Ok(stream_sse(
+            request_id.to_owned(),
+            encoder,
+            Vec::new(),
+            generation,
+            interval,
+            log,
+        ));
+    }
+    let mut text = TextCollector::new(logprobs);
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            GenerationEvent::Done(completion) => {
+                log(false, Ok(&completion));
+                let body = text.into_response(id, model, created, &completion);
+                return Ok(Json(body).into_response());
+            }
+            GenerationEvent::Failed(e) => {
+                log(false, Err(&e));
+                return Err(e.into());
+            }
+            other => text.push(&other),
+        }
+    }
+    Err(EngineError::EngineStopped.into())
+}
+
+impl FrameEncoder for TextChunkEncoder {
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        TextChunkEncoder::on_event(self, event)
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        TextChunkEncoder::error(self, error)
+    }
+
+    fn ping(&self) -> String {
+        ": ping\n\n".into()
+    }
+
+    fn is_finished(&self) -> bool {
+        TextChunkEncoder::is_finished(self)
+    }
+}
