@@ -239,7 +239,7 @@ def pytest_configure(config):
 REPORT: list[str] = []
 
 
-def report(line: str) -> None:
+def summary_line(line: str) -> None:
     """Print `line` now and again in the summary at the end of the run."""
     print(line)
     REPORT.append(line)

@@ -17,7 +17,7 @@ import pytest
 
 import httpx
 
-from conftest import QWEN_CODER, _serve, claude_bin, report
+from conftest import QWEN_CODER, _serve, claude_bin, summary_line
 
 pytestmark = pytest.mark.claude_code
 
@@ -149,7 +149,7 @@ def test_claude_code_says_hello(qwen_server, project_dir, user_home):
     assert code == 0, report
     assert out.strip(), "no text printed:\n" + report
     assert "API Error" not in out, report
-    report(f"claude -p 'Say hello' took {took:.1f}s and printed: {out.strip()[:200]!r}")
+    summary_line(f"claude -p 'Say hello' took {took:.1f}s and printed: {out.strip()[:200]!r}")
     COLD_SESSION["seconds"] = took
 
 
@@ -174,7 +174,7 @@ def test_a_new_session_after_a_restart_reuses_the_prompt_from_disk(qwen_server, 
     prompt = metric(qwen_server, "pensieve_prompt_tokens_total")
     cached = metric(qwen_server, "pensieve_cached_prompt_tokens_total")
     cold = COLD_SESSION["seconds"]
-    report(f"after a restart: claude -p 'Say hi' took {took:.1f}s = {took / cold:.2f} of the cold "
+    summary_line(f"after a restart: claude -p 'Say hi' took {took:.1f}s = {took / cold:.2f} of the cold "
           f"session ({cold:.1f}s); {cached:.0f} of {prompt:.0f} prompt tokens came from the cache")
     # The system prompt and tools (~10k tokens) come from disk.
     assert cached >= 0.7 * prompt, report
@@ -225,7 +225,7 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
     for line in log.splitlines():
         assert not any(m in line for m in MALFORMED_CALL_LOGS), f"malformed tool call: {line}"
     created = sum(1 for _, content, _, _ in outcomes if content is not None and content.strip() == "hi")
-    report(f"file task: hello.txt containing 'hi' in {created} of {len(outcomes)} runs; "
+    summary_line(f"file task: hello.txt containing 'hi' in {created} of {len(outcomes)} runs; "
           f"{calls} responses ended in tool calls")
     for code, content, took, out in outcomes:
-        report(f"  exit={code} took={took:.1f}s file={content!r} printed={out!r}")
+        summary_line(f"  exit={code} took={took:.1f}s file={content!r} printed={out!r}")

@@ -619,9 +619,9 @@ async fn a_forced_tool_call_is_made_whatever_the_model_prefers() {
 
 #[tokio::test]
 async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
-    // The "model" misspells the tool's name; once it opened a call, the grammar only
-    // lets it write a real one.
-    let reply = "{\"name\": \"list_filez\", \"arguments\": {}}";
+    // The "model" names the tool, then passes an argument the schema does not have; once
+    // it named the tool, the grammar only lets it write the tool's arguments.
+    let reply = "{\"name\": \"list_files\", \"arguments\": {\"x\": 1}}";
     let engine = start(ScriptedRunner::new(reply), 4096, 4);
     let mut request = tool_request();
     request.lazy_call = Some(
@@ -631,7 +631,24 @@ async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
     );
     let (_, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
     assert_eq!(reason, FinishReason::ToolUse);
-    assert_eq!(calls[0].0, "list_files");
+    assert_eq!(calls, vec![("list_files".to_owned(), "{}".to_owned())]);
+}
+
+#[tokio::test]
+async fn an_object_naming_no_tool_stays_text() {
+    // Without its marker, JSON that names no offered tool is not made into a call.
+    let reply = "{\"name\": \"helloworld\", \"arguments\": {}}";
+    let engine = start(ScriptedRunner::new(reply), 4096, 4);
+    let mut request = tool_request();
+    request.lazy_call = Some(
+        grammars()
+            .call_body(crate::ToolFormat::Hermes, &[list_files(false)], true)
+            .unwrap(),
+    );
+    let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+    assert_eq!(reason, FinishReason::EndOfTurn);
+    assert!(calls.is_empty());
+    assert_eq!(text, reply);
 }
 
 #[tokio::test]

@@ -90,8 +90,8 @@ impl Grammars {
     }
 
     /// For `tool_choice: auto`: the grammars a call must follow once the model opens
-    /// one, with its marker or, in the formats that allow it, at the start of the output
-    /// with a bare `{`. Without `parallel`, the turn ends after the first call.
+    /// one, with its marker or, in the formats that allow it, with a bare object at the
+    /// start of the output that names one of the tools. Without `parallel`, the turn ends after the first call.
     pub fn call_body(
         &self,
         format: ToolFormat,
@@ -117,6 +117,7 @@ impl Grammars {
             bare,
             trigger: format.open(),
             parallel,
+            names: tools.iter().map(|t| t.name.clone()).collect(),
         })
     }
 
@@ -197,6 +198,8 @@ pub struct LazyCall {
     /// More calls may follow one; without, the grammar of a finished call keeps only the
     /// end of the turn allowed.
     parallel: bool,
+    /// The tools' names: a call without its marker must name one of them.
+    names: Vec<String>,
 }
 
 impl LazyCall {
@@ -215,11 +218,16 @@ impl LazyCall {
         self.bare.is_some()
     }
 
-    /// When the output's first token opens a bare call object: the constraint, with that
-    /// token consumed. None when the token can't start one.
-    pub fn bare_start(&self, token: TokenId) -> Option<Constraint> {
+    /// The names of the tools a call may name.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Once a call without its marker has named a tool: the constraint for the rest of
+    /// the call, with `tokens` (the call so far) consumed. None when they don't fit it.
+    pub fn bare_after(&self, tokens: &[TokenId]) -> Option<Constraint> {
         let mut c = self.bare.clone()?;
-        c.try_accept(token).then_some(c)
+        tokens.iter().all(|t| c.try_accept(*t)).then_some(c)
     }
 }
 
@@ -444,30 +452,23 @@ mod tests {
     }
 
     #[test]
-    fn a_lazy_call_starts_at_a_bare_brace_and_ends_with_its_object() {
+    fn a_bare_call_follows_the_schema_once_it_names_a_tool() {
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let lazy = grammars
             .call_body(ToolFormat::Hermes, &[weather()], true)
             .unwrap();
-        let brace = ByteTokenizer.encode("{")[0];
-        assert!(lazy.bare_start(ByteTokenizer.encode("H")[0]).is_none());
-        // After a code fence the object may start on the next line.
-        assert!(lazy.bare_start(ByteTokenizer.encode("\n")[0]).is_some());
-        let mut c = lazy.bare_start(brace).unwrap();
-        let rest = generate(
-            &mut c,
-            "\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}",
-        );
-        assert_eq!(
-            rest,
-            "\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}"
-        );
+        assert_eq!(lazy.names(), ["get_weather".to_owned()]);
+        let other = ByteTokenizer.encode("{\"name\": \"get_time\"");
+        assert!(lazy.bare_after(&other).is_none());
+        let named = ByteTokenizer.encode("{\"name\": \"get_weather\"");
+        let mut c = lazy.bare_after(&named).unwrap();
+        let rest = ", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}";
+        assert_eq!(generate(&mut c, rest), rest);
         assert!(c.is_complete());
-        // Pretty-printed, as small models write it.
-        let mut c = lazy.bare_start(brace).unwrap();
-        let call =
-            "\n  \"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}";
-        assert_eq!(generate(&mut c, call), call);
+        // Pretty-printed, as small models write it, after a code fence's newline.
+        let named = ByteTokenizer.encode("\n{\n  \"name\": \"get_weather\"");
+        let mut c = lazy.bare_after(&named).unwrap();
+        assert_eq!(generate(&mut c, rest), rest);
     }
 
     /// The model's own call in each format: the forced grammar lets it through whole,

@@ -199,7 +199,15 @@ impl OutputParser {
         if call.args.is_some() || call.buffered {
             return false;
         }
+        let unknown = |name: &str| {
+            call.close.is_none() && !self.names.is_empty() && !self.names.iter().any(|n| n == name)
+        };
         match parse_header(&call.body) {
+            // Without its marker, an object naming no offered tool is text.
+            Header::Complete { name, .. } if unknown(&name) => {
+                call.buffered = true;
+                false
+            }
             Header::Complete { name, value_start } if call.body[value_start..].starts_with('{') => {
                 let value = call.body.split_off(value_start);
                 self.held.insert_str(0, &value);
@@ -269,6 +277,37 @@ impl OutputParser {
                 }
             },
         }
+    }
+}
+
+/// How far the start of an object without a marker names a tool.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BareName {
+    /// `{"name": "...` so far.
+    Pending,
+    /// `{"name": "<name>"` written.
+    Named(String),
+    /// Not the start of a call object.
+    NotACall,
+}
+
+/// Reads `{"name": "<name>"` (whitespace allowed) at the start of `text`.
+pub(crate) fn bare_call_name(text: &str) -> BareName {
+    let mut rest = text.trim_start();
+    for part in ["{", "\"name\"", ":", "\""] {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix(part) {
+            rest = r;
+        } else if part.starts_with(rest) {
+            return BareName::Pending;
+        } else {
+            return BareName::NotACall;
+        }
+    }
+    match string_end(rest) {
+        Some(end) => serde_json::from_str::<String>(&format!("\"{}", &rest[..=end]))
+            .map_or(BareName::NotACall, BareName::Named),
+        None => BareName::Pending,
     }
 }
 

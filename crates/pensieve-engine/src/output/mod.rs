@@ -110,6 +110,8 @@ const THINK_CLOSE: &str = "</think>";
 /// call starts `{"name"`, with or without whitespace after the brace.
 pub(crate) const FENCES: [&str; 3] = ["", "```json\n", "```\n"];
 
+pub(crate) use call::{bare_call_name, BareName};
+
 /// The Hermes call markers.
 const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
@@ -188,6 +190,9 @@ pub struct OutputParser {
     in_text: bool,
     /// Inside Mistral's `[TOOL_CALLS][...]` array: call objects separated by `,`.
     in_array: bool,
+    /// The offered tools' names: an object without a marker is a call only when it names
+    /// one of them (all names, when empty).
+    names: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -215,7 +220,14 @@ impl OutputParser {
             calls: 0,
             in_text: false,
             in_array: false,
+            names: Vec::new(),
         }
+    }
+
+    /// Only objects naming one of these tools are calls without their marker.
+    pub fn with_tool_names(mut self, names: &[String]) -> Self {
+        self.names = names.to_vec();
+        self
     }
 
     /// Complete tool calls so far.

@@ -250,6 +250,31 @@ fn a_bare_call_in_a_code_fence_is_a_call() {
 }
 
 #[test]
+fn without_its_marker_an_object_must_name_an_offered_tool() {
+    let parse_with = |text: &str| {
+        let mut p = OutputParser::new(HERMES).with_tool_names(&["get_weather".to_owned()]);
+        let mut out = p.push(text);
+        out.extend(p.finish());
+        (merge(out), p.calls())
+    };
+    assert_eq!(parse_with(QWEN_BARE).1, 1);
+    let other = "{\"name\": \"helloworld\", \"arguments\": {}}";
+    assert_eq!(parse_with(other), (vec![Segment::Text(other.into())], 0));
+    // With its marker, the model meant a call: it is one, whatever it names.
+    let tagged = "<tool_call>\n{\"name\": \"helloworld\", \"arguments\": {}}\n</tool_call>";
+    assert_eq!(parse_with(tagged).1, 1);
+    assert_eq!(
+        bare_call_name("\n{\n  \"name\": \"get_wea"),
+        BareName::Pending
+    );
+    assert_eq!(
+        bare_call_name("{\"name\": \"get_weather\", \"argu"),
+        BareName::Named("get_weather".into())
+    );
+    assert_eq!(bare_call_name("{\"age\": 3"), BareName::NotACall);
+}
+
+#[test]
 fn a_pretty_printed_call_is_a_call() {
     // Qwen2.5-Coder-0.5B's answer to Claude Code's "Say hello" (with its ~20 tools).
     let text = "```json\n{\n  \"name\": \"helloworld\",\n  \"arguments\": {}\n}\n```";

@@ -41,6 +41,11 @@ pub(crate) struct Active {
     pub constraint: Option<Constraint>,
     /// The grammar of a call, started when the model opens one.
     pub lazy_call: Option<LazyCall>,
+    /// Where an object that may be a call without its marker starts in `tokens`, while
+    /// its name is being written.
+    pub bare_from: Option<usize>,
+    /// The output's start was read for such an object (it is only looked for there).
+    pub bare_checked: bool,
     generated: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
@@ -70,9 +75,12 @@ impl Active {
     pub fn new(job: Job) -> Active {
         let tokens = job.request.prompt.clone();
         let stops = StopMatcher::new(&job.request.stop_sequences);
-        let output = OutputParser::new(job.request.output);
         let constraint = job.request.constraint.clone();
         let lazy_call = job.request.lazy_call.clone();
+        let mut output = OutputParser::new(job.request.output);
+        if let Some(lazy) = &lazy_call {
+            output = output.with_tool_names(lazy.names());
+        }
         Active {
             prompt_len: tokens.len(),
             tokens,
@@ -84,6 +92,8 @@ impl Active {
             checkpoints: Vec::new(),
             constraint,
             lazy_call,
+            bare_from: None,
+            bare_checked: false,
             generated: 0,
             utf8: Utf8Stream::default(),
             stops,

@@ -20,6 +20,7 @@ use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
 use crate::constrain::{Constraint, LazyCall};
 use crate::metrics::{CacheTier, EngineMetrics};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
+use crate::output::BareName;
 use crate::EngineError;
 use active::Step;
 pub(crate) use active::{Active, Job};
@@ -419,6 +420,7 @@ impl Scheduler {
             self.follow_grammar(p.index, token);
             let a = &mut self.running[p.index];
             let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
+            self.watch_bare_call(p.index);
             if let Some(d) = timing.first {
                 self.metrics.observe_ttft(d);
             }
@@ -442,8 +444,9 @@ impl Scheduler {
     }
 
     /// After `token` was sampled: advance the request's grammar; under `tool_choice:
-    /// auto`, start a call's grammar when the model opens one (its marker, or `{` where
-    /// the output starts, perhaps in a code fence) and drop it when the call is complete.
+    /// auto`, start a call's grammar when the model opens one with its marker, and note
+    /// where an object that may be a call without its marker starts (`{` where the output
+    /// starts, perhaps in a code fence); drop the grammar when the call is complete.
     fn follow_grammar(&mut self, index: usize, token: crate::TokenId) {
         let a = &mut self.running[index];
         if let Some(c) = a.constraint.as_mut() {
@@ -459,12 +462,39 @@ impl Scheduler {
             return;
         };
         if let Some(c) = self.markers.get(&token).and_then(|m| lazy.after_marker(m)) {
-            a.constraint = Some(c);
-        } else if lazy.has_bare_calls() && a.opens_bare_call(&self.tokenizer.token_bytes(token)) {
-            a.constraint = lazy.bare_start(token);
-        }
-        if a.constraint.is_some() {
             tracing::debug!("a tool call opened: its grammar is on");
+            a.constraint = Some(c);
+        } else if lazy.has_bare_calls()
+            && !a.bare_checked
+            && a.opens_bare_call(&self.tokenizer.token_bytes(token))
+        {
+            a.bare_checked = true;
+            a.bare_from = Some(a.tokens.len());
+        }
+    }
+
+    /// An object without a marker becomes a call (and follows its tool's schema) only
+    /// once it names one of the tools: a model that writes some other JSON is not made to
+    /// call a tool it never named.
+    fn watch_bare_call(&mut self, index: usize) {
+        let a = &mut self.running[index];
+        let (Some(from), Some(lazy)) = (a.bare_from, &a.lazy_call) else {
+            return;
+        };
+        let text: Vec<u8> = a.tokens[from..]
+            .iter()
+            .flat_map(|t| self.tokenizer.token_bytes(*t))
+            .collect();
+        match crate::output::bare_call_name(&String::from_utf8_lossy(&text)) {
+            BareName::Pending => {}
+            BareName::Named(name) if lazy.names().contains(&name) => {
+                a.constraint = lazy.bare_after(&a.tokens[from..]);
+                a.bare_from = None;
+                if a.constraint.is_some() {
+                    tracing::debug!(%name, "a tool call opened: its grammar is on");
+                }
+            }
+            BareName::Named(_) | BareName::NotACall => a.bare_from = None,
         }
     }
 
