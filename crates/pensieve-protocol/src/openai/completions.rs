@@ -4,16 +4,15 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Completion, EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams,
-    TokenLogprob,
+    Completion, EngineError, GenerateRequest, GenerationEvent, RawPrompt, TokenLogprob,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::error::{engine_error_detail, error_body, OpenAiError};
-use super::request::{logit_bias, Stop, StreamOptions};
+use super::error::OpenAiError;
+use super::request::CommonParams;
 use super::response::{finish_reason, ChatUsage};
-use crate::anthropic::ErrorKind;
+use super::stream::{error_frames, frame, DONE};
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -27,35 +26,17 @@ pub struct CompletionRequest {
     pub prompt: Option<PromptParam>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    #[serde(default)]
-    pub top_p: Option<f32>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<Stop>,
-    #[serde(default)]
-    pub n: Option<u32>,
+    #[serde(flatten)]
+    pub common: CommonParams,
     #[serde(default)]
     pub best_of: Option<u32>,
     #[serde(default)]
     pub echo: Option<bool>,
     #[serde(default)]
     pub suffix: Option<String>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
     /// How many alternatives to report per token (0-5); the token's own always comes.
     #[serde(default)]
     pub logprobs: Option<u32>,
-    #[serde(default)]
-    pub presence_penalty: Option<f32>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f32>,
-    #[serde(default)]
-    pub logit_bias: Option<HashMap<String, f32>>,
 }
 
 /// A prompt: text or token ids, alone or as a list of one.
@@ -74,14 +55,11 @@ pub fn parse_completion(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> 
 
 impl CompletionRequest {
     pub fn is_stream(&self) -> bool {
-        self.stream.unwrap_or(false)
+        self.common.is_stream()
     }
 
     pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
+        self.common.include_usage()
     }
 
     pub fn wants_logprobs(&self) -> bool {
@@ -122,8 +100,8 @@ impl CompletionRequest {
                 "prompt: must not be empty",
             ));
         }
+        self.common.check_n()?;
         for (name, refused) in [
-            ("n", self.n.is_some_and(|n| n != 1)),
             ("best_of", self.best_of.is_some_and(|n| n != 1)),
             ("echo", self.echo == Some(true)),
             (
@@ -153,22 +131,8 @@ impl CompletionRequest {
         }
         let mut request = GenerateRequest::new(model, Vec::new(), max_tokens);
         request.raw_prompt = Some(prompt);
-        request.sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.filter(|p| *p < 1.0),
-            seed: self.seed,
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            logit_bias: logit_bias(self.logit_bias.unwrap_or_default())?,
-            logprobs: self.logprobs.map(|n| n as usize),
-            ..SamplingParams::default()
-        };
-        request.stop_sequences = match self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        };
-        request.stop_sequences.retain(|s| !s.is_empty());
+        request.sampling = self.common.sampling(self.logprobs.map(|n| n as usize))?;
+        request.stop_sequences = self.common.stop_sequences();
         Ok(request)
     }
 }
@@ -323,9 +287,7 @@ impl TextChunkEncoder {
 
     pub fn error(&mut self, e: &EngineError) -> Vec<String> {
         self.finished = true;
-        let (code, param) = engine_error_detail(e);
-        let body = error_body(ErrorKind::of_engine_error(e), &e.to_string(), param, code);
-        vec![frame(&body), DONE.into()]
+        error_frames(e)
     }
 
     fn base(&self, choices: Vec<Value>) -> Value {
@@ -349,12 +311,6 @@ impl TextChunkEncoder {
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish});
         frame(&self.base(vec![choice]))
     }
-}
-
-const DONE: &str = "data: [DONE]\n\n";
-
-fn frame(value: &Value) -> String {
-    format!("data: {value}\n\n")
 }
 
 #[cfg(test)]

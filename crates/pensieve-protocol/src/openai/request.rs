@@ -25,6 +25,25 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+    #[serde(default)]
+    pub tools: Option<Vec<ChatTool>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+}
+
+/// Settings both OpenAI endpoints take.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonParams {
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
@@ -40,23 +59,67 @@ pub struct ChatRequest {
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
-    pub tools: Option<Vec<ChatTool>>,
-    #[serde(default)]
-    pub tool_choice: Option<Value>,
-    #[serde(default)]
-    pub parallel_tool_calls: Option<bool>,
-    #[serde(default)]
-    pub response_format: Option<ResponseFormat>,
-    #[serde(default)]
-    pub logprobs: Option<bool>,
-    #[serde(default)]
-    pub top_logprobs: Option<u32>,
-    #[serde(default)]
     pub presence_penalty: Option<f32>,
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub logit_bias: Option<HashMap<String, f32>>,
+}
+
+impl CommonParams {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether a streamed reply ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// One choice per request is what the engine makes.
+    pub(super) fn check_n(&self) -> Result<(), OpenAiError> {
+        match self.n.filter(|n| *n != 1) {
+            Some(n) => Err(OpenAiError::invalid(
+                Some("n"),
+                format!("n: only 1 choice per request is supported, got {n}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The sampling settings, reporting `logprobs` alternatives when given.
+    pub(super) fn sampling(&self, logprobs: Option<usize>) -> Result<SamplingParams, OpenAiError> {
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(OpenAiError::invalid(
+                Some("temperature"),
+                "temperature: must be between 0 and 2",
+            ));
+        }
+        Ok(SamplingParams {
+            temperature,
+            top_p: self.top_p.filter(|p| *p != 1.0),
+            seed: self.seed,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias: logit_bias(self.logit_bias.clone().unwrap_or_default())?,
+            logprobs,
+            ..SamplingParams::default()
+        })
+    }
+
+    pub(super) fn stop_sequences(&self) -> Vec<String> {
+        let mut stops = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        stops.retain(|s| !s.is_empty());
+        stops
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,19 +226,15 @@ pub fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, OpenAiError> {
 
 impl ChatRequest {
     pub fn is_stream(&self) -> bool {
-        self.stream.unwrap_or(false)
+        self.common.is_stream()
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.common.include_usage()
     }
 
     pub fn wants_logprobs(&self) -> bool {
         self.logprobs == Some(true)
-    }
-
-    /// Whether a streamed reply ends with a usage chunk.
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
     }
 
     /// The neutral request. Settings the engine can't honour are refused by name
@@ -193,12 +252,7 @@ impl ChatRequest {
                 "messages: at least one message is required",
             ));
         }
-        if let Some(n) = self.n.filter(|n| *n != 1) {
-            return Err(OpenAiError::invalid(
-                Some("n"),
-                format!("n: only 1 choice per request is supported, got {n}"),
-            ));
-        }
+        self.common.check_n()?;
         if let Some(n) = self.top_logprobs {
             if n > MAX_TOP_LOGPROBS {
                 return Err(OpenAiError::invalid(
@@ -223,26 +277,9 @@ impl ChatRequest {
                 "max_tokens: must be at least 1",
             ));
         }
-        let mut sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p,
-            seed: self.seed,
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            logit_bias: logit_bias(self.logit_bias.unwrap_or_default())?,
-            logprobs: (self.logprobs == Some(true))
-                .then(|| self.top_logprobs.unwrap_or(0) as usize),
-            ..SamplingParams::default()
-        };
-        if !(0.0..=2.0).contains(&sampling.temperature) {
-            return Err(OpenAiError::invalid(
-                Some("temperature"),
-                "temperature: must be between 0 and 2",
-            ));
-        }
-        if sampling.top_p == Some(1.0) {
-            sampling.top_p = None;
-        }
+        let sampling = self.common.sampling(
+            (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0) as usize),
+        )?;
         let tools = self
             .tools
             .unwrap_or_default()
@@ -255,12 +292,7 @@ impl ChatRequest {
         request.tools = tools;
         request.tool_choice = tool_choice(self.tool_choice)?;
         request.parallel_tool_calls = self.parallel_tool_calls.unwrap_or(true);
-        request.stop_sequences = match self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        };
-        request.stop_sequences.retain(|s| !s.is_empty());
+        request.stop_sequences = self.common.stop_sequences();
         request.output_schema = output_schema(self.response_format)?;
         Ok(request)
     }

@@ -102,9 +102,7 @@ impl ChunkEncoder {
     /// The stream ends with an error: an `error` object, then `[DONE]`.
     pub fn error(&mut self, e: &EngineError) -> Vec<String> {
         self.finished = true;
-        let (code, param) = engine_error_detail(e);
-        let body = error_body(ErrorKind::of_engine_error(e), &e.to_string(), param, code);
-        vec![frame(&body), DONE.into()]
+        error_frames(e)
     }
 
     fn chunk(&self, choices: Vec<Value>) -> Value {
@@ -134,10 +132,18 @@ impl ChunkEncoder {
     }
 }
 
-const DONE: &str = "data: [DONE]\n\n";
+/// The last frame of every OpenAI stream.
+pub(super) const DONE: &str = "data: [DONE]\n\n";
 
-fn frame(value: &Value) -> String {
+pub(super) fn frame(value: &Value) -> String {
     format!("data: {value}\n\n")
+}
+
+/// A stream's end by failure: an `error` object, then `[DONE]`.
+pub(super) fn error_frames(e: &EngineError) -> Vec<String> {
+    let (code, param) = engine_error_detail(e);
+    let body = error_body(ErrorKind::of_engine_error(e), &e.to_string(), param, code);
+    vec![frame(&body), DONE.into()]
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::ids::random_id;
 use pensieve_protocol::openai::{parse_chat, ChatCompletion, ChunkEncoder, MessageCollector};
 
-use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
+use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
 use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
 
@@ -42,15 +42,7 @@ async fn start(
     let parsed = parse_chat(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let request = parsed.into_generate()?;
-    let engine = state.engine.clone();
-    // Rendering and tokenizing a long prompt is CPU work: keep it off the reactor.
-    let (request, valid) = blocking(move || {
-        let valid = engine.validate(&request);
-        (request, valid)
-    })
-    .await?;
-    let generation = state.engine.submit(valid?)?;
+    let (request, _, generation) = submit(state, parsed.into_generate()?).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         id: random_id("chatcmpl-"),
@@ -69,10 +61,7 @@ async fn start(
         );
         let first = vec![encoder.start()];
         let request_id = reply.request_id.clone();
-        let log: LogOutcome = Box::new(move |outcome| match outcome {
-            Ok(completion) => reply.log(true, completion),
-            Err(e) => reply.log_failure(e),
-        });
+        let log: LogOutcome = Box::new(move |outcome| reply.log(true, outcome));
         let interval = state.config.ping_interval;
         Ok(stream_sse(
             request_id, encoder, first, generation, interval, log,
@@ -112,49 +101,16 @@ struct Reply {
 }
 
 impl Reply {
-    async fn collect(self, mut generation: Generation) -> Result<Response, ApiError> {
+    async fn collect(self, generation: Generation) -> Result<Response, ApiError> {
         let mut message = MessageCollector::new(self.logprobs);
-        while let Some(event) = generation.events.recv().await {
-            match event {
-                GenerationEvent::Done(completion) => {
-                    self.log(false, &completion);
-                    let body = ChatCompletion::new(
-                        self.id,
-                        self.model,
-                        self.created,
-                        message,
-                        &completion,
-                    );
-                    return Ok(Json(body).into_response());
-                }
-                GenerationEvent::Failed(e) => {
-                    self.log_failure(&e);
-                    return Err(e.into());
-                }
-                other => message.push(&other),
-            }
-        }
-        Err(EngineError::EngineStopped.into())
+        let outcome = collect(generation, |event| message.push(event)).await;
+        self.log(false, outcome.as_ref());
+        let completion = outcome?;
+        let body = ChatCompletion::new(self.id, self.model, self.created, message, &completion);
+        Ok(Json(body).into_response())
     }
 
-    fn log_failure(&self, e: &EngineError) {
-        tracing::warn!(request_id = %self.request_id, model = %self.model, error = %e, "chat completion failed");
-    }
-
-    /// One line per finished request.
-    fn log(&self, stream: bool, c: &Completion) {
-        tracing::info!(
-            request_id = %self.request_id,
-            model = %self.model,
-            stream,
-            prompt_tokens = c.usage.prompt_tokens,
-            cached_tokens = c.usage.cached_prompt_tokens,
-            output_tokens = c.usage.completion_tokens,
-            queued_ms = c.timings.queued.as_millis() as u64,
-            prefill_ms = c.timings.prefill.as_millis() as u64,
-            decode_ms = c.timings.decode.as_millis() as u64,
-            stop = ?c.reason,
-            "chat completion done"
-        );
+    fn log(&self, stream: bool, outcome: Result<&Completion, &EngineError>) {
+        log_outcome(&self.request_id, &self.model, stream, outcome);
     }
 }

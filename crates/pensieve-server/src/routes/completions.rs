@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use pensieve_engine::{EngineError, GenerationEvent};
+use pensieve_engine::{Completion, EngineError, GenerationEvent};
 use pensieve_protocol::ids::random_id;
 use pensieve_protocol::openai::{parse_completion, TextChunkEncoder, TextCollector};
 
-use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
+use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
 use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
 
@@ -41,33 +41,15 @@ async fn start(
     let parsed = parse_completion(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let request = parsed.into_generate()?;
-    let model = request.model.clone();
-    let engine = state.engine.clone();
-    let valid = blocking(move || engine.validate(&request)).await??;
-    let mut generation = state.engine.submit(valid)?;
+    let (request, _, generation) = submit(state, parsed.into_generate()?).await?;
+    let model = request.model;
     let id = random_id("cmpl-");
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let log_id = request_id.to_owned();
-    let log_model = model.clone();
-    let log = move |stream: bool, outcome: Result<&pensieve_engine::Completion, &EngineError>| {
-        match outcome {
-            Ok(c) => tracing::info!(
-                request_id = %log_id,
-                model = %log_model,
-                stream,
-                prompt_tokens = c.usage.prompt_tokens,
-                cached_tokens = c.usage.cached_prompt_tokens,
-                output_tokens = c.usage.completion_tokens,
-                prefill_ms = c.timings.prefill.as_millis() as u64,
-                decode_ms = c.timings.decode.as_millis() as u64,
-                stop = ?c.reason,
-                "completion done"
-            ),
-            Err(e) => tracing::warn!(request_id = %log_id, error = %e, "completion failed"),
-        }
+    let (log_id, log_model) = (request_id.to_owned(), model.clone());
+    let log = move |stream: bool, outcome: Result<&Completion, &EngineError>| {
+        log_outcome(&log_id, &log_model, stream, outcome);
     };
     if stream {
         let encoder = TextChunkEncoder::new(id, model, created, include_usage, logprobs);
@@ -83,21 +65,10 @@ async fn start(
         ));
     }
     let mut text = TextCollector::new(logprobs);
-    while let Some(event) = generation.events.recv().await {
-        match event {
-            GenerationEvent::Done(completion) => {
-                log(false, Ok(&completion));
-                let body = text.into_response(id, model, created, &completion);
-                return Ok(Json(body).into_response());
-            }
-            GenerationEvent::Failed(e) => {
-                log(false, Err(&e));
-                return Err(e.into());
-            }
-            other => text.push(&other),
-        }
-    }
-    Err(EngineError::EngineStopped.into())
+    let outcome = collect(generation, |event| text.push(event)).await;
+    log(false, outcome.as_ref());
+    let completion = outcome?;
+    Ok(Json(text.into_response(id, model, created, &completion)).into_response())
 }
 
 impl FrameEncoder for TextChunkEncoder {

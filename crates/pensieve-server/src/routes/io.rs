@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
+use pensieve_engine::{Completion, EngineError, GenerateRequest, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::ErrorKind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,6 +48,67 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(ErrorKind::Api, format!("internal task failed: {e}")))
+}
+
+/// Validate `request` (rendering and tokenizing a long prompt is CPU work: off the
+/// reactor) and queue it. Returns the request back, its prompt's length and the
+/// generation.
+pub async fn submit(
+    state: &crate::app::AppState,
+    request: GenerateRequest,
+) -> Result<(GenerateRequest, u32, Generation), ApiError> {
+    let engine = state.engine.clone();
+    let (request, valid) = blocking(move || {
+        let valid = engine.validate(&request);
+        (request, valid)
+    })
+    .await?;
+    let valid = valid?;
+    let prompt_tokens = u32::try_from(valid.prompt.len()).unwrap_or(u32::MAX);
+    Ok((request, prompt_tokens, state.engine.submit(valid)?))
+}
+
+/// Wait for the whole generation: each content event goes to `push`; returns how it
+/// ended.
+pub async fn collect(
+    mut generation: Generation,
+    mut push: impl FnMut(&GenerationEvent),
+) -> Result<Completion, EngineError> {
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            GenerationEvent::Done(completion) => return Ok(completion),
+            GenerationEvent::Failed(e) => return Err(e),
+            other => push(&other),
+        }
+    }
+    Err(EngineError::EngineStopped)
+}
+
+/// One log line per finished generation, with its tokens and timings.
+pub fn log_outcome(
+    request_id: &str,
+    model: &str,
+    stream: bool,
+    outcome: Result<&Completion, &EngineError>,
+) {
+    match outcome {
+        Ok(c) => tracing::info!(
+            request_id = %request_id,
+            model = %model,
+            stream,
+            prompt_tokens = c.usage.prompt_tokens,
+            cached_tokens = c.usage.cached_prompt_tokens,
+            output_tokens = c.usage.completion_tokens,
+            queued_ms = c.timings.queued.as_millis() as u64,
+            prefill_ms = c.timings.prefill.as_millis() as u64,
+            decode_ms = c.timings.decode.as_millis() as u64,
+            stop = ?c.reason,
+            "message done"
+        ),
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, model = %model, error = %e, "message failed")
+        }
+    }
 }
 
 /// One API's SSE encoder: frames from engine events.

@@ -14,7 +14,9 @@ use pensieve_protocol::anthropic::{
 use pensieve_protocol::ids::random_id;
 use serde_json::json;
 
-use super::io::{blocking, read_body, stream_sse, FrameEncoder, LogOutcome};
+use super::io::{
+    blocking, collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome,
+};
 use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
 
@@ -56,17 +58,7 @@ async fn start_message(
     let bytes = read_body(headers, body, state.config.body_limit).await?;
     let parsed = parse_messages(&bytes)?;
     let stream = parsed.is_stream();
-    let request = parsed.into_generate()?;
-    let engine = state.engine.clone();
-    // Rendering and tokenizing a 50k-character prompt is CPU work: keep it off the reactor.
-    let (request, valid) = blocking(move || {
-        let valid = engine.validate(&request);
-        (request, valid)
-    })
-    .await?;
-    let valid = valid?;
-    let prompt_tokens = valid.prompt.len() as u32;
-    let generation = state.engine.submit(valid)?;
+    let (request, prompt_tokens, generation) = submit(state, parsed.into_generate()?).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         message_id: random_id("msg_"),
@@ -116,25 +108,14 @@ struct Reply {
 
 impl Reply {
     /// Gather the whole generation into one JSON message.
-    async fn collect(self, mut generation: Generation) -> Result<Response, ApiError> {
+    async fn collect(self, generation: Generation) -> Result<Response, ApiError> {
         let mut content = ContentCollector::default();
-        while let Some(event) = generation.events.recv().await {
-            match event {
-                GenerationEvent::Done(completion) => {
-                    self.log(false, &completion);
-                    let blocks = content.into_blocks();
-                    let body =
-                        MessageResponse::new(self.message_id, self.model, blocks, &completion);
-                    return Ok(Json(body).into_response());
-                }
-                GenerationEvent::Failed(e) => {
-                    self.log_failure(&e);
-                    return Err(e.into());
-                }
-                other => content.push(&other),
-            }
-        }
-        Err(EngineError::EngineStopped.into())
+        let outcome = collect(generation, |event| content.push(event)).await;
+        self.log(false, outcome.as_ref());
+        let completion = outcome?;
+        let blocks = content.into_blocks();
+        let body = MessageResponse::new(self.message_id, self.model, blocks, &completion);
+        Ok(Json(body).into_response())
     }
 
     /// Stream the generation as SSE: `message_start` at once, then the encoder's events.
@@ -146,31 +127,11 @@ impl Reply {
         ));
         let first = vec![encoder.0.start().to_frame()];
         let request_id = self.request_id.clone();
-        let log: LogOutcome = Box::new(move |outcome| match outcome {
-            Ok(completion) => self.log(true, completion),
-            Err(e) => self.log_failure(e),
-        });
+        let log: LogOutcome = Box::new(move |outcome| self.log(true, outcome));
         stream_sse(request_id, encoder, first, generation, ping_interval, log)
     }
 
-    fn log_failure(&self, e: &EngineError) {
-        tracing::warn!(request_id = %self.request_id, model = %self.model, error = %e, "message failed");
-    }
-
-    /// One line per finished request.
-    fn log(&self, stream: bool, c: &Completion) {
-        tracing::info!(
-            request_id = %self.request_id,
-            model = %self.model,
-            stream,
-            prompt_tokens = c.usage.prompt_tokens,
-            cached_tokens = c.usage.cached_prompt_tokens,
-            output_tokens = c.usage.completion_tokens,
-            queued_ms = c.timings.queued.as_millis() as u64,
-            prefill_ms = c.timings.prefill.as_millis() as u64,
-            decode_ms = c.timings.decode.as_millis() as u64,
-            stop = ?c.reason,
-            "message done"
-        );
+    fn log(&self, stream: bool, outcome: Result<&Completion, &EngineError>) {
+        log_outcome(&self.request_id, &self.model, stream, outcome);
     }
 }
