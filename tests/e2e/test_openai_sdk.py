@@ -152,6 +152,16 @@ def test_logprobs_match_the_tokens(smol, streamed):
         assert abs(e.top_logprobs[0].logprob - e.logprob) < 1e-4
 
 
+def test_a_seed_makes_sampling_repeatable(smol):
+    args = dict(model="smol", messages=[{"role": "user", "content": "Invent a name for a cat."}],
+                max_tokens=16, temperature=1.0)
+    a = smol.chat.completions.create(**args, seed=7).choices[0].message.content
+    b = smol.chat.completions.create(**args, seed=7).choices[0].message.content
+    assert a == b
+    others = {smol.chat.completions.create(**args, seed=s).choices[0].message.content for s in (8, 9, 10)}
+    assert others - {a}, "other seeds give other samples"
+
+
 def test_stop_sequences(smol):
     """Greedy output cut at a stop string taken from the uncut output: the reply is what
     came before it, and ends with `stop`."""
