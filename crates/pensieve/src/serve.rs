@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     max_body_mib: usize,
-    /// How the model writes tool calls [default: as its chat template shows].
+    /// How the model writes tool calls: hermes (also qwen), llama3_json, mistral,
+    /// mistral_json, functiongemma [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = parse_tool_format)]
     tool_parser: Option<ToolFormat>,
 }
