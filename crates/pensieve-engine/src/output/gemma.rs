@@ -342,11 +342,11 @@ impl Translator {
     /// JSON that closes what was written so far.
     fn completion(&self) -> String {
         let mut shadow = self.shadow.clone();
-        let mut out = String::new();
-        if let State::Literal(word) = &self.state {
-            out.push_str(&literal_json(word));
-        }
-        for c in out.clone().chars() {
+        let mut out = match &self.state {
+            State::Literal(word) => literal_json(word),
+            _ => String::new(),
+        };
+        for c in out.chars() {
             shadow.push(c);
         }
         out.push_str(&shadow.completion());

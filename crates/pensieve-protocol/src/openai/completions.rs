@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::OpenAiError;
 use super::request::CommonParams;
 use super::response::{finish_reason, ChatUsage};
-use super::stream::{error_frames, frame, DONE};
+use super::stream::{error_frames, frame, StreamHead};
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -144,11 +144,13 @@ pub struct LegacyLogprobs {
     pub token_logprobs: Vec<f32>,
     pub top_logprobs: Vec<HashMap<String, f32>>,
     pub text_offset: Vec<usize>,
+    /// Where the next token's text starts in the completion.
+    #[serde(skip)]
+    next_offset: usize,
 }
 
 impl LegacyLogprobs {
-    /// Add a token; `offset` is where its text starts in the completion.
-    fn push(&mut self, t: &TokenLogprob, offset: usize) {
+    fn push(&mut self, t: &TokenLogprob) {
         let entry = super::logprobs::LogprobEntry::from(t);
         self.tokens.push(entry.token);
         self.token_logprobs.push(entry.logprob);
@@ -159,11 +161,19 @@ impl LegacyLogprobs {
                 .map(|t| (t.token, t.logprob))
                 .collect(),
         );
-        self.text_offset.push(offset);
+        self.text_offset.push(self.next_offset);
+        self.next_offset += t.token.len();
     }
 
-    fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+    /// The entries so far, for one chunk; the offsets go on from there.
+    fn take(&mut self) -> Option<LegacyLogprobs> {
+        if self.tokens.is_empty() {
+            return None;
+        }
+        let next_offset = self.next_offset;
+        let taken = std::mem::take(self);
+        self.next_offset = next_offset;
+        Some(taken)
     }
 }
 
@@ -172,8 +182,6 @@ impl LegacyLogprobs {
 pub struct TextCollector {
     text: String,
     logprobs: Option<LegacyLogprobs>,
-    /// Bytes of the tokens so far, for their offsets.
-    offset: usize,
 }
 
 impl TextCollector {
@@ -189,9 +197,8 @@ impl TextCollector {
             GenerationEvent::Text(t) => self.text.push_str(t),
             GenerationEvent::Logprob(t) => {
                 if let Some(l) = self.logprobs.as_mut() {
-                    l.push(t, self.offset);
+                    l.push(t);
                 }
-                self.offset += t.token.len();
             }
             _ => {}
         }
@@ -224,12 +231,8 @@ impl TextCollector {
 
 /// The `/v1/completions` SSE encoder.
 pub struct TextChunkEncoder {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    head: StreamHead,
     logprobs: Option<LegacyLogprobs>,
-    offset: usize,
     finished: bool,
 }
 
@@ -242,12 +245,14 @@ impl TextChunkEncoder {
         logprobs: bool,
     ) -> Self {
         TextChunkEncoder {
-            id,
-            model,
-            created,
-            include_usage,
+            head: StreamHead {
+                id,
+                object: "text_completion",
+                model,
+                created,
+                include_usage,
+            },
             logprobs: logprobs.then(LegacyLogprobs::default),
-            offset: 0,
             finished: false,
         }
     }
@@ -264,21 +269,14 @@ impl TextChunkEncoder {
             GenerationEvent::Text(t) => vec![self.chunk(&t, None)],
             GenerationEvent::Logprob(t) => {
                 if let Some(l) = self.logprobs.as_mut() {
-                    l.push(&t, self.offset);
+                    l.push(&t);
                 }
-                self.offset += t.token.len();
                 Vec::new()
             }
             GenerationEvent::Done(completion) => {
                 self.finished = true;
-                let mut frames = vec![self.chunk("", Some(finish_reason(&completion.reason)))];
-                if self.include_usage {
-                    let mut usage = self.base(Vec::new());
-                    usage["usage"] = json!(ChatUsage::from(completion.usage));
-                    frames.push(frame(&usage));
-                }
-                frames.push(DONE.into());
-                frames
+                let last = self.chunk("", Some(finish_reason(&completion.reason)));
+                self.head.closing(last, completion.usage)
             }
             GenerationEvent::Failed(e) => self.error(&e),
             _ => Vec::new(),
@@ -290,26 +288,12 @@ impl TextChunkEncoder {
         error_frames(e)
     }
 
-    fn base(&self, choices: Vec<Value>) -> Value {
-        let mut chunk = json!({
-            "id": self.id, "object": "text_completion", "created": self.created,
-            "model": self.model, "system_fingerprint": null, "choices": choices,
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
-    }
-
     fn chunk(&mut self, text: &str, finish: Option<&str>) -> String {
         // Logprobs go with the text that follows them.
-        let logprobs = match self.logprobs.as_mut() {
-            Some(l) if !l.is_empty() => json!(std::mem::take(l)),
-            _ => Value::Null,
-        };
+        let logprobs = json!(self.logprobs.as_mut().and_then(LegacyLogprobs::take));
         let choice =
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish});
-        frame(&self.base(vec![choice]))
+        frame(&self.head.chunk(vec![choice]))
     }
 }
 
@@ -370,6 +354,9 @@ mod tests {
             timings: Timings::default(),
         }));
         assert!(end[0].contains("\"finish_reason\":\"length\""));
-        assert_eq!(end.last().map(String::as_str), Some(DONE));
+        assert_eq!(
+            end.last().map(String::as_str),
+            Some(super::super::stream::DONE)
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! its own index); the last choice chunk carries `finish_reason`, and with
 //! `stream_options.include_usage` a chunk with no choices carries the usage.
 
-use pensieve_engine::{EngineError, GenerationEvent};
+use pensieve_engine::{EngineError, GenerationEvent, Usage};
 use serde_json::{json, Value};
 
 use super::error::{engine_error_detail, error_body};
@@ -16,10 +16,7 @@ use crate::anthropic::ErrorKind;
 use crate::ids::random_id;
 
 pub struct ChunkEncoder {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    head: StreamHead,
     /// Calls started so far; the current one's index is one less.
     calls: usize,
     finished: bool,
@@ -30,10 +27,13 @@ pub struct ChunkEncoder {
 impl ChunkEncoder {
     pub fn new(id: String, model: String, created: u64, include_usage: bool) -> Self {
         ChunkEncoder {
-            id,
-            model,
-            created,
-            include_usage,
+            head: StreamHead {
+                id,
+                object: "chat.completion.chunk",
+                model,
+                created,
+                include_usage,
+            },
             calls: 0,
             finished: false,
             logprobs: Vec::new(),
@@ -85,15 +85,8 @@ impl ChunkEncoder {
             }
             GenerationEvent::Done(completion) => {
                 self.finished = true;
-                let mut frames =
-                    vec![self.delta(json!({}), Some(finish_reason(&completion.reason)))];
-                if self.include_usage {
-                    let mut chunk = self.chunk(Vec::new());
-                    chunk["usage"] = json!(ChatUsage::from(completion.usage));
-                    frames.push(frame(&chunk));
-                }
-                frames.push(DONE.into());
-                frames
+                let last = self.delta(json!({}), Some(finish_reason(&completion.reason)));
+                self.head.closing(last, completion.usage)
             }
             GenerationEvent::Failed(e) => self.error(&e),
         }
@@ -105,10 +98,35 @@ impl ChunkEncoder {
         error_frames(e)
     }
 
-    fn chunk(&self, choices: Vec<Value>) -> Value {
+    fn delta(&mut self, delta: Value, finish: Option<&str>) -> String {
+        let logprobs = if self.logprobs.is_empty() {
+            Value::Null
+        } else {
+            json!({"content": std::mem::take(&mut self.logprobs)})
+        };
+        let choice =
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
+        frame(&self.head.chunk(vec![choice]))
+    }
+}
+
+/// What every chunk of one OpenAI stream carries, and how the stream closes.
+pub(super) struct StreamHead {
+    pub id: String,
+    /// `chat.completion.chunk` or `text_completion`.
+    pub object: &'static str,
+    pub model: String,
+    pub created: u64,
+    /// With `stream_options.include_usage`: every chunk has `usage` (null until the
+    /// last), and a chunk with no choices carries it.
+    pub include_usage: bool,
+}
+
+impl StreamHead {
+    pub(super) fn chunk(&self, choices: Vec<Value>) -> Value {
         let mut chunk = json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.object,
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
@@ -120,15 +138,16 @@ impl ChunkEncoder {
         chunk
     }
 
-    fn delta(&mut self, delta: Value, finish: Option<&str>) -> String {
-        let logprobs = if self.logprobs.is_empty() {
-            Value::Null
-        } else {
-            json!({"content": std::mem::take(&mut self.logprobs)})
-        };
-        let choice =
-            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
-        frame(&self.chunk(vec![choice]))
+    /// `last` (the frame with `finish_reason`), the usage when asked for, `[DONE]`.
+    pub(super) fn closing(&self, last: String, usage: Usage) -> Vec<String> {
+        let mut frames = vec![last];
+        if self.include_usage {
+            let mut chunk = self.chunk(Vec::new());
+            chunk["usage"] = json!(ChatUsage::from(usage));
+            frames.push(frame(&chunk));
+        }
+        frames.push(DONE.into());
+        frames
     }
 }
 
