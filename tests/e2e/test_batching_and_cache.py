@@ -256,6 +256,53 @@ def test_shared_prefix_reads_from_cache(cache_server):
     assert u.input_tokens == 1, usage_str(u)
 
 
+def test_requests_arriving_together_compute_their_shared_prefix_once():
+    """Three requests sent at once with the same new ~1,000-token system prompt (two of
+    them identical, as a retry or a fan-out would be): the prompt is computed once and
+    copied to the others, whose usage says so, and the copies answer exactly as the
+    request that computed it (temperature 0)."""
+    with serving("--parallel", "3", "--ctx", "2048") as server:
+        system = f"[{nonce()}] Reference notes follow. " + filler(800, seed=5)
+        questions = ["Which word comes first in the notes?"] * 2 + ["Summarise the notes in one sentence."]
+        prompts = [count_tokens(server, system=system, messages=[{"role": "user", "content": q}])
+                   for q in questions]
+        assert prompts[0] >= 900, f"test premise: a ~1,000-token prompt, got {prompts[0]}"
+        before = scrape(server.url)
+        barrier = threading.Barrier(len(questions))
+        results: list = [None] * len(questions)
+
+        def ask(i: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                results[i] = create(server, max_tokens=24, **T0, system=system,
+                                    messages=[{"role": "user", "content": questions[i]}])
+            except Exception as e:  # surfaced below
+                results[i] = e
+
+        threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(len(questions))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        for r in results:
+            assert not isinstance(r, Exception) and r is not None, f"{r!r}\n{server.log_tail()}"
+        after = scrape(server.url)
+
+    reads = [r.usage.cache_read_input_tokens for r in results]
+    for r, n in zip(results, prompts):
+        u = r.usage
+        assert u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens == n, (usage_str(u), n)
+    # One of them computed the system prompt; the other two read it.
+    assert sorted(reads)[0] <= SUFFIX_BOUND, reads
+    for read, n in sorted(zip(reads, prompts))[1:]:
+        assert read >= n - SUFFIX_BOUND, f"the shared prompt was computed again: read {reads} of {prompts}"
+    # The identical pair: the copy continues exactly as the computed original.
+    texts = ["".join(b.text for b in r.content if b.type == "text") for r in results]
+    assert texts[0] == texts[1], texts
+    cached = after.get("pensieve_cached_prompt_tokens_total") - before.get("pensieve_cached_prompt_tokens_total")
+    assert cached == sum(reads), (cached, reads)
+
+
 # --- 3. eviction under a byte budget ----------------------------------------------------
 
 EVICT_RAM = 16 * MiB

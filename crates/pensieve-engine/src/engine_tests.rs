@@ -690,3 +690,66 @@ async fn a_forced_call_comes_out_as_a_call_in_every_format() {
         );
     }
 }
+
+#[tokio::test]
+async fn requests_arriving_together_compute_their_shared_prefix_once() {
+    let mut runner = own_cells(4);
+    runner.step_delay = Duration::from_millis(1);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 4, CacheConfig::default());
+    let system = "s".repeat(100);
+    let prompts: Vec<String> = ["A", "B", "C"]
+        .iter()
+        .map(|q| format!("{system} question {q}"))
+        .collect();
+    let runs: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(valid(p, 5)).unwrap())
+        .collect();
+    let (a, b, c) = {
+        let mut it = runs.into_iter();
+        let (a, b, c) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        tokio::join!(finish(a), finish(b), finish(c))
+    };
+    let shared = format!("{system} question ").len() as u32;
+    let cached: Vec<u32> = [a, b, c]
+        .into_iter()
+        .map(|(text, done)| {
+            assert_eq!(text, "ok");
+            done.unwrap().usage.cached_prompt_tokens
+        })
+        .collect();
+    assert_eq!(cached, vec![0, shared, shared]);
+    let d = decodes(&log);
+    // Position 0 was computed for one sequence only; the other two got copies.
+    assert_eq!(d.iter().filter(|(_, pos, _)| *pos == 0).count(), 1, "{d:?}");
+    let prefill: usize = d.iter().map(|(_, _, n)| n).sum();
+    let prompt_total: usize = prompts.iter().map(String::len).sum();
+    assert!(
+        prefill < prompt_total - 2 * shared as usize + 20,
+        "{prefill} tokens computed"
+    );
+    assert_eq!(log.lock().unwrap().copies, 2);
+}
+
+#[tokio::test]
+async fn a_request_whose_leader_leaves_still_completes() {
+    let mut runner = own_cells(4);
+    runner.step_delay = Duration::from_millis(2);
+    let engine = start_with(runner, 4096, 4, 4, CacheConfig::default());
+    let system = "s".repeat(400);
+    let leader = engine
+        .submit(valid(&format!("{system} question A"), 5))
+        .unwrap();
+    let follower = engine
+        .submit(valid(&format!("{system} question B"), 5))
+        .unwrap();
+    // The leader leaves while its prompt (50 steps of 8 tokens) is being computed.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(leader);
+    let (text, done) = finish(follower).await;
+    assert_eq!(text, "ok");
+    let cached = done.unwrap().usage.cached_prompt_tokens;
+    // What the leader had computed when it left was saved and read back.
+    assert!(cached > 0 && cached < 400, "{cached}");
+}

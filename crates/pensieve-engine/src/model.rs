@@ -121,8 +121,8 @@ pub trait ModelRunner: Send {
     /// Forget `seq` entirely; its cells are freed unless another sequence shares them.
     fn release(&mut self, seq: SeqId);
     /// Give `dst` (empty) positions `0..len` of `src`: by reference when cells are
-    /// shared, else by copying them.
-    fn share(&mut self, src: SeqId, dst: SeqId, len: u32);
+    /// shared, else by copying them. False when the copy failed (`dst` is left empty).
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) -> bool;
     /// A snapshot of everything `seq` holds, for [`ModelRunner::restore`].
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError>;
     /// Load a snapshot into the empty `seq`.

@@ -134,7 +134,10 @@ impl ScriptedRunner {
             let len = self.log().slots.get(&seq).map_or(0, Vec::len);
             return self.reply[len % self.reply.len().max(1)];
         }
-        let next = self.next.entry(seq).or_insert(0);
+        let next = self
+            .next
+            .get_mut(&seq)
+            .expect("sampling was not started for this sequence");
         let token = match self.reply.get(*next) {
             Some(t) => *t,
             None if self.endless => self.reply[*next % self.reply.len().max(1)],
@@ -230,19 +233,26 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn release(&mut self, seq: SeqId) {
+        // As llama.cpp's runner: the sampler goes with the sequence.
+        self.next.remove(&seq);
         let mut log = self.log();
         if let Some(s) = log.slots.remove(&seq) {
             log.drop_cells(s.into_iter().map(|(_, c)| c));
         }
     }
 
-    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) {
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) -> bool {
         let mut log = self.log();
         let shared: Vec<(TokenId, u64)> = log
             .slots
             .get(&src)
             .map(|s| s.iter().take(len as usize).copied().collect())
             .unwrap_or_default();
+        assert_eq!(
+            shared.len(),
+            len as usize,
+            "share of positions {src} does not hold"
+        );
         assert!(
             log.slots.get(&dst).is_none_or(Vec::is_empty),
             "share into a slot that is in use"
@@ -260,6 +270,7 @@ impl ModelRunner for ScriptedRunner {
             shared
         };
         log.slots.insert(dst, shared);
+        true
     }
 
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError> {

@@ -249,17 +249,19 @@ impl ModelRunner for LlamaRunner {
         let _ = self.context.clear_kv_cache_seq(Some(seq), None, None);
     }
 
-    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) {
+    fn share(&mut self, src: SeqId, dst: SeqId, len: u32) -> bool {
         // Each sequence has a KV stream of its own: copy through a snapshot. (llama.cpp's
         // cross-stream seq_cp copies the whole stream, and only at the next decode.)
         let copied = self.save(src).and_then(|state| self.restore(dst, &state));
         if let Err(e) = copied {
             tracing::warn!("cannot copy a cached prefix: {e}");
-            return;
+            self.release(dst);
+            return false;
         }
         if self.layout.can_truncate {
             let _ = self.context.clear_kv_cache_seq(Some(dst), Some(len), None);
         }
+        true
     }
 
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError> {

@@ -144,7 +144,7 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
     assert_eq!(greedy_run(runner, 0, &prompt, last), cold);
     // A second sequence given a copy of the prefix continues the same way.
     assert!(runner.truncate(0, last as u32));
-    runner.share(0, 1, last as u32);
+    assert!(runner.share(0, 1, last as u32));
     assert_eq!(greedy_run(runner, 1, &prompt, last), cold);
     // And so does one restored from a snapshot.
     runner.restore(2, &snapshot).unwrap();

@@ -37,6 +37,9 @@ pub(crate) struct Active {
     pub order: u64,
     /// Positions where a snapshot is taken on the way (backends that can't cut back).
     pub checkpoints: Vec<usize>,
+    /// Waiting for another running sequence to compute a prefix it shares, to copy it
+    /// instead of computing it again.
+    pub follow: Option<Follow>,
     /// The grammar its output must follow now, if any.
     pub constraint: Option<Constraint>,
     /// The grammar of a call, started when the model opens one.
@@ -55,6 +58,17 @@ pub(crate) struct Active {
     admitted: Option<Instant>,
     prefill_done: Option<Instant>,
     last_token: Option<Instant>,
+}
+
+/// A prefix to take from another running sequence once that one has computed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Follow {
+    /// The other sequence's admission order.
+    pub leader: u64,
+    /// Tokens shared.
+    pub len: usize,
+    /// The prompt's usage is counted when the prefix arrives (first admission).
+    pub count_usage: bool,
 }
 
 /// What a sampled token did to the request.
@@ -90,6 +104,7 @@ impl Active {
             cached: None,
             order: 0,
             checkpoints: Vec::new(),
+            follow: None,
             constraint,
             lazy_call,
             bare_from: None,
@@ -137,6 +152,7 @@ impl Active {
     /// Back to the queue after losing its slot; it continues where it was.
     pub fn preempted(&mut self) {
         self.computed = 0;
+        self.follow = None;
     }
 
     /// The logits after `tokens[..computed]` were sampled into `token`.

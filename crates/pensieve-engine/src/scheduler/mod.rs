@@ -5,7 +5,9 @@
 //! streams already running. Requests are admitted while a sequence slot is free and the
 //! KV cells they need fit; a sequence that runs the cache out of cells is preempted (its
 //! computed prefix goes to the prefix cache) and resumed later where it was. A cancelled
-//! request leaves the batch and frees its slot before the next step.
+//! request leaves the batch and frees its slot before the next step. Requests that arrive
+//! together with a long common prefix (one system prompt, several subagents) compute it
+//! once: the later ones wait for the first to get past it and copy its KV.
 
 mod active;
 
@@ -22,8 +24,11 @@ use crate::metrics::{CacheTier, EngineMetrics};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
 use crate::output::BareName;
 use crate::EngineError;
-use active::Step;
 pub(crate) use active::{Active, Job};
+use active::{Follow, Step};
+
+/// The fewest prompt tokens worth waiting for another running sequence to compute.
+const MIN_FOLLOW: usize = 8;
 
 /// What the engine thread is asked to do.
 pub(crate) enum Command {
@@ -205,17 +210,23 @@ impl Scheduler {
                 return;
             };
             // First admission (not a resumed preempted one): it leaves the queue.
-            if active.cached.is_none() {
+            let first = active.cached.is_none();
+            if first {
                 self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-                let cached = reused.min(active.prompt_len);
-                self.metrics.add_prompt_tokens(active.prompt_len as u64);
-                self.metrics.add_cached_prompt_tokens(cached as u64);
-                self.metrics
-                    .add_cache_created_tokens((active.prompt_len - cached) as u64);
             }
             self.admissions += 1;
             active.seq = Some(seq);
             active.mark_admitted(self.admissions, reused);
+            active.follow = self
+                .leader_for(&active, reused)
+                .map(|(leader, len)| Follow {
+                    leader,
+                    len,
+                    count_usage: first,
+                });
+            if first && active.follow.is_none() {
+                self.count_prompt(active.prompt_len, reused);
+            }
             if !self.runner.can_truncate() {
                 active.checkpoints = checkpoints(
                     &active.tokens[..active.prompt_len],
@@ -226,6 +237,90 @@ impl Scheduler {
             self.runner
                 .start_sampling(seq, &active.job.request.sampling);
             self.running.push(active);
+        }
+    }
+
+    fn count_prompt(&self, prompt_len: usize, reused: usize) {
+        let cached = reused.min(prompt_len);
+        self.metrics.add_prompt_tokens(prompt_len as u64);
+        self.metrics.add_cached_prompt_tokens(cached as u64);
+        self.metrics
+            .add_cache_created_tokens((prompt_len - cached) as u64);
+    }
+
+    /// A running sequence whose tokens start with more of `active`'s than the cache gave
+    /// it (`reused`): its admission order and the shared length. Requests that come
+    /// together with the same system prompt (subagents, side requests) compute it once:
+    /// the others wait for it and copy it.
+    fn leader_for(&self, active: &Active, reused: usize) -> Option<(u64, usize)> {
+        // The copy is cut back to the shared length, which sliding-window caches can't do.
+        if !self.runner.can_truncate() {
+            return None;
+        }
+        // The last prompt token is computed here in any case, for its logits.
+        let most = active.tokens.len().saturating_sub(1);
+        self.running
+            .iter()
+            .filter_map(|leader| {
+                let len = common_prefix(&leader.tokens, &active.tokens).min(most);
+                // A copy moves all of the leader's cells, cheap next to computing them
+                // but not free: the gain must not be a sliver of them.
+                let gain = len.saturating_sub(reused);
+                (gain >= MIN_FOLLOW.max(leader.tokens.len() / 256)).then_some((leader.order, len))
+            })
+            .max_by_key(|&(order, len)| (len, std::cmp::Reverse(order)))
+    }
+
+    /// Followers whose leader has computed the shared prefix copy it; those whose leader
+    /// left first take what the prefix cache has now.
+    fn take_over_prefixes(&mut self) {
+        for i in 0..self.running.len() {
+            let (Some(follow), Some(seq)) = (self.running[i].follow, self.running[i].seq) else {
+                continue;
+            };
+            let leader = self
+                .running
+                .iter()
+                .find(|l| l.order == follow.leader)
+                .map(|l| (l.seq, l.computed));
+            let got = match leader {
+                Some((_, computed)) if computed < follow.len => continue,
+                Some((Some(src), _)) => {
+                    self.runner.release(seq);
+                    if self.runner.share(src, seq, follow.len as u32) {
+                        follow.len
+                    } else {
+                        0
+                    }
+                }
+                _ => {
+                    self.runner.release(seq);
+                    let tokens = self.running[i].tokens.clone();
+                    let hit = self.cache.lookup(&tokens);
+                    self.load_prefix(seq, &tokens, hit)
+                }
+            };
+            tracing::debug!(shared = got, "prefix taken from a running sequence");
+            // Emptying the slot dropped its sampler too.
+            self.runner
+                .start_sampling(seq, &self.running[i].job.request.sampling);
+            let a = &mut self.running[i];
+            a.follow = None;
+            a.computed = got;
+            if follow.count_usage {
+                a.cached = Some(got.min(a.prompt_len) as u32);
+                let prompt_len = a.prompt_len;
+                self.count_prompt(prompt_len, got);
+            }
+        }
+    }
+
+    /// A follower leaving before its prefix came: its prompt is counted as it stands.
+    fn unfollow(&self, active: &mut Active) {
+        if let Some(follow) = active.follow.take() {
+            if follow.count_usage {
+                self.count_prompt(active.prompt_len, active.computed);
+            }
         }
     }
 
@@ -266,10 +361,7 @@ impl Scheduler {
             return 0;
         };
         let loaded = match &hit.source {
-            Source::Context(src) => {
-                self.runner.share(*src, seq, hit.len as u32);
-                true
-            }
+            Source::Context(src) => self.runner.share(*src, seq, hit.len as u32),
             Source::Snapshot(bytes) => loop {
                 match self.runner.restore(seq, bytes) {
                     Ok(()) => {
@@ -310,15 +402,19 @@ impl Scheduler {
                 Err(e) => tracing::warn!("cannot save a shared prefix: {e}"),
             }
         } else if let Some(slot) = self.free.pop() {
-            self.runner.share(seq, slot, hit.len as u32);
-            let freed = self.cache.insert_context(prefix, hit.len, slot, true);
-            self.release_slots(freed);
+            if self.runner.share(seq, slot, hit.len as u32) {
+                let freed = self.cache.insert_context(prefix, hit.len, slot, true);
+                self.release_slots(freed);
+            } else {
+                self.free.push(slot);
+            }
         }
         hit.len
     }
 
     /// One batch: decode tokens first, then prefill chunks.
     fn step(&mut self) {
+        self.take_over_prefixes();
         let budget = self.runner.batch_size().max(1);
         let mut batch: Vec<BatchToken> = Vec::with_capacity(budget);
         let mut plan: Vec<Planned> = Vec::new();
@@ -337,6 +433,9 @@ impl Scheduler {
         for i in order {
             let a = &self.running[i];
             let Some(seq) = a.seq else { continue };
+            if a.follow.is_some() {
+                continue;
+            }
             let room = budget - batch.len();
             if room == 0 {
                 break;
@@ -515,6 +614,7 @@ impl Scheduler {
 
     /// Save what a request computed to RAM and free its slot (cancelled or preempted).
     fn stash(&mut self, active: &mut Active) {
+        self.unfollow(active);
         let Some(seq) = active.seq.take() else { return };
         if active.computed > 0 {
             match self.runner.save(seq) {
@@ -551,9 +651,12 @@ impl Scheduler {
                 None => return,
             },
         };
-        self.runner.share(seq, slot, tokens.len() as u32);
-        let freed = self.cache.insert_context(tokens, tokens.len(), slot, false);
-        self.release_slots(freed);
+        if self.runner.share(seq, slot, tokens.len() as u32) {
+            let freed = self.cache.insert_context(tokens, tokens.len(), slot, false);
+            self.release_slots(freed);
+        } else {
+            self.free.push(slot);
+        }
     }
 
     /// The cache ran out of cells: evict a cached entry, or else preempt the newest
@@ -583,7 +686,8 @@ impl Scheduler {
     /// dropped (their state is unknown).
     fn fail_all(&mut self, reason: &str) {
         tracing::error!("decode failed: {reason}");
-        for active in std::mem::take(&mut self.running) {
+        for mut active in std::mem::take(&mut self.running) {
+            self.unfollow(&mut active);
             active.fail(EngineError::Backend(reason.to_owned()));
             if let Some(seq) = active.seq {
                 self.runner.release(seq);
@@ -672,4 +776,8 @@ fn checkpoints(prompt: &[crate::TokenId], reused: usize, tokenizer: &dyn Tokeniz
         })
         .map(|(i, _)| i + 1)
         .collect()
+}
+
+fn common_prefix(a: &[crate::TokenId], b: &[crate::TokenId]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
