@@ -6,6 +6,10 @@ Environment:
                         CARGO_TARGET_DIR defaulting to ~/.cache/pensieve-target)
   PENSIEVE_TEST_MODELS  the models directory (scripts/fetch-test-models.sh)
   PENSIEVE_NPM_PREFIX   where Claude Code is installed (scripts/setup-test-env.sh)
+  PENSIEVE_TEST_ENGINE  the engine the model fixtures start: llama (default) or mlx
+  PENSIEVE_TEST_MLX_MODELS  MLX folders converted from the test models, one per GGUF, named
+                        by its stem (scripts/test.sh makes them)
+  PENSIEVE_MLX_PYTHON   the mlx engine's Python (read by `pensieve serve` itself)
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ REQUESTED_MODEL = "claude-opus-5-5"
 
 STARTUP_TIMEOUT_S = 120.0
 
+# The model fixtures run the llama engine on the GGUF files, or the mlx engine on MLX
+# folders converted from the same files.
+ENGINE = os.environ.get("PENSIEVE_TEST_ENGINE", "llama")
+
 
 def pensieve_bin() -> Path:
     explicit = os.environ.get("PENSIEVE_BIN")
@@ -49,6 +57,15 @@ def model_path(name: str) -> Path:
     path = models_dir() / name
     if not path.is_file():
         pytest.fail(f"test model {path} is missing: run scripts/fetch-test-models.sh")
+    return path
+
+
+def mlx_model_dir(name: str) -> Path:
+    """The MLX folder converted from test model `name` (a GGUF file name)."""
+    root = os.environ.get("PENSIEVE_TEST_MLX_MODELS") or models_dir() / "mlx"
+    path = Path(root) / Path(name).stem
+    if not (path / "config.json").is_file():
+        pytest.fail(f"MLX test model {path} is missing: scripts/test.sh converts it")
     return path
 
 
@@ -174,7 +191,10 @@ class Server:
 
 
 def _serve(model: str, extra_args: list[str] | None = None, api_key: str | None = None):
-    server = Server(model_path(model), extra_args or [], api_key=api_key)
+    if ENGINE == "mlx":
+        server = Server(mlx_model_dir(model), ["--engine", "mlx", *(extra_args or [])], api_key=api_key)
+    else:
+        server = Server(model_path(model), extra_args or [], api_key=api_key)
     try:
         server.start()
         yield server

@@ -19,6 +19,9 @@ pub enum EngineError {
     EngineStopped,
     #[error("model backend failed: {0}")]
     Backend(String),
+    /// The backend's worker died mid-request and was restarted; a retry runs on the new one.
+    #[error("the model worker restarted ({0}); retry the request")]
+    BackendRestarted(String),
 }
 
 impl EngineError {

@@ -64,6 +64,9 @@ pub enum RunnerError {
     CacheFull,
     #[error("{0}")]
     Failed(String),
+    /// The backend lost every sequence (its worker process died and was restarted).
+    #[error("the model backend restarted: {0}")]
+    Restarted(String),
 }
 
 /// A sequence slot of the backend's KV cache: `0..max_sequences()`.

@@ -130,6 +130,7 @@ mod tests {
             (EngineError::Overloaded { waiting: 1 }, 529),
             (EngineError::ShuttingDown, 529),
             (EngineError::Backend("x".into()), 500),
+            (EngineError::BackendRestarted("x".into()), 529),
             (EngineError::EngineStopped, 500),
         ];
         for (e, status) in cases {

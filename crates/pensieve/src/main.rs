@@ -1,6 +1,8 @@
 //! The `pensieve` command line.
 
+mod paths;
 mod serve;
+mod setup;
 
 use clap::{Parser, Subcommand};
 
@@ -16,12 +18,15 @@ struct Cli {
 enum Command {
     /// Serve a model over HTTP (Anthropic Messages API).
     Serve(serve::ServeArgs),
+    /// Install what an engine needs (`pensieve setup mlx`).
+    Setup(setup::SetupArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Setup(args) => setup::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,14 +12,23 @@ use pensieve_engine::{CacheConfig, Engine, EngineConfig, ToolFormat};
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ServerConfig};
 
+use crate::paths;
+
 /// How long open streams get to end after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Path to a GGUF model file.
+    /// A GGUF model file (llama engine) or an MLX model folder (mlx engine).
     #[arg(long, short = 'm', value_name = "PATH")]
     model: PathBuf,
+    /// The engine that runs the model [default: mlx on Apple Silicon once `pensieve setup
+    /// mlx` has run, llama elsewhere].
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    engine: Option<EngineKind>,
+    /// The Python of the mlx engine's worker [default: the venv of `pensieve setup mlx`].
+    #[arg(long, env = "PENSIEVE_MLX_PYTHON", value_name = "PATH")]
+    python: Option<PathBuf>,
     /// Address to listen on. Anything but loopback needs --api-key (or --insecure-no-auth).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -77,6 +86,105 @@ pub struct ServeArgs {
     tool_parser: Option<ToolFormat>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineKind {
+    /// llama.cpp in-process (GGUF files).
+    Llama,
+    /// MLX through a supervised mlx-lm worker (MLX model folders).
+    Mlx,
+}
+
+impl EngineKind {
+    fn default_for_platform() -> EngineKind {
+        let apple_silicon = cfg!(all(target_os = "macos", target_arch = "aarch64"));
+        if apple_silicon && paths::mlx_python().exists() {
+            EngineKind::Mlx
+        } else {
+            EngineKind::Llama
+        }
+    }
+}
+
+/// What both engines hand to the scheduler.
+struct Loaded {
+    info: pensieve_engine::ModelInfo,
+    tokenizer: Arc<dyn pensieve_engine::Tokenizer>,
+    runner: Box<dyn pensieve_engine::ModelRunner>,
+    parallel: usize,
+}
+
+fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
+    let engine = args.engine.unwrap_or_else(EngineKind::default_for_platform);
+    let is_folder = args.model.is_dir();
+    match engine {
+        EngineKind::Llama => {
+            if is_folder {
+                bail!(
+                    "{} is a folder; the llama engine runs GGUF files (for an MLX model folder, \
+                     pass --engine mlx)",
+                    args.model.display()
+                );
+            }
+            let options = LlamaOptions {
+                id: args.model_id.clone(),
+                context_size: args.ctx,
+                threads: args.threads,
+                batch_size: args.batch,
+                gpu_layers: args.gpu_layers,
+                parallel: args.parallel,
+                ..LlamaOptions::new(&args.model)
+            };
+            let loaded = pensieve_llama::load(&options)
+                .with_context(|| format!("cannot load {}", args.model.display()))?;
+            Ok(Loaded {
+                info: loaded.info,
+                tokenizer: loaded.tokenizer,
+                runner: Box::new(loaded.runner),
+                parallel: loaded.parallel,
+            })
+        }
+        EngineKind::Mlx => {
+            if !is_folder {
+                bail!(
+                    "the mlx engine runs MLX model folders; {} is not one (for a GGUF file, \
+                     pass --engine llama)",
+                    args.model.display()
+                );
+            }
+            let python = args.python.clone().unwrap_or_else(paths::mlx_python);
+            if !python.exists() {
+                bail!(
+                    "the mlx engine needs Python with MLX: {} does not exist. Run `pensieve \
+                     setup mlx` once, or pass --python PATH",
+                    python.display()
+                );
+            }
+            let script = paths::data_dir().join("mlx").join("pensieve_worker.py");
+            if let Some(dir) = script.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let options = pensieve_mlx::MlxOptions {
+                path: args.model.clone(),
+                python,
+                script,
+                id: args.model_id.clone(),
+                context_size: args.ctx,
+                parallel: args.parallel,
+                batch_size: args.batch,
+            };
+            let loaded = pensieve_mlx::load(&options)
+                .with_context(|| format!("cannot load {}", args.model.display()))?;
+            Ok(Loaded {
+                info: loaded.info,
+                tokenizer: loaded.tokenizer,
+                runner: Box::new(loaded.runner),
+                parallel: loaded.parallel,
+            })
+        }
+    }
+}
+
 fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
     ToolFormat::from_name(name).ok_or_else(|| {
         format!(
@@ -98,21 +206,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.api_key.as_deref() == Some("") {
         bail!("--api-key must not be empty");
     }
-    let options = LlamaOptions {
-        id: args.model_id.clone(),
-        context_size: args.ctx,
-        threads: args.threads,
-        batch_size: args.batch,
-        gpu_layers: args.gpu_layers,
-        parallel: args.parallel,
-        ..LlamaOptions::new(&args.model)
-    };
-    let loaded = pensieve_llama::load(&options)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let loaded = load_model(&args)?;
     let engine = Engine::start(
         loaded.info,
         loaded.tokenizer,
-        Box::new(loaded.runner),
+        loaded.runner,
         EngineConfig {
             queue_capacity: args.queue,
             parallel: loaded.parallel,

@@ -484,7 +484,14 @@ impl Scheduler {
                 );
             }
             Err(RunnerError::CacheFull) => self.relieve_pressure(),
-            Err(RunnerError::Failed(e)) => self.fail_all(&e),
+            Err(RunnerError::Failed(e)) => {
+                tracing::error!("decode failed: {e}");
+                self.fail_all(EngineError::Backend(e));
+            }
+            Err(RunnerError::Restarted(e)) => {
+                tracing::error!("the model backend restarted: {e}");
+                self.fail_all(EngineError::BackendRestarted(e));
+            }
         }
     }
 
@@ -679,16 +686,16 @@ impl Scheduler {
             self.waiting.push_front(active);
             return;
         }
-        self.fail_all("the KV cache is full");
+        tracing::error!("the KV cache is full with one sequence running");
+        self.fail_all(EngineError::Backend("the KV cache is full".into()));
     }
 
     /// A backend failure: every running request ends with it, and cached slots are
     /// dropped (their state is unknown).
-    fn fail_all(&mut self, reason: &str) {
-        tracing::error!("decode failed: {reason}");
+    fn fail_all(&mut self, error: EngineError) {
         for mut active in std::mem::take(&mut self.running) {
             self.unfollow(&mut active);
-            active.fail(EngineError::Backend(reason.to_owned()));
+            active.fail(error.clone());
             if let Some(seq) = active.seq {
                 self.runner.release(seq);
                 self.free.push(seq);

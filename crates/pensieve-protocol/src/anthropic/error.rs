@@ -34,7 +34,9 @@ impl ErrorKind {
     pub fn of_engine_error(error: &EngineError) -> Self {
         match error {
             e if e.is_client_error() => ErrorKind::InvalidRequest,
-            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::Overloaded { .. }
+            | EngineError::ShuttingDown
+            | EngineError::BackendRestarted(_) => ErrorKind::Overloaded,
             _ => ErrorKind::Api,
         }
     }
