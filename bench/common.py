@@ -146,17 +146,50 @@ def wait_for_idle(max_wait: float, threshold: float) -> float | None:
     return busy
 
 
-class NoiseGauge:
-    """CPU used by anything but the server and this script between start() and stop()."""
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (a Server's group: the server and every child it
+    spawned, e.g. pensieve's mlx worker)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            if int(rest[2]) == pgid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
-    def __init__(self, server_pid: int):
+
+def group_jiffies(pgid: int) -> int:
+    """utime + stime of every live process of the group (a child that already exited is missed)."""
+    return sum(proc_jiffies(p) for p in group_pids(pgid))
+
+
+def group_peak_rss_kib(pgid: int) -> int | None:
+    """Sum of VmHWM over the group's live processes (each one's own peak; an upper bound on the
+    group's peak at any one moment)."""
+    vals = [kib_field(read_proc_status(p), "VmHWM") for p in group_pids(pgid)]
+    vals = [v for v in vals if v]
+    return sum(vals) if vals else None
+
+
+class NoiseGauge:
+    """CPU used by anything but the server and this script between start() and stop().
+    `group=True` counts every process of the server's process group as the server (a server
+    that runs a worker process, like pensieve --engine mlx)."""
+
+    def __init__(self, server_pid: int, group: bool = False):
         self.pid = server_pid
+        self._server = (lambda: group_jiffies(server_pid)) if group else (lambda: proc_jiffies(server_pid))
         self.b0, self.t0 = cpu_jiffies()
-        self.s0, self.m0 = proc_jiffies(server_pid), proc_jiffies(os.getpid())
+        self.s0, self.m0 = self._server(), proc_jiffies(os.getpid())
 
     def stop(self) -> dict:
         b1, t1 = cpu_jiffies()
-        s1, m1 = proc_jiffies(self.pid), proc_jiffies(os.getpid())
+        s1, m1 = self._server(), proc_jiffies(os.getpid())
         if t1 <= self.t0:
             return {"other_cpu_pct": None, "server_cpu_pct": None}
         foreign = (b1 - self.b0) - (s1 - self.s0) - (m1 - self.m0)

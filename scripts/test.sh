@@ -3,7 +3,10 @@
 #   1. scripts/setup-test-env.sh  (system packages, Python venv, Claude Code, test models)
 #   2. cargo test --release --workspace
 #   3. cargo build --release       (the pensieve binary)
-#   4. the end-to-end pytest suite in tests/e2e against that binary
+#   4. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
+#      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite on
+#      `--engine mlx`
+#   5. the end-to-end pytest suite in tests/e2e against that binary
 # Exits non-zero if any step fails. The last line printed is pytest's summary.
 #
 # Extra arguments go to pytest, e.g.  scripts/test.sh -m "not claude_code" -x
@@ -18,6 +21,10 @@ export PENSIEVE_VENV="${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}"
 export PENSIEVE_NPM_PREFIX="${PENSIEVE_NPM_PREFIX:-$HOME/.cache/pensieve/npm}"
 export PENSIEVE_BIN="${PENSIEVE_BIN:-$CARGO_TARGET_DIR/release/pensieve}"
 export PYTHONDONTWRITEBYTECODE=1
+export PENSIEVE_DATA_DIR="${PENSIEVE_DATA_DIR:-$HOME/.cache/pensieve/data}"
+export PENSIEVE_MLX_PYTHON="${PENSIEVE_MLX_PYTHON:-$PENSIEVE_DATA_DIR/mlx-venv/bin/python}"
+export PENSIEVE_TEST_MLX_MODELS="${PENSIEVE_TEST_MLX_MODELS:-$PENSIEVE_TEST_MODELS/mlx}"
+export PENSIEVE_MLX_TEST_MODEL="$PENSIEVE_TEST_MLX_MODELS/SmolLM2-135M-Instruct.Q4_1"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 failed=()
@@ -36,6 +43,20 @@ fi
 step "cargo build --release"
 if ! cargo build --release -p pensieve; then
     failed+=("cargo build")
+fi
+
+step "mlx engine: environment, worker and converter tests, the Anthropic suite on --engine mlx"
+if ! bash scripts/setup-mlx-test.sh; then
+    failed+=("mlx setup")
+else
+    # A skipped test here would hide a missing piece of the setup: count it as a failure.
+    if ! "$PENSIEVE_MLX_PYTHON" -m pytest python/tests -q -rs -p no:cacheprovider | tee /tmp/pensieve-python-tests.log \
+        || grep -q " skipped" /tmp/pensieve-python-tests.log; then
+        failed+=("python tests")
+    fi
+    if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_anthropic_sdk.py -q; then
+        failed+=("anthropic suite on --engine mlx")
+    fi
 fi
 
 step "end-to-end tests (PENSIEVE_BIN=$PENSIEVE_BIN)"

@@ -1,5 +1,6 @@
 //! `pensieve setup mlx`: a venv under Pensieve's data directory with pinned `mlx` and
-//! `mlx-lm` (and the platform's MLX backend), for the `mlx` engine's worker.
+//! `mlx-lm` (and the platform's MLX backend), for the `mlx` engine's worker, and `gguf` for
+//! the GGUF -> MLX converter. It prints the venv's Python last.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,6 +13,7 @@ use crate::paths;
 /// The versions the worker is tested with.
 const MLX_VERSION: &str = "0.32.4";
 const MLX_LM_VERSION: &str = "0.32.2";
+const GGUF_VERSION: &str = "0.19.0";
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
@@ -75,6 +77,8 @@ fn setup_mlx(args: &MlxArgs) -> anyhow::Result<()> {
     let mut packages = vec![
         format!("mlx=={MLX_VERSION}"),
         format!("mlx-lm=={MLX_LM_VERSION}"),
+        // GGUF reading, for python/pensieve_mlx/convert.py.
+        format!("gguf=={GGUF_VERSION}"),
     ];
     if !cfg!(target_os = "macos") {
         packages.push(match args.backend {
