@@ -42,7 +42,8 @@ from client import StreamError, send, ttft
 from common import (ALL_SIDES, DEFAULT_LLAMA_BIN, DEFAULT_MLX_VENV, DEFAULT_PENSIEVE_BIN, LLAMA,
                     MLX, PENSIEVE, QWEN, NoiseGauge, Server, binary_version, check_executable,
                     check_llama_slots, cpu_model, fmt_stat, fnum, free_port,
-                    install_signal_handlers, kill_all, llama_command, log, mlx_command, nonce,
+                    group_peak_rss_kib, install_signal_handlers, kill_all, llama_command, log,
+                    mlx_command, nonce,
                     pensieve_command, pensieve_flags, server_env, set_log_tag, summarize,
                     wait_for_idle)
 
@@ -158,8 +159,10 @@ def record(label: str, r: dict, how: str | None) -> dict:
     return rec
 
 
-def run_session(start, api: str, args, model: str, restart: bool) -> dict:
-    """One replay on one server. `start()` returns a started Server (called again to restart)."""
+def run_session(start, api: str, args, model: str, restart: bool, group: bool = False) -> dict:
+    """One replay on one server. `start()` returns a started Server (called again to restart).
+    `group`: the server runs worker processes (pensieve --engine mlx): CPU and peak RSS are those
+    of its whole process group."""
     run_id = nonce() if args.nonce else ""
     shared = Shared(args, run_id)
     convs = {"A": Conversation("A", shared, syn.FIRST_PROMPTS[0], 0, args.seed + 100),
@@ -170,7 +173,7 @@ def run_session(start, api: str, args, model: str, restart: bool) -> dict:
         out["llama_slots"] = check_llama_slots(srv)
     send(srv.port, api, {"model": model, "max_tokens": 4, "stream": True,
                          "messages": [{"role": "user", "content": "Hi."}]}, args.request_timeout)  # warm-up
-    gauge = NoiseGauge(srv.pid)
+    gauge = NoiseGauge(srv.pid, group=group)
     t0 = time.perf_counter()
     pending: dict[str, dict] = {}
     side_i = 0
@@ -188,7 +191,7 @@ def run_session(start, api: str, args, model: str, restart: bool) -> dict:
         out["requests"].append(record(label, r, how))
     out["session_s"] = time.perf_counter() - t0
     out.update(gauge.stop())
-    rss = srv.peak_rss_kib()
+    rss = group_peak_rss_kib(srv.pid) if group else srv.peak_rss_kib()
     out["peak_rss_mib"] = rss / 1024 if rss else None
     if restart:
         log(f"restart: stopping {srv.side} and starting it again with the same flags")
@@ -287,8 +290,11 @@ def print_requests(runs: dict, sides: list[str]) -> None:
 def print_summary(summary: dict, sides: list[str]) -> None:
     head = f"{'metric':<34}" + "".join(f"{s + ' median [min-max]':>30}" for s in sides)
     both = LLAMA in sides and PENSIEVE in sides
+    with_mlx = MLX in sides and PENSIEVE in sides
     if both:
         head += f"{'pensieve/llama':>16}"
+    if with_mlx:
+        head += f"{'pensieve/mlx':>16}"
     print(head)
     print("-" * len(head))
     for key, label, f in SUMMARY:
@@ -297,6 +303,10 @@ def print_summary(summary: dict, sides: list[str]) -> None:
             row += f"{fmt_stat(summary[s].get(key), f):>30}"
         if both:
             a, b = summary[LLAMA].get(key), summary[PENSIEVE].get(key)
+            ok = a and b and a["median"] and key not in ("other_cpu_pct", "cold_prompt_tokens")
+            row += f"{(format(b['median'] / a['median'], '.2f') + 'x' if ok else '-'):>16}"
+        if with_mlx:
+            a, b = summary[MLX].get(key), summary[PENSIEVE].get(key)
             ok = a and b and a["median"] and key not in ("other_cpu_pct", "cold_prompt_tokens")
             row += f"{(format(b['median'] / a['median'], '.2f') + 'x' if ok else '-'):>16}"
         print(row)
@@ -309,6 +319,15 @@ def main() -> int:
     ap.add_argument("--peers", default=f"{LLAMA},{PENSIEVE}",
                     help=f"comma-separated servers to run, of {','.join(ALL_SIDES)} (default llama-server,pensieve)")
     ap.add_argument("--pensieve-bin", default=DEFAULT_PENSIEVE_BIN)
+    ap.add_argument("--pensieve-engine", choices=["llama", "mlx"], default="llama",
+                    help="llama (default): pensieve serves the GGUF --model; mlx: pensieve gets --engine mlx "
+                         "--model <--mlx-model folder> --python <--pensieve-python>, the same folder as "
+                         "mlx_lm.server (PENSIEVE_DATA_DIR is then a temp dir)")
+    ap.add_argument("--pensieve-python",
+                    help="python of pensieve's mlx worker (default: <--mlx-venv>/bin/python)")
+    ap.add_argument("--pensieve-api", choices=["anthropic", "openai"], default="anthropic",
+                    help="pensieve endpoint: /v1/messages (default) or /v1/chat/completions with the same "
+                         "translation mlx_lm.server gets")
     ap.add_argument("--llama-server-bin", default=os.environ.get("LLAMA_SERVER_BIN", DEFAULT_LLAMA_BIN))
     ap.add_argument("--llama-api", choices=["anthropic", "openai"], default="anthropic",
                     help="llama-server endpoint: /v1/messages (default) or /v1/chat/completions")
@@ -357,13 +376,14 @@ def main() -> int:
     install_signal_handlers()
 
     model = os.path.abspath(args.model)
-    if not os.path.isfile(model):
-        ap.error(f"model not found: {model}")
     model_name = Path(model).stem
     sides = [s.strip() for s in args.peers.split(",") if s.strip()]
     for s in sides:
         if s not in ALL_SIDES:
             ap.error(f"unknown peer {s!r}")
+    pensieve_mlx = PENSIEVE in sides and args.pensieve_engine == "mlx"
+    if not os.path.isfile(model) and (LLAMA in sides or (PENSIEVE in sides and not pensieve_mlx)):
+        ap.error(f"model not found: {model}")
     bins = {LLAMA: args.llama_server_bin, PENSIEVE: args.pensieve_bin,
             MLX: os.path.join(args.mlx_venv, "bin", "mlx_lm.server")}
     mlx_model = args.mlx_model or os.path.join(os.path.dirname(args.mlx_venv), "mlx-models", f"{model_name}-float32")
@@ -372,8 +392,13 @@ def main() -> int:
         err = check_executable(bins[s], hints[s])
         if err:
             ap.error(f"{s}: {err}")
-    if MLX in sides and not os.path.isfile(os.path.join(mlx_model, "config.json")):
+    if (MLX in sides or pensieve_mlx) and not os.path.isfile(os.path.join(mlx_model, "config.json")):
         ap.error(f"mlx model folder not found: {mlx_model} (scripts/setup-mlx-peer.sh)")
+    pensieve_python = args.pensieve_python or os.path.join(args.mlx_venv, "bin", "python")
+    if pensieve_mlx:
+        err = check_executable(pensieve_python, "--pensieve-python or --mlx-venv")
+        if err:
+            ap.error(f"pensieve worker python {err}")
     versions = {s: binary_version(bins[s]) for s in sides if s != MLX}
     p_flags = pensieve_flags(bins[PENSIEVE]) if PENSIEVE in sides else set()
     if args.parallel > 1 and PENSIEVE in sides and "--parallel" not in p_flags:
@@ -385,15 +410,23 @@ def main() -> int:
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pensieve-replay-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = server_env()
-    apis = {LLAMA: args.llama_api, PENSIEVE: "anthropic", MLX: "openai"}
+    pensieve_env = env
+    pensieve_data_dir = None
+    if pensieve_mlx:
+        if "--engine" not in p_flags:
+            ap.error(f"{bins[PENSIEVE]} has no --engine flag (an old build?)")
+        pensieve_data_dir = tempfile.mkdtemp(prefix="pensieve-replay-data-")
+        pensieve_env = dict(env, PENSIEVE_DATA_DIR=pensieve_data_dir)
+    apis = {LLAMA: args.llama_api, PENSIEVE: args.pensieve_api, MLX: "openai"}
 
     def command(side: str, port: int, cache_dir: str | None) -> list[str]:
         if side == LLAMA:
             return llama_command(bins[LLAMA], model, port, args.threads, args.parallel, args.ctx,
                                  shlex.split(args.llama_args))
         if side == PENSIEVE:
-            return pensieve_command(bins[PENSIEVE], model, port, args.threads, args.ctx,
-                                    shlex.split(args.pensieve_args),
+            engine = ["--engine", "mlx", "--python", pensieve_python] if pensieve_mlx else []
+            return pensieve_command(bins[PENSIEVE], mlx_model if pensieve_mlx else model, port, args.threads,
+                                    args.ctx, engine + shlex.split(args.pensieve_args),
                                     parallel=args.parallel if args.parallel > 1 else None,
                                     cache_dir=cache_dir, cache_ram=args.pensieve_cache_ram)
         return mlx_command(args.mlx_venv, mlx_model, port, shlex.split(args.mlx_args))
@@ -422,7 +455,7 @@ def main() -> int:
                     port = free_port()
                     cmd = command(s, port, cache_dir)
                     commands[s] = cmd
-                    srv = Server(s, cmd, port, log_dir / f"{s}.log", env=env)
+                    srv = Server(s, cmd, port, log_dir / f"{s}.log", env=pensieve_env if s == PENSIEVE else env)
                     srv.start(args.health_timeout)
                     return srv
 
@@ -430,7 +463,7 @@ def main() -> int:
                 try:
                     # mlx_lm.server loads the request's "model" from the hub unless it is "default_model"
                     sess = run_session(start, apis[s], args, "default_model" if s == MLX else model_name,
-                                       args.restart)
+                                       args.restart, group=s == PENSIEVE and pensieve_mlx)
                     sess["round"] = rnd + 1
                     sess["metrics"] = session_metrics(sess)
                     runs[s].append(sess)
@@ -447,9 +480,13 @@ def main() -> int:
         log(f"interrupted ({e or 'SIGINT'}): servers stopped; summarizing what was measured")
     finally:
         kill_all()
+        if pensieve_data_dir:
+            shutil.rmtree(pensieve_data_dir, ignore_errors=True)
 
     summary = {s: {k: summarize([sess["metrics"].get(k) for sess in runs[s]]) for k, *_ in SUMMARY} for s in sides}
     print()
+    if pensieve_mlx or MLX in sides:
+        print(f"mlx model folder: {mlx_model}{' (pensieve --engine mlx and mlx_lm.server)' if pensieve_mlx else ''}")
     print(f"model: {model}, threads {args.threads}, ctx per sequence {args.ctx}, parallel {args.parallel}, "
           f"max_tokens {args.max_tokens}, turns A {args.turns} / B {args.b_turns}, rounds {args.rounds}"
           f"{', restart phase' if args.restart else ''}{' (interrupted)' if interrupted else ''}")
@@ -471,7 +508,7 @@ def main() -> int:
     print(f"server logs: {log_dir}")
     if args.json:
         doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-               "interrupted": interrupted, "model": model, "mlx_model": mlx_model if MLX in sides else None,
+               "interrupted": interrupted, "model": model, "mlx_model": mlx_model if MLX in sides or pensieve_mlx else None,
                "cpu": cpu_model(), "cpus": os.cpu_count(), "args": vars(args), "versions": versions,
                "apis": {s: apis[s] for s in sides}, "commands": commands, "summary": summary,
                "runs": runs, "failures": failures}

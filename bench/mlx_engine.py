@@ -83,16 +83,17 @@ def strip_request(r: dict) -> dict:
     return out
 
 
-def run_round(srv: Server, args, model: str, prefill_text: str) -> dict:
+def run_round(srv: Server, args, model: str, prefill_text: str, n: str, t_launch: float) -> dict:
     res: dict = {"side": srv.side, "startup_s": srv.startup_s}
     pgid = srv.pid
     # warm-up: loads/faults the weights, first MLX evaluation; not measured
     stream_chat(srv.port, body(model, DECODE_SYSTEM, "Say hello.", 4), args.request_timeout)
+    res["ready_s"] = time.perf_counter() - t_launch
     gauge = NoiseGauge(pgid, group=True)
 
-    # cold prefill: the nonce opens the system prompt (right after the template's first tokens)
-    # and the user text, so nothing of it was seen before
-    n = nonce()
+    # cold prefill: the nonce `n` (new each round, the same for both servers of a round: the same
+    # prompt, and each server is fresh) opens the system prompt, right after the template's first
+    # tokens, and the user text, so nothing of it was seen before
     g0, m0 = group_jiffies(pgid), proc_jiffies(pgid)
     r = stream_chat(srv.port, body(model, f"[session {n}] You are a careful reader.",
                                    f"{n}\n\n{prefill_text}\n\nSummarize the text above in one sentence.",
@@ -157,7 +158,8 @@ METRICS = [
     ("decode_main_cpu_s", "  of which the main process", "{:.2f}", None),
     ("prefill_cpu_s", "CPU s, cold request (all procs)", "{:.2f}", False),
     ("peak_rss_mib", "peak RSS, sum of procs (MiB)", "{:.0f}", False),
-    ("startup_s", "start -> /health 200 (s)", "{:.2f}", False),
+    ("startup_s", "start -> /health 200 (s) [1]", "{:.2f}", False),
+    ("ready_s", "start -> warm-up reply done (s)", "{:.2f}", False),
     ("other_cpu_pct", "other CPU while measuring %", "{:.0f}", None),
 ]
 
@@ -188,6 +190,8 @@ def print_table(summary: dict, sides: list[str]) -> None:
     if both:
         print("pensieve vs mlx: ratio of medians, above 1 = pensieve better (tok/s: pensieve/mlx; "
               "times, CPU, RSS: mlx/pensieve)")
+    print("[1] mlx_lm.server answers /health while its generation thread still loads the model; "
+          "the next row (a 4-token warm-up request done) is comparable")
     for s in sides:
         for key, label, _, _ in METRICS:
             st = summary[s].get(key)
@@ -304,14 +308,16 @@ def main() -> int:
     started = time.time()
     try:
         for rnd in range(args.rounds):
+            round_nonce = nonce()
             for s in sides:
                 for attempt in range(args.retry_noisy + 1):
                     busy = wait_for_idle(args.wait_idle, args.idle_threshold / 100)
                     port = free_port()
                     srv = Server(s, command(s, port), port, log_dir / f"{s}.log", env=env)
                     try:
+                        t_launch = time.perf_counter()
                         srv.start(args.health_timeout)
-                        r = run_round(srv, args, req_model, prefill_text)
+                        r = run_round(srv, args, req_model, prefill_text, round_nonce, t_launch)
                     except (RuntimeError, OSError, ValueError, StreamError) as e:
                         failures.append({"side": s, "round": rnd + 1, "error": str(e)})
                         log(f"round {rnd + 1} {s} FAILED: {e}\n--- server log tail:\n{srv.log_tail()}")
@@ -364,6 +370,14 @@ def main() -> int:
                 t = texts[s]
                 print(f"greedy text, {LABEL[s]} ({t['chars']} chars"
                       f"{'' if t['rounds_agree'] else ', DIFFERS between rounds'}): {t['head']!r}")
+        if len(sides) == 2:
+            for rp, rm in zip(runs[PENSIEVE], runs[MLX]):
+                if rp["prefill_prompt_tokens"] != rm["prefill_prompt_tokens"]:
+                    print(f"note: round {rp['round']}: the cold prompt is {rp['prefill_prompt_tokens']} tokens "
+                          f"on pensieve, {rm['prefill_prompt_tokens']} on mlx_lm.server")
+                if rp["decode_prompt_tokens"] != rm["decode_prompt_tokens"]:
+                    print(f"note: round {rp['round']}: the decode prompt is {rp['decode_prompt_tokens']} tokens "
+                          f"on pensieve, {rm['decode_prompt_tokens']} on mlx_lm.server")
         if "same" in texts:
             if texts["same"]:
                 print("greedy text: identical on both servers")

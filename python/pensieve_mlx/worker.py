@@ -95,6 +95,10 @@ class Sampler:
         if top_k != int(top_k):
             raise Refused("top_k must be an integer")
         self.top_k = int(top_k) if 0 < top_k < vocab else None
+        min_p = number("min_p", None, low=0.0)
+        if min_p is not None and min_p > 1.0:
+            raise Refused(f"min_p out of range: {min_p}")
+        self.min_p = float(min_p) if min_p else None
         self.presence = float(number("presence_penalty", 0.0))
         self.frequency = float(number("frequency_penalty", 0.0))
         seed = number("seed", None, low=0)
@@ -161,6 +165,9 @@ class Sampler:
             p = softmax(x[ids])
             keep = int(np.searchsorted(np.cumsum(p), self.top_p)) + 1
             ids = ids[:keep]
+        if self.min_p is not None:
+            p = softmax(x[ids])
+            ids = ids[p >= np.float32(self.min_p) * p.max()]
         p = softmax(x[ids] / np.float32(self.temperature))
         cumulative = np.cumsum(p, dtype=np.float64)
         # side="right" never lands on a zero-probability (forbidden) token.

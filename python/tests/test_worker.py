@@ -325,6 +325,8 @@ def test_sampler_rules():
     assert pick([1, 3, 2, 0], top_p=0.01, seed=1) == 1
     assert pick([1, 3, 3, 0], np.array([True, False, True, True]), temperature=0) == 2
     assert pick([1, 3, 2, 0], temperature=0, logit_bias={"3": 10}) == 3
+    # min-p keeps the tokens at least that fraction as likely as the best: here only it.
+    assert all(pick([0, 3, 2.5, 0], min_p=0.9, seed=i) == 1 for i in range(20))
 
     # Frequency and presence penalties count the accepted tokens (OpenAI's formula).
     s = Sampler({"temperature": 0, "frequency_penalty": 0.3, "presence_penalty": 0.5}, vocab)
@@ -344,7 +346,7 @@ def test_sampler_rules():
     again = Sampler({"seed": 5}, vocab)
     assert [again.pick(logits) for _ in range(2000)] == draws
 
-    for bad in ({"temperature": -1}, {"top_k": 1.5}, {"logit_bias": {"9": 1}}, {"seed": -1}):
+    for bad in ({"temperature": -1}, {"top_k": 1.5}, {"min_p": 2}, {"logit_bias": {"9": 1}}, {"seed": -1}):
         with pytest.raises(worker_module.Refused):
             Sampler(bad, vocab)
 
