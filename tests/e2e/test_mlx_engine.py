@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import REQUESTED_MODEL, SMOLLM2, Server, mlx_model_dir
+from conftest import REQUESTED_MODEL, SMOLLM2, Server, mlx_model_dir, model_path
 from helpers import iter_sse
 
 PROMPTS = [
@@ -171,3 +171,34 @@ def test_stopping_the_server_stops_its_worker():
     if Path(f"/proc/{worker}/stat").exists():
         state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
     assert state in ("", "Z"), f"worker {worker} still running (state {state})"
+
+
+def _serve_fails(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `pensieve serve` expecting it to refuse to start; its stderr."""
+    from conftest import pensieve_bin
+
+    run = subprocess.run([str(pensieve_bin()), "serve", "--port", "0", *args], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    assert run.returncode != 0, run.stderr[-2000:]
+    assert "panicked" not in run.stderr, run.stderr[-2000:]
+    return run.stderr
+
+
+def test_missing_python_is_a_clear_error(tmp_path):
+    err = _serve_fails("--engine", "mlx", "--model", str(mlx_model_dir(SMOLLM2)),
+                       env={"PENSIEVE_MLX_PYTHON": str(tmp_path / "no-python"), "PENSIEVE_DATA_DIR": str(tmp_path)})
+    assert "pensieve setup mlx" in err and "no-python" in err, err
+
+
+def test_a_python_without_mlx_is_a_clear_error(tmp_path):
+    err = _serve_fails("--engine", "mlx", "--model", str(mlx_model_dir(SMOLLM2)),
+                       env={"PENSIEVE_MLX_PYTHON": "/usr/bin/python3", "PENSIEVE_DATA_DIR": str(tmp_path)})
+    assert "No module named 'mlx'" in err and "pensieve setup mlx" in err, err
+
+
+def test_engine_and_model_kind_must_match(tmp_path):
+    err = _serve_fails("--engine", "llama", "--model", str(mlx_model_dir(SMOLLM2)))
+    assert "--engine mlx" in err, err
+    gguf = model_path(SMOLLM2)
+    err = _serve_fails("--engine", "mlx", "--model", str(gguf), env={"PENSIEVE_DATA_DIR": str(tmp_path)})
+    assert "--engine llama" in err, err

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Hello, Op};
@@ -47,6 +48,8 @@ pub struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// The last line the worker wrote to its log, to say why it died.
+    last_log: Arc<Mutex<String>>,
     pub hello: Hello,
 }
 
@@ -76,11 +79,18 @@ impl Worker {
             return Err(spawn_error("no pipes".into()));
         };
         let pid = child.id();
+        let last_log = Arc::new(Mutex::new(String::new()));
+        let last = last_log.clone();
         std::thread::Builder::new()
             .name("mlx-worker-log".into())
             .spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     tracing::info!(target: "pensieve_mlx::worker", pid, "{line}");
+                    if !line.trim().is_empty() {
+                        if let Ok(mut l) = last.lock() {
+                            *l = line;
+                        }
+                    }
                 }
             })
             .map_err(|e| spawn_error(e.to_string()))?;
@@ -89,6 +99,7 @@ impl Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
+            last_log,
             hello: Hello {
                 version: 0,
                 vocab_size: 0,
@@ -105,6 +116,10 @@ impl Worker {
             WorkerError::Refused(reason) => {
                 spawn_error(format!("cannot load {}: {reason}", spec.model))
             }
+            WorkerError::Died(reason) => spawn_error(format!(
+                "it exited while starting ({reason}). Is MLX installed for this Python? \
+                 `pensieve setup mlx` installs it, --python picks another"
+            )),
             other => other,
         })?;
         worker.hello = protocol::parse_hello(&answer)?;
@@ -165,6 +180,8 @@ impl Worker {
     }
 
     fn died(&mut self, what: String) -> WorkerError {
+        // Its stderr may still be in flight: a moment for the log thread to read it.
+        std::thread::sleep(Duration::from_millis(50));
         // Give a crashing process a moment to be reaped, for its exit status.
         let status = (0..20).find_map(|_| match self.child.try_wait() {
             Ok(Some(s)) => Some(s.to_string()),
@@ -173,10 +190,15 @@ impl Worker {
                 None
             }
         });
-        WorkerError::Died(match status {
-            Some(s) => format!("{what} ({s})"),
+        let last = self.last_log.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut reason = match status {
+            Some(s) => format!("{what}, {s}"),
             None => what,
-        })
+        };
+        if !last.is_empty() {
+            reason = format!("{reason}; its last words: {last}");
+        }
+        WorkerError::Died(reason)
     }
 
     fn kill(&mut self) {
