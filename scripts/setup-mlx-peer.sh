@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up mlx_lm.server (the MLX peer of the benchmarks) outside the repo: a venv with mlx,
 # mlx-cpu, mlx-lm and gguf from PyPI, and an MLX model folder converted from a GGUF file
-# (bench/mlx_convert.py: dequantised weights, config.json, tokenizer rebuilt from the GGUF
+# (python/pensieve_mlx/convert.py: quantised weights kept, config.json, tokenizer rebuilt from the GGUF
 # vocabulary and merges). For benchmarks only (bench/agent_replay.py --peers mlx), not for CI.
 #
 # Idempotent: an existing venv or model folder is kept (FORCE=1 redoes both).
@@ -9,7 +9,7 @@
 # Environment:
 #   PEERS_DIR    where to install                 (default: /root/.cache/pensieve/peers)
 #   MODEL        GGUF to convert                  (default: the cached Qwen2.5-Coder-0.5B-Instruct)
-#   DTYPE        float32 | float16 | bfloat16     (default: float32: on an x86 CPU MLX decodes
+#   DTYPE        float32 | float16 (scales and norms; default: float32: on an x86 CPU MLX decodes
 #                float32 about 3x faster than float16 and prefills at the same rate)
 #   MLX_VERSION / MLX_LM_VERSION                  (default: 0.32.4 / 0.32.2)
 #   FORCE=1      recreate the venv and the model folder
@@ -48,7 +48,8 @@ fi
 
 if [[ ! -f "$OUT/model.safetensors" ]]; then
     echo "== converting $MODEL -> $OUT ($DTYPE)" >&2
-    nice -n 5 "$VENV/bin/python" "$HERE/bench/mlx_convert.py" --dtype "$DTYPE" "$MODEL" "$OUT" >&2
+    PYTHONPATH="$HERE/python" nice -n 5 "$VENV/bin/python" -m pensieve_mlx.convert --dtype "$DTYPE" \
+        "$MODEL" "$OUT" >&2
 fi
 echo "mlx_lm.server: $VENV/bin/mlx_lm.server --model $OUT" >&2
 echo "$OUT"

@@ -2,8 +2,8 @@
 keeping the quantised weights quantised.
 
 Why: the mlx engine's worker loads MLX model folders, and no model hub is reachable here: the
-models we have are GGUF files. bench/mlx_convert.py dequantises everything to float (3-6x the
-size on disk and in memory); this converter repacks llama.cpp's 32-element blocks as MLX affine
+models we have are GGUF files. Dequantising everything to float would take 3-6x the size on
+disk and in memory; this converter repacks llama.cpp's 32-element blocks as MLX affine
 quantisation (w = scale * q + bias per group of 32) without changing a value:
 
 - Q4_0 (w = d * (q - 8))  -> 4 bits, scale d, bias -8d

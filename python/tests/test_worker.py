@@ -1,7 +1,8 @@
 """The MLX worker (pensieve_mlx/worker.py) driven as a subprocess over PROTOCOL.md.
 
 Needs an MLX model folder of SmolLM2-135M-Instruct: PENSIEVE_MLX_TEST_MODEL, by default
-~/.cache/pensieve/mlx-test/SmolLM2-f32 (made by bench/mlx_convert.py --dtype float32).
+~/.cache/pensieve/test-models/mlx/SmolLM2-135M-Instruct.Q4_1 (scripts/setup-mlx-test.sh makes it
+with pensieve_mlx/convert.py).
 """
 
 import importlib.util
@@ -20,7 +21,7 @@ WORKER = Path(__file__).resolve().parents[1] / "pensieve_mlx" / "worker.py"
 MODEL = Path(
     os.environ.get(
         "PENSIEVE_MLX_TEST_MODEL",
-        Path.home() / ".cache/pensieve/mlx-test/SmolLM2-f32",
+        Path.home() / ".cache/pensieve/test-models/mlx/SmolLM2-135M-Instruct.Q4_1",
     )
 )
 VOCAB = 49152
@@ -141,7 +142,7 @@ def model():
     if not (MODEL / "config.json").exists():
         pytest.skip(
             f"no MLX test model at {MODEL} (set PENSIEVE_MLX_TEST_MODEL, or make it with "
-            "bench/mlx_convert.py SmolLM2-135M-Instruct.Q4_1.gguf OUT --dtype float32)"
+            "scripts/setup-mlx-test.sh)"
         )
     return MODEL
 
