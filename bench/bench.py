@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from client import decode_rate, stream_message, ttft
-from common import (DEFAULT_LLAMA_BIN, LLAMA, PENSIEVE, SMOLLM, Server, binary_version,
+from common import (DEFAULT_LLAMA_BIN, LLAMA, PENSIEVE, SMOLLM, Server, add_run_options, binary_version,
                     cpu_jiffies, cpu_model, fmt_stat, free_port, install_signal_handlers, kill_all,
                     log, nonce, proc_jiffies, server_env, summarize, synthetic_text, wait_for_idle)
 
@@ -223,17 +223,7 @@ def main() -> int:
     ap.add_argument("--prefill-max-tokens", type=int, default=32,
                     help="max_tokens of the cold-prompt request (its decode is 'decode after prompt')")
     ap.add_argument("--prefill-reps", type=int, default=1, help="cold-prompt requests per round")
-    ap.add_argument("--health-timeout", type=float, default=180)
-    ap.add_argument("--request-timeout", type=float, default=600)
-    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
-                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
-    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT",
-                    help="'idle' means below PCT%% of all cores busy (default 15)")
-    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
-                    help="a round during which other processes used more than PCT%% of the machine "
-                         "is noisy and is redone (default 15)")
-    ap.add_argument("--retry-noisy", type=int, default=2, metavar="N",
-                    help="redo a noisy round up to N times, then keep it (default 2)")
+    add_run_options(ap)
     ap.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
     ap.add_argument("--llama-args", default="", help="extra arguments for llama-server (one string)")
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")

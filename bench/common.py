@@ -467,3 +467,19 @@ def mlx_command(venv: str, model_dir: str, port: int, extra: list[str]) -> list[
     """mlx_lm.server (OpenAI API only). Threads: MLX's CPU backend picks its own."""
     return [os.path.join(venv, "bin", "mlx_lm.server"), "--model", model_dir,
             "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def add_run_options(ap, health_timeout: float = 180, request_timeout: float = 600, retry_noisy: int = 2,
+                    what: str = "round") -> None:
+    """The timeout and noise options every benchmark script takes (see bench/README.md, Noise)."""
+    ap.add_argument("--health-timeout", type=float, default=health_timeout)
+    ap.add_argument("--request-timeout", type=float, default=request_timeout)
+    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
+                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
+    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT",
+                    help="'idle' means below PCT%% of all cores busy (default 15)")
+    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
+                    help=f"a {what} during which other processes used more than PCT%% of the machine "
+                         "is noisy and is redone (default 15)")
+    ap.add_argument("--retry-noisy", type=int, default=retry_noisy, metavar="N",
+                    help=f"redo a noisy {what} up to N times, then keep it (default {retry_noisy})")

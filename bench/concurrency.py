@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from client import StreamError, decode_rate, gaps, stream_message, ttft
-from common import (DEFAULT_LLAMA_BIN, DEFAULT_PENSIEVE_BIN, LLAMA, PENSIEVE, SMOLLM, NoiseGauge,
+from common import (DEFAULT_LLAMA_BIN, DEFAULT_PENSIEVE_BIN, LLAMA, PENSIEVE, SMOLLM, NoiseGauge, add_run_options,
                     Server, binary_version, check_executable, check_llama_slots, cpu_model,
                     fmt_stat, fnum, free_port, install_signal_handlers, kill_all, llama_command,
                     log, pensieve_command, pensieve_flags, percentile, server_env, set_log_tag,
@@ -182,14 +182,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each stream (default 128)")
     ap.add_argument("--pensieve-parallel", choices=["auto", "always", "never"], default="auto",
                     help="pass --parallel N to pensieve: auto = when `pensieve serve --help` lists it")
-    ap.add_argument("--health-timeout", type=float, default=180)
-    ap.add_argument("--request-timeout", type=float, default=600)
-    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
-                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
-    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT")
-    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
-                    help="a window during which other processes used more than PCT%% is redone")
-    ap.add_argument("--retry-noisy", type=int, default=2, metavar="N")
+    add_run_options(ap, what="window")
     ap.add_argument("--llama-args", default="", help="extra arguments for llama-server (one string)")
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")
     ap.add_argument("--log-dir", help="server logs (default: a new temp dir)")

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from client import StreamError, gaps, stream_chat, ttft
-from common import (DEFAULT_MLX_VENV, DEFAULT_PENSIEVE_BIN, MLX, PENSIEVE, NoiseGauge, Server,
+from common import (DEFAULT_MLX_VENV, DEFAULT_PENSIEVE_BIN, MLX, PENSIEVE, NoiseGauge, Server, add_run_options,
                     binary_version, check_executable, cpu_model, fmt_stat, fnum, free_port,
                     group_jiffies, group_peak_rss_kib, group_pids, install_signal_handlers, kill_all, log,
                     nonce, pensieve_flags, percentile, proc_jiffies, server_env, set_log_tag,
@@ -244,14 +244,7 @@ def main() -> int:
     ap.add_argument("--pensieve-ctx", type=int, help="pensieve --ctx (default: not passed, the server's default)")
     ap.add_argument("--pensieve-parallel", type=int,
                     help="pensieve --parallel (default: not passed, the server's default)")
-    ap.add_argument("--health-timeout", type=float, default=300)
-    ap.add_argument("--request-timeout", type=float, default=1800)
-    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
-                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
-    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT")
-    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
-                    help="a round during which other processes used more than PCT%% is redone")
-    ap.add_argument("--retry-noisy", type=int, default=1, metavar="N")
+    add_run_options(ap, health_timeout=300, request_timeout=1800, retry_noisy=1)
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")
     ap.add_argument("--mlx-args", default="", help="extra arguments for mlx_lm.server (one string)")
     ap.add_argument("--log-dir", help="server logs (default: a new temp dir)")
