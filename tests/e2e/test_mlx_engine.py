@@ -202,3 +202,28 @@ def test_engine_and_model_kind_must_match(tmp_path):
     gguf = model_path(SMOLLM2)
     err = _serve_fails("--engine", "mlx", "--model", str(gguf), env={"PENSIEVE_DATA_DIR": str(tmp_path)})
     assert "--engine llama" in err, err
+
+
+def test_a_repo_id_in_the_hugging_face_cache_is_served(tmp_path, monkeypatch):
+    """`--model org/name` finds the snapshot `refs/main` names in the standard HF cache
+    layout, and lists the model under that id."""
+    repo = tmp_path / "hub" / "models--pensieve-test--SmolLM2-mlx"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / "0123abcd").symlink_to(mlx_model_dir(SMOLLM2), target_is_directory=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    mlx_python()
+    server = Server(Path("pensieve-test/SmolLM2-mlx"), ["--engine", "mlx", "--ctx", "1024", "--parallel", "1"])
+    server.start()
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
+        assert "pensieve-test/SmolLM2-mlx" in [m["id"] for m in models], models
+        client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=300.0)
+        msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=PROMPTS[0])
+        assert msg.content and msg.content[0].text
+    finally:
+        server.close()
+    err = _serve_fails("--engine", "mlx", "--model", "pensieve-test/not-downloaded",
+                       env={"HF_HUB_CACHE": str(tmp_path / "hub"), "PENSIEVE_DATA_DIR": str(tmp_path)})
+    assert "not-downloaded" in err and "Hugging Face cache" in err, err

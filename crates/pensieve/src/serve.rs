@@ -19,7 +19,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A GGUF model file (llama engine) or an MLX model folder (mlx engine).
+    /// A GGUF model file (llama engine), or an MLX model folder or a Hugging Face repo id in
+    /// the local cache (mlx engine).
     #[arg(long, short = 'm', value_name = "PATH")]
     model: PathBuf,
     /// The engine that runs the model [default: mlx on Apple Silicon once `pensieve setup
@@ -115,10 +116,9 @@ struct Loaded {
 
 fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
     let engine = args.engine.unwrap_or_else(EngineKind::default_for_platform);
-    let is_folder = args.model.is_dir();
     match engine {
         EngineKind::Llama => {
-            if is_folder {
+            if args.model.is_dir() {
                 bail!(
                     "{} is a folder; the llama engine runs GGUF files (for an MLX model folder, \
                      pass --engine mlx)",
@@ -144,7 +144,8 @@ fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
             })
         }
         EngineKind::Mlx => {
-            if !is_folder {
+            let folder = pensieve_mlx::resolve_model(&args.model.to_string_lossy())?;
+            if !folder.is_dir() {
                 bail!(
                     "the mlx engine runs MLX model folders; {} is not one (for a GGUF file, \
                      pass --engine llama)",
@@ -164,11 +165,15 @@ fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
+            // A repo id is the model's name; a folder's name is its own.
+            let id = args.model_id.clone().or_else(|| {
+                (folder != args.model).then(|| args.model.to_string_lossy().into_owned())
+            });
             let options = pensieve_mlx::MlxOptions {
-                path: args.model.clone(),
+                path: folder,
                 python,
                 script,
-                id: args.model_id.clone(),
+                id,
                 context_size: args.ctx,
                 parallel: args.parallel,
                 batch_size: args.batch,
