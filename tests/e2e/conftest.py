@@ -83,8 +83,11 @@ def free_port() -> int:
 class Server:
     """One running `pensieve serve` process."""
 
-    def __init__(self, model: Path, extra_args: list[str], api_key: str | None = None):
+    def __init__(self, model: Path, extra_args: list[str], api_key: str | None = None,
+                 new_session: bool = False):
         self.model = model
+        # A process group of its own, as a terminal gives the server (for group signals).
+        self.new_session = new_session
         self.api_key = api_key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -131,6 +134,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=self.new_session,
         )
         log.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

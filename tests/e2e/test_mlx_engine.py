@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -227,3 +228,26 @@ def test_a_repo_id_in_the_hugging_face_cache_is_served(tmp_path, monkeypatch):
     err = _serve_fails("--engine", "mlx", "--model", "pensieve-test/not-downloaded",
                        env={"HF_HUB_CACHE": str(tmp_path / "hub"), "PENSIEVE_DATA_DIR": str(tmp_path)})
     assert "not-downloaded" in err and "Hugging Face cache" in err, err
+
+
+def test_a_signal_to_the_servers_group_still_saves_the_cache(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the worker must outlive it long
+    enough for the server to write its prefix cache through it, so that a restart hits."""
+    mlx_python()
+    server = Server(mlx_model_dir(SMOLLM2), ["--engine", "mlx", "--ctx", "1024", "--parallel", "1",
+                                              "--cache-dir", str(tmp_path / "kv")], new_session=True)
+    client = lambda: anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=300.0)  # noqa: E731
+    server.start()
+    try:
+        first = client().messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=PROMPTS[1])
+        prompt = first.usage.input_tokens + first.usage.cache_read_input_tokens
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log_tail()
+        log = server.log_tail(20000)
+        assert "cannot save" not in log and "worker died" not in log, log
+        server.start()
+        again = client().messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=PROMPTS[1])
+        assert again.usage.cache_read_input_tokens == prompt - 1, (again.usage, prompt)
+    finally:
+        server.close()

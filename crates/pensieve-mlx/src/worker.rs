@@ -64,14 +64,19 @@ impl Worker {
             std::fs::write(&spec.script, WORKER_SOURCE)
                 .map_err(|e| spawn_error(format!("cannot write {}: {e}", spec.script.display())))?;
         }
-        let mut child = Command::new(&spec.python)
+        let mut command = Command::new(&spec.python);
+        command
             .arg(&spec.script)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| spawn_error(e.to_string()))?;
+            .stderr(Stdio::piped());
+        // A group of its own: Ctrl-C in a terminal (or a signal to the server's group) must
+        // not kill the worker before the server has saved its prefix cache through it. It
+        // still exits with the server: SHUTDOWN on drop, or end-of-file on its stdin.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| spawn_error(e.to_string()))?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
