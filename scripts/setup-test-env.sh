@@ -22,6 +22,8 @@ PY_REQUIREMENTS=(
     "pytest==9.2.0"
     "httpx==0.28.1"
     "jsonschema==4.26.0"
+    # The official Hub client: checks that tests/e2e/hub_server.py speaks the Hub's protocol.
+    "huggingface_hub==2.4.0"
 )
 CLAUDE_CODE_VERSION="2.1.328"
 
@@ -54,7 +56,7 @@ setup_venv() {
     local want
     want="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
     if [[ -x "$VENV/bin/python" && -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]] \
-        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema" 2>/dev/null; then
+        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub" 2>/dev/null; then
         log "python venv: ok ($VENV)"
         return 0
     fi
@@ -65,7 +67,7 @@ setup_venv() {
         "$PYTHON" -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
-    "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema" \
+    "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub" \
         || die "venv packages do not import"
     printf '%s' "$want" >"$stamp"
     log "python venv: ok ($("$VENV/bin/python" -c 'import anthropic, openai, pytest; print("anthropic", anthropic.__version__, "openai", openai.__version__, "pytest", pytest.__version__)'))"

@@ -213,7 +213,16 @@ def _clean_client_env():
     for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         if var in os.environ:
             saved[var] = os.environ.pop(var)
+    # Nor a developer's Pensieve config file or model choice: tests that need a config
+    # write their own and point PENSIEVE_CONFIG at it.
+    for var in ("PENSIEVE_CONFIG", "PENSIEVE_MODEL", "PENSIEVE_SMALL_MODEL", "PENSIEVE_PORT", "PENSIEVE_HOST",
+                "PENSIEVE_CTX", "PENSIEVE_PARALLEL", "PENSIEVE_THREADS", "PENSIEVE_ENGINE", "PENSIEVE_CACHE_DIR",
+                "PENSIEVE_CACHE_RAM", "PENSIEVE_URL"):
+        if var in os.environ:
+            saved[var] = os.environ.pop(var)
+    os.environ["PENSIEVE_CONFIG"] = str(Path(tempfile.gettempdir()) / "pensieve-e2e-no-config.toml")
     yield
+    os.environ.pop("PENSIEVE_CONFIG", None)
     os.environ.update(saved)
 
 
@@ -274,3 +283,31 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured")
         for line in REPORT:
             terminalreporter.write_line(line)
+
+
+# --- The model commands (pull/list/show/rm): a loopback Hugging Face Hub -----------------------
+
+_pytest_configure_before_models = pytest_configure
+
+
+def pytest_configure(config):  # noqa: F811 - extends the hook above
+    _pytest_configure_before_models(config)
+    config.addinivalue_line("markers", "slow: downloads the 100 MB test model or starts a server (seconds each)")
+
+
+@pytest.fixture
+def fake_hub():
+    """A Hugging Face Hub on loopback (hub_server.FakeHub), empty: tests add repos to it.
+    Point the binary at it with HF_ENDPOINT=fake_hub.url."""
+    from hub_server import FakeHub
+
+    hub = FakeHub().start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def closed_port_url() -> str:
+    """An http:// URL on loopback that nothing listens on (connections are refused)."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -7,6 +7,7 @@ always streamed, with max_tokens capped here by CLAUDE_CODE_MAX_OUTPUT_TOKENS.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import pytest
 
 import httpx
 
-from conftest import QWEN_CODER, _serve, claude_bin, summary_line
+from conftest import QWEN_CODER, _serve, claude_bin, free_port, model_path, pensieve_bin, summary_line
 
 pytestmark = pytest.mark.claude_code
 
@@ -53,6 +54,11 @@ def qwen_server(cache_dir):
     prefix cache on disk."""
     yield from _serve(QWEN_CODER, ["--ctx", "32768", "--cache-dir", cache_dir])
 
+
+# What `pensieve claude` tells Claude Code about the served model (its name is also in
+# Claude Code's system prompt): the sessions against Qwen use the same, so the one
+# `pensieve claude` runs finds the prompt the earlier ones cached.
+QWEN_ENV = {"ANTHROPIC_MODEL": "Qwen2.5-Coder-0.5B-Instruct", "CLAUDE_CODE_MAX_CONTEXT_TOKENS": "32768"}
 
 # How long the cold session took, for the session after the restart.
 COLD_SESSION: dict[str, float] = {}
@@ -141,7 +147,7 @@ def test_claude_code_prompt_too_long_on_small_context(smol_server):
 
 def test_claude_code_says_hello(qwen_server, project_dir, user_home):
     code, out, err, took = run_claude(
-        qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home
+        qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home, extra_env=QWEN_ENV
     )
     report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
              f"--- server log ---\n{qwen_server.log_tail(4000)}"
@@ -165,7 +171,7 @@ def test_a_new_session_after_a_restart_reuses_the_prompt_from_disk(qwen_server, 
     qwen_server.start()
     assert metric(qwen_server, 'pensieve_cache_entries{tier="disk"}') >= 1
     code, out, err, took = run_claude(
-        qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home
+        qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home, extra_env=QWEN_ENV
     )
     report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
              f"--- server log ---\n{qwen_server.log_tail(4000)}"
@@ -211,7 +217,7 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
         code, out, err, took = run_claude(
             qwen_server.url, FILE_TASK, FILE_TASK_TIMEOUT_S, workdir=project_dir, home=user_home,
             args=["--permission-mode", "acceptEdits", "--max-turns", FILE_TASK_MAX_TURNS],
-            extra_env={"CLAUDE_CODE_MAX_OUTPUT_TOKENS": FILE_TASK_MAX_TOKENS},
+            extra_env={**QWEN_ENV, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": FILE_TASK_MAX_TOKENS},
         )
         content = target.read_text(errors="replace") if target.exists() else None
         outcomes.append((code, content, took, out.strip()[:120]))
@@ -229,3 +235,62 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
           f"{calls} responses ended in tool calls")
     for code, content, took, out in outcomes:
         summary_line(f"  exit={code} took={took:.1f}s file={content!r} printed={out!r}")
+
+
+def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_dir, tmp_path):
+    """`pensieve claude -p "Say hello"`, the one command a user types: with the model named
+    in the config file and no server running, it starts one (its prefix cache on disk: the
+    module's, so Claude Code's system prompt is already there), runs Claude Code pointed at
+    it with the model's name, prints the answer, and stops the server it started."""
+    qwen_server.stop()  # writes its prefix cache to cache_dir, and frees the port and CPU
+    qwen = model_path(QWEN_CODER)
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'default_model = "{qwen}"\n'
+        f'[server]\nport = {port}\ncache_dir = "{cache_dir}"\n'
+        f'[models."{qwen}"]\nctx = 32768\n'
+    )
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "CLAUDE_", "PENSIEVE_")) and k not in ("HOME", "XDG_CONFIG_HOME")}
+    env.update({
+        "HOME": user_home,
+        "PATH": f"{claude_bin().parent}{os.pathsep}{env.get('PATH', '')}",
+        "PENSIEVE_CONFIG": str(config),
+        "PENSIEVE_DATA_DIR": str(data_dir),
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "256",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+    })
+    started = time.monotonic()
+    proc = subprocess.run([str(pensieve_bin()), "claude", "-p", "Say hello"], cwd=project_dir, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HELLO_TIMEOUT_S)
+    took = time.monotonic() - started
+    log_path = data_dir / "logs" / "serve.log"
+    log = log_path.read_text(errors="replace") if log_path.exists() else "<no server log>"
+    report = (f"exit={proc.returncode} took={took:.1f}s\nstdout:\n{proc.stdout[-3000:]}\n"
+              f"stderr:\n{proc.stderr[-3000:]}\n--- server log ---\n{log[-4000:]}")
+    try:
+        assert proc.returncode == 0, report
+        assert proc.stdout.strip(), "no text printed:\n" + report
+        assert "API Error" not in proc.stdout, report
+        # Claude Code asked for the served model by its name.
+        # Claude Code asked for the served model by its name, and knew its window.
+        done = [l for l in log.splitlines() if "message done" in l]
+        assert done and all("model=Qwen2.5-Coder-0.5B-Instruct" in l for l in done), report
+        assert "unrecognized_model" not in proc.stderr, report
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        prompt = sum(int(m) for m in re.findall(r"prompt_tokens=(\d+)", log))
+        cached = sum(int(m) for m in re.findall(r"cached_tokens=(\d+)", log))
+        cold = COLD_SESSION.get("seconds")
+        ratio = f" = {took / cold:.2f} of the cold session" if cold else ""
+        summary_line(f"pensieve claude -p 'Say hello' (server started for it, prompt on disk) took {took:.1f}s"
+                     f"{ratio}; {cached} of {prompt} prompt tokens from the cache; printed: "
+                     f"{proc.stdout.strip()[:120]!r}")
+        # The system prompt and tools, which every session shares, came from disk.
+        assert cached >= 0.7 * prompt, report
+    finally:
+        qwen_server.start()

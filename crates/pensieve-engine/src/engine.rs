@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub cache: CacheConfig,
     /// How the model writes tool calls; None: as its chat template shows.
     pub tool_format: Option<ToolFormat>,
+    /// Metrics to record into, shared with the engines of other served models; None: a
+    /// registry of its own.
+    pub metrics: Option<Arc<EngineMetrics>>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             parallel: 4,
             cache: CacheConfig::default(),
             tool_format: None,
+            metrics: None,
         }
     }
 }
@@ -137,7 +141,7 @@ impl Engine {
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
         });
-        let metrics = Arc::new(EngineMetrics::new());
+        let metrics = config.metrics.clone().unwrap_or_default();
         let scheduler = Scheduler::new(
             runner,
             tokenizer.clone(),

@@ -28,6 +28,7 @@ fn start_with(
             parallel,
             cache,
             tool_format: None,
+            metrics: None,
         },
     )
     .unwrap()

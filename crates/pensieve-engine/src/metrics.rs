@@ -77,6 +77,24 @@ struct TierLabels {
 
 type UGauge = Gauge<u64, AtomicU64>;
 
+/// What one engine last added to the shared gauges (see `publish_share`).
+#[derive(Debug, Default)]
+pub struct GaugeShare {
+    running: u64,
+    /// (entries, bytes) per tier, in `CacheTier::ALL` order.
+    cache: [(u64, u64); 3],
+}
+
+/// Move `gauge` by the change from `*last` to `now`.
+fn shift(gauge: &UGauge, last: &mut u64, now: u64) {
+    if now > *last {
+        gauge.inc_by(now - *last);
+    } else {
+        gauge.dec_by(*last - now);
+    }
+    *last = now;
+}
+
 /// Every metric the server exports, and the registry that renders them.
 #[derive(Debug)]
 pub struct EngineMetrics {
@@ -204,6 +222,27 @@ impl EngineMetrics {
     /// Sequences currently being prefilled or decoded.
     pub fn set_running(&self, n: usize) {
         self.running.set(to_u64(n));
+    }
+
+    /// Report one engine's gauges when several engines (one per served model) share
+    /// these metrics: each adds the change since its last report, so the gauges read
+    /// the server's totals.
+    pub fn publish_share(&self, share: &mut GaugeShare, running: usize, cache: [(usize, u64); 3]) {
+        shift(&self.running, &mut share.running, to_u64(running));
+        for (i, tier) in CacheTier::ALL.into_iter().enumerate() {
+            let labels = TierLabels { tier };
+            let (entries, bytes) = cache[i];
+            shift(
+                &self.cache_entries.get_or_create(&labels),
+                &mut share.cache[i].0,
+                to_u64(entries),
+            );
+            shift(
+                &self.cache_bytes.get_or_create(&labels),
+                &mut share.cache[i].1,
+                bytes,
+            );
+        }
     }
 
     /// From the request's admission into the queue to its first generated token

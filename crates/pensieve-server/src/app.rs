@@ -2,7 +2,7 @@
 //! (metrics, request id, authentication).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method};
@@ -10,13 +10,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use pensieve_engine::Engine;
 use pensieve_protocol::anthropic::ErrorKind;
 use pensieve_protocol::ids::random_id;
 
 use crate::auth::is_authorized;
 use crate::error::{ApiError, Dialect};
+use crate::models::ModelRouter;
 use crate::{request_metrics, routes};
+use pensieve_engine::{Engine, EngineMetrics};
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -27,8 +28,6 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How often a stream without other traffic gets a `ping` (prefill can take minutes).
     pub ping_interval: Duration,
-    /// When the served model was created (reported by `/v1/models`).
-    pub model_created: SystemTime,
 }
 
 impl Default for ServerConfig {
@@ -37,7 +36,6 @@ impl Default for ServerConfig {
             api_key: None,
             body_limit: 32 * 1024 * 1024,
             ping_interval: Duration::from_secs(3),
-            model_created: SystemTime::UNIX_EPOCH,
         }
     }
 }
@@ -45,8 +43,20 @@ impl Default for ServerConfig {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    pub models: Arc<ModelRouter>,
     pub config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// The engine of the model that serves requests for `requested`.
+    pub fn engine_for(&self, requested: &str) -> &Engine {
+        &self.models.route(requested).engine
+    }
+
+    /// The metrics every engine records into.
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        self.models.default_model().engine.metrics()
+    }
 }
 
 /// The id of the request being handled, also sent back as the `request-id` header.

@@ -22,7 +22,11 @@ fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
     )
     .unwrap();
     AppState {
-        engine,
+        models: Arc::new(crate::ModelRouter::new(crate::ServedModel {
+            id: engine.info().id.clone(),
+            engine,
+            created: std::time::SystemTime::UNIX_EPOCH,
+        })),
         config: Arc::new(config),
     }
 }
@@ -553,4 +557,74 @@ async fn openai_routes_answer_errors_in_openais_shape() {
     let (status, _, body) = send(router("x"), "POST", "/v1/chat/completions", Some(long)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(json_of(&body)["error"]["code"], "context_length_exceeded");
+}
+
+/// Two models behind one router: `big` by default, `small` for haiku names.
+fn two_models() -> Router {
+    let metrics = Arc::new(pensieve_engine::EngineMetrics::new());
+    let start = |reply: &str| {
+        Engine::start(
+            model_info(4096),
+            Arc::new(ByteTokenizer),
+            Box::new(ScriptedRunner::new(reply)),
+            EngineConfig {
+                metrics: Some(metrics.clone()),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let served = |id: &str, engine| crate::ServedModel {
+        id: id.to_owned(),
+        engine,
+        created: std::time::SystemTime::UNIX_EPOCH,
+    };
+    let mut models = crate::ModelRouter::new(served("big", start("from big")));
+    let small = models.add(served("small", start("from small")));
+    models.alias("claude-*haiku*", small);
+    app(AppState {
+        models: Arc::new(models),
+        config: Arc::new(ServerConfig::default()),
+    })
+}
+
+#[tokio::test]
+async fn requested_names_route_to_their_model() {
+    let router = two_models();
+    for (model, reply) in [
+        ("claude-opus-5-5", "from big"),
+        ("claude-haiku-4-5-20251001", "from small"),
+        ("small", "from small"),
+        ("big", "from big"),
+        ("gpt-4o", "from big"),
+    ] {
+        let mut request = message(false);
+        request["model"] = json!(model);
+        let (status, _, body) = send(router.clone(), "POST", "/v1/messages", Some(request)).await;
+        assert_eq!(status, StatusCode::OK, "{model}");
+        let body = json_of(&body);
+        assert_eq!(body["content"][0]["text"], reply, "{model}");
+        assert_eq!(body["model"], model);
+    }
+    let (_, _, body) = send(router.clone(), "GET", "/v1/models", None).await;
+    let ids: Vec<_> = json_of(&body)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["big", "small"]);
+    let (_, _, body) = send(router.clone(), "GET", "/v1/models/claude-3-5-haiku", None).await;
+    assert_eq!(
+        json_of(&body)["display_name"],
+        "claude-3-5-haiku (served by small)"
+    );
+    // Both engines count into the one registry.
+    let text = scrape(router).await;
+    let generated = text
+        .lines()
+        .find(|l| l.starts_with("pensieve_generated_tokens_total"))
+        .unwrap();
+    let expected = 3 * "from big".len() + 2 * "from small".len();
+    assert!(generated.ends_with(&format!(" {expected}")), "{generated}");
 }

@@ -5,14 +5,17 @@
 //!
 //! - [`app`]: the router, its state and middleware.
 //! - [`request_metrics`]: the middleware that counts and times every request.
+//! - [`models`]: which loaded model serves a requested name (aliases).
 //! - [`routes`]: one module per API surface.
 //! - [`error`]: [`ApiError`], rendered in each API's error shape.
 
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod models;
 pub mod request_metrics;
 pub mod routes;
 
 pub use app::{app, AppState, ServerConfig};
 pub use error::ApiError;
+pub use models::{ModelRouter, ServedModel};

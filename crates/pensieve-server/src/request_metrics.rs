@@ -31,7 +31,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .map_or(UNMATCHED, MatchedPath::as_str)
         .to_owned();
     let response = next.run(request).await;
-    let metrics = state.engine.metrics().clone();
+    let metrics = state.metrics().clone();
     metrics.record_request(&route, response.status().as_u16());
     let (parts, body) = response.into_parts();
     let timer = Timer {

@@ -1,6 +1,13 @@
 //! The `pensieve` command line.
 
+mod catalog;
+mod chat;
+mod claude;
+mod config;
+mod local_server;
 mod paths;
+mod recommend;
+mod resolve;
 mod serve;
 mod setup;
 
@@ -16,8 +23,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a model over HTTP (Anthropic Messages API).
+    /// Serve a model over HTTP (Anthropic Messages and OpenAI APIs).
     Serve(serve::ServeArgs),
+    /// Run Claude Code on a local model (starts the server if none is running).
+    Claude(claude::ClaudeArgs),
+    /// Chat with a model in the terminal (a running server's, or one started for the chat).
+    Chat(chat::ChatArgs),
+    /// Download a model from the Hugging Face Hub into its standard cache.
+    Pull(catalog::PullArgs),
+    /// List the models on this machine.
+    List(catalog::ListArgs),
+    /// Show a model's metadata, chat template and tool-call support.
+    Show(catalog::ShowArgs),
+    /// Remove a model from the Hugging Face cache.
+    Rm(catalog::RmArgs),
     /// Install what an engine needs (`pensieve setup mlx`).
     Setup(setup::SetupArgs),
 }
@@ -26,6 +45,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Claude(args) => claude::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Pull(args) => catalog::pull(args),
+        Command::List(args) => catalog::list(args),
+        Command::Show(args) => catalog::show(args),
+        Command::Rm(args) => catalog::rm(args),
         Command::Setup(args) => setup::run(args),
     };
     match result {

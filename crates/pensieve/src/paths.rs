@@ -1,4 +1,5 @@
-//! Where Pensieve keeps its own files (the MLX venv and worker), by platform convention.
+//! Where Pensieve keeps its own files (config, the MLX venv and worker, logs), by platform
+//! convention.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ pub fn data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PENSIEVE_DATA_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    let home = home();
     if cfg!(target_os = "macos") {
         return home.join("Library/Application Support/pensieve");
     }
@@ -31,4 +32,37 @@ pub fn mlx_python() -> PathBuf {
     } else {
         venv.join("bin").join("python")
     }
+}
+
+/// The platform's config directory for Pensieve: `$XDG_CONFIG_HOME/pensieve` or
+/// `~/.config/pensieve` on Linux, `~/Library/Application Support/pensieve` on macOS,
+/// `%APPDATA%\pensieve` on Windows.
+pub fn config_dir() -> PathBuf {
+    let home = home();
+    if cfg!(target_os = "macos") {
+        return home.join("Library/Application Support/pensieve");
+    }
+    if cfg!(windows) {
+        if let Some(appdata) = std::env::var_os("APPDATA").filter(|d| !d.is_empty()) {
+            return PathBuf::from(appdata).join("pensieve");
+        }
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| home.join(".config"), PathBuf::from)
+        .join("pensieve")
+}
+
+/// `~/x` -> `$HOME/x`; other paths unchanged.
+pub fn expand_home(path: &std::path::Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home().join(rest),
+        Err(_) => path.to_owned(),
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map_or_else(std::env::temp_dir, PathBuf::from)
 }

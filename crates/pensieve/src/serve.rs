@@ -1,59 +1,69 @@
-//! `pensieve serve`: load a model, start the engine, serve HTTP until Ctrl-C or SIGTERM.
+//! `pensieve serve`: find the model (pulling it if needed), load it and any alias targets,
+//! start their engines, serve HTTP until Ctrl-C or SIGTERM.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::{CacheConfig, Engine, EngineConfig, ToolFormat};
+use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, ToolFormat};
+use pensieve_hub::{ModelFormat, ModelRef};
 use pensieve_llama::LlamaOptions;
-use pensieve_server::{AppState, ServerConfig};
+use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
 
-use crate::paths;
+use crate::config::{Config, EngineKind};
+use crate::resolve::{self, Fetch, Resolved};
+use crate::{paths, recommend};
 
 /// How long open streams get to end after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A GGUF model file (llama engine), or an MLX model folder or a Hugging Face repo id in
-    /// the local cache (mlx engine).
-    #[arg(long, short = 'm', value_name = "PATH")]
-    model: PathBuf,
-    /// The engine that runs the model [default: mlx on Apple Silicon once `pensieve setup
-    /// mlx` has run, llama elsewhere].
-    #[arg(long, value_enum, value_name = "ENGINE")]
+    /// The model: a `pensieve list` name or `org/name[:QUANT]` on the Hugging Face Hub
+    /// (pulled if missing), a GGUF file, an MLX folder, or a `[models]` name from the
+    /// config [default: the config's default_model, else a recommended coding model].
+    #[arg(long, short = 'm', env = "PENSIEVE_MODEL", value_name = "MODEL")]
+    model: Option<String>,
+    /// The model for `claude-*haiku*` requests (Claude Code's quick side requests)
+    /// [default: the config's small_model, else the main model].
+    #[arg(long, env = "PENSIEVE_SMALL_MODEL", value_name = "MODEL")]
+    small_model: Option<String>,
+    /// The engine that runs the model [default: mlx for MLX folders, llama for GGUF].
+    #[arg(long, value_enum, env = "PENSIEVE_ENGINE", value_name = "ENGINE")]
     engine: Option<EngineKind>,
     /// The Python of the mlx engine's worker [default: the venv of `pensieve setup mlx`].
     #[arg(long, env = "PENSIEVE_MLX_PYTHON", value_name = "PATH")]
     python: Option<PathBuf>,
-    /// Address to listen on. Anything but loopback needs --api-key (or --insecure-no-auth).
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    #[arg(long, short = 'p', default_value_t = 7777)]
-    port: u16,
+    /// Address to listen on [default: 127.0.0.1]. Anything but loopback needs --api-key
+    /// (or --insecure-no-auth).
+    #[arg(long, env = "PENSIEVE_HOST", value_name = "ADDR")]
+    host: Option<IpAddr>,
+    /// [default: 7777]
+    #[arg(long, short = 'p', env = "PENSIEVE_PORT", value_name = "PORT")]
+    port: Option<u16>,
     /// Context length of each sequence in tokens [default: the model's, at most 32768].
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "PENSIEVE_CTX", value_name = "N")]
     ctx: Option<u32>,
     /// Sequences generating at once (continuous batching) [default: what fits in a
     /// quarter of the available memory at full context, at most 4].
-    #[arg(long, short = 'n', value_name = "N")]
+    #[arg(long, short = 'n', env = "PENSIEVE_PARALLEL", value_name = "N")]
     parallel: Option<usize>,
     /// RAM for prefix-cache snapshots, e.g. 4GiB [default: a quarter of the memory
     /// available after loading, at least 256MiB].
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, env = "PENSIEVE_CACHE_RAM", value_name = "SIZE")]
     cache_ram: Option<ByteSize>,
     /// Keep prefix-cache snapshots in this directory too, so they survive a restart.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PENSIEVE_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Disk space for prefix-cache snapshots in --cache-dir.
-    #[arg(long, value_name = "SIZE", default_value = "16GiB")]
-    cache_disk: ByteSize,
+    /// Disk space for prefix-cache snapshots in --cache-dir [default: 16GiB].
+    #[arg(long, value_name = "SIZE")]
+    cache_disk: Option<ByteSize>,
     /// CPU threads [default: the number of physical cores].
-    #[arg(long, short = 't', value_name = "N")]
+    #[arg(long, short = 't', env = "PENSIEVE_THREADS", value_name = "N")]
     threads: Option<usize>,
     /// Require this key (x-api-key or Authorization: Bearer) on every API request.
     #[arg(
@@ -66,45 +76,29 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address without an API key.
     #[arg(long)]
     insecure_no_auth: bool,
-    /// Name the model is listed under [default: the file name without extension].
+    /// Name the model is listed under [default: its `pensieve list` name, or the file
+    /// name without extension].
     #[arg(long, value_name = "NAME")]
     model_id: Option<String>,
-    /// Requests that may wait for a free sequence; more get 529 overloaded.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    queue: usize,
-    /// Tokens per prefill step.
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    batch: u32,
-    /// Model layers to offload to the GPU (builds with cuda, metal or vulkan).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    gpu_layers: u32,
-    /// Largest request body in MiB.
-    #[arg(long, default_value_t = 32, value_name = "MIB")]
-    max_body_mib: usize,
+    /// Requests that may wait for a free sequence; more get 529 overloaded [default: 64].
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
+    /// Tokens per prefill step [default: 512].
+    #[arg(long, value_name = "N")]
+    batch: Option<u32>,
+    /// Model layers to offload to the GPU (builds with cuda, metal or vulkan) [default: 0].
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+    /// Largest request body in MiB [default: 32].
+    #[arg(long, value_name = "MIB")]
+    max_body_mib: Option<usize>,
     /// How the model writes tool calls: hermes (also qwen), llama3_json, mistral,
     /// mistral_json, functiongemma [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = parse_tool_format)]
     tool_parser: Option<ToolFormat>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum EngineKind {
-    /// llama.cpp in-process (GGUF files).
-    Llama,
-    /// MLX through a supervised mlx-lm worker (MLX model folders).
-    Mlx,
-}
-
-impl EngineKind {
-    fn default_for_platform() -> EngineKind {
-        let apple_silicon = cfg!(all(target_os = "macos", target_arch = "aarch64"));
-        if apple_silicon && paths::mlx_python().exists() {
-            EngineKind::Mlx
-        } else {
-            EngineKind::Llama
-        }
-    }
-}
+pub const DEFAULT_PORT: u16 = 7777;
 
 /// What both engines hand to the scheduler.
 struct Loaded {
@@ -114,28 +108,80 @@ struct Loaded {
     parallel: usize,
 }
 
-fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
-    let engine = args.engine.unwrap_or_else(EngineKind::default_for_platform);
-    match engine {
+/// Everything one model is loaded with: its own config settings under the flags.
+struct LoadPlan {
+    model: Resolved,
+    engine: EngineKind,
+    id: Option<String>,
+    ctx: Option<u32>,
+    threads: Option<usize>,
+    parallel: Option<usize>,
+    batch: u32,
+    gpu_layers: u32,
+    tool_parser: Option<ToolFormat>,
+}
+
+impl LoadPlan {
+    /// `main`: the flags that only make sense for one model (ctx, id, tool parser) apply.
+    fn new(args: &ServeArgs, model: Resolved, main: bool) -> anyhow::Result<LoadPlan> {
+        let s = model.settings.clone();
+        let engine = args
+            .engine
+            .filter(|_| main)
+            .or(s.engine)
+            .unwrap_or_else(|| engine_for(&model));
+        let tool_parser = match (main.then_some(args.tool_parser).flatten(), &s.tool_parser) {
+            (Some(flag), _) => Some(flag),
+            (None, Some(name)) => Some(parse_tool_format(name).map_err(anyhow::Error::msg)?),
+            (None, None) => None,
+        };
+        Ok(LoadPlan {
+            engine,
+            id: args.model_id.clone().filter(|_| main).or(model.id.clone()),
+            ctx: args.ctx.filter(|_| main).or(s.ctx),
+            threads: args.threads.or(s.threads),
+            parallel: args.parallel.filter(|_| main).or(s.parallel),
+            batch: args.batch.or(s.batch).unwrap_or(512),
+            gpu_layers: args.gpu_layers.or(s.gpu_layers).unwrap_or(0),
+            tool_parser,
+            model,
+        })
+    }
+}
+
+/// An explicit choice, else what the model is: MLX folders need the mlx engine, GGUF files
+/// the llama one.
+fn engine_for(model: &Resolved) -> EngineKind {
+    match model.format {
+        Some(ModelFormat::Folder) => EngineKind::Mlx,
+        Some(ModelFormat::Gguf) => EngineKind::Llama,
+        None if model.path.is_dir() => EngineKind::Mlx,
+        None => EngineKind::Llama,
+    }
+}
+
+fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loaded> {
+    let path = &plan.model.path;
+    match plan.engine {
         EngineKind::Llama => {
-            if args.model.is_dir() {
+            if path.is_dir() {
                 bail!(
                     "{} is a folder; the llama engine runs GGUF files (for an MLX model folder, \
                      pass --engine mlx)",
-                    args.model.display()
+                    path.display()
                 );
             }
             let options = LlamaOptions {
-                id: args.model_id.clone(),
-                context_size: args.ctx,
-                threads: args.threads,
-                batch_size: args.batch,
-                gpu_layers: args.gpu_layers,
-                parallel: args.parallel,
-                ..LlamaOptions::new(&args.model)
+                id: plan.id.clone(),
+                context_size: plan.ctx,
+                threads: plan.threads,
+                batch_size: plan.batch,
+                gpu_layers: plan.gpu_layers,
+                parallel: plan.parallel,
+                ..LlamaOptions::new(path)
             };
             let loaded = pensieve_llama::load(&options)
-                .with_context(|| format!("cannot load {}", args.model.display()))?;
+                .with_context(|| format!("cannot load {}", path.display()))?;
             Ok(Loaded {
                 info: loaded.info,
                 tokenizer: loaded.tokenizer,
@@ -144,15 +190,15 @@ fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
             })
         }
         EngineKind::Mlx => {
-            let folder = pensieve_mlx::resolve_model(&args.model.to_string_lossy())?;
+            let folder = pensieve_mlx::resolve_model(&path.to_string_lossy())?;
             if !folder.is_dir() {
                 bail!(
                     "the mlx engine runs MLX model folders; {} is not one (for a GGUF file, \
                      pass --engine llama)",
-                    args.model.display()
+                    path.display()
                 );
             }
-            let python = args.python.clone().unwrap_or_else(paths::mlx_python);
+            let python = python.cloned().unwrap_or_else(paths::mlx_python);
             if !python.exists() {
                 bail!(
                     "the mlx engine needs Python with MLX: {} does not exist. Run `pensieve \
@@ -165,21 +211,17 @@ fn load_model(args: &ServeArgs) -> anyhow::Result<Loaded> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            // A repo id is the model's name; a folder's name is its own.
-            let id = args.model_id.clone().or_else(|| {
-                (folder != args.model).then(|| args.model.to_string_lossy().into_owned())
-            });
             let options = pensieve_mlx::MlxOptions {
                 path: folder,
                 python,
                 script,
-                id,
-                context_size: args.ctx,
-                parallel: args.parallel,
-                batch_size: args.batch,
+                id: plan.id.clone(),
+                context_size: plan.ctx,
+                parallel: plan.parallel,
+                batch_size: plan.batch,
             };
             let loaded = pensieve_mlx::load(&options)
-                .with_context(|| format!("cannot load {}", args.model.display()))?;
+                .with_context(|| format!("cannot load {}", path.display()))?;
             Ok(Loaded {
                 info: loaded.info,
                 tokenizer: loaded.tokenizer,
@@ -199,66 +241,182 @@ fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
     })
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
-    if !args.host.is_loopback() && args.api_key.is_none() && !args.insecure_no_auth {
-        bail!(
-            "refusing to listen on {} without --api-key: anyone on the network could use the \
-             model. Pass --api-key KEY, or --insecure-no-auth if you really mean it",
-            args.host
+/// The model to serve when none is named: the config's, else the recommended one.
+fn main_model_name(args: &ServeArgs, config: &Config) -> anyhow::Result<String> {
+    if let Some(name) = args.model.clone().or(config.default_model.clone()) {
+        return Ok(name);
+    }
+    let name = recommend::recommended_model();
+    let ModelRef::Repo { repo, tag } = ModelRef::parse(&name) else {
+        return Ok(name);
+    };
+    let cached = pensieve_hub::HfCache::from_env().find(&repo, tag.as_deref(), "main")?;
+    if cached.is_none() {
+        let plan =
+            resolve::plan(&repo, tag.as_deref(), resolve::Caller::Serve).with_context(|| {
+                format!(
+                    "no model named (--model, PENSIEVE_MODEL or default_model in {}), and the \
+                 recommended model, {name}, is not downloaded yet",
+                    crate::config::path().display()
+                )
+            })?;
+        eprintln!(
+            "No model named (--model, PENSIEVE_MODEL or default_model in {}).\nUsing the \
+             recommended coding model for this machine: {} ({}), with tool calling and \
+             32k context. Downloading it now.",
+            crate::config::path().display(),
+            plan.name,
+            ByteSize::b(plan.size()).display().iec()
         );
+    } else {
+        eprintln!("No model named: serving the recommended {name}");
     }
-    if args.api_key.as_deref() == Some("") {
-        bail!("--api-key must not be empty");
-    }
-    let loaded = load_model(&args)?;
+    Ok(name)
+}
+
+/// Start one engine, recording into `metrics`.
+fn start_engine(
+    plan: &LoadPlan,
+    args: &ServeArgs,
+    config: &Config,
+    metrics: &Arc<EngineMetrics>,
+) -> anyhow::Result<ServedModel> {
+    let loaded = load_model(plan, args.python.as_ref())?;
     let engine = Engine::start(
         loaded.info,
         loaded.tokenizer,
         loaded.runner,
         EngineConfig {
-            queue_capacity: args.queue,
+            queue_capacity: args.queue.or(config.server.queue).unwrap_or(64),
             parallel: loaded.parallel,
             cache: CacheConfig {
                 host_bytes: args
                     .cache_ram
+                    .or(config.server.cache_ram)
                     .map_or_else(default_cache_ram, |b| b.as_u64()),
-                disk_dir: args.cache_dir.clone(),
-                disk_bytes: args.cache_disk.as_u64(),
+                disk_dir: args.cache_dir.clone().or(config.server.cache_dir.clone()),
+                disk_bytes: args
+                    .cache_disk
+                    .or(config.server.cache_disk)
+                    .map_or(16 << 30, |b| b.as_u64()),
             },
-            tool_format: args.tool_parser,
+            tool_format: plan.tool_parser,
+            metrics: Some(metrics.clone()),
         },
     )
     .context("cannot start the engine")?;
-    let config = ServerConfig {
-        api_key: args.api_key.clone(),
-        body_limit: args.max_body_mib.saturating_mul(1024 * 1024),
-        model_created: std::fs::metadata(&args.model)
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH),
+    Ok(ServedModel {
+        id: engine.info().id.clone(),
+        engine,
+        created: plan.model.created(),
+    })
+}
+
+/// The main model, then each alias target (`claude-*haiku*` -> the small model, the
+/// config's `[aliases]`) that is another model. An alias whose model can't be had is
+/// served by the main model, with a warning.
+fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter> {
+    let metrics = Arc::new(EngineMetrics::new());
+    let main_name = main_model_name(args, config)?;
+    let main = resolve::resolve(&main_name, config, Fetch::IfMissing)?;
+    let mut router = ModelRouter::new(start_engine(
+        &LoadPlan::new(args, main, true)?,
+        args,
+        config,
+        &metrics,
+    )?);
+    let small = args.small_model.clone().or(config.small_model.clone());
+    let mut loaded: Vec<(String, usize)> = vec![(main_name.clone(), 0)];
+    for (pattern, target) in config.aliases(small.as_deref()) {
+        let index = match loaded.iter().find(|(name, _)| *name == target) {
+            Some(&(_, index)) => index,
+            None => {
+                let started = resolve::resolve(&target, config, Fetch::IfMissing)
+                    .and_then(|m| LoadPlan::new(args, m, false))
+                    .and_then(|plan| start_engine(&plan, args, config, &metrics));
+                match started {
+                    Ok(model) => {
+                        let index = router.add(model);
+                        loaded.push((target.clone(), index));
+                        index
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "alias {pattern} -> {target}: {e:#}; the main model serves those \
+                             requests"
+                        );
+                        loaded.push((target.clone(), 0));
+                        0
+                    }
+                }
+            }
+        };
+        router.alias(&pattern, index);
+    }
+    for (pattern, id) in router.aliases() {
+        tracing::info!(alias = pattern, model = id, "alias");
+    }
+    Ok(router)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = crate::config::load()?;
+    let host = args
+        .host
+        .or(config.server.host)
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let port = args.port.or(config.server.port).unwrap_or(DEFAULT_PORT);
+    let api_key = args.api_key.clone().or(config.server.api_key.clone());
+    if !host.is_loopback() && api_key.is_none() && !args.insecure_no_auth {
+        bail!(
+            "refusing to listen on {host} without --api-key: anyone on the network could use \
+             the model. Pass --api-key KEY, or --insecure-no-auth if you really mean it"
+        );
+    }
+    if api_key.as_deref() == Some("") {
+        bail!("--api-key must not be empty");
+    }
+    let router = load_models(&args, &config)?;
+    let server_config = ServerConfig {
+        api_key,
+        body_limit: args
+            .max_body_mib
+            .or(config.server.max_body_mib)
+            .unwrap_or(32)
+            .saturating_mul(1024 * 1024),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let addr = SocketAddr::new(args.host, args.port);
-    let result = runtime.block_on(serve(addr, engine.clone(), config));
-    engine.shutdown();
-    engine.join();
+    let addr = SocketAddr::new(host, port);
+    let router = Arc::new(router);
+    let result = runtime.block_on(serve(addr, router.clone(), server_config));
+    for model in router.models() {
+        model.engine.shutdown();
+    }
+    for model in router.models() {
+        model.engine.join();
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve(addr: SocketAddr, engine: Engine, config: ServerConfig) -> anyhow::Result<()> {
+async fn serve(
+    addr: SocketAddr,
+    models: Arc<ModelRouter>,
+    config: ServerConfig,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let state = AppState {
-        engine: engine.clone(),
+        models: models.clone(),
         config: Arc::new(config),
     };
-    tracing::info!(%addr, model = %engine.info().id, "listening");
+    tracing::info!(%addr, model = %models.default_model().id, "listening");
     let signal = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let signal = signal.clone();
@@ -266,7 +424,9 @@ async fn serve(addr: SocketAddr, engine: Engine, config: ServerConfig) -> anyhow
             shutdown_signal().await;
             tracing::info!("shutting down: ending open streams");
             // Running and queued generations end with an error event, so streams close.
-            engine.shutdown();
+            for model in models.models() {
+                model.engine.shutdown();
+            }
             signal.cancel();
         }
     });
@@ -322,8 +482,11 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("PENSIEVE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=warn"));
+    // Colours only for a terminal: a log file (`pensieve claude`'s server) stays greppable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }

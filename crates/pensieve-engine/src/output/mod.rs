@@ -67,6 +67,17 @@ impl ToolFormat {
         }
     }
 
+    /// The name `--tool-parser` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolFormat::Hermes => "hermes",
+            ToolFormat::Llama3Json => "llama3_json",
+            ToolFormat::Mistral => "mistral",
+            ToolFormat::MistralJson => "mistral_json",
+            ToolFormat::FunctionGemma => "functiongemma",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<ToolFormat> {
         match name {
             "hermes" | "qwen" => Some(ToolFormat::Hermes),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
 use crate::constrain::{Constraint, LazyCall};
-use crate::metrics::{CacheTier, EngineMetrics};
+use crate::metrics::{EngineMetrics, GaugeShare};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
 use crate::output::BareName;
 use crate::EngineError;
@@ -63,6 +63,8 @@ pub(crate) struct Scheduler {
     shutdown: CancellationToken,
     counters: Arc<Counters>,
     metrics: Arc<EngineMetrics>,
+    /// This engine's part of the gauges (other models' engines may share `metrics`).
+    gauges: GaugeShare,
     parallel: usize,
     /// Slots no request or cache entry holds.
     free: Vec<SeqId>,
@@ -105,6 +107,7 @@ impl Scheduler {
             shutdown,
             counters,
             metrics,
+            gauges: GaugeShare::default(),
             parallel,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -729,22 +732,22 @@ impl Scheduler {
         }
     }
 
-    /// Gauges for `/metrics`.
-    fn publish(&self) {
+    /// Gauges for `/metrics` (queue depth is read at scrape time, from every engine).
+    fn publish(&mut self) {
         self.counters
             .running
             .store(self.running.len(), Ordering::Relaxed);
-        self.metrics.set_running(self.running.len());
-        self.metrics
-            .set_queue_depth(self.counters.waiting.load(Ordering::Relaxed));
         let s = self.cache.stats();
         let context_bytes = s.context_tokens * self.runner.kv_bytes_per_token();
-        self.metrics
-            .set_cache(CacheTier::Context, s.context_entries, context_bytes);
-        self.metrics
-            .set_cache(CacheTier::Host, s.host_entries, s.host_bytes);
-        self.metrics
-            .set_cache(CacheTier::Disk, s.disk_entries, s.disk_bytes);
+        self.metrics.publish_share(
+            &mut self.gauges,
+            self.running.len(),
+            [
+                (s.context_entries, context_bytes),
+                (s.host_entries, s.host_bytes),
+                (s.disk_entries, s.disk_bytes),
+            ],
+        );
     }
 
     /// Shutdown: fail what is queued or running, and write the cache to disk.

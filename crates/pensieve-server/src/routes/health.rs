@@ -12,10 +12,15 @@ use crate::error::ApiError;
 
 /// 200 once the model is loaded (the server only listens after that).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let models = state.models.models();
     Json(json!({
         "status": "ok",
-        "model": state.engine.info().id,
-        "queue_depth": state.engine.queue_depth(),
+        "model": state.models.default_model().id,
+        "context_size": state.models.default_model().engine.info().context_size,
+        "models": models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        // What Claude Code's quick requests get (`pensieve claude` sets its haiku model).
+        "haiku_model": state.models.route("claude-haiku-4-5").id,
+        "queue_depth": models.iter().map(|m| m.engine.queue_depth()).sum::<usize>(),
     }))
 }
 

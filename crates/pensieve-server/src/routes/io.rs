@@ -57,7 +57,8 @@ pub async fn submit(
     state: &crate::app::AppState,
     request: GenerateRequest,
 ) -> Result<(GenerateRequest, u32, Generation), ApiError> {
-    let engine = state.engine.clone();
+    let engine = state.engine_for(&request.model).clone();
+    let submit_to = engine.clone();
     let (request, valid) = blocking(move || {
         let valid = engine.validate(&request);
         (request, valid)
@@ -65,7 +66,7 @@ pub async fn submit(
     .await?;
     let valid = valid?;
     let prompt_tokens = u32::try_from(valid.prompt.len()).unwrap_or(u32::MAX);
-    Ok((request, prompt_tokens, state.engine.submit(valid)?))
+    Ok((request, prompt_tokens, submit_to.submit(valid)?))
 }
 
 /// Wait for the whole generation: each content event goes to `push`; returns how it

@@ -41,7 +41,7 @@ pub async fn count_tokens(
     let result = async {
         let bytes = read_body(&headers, body, state.config.body_limit).await?;
         let request = parse_count_tokens(&bytes)?.into_generate()?;
-        let engine = state.engine.clone();
+        let engine = state.engine_for(&request.model).clone();
         let tokens = blocking(move || engine.prompt_tokens(&request)).await??;
         Ok::<_, ApiError>(Json(json!({"input_tokens": tokens.len()})).into_response())
     }

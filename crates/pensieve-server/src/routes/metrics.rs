@@ -12,9 +12,10 @@ use crate::app::AppState;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let metrics = state.engine.metrics();
-    // Read at scrape time: handlers fill the queue and the engine thread drains it, so
-    // no one place sees every change.
-    metrics.set_queue_depth(state.engine.queue_depth());
+    let metrics = state.metrics();
+    // Read at scrape time: handlers fill the queues and the engine threads drain them,
+    // so no one place sees every change.
+    let queued = state.models.models().iter().map(|m| m.engine.queue_depth());
+    metrics.set_queue_depth(queued.sum());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
 }

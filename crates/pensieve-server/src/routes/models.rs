@@ -1,9 +1,10 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 //!
-//! The server runs one model. `claude-*` names are served by it too (Claude Code asks
-//! for them), so they are reported as existing. Each entry carries the fields of both
-//! APIs' model objects (Anthropic's `type`, `display_name`, `created_at`; OpenAI's
-//! `object`, `created`, `owned_by`), so both SDKs read the same list.
+//! The list holds the loaded models. Any other name routes to one of them (an alias, else
+//! the default model: Claude Code asks for `claude-*` names), so retrieving it succeeds
+//! too, naming the model that serves it. Each entry carries the fields of both APIs'
+//! model objects (Anthropic's `type`, `display_name`, `created_at`; OpenAI's `object`,
+//! `created`, `owned_by`), so both SDKs read the same list.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -12,18 +13,17 @@ use serde_json::{json, Value};
 
 use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
+use crate::models::ServedModel;
 
-fn model_entry(state: &AppState, id: &str) -> Value {
-    let created = humantime::format_rfc3339_seconds(state.config.model_created).to_string();
-    let served = &state.engine.info().id;
-    let display_name = if id == served {
-        served.clone()
+fn model_entry(id: &str, served: &ServedModel) -> Value {
+    let created = humantime::format_rfc3339_seconds(served.created).to_string();
+    let display_name = if id == served.id {
+        served.id.clone()
     } else {
-        format!("{id} (served by {served})")
+        format!("{id} (served by {})", served.id)
     };
-    let created_unix = state
-        .config
-        .model_created
+    let created_unix = served
+        .created
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     json!({"type": "model", "id": id, "display_name": display_name, "created_at": created,
@@ -31,13 +31,14 @@ fn model_entry(state: &AppState, id: &str) -> Value {
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let id = state.engine.info().id.clone();
+    let models = state.models.models();
+    let data: Vec<Value> = models.iter().map(|m| model_entry(&m.id, m)).collect();
     Json(json!({
         "object": "list",
-        "data": [model_entry(&state, &id)],
+        "data": data,
         "has_more": false,
-        "first_id": id,
-        "last_id": id,
+        "first_id": models.first().map(|m| &m.id),
+        "last_id": models.last().map(|m| &m.id),
     }))
 }
 
@@ -46,8 +47,13 @@ pub async fn retrieve(
     Extension(request_id): Extension<RequestId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if id == state.engine.info().id || id.starts_with("claude-") {
-        Ok(Json(model_entry(&state, &id)))
+    let served = state.models.route(&id);
+    let aliased = state
+        .models
+        .aliases()
+        .any(|(p, _)| crate::models::glob_match(p, &id));
+    if id == served.id || id.starts_with("claude-") || aliased {
+        Ok(Json(model_entry(&id, served)))
     } else {
         Err(ApiError::new(
             ErrorKind::NotFound,

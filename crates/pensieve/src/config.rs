@@ -1,0 +1,217 @@
+//! The config file: default model, per-model settings, server settings and aliases.
+//!
+//! Precedence, lowest first: built-in defaults, this file, `PENSIEVE_*` environment
+//! variables, command-line flags. clap merges the last two (a flag wins over its
+//! variable); callers then fall back to the file with `Option::or`.
+//!
+//! ```toml
+//! default_model = "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"
+//! small_model = "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M"   # claude-*haiku*
+//!
+//! [server]
+//! port = 7777
+//! cache_dir = "~/.cache/pensieve/kv"
+//!
+//! [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
+//! ctx = 32768
+//!
+//! [models.tiny]                   # a name of your own for a file
+//! model = "/models/tiny.gguf"
+//!
+//! [aliases]
+//! "gpt-4o*" = "tiny"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::paths;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What `serve` loads when no model is named.
+    pub default_model: Option<String>,
+    /// What `claude-*haiku*` requests get (Claude Code's quick side requests).
+    pub small_model: Option<String>,
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Settings per model, keyed by the name used to ask for it (a repo reference, a
+    /// path, or a name of your own with `model = ...`).
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSettings>,
+    /// Requested-name patterns (`*` wildcards) -> model names.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub api_key: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_ram: Option<ByteSize>,
+    pub cache_disk: Option<ByteSize>,
+    pub queue: Option<usize>,
+    pub max_body_mib: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// What to load: a path or `org/name[:tag]` [default: the table's own name].
+    pub model: Option<String>,
+    pub engine: Option<EngineKind>,
+    pub ctx: Option<u32>,
+    pub threads: Option<usize>,
+    pub parallel: Option<usize>,
+    pub batch: Option<u32>,
+    pub gpu_layers: Option<u32>,
+    pub tool_parser: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// llama.cpp in-process (GGUF files).
+    Llama,
+    /// MLX through a supervised mlx-lm worker (MLX model folders).
+    Mlx,
+}
+
+impl Config {
+    /// The settings of model `name` and what it points to (`model = ...`, else `name`).
+    pub fn model(&self, name: &str) -> (String, ModelSettings) {
+        match self.models.get(name) {
+            Some(settings) => (
+                settings.model.clone().unwrap_or_else(|| name.to_owned()),
+                settings.clone(),
+            ),
+            None => (name.to_owned(), ModelSettings::default()),
+        }
+    }
+
+    /// Every alias: the file's, then the built-in `claude-*haiku*` -> small model.
+    pub fn aliases(&self, small_model: Option<&str>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .aliases
+            .iter()
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
+        if let Some(small) = small_model {
+            if !out
+                .iter()
+                .any(|(p, _)| p.eq_ignore_ascii_case("claude-*haiku*"))
+            {
+                out.push(("claude-*haiku*".to_owned(), small.to_owned()));
+            }
+        }
+        out
+    }
+}
+
+/// `$PENSIEVE_CONFIG`, else `config.toml` in the platform's config directory:
+/// `$XDG_CONFIG_HOME/pensieve` or `~/.config/pensieve` on Linux,
+/// `~/Library/Application Support/pensieve` on macOS, `%APPDATA%\pensieve` on Windows.
+pub fn path() -> PathBuf {
+    if let Some(p) = std::env::var_os("PENSIEVE_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    paths::config_dir().join("config.toml")
+}
+
+/// The config file, or the defaults when there is none. A file that exists but does
+/// not parse is an error naming the file and the line.
+pub fn load() -> anyhow::Result<Config> {
+    load_from(&path())
+}
+
+pub fn load_from(path: &Path) -> anyhow::Result<Config> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut config: Config =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    if let Some(dir) = &config.server.cache_dir {
+        config.server.cache_dir = Some(paths::expand_home(dir));
+    }
+    for settings in config.models.values_mut() {
+        if let Some(model) = &settings.model {
+            settings.model = Some(
+                paths::expand_home(Path::new(model))
+                    .to_string_lossy()
+                    .into(),
+            );
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_section() {
+        let config: Config = toml::from_str(
+            r#"
+            default_model = "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"
+            small_model = "tiny"
+            [server]
+            host = "0.0.0.0"
+            port = 8080
+            cache_ram = "2GiB"
+            [models.tiny]
+            model = "/m/tiny.gguf"
+            ctx = 4096
+            engine = "llama"
+            [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
+            ctx = 32768
+            [aliases]
+            "gpt-*" = "tiny"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.port, Some(8080));
+        assert_eq!(config.server.cache_ram, Some(ByteSize::gib(2)));
+        let (target, settings) = config.model("tiny");
+        assert_eq!(target, "/m/tiny.gguf");
+        assert_eq!(settings.ctx, Some(4096));
+        assert_eq!(settings.engine, Some(EngineKind::Llama));
+        let (target, settings) = config.model("Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
+        assert_eq!(target, "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
+        assert_eq!(settings.ctx, Some(32768));
+        assert_eq!(config.model("other").0, "other");
+        assert_eq!(
+            config.aliases(config.small_model.as_deref()),
+            [
+                ("gpt-*".to_owned(), "tiny".to_owned()),
+                ("claude-*haiku*".to_owned(), "tiny".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let dir = std::env::temp_dir().join(format!("pensieve-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, "[server]\nprot = 1\n").unwrap();
+        let err = format!("{:#}", load_from(&file).unwrap_err());
+        assert!(err.contains("config.toml") && err.contains("prot"), "{err}");
+        assert!(load_from(&dir.join("absent.toml"))
+            .unwrap()
+            .default_model
+            .is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
