@@ -280,7 +280,7 @@ def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_d
         # Claude Code asked for the served model by its name, and knew its window.
         done = [l for l in log.splitlines() if "message done" in l]
         assert done and all("model=Qwen2.5-Coder-0.5B-Instruct" in l for l in done), report
-        assert "unrecognized_model" not in proc.stderr, report
+        assert "assumes a context window" not in proc.stderr, report
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         prompt = sum(int(m) for m in re.findall(r"prompt_tokens=(\d+)", log))
