@@ -51,7 +51,7 @@ SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s?(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)\b")
 UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
          "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 PULLED_RE = re.compile(r"^pulled (\S+) \((.+)\)$")
-DELETED_RE = re.compile(r"^deleted (\S+) \((.+)\)$")
+DELETED_RE = re.compile(r"^deleted (\S+) \(([^;)]+)(; .+ still used by other files)?\)$")
 
 
 # --- Test content --------------------------------------------------------------------------
@@ -949,6 +949,7 @@ def test_rm_keeps_blobs_other_snapshot_files_use(cli, fake_hub):
     m = DELETED_RE.match(r.last_line)
     assert m and m.group(1) == f"{repo_id}:Q4_0", str(r)
     assert_size(m.group(2), len(same))
+    assert m.group(3), f"the kept blob is not mentioned: {r}"
     assert not os.path.lexists(snap / "shared-Q4_0.gguf")
     assert same_blob.is_file(), "a blob another snapshot file links to was deleted"
     assert (snap / "shared-Q8_0.gguf").read_bytes() == same

@@ -293,11 +293,17 @@ pub fn rm(args: RmArgs) -> anyhow::Result<()> {
     }
     for model in removed {
         let freed = cache.remove(&model)?;
-        println!(
-            "deleted {} ({})",
-            model.name,
-            ByteSize::b(freed.max(model.size)).display().iec()
-        );
+        let size = ByteSize::b(model.size).display().iec();
+        if freed < model.size {
+            // Blobs other files of the repo still link to stay.
+            let kept = ByteSize::b(model.size - freed).display().iec();
+            println!(
+                "deleted {} ({size}; {kept} still used by other files)",
+                model.name
+            );
+        } else {
+            println!("deleted {} ({size})", model.name);
+        }
     }
     Ok(())
 }

@@ -70,6 +70,15 @@ pub fn run(args: ClaudeArgs) -> anyhow::Result<()> {
         ..LaunchOptions::new(base_url)
     })?;
     let served = served_models(&server.base_url)?;
+    if !server.started_here() {
+        if let Some(model) = args.model.as_deref().filter(|m| *m != served.main) {
+            eprintln!(
+                "note: a server is already running at {} with {}; --model {model} applies only \
+                 to a server started here (stop that one, or pass --url)",
+                server.base_url, served.main
+            );
+        }
+    }
     let mut command = Command::new(&claude);
     command.args(&args.args);
     command
