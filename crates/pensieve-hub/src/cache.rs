@@ -254,7 +254,8 @@ fn linked_blobs(snapshots: &Path) -> HashSet<PathBuf> {
         .collect()
 }
 
-fn dir_size(dir: &Path) -> u64 {
+/// The bytes of every file under `dir` (links followed).
+pub fn dir_size(dir: &Path) -> u64 {
     relative_files(dir)
         .iter()
         .map(|f| file_size(&dir.join(f)))

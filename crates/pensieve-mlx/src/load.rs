@@ -20,7 +20,7 @@ pub const DEFAULT_PARALLEL: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct MlxOptions {
-    /// The model folder (config.json, tokenizer.json, *.safetensors): see [`resolve_model`].
+    /// The model folder (config.json, tokenizer.json, *.safetensors).
     pub path: PathBuf,
     /// The venv's Python, with `mlx` and `mlx-lm` installed.
     pub python: PathBuf,
@@ -37,11 +37,6 @@ pub struct MlxOptions {
 pub enum MlxError {
     #[error("{0} is not an MLX model folder (no config.json in it)")]
     NotAModel(PathBuf),
-    #[error(
-        "{id} is neither a folder nor in the Hugging Face cache ({dir}); download it first, \
-         e.g. `hf download {id}`"
-    )]
-    NotCached { id: String, dir: PathBuf },
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -113,43 +108,6 @@ fn chat_template(folder: &Path, config: &Value) -> Option<String> {
         _ => None,
     }
     .filter(|t| !t.trim().is_empty())
-}
-
-/// The folder `model` names: a path, or a Hugging Face repo id (`org/name`) already in the
-/// standard cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), at
-/// the revision its `refs/main` names.
-pub fn resolve_model(model: &str) -> Result<PathBuf, MlxError> {
-    let path = PathBuf::from(model);
-    let is_repo_id = model.split('/').count() == 2
-        && model
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
-    if path.exists() || !is_repo_id {
-        return Ok(path);
-    }
-    let env = |key: &str| {
-        std::env::var_os(key)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let hub = env("HF_HUB_CACHE").unwrap_or_else(|| {
-        env("HF_HOME")
-            .or_else(|| env("HOME").map(|h| h.join(".cache/huggingface")))
-            .unwrap_or_default()
-            .join("hub")
-    });
-    let dir = hub.join(format!("models--{}", model.replace('/', "--")));
-    let not_cached = || MlxError::NotCached {
-        id: model.to_owned(),
-        dir: dir.clone(),
-    };
-    let revision = std::fs::read_to_string(dir.join("refs/main")).map_err(|_| not_cached())?;
-    let snapshot = dir.join("snapshots").join(revision.trim());
-    if snapshot.join("config.json").is_file() {
-        Ok(snapshot)
-    } else {
-        Err(not_cached())
-    }
 }
 
 /// Start the worker on the folder and build everything around it.
@@ -249,30 +207,4 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         runner: MlxRunner::new(worker, layout),
         parallel,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repo_id_resolves_to_its_cached_snapshot() {
-        let hub = std::env::temp_dir().join(format!("pensieve-hub-{}", std::process::id()));
-        let repo = hub.join("models--org--model");
-        let snapshot = repo.join("snapshots/abc123");
-        std::fs::create_dir_all(&snapshot).unwrap();
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
-        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
-        // Only this test reads or writes HF_HUB_CACHE in this process.
-        std::env::set_var("HF_HUB_CACHE", &hub);
-        let found = resolve_model("org/model");
-        let missing = resolve_model("org/other");
-        std::env::remove_var("HF_HUB_CACHE");
-        let _ = std::fs::remove_dir_all(&hub);
-        assert_eq!(found.unwrap(), snapshot);
-        assert!(matches!(missing, Err(MlxError::NotCached { .. })));
-        // Paths are taken as they are.
-        assert_eq!(resolve_model("./x/y/z").unwrap(), PathBuf::from("./x/y/z"));
-    }
 }

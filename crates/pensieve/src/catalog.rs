@@ -126,10 +126,7 @@ fn format_of(path: &Path) -> ModelFormat {
 
 fn size_of(path: &Path) -> u64 {
     if path.is_dir() {
-        pensieve_hub::cache::relative_files(path)
-            .iter()
-            .map(|f| std::fs::metadata(path.join(f)).map_or(0, |m| m.len()))
-            .sum()
+        pensieve_hub::cache::dir_size(path)
     } else {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }

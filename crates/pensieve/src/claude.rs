@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::local_server::{self, LaunchOptions};
-use crate::{config, paths, serve};
+use crate::{config, paths};
 
 #[derive(Debug, Args)]
 pub struct ClaudeArgs {
@@ -41,10 +41,10 @@ pub struct ClaudeArgs {
 pub fn run(args: ClaudeArgs) -> anyhow::Result<()> {
     let config = config::load()?;
     let claude = find_claude(args.claude.as_deref())?;
-    let base_url = args.url.clone().unwrap_or_else(|| {
-        let (host, port) = serve_defaults(&config);
-        format!("http://{host}:{port}")
-    });
+    let base_url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| config.server.local_url());
     let api_key = std::env::var("PENSIEVE_API_KEY")
         .ok()
         .filter(|k| !k.is_empty())
@@ -112,15 +112,6 @@ pub fn run(args: ClaudeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run {}", claude.display()))?;
     drop(server);
     std::process::exit(status.code().unwrap_or(1));
-}
-
-fn serve_defaults(config: &config::Config) -> (String, u16) {
-    let host = config
-        .server
-        .host
-        .filter(|h| !h.is_unspecified())
-        .map_or_else(|| "127.0.0.1".to_owned(), |h| h.to_string());
-    (host, config.server.port.unwrap_or(serve::DEFAULT_PORT))
 }
 
 /// What the server serves, from its `/health`.

@@ -23,7 +23,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -62,6 +62,28 @@ pub struct ServerSettings {
     pub queue: Option<usize>,
     pub max_body_mib: Option<usize>,
 }
+
+impl ServerSettings {
+    /// The address `serve` listens on unless told otherwise.
+    pub fn host(&self) -> IpAddr {
+        self.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_PORT)
+    }
+
+    /// Where clients on this machine (`chat`, `claude`) find that server.
+    pub fn local_url(&self) -> String {
+        let host = match self.host() {
+            h if h.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h => h,
+        };
+        format!("http://{}", SocketAddr::new(host, self.port()))
+    }
+}
+
+pub const DEFAULT_PORT: u16 = 7777;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,9 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// Where a client looks for a server unless told otherwise.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:7777";
-
 /// How often a starting server's /health is asked.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a started server gets to exit after SIGTERM before it is killed.

@@ -114,14 +114,6 @@ pub fn pull(
     })
 }
 
-/// What the Hub says `repo[:tag]` is, without downloading it.
-pub fn plan(repo: &str, tag: Option<&str>, caller: Caller) -> anyhow::Result<Plan> {
-    with_hub(
-        caller,
-        |hub| async move { hub.plan(repo, tag, "main").await },
-    )
-}
-
 fn with_hub<T, F, Fut>(caller: Caller, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(Arc<Hub>) -> Fut,

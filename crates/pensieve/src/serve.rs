@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
 use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, ToolFormat};
-use pensieve_hub::{ModelFormat, ModelRef};
+use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
 
@@ -97,8 +97,6 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FORMAT", value_parser = parse_tool_format)]
     tool_parser: Option<ToolFormat>,
 }
-
-pub const DEFAULT_PORT: u16 = 7777;
 
 /// What both engines hand to the scheduler.
 struct Loaded {
@@ -190,8 +188,7 @@ fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loade
             })
         }
         EngineKind::Mlx => {
-            let folder = pensieve_mlx::resolve_model(&path.to_string_lossy())?;
-            if !folder.is_dir() {
+            if !path.is_dir() {
                 bail!(
                     "the mlx engine runs MLX model folders; {} is not one (for a GGUF file, \
                      pass --engine llama)",
@@ -212,7 +209,7 @@ fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loade
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             let options = pensieve_mlx::MlxOptions {
-                path: folder,
+                path: path.clone(),
                 python,
                 script,
                 id: plan.id.clone(),
@@ -241,37 +238,22 @@ fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
     })
 }
 
-/// The model to serve when none is named: the config's, else the recommended one.
-fn main_model_name(args: &ServeArgs, config: &Config) -> anyhow::Result<String> {
-    if let Some(name) = args.model.clone().or(config.default_model.clone()) {
-        return Ok(name);
+/// The model to serve when none is named: the config's, else the recommended one (a pull
+/// of it announces its size before downloading).
+fn main_model_name(args: &ServeArgs, config: &Config) -> (String, bool) {
+    match args.model.clone().or(config.default_model.clone()) {
+        Some(name) => (name, false),
+        None => {
+            let name = recommend::recommended_model();
+            eprintln!(
+                "No model named (--model, PENSIEVE_MODEL or default_model in {}): using the \
+                 recommended coding model for this machine, {name}, with tool calling and 32k \
+                 context.",
+                crate::config::path().display()
+            );
+            (name, true)
+        }
     }
-    let name = recommend::recommended_model();
-    let ModelRef::Repo { repo, tag } = ModelRef::parse(&name) else {
-        return Ok(name);
-    };
-    let cached = pensieve_hub::HfCache::from_env().find(&repo, tag.as_deref(), "main")?;
-    if cached.is_none() {
-        let plan =
-            resolve::plan(&repo, tag.as_deref(), resolve::Caller::Serve).with_context(|| {
-                format!(
-                    "no model named (--model, PENSIEVE_MODEL or default_model in {}), and the \
-                 recommended model, {name}, is not downloaded yet",
-                    crate::config::path().display()
-                )
-            })?;
-        eprintln!(
-            "No model named (--model, PENSIEVE_MODEL or default_model in {}).\nUsing the \
-             recommended coding model for this machine: {} ({}), with tool calling and \
-             32k context. Downloading it now.",
-            crate::config::path().display(),
-            plan.name,
-            ByteSize::b(plan.size()).display().iec()
-        );
-    } else {
-        eprintln!("No model named: serving the recommended {name}");
-    }
-    Ok(name)
 }
 
 /// Start one engine, recording into `metrics`.
@@ -317,8 +299,15 @@ fn start_engine(
 /// served by the main model, with a warning.
 fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter> {
     let metrics = Arc::new(EngineMetrics::new());
-    let main_name = main_model_name(args, config)?;
-    let main = resolve::resolve(&main_name, config, Fetch::IfMissing)?;
+    let (main_name, recommended) = main_model_name(args, config);
+    let main = match resolve::resolve(&main_name, config, Fetch::IfMissing) {
+        Err(e) if recommended => {
+            return Err(e.context(format!(
+                "the recommended model, {main_name}, is not downloaded yet"
+            )))
+        }
+        result => result?,
+    };
     let mut router = ModelRouter::new(start_engine(
         &LoadPlan::new(args, main, true)?,
         args,
@@ -362,11 +351,8 @@ fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter>
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = crate::config::load()?;
-    let host = args
-        .host
-        .or(config.server.host)
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    let port = args.port.or(config.server.port).unwrap_or(DEFAULT_PORT);
+    let host = args.host.unwrap_or_else(|| config.server.host());
+    let port = args.port.unwrap_or_else(|| config.server.port());
     let api_key = args.api_key.clone().or(config.server.api_key.clone());
     if !host.is_loopback() && api_key.is_none() && !args.insecure_no_auth {
         bail!(

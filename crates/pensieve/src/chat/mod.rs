@@ -41,15 +41,11 @@ Input:
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// The server. On a loopback address with nothing answering, a server is started for the
-    /// chat (this needs --model) and stopped when it ends.
-    #[arg(
-        long,
-        env = "PENSIEVE_URL",
-        default_value = local_server::DEFAULT_URL,
-        value_name = "URL"
-    )]
-    url: String,
+    /// The server [default: http://HOST:PORT from the config, 127.0.0.1:7777]. On a loopback
+    /// address with nothing answering, a server is started for the chat (this needs --model)
+    /// and stopped when it ends.
+    #[arg(long, env = "PENSIEVE_URL", value_name = "URL")]
+    url: Option<String>,
     /// The server's API key (sent as x-api-key); a server started here requires it.
     #[arg(
         long,
@@ -83,11 +79,14 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     // Ctrl-C stops an answer instead of the process (and the server started for it).
     local_server::catch_sigint();
     let interactive = std::io::stdin().is_terminal();
-    if args.model.is_none() && !local_server::is_running(&args.url)? {
+    let url = match args.url.clone() {
+        Some(url) => url,
+        None => crate::config::load()?.server.local_url(),
+    };
+    if args.model.is_none() && !local_server::is_running(&url)? {
         bail!(
-            "no server answers at {}: start one with `pensieve serve --model PATH`, or pass \
-             --model PATH to start one for the chat",
-            args.url
+            "no server answers at {url}: start one with `pensieve serve --model PATH`, or pass \
+             --model PATH to start one for the chat"
         );
     }
     let mut serve_args = Vec::new();
@@ -100,7 +99,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let server = local_server::ensure(LaunchOptions {
         api_key: args.api_key.clone(),
         serve_args,
-        ..LaunchOptions::new(args.url.clone())
+        ..LaunchOptions::new(url)
     })?;
     if args.ctx.is_some() && !server.started_here() {
         eprintln!(
