@@ -451,6 +451,33 @@ async fn own_cells_a_next_turn_continues_in_the_same_slot() {
 }
 
 #[tokio::test]
+async fn own_cells_a_batch_lists_its_slots_in_order() {
+    // The first request's slot (0) becomes a cache entry; three requests at once then
+    // take slots 1, 2 and, last, 0 again. llama.cpp computes a batch in one pass only
+    // over consecutive slots in order, so every decode call lists them 0, 1, 2.
+    let mut runner = own_cells(3);
+    runner.endless = true;
+    runner.step_delay = Duration::from_millis(1);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 3, CacheConfig::default());
+    let _ = finish(engine.submit(valid("warm up", 2)).unwrap()).await;
+    let a = engine.submit(valid("one", 12)).unwrap();
+    let b = engine.submit(valid("two", 12)).unwrap();
+    let c = engine.submit(valid("six", 12)).unwrap();
+    let _ = tokio::join!(finish(a), finish(b), finish(c));
+    let log = log.lock().unwrap();
+    let mut all_three = 0;
+    for call in &log.decodes {
+        let seqs: Vec<SeqId> = call.iter().map(|(s, _, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        if seqs == [0, 1, 2] {
+            all_three += 1;
+        }
+    }
+    assert!(all_three >= 5, "{:?}", log.decodes);
+}
+
+#[tokio::test]
 async fn own_cells_a_branch_keeps_the_conversation_it_left() {
     // One slot: B starts from A's system prompt in A's slot, so A's turn goes to RAM
     // first and comes back whole for A's next turn.

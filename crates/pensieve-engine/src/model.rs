@@ -100,7 +100,8 @@ pub trait ModelRunner: Send {
     /// Whether a sequence can be cut back to any position. False for sliding-window or
     /// recurrent layers: their state before the end is gone.
     fn can_truncate(&self) -> bool;
-    /// Evaluate one batch.
+    /// Evaluate one batch. Its tokens come a sequence at a time, sequences in slot order
+    /// (llama.cpp's per-slot KV streams compute consecutive slots in one pass).
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;
     /// Prepare the sampler of `seq` for a new generation.
     fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams);

@@ -102,6 +102,9 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
 /// Index of the largest logit among the allowed tokens (the first of equals, as
 /// llama.cpp's greedy sampler).
 fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
+    if mask.is_none() {
+        return TokenId::try_from(argmax(logits)).unwrap_or(0);
+    }
     let mut best: Option<(usize, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
         let allowed = mask.is_none_or(|m| m.allows(TokenId::try_from(i).unwrap_or(-1)));
@@ -111,6 +114,26 @@ fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
     }
     best.and_then(|(i, _)| TokenId::try_from(i).ok())
         .unwrap_or(0)
+}
+
+/// Index of the largest value, the first of equals (0 when there is none). Eight running
+/// maxima first, which the compiler turns into vector code: a vocabulary of 150k takes
+/// a fraction of the plain loop's time, for every sequence at every step.
+fn argmax(values: &[f32]) -> usize {
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    values.iter().position(|&v| v == max).unwrap_or(0)
 }
 
 /// The log-probability of `token` under the softmax of `logits`, and the `top` most
@@ -328,6 +351,34 @@ mod tests {
         assert_eq!(argmax_allowed(&[0.5, 2.0, -1.0, 2.0], None), 1);
         assert_eq!(argmax_allowed(&[f32::NEG_INFINITY, -3.0], None), 1);
         assert_eq!(argmax_allowed(&[1.0], None), 0);
+    }
+
+    #[test]
+    fn the_vector_argmax_matches_the_plain_loop() {
+        let mut state = 12345u32;
+        for len in [0, 1, 7, 8, 9, 63, 1000, 49_152] {
+            let mut values: Vec<f32> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / 65_536.0 - 128.0
+                })
+                .collect();
+            if len > 10 {
+                // Equal maxima: the first wins.
+                values[len / 3] = 1e6;
+                values[len / 2] = 1e6;
+            }
+            let plain = values
+                .iter()
+                .enumerate()
+                .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+                    Some((_, b)) if v <= b => best,
+                    _ => Some((i, v)),
+                })
+                .map_or(0, |(i, _)| i);
+            assert_eq!(argmax(&values), plain, "len {len}");
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN, -1.0]), 2);
     }
 
     #[test]

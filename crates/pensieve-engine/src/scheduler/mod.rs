@@ -433,13 +433,15 @@ impl Scheduler {
             budget
         };
         let mut prefill_used = 0;
+        let mut room = budget;
+        // What each sequence contributes: (index into `running`, its slot, tokens).
+        let mut chosen: Vec<(usize, SeqId, usize)> = Vec::new();
         for i in order {
             let a = &self.running[i];
             let Some(seq) = a.seq else { continue };
             if a.follow.is_some() {
                 continue;
             }
-            let room = budget - batch.len();
             if room == 0 {
                 break;
             }
@@ -454,6 +456,16 @@ impl Scheduler {
                 }
                 prefill_used += n;
             }
+            room -= n;
+            chosen.push((i, seq, n));
+        }
+        // In slot order: llama.cpp runs one KV stream per slot and computes a batch in
+        // one pass only over consecutive slots, in order; anything else splits it into
+        // several passes, each reading all the weights again.
+        chosen.sort_by_key(|&(_, seq, _)| seq);
+        let slot_runs = chosen.windows(2).filter(|w| w[1].1 != w[0].1 + 1).count() + 1;
+        for (i, seq, n) in chosen {
+            let a = &self.running[i];
             let completes = n == a.pending();
             for k in 0..n {
                 let pos = a.computed + k;
@@ -481,6 +493,7 @@ impl Scheduler {
                 self.after_decode(plan);
                 tracing::trace!(
                     tokens = batch.len(),
+                    slot_runs,
                     decode_us = decoded.as_micros() as u64,
                     step_us = started.elapsed().as_micros() as u64,
                     "step"
@@ -719,10 +732,14 @@ impl Scheduler {
         }
     }
 
+    /// A slot for a new sequence: a free one next to the running slots if there is one
+    /// (see [`pick_slot`]), else one a cache entry gives up.
     fn take_slot(&mut self) -> Option<SeqId> {
-        self.free
-            .pop()
-            .or_else(|| self.cache.evict_context(self.runner.as_mut()))
+        let running: Vec<SeqId> = self.running.iter().filter_map(|a| a.seq).collect();
+        match pick_slot(&self.free, &running) {
+            Some(i) => Some(self.free.swap_remove(i)),
+            None => self.cache.evict_context(self.runner.as_mut()),
+        }
     }
 
     fn release_slots(&mut self, slots: Vec<SeqId>) {
@@ -790,4 +807,45 @@ fn checkpoints(prompt: &[crate::TokenId], reused: usize, tokenizer: &dyn Tokeniz
 
 fn common_prefix(a: &[crate::TokenId], b: &[crate::TokenId]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Which of the `free` slots a new sequence should take: the one that leaves the running
+/// slots in the fewest runs of consecutive ids, the lowest of equals. A batch over
+/// consecutive slots is one pass of llama.cpp's per-slot KV streams; every gap adds a
+/// pass that reads all the weights again.
+fn pick_slot(free: &[SeqId], running: &[SeqId]) -> Option<usize> {
+    let taken: std::collections::HashSet<SeqId> = running.iter().copied().collect();
+    // Runs after adding `s`: one more, one fewer when `s` joins two, or as many.
+    let runs_delta = |s: SeqId| -> i32 {
+        let below = s.checked_sub(1).is_some_and(|b| taken.contains(&b));
+        let above = s.checked_add(1).is_some_and(|a| taken.contains(&a));
+        1 - i32::from(below) - i32::from(above)
+    };
+    free.iter()
+        .enumerate()
+        .min_by_key(|&(_, &s)| (runs_delta(s), s))
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_slot;
+
+    fn pick(free: &[u32], running: &[u32]) -> Option<u32> {
+        pick_slot(free, running).map(|i| free[i])
+    }
+
+    #[test]
+    fn a_new_sequence_joins_the_running_slots() {
+        // Nothing runs: the lowest slot.
+        assert_eq!(pick(&[3, 1, 2], &[]), Some(1));
+        // Next to what runs, not the lowest free slot.
+        assert_eq!(pick(&[0, 5, 6], &[3, 4]), Some(5));
+        assert_eq!(pick(&[0, 2, 7], &[3, 4]), Some(2));
+        // Filling a gap joins two runs.
+        assert_eq!(pick(&[0, 2, 7], &[1, 3]), Some(2));
+        // No neighbour free: the lowest.
+        assert_eq!(pick(&[7, 0], &[3, 4]), Some(0));
+        assert_eq!(pick(&[], &[1]), None);
+    }
 }
