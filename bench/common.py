@@ -424,8 +424,21 @@ def pensieve_flags(path: str) -> set[str]:
 
 def check_executable(path: str, hint: str) -> str | None:
     if os.path.isfile(path) and os.access(path, os.X_OK):
+        warn_if_stale(path)
         return None
     return f"not found: {path} ({hint})"
+
+
+def warn_if_stale(path: str) -> None:
+    """Warn when a pensieve binary is older than this checkout's Rust sources: a build into
+    another target dir (e.g. ./target instead of $CARGO_TARGET_DIR) is easy to miss."""
+    if os.path.basename(path) != "pensieve":
+        return
+    root = Path(__file__).resolve().parent.parent
+    sources = [root / "Cargo.lock", *root.glob("crates/**/*.rs")]
+    newest = max((p.stat().st_mtime for p in sources if p.is_file()), default=0)
+    if os.path.getmtime(path) < newest:
+        log(f"warning: {path} is older than the sources in {root}: rebuild it, or pass --pensieve-bin")
 
 
 def llama_command(bin_path: str, model: str, port: int, threads: int, parallel: int, ctx_per_seq: int,
