@@ -193,8 +193,12 @@ FILE_TASK_RUNS = 5
 # Claude Code asks the model to go on after each answer cut off by max_tokens, and decode
 # at Claude Code's ~12k tokens of context is slow on 2 cores.
 FILE_TASK_MAX_TOKENS = "128"
-FILE_TASK_MAX_TURNS = "3"
-FILE_TASK_TIMEOUT_S = 10 * 60
+# Two turns are enough: the Write call, then the answer after its result. A third let a
+# rambling run (each turn cut off and continued up to Claude Code's retry limit, ~30 s a
+# request here) pass 600 s on the CI machine.
+FILE_TASK_MAX_TURNS = "2"
+# Catches a hang; a run bounded as above takes 6 minutes at most here, usually seconds.
+FILE_TASK_TIMEOUT_S = 15 * 60
 # Ways a run ends that are the model's doing, not the server's: answers that stay too long
 # after Claude Code's retries, or tool calls that go nowhere for --max-turns turns.
 MODEL_ENDINGS = ("output token maximum", "Reached max turns")
