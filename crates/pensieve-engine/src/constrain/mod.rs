@@ -311,19 +311,27 @@ fn calls_lark(
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
     for (i, tool) in tools.iter().enumerate() {
         let name = &tool.name;
-        // The head as a lark expression; a JSON call may have whitespace after its `{`
-        // (pretty-printed, as small models write it), a little.
+        // The head as a lark expression. A JSON call may be pretty-printed, as small
+        // models write it: a little whitespace around its keys (bounded, so that a model
+        // can't spin in it), which a bare call's replay needs too (a token can carry the
+        // line break after the name).
         let (head, tail) = match format {
             ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::MistralJson => (
-                format!(
-                    "\"{{\" {INDENT} {}",
-                    literal(&format!(
-                        "\"name\": {}, \"{}\": ",
-                        json_string(name),
-                        format.arguments_key()
-                    ))
-                ),
-                literal("}"),
+                [
+                    "{".to_owned(),
+                    "\"name\"".to_owned(),
+                    ":".to_owned(),
+                    json_string(name),
+                    ",".to_owned(),
+                    json_string(format.arguments_key()),
+                    ":".to_owned(),
+                ]
+                .iter()
+                .map(|piece| literal(piece))
+                .collect::<Vec<_>>()
+                .join(&format!(" {INDENT} "))
+                    + &format!(" {INDENT}"),
+                format!("{INDENT} {}", literal("}")),
             ),
             ToolFormat::Mistral => (literal(&format!("{name}[ARGS]")), String::new()),
             ToolFormat::FunctionGemma => (literal(&format!("call:{name}")), String::new()),
@@ -469,6 +477,13 @@ mod tests {
         let named = ByteTokenizer.encode("\n{\n  \"name\": \"get_weather\"");
         let mut c = lazy.bare_after(&named).unwrap();
         assert_eq!(generate(&mut c, rest), rest);
+        // The token that closes the name may carry the line break after it (Qwen has
+        // `",\n`): the replay must still fit, and the rest keep its layout.
+        let named = ByteTokenizer.encode("{\n  \"name\": \"get_weather\",\n  ");
+        let mut c = lazy.bare_after(&named).unwrap();
+        let rest = "\"arguments\": {\"city\": \"Oslo\", \"days\": 2}\n}";
+        assert_eq!(generate(&mut c, rest), rest);
+        assert!(c.is_complete());
     }
 
     /// The model's own call in each format: the forced grammar lets it through whole,
