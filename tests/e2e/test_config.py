@@ -5,7 +5,6 @@ model load a second model that `claude-*haiku*` (and other patterns) are routed 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import GEMMA3, SMOLLM2, free_port, model_path, pensieve_bin
+from conftest import GEMMA3, SMOLLM2, free_port, model_path, pensieve_bin, stop_process
 
 STARTUP_S = 120
 
@@ -51,13 +50,7 @@ class Serve:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
         os.unlink(self.log.name)
 
 

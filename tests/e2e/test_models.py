@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import QWEN_CODER, SMOLLM2, closed_port_url, free_port, model_path, pensieve_bin
+from conftest import (QWEN_CODER, SMOLLM2, closed_port_url, free_port, model_path, pensieve_bin,
+                      stop_process)
 from hub_server import FakeHub
 
 SMOL_REPO = "test-org/SmolLM2-135M-Instruct-GGUF"
@@ -347,13 +348,7 @@ class Cli:
 
     def close(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
+            stop_process(p)
 
 
 @pytest.fixture
@@ -1021,13 +1016,7 @@ class ServeProc:
         return [m["id"] for m in r.json()["data"]]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=20)
         self._log_file.close()
 
 

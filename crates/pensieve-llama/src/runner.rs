@@ -102,12 +102,12 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
 /// Index of the largest logit among the allowed tokens (the first of equals, as
 /// llama.cpp's greedy sampler).
 fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
-    if mask.is_none() {
+    let Some(mask) = mask else {
         return TokenId::try_from(argmax(logits)).unwrap_or(0);
-    }
+    };
     let mut best: Option<(usize, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
-        let allowed = mask.is_none_or(|m| m.allows(TokenId::try_from(i).unwrap_or(-1)));
+        let allowed = mask.allows(TokenId::try_from(i).unwrap_or(-1));
         if allowed && best.is_none_or(|(_, b)| l > b) {
             best = Some((i, l));
         }

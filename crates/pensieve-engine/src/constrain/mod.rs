@@ -316,23 +316,14 @@ fn calls_lark(
         // can't spin in it), which a bare call's replay needs too (a token can carry the
         // line break after the name).
         let (head, tail) = match format {
-            ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::MistralJson => (
-                [
-                    "{".to_owned(),
-                    "\"name\"".to_owned(),
-                    ":".to_owned(),
-                    json_string(name),
-                    ",".to_owned(),
-                    json_string(format.arguments_key()),
-                    ":".to_owned(),
-                ]
-                .iter()
-                .map(|piece| literal(piece))
-                .collect::<Vec<_>>()
-                .join(&format!(" {INDENT} "))
-                    + &format!(" {INDENT}"),
-                format!("{INDENT} {}", literal("}")),
-            ),
+            ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::MistralJson => {
+                let (name, key) = (json_string(name), json_string(format.arguments_key()));
+                let pieces = ["{", "\"name\"", ":", &name, ",", &key, ":"].map(literal);
+                (
+                    format!("{} {INDENT}", pieces.join(&format!(" {INDENT} "))),
+                    format!("{INDENT} {}", literal("}")),
+                )
+            }
             ToolFormat::Mistral => (literal(&format!("{name}[ARGS]")), String::new()),
             ToolFormat::FunctionGemma => (literal(&format!("call:{name}")), String::new()),
         };
