@@ -197,7 +197,7 @@ FILE_TASK_MAX_TOKENS = "128"
 # rambling run (each turn cut off and continued up to Claude Code's retry limit, ~30 s a
 # request here) pass 600 s on the CI machine.
 FILE_TASK_MAX_TURNS = "2"
-# Catches a hang; a run bounded as above takes 6 minutes at most here, usually seconds.
+# Catches a hang; a run bounded as above took up to 8.3 minutes here, usually seconds.
 FILE_TASK_TIMEOUT_S = 15 * 60
 # Ways a run ends that are the model's doing, not the server's: answers that stay too long
 # after Claude Code's retries, or tool calls that go nowhere for --max-turns turns.
