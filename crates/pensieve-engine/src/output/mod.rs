@@ -354,8 +354,13 @@ impl OutputParser {
                 true
             }
             Found::No { safe } => {
-                // Trailing whitespace waits to see whether text or a block follows it.
-                let keep = self.held[..safe].trim_end().len();
+                // Trailing whitespace waits to see whether text or a block follows it;
+                // where no block can follow, waiting would only delay it a token.
+                let keep = if markers.is_empty() && !bare {
+                    safe
+                } else {
+                    self.held[..safe].trim_end().len()
+                };
                 if keep > 0 {
                     let text: String = self.held.drain(..keep).collect();
                     self.emit_text(out, &text);

@@ -60,6 +60,28 @@ const QWEN_CALL: &str =
     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
 
 #[test]
+fn whitespace_waits_only_where_a_block_can_follow_it() {
+    let plain = OutputFormat {
+        tools: None,
+        reasoning: false,
+        starts_thinking: false,
+    };
+    // Nothing can follow but text: a paragraph break streams with its token.
+    let mut p = OutputParser::new(plain);
+    assert_eq!(p.push("  Hello"), vec![Segment::Text("Hello".into())]);
+    assert_eq!(p.push("\n\n"), vec![Segment::Text("\n\n".into())]);
+    assert_eq!(p.push("World"), vec![Segment::Text("World".into())]);
+    assert!(p.finish().is_empty());
+    // Whitespace alone is still no block.
+    assert_eq!(parse(plain, " \n "), (vec![], 0));
+    // A call may follow: the break waits, and is dropped before the call.
+    let mut p = OutputParser::new(HERMES);
+    assert_eq!(p.push("Hello"), vec![Segment::Text("Hello".into())]);
+    assert!(p.push("\n\n").is_empty());
+    assert_eq!(p.push("World"), vec![Segment::Text("\n\nWorld".into())]);
+}
+
+#[test]
 fn a_hermes_call_becomes_a_call() {
     let (segments, calls) = parse(HERMES, QWEN_CALL);
     assert_eq!(segments, call("get_weather", "{\"city\": \"Paris\"}"));
