@@ -80,8 +80,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> bool:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; whether it
+    had to be killed."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -89,6 +90,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+            return True
+    return False
 
 
 class Server:
@@ -184,14 +187,8 @@ class Server:
         on the same port with the same arguments."""
         proc = self.proc
         assert proc is not None, "the server was never started"
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                pytest.fail(f"pensieve did not exit within {timeout:.0f}s of SIGTERM\n--- server log ---\n{self.log_tail()}")
+        if stop_process(proc, timeout):
+            pytest.fail(f"pensieve did not exit within {timeout:.0f}s of SIGTERM\n--- server log ---\n{self.log_tail()}")
         return proc.returncode
 
     def close(self) -> None:
