@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheConfig;
 use crate::constrain::{Constraint, Grammars, LazyCall};
+use crate::formats::ToolFormat;
 use crate::metrics::EngineMetrics;
 use crate::model::{ModelInfo, ModelRunner, TokenId, Tokenizer};
-use crate::output::{marker_tokens, OutputFormat, ToolFormat};
+use crate::output::{marker_tokens, OutputFormat};
+use crate::request::ToolSpec;
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams, ToolChoice};
@@ -66,6 +68,9 @@ pub struct ValidRequest {
     pub constraint: Option<Constraint>,
     /// The grammar a call follows once the model opens one (`tool_choice: auto`).
     pub lazy_call: Option<LazyCall>,
+    /// The tools offered (none under `tool_choice: none`): their schemas type the raw
+    /// argument values of the XML-style formats.
+    pub tools: Vec<ToolSpec>,
 }
 
 /// A running request: its events arrive on `events`; dropping it cancels the request.
@@ -123,11 +128,11 @@ impl Engine {
             if template.renders_tools() {
                 ToolFormat::detect(source)
             } else {
-                Some(ToolFormat::Hermes)
+                Some(ToolFormat::HERMES)
             }
         });
         let reasoning = source.contains("<think>");
-        let markers = marker_tokens(tokenizer.as_ref());
+        let markers = marker_tokens(tokenizer.as_ref(), tool_format);
         tracing::info!(
             template = template.describe(),
             tool_format = ?tool_format,
@@ -271,6 +276,11 @@ impl Engine {
             },
             constraint,
             lazy_call,
+            tools: if raw || request.tool_choice == ToolChoice::None {
+                Vec::new()
+            } else {
+                request.tools.clone()
+            },
         })
     }
 

@@ -45,6 +45,7 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         output: OutputFormat::default(),
         constraint: None,
         lazy_call: None,
+        tools: Vec::new(),
     }
 }
 
@@ -522,7 +523,7 @@ async fn a_tool_call_in_the_output_becomes_call_events_and_ends_in_tool_use() {
     let engine = start(ScriptedRunner::new(reply), 4096, 4);
     let mut request = valid("weather?", 200);
     request.output = OutputFormat {
-        tools: Some(crate::ToolFormat::Hermes),
+        tools: Some(crate::ToolFormat::HERMES),
         ..OutputFormat::default()
     };
     let mut g = engine.submit(request).unwrap();
@@ -600,7 +601,7 @@ fn list_files(closed: bool) -> crate::ToolSpec {
 fn tool_request() -> ValidRequest {
     let mut request = valid("files?", 200);
     request.output = OutputFormat {
-        tools: Some(crate::ToolFormat::Hermes),
+        tools: Some(crate::ToolFormat::HERMES),
         ..OutputFormat::default()
     };
     request
@@ -636,7 +637,7 @@ async fn a_forced_tool_call_is_made_whatever_the_model_prefers() {
     let mut request = tool_request();
     request.constraint = Some(
         grammars()
-            .forced_call(crate::ToolFormat::Hermes, &[list_files(true)], None)
+            .forced_call(crate::ToolFormat::HERMES, &[list_files(true)], None)
             .unwrap(),
     );
     let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
@@ -654,7 +655,7 @@ async fn under_auto_a_call_the_model_opens_follows_the_tools_schema() {
     let mut request = tool_request();
     request.lazy_call = Some(
         grammars()
-            .call_body(crate::ToolFormat::Hermes, &[list_files(false)], true)
+            .call_body(crate::ToolFormat::HERMES, &[list_files(false)], true)
             .unwrap(),
     );
     let (_, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
@@ -670,9 +671,10 @@ async fn an_object_naming_no_tool_stays_text() {
     let mut request = tool_request();
     request.lazy_call = Some(
         grammars()
-            .call_body(crate::ToolFormat::Hermes, &[list_files(false)], true)
+            .call_body(crate::ToolFormat::HERMES, &[list_files(false)], true)
             .unwrap(),
     );
+    request.tools = vec![list_files(false)];
     let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
     assert_eq!(reason, FinishReason::EndOfTurn);
     assert!(calls.is_empty());
@@ -687,7 +689,7 @@ async fn without_parallel_calls_the_turn_ends_after_the_first() {
         let mut request = tool_request();
         request.lazy_call = Some(
             grammars()
-                .call_body(crate::ToolFormat::Hermes, &[list_files(false)], parallel)
+                .call_body(crate::ToolFormat::HERMES, &[list_files(false)], parallel)
                 .unwrap(),
         );
         let (_, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
@@ -698,9 +700,8 @@ async fn without_parallel_calls_the_turn_ends_after_the_first() {
 
 #[tokio::test]
 async fn a_forced_call_comes_out_as_a_call_in_every_format() {
-    use crate::ToolFormat::*;
     let engine = start(ScriptedRunner::new("Sure, happy to help!"), 4096, 4);
-    for format in [Hermes, Llama3Json, Mistral, MistralJson, FunctionGemma] {
+    for format in crate::ToolFormat::all() {
         let mut request = tool_request();
         request.output.tools = Some(format);
         request.constraint = Some(

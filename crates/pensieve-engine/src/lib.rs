@@ -9,6 +9,7 @@
 //! - [`cache`]: the prefix cache (radix tree, context/RAM/disk tiers, eviction).
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`output`]: the model's output split into text, reasoning and tool calls.
+//! - [`formats`]: the tool-call formats, one module each, and their registry.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
 //! - [`event`]: what the engine reports back.
 //! - [`metrics`]: the Prometheus metrics ([`EngineMetrics`]) the engine and the HTTP edge record.
@@ -20,6 +21,7 @@ pub mod detok;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod formats;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -33,11 +35,12 @@ pub use cache::CacheConfig;
 pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
+pub use formats::ToolFormat;
 pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{
     BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,
 };
-pub use output::{OutputFormat, ToolFormat};
+pub use output::OutputFormat;
 pub use request::{
     GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };

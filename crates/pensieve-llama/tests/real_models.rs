@@ -253,7 +253,10 @@ fn qwen_writes_its_tool_call_markers_as_single_tokens() {
     options.parallel = Some(1);
     let model = load(&options).expect("Qwen loads");
     let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
-    let markers = pensieve_engine::output::marker_tokens(tokenizer);
+    let markers = pensieve_engine::output::marker_tokens(
+        tokenizer,
+        Some(pensieve_engine::ToolFormat::HERMES),
+    );
     let open = tokenizer.single_token("<tool_call>").expect("one token");
     let close = tokenizer.single_token("</tool_call>").expect("one token");
     assert_eq!(

@@ -92,9 +92,8 @@ pub struct ServeArgs {
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
-    /// How the model writes tool calls: hermes (also qwen), llama3_json, mistral,
-    /// mistral_json, functiongemma [default: as its chat template shows].
-    #[arg(long, value_name = "FORMAT", value_parser = parse_tool_format)]
+    /// How the model writes tool calls [default: as its chat template shows].
+    #[arg(long, value_name = "FORMAT", value_parser = tool_format_parser())]
     tool_parser: Option<ToolFormat>,
 }
 
@@ -233,9 +232,19 @@ fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
     ToolFormat::from_name(name).ok_or_else(|| {
         format!(
             "unknown tool-call format {name:?}; known: {}",
-            ToolFormat::NAMES.join(", ")
+            ToolFormat::names().collect::<Vec<_>>().join(", ")
         )
     })
+}
+
+/// `--tool-parser`'s values, each with the models that write it, from the registry.
+fn tool_format_parser() -> impl clap::builder::TypedValueParser<Value = ToolFormat> {
+    let values = ToolFormat::all().map(|format| {
+        clap::builder::PossibleValue::new(format.name())
+            .aliases(format.aliases().iter().copied())
+            .help(format.models())
+    });
+    clap::builder::PossibleValuesParser::new(values).try_map(|name| parse_tool_format(&name))
 }
 
 /// The model to serve when none is named: the config's, else the recommended one (a pull

@@ -9,7 +9,7 @@ use super::literal;
 
 /// Terminals and rules for values the schema leaves open. Strings can't hold `<e` (the
 /// start of the delimiter) or end in `<`.
-pub(super) const TERMINALS: &str = r#"FG_STR: /<escape>([^<]|<[^e<])*<escape>/
+pub(crate) const TERMINALS: &str = r#"FG_STR: /<escape>([^<]|<[^e<])*<escape>/
 FG_INT: /-?(0|[1-9][0-9]*)/
 FG_NUM: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/
 FG_KEY: /[A-Za-z_][A-Za-z0-9_\-]*/
@@ -20,7 +20,7 @@ fg_arr: "[" [fg_any ("," fg_any)*] "]"
 "#;
 
 /// The rules one tool's arguments need.
-pub(super) struct Rules {
+pub(crate) struct Rules {
     prefix: String,
     lark: String,
     count: usize,
@@ -28,7 +28,7 @@ pub(super) struct Rules {
 
 impl Rules {
     /// Rule names start with `prefix` (one per tool, so tools' rules don't clash).
-    pub(super) fn new(prefix: &str) -> Rules {
+    pub(crate) fn new(prefix: &str) -> Rules {
         Rules {
             prefix: prefix.to_owned(),
             lark: String::new(),
@@ -36,7 +36,7 @@ impl Rules {
         }
     }
 
-    pub(super) fn into_lark(self) -> String {
+    pub(crate) fn into_lark(self) -> String {
         self.lark
     }
 
@@ -48,7 +48,7 @@ impl Rules {
     }
 
     /// A lark expression for a value of `schema`.
-    pub(super) fn value(&mut self, schema: &Value) -> String {
+    pub(crate) fn value(&mut self, schema: &Value) -> String {
         if let Some(values) = schema.get("enum").and_then(Value::as_array) {
             if !values.is_empty() {
                 return one_of(values.iter().map(constant));

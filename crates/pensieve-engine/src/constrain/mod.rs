@@ -2,8 +2,9 @@
 //! what the model writes valid by construction. A forced tool call (`tool_choice: any`
 //! or a named tool) is the model's format around arguments that match the tool's JSON
 //! schema, then the end of the turn; under `auto` the same grammar starts when the model
-//! opens a call. Structured output is one JSON value of a schema. `gemma` writes
-//! FunctionGemma's argument syntax.
+//! opens a call. Structured output is one JSON value of a schema. Each format
+//! ([`crate::formats`]) writes its own grammar with the helpers here; `gemma` writes
+//! FunctionGemma's argument syntax, `xml` the raw values of the XML-style formats.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,13 +14,14 @@ use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTr
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
+use crate::formats::{GrammarStart, ToolFormat};
 #[cfg(doc)]
 use crate::model::TokenMask;
 use crate::model::{TokenId, Tokenizer};
-use crate::output::ToolFormat;
 use crate::request::ToolSpec;
 
-mod gemma;
+pub(crate) mod gemma;
+pub(crate) mod xml;
 
 /// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
 pub struct Grammars {
@@ -83,10 +85,7 @@ impl Grammars {
                 None => "tool_choice requires a tool call, but no tools were given".into(),
             });
         }
-        let frame = Frame::of(format);
-        let open = format!("{}{}", frame.marker, frame.after_marker);
-        let lark = calls_lark(format, &literal(&open), frame.close, &chosen, false);
-        self.constraint(lark)
+        self.constraint(format.grammar(&chosen, GrammarStart::Forced))
     }
 
     /// For `tool_choice: auto`: the grammars a call must follow once the model opens
@@ -99,17 +98,10 @@ impl Grammars {
         parallel: bool,
     ) -> Result<LazyCall, String> {
         let tools: Vec<&ToolSpec> = tools.iter().collect();
-        let frame = Frame::of(format);
-        let tagged = calls_lark(
-            format,
-            &literal(frame.after_marker),
-            frame.close,
-            &tools,
-            parallel,
-        );
+        let tagged = format.grammar(&tools, GrammarStart::AfterMarker { parallel });
         // A bare call's first token may carry the newline after a code fence.
         let bare = match format.bare_calls() {
-            true => Some(self.constraint(calls_lark(format, WS, "", &tools, false))?),
+            true => Some(self.constraint(format.grammar(&tools, GrammarStart::Bare))?),
             false => None,
         };
         Ok(LazyCall {
@@ -255,51 +247,22 @@ impl PartialEq for Constraint {
 }
 
 /// Whitespace, as lark expressions: before a call, and inside a call's opening.
-const WS: &str = "/[ \\t\\n]*/";
-const INDENT: &str = "/[ \\t\\n]{0,16}/";
+pub(crate) const WS: &str = "/[ \\t\\n]*/";
+pub(crate) const INDENT: &str = "/[ \\t\\n]{0,16}/";
 
-/// The text around a format's calls.
-struct Frame {
-    /// The marker that opens a call.
-    marker: &'static str,
-    /// What the model writes after it, before the call.
-    after_marker: &'static str,
-    /// What closes a call (or, for arrays, the calls).
-    close: &'static str,
-}
-
-impl Frame {
-    fn of(format: ToolFormat) -> Frame {
-        let (after_marker, close) = match format {
-            ToolFormat::Hermes => ("\n", "\n</tool_call>"),
-            ToolFormat::Llama3Json | ToolFormat::Mistral => ("", ""),
-            ToolFormat::MistralJson => ("[", "]"),
-            ToolFormat::FunctionGemma => ("", "<end_function_call>"),
-        };
-        Frame {
-            // Llama 3 writes its JSON calls without the tag (that is for built-in tools).
-            marker: match format {
-                ToolFormat::Llama3Json => "",
-                _ => format.open(),
-            },
-            after_marker,
-            close,
-        }
-    }
-}
-
-/// Lark for `open` (a lark expression), one call of one of the tools (several, separated
-/// by `, `, in Mistral's arrays when `parallel`), `close`.
-fn calls_lark(
-    format: ToolFormat,
+/// Lark for `open` (a lark expression), one call of one of the tools (or, with
+/// `separator`, one or more separated by it), `close` (text). `call(i, tool, lark)`
+/// writes the rules of a call of tool `i` into `lark` and returns the expression for it.
+pub(crate) fn calls_lark(
     open: &str,
     close: &str,
+    separator: Option<&str>,
     tools: &[&ToolSpec],
-    parallel: bool,
+    mut call: impl FnMut(usize, &ToolSpec, &mut String) -> String,
 ) -> String {
-    let calls = match (format, parallel) {
-        (ToolFormat::MistralJson, true) => "call (\", \" call)*",
-        _ => "call",
+    let calls = match separator {
+        Some(sep) => format!("call ({} call)*", literal(sep)),
+        None => "call".to_owned(),
     };
     let close = if close.is_empty() {
         String::new()
@@ -307,51 +270,39 @@ fn calls_lark(
         literal(close)
     };
     let mut lark = format!("start: {open} {calls} {close}\n");
-    let alternatives: Vec<String> = (0..tools.len()).map(|i| format!("c{i}")).collect();
+    let mut rules = String::new();
+    let alternatives: Vec<String> = tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| call(i, tool, &mut rules))
+        .collect();
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
-    for (i, tool) in tools.iter().enumerate() {
-        let name = &tool.name;
-        // The head as a lark expression. A JSON call may be pretty-printed, as small
-        // models write it: a little whitespace around its keys (bounded, so that a model
-        // can't spin in it), which a bare call's replay needs too (a token can carry the
-        // line break after the name).
-        let (head, tail) = match format {
-            ToolFormat::Hermes | ToolFormat::Llama3Json | ToolFormat::MistralJson => {
-                let (name, key) = (json_string(name), json_string(format.arguments_key()));
-                let pieces = ["{", "\"name\"", ":", &name, ",", &key, ":"].map(literal);
-                (
-                    format!("{} {INDENT}", pieces.join(&format!(" {INDENT} "))),
-                    format!("{INDENT} {}", literal("}")),
-                )
-            }
-            ToolFormat::Mistral => (literal(&format!("{name}[ARGS]")), String::new()),
-            ToolFormat::FunctionGemma => (literal(&format!("call:{name}")), String::new()),
-        };
-        lark.push_str(&format!("c{i}: {head} a{i} {tail}\n"));
-        match format {
-            ToolFormat::FunctionGemma => {
-                let mut rules = gemma::Rules::new(&format!("g{i}_"));
-                let value = rules.value(&tool.parameters);
-                lark.push_str(&format!("a{i}: {value}\n"));
-                lark.push_str(&rules.into_lark());
-            }
-            _ => lark.push_str(&format!(
-                "a{i}: %json {}\n",
-                schema_for_grammar(&tool.parameters)
-            )),
-        }
-    }
-    if format == ToolFormat::FunctionGemma {
-        lark.push_str(gemma::TERMINALS);
-    }
+    lark.push_str(&rules);
     lark
+}
+
+/// The rules of a JSON call object `{"name": ..., "<key>": {...}}` for tool `i`. A JSON
+/// call may be pretty-printed, as small models write it: a little whitespace around its
+/// keys (bounded, so that a model can't spin in it), which a bare call's replay needs
+/// too (a token can carry the line break after the name).
+pub(crate) fn json_call_rule(i: usize, tool: &ToolSpec, key: &str, lark: &mut String) -> String {
+    let (name, key) = (json_string(&tool.name), json_string(key));
+    let pieces = ["{", "\"name\"", ":", &name, ",", &key, ":"].map(literal);
+    let head = format!("{} {INDENT}", pieces.join(&format!(" {INDENT} ")));
+    let tail = format!("{INDENT} {}", literal("}"));
+    lark.push_str(&format!("c{i}: {head} a{i} {tail}\n"));
+    lark.push_str(&format!(
+        "a{i}: %json {}\n",
+        schema_for_grammar(&tool.parameters)
+    ));
+    format!("c{i}")
 }
 
 /// A schema as llguidance takes it: lenient about keywords it does not implement (tool
 /// schemas carry `$schema`, `format`, ...), and an object when the tool gave none. The
 /// arguments take only the properties the tool names (as OpenAI's strict mode): left
 /// open, a small model invents keys until `max_tokens`.
-fn schema_for_grammar(schema: &Value) -> String {
+pub(crate) fn schema_for_grammar(schema: &Value) -> String {
     let mut schema = match schema {
         Value::Object(o) if !o.is_empty() => Value::Object(o.clone()),
         _ => serde_json::json!({"type": "object"}),
@@ -370,12 +321,12 @@ fn schema_for_grammar(schema: &Value) -> String {
     schema.to_string()
 }
 
-fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
 /// A lark string literal for `s`.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     json_string(s)
 }
 
@@ -436,7 +387,7 @@ mod tests {
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let tools = [weather()];
         let mut c = grammars
-            .forced_call(ToolFormat::Hermes, &tools, None)
+            .forced_call(ToolFormat::HERMES, &tools, None)
             .unwrap();
         // The "model" wants to chat; the grammar makes it call.
         let text = generate(&mut c, "Sure! The weather is nice.");
@@ -454,7 +405,7 @@ mod tests {
     fn a_bare_call_follows_the_schema_once_it_names_a_tool() {
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let lazy = grammars
-            .call_body(ToolFormat::Hermes, &[weather()], true)
+            .call_body(ToolFormat::HERMES, &[weather()], true)
             .unwrap();
         assert_eq!(lazy.names(), ["get_weather".to_owned()]);
         let other = ByteTokenizer.encode("{\"name\": \"get_time\"");
@@ -484,11 +435,11 @@ mod tests {
         use crate::output::{OutputFormat, OutputParser, Segment};
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let cases = [
-            (ToolFormat::Hermes, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}\n</tool_call>"),
-            (ToolFormat::Llama3Json, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\", \"days\": 2}}"),
-            (ToolFormat::Mistral, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\", \"days\": 2}"),
-            (ToolFormat::MistralJson, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}]"),
-            (ToolFormat::FunctionGemma, "<start_function_call>call:get_weather{city:<escape>Oslo<escape>,days:2}<end_function_call>"),
+            (ToolFormat::HERMES, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}\n</tool_call>"),
+            (ToolFormat::LLAMA3_JSON, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\", \"days\": 2}}"),
+            (ToolFormat::MISTRAL, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\", \"days\": 2}"),
+            (ToolFormat::MISTRAL_JSON, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}]"),
+            (ToolFormat::FUNCTIONGEMMA, "<start_function_call>call:get_weather{city:<escape>Oslo<escape>,days:2}<end_function_call>"),
         ];
         for (format, own) in cases {
             let mut c = grammars.forced_call(format, &[weather()], None).unwrap();
@@ -518,7 +469,7 @@ mod tests {
         let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
         let allowed = |text: &str| {
             let mut c = grammars
-                .forced_call(ToolFormat::FunctionGemma, &[weather()], None)
+                .forced_call(ToolFormat::FUNCTIONGEMMA, &[weather()], None)
                 .unwrap();
             ByteTokenizer.encode(text).into_iter().all(|t| {
                 let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
@@ -557,12 +508,12 @@ mod tests {
         other.name = "get_time".into();
         let tools = [weather(), other];
         let mut c = grammars
-            .forced_call(ToolFormat::Hermes, &tools, Some("get_time"))
+            .forced_call(ToolFormat::HERMES, &tools, Some("get_time"))
             .unwrap();
         let text = generate(&mut c, "<tool_call>\n{\"name\": \"get_weather\"");
         assert!(text.contains("\"name\": \"get_time\""), "{text}");
         assert!(grammars
-            .forced_call(ToolFormat::Hermes, &tools, Some("nope"))
+            .forced_call(ToolFormat::HERMES, &tools, Some("nope"))
             .is_err());
     }
 }

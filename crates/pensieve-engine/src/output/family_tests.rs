@@ -15,7 +15,7 @@ fn format(tools: ToolFormat) -> OutputFormat {
 
 /// Cut `text` after every character: whatever was streamed of a call must close into
 /// arguments that parse, and no marker may reach the text.
-fn every_cut_parses(tools: ToolFormat, text: &str) {
+pub(crate) fn every_cut_parses(tools: ToolFormat, text: &str) {
     let chars: Vec<char> = text.chars().collect();
     for cut in 0..=chars.len() {
         let prefix: String = chars[..cut].iter().collect();
@@ -27,7 +27,7 @@ fn every_cut_parses(tools: ToolFormat, text: &str) {
                         .unwrap_or_else(|e| panic!("{prefix:?}: {args:?}: {e}"));
                 }
                 Segment::Text(t) => {
-                    for m in MARKERS {
+                    for m in tools.markers().iter().chain(&[THINK_OPEN, THINK_CLOSE]) {
                         assert!(!t.contains(m), "{prefix:?} leaked {m}: {segments:?}");
                     }
                 }
@@ -42,7 +42,7 @@ const LLAMA_CALL: &str = "{\"name\": \"get_weather\", \"parameters\": {\"city\":
 
 #[test]
 fn llama3_json_calls() {
-    let f = format(ToolFormat::Llama3Json);
+    let f = format(ToolFormat::LLAMA3_JSON);
     assert_eq!(
         parse(f, LLAMA_CALL).0,
         call("get_weather", "{\"city\": \"Paris\"}")
@@ -63,7 +63,7 @@ fn llama3_json_calls() {
         vec![Segment::Text("It is sunny in Paris.".into())]
     );
     assert_eq!(calls, 0);
-    every_cut_parses(ToolFormat::Llama3Json, &text);
+    every_cut_parses(ToolFormat::LLAMA3_JSON, &text);
 }
 
 // Mistral Small 3.2 / Devstral (tokenizer v11+): `[TOOL_CALLS]name[ARGS]{...}` per call.
@@ -72,7 +72,7 @@ const MISTRAL_CALLS_V11: &str =
 
 #[test]
 fn mistral_name_and_args_calls() {
-    let f = format(ToolFormat::Mistral);
+    let f = format(ToolFormat::MISTRAL);
     let (segments, calls) = parse(f, MISTRAL_CALLS_V11);
     let mut expected = call("get_weather", "{\"city\": \"Paris\"}");
     expected.extend(call("get_time", "{\"tz\": \"CET\"}"));
@@ -84,7 +84,7 @@ fn mistral_name_and_args_calls() {
     let mut expected = vec![Segment::Text("Checking.".into())];
     expected.extend(call("get_weather", "{\"city\": \"Paris\"}"));
     assert_eq!(segments, expected);
-    every_cut_parses(ToolFormat::Mistral, MISTRAL_CALLS_V11);
+    every_cut_parses(ToolFormat::MISTRAL, MISTRAL_CALLS_V11);
 }
 
 // Mistral 7B v0.3 / Nemo: a JSON array after `[TOOL_CALLS]` (Nemo adds an "id").
@@ -92,19 +92,19 @@ const MISTRAL_ARRAY: &str = "[TOOL_CALLS] [{\"name\": \"get_weather\", \"argumen
 
 #[test]
 fn mistral_json_array_calls() {
-    for tools in [ToolFormat::MistralJson, ToolFormat::Mistral] {
+    for tools in [ToolFormat::MISTRAL_JSON, ToolFormat::MISTRAL] {
         let (segments, calls) = parse(format(tools), MISTRAL_ARRAY);
         let mut expected = call("get_weather", "{\"city\": \"Paris\"}");
         expected.extend(call("get_time", "{\"tz\": \"CET\"}"));
         assert_eq!(segments, expected, "{tools:?}");
         assert_eq!(calls, 2);
     }
-    every_cut_parses(ToolFormat::MistralJson, MISTRAL_ARRAY);
+    every_cut_parses(ToolFormat::MISTRAL_JSON, MISTRAL_ARRAY);
 }
 
 #[test]
 fn mistral_output_that_is_no_call_is_text() {
-    let f = format(ToolFormat::Mistral);
+    let f = format(ToolFormat::MISTRAL);
     let text = "[TOOL_CALLS]what is this? not a name";
     let (segments, calls) = parse(f, text);
     assert_eq!(merge_text(segments), text);
@@ -116,7 +116,7 @@ const GEMMA_CALL: &str = "<start_function_call>call:get_current_temperature{loca
 
 #[test]
 fn functiongemma_calls() {
-    let f = format(ToolFormat::FunctionGemma);
+    let f = format(ToolFormat::FUNCTIONGEMMA);
     assert_eq!(
         parse(f, GEMMA_CALL).0,
         call(
@@ -134,13 +134,13 @@ fn functiongemma_calls() {
     ));
     assert_eq!(segments, expected);
     assert_eq!(calls, 2);
-    every_cut_parses(ToolFormat::FunctionGemma, text);
-    every_cut_parses(ToolFormat::FunctionGemma, GEMMA_CALL);
+    every_cut_parses(ToolFormat::FUNCTIONGEMMA, text);
+    every_cut_parses(ToolFormat::FUNCTIONGEMMA, GEMMA_CALL);
 }
 
 #[test]
 fn functiongemma_text_around_calls() {
-    let f = format(ToolFormat::FunctionGemma);
+    let f = format(ToolFormat::FUNCTIONGEMMA);
     let text = format!("Let me check.{GEMMA_CALL}");
     let (segments, _) = parse(f, &text);
     assert_eq!(segments[0], Segment::Text("Let me check.".into()));
@@ -155,20 +155,20 @@ fn functiongemma_text_around_calls() {
 #[test]
 fn each_family_is_found_in_its_template() {
     let cases = [
-        ("{%- for t in tools %}<tool_call>{{ t }}</tool_call>", ToolFormat::Hermes),
+        ("{%- for t in tools %}<tool_call>{{ t }}</tool_call>", ToolFormat::HERMES),
         (
             "{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}",
-            ToolFormat::Llama3Json,
+            ToolFormat::LLAMA3_JSON,
         ),
-        ("{{- '<|python_tag|>' + tool_call.name + '.call(' }}", ToolFormat::Llama3Json),
-        ("{{- '[TOOL_CALLS]' + name + '[ARGS]' + arguments }}", ToolFormat::Mistral),
-        ("{{- '[TOOL_CALLS] [' + calls|tojson + ']' }}", ToolFormat::MistralJson),
-        ("{{- '<start_function_call>call:' + name }}", ToolFormat::FunctionGemma),
+        ("{{- '<|python_tag|>' + tool_call.name + '.call(' }}", ToolFormat::LLAMA3_JSON),
+        ("{{- '[TOOL_CALLS]' + name + '[ARGS]' + arguments }}", ToolFormat::MISTRAL),
+        ("{{- '[TOOL_CALLS] [' + calls|tojson + ']' }}", ToolFormat::MISTRAL_JSON),
+        ("{{- '<start_function_call>call:' + name }}", ToolFormat::FUNCTIONGEMMA),
     ];
     for (template, expected) in cases {
         assert_eq!(ToolFormat::detect(template), Some(expected), "{template}");
     }
-    for name in ToolFormat::NAMES {
+    for name in ToolFormat::names() {
         assert!(ToolFormat::from_name(name).is_some(), "{name}");
     }
 }

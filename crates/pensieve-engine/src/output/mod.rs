@@ -2,161 +2,48 @@
 //! in the model's own format as the text streams, so that no marker reaches the client
 //! and a call's arguments stream as soon as they are generated.
 //!
-//! `call` reads JSON call objects (Hermes, Llama 3, Mistral's arrays), `mistral` the
-//! `name[ARGS]{...}` form, `gemma` FunctionGemma's `call:name{key:<escape>value<escape>}`.
+//! [`OutputParser`] splits text from `<think>` reasoning and finds where a call opens;
+//! the format ([`crate::formats`]) gives the [`CallReader`] that reads the call. Readers
+//! several formats share live here: `json_call` reads JSON call objects (Hermes, Llama 3,
+//! Mistral's arrays), `gemma_call` the `call:name{key:<delim>value<delim>}` syntax of the
+//! Gemma family, `xml_call` the XML-style calls whose values are raw text typed by the
+//! tool's schema (Qwen3-Coder, GLM, MiniMax).
 
-mod call;
-mod gemma;
+mod gemma_call;
 mod json;
-mod mistral;
+mod json_call;
+mod typed;
+mod xml_call;
 
 use std::collections::HashMap;
 
 use crate::model::{TokenId, Tokenizer};
-use call::Call;
-use gemma::GemmaCall;
+use crate::request::ToolSpec;
 
-/// How a model writes tool calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolFormat {
-    /// Hermes and Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
-    Hermes,
-    /// Llama 3.x: `{"name": ..., "parameters": {...}}` alone, perhaps after
-    /// `<|python_tag|>`, several separated by `;`.
-    Llama3Json,
-    /// Mistral since tokenizer v11 (Mistral Small 3.2, Devstral, Magistral):
-    /// `[TOOL_CALLS]name[ARGS]{...}`, once per call.
-    Mistral,
-    /// Earlier Mistral (7B v0.3, Nemo, Small 3.1):
-    /// `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`.
-    MistralJson,
-    /// FunctionGemma (Gemma 3 270M):
-    /// `<start_function_call>call:name{key:<escape>text<escape>,n:1}<end_function_call>`.
-    FunctionGemma,
-}
+pub use crate::formats::ToolFormat;
+pub(crate) use gemma_call::{GemmaCall, GemmaSyntax};
+pub(crate) use json::JsonScanner;
+pub(crate) use json_call::{bare_call_name, BareName, JsonCall};
+pub(crate) use xml_call::{XmlCall, XmlSyntax};
 
-impl ToolFormat {
-    /// Names accepted by `--tool-parser` (vLLM's names for the same formats).
-    pub const NAMES: &'static [&'static str] = &[
-        "hermes",
-        "qwen",
-        "llama3_json",
-        "mistral",
-        "mistral_json",
-        "functiongemma",
-    ];
-
-    /// The format a chat template teaches its model, when it is one we parse.
-    pub fn detect(template: &str) -> Option<ToolFormat> {
-        if template.contains(CALL_OPEN) {
-            Some(ToolFormat::Hermes)
-        } else if template.contains(MISTRAL_CALLS) {
-            Some(if template.contains(MISTRAL_ARGS) {
-                ToolFormat::Mistral
-            } else {
-                ToolFormat::MistralJson
-            })
-        } else if template.contains(GEMMA_CALL_OPEN) {
-            Some(ToolFormat::FunctionGemma)
-        } else if template.contains(PYTHON_TAG)
-            || template.contains("{\"name\": function name, \"parameters\"")
-        {
-            Some(ToolFormat::Llama3Json)
-        } else {
-            None
-        }
-    }
-
-    /// The name `--tool-parser` takes for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ToolFormat::Hermes => "hermes",
-            ToolFormat::Llama3Json => "llama3_json",
-            ToolFormat::Mistral => "mistral",
-            ToolFormat::MistralJson => "mistral_json",
-            ToolFormat::FunctionGemma => "functiongemma",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<ToolFormat> {
-        match name {
-            "hermes" | "qwen" => Some(ToolFormat::Hermes),
-            "llama3_json" | "llama3" => Some(ToolFormat::Llama3Json),
-            "mistral" => Some(ToolFormat::Mistral),
-            "mistral_json" => Some(ToolFormat::MistralJson),
-            "functiongemma" | "gemma" => Some(ToolFormat::FunctionGemma),
-            _ => None,
-        }
-    }
-
-    /// The marker that opens a call (or, for Llama 3, may).
-    pub fn open(self) -> &'static str {
-        match self {
-            ToolFormat::Hermes => CALL_OPEN,
-            ToolFormat::Llama3Json => PYTHON_TAG,
-            ToolFormat::Mistral | ToolFormat::MistralJson => MISTRAL_CALLS,
-            ToolFormat::FunctionGemma => GEMMA_CALL_OPEN,
-        }
-    }
-
-    /// Whether the model may write a call object with no marker before it: Llama 3
-    /// always does, small Hermes models often drop their tags.
-    pub fn bare_calls(self) -> bool {
-        matches!(self, ToolFormat::Hermes | ToolFormat::Llama3Json)
-    }
-
-    /// The key of a call object that holds its arguments.
-    pub fn arguments_key(self) -> &'static str {
-        match self {
-            ToolFormat::Llama3Json => "parameters",
-            _ => "arguments",
-        }
-    }
-}
-
-const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
+pub(crate) const THINK_OPEN: &str = "<think>";
+pub(crate) const THINK_CLOSE: &str = "</think>";
 
 /// Code fences a call written without its tags may come in (the first: none). Such a
 /// call starts `{"name"`, with or without whitespace after the brace.
 pub(crate) const FENCES: [&str; 3] = ["", "```json\n", "```\n"];
 
-pub(crate) use call::{bare_call_name, BareName};
-
-/// The Hermes call markers.
-const CALL_OPEN: &str = "<tool_call>";
-const CALL_CLOSE: &str = "</tool_call>";
-/// Llama 3's marker before a call.
-const PYTHON_TAG: &str = "<|python_tag|>";
-/// Mistral's markers: before the calls, before a call's arguments, before a call's id.
-const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
-const MISTRAL_ARGS: &str = "[ARGS]";
-const MISTRAL_CALL_ID: &str = "[CALL_ID]";
-/// FunctionGemma's markers, and its string delimiter.
-const GEMMA_CALL_OPEN: &str = "<start_function_call>";
-const GEMMA_CALL_CLOSE: &str = "<end_function_call>";
-const GEMMA_ESCAPE: &str = "<escape>";
-
-/// Every marker a parser looks for.
-const MARKERS: &[&str] = &[
-    CALL_OPEN,
-    CALL_CLOSE,
-    THINK_OPEN,
-    THINK_CLOSE,
-    PYTHON_TAG,
-    MISTRAL_CALLS,
-    MISTRAL_ARGS,
-    MISTRAL_CALL_ID,
-    GEMMA_CALL_OPEN,
-    GEMMA_CALL_CLOSE,
-    GEMMA_ESCAPE,
-];
-
-/// The model's tokens that are exactly a marker. Models often have their markers as
-/// control tokens, which detokenize to nothing; generated, they must read as the marker.
-pub fn marker_tokens(tokenizer: &dyn Tokenizer) -> HashMap<TokenId, Vec<u8>> {
-    MARKERS
+/// The model's tokens that are exactly a marker of its tool-call format or of reasoning.
+/// Models often have their markers as control tokens, which detokenize to nothing;
+/// generated, they must read as the marker.
+pub fn marker_tokens(
+    tokenizer: &dyn Tokenizer,
+    format: Option<ToolFormat>,
+) -> HashMap<TokenId, Vec<u8>> {
+    let tools = format.map_or(&[][..], ToolFormat::markers);
+    [THINK_OPEN, THINK_CLOSE]
         .iter()
+        .chain(tools)
         .filter_map(|m| Some((tokenizer.single_token(m)?, m.as_bytes().to_vec())))
         .collect()
 }
@@ -186,36 +73,105 @@ pub enum Segment {
     CallEnd,
 }
 
+/// Reads a call after its format's opening marker, from [`Core::held`].
+pub(crate) trait CallReader: std::fmt::Debug + Send {
+    /// Read what can be read of `p.held`; say what comes next.
+    fn read(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> Next;
+    /// The output ended inside the call, with `p.held` not yet read: close what was
+    /// streamed so that its arguments still parse, or drop a call that never got a name.
+    fn finish(&mut self, p: &mut Core, out: &mut Vec<Segment>);
+}
+
+/// What a [`CallReader`] says after reading.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// It needs more text.
+    Wait,
+    /// It read something: read again.
+    Again,
+    /// The call is over (or was no call, given back as text): text follows.
+    Text,
+    /// Another reader goes on from here.
+    Reader(Box<dyn CallReader>),
+}
+
+/// The parser's state apart from its mode, which call readers read and write.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub format: OutputFormat,
+    /// Text seen but not yet emitted: it may be the start of a marker, or whitespace
+    /// that leads nowhere.
+    pub held: String,
+    /// Calls completed so far.
+    pub calls: usize,
+    /// The last segment emitted was text (whitespace that would open a text block is
+    /// dropped).
+    pub in_text: bool,
+    /// Inside Mistral's `[TOOL_CALLS][...]` array: call objects separated by `,`.
+    pub in_array: bool,
+    /// The offered tools: an object without a marker is a call only when it names one
+    /// of them (any name, when there are none); raw argument text is typed by their
+    /// schemas.
+    pub tools: Vec<ToolSpec>,
+}
+
+impl Core {
+    pub fn emit(&mut self, out: &mut Vec<Segment>, segment: Segment) {
+        self.in_text = matches!(segment, Segment::Text(_));
+        out.push(segment);
+    }
+
+    /// Text, without the whitespace that would open a block.
+    pub fn emit_text(&mut self, out: &mut Vec<Segment>, text: &str) {
+        let text = if self.in_text {
+            text
+        } else {
+            text.trim_start()
+        };
+        if !text.is_empty() {
+            self.emit(out, Segment::Text(text.to_owned()));
+        }
+    }
+
+    /// A call started: its name is known.
+    pub fn start_call(&mut self, out: &mut Vec<Segment>, name: String) {
+        self.in_text = false;
+        out.push(Segment::CallStart { name });
+    }
+
+    /// A call ended: text follows, or another call.
+    pub fn end_call(&mut self, out: &mut Vec<Segment>) {
+        out.push(Segment::CallEnd);
+        self.calls += 1;
+        self.in_text = false;
+    }
+
+    /// Whether a call without its marker may name `name`.
+    pub fn offers(&self, name: &str) -> bool {
+        self.tools.is_empty() || self.tools.iter().any(|t| t.name == name)
+    }
+
+    /// The JSON schema of a tool's arguments, when the tool was offered.
+    pub fn schema(&self, tool: &str) -> Option<&serde_json::Value> {
+        self.tools
+            .iter()
+            .find(|t| t.name == tool)
+            .map(|t| &t.parameters)
+    }
+}
+
 /// Splits one request's output text into [`Segment`]s as it streams.
 #[derive(Debug)]
 pub struct OutputParser {
-    format: OutputFormat,
+    core: Core,
     mode: Mode,
-    /// Text seen but not yet emitted: it may be the start of a marker, or whitespace
-    /// that leads nowhere.
-    held: String,
-    /// Calls completed so far.
-    calls: usize,
-    /// The last segment emitted was text (whitespace that would open a text block is
-    /// dropped).
-    in_text: bool,
-    /// Inside Mistral's `[TOOL_CALLS][...]` array: call objects separated by `,`.
-    in_array: bool,
-    /// The offered tools' names: an object without a marker is a call only when it names
-    /// one of them (all names, when empty).
-    names: Vec<String>,
 }
 
 #[derive(Debug)]
 enum Mode {
     Text,
     Thinking,
-    /// A JSON call object.
-    Call(Call),
-    /// After Mistral's `[TOOL_CALLS]`: a name and `[ARGS]`, or an array of call objects.
-    MistralHead,
-    /// FunctionGemma's `call:name{...}`.
-    Gemma(GemmaCall),
+    Call(Box<dyn CallReader>),
 }
 
 impl OutputParser {
@@ -226,37 +182,49 @@ impl OutputParser {
             } else {
                 Mode::Text
             },
-            format,
-            held: String::new(),
-            calls: 0,
-            in_text: false,
-            in_array: false,
-            names: Vec::new(),
+            core: Core {
+                format,
+                held: String::new(),
+                calls: 0,
+                in_text: false,
+                in_array: false,
+                tools: Vec::new(),
+            },
         }
     }
 
-    /// Only objects naming one of these tools are calls without their marker.
-    pub fn with_tool_names(mut self, names: &[String]) -> Self {
-        self.names = names.to_vec();
+    /// The tools the request offers: a call without its marker must name one of them,
+    /// and their schemas type the raw argument values of the XML-style formats.
+    pub fn with_tools(mut self, tools: &[ToolSpec]) -> Self {
+        self.core.tools = tools.to_vec();
         self
     }
 
     /// Complete tool calls so far.
     pub fn calls(&self) -> usize {
-        self.calls
+        self.core.calls
     }
 
     /// Feed generated text; returns what it completes.
     pub fn push(&mut self, text: &str) -> Vec<Segment> {
         let mut out = Vec::new();
-        self.held.push_str(text);
+        self.core.held.push_str(text);
         loop {
-            let progressed = match self.mode {
+            let progressed = match &mut self.mode {
                 Mode::Text => self.text(&mut out),
                 Mode::Thinking => self.thinking(&mut out),
-                Mode::Call(_) => self.call(&mut out),
-                Mode::MistralHead => self.mistral_head(&mut out),
-                Mode::Gemma(_) => self.gemma_call(&mut out),
+                Mode::Call(reader) => match reader.read(&mut self.core, &mut out) {
+                    Next::Wait => false,
+                    Next::Again => true,
+                    Next::Text => {
+                        self.mode = Mode::Text;
+                        true
+                    }
+                    Next::Reader(next) => {
+                        self.mode = Mode::Call(next);
+                        true
+                    }
+                },
             };
             if !progressed {
                 return out;
@@ -269,87 +237,64 @@ impl OutputParser {
     /// never arrived is dropped and logged.
     pub fn finish(&mut self) -> Vec<Segment> {
         let mut out = Vec::new();
-        let held = std::mem::take(&mut self.held);
         match std::mem::replace(&mut self.mode, Mode::Text) {
             // Whitespace ends the text it follows; alone, it is not worth a block.
             Mode::Text => {
-                if self.in_text || !held.trim().is_empty() {
-                    self.emit_text(&mut out, &held);
+                let held = std::mem::take(&mut self.core.held);
+                if self.core.in_text || !held.trim().is_empty() {
+                    self.core.emit_text(&mut out, &held);
                 }
             }
             Mode::Thinking => {
+                let held = std::mem::take(&mut self.core.held);
                 if !held.is_empty() {
-                    self.emit(&mut out, Segment::Thinking(held));
+                    self.core.emit(&mut out, Segment::Thinking(held));
                 }
             }
-            Mode::Call(call) => self.finish_call(&mut out, call, &held),
-            Mode::MistralHead => {
-                tracing::info!(body = %held, "a tool call was cut off before its arguments; dropped");
+            Mode::Call(mut reader) => {
+                reader.finish(&mut self.core, &mut out);
+                self.core.held.clear();
             }
-            Mode::Gemma(call) => self.finish_gemma(&mut out, call, &held),
         }
         out
     }
 
-    fn emit(&mut self, out: &mut Vec<Segment>, segment: Segment) {
-        self.in_text = matches!(segment, Segment::Text(_));
-        out.push(segment);
-    }
-
-    /// Text, without the whitespace that would open a block.
-    fn emit_text(&mut self, out: &mut Vec<Segment>, text: &str) {
-        let text = if self.in_text {
-            text
-        } else {
-            text.trim_start()
-        };
-        if !text.is_empty() {
-            self.emit(out, Segment::Text(text.to_owned()));
-        }
-    }
-
-    /// A call ended: text follows, or another call.
-    fn end_call(&mut self, out: &mut Vec<Segment>) {
-        out.push(Segment::CallEnd);
-        self.calls += 1;
-        self.in_text = false;
-        self.mode = Mode::Text;
-    }
-
     /// Plain text: emit up to the next marker (or up to a possible marker start).
     fn text(&mut self, out: &mut Vec<Segment>) -> bool {
+        let core = &mut self.core;
         // Small models often drop the tags and write the call's object alone, where a
         // block starts; some wrap it in a code fence. Llama 3 writes calls that way.
-        let bare = self.format.tools.is_some_and(ToolFormat::bare_calls) || self.in_array;
-        if bare && !self.in_text {
-            match self.bare_call_start() {
-                Some(true) => return true,
+        let bare = core.format.tools.is_some_and(ToolFormat::bare_calls) || core.in_array;
+        if bare && !core.in_text {
+            match json_call::bare_call_start(core) {
+                json_call::BareStart::Started(call) => {
+                    self.mode = Mode::Call(Box::new(call));
+                    return true;
+                }
                 // Whitespace, or what may still become a bare call: wait.
-                Some(false) => return false,
-                None => {}
+                json_call::BareStart::Maybe => return false,
+                json_call::BareStart::No => {}
             }
         }
-        let mut markers: Vec<&str> = Vec::new();
-        if let Some(tools) = self.format.tools {
-            markers.push(tools.open());
+        let open = core.format.tools.map(ToolFormat::open);
+        let mut markers: Vec<&str> = open.into_iter().collect();
+        if core.format.reasoning {
+            // A `</think>` in text closes a block whose opening we did not see (a call
+            // inside reasoning ended it, or the prompt opened it): it is no text.
+            markers.extend([THINK_OPEN, THINK_CLOSE]);
         }
-        if self.format.reasoning {
-            markers.push(THINK_OPEN);
-        }
-        match find_marker(&self.held, &markers) {
+        match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
-                let before: String = self.held[..at].to_owned();
-                self.held.drain(..at + marker.len());
+                let before: String = core.held[..at].to_owned();
+                core.held.drain(..at + marker.len());
                 // Whitespace between blocks is not worth a text block of its own.
-                self.emit_text(out, before.trim_end());
-                self.in_text = false;
-                self.mode = match marker {
-                    THINK_OPEN => Mode::Thinking,
-                    CALL_OPEN => Mode::Call(Call::tagged(CALL_CLOSE)),
-                    MISTRAL_CALLS => Mode::MistralHead,
-                    GEMMA_CALL_OPEN => Mode::Gemma(GemmaCall::default()),
-                    // Llama 3's tag: the call object follows, as a bare one.
-                    _ => Mode::Text,
+                core.emit_text(out, before.trim_end());
+                core.in_text = false;
+                self.mode = match (marker, core.format.tools) {
+                    (THINK_OPEN, _) => Mode::Thinking,
+                    (THINK_CLOSE, _) => Mode::Text,
+                    (_, Some(tools)) => Mode::Call(tools.reader()),
+                    (_, None) => Mode::Text,
                 };
                 true
             }
@@ -359,32 +304,44 @@ impl OutputParser {
                 let keep = if markers.is_empty() && !bare {
                     safe
                 } else {
-                    self.held[..safe].trim_end().len()
+                    core.held[..safe].trim_end().len()
                 };
                 if keep > 0 {
-                    let text: String = self.held.drain(..keep).collect();
-                    self.emit_text(out, &text);
+                    let text: String = core.held.drain(..keep).collect();
+                    core.emit_text(out, &text);
                 }
                 false
             }
         }
     }
 
+    /// Reasoning, up to `</think>` or a call: models call tools from inside their
+    /// reasoning too (Qwen3.5 often leaves `</think>` out before a call).
     fn thinking(&mut self, out: &mut Vec<Segment>) -> bool {
-        match find_marker(&self.held, &[THINK_CLOSE]) {
-            Found::At(at, _) => {
-                let thought = self.held[..at].to_owned();
-                self.held.drain(..at + THINK_CLOSE.len());
+        let core = &mut self.core;
+        let open = core.format.tools.map(ToolFormat::open);
+        let mut markers = vec![THINK_CLOSE];
+        markers.extend(open.filter(|o| !o.is_empty()));
+        match find_marker(&core.held, &markers) {
+            Found::At(at, marker) => {
+                let thought = core.held[..at].to_owned();
+                core.held.drain(..at + marker.len());
                 if !thought.is_empty() {
-                    self.emit(out, Segment::Thinking(thought));
+                    core.emit(out, Segment::Thinking(thought));
                 }
-                self.mode = Mode::Text;
+                self.mode = match (marker, core.format.tools) {
+                    (THINK_CLOSE, _) | (_, None) => Mode::Text,
+                    (_, Some(tools)) => {
+                        core.in_text = false;
+                        Mode::Call(tools.reader())
+                    }
+                };
                 true
             }
             Found::No { safe } => {
                 if safe > 0 {
-                    let thought: String = self.held.drain(..safe).collect();
-                    self.emit(out, Segment::Thinking(thought));
+                    let thought: String = core.held.drain(..safe).collect();
+                    core.emit(out, Segment::Thinking(thought));
                 }
                 false
             }
@@ -392,16 +349,17 @@ impl OutputParser {
     }
 }
 
-enum Found<'m> {
+pub(crate) enum Found<'m> {
     /// A marker starts at this byte offset.
     At(usize, &'m str),
     /// No marker; text up to `safe` can't be the start of one.
     No { safe: usize },
 }
 
-fn find_marker<'m>(text: &str, markers: &[&'m str]) -> Found<'m> {
+pub(crate) fn find_marker<'m>(text: &str, markers: &[&'m str]) -> Found<'m> {
     let first = markers
         .iter()
+        .filter(|m| !m.is_empty())
         .filter_map(|m| text.find(m).map(|at| (at, *m)))
         .min_by_key(|(at, _)| *at);
     if let Some((at, m)) = first {
@@ -411,7 +369,7 @@ fn find_marker<'m>(text: &str, markers: &[&'m str]) -> Found<'m> {
     let mut safe = text.len();
     for m in markers {
         for len in (1..m.len()).rev() {
-            if text.ends_with(&m[..len]) {
+            if m.is_char_boundary(len) && text.ends_with(&m[..len]) {
                 safe = safe.min(text.len() - len);
                 break;
             }
@@ -422,7 +380,7 @@ fn find_marker<'m>(text: &str, markers: &[&'m str]) -> Found<'m> {
 
 /// Whether `name` can be a tool's name (the part of a call before its arguments, in the
 /// formats that write it bare).
-fn is_tool_name(name: &str) -> bool {
+pub(crate) fn is_tool_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -430,7 +388,20 @@ fn is_tool_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// A reader for formats whose marker only announces a call that follows as a bare JSON
+/// object (Llama 3's `<|python_tag|>`): text mode reads it.
+#[derive(Debug)]
+pub(crate) struct MarkerOnly;
+
+impl CallReader for MarkerOnly {
+    fn read(&mut self, _: &mut Core, _: &mut Vec<Segment>) -> Next {
+        Next::Text
+    }
+
+    fn finish(&mut self, _: &mut Core, _: &mut Vec<Segment>) {}
+}
+
 #[cfg(test)]
-mod family_tests;
+pub(crate) mod family_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,14 +3,14 @@
 use super::*;
 
 const HERMES: OutputFormat = OutputFormat {
-    tools: Some(ToolFormat::Hermes),
+    tools: Some(ToolFormat::HERMES),
     reasoning: true,
     starts_thinking: false,
 };
 
 /// Segments of `text` fed in pieces of `size` characters, merged (adjacent text,
 /// thinking and argument fragments joined) so splits can be compared.
-pub(super) fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Segment>, usize) {
+pub(crate) fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Segment>, usize) {
     let mut p = OutputParser::new(format);
     let mut out = Vec::new();
     let chars: Vec<char> = text.chars().collect();
@@ -21,7 +21,7 @@ pub(super) fn parse_in(format: OutputFormat, text: &str, size: usize) -> (Vec<Se
     (merge(out), p.calls())
 }
 
-pub(super) fn merge(segments: Vec<Segment>) -> Vec<Segment> {
+pub(crate) fn merge(segments: Vec<Segment>) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for s in segments {
         match (out.last_mut(), s) {
@@ -34,8 +34,31 @@ pub(super) fn merge(segments: Vec<Segment>) -> Vec<Segment> {
     out
 }
 
+/// As [`parse`], for a request offering `tools` (whose schemas type raw values).
+pub(crate) fn parse_with(
+    format: OutputFormat,
+    tools: &[ToolSpec],
+    text: &str,
+) -> (Vec<Segment>, usize) {
+    let run = |size: usize| {
+        let mut p = OutputParser::new(format).with_tools(tools);
+        let mut out = Vec::new();
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(size.max(1)) {
+            out.extend(p.push(&piece.iter().collect::<String>()));
+        }
+        out.extend(p.finish());
+        (merge(out), p.calls())
+    };
+    let whole = run(usize::MAX);
+    for size in [1, 2, 3, 5, 7, 13] {
+        assert_eq!(run(size), whole, "split every {size} chars");
+    }
+    whole
+}
+
 /// The same segments however the text is split.
-pub(super) fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
+pub(crate) fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
     let whole = parse_in(format, text, usize::MAX);
     for size in [1, 2, 3, 5, 7, 13] {
         assert_eq!(
@@ -47,7 +70,7 @@ pub(super) fn parse(format: OutputFormat, text: &str) -> (Vec<Segment>, usize) {
     whole
 }
 
-pub(super) fn call(name: &str, args: &str) -> Vec<Segment> {
+pub(crate) fn call(name: &str, args: &str) -> Vec<Segment> {
     vec![
         Segment::CallStart { name: name.into() },
         Segment::CallArguments(args.into()),
@@ -226,10 +249,10 @@ fn without_tools_markers_are_text() {
 fn the_format_comes_from_the_template() {
     assert_eq!(
         ToolFormat::detect("...<tool_call>\\n{\"name\": ...</tool_call>..."),
-        Some(ToolFormat::Hermes)
+        Some(ToolFormat::HERMES)
     );
     assert_eq!(ToolFormat::detect("{{ messages }}"), None);
-    assert_eq!(ToolFormat::from_name("hermes"), Some(ToolFormat::Hermes));
+    assert_eq!(ToolFormat::from_name("hermes"), Some(ToolFormat::HERMES));
     assert_eq!(ToolFormat::from_name("nope"), None);
 }
 
@@ -274,7 +297,12 @@ fn a_bare_call_in_a_code_fence_is_a_call() {
 #[test]
 fn without_its_marker_an_object_must_name_an_offered_tool() {
     let parse_with = |text: &str| {
-        let mut p = OutputParser::new(HERMES).with_tool_names(&["get_weather".to_owned()]);
+        let tool = ToolSpec {
+            name: "get_weather".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object"}),
+        };
+        let mut p = OutputParser::new(HERMES).with_tools(&[tool]);
         let mut out = p.push(text);
         out.extend(p.finish());
         (merge(out), p.calls())

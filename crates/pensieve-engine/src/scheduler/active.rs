@@ -91,10 +91,7 @@ impl Active {
         let stops = StopMatcher::new(&job.request.stop_sequences);
         let constraint = job.request.constraint.clone();
         let lazy_call = job.request.lazy_call.clone();
-        let mut output = OutputParser::new(job.request.output);
-        if let Some(lazy) = &lazy_call {
-            output = output.with_tool_names(lazy.names());
-        }
+        let output = OutputParser::new(job.request.output).with_tools(&job.request.tools);
         Active {
             prompt_len: tokens.len(),
             tokens,

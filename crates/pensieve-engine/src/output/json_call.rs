@@ -4,11 +4,11 @@
 //! can stream as they are generated.
 
 use super::json::{JsonScanner, Scan};
-use super::{find_marker, Found, Mode, OutputParser, Segment, ToolFormat, FENCES};
+use super::{find_marker, CallReader, Core, Found, Next, Segment, ToolFormat, FENCES};
 
 /// A call object being read.
 #[derive(Debug, Default)]
-pub(super) struct Call {
+pub(crate) struct JsonCall {
     /// The call's text after the opening marker.
     body: String,
     /// Set once `{"name": "...", "arguments":` has been read and the call announced.
@@ -31,113 +31,155 @@ pub(super) struct Call {
     closers: Vec<&'static str>,
 }
 
-impl Call {
-    pub(super) fn tagged(close: &'static str) -> Call {
-        Call {
+impl JsonCall {
+    pub(crate) fn tagged(close: &'static str) -> JsonCall {
+        JsonCall {
             close: Some(close),
-            ..Call::default()
+            ..JsonCall::default()
         }
     }
 
     /// A call whose name was read: its arguments follow, and end it.
-    pub(super) fn arguments_only(scanner: JsonScanner) -> Call {
-        Call {
+    pub(crate) fn arguments_only(scanner: JsonScanner) -> JsonCall {
+        JsonCall {
             args: Some(scanner),
             arguments_only: true,
-            ..Call::default()
+            ..JsonCall::default()
         }
     }
 }
 
-impl OutputParser {
-    /// Where a block starts, a call object without its marker (perhaps in a code fence):
-    /// Some(true) when one started, Some(false) when it may still, None when not.
-    pub(super) fn bare_call_start(&mut self) -> Option<bool> {
-        let trimmed = self.held.trim_start();
-        let mut may_start = false;
-        for fence in FENCES {
-            match bare_object(trimmed, fence) {
-                Bare::Yes => {
-                    let skip = self.held.len() - trimmed.len() + fence.len();
-                    self.held.drain(..skip);
-                    let mut closers = Vec::new();
-                    if !fence.is_empty() {
-                        closers.push("```");
-                    }
-                    if self.in_array {
-                        closers.extend([",", "]"]);
-                    }
-                    if self.format.tools == Some(ToolFormat::Llama3Json) {
-                        closers.push(";");
-                    }
-                    self.mode = Mode::Call(Call {
-                        fence,
-                        closers,
-                        ..Call::default()
-                    });
-                    return Some(true);
-                }
-                Bare::Maybe => may_start = true,
-                Bare::No => {}
-            }
-        }
-        may_start.then_some(false)
-    }
+/// Whether a call object without its marker starts where text mode stands.
+pub(super) enum BareStart {
+    Started(JsonCall),
+    /// Whitespace, or what may still become one: wait.
+    Maybe,
+    No,
+}
 
-    pub(super) fn call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
+/// Where a block starts, a call object without its marker (perhaps in a code fence).
+pub(super) fn bare_call_start(p: &mut Core) -> BareStart {
+    let trimmed = p.held.trim_start();
+    let mut may_start = false;
+    for fence in FENCES {
+        match bare_object(trimmed, fence) {
+            Bare::Yes => {
+                let skip = p.held.len() - trimmed.len() + fence.len();
+                p.held.drain(..skip);
+                let mut closers = Vec::new();
+                if !fence.is_empty() {
+                    closers.push("```");
+                }
+                if p.in_array {
+                    closers.extend([",", "]"]);
+                }
+                if p.format.tools == Some(ToolFormat::LLAMA3_JSON) {
+                    closers.push(";");
+                }
+                return BareStart::Started(JsonCall {
+                    fence,
+                    closers,
+                    ..JsonCall::default()
+                });
+            }
+            Bare::Maybe => may_start = true,
+            Bare::No => {}
+        }
+    }
+    if may_start {
+        BareStart::Maybe
+    } else {
+        BareStart::No
+    }
+}
+
+impl CallReader for JsonCall {
+    fn read(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> Next {
         // Arguments stream until the scanner says the object ended.
-        if let (false, Some(scanner)) = (call.args_done, call.args.as_mut()) {
-            let (consumed, fragment, done) = stream_json(scanner, &self.held, &call.body);
-            call.body.extend(self.held.drain(..consumed));
+        if let (false, Some(scanner)) = (self.args_done, self.args.as_mut()) {
+            let (consumed, fragment, done) = stream_json(scanner, &p.held, &self.body);
+            self.body.extend(p.held.drain(..consumed));
             if !fragment.is_empty() {
                 out.push(Segment::CallArguments(fragment));
             }
             if !done {
-                return false;
+                return Next::Wait;
             }
-            call.args_done = true;
+            self.args_done = true;
         }
-        let Some(close) = call.close else {
-            return self.bare_call(out);
+        let Some(close) = self.close else {
+            return self.bare_call(p, out);
         };
         // The closing marker ends the call; what comes between the arguments and it is
         // ignored.
-        match find_marker(&self.held, &[close]) {
+        match find_marker(&p.held, &[close]) {
             Found::At(at, marker) => {
-                call.body.extend(self.held.drain(..at));
-                if self.read_header(out) {
-                    return true;
+                self.body.extend(p.held.drain(..at));
+                if self.read_header(p, out) {
+                    return Next::Again;
                 }
-                self.held.drain(..marker.len());
-                if let Mode::Call(call) = std::mem::replace(&mut self.mode, Mode::Text) {
-                    self.end_tagged_call(out, call, close);
-                }
-                true
+                p.held.drain(..marker.len());
+                self.end_tagged_call(p, out, close);
+                Next::Text
             }
             Found::No { safe } => {
-                call.body.extend(self.held.drain(..safe));
-                self.read_header(out)
+                self.body.extend(p.held.drain(..safe));
+                if self.read_header(p, out) {
+                    Next::Again
+                } else {
+                    Next::Wait
+                }
             }
         }
     }
 
-    /// A call without tags: it ends where its object does.
-    fn bare_call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.args_done && call.arguments_only {
-            self.end_call(out);
-            return true;
+    /// The output ended inside a call object.
+    fn finish(&mut self, p: &mut Core, out: &mut Vec<Segment>) {
+        self.body.push_str(&std::mem::take(&mut p.held));
+        match &self.args {
+            Some(scanner) => {
+                if self.args_done {
+                    // Only what follows the arguments is missing.
+                    p.calls += 1;
+                } else {
+                    let rest = scanner.completion();
+                    if !rest.is_empty() {
+                        out.push(Segment::CallArguments(rest));
+                    }
+                    tracing::info!("a tool call was cut off; its arguments were closed");
+                }
+                out.push(Segment::CallEnd);
+            }
+            None if self.close.is_none() => {
+                tracing::info!(body = %self.body, "a tool call was cut off before its arguments; dropped");
+            }
+            None => match parse_whole_call(&self.body) {
+                Some((name, arguments)) => {
+                    p.emit(out, Segment::CallStart { name });
+                    out.push(Segment::CallArguments(arguments));
+                    out.push(Segment::CallEnd);
+                    p.calls += 1;
+                }
+                None => {
+                    tracing::info!(body = %self.body, "a tool call was cut off before its name; dropped");
+                }
+            },
         }
-        if call.args_done {
+    }
+}
+
+impl JsonCall {
+    /// A call without tags: it ends where its object does.
+    fn bare_call(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> Next {
+        if self.args_done && self.arguments_only {
+            p.end_call(out);
+            return Next::Text;
+        }
+        if self.args_done {
             // The rest of the object: other keys are skipped.
-            let rest = call.rest.get_or_insert_with(JsonScanner::rest_of_object);
+            let rest = self.rest.get_or_insert_with(JsonScanner::rest_of_object);
             let mut consumed = None;
-            for (i, c) in self.held.char_indices() {
+            for (i, c) in p.held.char_indices() {
                 match rest.push(c) {
                     Scan::Inside => {}
                     Scan::Complete => {
@@ -151,131 +193,88 @@ impl OutputParser {
                 }
             }
             let Some(consumed) = consumed else {
-                self.held.clear();
-                return false;
+                p.held.clear();
+                return Next::Wait;
             };
-            self.held.drain(..consumed);
+            p.held.drain(..consumed);
             // Then what may follow the object; anything else is text.
-            while let Some(&closer) = call.closers.first() {
-                let trimmed = self.held.trim_start();
+            while let Some(&closer) = self.closers.first() {
+                let trimmed = p.held.trim_start();
                 if trimmed.is_empty() || (closer.starts_with(trimmed) && trimmed != closer) {
-                    return false;
+                    return Next::Wait;
                 }
-                let ws = self.held.len() - trimmed.len();
+                let ws = p.held.len() - trimmed.len();
                 if trimmed.starts_with(closer) {
-                    self.held.drain(..ws + closer.len());
+                    p.held.drain(..ws + closer.len());
                     if closer == "]" {
-                        self.in_array = false;
+                        p.in_array = false;
                     }
                 }
-                call.closers.remove(0);
+                self.closers.remove(0);
             }
-            self.end_call(out);
-            return true;
+            p.end_call(out);
+            return Next::Text;
         }
-        call.body.extend(self.held.drain(..));
-        if self.read_header(out) {
-            return true;
+        self.body.extend(p.held.drain(..));
+        if self.read_header(p, out) {
+            return Next::Again;
         }
         // Not a call after all: it was text.
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.buffered {
-            let text = format!("{}{}", call.fence, call.body);
-            self.mode = Mode::Text;
-            self.in_array = false;
-            self.emit_text(out, &text);
+        if self.buffered {
+            let text = format!("{}{}", self.fence, self.body);
+            p.in_array = false;
+            p.emit_text(out, &text);
+            return Next::Text;
         }
-        false
+        Next::Wait
     }
 
     /// Before its arguments stream: once `{"name": "...", "arguments": ` is read, announce
     /// the call and put the arguments back to be streamed. True when it did.
-    fn read_header(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Call(call) = &mut self.mode else {
-            return false;
-        };
-        if call.args.is_some() || call.buffered {
+    fn read_header(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> bool {
+        if self.args.is_some() || self.buffered {
             return false;
         }
-        let unknown = |name: &str| {
-            call.close.is_none() && !self.names.is_empty() && !self.names.iter().any(|n| n == name)
-        };
-        match parse_header(&call.body) {
+        let tagged = self.close.is_some();
+        match parse_header(&self.body) {
             // Without its marker, an object naming no offered tool is text.
-            Header::Complete { name, .. } if unknown(&name) => {
-                call.buffered = true;
+            Header::Complete { name, .. } if !tagged && !p.offers(&name) => {
+                self.buffered = true;
                 false
             }
-            Header::Complete { name, value_start } if call.body[value_start..].starts_with('{') => {
-                let value = call.body.split_off(value_start);
-                self.held.insert_str(0, &value);
-                call.args = Some(JsonScanner::default());
-                self.in_text = false;
-                out.push(Segment::CallStart { name });
+            Header::Complete { name, value_start } if self.body[value_start..].starts_with('{') => {
+                let value = self.body.split_off(value_start);
+                p.held.insert_str(0, &value);
+                self.args = Some(JsonScanner::default());
+                p.start_call(out, name);
                 true
             }
             Header::Incomplete => false,
             Header::Complete { .. } | Header::Mismatch => {
-                call.buffered = true;
+                self.buffered = true;
                 false
             }
         }
     }
 
-    fn end_tagged_call(&mut self, out: &mut Vec<Segment>, call: Call, close: &str) {
-        if call.args.is_some() {
-            self.end_call(out);
+    fn end_tagged_call(&mut self, p: &mut Core, out: &mut Vec<Segment>, close: &str) {
+        if self.args.is_some() {
+            p.end_call(out);
             return;
         }
         // Not streamed: parse the whole body now.
-        match parse_whole_call(&call.body) {
+        match parse_whole_call(&self.body) {
             Some((name, arguments)) => {
-                self.emit(out, Segment::CallStart { name });
+                p.emit(out, Segment::CallStart { name });
                 out.push(Segment::CallArguments(arguments));
-                self.end_call(out);
+                p.end_call(out);
             }
             None => {
-                tracing::warn!(body = %call.body, "a tool call could not be parsed; returned as text");
-                let open = self.format.tools.map_or("", ToolFormat::open);
-                let text = format!("{open}{}{close}", call.body);
-                self.emit(out, Segment::Text(text));
+                tracing::warn!(body = %self.body, "a tool call could not be parsed; returned as text");
+                let open = p.format.tools.map_or("", ToolFormat::open);
+                let text = format!("{open}{}{close}", self.body);
+                p.emit(out, Segment::Text(text));
             }
-        }
-    }
-
-    /// The output ended inside a call object.
-    pub(super) fn finish_call(&mut self, out: &mut Vec<Segment>, mut call: Call, held: &str) {
-        call.body.push_str(held);
-        match call.args {
-            Some(scanner) => {
-                if call.args_done {
-                    // Only what follows the arguments is missing.
-                    self.calls += 1;
-                } else {
-                    let rest = scanner.completion();
-                    if !rest.is_empty() {
-                        out.push(Segment::CallArguments(rest));
-                    }
-                    tracing::info!("a tool call was cut off; its arguments were closed");
-                }
-                out.push(Segment::CallEnd);
-            }
-            None if call.close.is_none() => {
-                tracing::info!(body = %call.body, "a tool call was cut off before its arguments; dropped");
-            }
-            None => match parse_whole_call(&call.body) {
-                Some((name, arguments)) => {
-                    self.emit(out, Segment::CallStart { name });
-                    out.push(Segment::CallArguments(arguments));
-                    out.push(Segment::CallEnd);
-                    self.calls += 1;
-                }
-                None => {
-                    tracing::info!(body = %call.body, "a tool call was cut off before its name; dropped");
-                }
-            },
         }
     }
 }
@@ -346,7 +345,7 @@ fn bare_object(text: &str, fence: &str) -> Bare {
 
 /// Feed `held` to an arguments scanner: (bytes consumed, the JSON they add, whether the
 /// value is complete). Text that can't continue the value ends it, closed.
-pub(super) fn stream_json(
+pub(crate) fn stream_json(
     scanner: &mut JsonScanner,
     held: &str,
     body: &str,

@@ -1,17 +1,30 @@
-//! FunctionGemma's calls: `<start_function_call>call:name{key:value,...}<end_function_call>`,
-//! where strings are `<escape>text<escape>`, keys are bare, and numbers, booleans,
-//! objects and arrays are written as in JSON. The arguments are translated to JSON as
-//! they stream.
+//! Calls in the syntax of the Gemma family: `call:name{key:value,...}` between the
+//! format's markers, where strings are `<delim>text<delim>`, keys are bare, and numbers,
+//! booleans, objects and arrays are written as in JSON. FunctionGemma delimits strings
+//! with `<escape>`, Gemma 4 with `<|"|>`. The arguments are translated to JSON as they
+//! stream.
 
 use super::json::JsonScanner;
-use super::{is_tool_name, Mode, OutputParser, Segment, GEMMA_CALL_CLOSE, GEMMA_ESCAPE};
+use super::{is_tool_name, CallReader, Core, Next, Segment};
 
 /// How far `call:name` may run without its `{` before the call is taken for text.
 const MAX_HEAD: usize = 256;
 
+/// One family member's markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GemmaSyntax {
+    /// Opens a call.
+    pub open: &'static str,
+    /// Closes a call.
+    pub close: &'static str,
+    /// Delimits a string on both sides.
+    pub delim: &'static str,
+}
+
 /// One call being read.
-#[derive(Debug, Default)]
-pub(super) struct GemmaCall {
+#[derive(Debug)]
+pub(crate) struct GemmaCall {
+    syntax: GemmaSyntax,
     /// The text before the arguments' `{`: `call:name`.
     head: String,
     /// Set once the name is read.
@@ -20,84 +33,86 @@ pub(super) struct GemmaCall {
     args_done: bool,
 }
 
-impl OutputParser {
-    pub(super) fn gemma_call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Gemma(call) = &mut self.mode else {
-            return false;
-        };
-        let Some(args) = call.args.as_mut() else {
-            let at = self.held.find('{');
-            call.head
-                .extend(self.held.drain(..at.unwrap_or(self.held.len())));
-            if !is_call_head(&call.head) || call.head.len() > MAX_HEAD {
-                return self.gemma_not_a_call(out);
+impl GemmaCall {
+    pub(crate) fn new(syntax: GemmaSyntax) -> GemmaCall {
+        GemmaCall {
+            syntax,
+            head: String::new(),
+            args: None,
+            args_done: false,
+        }
+    }
+
+    /// What followed the marker is no call: give it back as text.
+    fn not_a_call(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> Next {
+        tracing::warn!(body = %self.head, "a tool call could not be parsed; returned as text");
+        let text = format!("{}{}", self.syntax.open, self.head);
+        p.emit(out, Segment::Text(text));
+        Next::Text
+    }
+}
+
+impl CallReader for GemmaCall {
+    fn read(&mut self, p: &mut Core, out: &mut Vec<Segment>) -> Next {
+        let Some(args) = self.args.as_mut() else {
+            let at = p.held.find('{');
+            self.head.extend(p.held.drain(..at.unwrap_or(p.held.len())));
+            if !is_call_head(&self.head) || self.head.len() > MAX_HEAD {
+                return self.not_a_call(p, out);
             }
             if at.is_none() {
-                return false;
+                return Next::Wait;
             }
-            let head = call.head.trim();
+            let head = self.head.trim();
             let name = head.strip_prefix("call:").unwrap_or(head).trim().to_owned();
             if !is_tool_name(&name) {
-                return self.gemma_not_a_call(out);
+                return self.not_a_call(p, out);
             }
-            call.args = Some(Translator::default());
-            self.in_text = false;
-            out.push(Segment::CallStart { name });
-            return true;
+            self.args = Some(Translator::new(self.syntax.delim));
+            p.start_call(out, name);
+            return Next::Again;
         };
-        if !call.args_done {
-            let (consumed, json, status) = args.push(&self.held);
-            self.held.drain(..consumed);
+        if !self.args_done {
+            let (consumed, json, status) = args.push(&p.held);
+            p.held.drain(..consumed);
             if !json.is_empty() {
                 out.push(Segment::CallArguments(json));
             }
             match status {
-                Status::More => return false,
-                Status::Done => call.args_done = true,
+                Status::More => return Next::Wait,
+                Status::Done => self.args_done = true,
                 Status::Invalid => {
                     tracing::warn!("a tool call's arguments are not well-formed; closed");
                     let rest = args.completion();
                     if !rest.is_empty() {
                         out.push(Segment::CallArguments(rest));
                     }
-                    call.args_done = true;
+                    self.args_done = true;
                 }
             }
         }
         // The closing marker, when it comes, belongs to the call.
-        let trimmed = self.held.trim_start();
-        if trimmed.is_empty()
-            || (GEMMA_CALL_CLOSE.starts_with(trimmed) && trimmed != GEMMA_CALL_CLOSE)
-        {
-            return false;
+        let close = self.syntax.close;
+        let trimmed = p.held.trim_start();
+        if trimmed.is_empty() || (close.starts_with(trimmed) && trimmed != close) {
+            return Next::Wait;
         }
-        if let Some(rest) = trimmed.strip_prefix(GEMMA_CALL_CLOSE) {
-            self.held = rest.to_owned();
+        if let Some(rest) = trimmed.strip_prefix(close) {
+            p.held = rest.to_owned();
         }
-        self.end_call(out);
-        true
-    }
-
-    /// What followed the marker is no call: give it back as text.
-    fn gemma_not_a_call(&mut self, out: &mut Vec<Segment>) -> bool {
-        let Mode::Gemma(call) = std::mem::replace(&mut self.mode, Mode::Text) else {
-            return false;
-        };
-        tracing::warn!(body = %call.head, "a tool call could not be parsed; returned as text");
-        let text = format!("{}{}", super::GEMMA_CALL_OPEN, call.head);
-        self.emit(out, Segment::Text(text));
-        true
+        p.end_call(out);
+        Next::Text
     }
 
     /// The output ended inside a call.
-    pub(super) fn finish_gemma(&mut self, out: &mut Vec<Segment>, mut call: GemmaCall, held: &str) {
-        match call.args.as_mut() {
+    fn finish(&mut self, p: &mut Core, out: &mut Vec<Segment>) {
+        let held = std::mem::take(&mut p.held);
+        match self.args.as_mut() {
             Some(args) => {
-                if !call.args_done {
-                    let (_, json, status) = args.push(held);
-                    let mut json = json;
+                if !self.args_done {
+                    let (_, mut json, status) = args.push(&held);
                     if status == Status::Done {
-                        self.calls += 1;
+                        p.calls += 1;
                     } else {
                         json.push_str(&args.completion());
                         tracing::info!("a tool call was cut off; its arguments were closed");
@@ -106,12 +121,12 @@ impl OutputParser {
                         out.push(Segment::CallArguments(json));
                     }
                 } else {
-                    self.calls += 1;
+                    p.calls += 1;
                 }
                 out.push(Segment::CallEnd);
             }
             None => {
-                tracing::info!(body = %format!("{}{held}", call.head), "a tool call was cut off before its arguments; dropped");
+                tracing::info!(body = %format!("{}{held}", self.head), "a tool call was cut off before its arguments; dropped");
             }
         }
     }
@@ -146,7 +161,7 @@ enum State {
         first: bool,
         key: String,
     },
-    /// Inside `<escape>...<escape>`.
+    /// Inside a delimited string.
     Str,
     /// A bare literal: a number, `true`, `false`, `null`, or a word taken for a string.
     Literal(String),
@@ -155,9 +170,11 @@ enum State {
     Done,
 }
 
-/// FunctionGemma's argument syntax in, JSON out.
+/// The Gemma family's argument syntax in, JSON out.
 #[derive(Debug, Clone)]
 struct Translator {
+    /// The string delimiter.
+    delim: &'static str,
     state: State,
     /// Open containers: true for objects.
     stack: Vec<bool>,
@@ -165,9 +182,10 @@ struct Translator {
     shadow: JsonScanner,
 }
 
-impl Default for Translator {
-    fn default() -> Self {
+impl Translator {
+    fn new(delim: &'static str) -> Self {
         Translator {
+            delim,
             state: State::Value,
             stack: Vec::new(),
             shadow: JsonScanner::default(),
@@ -187,15 +205,15 @@ impl Translator {
                 break Status::More;
             };
             if self.state == State::Str {
-                match rest.find(GEMMA_ESCAPE) {
+                match rest.find(self.delim) {
                     Some(end) => {
                         json.push_str(&escape_json(&rest[..end]));
                         json.push('"');
-                        at += end + GEMMA_ESCAPE.len();
+                        at += end + self.delim.len();
                         self.state = State::After;
                     }
                     None => {
-                        let keep = partial_escape(rest);
+                        let keep = partial_marker(rest, self.delim);
                         json.push_str(&escape_json(&rest[..rest.len() - keep]));
                         at = text.len() - keep;
                         break Status::More;
@@ -204,13 +222,13 @@ impl Translator {
                 continue;
             }
             if rest.starts_with('<') && self.state == State::Value {
-                if rest.starts_with(GEMMA_ESCAPE) {
+                if rest.starts_with(self.delim) {
                     json.push('"');
-                    at += GEMMA_ESCAPE.len();
+                    at += self.delim.len();
                     self.state = State::Str;
                     continue;
                 }
-                if GEMMA_ESCAPE.starts_with(rest) {
+                if self.delim.starts_with(rest) {
                     break Status::More;
                 }
                 break Status::Invalid;
@@ -272,8 +290,8 @@ impl Translator {
                 }
                 ':' if !key.trim().is_empty() => {
                     let name = key.trim().trim_matches('"');
-                    let name = name.strip_prefix(GEMMA_ESCAPE).unwrap_or(name);
-                    let name = name.strip_suffix(GEMMA_ESCAPE).unwrap_or(name);
+                    let name = name.strip_prefix(self.delim).unwrap_or(name);
+                    let name = name.strip_suffix(self.delim).unwrap_or(name);
                     if !first {
                         json.push(',');
                     }
@@ -372,10 +390,10 @@ fn escape_json(text: &str) -> String {
     quoted[1..quoted.len() - 1].to_owned()
 }
 
-/// The length of the longest tail of `text` that could grow into `<escape>`.
-fn partial_escape(text: &str) -> usize {
-    (1..GEMMA_ESCAPE.len())
+/// The length of the longest tail of `text` that could grow into `marker`.
+fn partial_marker(text: &str, marker: &str) -> usize {
+    (1..marker.len())
         .rev()
-        .find(|&len| text.ends_with(&GEMMA_ESCAPE[..len]))
+        .find(|&len| marker.is_char_boundary(len) && text.ends_with(&marker[..len]))
         .unwrap_or(0)
 }

@@ -1,0 +1,198 @@
+//! The tool-call formats models write, one module per format behind [`Format`], listed
+//! once in [`REGISTRY`].
+//!
+//! A format owns everything that is particular to it: its names for `--tool-parser`, how
+//! a chat template shows it, its marker text (which a model may have as control tokens),
+//! the reader that turns a call into the neutral call segments as it streams, and the
+//! grammars that make a forced or lazily started call valid by construction. The generic
+//! machinery it builds on lives elsewhere: the streaming text/reasoning parser and the
+//! shared call readers in [`crate::output`], the grammar plumbing in [`crate::constrain`].
+//!
+//! Adding a format is one new module here and one line in [`REGISTRY`].
+
+mod functiongemma;
+mod glm;
+mod hermes;
+mod llama3;
+mod mistral;
+mod mistral_json;
+mod qwen3_coder;
+
+use crate::output::CallReader;
+use crate::request::ToolSpec;
+
+/// How a model writes tool calls (and the reasoning around them). Implemented once per
+/// format; see the module docs.
+pub(crate) trait Format: Send + Sync + 'static {
+    /// Names `--tool-parser` takes; the first is the one shown (vLLM's, where it has one).
+    fn names(&self) -> &'static [&'static str];
+
+    /// The models that write it, for `--tool-parser` help, `pensieve show` and the README.
+    fn models(&self) -> &'static str;
+
+    /// Whether a chat template teaches its model this format. [`REGISTRY`] is asked in
+    /// order, so a format whose template also holds a more general one's marker (Qwen's
+    /// XML has Hermes' `<tool_call>`) comes before it.
+    fn detect(&self, template: &str) -> bool;
+
+    /// The marker text the format writes. A model may have each as one control token,
+    /// which then must read as this text (see [`crate::output::marker_tokens`]).
+    fn markers(&self) -> &'static [&'static str];
+
+    /// The marker that opens a call (for Llama 3, may): the output parser hands what
+    /// follows it to [`Format::reader`], and a lazy grammar starts at it.
+    fn open(&self) -> &'static str;
+
+    /// Reads one call (or, for arrays, the calls) after [`Format::open`].
+    fn reader(&self) -> Box<dyn CallReader>;
+
+    /// Whether the model may write a JSON call object with no marker before it: Llama 3
+    /// always does, small Hermes models often drop their tags.
+    fn bare_calls(&self) -> bool {
+        false
+    }
+
+    /// The key of a JSON call object that holds its arguments.
+    fn arguments_key(&self) -> &'static str {
+        "arguments"
+    }
+
+    /// Lark for the calls, from where `start` says up to and with what closes them.
+    fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String;
+}
+
+/// Where a call's grammar starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrammarStart {
+    /// The whole output is exactly one call, marker included (a forced call).
+    Forced,
+    /// Right after the opening marker (`tool_choice: auto`); with `parallel`, formats
+    /// that hold several calls after one marker (Mistral's arrays) allow them.
+    AfterMarker { parallel: bool },
+    /// A JSON call object without its marker, perhaps after whitespace.
+    Bare,
+}
+
+/// Every format, in the order templates are matched against them.
+pub(crate) static REGISTRY: &[&dyn Format] = &[
+    &qwen3_coder::Qwen3Coder,
+    &glm::Glm47,
+    &glm::Glm45,
+    &hermes::Hermes,
+    &mistral::Mistral,
+    &mistral_json::MistralJson,
+    &functiongemma::FunctionGemma,
+    &llama3::Llama3Json,
+];
+
+/// A handle on one of the [`REGISTRY`]'s formats: cheap to copy, compared by name.
+#[derive(Clone, Copy)]
+pub struct ToolFormat(&'static dyn Format);
+
+impl ToolFormat {
+    pub const HERMES: ToolFormat = ToolFormat(&hermes::Hermes);
+    pub const LLAMA3_JSON: ToolFormat = ToolFormat(&llama3::Llama3Json);
+    pub const MISTRAL: ToolFormat = ToolFormat(&mistral::Mistral);
+    pub const MISTRAL_JSON: ToolFormat = ToolFormat(&mistral_json::MistralJson);
+    pub const FUNCTIONGEMMA: ToolFormat = ToolFormat(&functiongemma::FunctionGemma);
+    pub const QWEN3_CODER: ToolFormat = ToolFormat(&qwen3_coder::Qwen3Coder);
+    pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
+    pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
+
+    /// Every format.
+    pub fn all() -> impl Iterator<Item = ToolFormat> {
+        REGISTRY.iter().map(|f| ToolFormat(*f))
+    }
+
+    /// The format a chat template teaches its model, when it is one we parse.
+    pub fn detect(template: &str) -> Option<ToolFormat> {
+        Self::all().find(|f| f.0.detect(template))
+    }
+
+    /// The format `--tool-parser` names.
+    pub fn from_name(name: &str) -> Option<ToolFormat> {
+        Self::all().find(|f| f.0.names().contains(&name))
+    }
+
+    /// Every name `--tool-parser` takes.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        REGISTRY.iter().flat_map(|f| f.names().iter().copied())
+    }
+
+    /// The name shown for it.
+    pub fn name(self) -> &'static str {
+        self.0.names()[0]
+    }
+
+    /// Other names `--tool-parser` takes for it.
+    pub fn aliases(self) -> &'static [&'static str] {
+        &self.0.names()[1..]
+    }
+
+    /// The models that write it.
+    pub fn models(self) -> &'static str {
+        self.0.models()
+    }
+
+    pub fn markers(self) -> &'static [&'static str] {
+        self.0.markers()
+    }
+
+    pub fn open(self) -> &'static str {
+        self.0.open()
+    }
+
+    pub fn bare_calls(self) -> bool {
+        self.0.bare_calls()
+    }
+
+    pub fn arguments_key(self) -> &'static str {
+        self.0.arguments_key()
+    }
+
+    pub(crate) fn reader(self) -> Box<dyn CallReader> {
+        self.0.reader()
+    }
+
+    pub(crate) fn grammar(self, tools: &[&ToolSpec], start: GrammarStart) -> String {
+        self.0.grammar(tools, start)
+    }
+}
+
+impl PartialEq for ToolFormat {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for ToolFormat {}
+
+impl std::fmt::Debug for ToolFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for ToolFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        let mut seen = std::collections::HashSet::new();
+        for name in ToolFormat::names() {
+            assert!(seen.insert(name), "{name} twice");
+            assert!(ToolFormat::from_name(name).is_some(), "{name}");
+        }
+        for format in ToolFormat::all() {
+            assert_eq!(ToolFormat::from_name(format.name()), Some(format));
+            assert!(format.markers().contains(&format.open()) || format.open().is_empty());
+        }
+    }
+}
