@@ -205,6 +205,7 @@ impl Engine {
             tools,
             &RenderOptions {
                 enable_thinking: request.thinking,
+                reasoning_effort: None,
             },
         )?)
     }
