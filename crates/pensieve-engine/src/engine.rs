@@ -210,6 +210,7 @@ impl Engine {
             tools,
             &RenderOptions {
                 enable_thinking: request.thinking,
+                reasoning_effort: None,
             },
         )?)
     }

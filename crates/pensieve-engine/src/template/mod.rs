@@ -106,6 +106,9 @@ impl BuiltinTemplate {
 pub struct RenderOptions {
     /// Passed as `enable_thinking` (Qwen 3 style templates open or close a think block with it).
     pub enable_thinking: bool,
+    /// Passed as `reasoning_effort` only when set (gpt-oss's template writes it into its
+    /// system message, and defaults to "medium" when it is not defined).
+    pub reasoning_effort: Option<String>,
 }
 
 /// A compiled chat template: built once per model, shared across requests.
@@ -255,7 +258,7 @@ impl ChatTemplate {
         } else {
             Value::from_serialize(tools.iter().map(TemplateTool::new).collect::<Vec<_>>())
         };
-        let ctx = context! {
+        let mut ctx = context! {
             messages => Value::from_serialize(&messages),
             tools => tools,
             add_generation_prompt => prefill_marker.is_none(),
@@ -263,6 +266,11 @@ impl ChatTemplate {
             eos_token => self.tokens.eos.as_str(),
             enable_thinking => opts.enable_thinking,
         };
+        // Left undefined when unset, so `reasoning_effort is defined` and the template's
+        // own default behave as with HF's `apply_chat_template` without the kwarg.
+        if let Some(effort) = &opts.reasoning_effort {
+            ctx = context! { reasoning_effort => effort.as_str(), ..ctx };
+        }
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -284,6 +292,9 @@ impl ChatTemplate {
         env.set_formatter(python::format_output);
         env.add_filter("tojson", python::tojson);
         env.add_filter("string", python::string_filter);
+        env.add_test("iterable", python::is_iterable);
+        env.add_test("sequence", python::is_sequence);
+        env.add_test("number", python::is_number);
         // jinja2 built-ins that minijinja keeps in its contrib crate.
         env.add_filter("truncate", minijinja_contrib::filters::truncate);
         env.add_filter("striptags", minijinja_contrib::filters::striptags);
@@ -302,6 +313,17 @@ impl ChatTemplate {
         };
         template.renders_tools = template.probe_renders_tools();
         Ok(template)
+    }
+
+    /// Makes `strftime_now` read `now` instead of the clock, so tests of templates that
+    /// print today's date (gpt-oss) have fixed expected prompts.
+    #[cfg(test)]
+    fn with_fixed_now(mut self, now: chrono::NaiveDateTime) -> Self {
+        let env = Arc::get_mut(&mut self.env).expect("the template is not shared yet");
+        env.add_function("strftime_now", move |format: &str| {
+            strftime::format_time(&now.and_utc(), format)
+        });
+        self
     }
 
     /// Render a one-message conversation with a probe tool and look for its name.
@@ -419,13 +441,17 @@ fn split_modifier_end(inner: &str) -> (&str, &str) {
 }
 
 /// A message as HF templates expect it: `content` always a string, tool calls in
-/// OpenAI shape with `arguments` as an object, reasoning as `reasoning_content`.
+/// OpenAI shape with `arguments` as an object, reasoning under both names clients send
+/// it as: `reasoning_content` (Qwen, GLM, MiniMax, Nemotron, Gemma 4 templates) and
+/// `thinking` (gpt-oss's). Absent when empty: templates test `"thinking" in message`.
 #[derive(Serialize)]
 struct TemplateMessage<'a> {
     role: &'static str,
     content: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<TemplateToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -436,10 +462,12 @@ struct TemplateMessage<'a> {
 
 impl<'a> TemplateMessage<'a> {
     fn new(message: &'a Message, content: Option<&'a str>) -> Self {
+        let reasoning = message.reasoning.as_deref().filter(|r| !r.is_empty());
         TemplateMessage {
             role: message.role.as_str(),
             content: content.unwrap_or(&message.content),
-            reasoning_content: message.reasoning.as_deref().filter(|r| !r.is_empty()),
+            reasoning_content: reasoning,
+            thinking: reasoning,
             tool_calls: message
                 .tool_calls
                 .iter()

@@ -6,7 +6,8 @@
 //! and `": "` separators and unsorted keys. minijinja prints `true`, `none`, JSON
 //! maps, and its own `tojson` is compact and HTML-escapes `<`, `>`, `&` and `'`.
 //! This module owns the Python flavour of all of that: the output formatter, the
-//! `string` filter and the `tojson` filter.
+//! `string` filter, the `tojson` filter, and the type tests (`iterable`, `sequence`,
+//! `number`) whose answers differ between the two engines.
 
 use std::fmt::Write;
 
@@ -187,6 +188,32 @@ fn write_float(out: &mut String, float: f64, style: PyFloat) {
             out.push_str(&digits[int_len..]);
         }
     }
+}
+
+/// jinja2's `iterable` test (`iter(value)` succeeds): strings, lists, dicts and
+/// undefined (jinja2's Undefined iterates as empty) but not None, which minijinja
+/// iterates as empty. Qwen3-Coder's and Nemotron's `tools is iterable and tools |
+/// length > 0` relies on None failing the test when HF passes `tools=None`.
+pub(super) fn is_iterable(value: &Value) -> bool {
+    match value.kind() {
+        ValueKind::None => false,
+        ValueKind::Undefined => true,
+        _ => value.try_iter().is_ok(),
+    }
+}
+
+/// jinja2's `sequence` test (has `len` and `[]`): lists, strings, dicts and undefined;
+/// minijinja's answers true for lists only.
+pub(super) fn is_sequence(value: &Value) -> bool {
+    matches!(
+        value.kind(),
+        ValueKind::Seq | ValueKind::String | ValueKind::Map | ValueKind::Undefined
+    )
+}
+
+/// jinja2's `number` test (`isinstance(value, Number)`), which booleans pass.
+pub(super) fn is_number(value: &Value) -> bool {
+    matches!(value.kind(), ValueKind::Number | ValueKind::Bool)
 }
 
 /// Python methods on values, for templates that call `str.rsplit` and friends:
@@ -531,6 +558,34 @@ mod tests {
         ];
         for (float, expected) in cases {
             assert_eq!(float_repr(float), expected, "repr({float:?})");
+        }
+    }
+
+    #[test]
+    fn type_tests_answer_as_jinja2_does() {
+        // Expected answers are jinja2 3.1's `x is iterable` / `sequence` / `number`.
+        let undefined = Value::UNDEFINED;
+        let none = Value::from(());
+        let text = Value::from("ab");
+        let list = Value::from(vec![1, 2]);
+        let map = Value::from_serialize(serde_json::json!({"k": 1}));
+        let int = Value::from(3);
+        let float = Value::from(1.5);
+        let boolean = Value::from(true);
+        let table = [
+            (&undefined, true, true, false),
+            (&none, false, false, false),
+            (&text, true, true, false),
+            (&list, true, true, false),
+            (&map, true, true, false),
+            (&int, false, false, true),
+            (&float, false, false, true),
+            (&boolean, false, false, true),
+        ];
+        for (value, iterable, sequence, number) in table {
+            assert_eq!(is_iterable(value), iterable, "{value:?} is iterable");
+            assert_eq!(is_sequence(value), sequence, "{value:?} is sequence");
+            assert_eq!(is_number(value), number, "{value:?} is number");
         }
     }
 

@@ -15,7 +15,7 @@ pub(super) fn strftime_now(format: &str) -> String {
 
 /// Format like Python's strftime; a format chrono cannot read is returned as written,
 /// as Python does with directives it does not know.
-fn format_time<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> String
+pub(super) fn format_time<Tz: TimeZone>(time: &DateTime<Tz>, format: &str) -> String
 where
     Tz::Offset: std::fmt::Display,
 {
