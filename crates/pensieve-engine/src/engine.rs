@@ -131,7 +131,8 @@ impl Engine {
                 Some(ToolFormat::HERMES)
             }
         });
-        let reasoning = source.contains("<think>");
+        let think_open = tool_format.map_or("<think>", |f| f.reasoning().0);
+        let reasoning = source.contains("<think>") || source.contains(think_open);
         let markers = marker_tokens(tokenizer.as_ref(), tool_format);
         tracing::info!(
             template = template.describe(),
@@ -243,7 +244,6 @@ impl Engine {
                 (String::new(), tokens.clone())
             }
         };
-        let raw = request.raw_prompt.is_some();
         let context = self.shared.info.context_size;
         // At least one position must be left to generate into.
         let max_prompt = context.saturating_sub(1);
@@ -268,21 +268,36 @@ impl Engine {
             stop_sequences: request.stop_sequences.clone(),
             cache_requested: request.cache_requested,
             // A text completion is the model's text as it is.
-            output: OutputFormat {
-                tools: self.shared.tool_format.filter(|_| {
-                    !raw && !request.tools.is_empty() && request.tool_choice != ToolChoice::None
-                }),
-                reasoning: self.shared.reasoning && !raw,
-                starts_thinking: !raw && text.trim_end().ends_with("<think>"),
-            },
+            output: self.output_format(request, &text),
             constraint,
             lazy_call,
-            tools: if raw || request.tool_choice == ToolChoice::None {
+            tools: if request.raw_prompt.is_some() || request.tool_choice == ToolChoice::None {
                 Vec::new()
             } else {
                 request.tools.clone()
             },
         })
+    }
+
+    /// What the output parser looks for. A text completion is the model's text as it is.
+    fn output_format(&self, request: &GenerateRequest, prompt: &str) -> OutputFormat {
+        if request.raw_prompt.is_some() {
+            return OutputFormat::default();
+        }
+        let model = self.shared.tool_format;
+        let offered = !request.tools.is_empty() && request.tool_choice != ToolChoice::None;
+        let format = OutputFormat {
+            tools: model.filter(|_| offered),
+            model,
+            reasoning: self.shared.reasoning,
+            starts_thinking: false,
+        };
+        let (open, _) = format.reasoning_markers();
+        let prompt = prompt.trim_end();
+        OutputFormat {
+            starts_thinking: prompt.ends_with(open) || prompt.ends_with("<think>"),
+            ..format
+        }
     }
 
     /// The grammars of a request with tools: the whole output when `tool_choice` forces

@@ -523,6 +523,7 @@ async fn a_tool_call_in_the_output_becomes_call_events_and_ends_in_tool_use() {
     let engine = start(ScriptedRunner::new(reply), 4096, 4);
     let mut request = valid("weather?", 200);
     request.output = OutputFormat {
+        model: None,
         tools: Some(crate::ToolFormat::HERMES),
         ..OutputFormat::default()
     };
@@ -601,6 +602,7 @@ fn list_files(closed: bool) -> crate::ToolSpec {
 fn tool_request() -> ValidRequest {
     let mut request = valid("files?", 200);
     request.output = OutputFormat {
+        model: None,
         tools: Some(crate::ToolFormat::HERMES),
         ..OutputFormat::default()
     };

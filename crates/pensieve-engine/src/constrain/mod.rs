@@ -446,6 +446,7 @@ mod tests {
             let text = generate(&mut c, own);
             assert_eq!(text, own, "{format:?}");
             let mut parser = OutputParser::new(OutputFormat {
+                model: None,
                 tools: Some(format),
                 ..OutputFormat::default()
             });

@@ -18,7 +18,7 @@ mod mistral;
 mod mistral_json;
 mod qwen3_coder;
 
-use crate::output::CallReader;
+use crate::output::{CallReader, THINK_CLOSE, THINK_OPEN};
 use crate::request::ToolSpec;
 
 /// How a model writes tool calls (and the reasoning around them). Implemented once per
@@ -49,6 +49,20 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// Whether the model may write a JSON call object with no marker before it: Llama 3
     /// always does, small Hermes models often drop their tags.
     fn bare_calls(&self) -> bool {
+        false
+    }
+
+    /// The markers around reasoning: `<think>` and `</think>` unless the format has its
+    /// own (Gemma 4's thought channel).
+    fn reasoning(&self) -> (&'static str, &'static str) {
+        (THINK_OPEN, THINK_CLOSE)
+    }
+
+    /// Whether [`Format::reader`] reads the whole output from its first token, text and
+    /// reasoning included (Harmony's channels), rather than one call after its marker.
+    /// Such a reader is used whether or not the request offers tools; it makes calls only
+    /// when `Core::format.tools` is set.
+    fn owns_output(&self) -> bool {
         false
     }
 
@@ -148,6 +162,14 @@ impl ToolFormat {
 
     pub fn arguments_key(self) -> &'static str {
         self.0.arguments_key()
+    }
+
+    pub fn reasoning(self) -> (&'static str, &'static str) {
+        self.0.reasoning()
+    }
+
+    pub fn owns_output(self) -> bool {
+        self.0.owns_output()
     }
 
     pub(crate) fn reader(self) -> Box<dyn CallReader> {

@@ -114,6 +114,7 @@ mod tests {
     }
 
     const QWEN: OutputFormat = OutputFormat {
+        model: None,
         tools: Some(ToolFormat::QWEN3_CODER),
         reasoning: true,
         starts_thinking: false,

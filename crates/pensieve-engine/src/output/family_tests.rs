@@ -7,6 +7,7 @@ use super::*;
 
 fn format(tools: ToolFormat) -> OutputFormat {
     OutputFormat {
+        model: None,
         tools: Some(tools),
         reasoning: false,
         starts_thinking: false,

@@ -41,7 +41,8 @@ pub fn marker_tokens(
     format: Option<ToolFormat>,
 ) -> HashMap<TokenId, Vec<u8>> {
     let tools = format.map_or(&[][..], ToolFormat::markers);
-    [THINK_OPEN, THINK_CLOSE]
+    let (open, close) = format.map_or((THINK_OPEN, THINK_CLOSE), ToolFormat::reasoning);
+    [THINK_OPEN, THINK_CLOSE, open, close]
         .iter()
         .chain(tools)
         .filter_map(|m| Some((tokenizer.single_token(m)?, m.as_bytes().to_vec())))
@@ -53,10 +54,26 @@ pub fn marker_tokens(
 pub struct OutputFormat {
     /// Tool calls, when the request offers tools.
     pub tools: Option<ToolFormat>,
-    /// `<think>...</think>` reasoning.
+    /// The model's format, whether or not tools are offered: its reasoning markers, and
+    /// its reader when that reads the whole output (Harmony). None: `tools`'.
+    pub model: Option<ToolFormat>,
+    /// Reasoning (`<think>...</think>`, or the model format's own markers).
     pub reasoning: bool,
-    /// The prompt already opened a `<think>` block.
+    /// The prompt already opened a reasoning block.
     pub starts_thinking: bool,
+}
+
+impl OutputFormat {
+    /// The model's format.
+    pub fn model(&self) -> Option<ToolFormat> {
+        self.model.or(self.tools)
+    }
+
+    /// The markers that open and close reasoning.
+    pub fn reasoning_markers(&self) -> (&'static str, &'static str) {
+        self.model()
+            .map_or((THINK_OPEN, THINK_CLOSE), ToolFormat::reasoning)
+    }
 }
 
 /// One piece of parsed output, in order.
@@ -177,10 +194,10 @@ enum Mode {
 impl OutputParser {
     pub fn new(format: OutputFormat) -> Self {
         OutputParser {
-            mode: if format.starts_thinking && format.reasoning {
-                Mode::Thinking
-            } else {
-                Mode::Text
+            mode: match format.model() {
+                Some(model) if model.owns_output() => Mode::Call(model.reader()),
+                _ if format.starts_thinking && format.reasoning => Mode::Thinking,
+                _ => Mode::Text,
             },
             core: Core {
                 format,
@@ -277,11 +294,12 @@ impl OutputParser {
             }
         }
         let open = core.format.tools.map(ToolFormat::open);
+        let (think_open, think_close) = core.format.reasoning_markers();
         let mut markers: Vec<&str> = open.into_iter().collect();
         if core.format.reasoning {
             // A `</think>` in text closes a block whose opening we did not see (a call
             // inside reasoning ended it, or the prompt opened it): it is no text.
-            markers.extend([THINK_OPEN, THINK_CLOSE]);
+            markers.extend([think_open, think_close]);
         }
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
@@ -290,11 +308,11 @@ impl OutputParser {
                 // Whitespace between blocks is not worth a text block of its own.
                 core.emit_text(out, before.trim_end());
                 core.in_text = false;
-                self.mode = match (marker, core.format.tools) {
-                    (THINK_OPEN, _) => Mode::Thinking,
-                    (THINK_CLOSE, _) => Mode::Text,
-                    (_, Some(tools)) => Mode::Call(tools.reader()),
-                    (_, None) => Mode::Text,
+                self.mode = match core.format.tools {
+                    _ if marker == think_open => Mode::Thinking,
+                    _ if marker == think_close => Mode::Text,
+                    Some(tools) => Mode::Call(tools.reader()),
+                    None => Mode::Text,
                 };
                 true
             }
@@ -320,7 +338,8 @@ impl OutputParser {
     fn thinking(&mut self, out: &mut Vec<Segment>) -> bool {
         let core = &mut self.core;
         let open = core.format.tools.map(ToolFormat::open);
-        let mut markers = vec![THINK_CLOSE];
+        let (_, think_close) = core.format.reasoning_markers();
+        let mut markers = vec![think_close];
         markers.extend(open.filter(|o| !o.is_empty()));
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
@@ -329,12 +348,12 @@ impl OutputParser {
                 if !thought.is_empty() {
                     core.emit(out, Segment::Thinking(thought));
                 }
-                self.mode = match (marker, core.format.tools) {
-                    (THINK_CLOSE, _) | (_, None) => Mode::Text,
-                    (_, Some(tools)) => {
+                self.mode = match core.format.tools {
+                    Some(tools) if marker != think_close => {
                         core.in_text = false;
                         Mode::Call(tools.reader())
                     }
+                    _ => Mode::Text,
                 };
                 true
             }

@@ -3,6 +3,7 @@
 use super::*;
 
 const HERMES: OutputFormat = OutputFormat {
+    model: None,
     tools: Some(ToolFormat::HERMES),
     reasoning: true,
     starts_thinking: false,
@@ -85,6 +86,7 @@ const QWEN_CALL: &str =
 #[test]
 fn whitespace_waits_only_where_a_block_can_follow_it() {
     let plain = OutputFormat {
+        model: None,
         tools: None,
         reasoning: false,
         starts_thinking: false,
