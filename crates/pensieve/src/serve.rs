@@ -239,12 +239,13 @@ fn parse_tool_format(name: &str) -> Result<ToolFormat, String> {
 
 /// `--tool-parser`'s values, each with the models that write it, from the registry.
 fn tool_format_parser() -> impl clap::builder::TypedValueParser<Value = ToolFormat> {
+    use clap::builder::TypedValueParser;
     let values = ToolFormat::all().map(|format| {
         clap::builder::PossibleValue::new(format.name())
             .aliases(format.aliases().iter().copied())
             .help(format.models())
     });
-    clap::builder::PossibleValuesParser::new(values).try_map(|name| parse_tool_format(&name))
+    clap::builder::PossibleValuesParser::new(values).try_map(|name: String| parse_tool_format(&name))
 }
 
 /// The model to serve when none is named: the config's, else the recommended one (a pull
