@@ -245,7 +245,8 @@ fn tool_format_parser() -> impl clap::builder::TypedValueParser<Value = ToolForm
             .aliases(format.aliases().iter().copied())
             .help(format.models())
     });
-    clap::builder::PossibleValuesParser::new(values).try_map(|name: String| parse_tool_format(&name))
+    clap::builder::PossibleValuesParser::new(values)
+        .try_map(|name: String| parse_tool_format(&name))
 }
 
 /// The model to serve when none is named: the config's, else the recommended one (a pull

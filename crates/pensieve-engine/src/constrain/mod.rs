@@ -440,6 +440,9 @@ mod tests {
             (ToolFormat::MISTRAL, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\", \"days\": 2}"),
             (ToolFormat::MISTRAL_JSON, "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}]"),
             (ToolFormat::FUNCTIONGEMMA, "<start_function_call>call:get_weather{city:<escape>Oslo<escape>,days:2}<end_function_call>"),
+            (ToolFormat::QWEN3_CODER, "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>"),
+            (ToolFormat::GLM45, "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Oslo</arg_value>\n<arg_key>days</arg_key>\n<arg_value>2</arg_value>\n</tool_call>"),
+            (ToolFormat::GLM47, "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value><arg_key>days</arg_key><arg_value>2</arg_value></tool_call>"),
         ];
         for (format, own) in cases {
             let mut c = grammars.forced_call(format, &[weather()], None).unwrap();
@@ -449,7 +452,8 @@ mod tests {
                 model: None,
                 tools: Some(format),
                 ..OutputFormat::default()
-            });
+            })
+            .with_tools(&[weather()]);
             let mut segments = parser.push(&text);
             segments.extend(parser.finish());
             let args: String = segments
@@ -488,6 +492,45 @@ mod tests {
         assert!(!allowed(&format!(
             "{open}city:<escape>Oslo<escape>,days:<escape>"
         )));
+    }
+
+    #[test]
+    fn xml_arguments_follow_the_schema() {
+        let grammars = Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap();
+        let allowed = |format: ToolFormat, text: &str| {
+            let mut c = grammars.forced_call(format, &[weather()], None).unwrap();
+            ByteTokenizer.encode(text).into_iter().all(|t| {
+                let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
+                c.accept(t);
+                ok
+            })
+        };
+        let q = ToolFormat::QWEN3_CODER;
+        let open = "<tool_call>\n<function=get_weather>\n";
+        let city = "<parameter=city>\nOs</lo\n</parameter>\n";
+        assert!(allowed(
+            q,
+            &format!("{open}{city}<parameter=days>\n12\n</parameter>\n</function>\n</tool_call>")
+        ));
+        // A required parameter left out, an unknown one, text for an integer, and an
+        // integer longer than an i64.
+        assert!(!allowed(q, &format!("{open}<parameter=days>")));
+        assert!(!allowed(q, &format!("{open}<parameter=town>")));
+        assert!(!allowed(q, &format!("{open}{city}<parameter=days>\nsoon")));
+        assert!(!allowed(
+            q,
+            &format!("{open}{city}<parameter=days>\n1234567890123456789")
+        ));
+        let g = ToolFormat::GLM47;
+        let open = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Oslo</arg_value>";
+        assert!(allowed(
+            g,
+            &format!("{open}<arg_key>days</arg_key><arg_value>2</arg_value></tool_call>")
+        ));
+        assert!(!allowed(
+            g,
+            &format!("{open}<arg_key>days</arg_key><arg_value>two")
+        ));
     }
 
     #[test]

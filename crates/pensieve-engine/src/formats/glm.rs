@@ -124,3 +124,78 @@ impl Format for Glm47 {
         grammar(&SHAPE, tools, start)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::output::family_tests::every_cut_parses;
+    use crate::output::tests::{call, parse_with};
+    use crate::output::{OutputFormat, Segment};
+    use crate::request::ToolSpec;
+    use crate::ToolFormat;
+    use serde_json::json;
+
+    fn tools() -> Vec<ToolSpec> {
+        vec![ToolSpec {
+            name: "Bash".into(),
+            description: None,
+            parameters: json!({"type": "object", "properties": {
+                "command": {"type": "string"}, "timeout": {"type": "integer"}}}),
+        }]
+    }
+
+    fn format(tools: ToolFormat, starts_thinking: bool) -> OutputFormat {
+        OutputFormat {
+            tools: Some(tools),
+            model: None,
+            reasoning: true,
+            starts_thinking,
+        }
+    }
+
+    const GLM45: &str = "<think>Need the listing.</think>\n<tool_call>Bash\n<arg_key>command</arg_key>\n<arg_value>ls -la</arg_value>\n<arg_key>timeout</arg_key>\n<arg_value>30</arg_value>\n</tool_call>";
+    const GLM47: &str = "Need the listing.</think><tool_call>Bash<arg_key>command</arg_key><arg_value>ls -la</arg_value><arg_key>timeout</arg_key><arg_value>30</arg_value></tool_call>";
+
+    #[test]
+    fn both_layouts_read_as_the_same_call() {
+        let mut expected = vec![Segment::Thinking("Need the listing.".into())];
+        expected.extend(call("Bash", "{\"command\": \"ls -la\", \"timeout\": 30}"));
+        let (segments, calls) = parse_with(format(ToolFormat::GLM45, false), &tools(), GLM45);
+        assert_eq!((segments, calls), (expected.clone(), 1));
+        // GLM-4.7's prompt opened `<think>`.
+        let (segments, calls) = parse_with(format(ToolFormat::GLM47, true), &tools(), GLM47);
+        assert_eq!((segments, calls), (expected, 1));
+    }
+
+    #[test]
+    fn values_keep_their_whitespace() {
+        // No markup around GLM values: every space and line break is the value's.
+        let text = "<tool_call>Bash<arg_key>command</arg_key><arg_value>\n  echo '<a>'\n</arg_value></tool_call>";
+        let (segments, _) = parse_with(format(ToolFormat::GLM47, false), &tools(), text);
+        assert_eq!(
+            segments,
+            call("Bash", "{\"command\": \"\\n  echo '<a>'\\n\"}")
+        );
+    }
+
+    #[test]
+    fn calls_without_arguments_and_several_calls() {
+        let text = "Two.<tool_call>Bash</tool_call><tool_call>Bash<arg_key>timeout</arg_key><arg_value>5</arg_value></tool_call>";
+        let (segments, calls) = parse_with(format(ToolFormat::GLM47, false), &tools(), text);
+        let mut expected = vec![Segment::Text("Two.".into())];
+        expected.extend(call("Bash", "{}"));
+        expected.extend(call("Bash", "{\"timeout\": 5}"));
+        assert_eq!((segments, calls), (expected, 2));
+    }
+
+    #[test]
+    fn every_cut_closes_into_valid_arguments() {
+        every_cut_parses(
+            ToolFormat::GLM45,
+            &GLM45[GLM45.find("<tool_call>").unwrap_or(0)..],
+        );
+        every_cut_parses(
+            ToolFormat::GLM47,
+            &GLM47[GLM47.find("<tool_call>").unwrap_or(0)..],
+        );
+    }
+}

@@ -218,3 +218,33 @@ mod tests {
         }
     }
 }
+
+/// The format each real chat template in the template fixtures is detected as.
+#[cfg(test)]
+mod detection_tests {
+    use super::ToolFormat;
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/src/template/fixtures/{name}.jinja",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn real_templates_are_detected_as_their_format() {
+        let cases = [
+            ("qwen2.5-coder", Some(ToolFormat::HERMES)),
+            ("qwen3-coder", Some(ToolFormat::QWEN3_CODER)),
+            ("qwen3.5", Some(ToolFormat::QWEN3_CODER)),
+            ("nemotron3-nano", Some(ToolFormat::QWEN3_CODER)),
+            ("glm-4.6", Some(ToolFormat::GLM45)),
+            ("glm-4.7-flash", Some(ToolFormat::GLM47)),
+            ("smollm2", None),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(ToolFormat::detect(&fixture(name)), expected, "{name}");
+        }
+    }
+}
