@@ -210,8 +210,13 @@ impl Engine {
             &request.messages,
             tools,
             &RenderOptions {
-                enable_thinking: request.thinking,
-                reasoning_effort: None,
+                // A forced call starts at the call's marker: no reasoning before it.
+                enable_thinking: request.thinking
+                    && !matches!(
+                        request.tool_choice,
+                        ToolChoice::Required | ToolChoice::Named(_)
+                    ),
+                reasoning_effort: request.effort.map(|e| e.as_str().to_owned()),
             },
         )?)
     }
@@ -291,6 +296,7 @@ impl Engine {
             model,
             reasoning: self.shared.reasoning,
             starts_thinking: false,
+            hide_reasoning: !request.show_thinking,
         };
         let (open, _) = format.reasoning_markers();
         let prompt = prompt.trim_end();

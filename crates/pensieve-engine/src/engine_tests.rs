@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::testing::{model_info, ByteTokenizer, ScriptedRunner, EOG};
-use crate::{CacheConfig, Completion, FinishReason, Message, OutputFormat, Role, SeqId};
+use crate::{
+    CacheConfig, Completion, FinishReason, GenerateRequest, Message, OutputFormat, Role, SeqId,
+};
 
 fn start(runner: ScriptedRunner, context: u32, queue: usize) -> Engine {
     start_with(runner, context, queue, 4, CacheConfig::default())
@@ -783,4 +785,63 @@ async fn a_request_whose_leader_leaves_still_completes() {
     let cached = done.unwrap().usage.cached_prompt_tokens;
     // What the leader had computed when it left was saved and read back.
     assert!(cached > 0 && cached < 400, "{cached}");
+}
+
+#[tokio::test]
+async fn reasoning_follows_the_requests_thinking_switches() {
+    let mut info = model_info(4096);
+    info.chat_template = Some(
+        "{% for m in messages %}{{ m.content }}{% endfor %}{% if enable_thinking %}<think>{% endif %}"
+            .into(),
+    );
+    let engine = Engine::start(
+        info,
+        Arc::new(ByteTokenizer),
+        Box::new(ScriptedRunner::new("Plan.</think>Done.")),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let run = |thinking: bool, show: bool| {
+        let mut r = GenerateRequest::new("m", vec![Message::text(Role::User, "hi")], 50);
+        r.thinking = thinking;
+        r.show_thinking = show;
+        let valid = engine.validate(&r).unwrap();
+        let mut g = engine.submit(valid).unwrap();
+        async move {
+            let (mut thought, mut text) = (String::new(), String::new());
+            while let Some(event) = g.events.recv().await {
+                match event {
+                    GenerationEvent::Thinking(t) => thought.push_str(&t),
+                    GenerationEvent::Text(t) => text.push_str(&t),
+                    GenerationEvent::Done(_) => break,
+                    _ => {}
+                }
+            }
+            (thought, text)
+        }
+    };
+    // The prompt opened `<think>`: the reply's reasoning is thinking.
+    assert_eq!(run(true, true).await, ("Plan.".into(), "Done.".into()));
+    // Reasoning that was not asked to be shown is dropped, never turned into text.
+    assert_eq!(run(true, false).await, (String::new(), "Done.".into()));
+    // A forced call renders with thinking off: its grammar starts at the call.
+    let mut forced = GenerateRequest::new("m", vec![Message::text(Role::User, "hi")], 50);
+    forced.thinking = true;
+    forced.tools = vec![list_files(true)];
+    forced.tool_choice = crate::ToolChoice::Required;
+    let prompt: Vec<u8> = engine
+        .prompt_tokens(&forced)
+        .unwrap()
+        .into_iter()
+        .flat_map(|t| ByteTokenizer.token_bytes(t))
+        .collect();
+    assert!(!String::from_utf8_lossy(&prompt).ends_with("<think>"));
+    forced.tool_choice = crate::ToolChoice::Auto;
+    let prompt: Vec<u8> = engine
+        .prompt_tokens(&forced)
+        .unwrap()
+        .into_iter()
+        .flat_map(|t| ByteTokenizer.token_bytes(t))
+        .collect();
+    assert!(String::from_utf8_lossy(&prompt).ends_with("<think>"));
 }

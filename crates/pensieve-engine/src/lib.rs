@@ -42,5 +42,6 @@ pub use model::{
 };
 pub use output::OutputFormat;
 pub use request::{
-    GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    Effort, GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall, ToolChoice,
+    ToolSpec,
 };

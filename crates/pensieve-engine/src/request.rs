@@ -133,6 +133,37 @@ impl SamplingParams {
     }
 }
 
+/// How hard the model should reason, where its template has a switch for it (gpt-oss's
+/// `reasoning_effort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    /// The word templates take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+
+    /// An API's effort word: OpenAI's `minimal` is low, Anthropic's `max` (and `xhigh`)
+    /// high. None for words that name no level (`none` switches reasoning off instead).
+    pub fn from_word(word: &str) -> Option<Effort> {
+        match word {
+            "minimal" | "low" => Some(Effort::Low),
+            "medium" => Some(Effort::Medium),
+            "high" | "xhigh" | "max" => Some(Effort::High),
+            _ => None,
+        }
+    }
+}
+
 /// A chat request in the engine's own terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
@@ -148,8 +179,15 @@ pub struct GenerateRequest {
     /// The most tokens to generate; clamped to what the context has left.
     pub max_tokens: u32,
     pub stop_sequences: Vec<String>,
-    /// Whether the client asked for extended thinking (passed to templates that support it).
+    /// Whether the client asked for extended thinking (passed to templates as
+    /// `enable_thinking`).
     pub thinking: bool,
+    /// How hard to reason (passed to templates as `reasoning_effort`), when asked.
+    pub effort: Option<Effort>,
+    /// Whether reasoning the model writes reaches the client. Anthropic's API shows
+    /// thinking blocks only when thinking was enabled; a model that reasons anyway
+    /// (MiniMax always does) has its reasoning dropped otherwise.
+    pub show_thinking: bool,
     /// Whether the client marked cache breakpoints: then the prompt tokens this request
     /// stores in the prefix cache are reported as cache creation.
     pub cache_requested: bool,
@@ -181,6 +219,8 @@ impl GenerateRequest {
             max_tokens,
             stop_sequences: Vec::new(),
             thinking: false,
+            effort: None,
+            show_thinking: true,
             cache_requested: false,
             output_schema: None,
             raw_prompt: None,

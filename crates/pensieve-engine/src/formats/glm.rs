@@ -149,6 +149,7 @@ mod tests {
             model: None,
             reasoning: true,
             starts_thinking,
+            hide_reasoning: false,
         }
     }
 

@@ -118,6 +118,7 @@ mod tests {
         tools: Some(ToolFormat::QWEN3_CODER),
         reasoning: true,
         starts_thinking: false,
+        hide_reasoning: false,
     };
 
     /// Qwen3.5 with thinking on: the prompt opened `<think>`.

@@ -11,6 +11,7 @@ fn format(tools: ToolFormat) -> OutputFormat {
         tools: Some(tools),
         reasoning: false,
         starts_thinking: false,
+        hide_reasoning: false,
     }
 }
 

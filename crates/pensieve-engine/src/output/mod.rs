@@ -61,6 +61,8 @@ pub struct OutputFormat {
     pub reasoning: bool,
     /// The prompt already opened a reasoning block.
     pub starts_thinking: bool,
+    /// Reasoning is read (so that it never reaches the text) but not reported.
+    pub hide_reasoning: bool,
 }
 
 impl OutputFormat {
@@ -244,9 +246,16 @@ impl OutputParser {
                 },
             };
             if !progressed {
-                return out;
+                return self.shown(out);
             }
         }
+    }
+
+    fn shown(&self, mut out: Vec<Segment>) -> Vec<Segment> {
+        if self.core.format.hide_reasoning {
+            out.retain(|s| !matches!(s, Segment::Thinking(_)));
+        }
+        out
     }
 
     /// The output ended: flush what is held. A call cut off mid-way is closed so that its
@@ -273,7 +282,7 @@ impl OutputParser {
                 self.core.held.clear();
             }
         }
-        out
+        self.shown(out)
     }
 
     /// Plain text: emit up to the next marker (or up to a possible marker start).

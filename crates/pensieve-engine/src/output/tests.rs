@@ -7,6 +7,7 @@ const HERMES: OutputFormat = OutputFormat {
     tools: Some(ToolFormat::HERMES),
     reasoning: true,
     starts_thinking: false,
+    hide_reasoning: false,
 };
 
 /// Segments of `text` fed in pieces of `size` characters, merged (adjacent text,
@@ -90,6 +91,7 @@ fn whitespace_waits_only_where_a_block_can_follow_it() {
         tools: None,
         reasoning: false,
         starts_thinking: false,
+        hide_reasoning: false,
     };
     // Nothing can follow but text: a paragraph break streams with its token.
     let mut p = OutputParser::new(plain);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -47,6 +47,9 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoiceParam>,
     #[serde(default)]
     pub thinking: Option<ThinkingParam>,
+    /// Claude Code's `{"effort": "low" | "medium" | "high" | "max"}`.
+    #[serde(default)]
+    pub output_config: Option<OutputConfig>,
     /// Automatic caching of the whole prompt.
     #[serde(default)]
     pub cache_control: Option<Value>,
@@ -65,6 +68,14 @@ pub struct CountTokensRequest {
     pub tool_choice: Option<ToolChoiceParam>,
     #[serde(default)]
     pub thinking: Option<ThinkingParam>,
+    #[serde(default)]
+    pub output_config: Option<OutputConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutputConfig {
+    #[serde(default)]
+    pub effort: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,7 +226,11 @@ impl MessagesRequest {
             .and_then(|c| c.disable_parallel_tool_use)
             .unwrap_or(false);
         request.tool_choice = tool_choice(self.tool_choice)?;
-        request.thinking = thinking_enabled(self.thinking.as_ref());
+        set_reasoning(
+            &mut request,
+            self.thinking.as_ref(),
+            self.output_config.as_ref(),
+        );
         request.cache_requested = cache_requested;
         request.stop_sequences = self.stop_sequences.unwrap_or_default();
         request.sampling = SamplingParams {
@@ -271,13 +286,38 @@ impl CountTokensRequest {
         let mut request = GenerateRequest::new(model, conversation(self.system, messages)?, 1);
         request.tools = tools(self.tools.unwrap_or_default());
         request.tool_choice = tool_choice(self.tool_choice)?;
-        request.thinking = thinking_enabled(self.thinking.as_ref());
+        set_reasoning(
+            &mut request,
+            self.thinking.as_ref(),
+            self.output_config.as_ref(),
+        );
         Ok(request)
     }
 }
 
-fn thinking_enabled(thinking: Option<&ThinkingParam>) -> bool {
-    thinking.is_some_and(|t| t.kind == "enabled" || t.kind == "adaptive")
+/// `thinking` (enabled with a budget, adaptive, disabled) and `output_config.effort` as
+/// the template switches: thinking on or off, and an effort level. An explicit effort
+/// wins; else a budget gives one (Anthropic's smallest is 1,024 tokens).
+fn set_reasoning(
+    request: &mut GenerateRequest,
+    thinking: Option<&ThinkingParam>,
+    output: Option<&OutputConfig>,
+) {
+    let kind = thinking.map(|t| t.kind.as_str());
+    request.thinking = matches!(kind, Some("enabled" | "adaptive"));
+    request.show_thinking = request.thinking;
+    let budget = thinking
+        .filter(|t| t.kind == "enabled")
+        .and_then(|t| t.budget_tokens)
+        .map(|b| match b {
+            0..4096 => Effort::Low,
+            4096..16384 => Effort::Medium,
+            _ => Effort::High,
+        });
+    let asked = output
+        .and_then(|o| o.effort.as_deref())
+        .and_then(Effort::from_word);
+    request.effort = asked.or(budget);
 }
 
 /// Only client tools reach the model; Anthropic's server tools (`web_search_*`,

@@ -354,3 +354,41 @@ fn cache_control_anywhere_asks_for_caching() {
         assert!(generate(body.clone()).unwrap().cache_requested, "{body}");
     }
 }
+
+#[test]
+fn thinking_and_effort_become_the_templates_switches() {
+    let with = |thinking: Value, effort: Option<&str>| {
+        let mut body = base();
+        body["thinking"] = thinking;
+        if let Some(e) = effort {
+            body["output_config"] = json!({"effort": e});
+        }
+        let r = generate(body).unwrap();
+        (r.thinking, r.show_thinking, r.effort)
+    };
+    // Claude Code: adaptive thinking with an effort.
+    assert_eq!(
+        with(json!({"type": "adaptive"}), Some("medium")),
+        (true, true, Some(Effort::Medium))
+    );
+    assert_eq!(
+        with(json!({"type": "adaptive"}), Some("max")),
+        (true, true, Some(Effort::High))
+    );
+    // A budget gives an effort when none is named.
+    assert_eq!(
+        with(json!({"type": "enabled", "budget_tokens": 1024}), None),
+        (true, true, Some(Effort::Low))
+    );
+    assert_eq!(
+        with(json!({"type": "enabled", "budget_tokens": 32000}), None),
+        (true, true, Some(Effort::High))
+    );
+    // Disabled (or absent): no thinking, and none shown.
+    assert_eq!(
+        with(json!({"type": "disabled"}), None),
+        (false, false, None)
+    );
+    let r = generate(base()).unwrap();
+    assert!(!r.thinking && !r.show_thinking);
+}

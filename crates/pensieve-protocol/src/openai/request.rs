@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -39,6 +39,13 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u32>,
+    /// `none`, `minimal`, `low`, `medium` or `high`: reasoning on (at that effort) or off.
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// Extra template variables, as vLLM and llama-server take them; `enable_thinking`
+    /// is honoured.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 /// Settings both OpenAI endpoints take.
@@ -294,6 +301,20 @@ impl ChatRequest {
         request.parallel_tool_calls = self.parallel_tool_calls.unwrap_or(true);
         request.stop_sequences = self.common.stop_sequences();
         request.output_schema = output_schema(self.response_format)?;
+        if let Some(effort) = self.reasoning_effort.as_deref() {
+            request.thinking = effort != "none";
+            request.effort = Effort::from_word(effort);
+            if request.thinking && request.effort.is_none() {
+                return Err(OpenAiError::invalid(
+                    Some("reasoning_effort"),
+                    format!("reasoning_effort: unknown value {effort:?}; expected none, minimal, low, medium or high"),
+                ));
+            }
+        }
+        let kwargs = self.chat_template_kwargs.unwrap_or_default();
+        if let Some(on) = kwargs.get("enable_thinking").and_then(Value::as_bool) {
+            request.thinking = on;
+        }
         Ok(request)
     }
 }

@@ -121,3 +121,25 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     assert!(parse(json!({"messages": []})).is_err());
     assert!(parse_chat(b"{not json").is_err());
 }
+
+#[test]
+fn reasoning_effort_and_template_kwargs_switch_thinking() {
+    let with = |extra: Value| {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        parse(body)
+    };
+    let r = with(json!({})).unwrap();
+    assert!(!r.thinking && r.effort.is_none() && r.show_thinking);
+    let r = with(json!({"reasoning_effort": "high"})).unwrap();
+    assert!(r.thinking);
+    assert_eq!(r.effort, Some(pensieve_engine::Effort::High));
+    let r = with(json!({"reasoning_effort": "minimal"})).unwrap();
+    assert_eq!(r.effort, Some(pensieve_engine::Effort::Low));
+    assert!(!with(json!({"reasoning_effort": "none"})).unwrap().thinking);
+    assert!(with(json!({"reasoning_effort": "lots"})).is_err());
+    let kwargs = json!({"chat_template_kwargs": {"enable_thinking": true}});
+    assert!(with(kwargs).unwrap().thinking);
+}
