@@ -4,8 +4,8 @@
 #   2. cargo test --release --workspace
 #   3. cargo build --release       (the pensieve binary)
 #   4. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
-#      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite on
-#      `--engine mlx`
+#      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite and the
+#      chat template override on `--engine mlx`
 #   5. the end-to-end pytest suite in tests/e2e against that binary
 # Exits non-zero if any step fails. The last line printed is pytest's summary.
 #
@@ -45,7 +45,7 @@ if ! cargo build --release -p pensieve; then
     failed+=("cargo build")
 fi
 
-step "mlx engine: environment, worker and converter tests, the Anthropic suite on --engine mlx"
+step "mlx engine: environment, worker and converter tests, the Anthropic suite and chat template override on --engine mlx"
 if ! bash scripts/setup-mlx-test.sh; then
     failed+=("mlx setup")
 else
@@ -56,6 +56,9 @@ else
     fi
     if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_anthropic_sdk.py -q; then
         failed+=("anthropic suite on --engine mlx")
+    fi
+    if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_chat_template.py -q; then
+        failed+=("chat template override on --engine mlx")
     fi
 fi
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::{self, Config};
 use crate::resolve::{self, Fetch};
+use crate::template_override::TemplateOverride;
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -36,6 +37,10 @@ pub struct ShowArgs {
     model: String,
     #[arg(long)]
     json: bool,
+    /// Show the model with this Jinja chat template in place of its own (as `serve
+    /// --chat-template` would run it), and the tool-call format detected from it.
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -206,16 +211,26 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         ModelFormat::Gguf => split_size(&resolved.path),
         ModelFormat::Folder => size_of(&resolved.path),
     };
-    let entry = describe(name, &resolved.path, size, format);
+    let mut entry = describe(name, &resolved.path, size, format);
+    // What `serve` would run: the flag's template, else the config entry's.
+    let replaced = TemplateOverride::for_model(args.chat_template.as_deref(), &resolved.settings)?;
+    let had_template = entry.chat_template.is_some();
+    if let Some(template) = &replaced {
+        entry.chat_template = Some(template.source.clone());
+    }
     let tools = entry
         .chat_template
         .as_deref()
         .and_then(pensieve_engine::ToolFormat::detect)
-        .map_or("none", |f| f.name());
+        .map(pensieve_engine::ToolFormat::name);
     if args.json {
         let mut value = serde_json::to_value(&entry)?;
         value["chat_template"] = entry.chat_template.clone().into();
-        value["tool_calls"] = tools.into();
+        value["chat_template_file"] = replaced
+            .as_ref()
+            .map(|t| t.path.display().to_string())
+            .into();
+        value["tool_calls"] = tools.unwrap_or("none").into();
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -233,10 +248,22 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         "context_length  {}",
         dash(&entry.context_length.map(|c| c.to_string()))
     );
-    println!("tool_calls      {tools}");
-    match &entry.chat_template {
-        Some(t) => println!("chat_template\n{}", indent(t)),
-        None => println!("chat_template   none (a base model: prompts are sent as plain text)"),
+    println!("tool_calls      {}", tools.unwrap_or("none detected"));
+    match (&entry.chat_template, &replaced) {
+        (Some(t), Some(file)) => println!(
+            "chat_template   from {} (replaces {})\n{}",
+            file.path.display(),
+            if had_template {
+                "the model's own"
+            } else {
+                "the built-in fallback"
+            },
+            indent(t)
+        ),
+        (Some(t), None) => println!("chat_template\n{}", indent(t)),
+        (None, _) => {
+            println!("chat_template   none (a base model: prompts are sent as plain text)")
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //!
 //! [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
 //! ctx = 32768
+//! chat_template = "~/templates/qwen-tools.jinja"   # replaces the model's own
 //!
 //! [models.tiny]                   # a name of your own for a file
 //! model = "/models/tiny.gguf"
@@ -97,6 +98,8 @@ pub struct ModelSettings {
     pub batch: Option<u32>,
     pub gpu_layers: Option<u32>,
     pub tool_parser: Option<String>,
+    /// A Jinja file that replaces the model's own chat template.
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -167,6 +170,9 @@ pub fn load_from(path: &Path) -> anyhow::Result<Config> {
         config.server.cache_dir = Some(paths::expand_home(dir));
     }
     for settings in config.models.values_mut() {
+        if let Some(file) = &settings.chat_template {
+            settings.chat_template = Some(paths::expand_home(file));
+        }
         if let Some(model) = &settings.model {
             settings.model = Some(
                 paths::expand_home(Path::new(model))
@@ -196,6 +202,7 @@ mod tests {
             model = "/m/tiny.gguf"
             ctx = 4096
             engine = "llama"
+            chat_template = "/t/tiny.jinja"
             [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
             ctx = 32768
             [aliases]
@@ -209,6 +216,7 @@ mod tests {
         assert_eq!(target, "/m/tiny.gguf");
         assert_eq!(settings.ctx, Some(4096));
         assert_eq!(settings.engine, Some(EngineKind::Llama));
+        assert_eq!(settings.chat_template, Some(PathBuf::from("/t/tiny.jinja")));
         let (target, settings) = config.model("Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
         assert_eq!(target, "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
         assert_eq!(settings.ctx, Some(32768));
@@ -235,5 +243,24 @@ mod tests {
             .default_model
             .is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chat_template_paths_expand_home() {
+        let dir = std::env::temp_dir().join(format!("pensieve-config-tpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, "[models.a]\nchat_template = \"~/t.jinja\"\n").unwrap();
+        let config = load_from(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            config.model("a").1.chat_template,
+            Some(paths::expand_home(Path::new("~/t.jinja")))
+        );
+        assert!(!config.models["a"]
+            .chat_template
+            .as_ref()
+            .unwrap()
+            .starts_with("~"));
     }
 }

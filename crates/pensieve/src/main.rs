@@ -10,6 +10,7 @@ mod recommend;
 mod resolve;
 mod serve;
 mod setup;
+mod template_override;
 
 use clap::{Parser, Subcommand};
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
+use clap::builder::TypedValueParser;
 use clap::Args;
 use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, ToolFormat};
 use pensieve_hub::ModelFormat;
@@ -16,6 +17,7 @@ use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
 
 use crate::config::{Config, EngineKind};
 use crate::resolve::{self, Fetch, Resolved};
+use crate::template_override::TemplateOverride;
 use crate::{paths, recommend};
 
 /// How long open streams get to end after a shutdown signal.
@@ -95,6 +97,11 @@ pub struct ServeArgs {
     /// How the model writes tool calls [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = tool_format_parser())]
     tool_parser: Option<ToolFormat>,
+    /// A Jinja chat template file that replaces the model's own (as llama-server's
+    /// --chat-template-file); it also decides the tool-call format detected
+    /// [default: the model's, else a built-in one for its architecture].
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 /// What both engines hand to the scheduler.
@@ -116,10 +123,12 @@ struct LoadPlan {
     batch: u32,
     gpu_layers: u32,
     tool_parser: Option<ToolFormat>,
+    chat_template: Option<TemplateOverride>,
 }
 
 impl LoadPlan {
-    /// `main`: the flags that only make sense for one model (ctx, id, tool parser) apply.
+    /// `main`: the flags that only make sense for one model (ctx, id, tool parser, chat
+    /// template) apply.
     fn new(args: &ServeArgs, model: Resolved, main: bool) -> anyhow::Result<LoadPlan> {
         let s = model.settings.clone();
         let engine = args
@@ -132,6 +141,8 @@ impl LoadPlan {
             (None, Some(name)) => Some(parse_tool_format(name).map_err(anyhow::Error::msg)?),
             (None, None) => None,
         };
+        let chat_template =
+            TemplateOverride::for_model(args.chat_template.as_deref().filter(|_| main), &s)?;
         Ok(LoadPlan {
             engine,
             id: args.model_id.clone().filter(|_| main).or(model.id.clone()),
@@ -141,6 +152,7 @@ impl LoadPlan {
             batch: args.batch.or(s.batch).unwrap_or(512),
             gpu_layers: args.gpu_layers.or(s.gpu_layers).unwrap_or(0),
             tool_parser,
+            chat_template,
             model,
         })
     }
@@ -275,8 +287,23 @@ fn start_engine(
     metrics: &Arc<EngineMetrics>,
 ) -> anyhow::Result<ServedModel> {
     let loaded = load_model(plan, args.python.as_ref())?;
+    let mut info = loaded.info;
+    if let Some(template) = &plan.chat_template {
+        tracing::info!(
+            model = %info.id,
+            file = %template.path.display(),
+            replaces = if info.chat_template.is_some() {
+                "the model's own"
+            } else {
+                "the built-in fallback"
+            },
+            "chat template from the override file"
+        );
+        // The engine compiles this source and detects the tool-call format from it.
+        info.chat_template = Some(template.source.clone());
+    }
     let engine = Engine::start(
-        loaded.info,
+        info,
         loaded.tokenizer,
         loaded.runner,
         EngineConfig {
