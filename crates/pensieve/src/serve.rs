@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
-use clap::builder::TypedValueParser;
 use clap::Args;
 use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, ToolFormat};
 use pensieve_hub::ModelFormat;
