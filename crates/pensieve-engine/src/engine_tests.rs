@@ -845,3 +845,23 @@ async fn reasoning_follows_the_requests_thinking_switches() {
         .collect();
     assert!(String::from_utf8_lossy(&prompt).ends_with("<think>"));
 }
+
+#[tokio::test]
+async fn a_qwen_call_without_its_marker_still_follows_the_grammar() {
+    // Small Qwen models write `<function=...>` without `<tool_call>`: the call's grammar
+    // takes over there. Unconstrained, the parameter the tool does not have would pass.
+    let reply = "Sure.\n<function=list_files>\n<parameter=junk>\nx\n</parameter>\n</function>";
+    let engine = start(ScriptedRunner::new(reply), 4096, 4);
+    let mut request = tool_request();
+    request.output.tools = Some(crate::ToolFormat::QWEN3_CODER);
+    request.tools = vec![list_files(true)];
+    request.lazy_call = Some(
+        grammars()
+            .call_body(crate::ToolFormat::QWEN3_CODER, &[list_files(true)], false)
+            .unwrap(),
+    );
+    let (text, calls, reason) = drain_calls(engine.submit(request).unwrap()).await;
+    assert_eq!(text, "Sure.");
+    assert_eq!(calls, vec![("list_files".to_owned(), "{}".to_owned())]);
+    assert_eq!(reason, FinishReason::ToolUse);
+}

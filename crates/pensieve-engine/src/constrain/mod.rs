@@ -100,13 +100,14 @@ impl Grammars {
         let tools: Vec<&ToolSpec> = tools.iter().collect();
         let tagged = format.grammar(&tools, GrammarStart::AfterMarker { parallel });
         // A bare call's first token may carry the newline after a code fence.
-        let bare = match format.bare_calls() {
+        let bare = match format.bare_calls() || format.bare_open().is_some() {
             true => Some(self.constraint(format.grammar(&tools, GrammarStart::Bare))?),
             false => None,
         };
         Ok(LazyCall {
             tagged: self.constraint(tagged)?,
             bare,
+            bare_open: format.bare_open(),
             trigger: format.open(),
             parallel,
             names: tools.iter().map(|t| t.name.clone()).collect(),
@@ -183,8 +184,11 @@ impl Constraint {
 pub struct LazyCall {
     /// After the opening marker, up to and with the closing one.
     tagged: Constraint,
-    /// A call's object alone (Llama 3; Hermes models that drop the tags).
+    /// A call without its marker: a call's object alone (Llama 3; Hermes models that
+    /// drop the tags), or from `bare_open`.
     bare: Option<Constraint>,
+    /// The text that opens a call without its marker, where that is no JSON object.
+    bare_open: Option<&'static str>,
     /// The marker that opens a call.
     trigger: &'static str,
     /// More calls may follow one; without, the grammar of a finished call keeps only the
@@ -205,9 +209,14 @@ impl LazyCall {
         (marker == self.trigger.as_bytes()).then(|| self.tagged.clone())
     }
 
-    /// Whether the format has calls without a marker.
+    /// Whether the format has JSON call objects without a marker.
     pub fn has_bare_calls(&self) -> bool {
-        self.bare.is_some()
+        self.bare.is_some() && self.bare_open.is_none()
+    }
+
+    /// The text that opens a call without its marker (Qwen's `<function=`).
+    pub fn bare_open(&self) -> Option<&'static str> {
+        self.bare_open.filter(|_| self.bare.is_some())
     }
 
     /// The names of the tools a call may name.

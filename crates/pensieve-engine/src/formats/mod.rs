@@ -52,6 +52,13 @@ pub(crate) trait Format: Send + Sync + 'static {
         false
     }
 
+    /// Text that opens a call without its marker, which models write too (Qwen's
+    /// `<function=` without `<tool_call>`). The output parser reads a call from it, and
+    /// the call's grammar ([`GrammarStart::Bare`], starting with it) starts there.
+    fn bare_open(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The markers around reasoning: `<think>` and `</think>` unless the format has its
     /// own (Gemma 4's thought channel).
     fn reasoning(&self) -> (&'static str, &'static str) {
@@ -83,7 +90,8 @@ pub enum GrammarStart {
     /// Right after the opening marker (`tool_choice: auto`); with `parallel`, formats
     /// that hold several calls after one marker (Mistral's arrays) allow them.
     AfterMarker { parallel: bool },
-    /// A JSON call object without its marker, perhaps after whitespace.
+    /// A call without its marker, perhaps after whitespace: a JSON call object, or
+    /// what starts with [`Format::bare_open`].
     Bare,
 }
 
@@ -158,6 +166,10 @@ impl ToolFormat {
 
     pub fn bare_calls(self) -> bool {
         self.0.bare_calls()
+    }
+
+    pub fn bare_open(self) -> Option<&'static str> {
+        self.0.bare_open()
     }
 
     pub fn arguments_key(self) -> &'static str {

@@ -15,7 +15,7 @@
 
 use super::{Format, GrammarStart};
 use crate::constrain::xml::{call_rule, XmlShape};
-use crate::constrain::{calls_lark, literal};
+use crate::constrain::{calls_lark, literal, WS};
 use crate::output::{CallReader, XmlCall, XmlSyntax};
 use crate::request::ToolSpec;
 
@@ -40,6 +40,13 @@ const SHAPE: XmlShape = XmlShape {
     param_open: |key| format!("<parameter={key}>\n"),
     param_close: "\n</parameter>\n",
     tail: "</function>\n",
+};
+
+/// A function written without `<tool_call>` around it.
+const BARE_SHAPE: XmlShape = XmlShape {
+    head: |name| format!("<function={name}>\n"),
+    tail: "</function>",
+    ..SHAPE
 };
 
 pub(super) struct Qwen3Coder;
@@ -69,10 +76,21 @@ impl Format for Qwen3Coder {
         Box::new(XmlCall::new(SYNTAX))
     }
 
+    /// Small and quantised models often leave `<tool_call>` out.
+    fn bare_open(&self) -> Option<&'static str> {
+        Some(SYNTAX.name_open)
+    }
+
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         let open = match start {
             GrammarStart::Forced => literal(OPEN),
-            GrammarStart::AfterMarker { .. } | GrammarStart::Bare => literal(""),
+            GrammarStart::AfterMarker { .. } => literal(""),
+            // Without the marker: the function alone, which ends the call.
+            GrammarStart::Bare => {
+                return calls_lark(WS, "", None, tools, |i, tool, lark| {
+                    call_rule(&BARE_SHAPE, i, tool, lark)
+                })
+            }
         };
         calls_lark(&open, CLOSE, None, tools, |i, tool, lark| {
             call_rule(&SHAPE, i, tool, lark)
@@ -237,6 +255,18 @@ mod tests {
             vec![Segment::Text("<tool_call> is a tag.".into())]
         );
         assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn a_function_without_its_marker_is_a_call() {
+        // As small Qwen models write it, and as users report it leaking as text.
+        let text =
+            "Checking.\n<function=Bash>\n<parameter=command>\nls\n</parameter>\n</function>\nDone.";
+        let (segments, calls) = parse_with(QWEN, &tools(), text);
+        let mut expected = vec![Segment::Text("Checking.".into())];
+        expected.extend(call("Bash", "{\"command\": \"ls\"}"));
+        expected.push(Segment::Text("Done.".into()));
+        assert_eq!((segments, calls), (expected, 1));
     }
 
     #[test]

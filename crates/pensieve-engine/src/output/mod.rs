@@ -303,8 +303,9 @@ impl OutputParser {
             }
         }
         let open = core.format.tools.map(ToolFormat::open);
+        let bare_open = core.format.tools.and_then(ToolFormat::bare_open);
         let (think_open, think_close) = core.format.reasoning_markers();
-        let mut markers: Vec<&str> = open.into_iter().collect();
+        let mut markers: Vec<&str> = open.into_iter().chain(bare_open).collect();
         if core.format.reasoning {
             // A `</think>` in text closes a block whose opening we did not see (a call
             // inside reasoning ended it, or the prompt opened it): it is no text.
@@ -313,7 +314,13 @@ impl OutputParser {
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
                 let before: String = core.held[..at].to_owned();
-                core.held.drain(..at + marker.len());
+                // A call opened without its marker is read from its first text.
+                let skip = if Some(marker) == bare_open {
+                    0
+                } else {
+                    marker.len()
+                };
+                core.held.drain(..at + skip);
                 // Whitespace between blocks is not worth a text block of its own.
                 core.emit_text(out, before.trim_end());
                 core.in_text = false;
@@ -347,13 +354,20 @@ impl OutputParser {
     fn thinking(&mut self, out: &mut Vec<Segment>) -> bool {
         let core = &mut self.core;
         let open = core.format.tools.map(ToolFormat::open);
+        let bare_open = core.format.tools.and_then(ToolFormat::bare_open);
         let (_, think_close) = core.format.reasoning_markers();
         let mut markers = vec![think_close];
         markers.extend(open.filter(|o| !o.is_empty()));
+        markers.extend(bare_open);
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
                 let thought = core.held[..at].to_owned();
-                core.held.drain(..at + marker.len());
+                let skip = if Some(marker) == bare_open {
+                    0
+                } else {
+                    marker.len()
+                };
+                core.held.drain(..at + skip);
                 if !thought.is_empty() {
                     core.emit(out, Segment::Thinking(thought));
                 }

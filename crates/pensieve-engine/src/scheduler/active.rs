@@ -49,6 +49,9 @@ pub(crate) struct Active {
     pub bare_from: Option<usize>,
     /// The output's start was read for such an object (it is only looked for there).
     pub bare_checked: bool,
+    /// Where to look on for the text that opens a call without its marker (Qwen's
+    /// `<function=`), in `tokens`.
+    pub bare_text_from: usize,
     generated: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
@@ -106,6 +109,7 @@ impl Active {
             lazy_call,
             bare_from: None,
             bare_checked: false,
+            bare_text_from: 0,
             generated: 0,
             utf8: Utf8Stream::default(),
             stops,

@@ -599,6 +599,7 @@ impl Scheduler {
     /// once it names one of the tools: a model that writes some other JSON is not made to
     /// call a tool it never named.
     fn watch_bare_call(&mut self, index: usize) {
+        self.watch_bare_text(index);
         let a = &mut self.running[index];
         let (Some(from), Some(lazy)) = (a.bare_from, &a.lazy_call) else {
             return;
@@ -617,6 +618,49 @@ impl Scheduler {
                 }
             }
             BareName::Named(_) | BareName::NotACall => a.bare_from = None,
+        }
+    }
+
+    /// Where the model opens a call with text instead of its marker (Qwen's bare
+    /// `<function=`), the call's grammar takes over from the token that began that text,
+    /// when the tokens so far fit it.
+    fn watch_bare_text(&mut self, index: usize) {
+        let a = &mut self.running[index];
+        let Some(open) = a.lazy_call.as_ref().and_then(LazyCall::bare_open) else {
+            return;
+        };
+        if a.constraint.is_some() {
+            a.bare_text_from = a.tokens.len();
+            return;
+        }
+        // Only the last few tokens can hold the text's start.
+        let from = a
+            .bare_text_from
+            .max(a.prompt_len)
+            .max(a.tokens.len().saturating_sub(open.len() + 1));
+        let pieces: Vec<Vec<u8>> = a.tokens[from..]
+            .iter()
+            .map(|t| self.tokenizer.token_bytes(*t))
+            .collect();
+        let text: Vec<u8> = pieces.concat();
+        let Some(at) = text.windows(open.len()).position(|w| w == open.as_bytes()) else {
+            return;
+        };
+        // The token the text starts in.
+        let mut start = from;
+        let mut seen = 0;
+        for piece in &pieces {
+            if seen + piece.len() > at {
+                break;
+            }
+            seen += piece.len();
+            start += 1;
+        }
+        a.bare_text_from = a.tokens.len();
+        let lazy = a.lazy_call.as_ref();
+        a.constraint = lazy.and_then(|l| l.bare_after(&a.tokens[start..]));
+        if a.constraint.is_some() {
+            tracing::debug!("a tool call opened without its marker: its grammar is on");
         }
     }
 
