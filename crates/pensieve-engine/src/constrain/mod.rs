@@ -20,6 +20,7 @@ use crate::output::ToolFormat;
 use crate::request::ToolSpec;
 
 mod gemma;
+mod schema;
 
 /// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
 pub struct Grammars {
@@ -347,27 +348,9 @@ fn calls_lark(
     lark
 }
 
-/// A schema as llguidance takes it: lenient about keywords it does not implement (tool
-/// schemas carry `$schema`, `format`, ...), and an object when the tool gave none. The
-/// arguments take only the properties the tool names (as OpenAI's strict mode): left
-/// open, a small model invents keys until `max_tokens`.
+/// A schema as llguidance takes it (see [`schema`]).
 fn schema_for_grammar(schema: &Value) -> String {
-    let mut schema = match schema {
-        Value::Object(o) if !o.is_empty() => Value::Object(o.clone()),
-        _ => serde_json::json!({"type": "object"}),
-    };
-    if let Value::Object(o) = &mut schema {
-        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
-            o.insert("additionalProperties".into(), Value::Bool(false));
-        }
-        o.insert(
-            "x-guidance".into(),
-            // Spaced as Python's json.dumps, which is how chat templates show calls.
-            serde_json::json!({"lenient": true, "whitespace_flexible": false,
-                               "item_separator": ", ", "key_separator": ": "}),
-        );
-    }
-    schema.to_string()
+    schema::for_grammar(schema)
 }
 
 fn json_string(s: &str) -> String {
