@@ -19,12 +19,17 @@ use crate::model::{TokenId, Tokenizer};
 use crate::output::ToolFormat;
 use crate::request::ToolSpec;
 
+mod cache;
 mod gemma;
 mod schema;
+
+pub use cache::CacheStats;
 
 /// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
 pub struct Grammars {
     factory: ParserFactory,
+    /// Compiled grammars, by their lark.
+    cache: cache::GrammarCache,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -63,7 +68,10 @@ impl Grammars {
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         // llguidance logs to stderr by default; errors come back as values here.
         factory.set_stderr_log_level(0);
-        Ok(Grammars { factory })
+        Ok(Grammars {
+            factory,
+            cache: cache::GrammarCache::new(cache::CAPACITY),
+        })
     }
 
     /// A grammar for exactly one call of one of `tools` (only `name`, when given), in the
@@ -129,8 +137,13 @@ impl Grammars {
     }
 
     fn constraint(&self, lark: String) -> Result<Constraint, String> {
-        let matcher = self.matcher(&lark)?;
+        let matcher = self.cache.get_or_compile(&lark, || self.matcher(&lark))?;
         Ok(Constraint { lark, matcher })
+    }
+
+    /// How often a grammar was found compiled, and how many are held.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     fn matcher(&self, lark: &str) -> Result<Matcher, String> {
