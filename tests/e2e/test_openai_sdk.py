@@ -264,6 +264,28 @@ def test_json_schema_output_validates(qwen):
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
+def test_json_schema_integers_end_with_a_small_model(smol):
+    """Greedy SmolLM2 under a schema with an integer wrote `"age": 13987200100000000…`
+    until max_tokens: an integer the schema leaves unbounded ends within what an i64 holds."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    r = smol.chat.completions.create(
+        model="smol",
+        # Greedy, the model writes the universe's age with as many digits as it may.
+        messages=[{"role": "user", "content": "How old is the universe?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+        max_tokens=128,
+        temperature=0,
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+    value = json.loads(r.choices[0].message.content)
+    jsonschema.validate(value, schema)
+    assert -(2**63) < value["age"] < 2**63
+
+
 def test_json_object_output_is_an_object(smol):
     r = smol.chat.completions.create(
         model="smol",

@@ -324,3 +324,20 @@ pub fn model_info(context_size: u32) -> ModelInfo {
         eos_token: String::new(),
     }
 }
+
+/// Claude Code's tools as its pinned version sends them (`constrain/fixtures/`): a real,
+/// large tool set for grammar tests.
+pub fn claude_code_tools() -> Vec<crate::ToolSpec> {
+    let tools: serde_json::Value =
+        serde_json::from_str(include_str!("constrain/fixtures/claude_code_tools.json"))
+            .expect("the fixture is JSON");
+    let tools = tools.as_array().expect("the fixture is a list");
+    tools
+        .iter()
+        .map(|t| crate::ToolSpec {
+            name: t["name"].as_str().unwrap_or_default().to_owned(),
+            description: t["description"].as_str().map(str::to_owned),
+            parameters: t["input_schema"].clone(),
+        })
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pensieve_engine::{
     BatchToken, Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, Message,
-    ModelRunner, Role, SamplingParams, SeqId, TokenId, Tokenizer,
+    ModelRunner, Role, SamplingParams, SeqId, TokenId, TokenMask, Tokenizer,
 };
 use pensieve_llama::{load, LlamaOptions, LoadedModel};
 
@@ -268,4 +268,78 @@ fn qwen_writes_its_tool_call_markers_as_single_tokens() {
         Some(&b"</tool_call>"[..])
     );
     assert_eq!(tokenizer.single_token("hello world"), None);
+}
+
+/// The grammars of Claude Code's tools over Qwen's vocabulary (151k tokens), in each tool
+/// format: they build, and a second request's come from the cache. The times are printed
+/// (`--nocapture`), not judged.
+#[test]
+fn claude_code_grammars_build_once_over_a_real_vocabulary() {
+    use pensieve_engine::constrain::Grammars;
+    use pensieve_engine::ToolFormat;
+    use std::time::Instant;
+
+    let mut options = LlamaOptions::new(model_path("Qwen2.5-Coder-0.5B-Instruct.gguf"));
+    options.context_size = Some(512);
+    options.threads = Some(2);
+    options.parallel = Some(1);
+    let model = load(&options).expect("Qwen loads");
+    let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
+    let markers = pensieve_engine::output::marker_tokens(tokenizer);
+    let start = Instant::now();
+    let grammars = Grammars::new(tokenizer, &markers).expect("grammars");
+    eprintln!(
+        "{} tokens: the vocabulary's trie in {:.2?}",
+        tokenizer.vocab_size(),
+        start.elapsed()
+    );
+    let tools = pensieve_engine::testing::claude_code_tools();
+    for format in ToolFormat::all() {
+        let name = format.name();
+        let before = grammars.cache_stats();
+        let start = Instant::now();
+        let mut forced = grammars.forced_call(format, &tools, None).expect(name);
+        let built = start.elapsed();
+        let start = Instant::now();
+        assert!(forced.mask().is_some(), "{name}");
+        let mask = start.elapsed();
+        let start = Instant::now();
+        grammars.call_body(format, &tools, true).expect(name);
+        let lazy = start.elapsed();
+        let first = grammars.cache_stats();
+        let start = Instant::now();
+        grammars.forced_call(format, &tools, None).expect(name);
+        grammars.call_body(format, &tools, true).expect(name);
+        let cached = start.elapsed();
+        let second = grammars.cache_stats();
+        assert_eq!(second.misses, first.misses, "{name}: compiled again");
+        let asked = first.hits + first.misses - before.hits - before.misses;
+        assert_eq!(second.hits - first.hits, asked, "{name}");
+        eprintln!(
+            "{name:>13}: forced {built:>9.2?} (first mask {mask:>8.2?}), lazy {lazy:>9.2?} \
+             ({} of {asked} grammars compiled); again, from the cache: {cached:.2?}",
+            first.misses - before.misses
+        );
+    }
+    // The masks along a whole call: the lexer's states are built as the call goes, in
+    // each request's copy of the grammar.
+    let call = "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls -la\", \
+                \"description\": \"List the files\"}}\n</tool_call>";
+    let tokens = tokenizer.encode(call);
+    for round in ["first", "second"] {
+        let mut c = grammars
+            .forced_call(ToolFormat::HERMES, &tools, None)
+            .expect("hermes");
+        let start = Instant::now();
+        for &token in &tokens {
+            let mask = c.mask().expect("the grammar holds");
+            assert!(TokenMask(mask.as_slice()).allows(token), "{token}");
+            c.accept(token);
+        }
+        eprintln!(
+            "a Bash call's {} masks, {round} request: {:.2?}",
+            tokens.len(),
+            start.elapsed()
+        );
+    }
 }

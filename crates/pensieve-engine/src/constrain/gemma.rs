@@ -8,10 +8,12 @@ use serde_json::{Map, Value};
 use super::literal;
 
 /// Terminals and rules for values the schema leaves open. Strings can't hold `<e` (the
-/// start of the delimiter) or end in `<`.
+/// start of the delimiter) or end in `<`. Numbers have few enough digits that a model
+/// can't write one forever, as in JSON (see `schema`): integers 18 (an `i64` holds them),
+/// numbers 16 before the point and 10 after it.
 pub(crate) const TERMINALS: &str = r#"FG_STR: /<escape>([^<]|<[^e<])*<escape>/
-FG_INT: /-?(0|[1-9][0-9]*)/
-FG_NUM: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/
+FG_INT: /-?(0|[1-9][0-9]{0,17})/
+FG_NUM: /-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,10})?([eE][+-]?[0-9]{1,3})?/
 FG_KEY: /[A-Za-z_][A-Za-z0-9_\-]*/
 fg_any: FG_STR | FG_NUM | "true" | "false" | "null" | fg_obj | fg_arr
 fg_obj: "{" [fg_pair ("," fg_pair)*] "}"

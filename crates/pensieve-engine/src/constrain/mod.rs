@@ -20,12 +20,18 @@ use crate::model::TokenMask;
 use crate::model::{TokenId, Tokenizer};
 use crate::request::ToolSpec;
 
+mod cache;
 pub(crate) mod gemma;
+mod schema;
 pub(crate) mod xml;
+
+pub use cache::CacheStats;
 
 /// Builds grammars for one model's vocabulary (built once: it walks the vocabulary).
 pub struct Grammars {
     factory: ParserFactory,
+    /// Compiled grammars, by their lark.
+    cache: cache::GrammarCache,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -64,7 +70,10 @@ impl Grammars {
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         // llguidance logs to stderr by default; errors come back as values here.
         factory.set_stderr_log_level(0);
-        Ok(Grammars { factory })
+        Ok(Grammars {
+            factory,
+            cache: cache::GrammarCache::new(cache::CAPACITY),
+        })
     }
 
     /// A grammar for exactly one call of one of `tools` (only `name`, when given), in the
@@ -121,8 +130,13 @@ impl Grammars {
     }
 
     fn constraint(&self, lark: String) -> Result<Constraint, String> {
-        let matcher = self.matcher(&lark)?;
+        let matcher = self.cache.get_or_compile(&lark, || self.matcher(&lark))?;
         Ok(Constraint { lark, matcher })
+    }
+
+    /// How often a grammar was found compiled, and how many are held.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     fn matcher(&self, lark: &str) -> Result<Matcher, String> {
@@ -307,27 +321,9 @@ pub(crate) fn json_call_rule(i: usize, tool: &ToolSpec, key: &str, lark: &mut St
     format!("c{i}")
 }
 
-/// A schema as llguidance takes it: lenient about keywords it does not implement (tool
-/// schemas carry `$schema`, `format`, ...), and an object when the tool gave none. The
-/// arguments take only the properties the tool names (as OpenAI's strict mode): left
-/// open, a small model invents keys until `max_tokens`.
+/// A schema as llguidance takes it (see [`schema`]).
 pub(crate) fn schema_for_grammar(schema: &Value) -> String {
-    let mut schema = match schema {
-        Value::Object(o) if !o.is_empty() => Value::Object(o.clone()),
-        _ => serde_json::json!({"type": "object"}),
-    };
-    if let Value::Object(o) = &mut schema {
-        if o.contains_key("properties") && !o.contains_key("additionalProperties") {
-            o.insert("additionalProperties".into(), Value::Bool(false));
-        }
-        o.insert(
-            "x-guidance".into(),
-            // Spaced as Python's json.dumps, which is how chat templates show calls.
-            serde_json::json!({"lenient": true, "whitespace_flexible": false,
-                               "item_separator": ", ", "key_separator": ": "}),
-        );
-    }
-    schema.to_string()
+    schema::for_grammar(schema)
 }
 
 pub(crate) fn json_string(s: &str) -> String {

@@ -20,9 +20,10 @@ pub(crate) struct XmlShape {
     pub tail: &'static str,
 }
 
-/// Up to 18 digits: any such integer fits an i64.
+/// Up to 18 digits: any such integer fits an i64. Numbers as `schema` bounds JSON ones:
+/// 16 digits before the point, 10 after.
 const INT: &str = r"/-?(0|[1-9][0-9]{0,17})/";
-const NUM: &str = r"/-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?/";
+const NUM: &str = r"/-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,10})?([eE][-+]?[0-9]{1,3})?/";
 
 /// The rules of one call of tool `i`; returns the rule's name.
 pub(crate) fn call_rule(shape: &XmlShape, i: usize, tool: &ToolSpec, lark: &mut String) -> String {
