@@ -12,6 +12,7 @@
 
 mod functiongemma;
 mod glm;
+mod harmony;
 mod hermes;
 mod llama3;
 mod mistral;
@@ -97,6 +98,7 @@ pub enum GrammarStart {
 
 /// Every format, in the order templates are matched against them.
 pub(crate) static REGISTRY: &[&dyn Format] = &[
+    &harmony::Harmony,
     &qwen3_coder::Qwen3Coder,
     &glm::Glm47,
     &glm::Glm45,
@@ -120,6 +122,7 @@ impl ToolFormat {
     pub const QWEN3_CODER: ToolFormat = ToolFormat(&qwen3_coder::Qwen3Coder);
     pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
     pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
+    pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {

@@ -23,7 +23,7 @@ use crate::request::ToolSpec;
 pub use crate::formats::ToolFormat;
 pub(crate) use gemma_call::{GemmaCall, GemmaSyntax};
 pub(crate) use json::JsonScanner;
-pub(crate) use json_call::{bare_call_name, BareName, JsonCall};
+pub(crate) use json_call::{bare_call_name, stream_json, BareName, JsonCall};
 pub(crate) use xml_call::{XmlCall, XmlSyntax};
 
 pub(crate) const THINK_OPEN: &str = "<think>";
