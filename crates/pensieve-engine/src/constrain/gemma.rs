@@ -1,18 +1,63 @@
-//! FunctionGemma's argument syntax as lark, from a tool's JSON schema: keys bare,
-//! strings between `<escape>` delimiters, the rest as in JSON. An object's properties
-//! come in the schema's order, the required ones always, the others when the model
-//! writes them.
+//! The Gemma family's argument syntax as lark, from a tool's JSON schema: keys bare,
+//! strings between the format's delimiters (FunctionGemma's `<escape>`, Gemma 4's
+//! `<|"|>`), the rest as in JSON. An object's properties come in the schema's order, the
+//! required ones always, the others when the model writes them.
 
 use serde_json::{Map, Value};
 
-use super::literal;
+use super::{calls_lark, literal};
+use crate::formats::GrammarStart;
+use crate::output::GemmaSyntax;
+use crate::request::ToolSpec;
 
-/// Terminals and rules for values the schema leaves open. Strings can't hold `<e` (the
-/// start of the delimiter) or end in `<`. Numbers have few enough digits that a model
-/// can't write one forever, as in JSON (see `schema`): integers 18 (an `i64` holds them),
-/// numbers 16 before the point and 10 after it.
-pub(crate) const TERMINALS: &str = r#"FG_STR: /<escape>([^<]|<[^e<])*<escape>/
-FG_INT: /-?(0|[1-9][0-9]{0,17})/
+/// Lark for the calls of a Gemma-family format: `call:NAME{...}` with the arguments of
+/// one of `tools`, then the closing marker; from the opening marker when forced. `string`
+/// is the lark of a delimited string ([`ESCAPE_STRING`], [`delimited_string`]).
+pub(crate) fn calls(
+    syntax: GemmaSyntax,
+    string: &str,
+    tools: &[&ToolSpec],
+    start: GrammarStart,
+) -> String {
+    let open = match start {
+        GrammarStart::Forced => literal(syntax.open),
+        GrammarStart::AfterMarker { .. } | GrammarStart::Bare => literal(""),
+    };
+    let mut lark = calls_lark(&open, syntax.close, None, tools, |i, tool, lark| {
+        let mut rules = Rules::new(&format!("g{i}_"), syntax.delim);
+        let value = rules.value(&tool.parameters);
+        lark.push_str(&format!(
+            "c{i}: {} {value}\n",
+            literal(&format!("call:{}", tool.name))
+        ));
+        lark.push_str(&rules.into_lark());
+        format!("c{i}")
+    });
+    lark.push_str(&terminals(string));
+    lark
+}
+
+/// FunctionGemma's strings: they can't hold `<e` (the start of the delimiter) or end in
+/// `<`, a simple regex that rules out a little more than the delimiter.
+pub(crate) const ESCAPE_STRING: &str = r#"/<escape>([^<]|<[^e<])*<escape>/"#;
+
+/// A string between two `delim`s that holds anything but `delim` itself (llguidance's
+/// `&` and `~`): code in a string keeps its `<<` and `<|`.
+pub(crate) fn delimited_string(delim: &str) -> String {
+    let d = literal(delim);
+    format!("{d} FG_BODY {d}\nFG_BODY: /(?s:.*)/ & ~(/(?s:.*)/ {d} /(?s:.*)/)")
+}
+
+/// Terminals and rules for values the schema leaves open; `string` is the lark of a
+/// delimited string ([`ESCAPE_STRING`], [`delimited_string`]).
+fn terminals(string: &str) -> String {
+    format!("FG_STR: {string}\n{TERMINALS}")
+}
+
+/// Numbers have few enough digits that a model can't write one forever, as in JSON
+/// (see `schema`): integers 18 (an `i64` holds them), numbers 16 before the point and 10
+/// after it.
+const TERMINALS: &str = r#"FG_INT: /-?(0|[1-9][0-9]{0,17})/
 FG_NUM: /-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,10})?([eE][+-]?[0-9]{1,3})?/
 FG_KEY: /[A-Za-z_][A-Za-z0-9_\-]*/
 fg_any: FG_STR | FG_NUM | "true" | "false" | "null" | fg_obj | fg_arr
@@ -22,23 +67,27 @@ fg_arr: "[" [fg_any ("," fg_any)*] "]"
 "#;
 
 /// The rules one tool's arguments need.
-pub(crate) struct Rules {
+struct Rules {
     prefix: String,
+    /// The string delimiter, for constants.
+    delim: &'static str,
     lark: String,
     count: usize,
 }
 
 impl Rules {
-    /// Rule names start with `prefix` (one per tool, so tools' rules don't clash).
-    pub(crate) fn new(prefix: &str) -> Rules {
+    /// Rule names start with `prefix` (one per tool, so tools' rules don't clash);
+    /// strings are between `delim`s.
+    fn new(prefix: &str, delim: &'static str) -> Rules {
         Rules {
             prefix: prefix.to_owned(),
+            delim,
             lark: String::new(),
             count: 0,
         }
     }
 
-    pub(crate) fn into_lark(self) -> String {
+    fn into_lark(self) -> String {
         self.lark
     }
 
@@ -50,14 +99,14 @@ impl Rules {
     }
 
     /// A lark expression for a value of `schema`.
-    pub(crate) fn value(&mut self, schema: &Value) -> String {
+    fn value(&mut self, schema: &Value) -> String {
         if let Some(values) = schema.get("enum").and_then(Value::as_array) {
             if !values.is_empty() {
-                return one_of(values.iter().map(constant));
+                return one_of(values.iter().map(|v| constant(v, self.delim)));
             }
         }
         if let Some(value) = schema.get("const") {
-            return constant(value);
+            return constant(value, self.delim);
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(options) = schema.get(key).and_then(Value::as_array) {
@@ -160,10 +209,10 @@ impl Rules {
     }
 }
 
-/// A schema constant as FunctionGemma writes it.
-fn constant(value: &Value) -> String {
+/// A schema constant as the model writes it.
+fn constant(value: &Value, delim: &str) -> String {
     match value {
-        Value::String(s) => literal(&format!("<escape>{s}<escape>")),
+        Value::String(s) => literal(&format!("{delim}{s}{delim}")),
         other => literal(&other.to_string()),
     }
 }

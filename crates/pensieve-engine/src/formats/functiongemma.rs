@@ -2,7 +2,7 @@
 //! `<start_function_call>call:name{key:<escape>text<escape>,n:1}<end_function_call>`.
 
 use super::{Format, GrammarStart};
-use crate::constrain::{calls_lark, gemma, literal};
+use crate::constrain::gemma;
 use crate::output::{CallReader, GemmaCall, GemmaSyntax};
 use crate::request::ToolSpec;
 
@@ -40,21 +40,6 @@ impl Format for FunctionGemma {
     }
 
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
-        let open = match start {
-            GrammarStart::Forced => literal(SYNTAX.open),
-            GrammarStart::AfterMarker { .. } | GrammarStart::Bare => literal(""),
-        };
-        let mut lark = calls_lark(&open, SYNTAX.close, None, tools, |i, tool, lark| {
-            let mut rules = gemma::Rules::new(&format!("g{i}_"));
-            let value = rules.value(&tool.parameters);
-            lark.push_str(&format!(
-                "c{i}: {} {value}\n",
-                literal(&format!("call:{}", tool.name))
-            ));
-            lark.push_str(&rules.into_lark());
-            format!("c{i}")
-        });
-        lark.push_str(gemma::TERMINALS);
-        lark
+        gemma::calls(SYNTAX, gemma::ESCAPE_STRING, tools, start)
     }
 }

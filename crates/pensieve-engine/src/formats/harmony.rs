@@ -491,6 +491,7 @@ mod tests {
         tools: Some(ToolFormat::HARMONY),
         reasoning: true,
         starts_thinking: false,
+        hide_reasoning: false,
     };
 
     /// gpt-oss, for a request without tools.

@@ -11,6 +11,7 @@
 //! Adding a format is one new module here and one line in [`REGISTRY`].
 
 mod functiongemma;
+mod gemma4;
 mod glm;
 mod harmony;
 mod hermes;
@@ -66,6 +67,13 @@ pub(crate) trait Format: Send + Sync + 'static {
         (THINK_OPEN, THINK_CLOSE)
     }
 
+    /// The label a reasoning block opens with, when its open marker is a channel's: the
+    /// label and the line breaks just inside both markers are markup, not reasoning
+    /// (Gemma 4 writes `<|channel>thought\n...\n<channel|>`).
+    fn reasoning_label(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether [`Format::reader`] reads the whole output from its first token, text and
     /// reasoning included (Harmony's channels), rather than one call after its marker.
     /// Such a reader is used whether or not the request offers tools; it makes calls only
@@ -102,6 +110,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &qwen3_coder::Qwen3Coder,
     &glm::Glm47,
     &glm::Glm45,
+    &gemma4::Gemma4,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -119,6 +128,7 @@ impl ToolFormat {
     pub const MISTRAL: ToolFormat = ToolFormat(&mistral::Mistral);
     pub const MISTRAL_JSON: ToolFormat = ToolFormat(&mistral_json::MistralJson);
     pub const FUNCTIONGEMMA: ToolFormat = ToolFormat(&functiongemma::FunctionGemma);
+    pub const GEMMA4: ToolFormat = ToolFormat(&gemma4::Gemma4);
     pub const QWEN3_CODER: ToolFormat = ToolFormat(&qwen3_coder::Qwen3Coder);
     pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
     pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
@@ -181,6 +191,10 @@ impl ToolFormat {
 
     pub fn reasoning(self) -> (&'static str, &'static str) {
         self.0.reasoning()
+    }
+
+    pub fn reasoning_label(self) -> Option<&'static str> {
+        self.0.reasoning_label()
     }
 
     pub fn owns_output(self) -> bool {

@@ -283,6 +283,13 @@ impl Translator {
                     Status::More
                 }
             },
+            // A key between delimiters (Gemma 4's template writes the keys of objects in
+            // tool declarations so) may hold what would end a bare one.
+            State::Key { first, mut key } if in_delimited(&key, self.delim) => {
+                key.push(c);
+                self.state = State::Key { first, key };
+                Status::More
+            }
             State::Key { first, mut key } => match c {
                 '}' if first && key.trim().is_empty() => {
                     self.state = State::After;
@@ -370,6 +377,13 @@ impl Translator {
         out.push_str(&shadow.completion());
         out
     }
+}
+
+/// Whether `key` opened with the delimiter and has not yet closed it.
+fn in_delimited(key: &str, delim: &str) -> bool {
+    key.trim_start()
+        .strip_prefix(delim)
+        .is_some_and(|inside| !inside.contains(delim))
 }
 
 /// A bare literal as JSON: itself when it is a JSON number or keyword, else a string.

@@ -76,6 +76,12 @@ impl OutputFormat {
         self.model()
             .map_or((THINK_OPEN, THINK_CLOSE), ToolFormat::reasoning)
     }
+
+    /// The label reasoning opens with, if the model's format has one (see
+    /// [`ToolFormat::reasoning_label`]).
+    pub fn reasoning_label(&self) -> Option<&'static str> {
+        self.model().and_then(ToolFormat::reasoning_label)
+    }
 }
 
 /// One piece of parsed output, in order.
@@ -184,6 +190,9 @@ impl Core {
 pub struct OutputParser {
     core: Core,
     mode: Mode,
+    /// Reasoning has just opened in a format whose reasoning has a label: the label and
+    /// its line break may come next.
+    label: bool,
 }
 
 #[derive(Debug)]
@@ -195,12 +204,15 @@ enum Mode {
 
 impl OutputParser {
     pub fn new(format: OutputFormat) -> Self {
+        let mode = match format.model() {
+            Some(model) if model.owns_output() => Mode::Call(model.reader()),
+            _ if format.starts_thinking && format.reasoning => Mode::Thinking,
+            _ => Mode::Text,
+        };
         OutputParser {
-            mode: match format.model() {
-                Some(model) if model.owns_output() => Mode::Call(model.reader()),
-                _ if format.starts_thinking && format.reasoning => Mode::Thinking,
-                _ => Mode::Text,
-            },
+            // A prompt that ends with the open marker leaves the label to the model.
+            label: matches!(mode, Mode::Thinking) && format.reasoning_label().is_some(),
+            mode,
             core: Core {
                 format,
                 held: String::new(),
@@ -272,7 +284,10 @@ impl OutputParser {
                 }
             }
             Mode::Thinking => {
-                let held = std::mem::take(&mut self.core.held);
+                let mut held = std::mem::take(&mut self.core.held);
+                if let Some(label) = self.core.format.reasoning_label().filter(|_| self.label) {
+                    held.drain(..label_len(&held, label, true).unwrap_or(0));
+                }
                 if !held.is_empty() {
                     self.core.emit(&mut out, Segment::Thinking(held));
                 }
@@ -324,6 +339,7 @@ impl OutputParser {
                 // Whitespace between blocks is not worth a text block of its own.
                 core.emit_text(out, before.trim_end());
                 core.in_text = false;
+                self.label = marker == think_open && core.format.reasoning_label().is_some();
                 self.mode = match core.format.tools {
                     _ if marker == think_open => Mode::Thinking,
                     _ if marker == think_close => Mode::Text,
@@ -351,8 +367,22 @@ impl OutputParser {
 
     /// Reasoning, up to `</think>` or a call: models call tools from inside their
     /// reasoning too (Qwen3.5 often leaves `</think>` out before a call).
+    ///
+    /// A format whose reasoning has a label (Gemma 4's `<|channel>thought\n`) writes the
+    /// label and a line break after the open marker, and a line break before the close
+    /// one: markup, which its template writes back around the reasoning it is given.
     fn thinking(&mut self, out: &mut Vec<Segment>) -> bool {
         let core = &mut self.core;
+        let label = core.format.reasoning_label();
+        if let Some(label) = label.filter(|_| self.label) {
+            match label_len(&core.held, label, false) {
+                None => return false,
+                Some(len) => {
+                    core.held.drain(..len);
+                    self.label = false;
+                }
+            }
+        }
         let open = core.format.tools.map(ToolFormat::open);
         let bare_open = core.format.tools.and_then(ToolFormat::bare_open);
         let (_, think_close) = core.format.reasoning_markers();
@@ -361,7 +391,10 @@ impl OutputParser {
         markers.extend(bare_open);
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
-                let thought = core.held[..at].to_owned();
+                let mut thought = core.held[..at].to_owned();
+                if label.is_some() && marker == think_close && thought.ends_with('\n') {
+                    thought.pop();
+                }
                 let skip = if Some(marker) == bare_open {
                     0
                 } else {
@@ -380,7 +413,11 @@ impl OutputParser {
                 };
                 true
             }
-            Found::No { safe } => {
+            Found::No { mut safe } => {
+                // A line break may be the close marker's.
+                if label.is_some() && core.held[..safe].ends_with('\n') {
+                    safe -= 1;
+                }
                 if safe > 0 {
                     let thought: String = core.held.drain(..safe).collect();
                     core.emit(out, Segment::Thinking(thought));
@@ -389,6 +426,21 @@ impl OutputParser {
             }
         }
     }
+}
+
+/// How much of `held`, the start of a reasoning block, is its `label` and the line break
+/// after it; None while it may still be the label. At the `end` of the output, what may
+/// be a cut-off label is one.
+fn label_len(held: &str, label: &str, end: bool) -> Option<usize> {
+    if held.len() <= label.len() && label.starts_with(held) {
+        return end.then_some(held.len());
+    }
+    // The label is a word of its own.
+    let labelled = held
+        .strip_prefix(label)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+    let len = if labelled { label.len() } else { 0 };
+    Some(len + usize::from(held[len..].starts_with('\n')))
 }
 
 pub(crate) enum Found<'m> {
