@@ -14,6 +14,7 @@ mod functiongemma;
 mod glm;
 mod hermes;
 mod llama3;
+mod minimax;
 mod mistral;
 mod mistral_json;
 mod qwen3_coder;
@@ -92,6 +93,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &qwen3_coder::Qwen3Coder,
     &glm::Glm47,
     &glm::Glm45,
+    &minimax::MiniMaxM2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -112,6 +114,7 @@ impl ToolFormat {
     pub const QWEN3_CODER: ToolFormat = ToolFormat(&qwen3_coder::Qwen3Coder);
     pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
     pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
+    pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
