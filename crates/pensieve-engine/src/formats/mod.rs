@@ -16,6 +16,7 @@ mod glm;
 mod harmony;
 mod hermes;
 mod llama3;
+mod minimax;
 mod mistral;
 mod mistral_json;
 mod qwen3_coder;
@@ -111,6 +112,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &glm::Glm47,
     &glm::Glm45,
     &gemma4::Gemma4,
+    &minimax::MiniMaxM2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -133,6 +135,7 @@ impl ToolFormat {
     pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
     pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
     pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
+    pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -270,6 +273,9 @@ mod detection_tests {
             ("nemotron3-nano", Some(ToolFormat::QWEN3_CODER)),
             ("glm-4.6", Some(ToolFormat::GLM45)),
             ("glm-4.7-flash", Some(ToolFormat::GLM47)),
+            ("gpt-oss", Some(ToolFormat::HARMONY)),
+            ("gemma4", Some(ToolFormat::GEMMA4)),
+            ("minimax-m2", Some(ToolFormat::MINIMAX_M2)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {
