@@ -298,3 +298,37 @@ def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_d
         assert cached >= 0.7 * prompt, report
     finally:
         qwen_server.start()
+
+
+QWEN3_CODER_TEMPLATE = Path(__file__).resolve().parents[2] / "crates/pensieve-engine/src/template/fixtures/qwen3-coder.jinja"
+
+
+@pytest.fixture(scope="module")
+def qwen3_coder_server():
+    """The same model under Qwen3-Coder's real chat template: its tool calls are Qwen's
+    XML (`<function=...><parameter=...>`), not Hermes' JSON."""
+    yield from _serve(QWEN_CODER, ["--ctx", "32768", "--chat-template", str(QWEN3_CODER_TEMPLATE)])
+
+
+def test_claude_code_on_the_qwen3_coder_template(qwen3_coder_server, project_dir, user_home):
+    """`claude -p` with file edits allowed on a model that writes Qwen XML calls: it exits
+    0 (or ends in one of the model's own ways), and every call the server made of the
+    model's output was well-formed."""
+    target = Path(project_dir) / "hello.txt"
+    target.unlink(missing_ok=True)
+    code, out, err, took = run_claude(
+        qwen3_coder_server.url, FILE_TASK, FILE_TASK_TIMEOUT_S, workdir=project_dir, home=user_home,
+        args=["--permission-mode", "acceptEdits", "--max-turns", FILE_TASK_MAX_TURNS],
+        extra_env={**QWEN_ENV, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": FILE_TASK_MAX_TOKENS},
+    )
+    log = qwen3_coder_server.log_tail(10**9)
+    report = (f"exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
+              f"--- server log ---\n{log[-3000:]}")
+    assert code is not None, "Claude Code did not finish:\n" + report
+    assert code == 0 or any(m in out + err for m in MODEL_ENDINGS), report
+    assert "tool_format=Some(qwen3_coder)" in log, report
+    for line in log.splitlines():
+        assert not any(m in line for m in MALFORMED_CALL_LOGS), f"malformed tool call: {line}"
+    content = target.read_text(errors="replace").strip() if target.exists() else None
+    summary_line(f"Qwen3-Coder template: claude -p {FILE_TASK!r} exit={code} in {took:.1f}s, "
+                 f"{log.count('stop=ToolUse')} responses ended in tool calls, hello.txt={content!r}")
