@@ -20,7 +20,6 @@ from pathlib import Path
 import anthropic
 import jsonschema
 import pytest
-
 from conftest import QWEN_CODER, _serve
 
 ROOT = Path(__file__).resolve().parents[2]
