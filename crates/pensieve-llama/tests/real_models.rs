@@ -285,7 +285,7 @@ fn claude_code_grammars_build_once_over_a_real_vocabulary() {
     options.parallel = Some(1);
     let model = load(&options).expect("Qwen loads");
     let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
-    let markers = pensieve_engine::output::marker_tokens(tokenizer);
+    let markers = pensieve_engine::output::marker_tokens(tokenizer, Some(ToolFormat::QWEN3_CODER));
     let start = Instant::now();
     let grammars = Grammars::new(tokenizer, &markers).expect("grammars");
     eprintln!(
