@@ -283,3 +283,18 @@ mod detection_tests {
         }
     }
 }
+
+/// The README's list of formats is the registry's.
+#[cfg(test)]
+mod readme_tests {
+    #[test]
+    fn the_readme_lists_every_format_with_its_models() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        for format in super::ToolFormat::all() {
+            let entry = format!("`{}` ({}", format.name(), format.models());
+            assert!(readme.contains(&entry), "README lacks {entry:?}");
+        }
+    }
+}
