@@ -36,30 +36,54 @@ const MARKERS: &[&str] = &[
     "</arg_value>",
 ];
 
-fn grammar(shape: &XmlShape, tools: &[&ToolSpec], start: GrammarStart) -> String {
-    let open = match start {
-        GrammarStart::Forced => literal(OPEN),
-        GrammarStart::AfterMarker { .. } | GrammarStart::Bare => literal(""),
-    };
-    calls_lark(&open, CLOSE, None, tools, |i, tool, lark| {
-        call_rule(shape, i, tool, lark)
-    })
+/// One GLM layout: what sets it apart is its names, how its template is told and how
+/// its parts are spaced.
+pub(super) struct Glm {
+    names: &'static [&'static str],
+    models: &'static str,
+    /// A template of this layout holds this text.
+    template_mark: &'static str,
+    shape: XmlShape,
 }
 
 /// GLM-4.5 and 4.6: parts on lines of their own.
-pub(super) struct Glm45;
+pub(super) const GLM45: Glm = Glm {
+    names: &["glm45", "glm"],
+    models: "GLM-4.5, GLM-4.5-Air, GLM-4.6",
+    template_mark: KEY,
+    shape: XmlShape {
+        head: |name| format!("{name}\n"),
+        param_open: |key| format!("<arg_key>{key}</arg_key>\n<arg_value>"),
+        param_close: "</arg_value>\n",
+        tail: "",
+    },
+};
 
-impl Format for Glm45 {
+/// GLM-4.7, 4.7-Flash and 5.x: the parts run together (the compact template writes the
+/// value's tag right after the key's).
+pub(super) const GLM47: Glm = Glm {
+    names: &["glm47"],
+    models: "GLM-4.7, GLM-4.7-Flash, GLM-5",
+    template_mark: "</arg_key><arg_value>",
+    shape: XmlShape {
+        head: |name| name.to_owned(),
+        param_open: |key| format!("<arg_key>{key}</arg_key><arg_value>"),
+        param_close: "</arg_value>",
+        tail: "",
+    },
+};
+
+impl Format for Glm {
     fn names(&self) -> &'static [&'static str] {
-        &["glm45", "glm"]
+        self.names
     }
 
     fn models(&self) -> &'static str {
-        "GLM-4.5, GLM-4.5-Air, GLM-4.6"
+        self.models
     }
 
     fn detect(&self, template: &str) -> bool {
-        template.contains(KEY)
+        template.contains(KEY) && template.contains(self.template_mark)
     }
 
     fn markers(&self) -> &'static [&'static str] {
@@ -75,53 +99,13 @@ impl Format for Glm45 {
     }
 
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
-        const SHAPE: XmlShape = XmlShape {
-            head: |name| format!("{name}\n"),
-            param_open: |key| format!("<arg_key>{key}</arg_key>\n<arg_value>"),
-            param_close: "</arg_value>\n",
-            tail: "",
+        let open = match start {
+            GrammarStart::Forced => literal(OPEN),
+            GrammarStart::AfterMarker { .. } | GrammarStart::Bare => literal(""),
         };
-        grammar(&SHAPE, tools, start)
-    }
-}
-
-/// GLM-4.7, 4.7-Flash and 5.x: the parts run together.
-pub(super) struct Glm47;
-
-impl Format for Glm47 {
-    fn names(&self) -> &'static [&'static str] {
-        &["glm47"]
-    }
-
-    fn models(&self) -> &'static str {
-        "GLM-4.7, GLM-4.7-Flash, GLM-5"
-    }
-
-    /// The compact template writes the value's tag right after the key's.
-    fn detect(&self, template: &str) -> bool {
-        template.contains(KEY) && template.contains("</arg_key><arg_value>")
-    }
-
-    fn markers(&self) -> &'static [&'static str] {
-        MARKERS
-    }
-
-    fn open(&self) -> &'static str {
-        OPEN
-    }
-
-    fn reader(&self) -> Box<dyn CallReader> {
-        Box::new(XmlCall::new(SYNTAX))
-    }
-
-    fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
-        const SHAPE: XmlShape = XmlShape {
-            head: |name| name.to_owned(),
-            param_open: |key| format!("<arg_key>{key}</arg_key><arg_value>"),
-            param_close: "</arg_value>",
-            tail: "",
-        };
-        grammar(&SHAPE, tools, start)
+        calls_lark(&open, CLOSE, None, tools, |i, tool, lark| {
+            call_rule(&self.shape, i, tool, lark)
+        })
     }
 }
 

@@ -109,8 +109,8 @@ pub enum GrammarStart {
 pub(crate) static REGISTRY: &[&dyn Format] = &[
     &harmony::Harmony,
     &qwen3_coder::Qwen3Coder,
-    &glm::Glm47,
-    &glm::Glm45,
+    &glm::GLM47,
+    &glm::GLM45,
     &gemma4::Gemma4,
     &minimax::MiniMaxM2,
     &hermes::Hermes,
@@ -132,8 +132,8 @@ impl ToolFormat {
     pub const FUNCTIONGEMMA: ToolFormat = ToolFormat(&functiongemma::FunctionGemma);
     pub const GEMMA4: ToolFormat = ToolFormat(&gemma4::Gemma4);
     pub const QWEN3_CODER: ToolFormat = ToolFormat(&qwen3_coder::Qwen3Coder);
-    pub const GLM45: ToolFormat = ToolFormat(&glm::Glm45);
-    pub const GLM47: ToolFormat = ToolFormat(&glm::Glm47);
+    pub const GLM45: ToolFormat = ToolFormat(&glm::GLM45);
+    pub const GLM47: ToolFormat = ToolFormat(&glm::GLM47);
     pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
     pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
 
