@@ -4,9 +4,8 @@
 
 use crate::paths;
 
-/// `$PENSIEVE_RECOMMENDED_MODEL` (to pin it), else by memory: Qwen2.5-Coder 7B with 16 GiB
-/// or more, 3B with 8 GiB or more, 1.5B below; MLX 4-bit on Apple Silicon once `pensieve
-/// setup mlx` has run, GGUF Q4_K_M elsewhere.
+/// `$PENSIEVE_RECOMMENDED_MODEL` (to pin it), else [`for_memory`] of this machine: MLX
+/// 4-bit on Apple Silicon once `pensieve setup mlx` has run, GGUF elsewhere.
 pub fn recommended_model() -> String {
     if let Some(pinned) = std::env::var("PENSIEVE_RECOMMENDED_MODEL")
         .ok()
@@ -15,17 +14,32 @@ pub fn recommended_model() -> String {
         return pinned;
     }
     let gib = total_memory().map_or(16, |b| b >> 30);
-    let size = match gib {
-        16.. => "7B",
-        8..=15 => "3B",
-        _ => "1.5B",
-    };
     let mlx =
         cfg!(all(target_os = "macos", target_arch = "aarch64")) && paths::mlx_python().exists();
-    if mlx {
-        format!("mlx-community/Qwen2.5-Coder-{size}-Instruct-4bit")
-    } else {
-        format!("Qwen/Qwen2.5-Coder-{size}-Instruct-GGUF:Q4_K_M")
+    for_memory(gib, mlx).to_owned()
+}
+
+/// Today's tool-calling coding models by memory (GiB the system reports: a 24 GB machine
+/// says 23), each with room left for Claude Code's 32k-token context and the system:
+/// - 22 GiB and more: Qwen3-Coder-30B-A3B (an 18.6 GB Q4_K_M, 3B active parameters, so
+///   it decodes fast on a CPU too), the model the Ollama, LM Studio and Unsloth Claude
+///   Code guides all name for 24-32 GB;
+/// - 14 to 21: gpt-oss-20b (11.6 GB), the 16 GB model of those guides;
+/// - 7 to 13: Qwen3.5-9B (5.7 GB); below that Qwen3.5-4B (2.7 GB): the small Qwen3.5
+///   models call tools in the same XML as Qwen3-Coder.
+///
+/// Unsloth's repositories hold the GGUF quants of all four (and, for Qwen3.5, the only
+/// ones); mlx-community's the MLX 4-bit conversions.
+pub fn for_memory(gib: u64, mlx: bool) -> &'static str {
+    match (gib, mlx) {
+        (22.., false) => "unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF:Q4_K_M",
+        (14..=21, false) => "unsloth/gpt-oss-20b-GGUF:Q4_K_M",
+        (7..=13, false) => "unsloth/Qwen3.5-9B-GGUF:Q4_K_M",
+        (_, false) => "unsloth/Qwen3.5-4B-GGUF:Q4_K_M",
+        (22.., true) => "mlx-community/Qwen3-Coder-30B-A3B-Instruct-4bit",
+        (14..=21, true) => "mlx-community/gpt-oss-20b-MXFP4-Q4",
+        (7..=13, true) => "mlx-community/Qwen3.5-9B-4bit",
+        (_, true) => "mlx-community/Qwen3.5-2B-MLX-4bit",
     }
 }
 
@@ -57,5 +71,31 @@ fn total_memory() -> Option<u64> {
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_memory;
+
+    #[test]
+    fn bigger_machines_get_bigger_models() {
+        assert_eq!(
+            for_memory(23, false),
+            "unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF:Q4_K_M"
+        );
+        assert_eq!(for_memory(15, false), "unsloth/gpt-oss-20b-GGUF:Q4_K_M");
+        assert_eq!(for_memory(7, false), "unsloth/Qwen3.5-9B-GGUF:Q4_K_M");
+        assert_eq!(for_memory(3, false), "unsloth/Qwen3.5-4B-GGUF:Q4_K_M");
+        assert_eq!(
+            for_memory(64, true),
+            "mlx-community/Qwen3-Coder-30B-A3B-Instruct-4bit"
+        );
+        // Every tier is a model whose tool calls Pensieve parses: GGUF names carry a
+        // quant, MLX ones are whole repositories.
+        for gib in [1, 8, 16, 32] {
+            assert!(for_memory(gib, false).ends_with(":Q4_K_M"));
+            assert!(!for_memory(gib, true).contains(':'));
+        }
     }
 }
