@@ -829,21 +829,17 @@ async fn reasoning_follows_the_requests_thinking_switches() {
     forced.thinking = true;
     forced.tools = vec![list_files(true)];
     forced.tool_choice = crate::ToolChoice::Required;
-    let prompt: Vec<u8> = engine
-        .prompt_tokens(&forced)
-        .unwrap()
-        .into_iter()
-        .flat_map(|t| ByteTokenizer.token_bytes(t))
-        .collect();
-    assert!(!String::from_utf8_lossy(&prompt).ends_with("<think>"));
+    let prompt = |r: &GenerateRequest| -> String {
+        let tokens = engine.prompt_tokens(r).unwrap();
+        let bytes: Vec<u8> = tokens
+            .into_iter()
+            .flat_map(|t| ByteTokenizer.token_bytes(t))
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    assert!(!prompt(&forced).ends_with("<think>"));
     forced.tool_choice = crate::ToolChoice::Auto;
-    let prompt: Vec<u8> = engine
-        .prompt_tokens(&forced)
-        .unwrap()
-        .into_iter()
-        .flat_map(|t| ByteTokenizer.token_bytes(t))
-        .collect();
-    assert!(String::from_utf8_lossy(&prompt).ends_with("<think>"));
+    assert!(prompt(&forced).ends_with("<think>"));
 }
 
 #[tokio::test]
