@@ -217,6 +217,7 @@ impl Engine {
                         ToolChoice::Required | ToolChoice::Named(_)
                     ),
                 reasoning_effort: request.effort.map(|e| e.as_str().to_owned()),
+                tool_format: self.shared.tool_format,
             },
         )?)
     }

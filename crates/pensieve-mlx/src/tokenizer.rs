@@ -17,7 +17,27 @@ const END_OF_TURN: &[&str] = &[
     "<end_of_turn>",
     "<|end|>",
     "</s>",
+    // gpt-oss (Harmony): the answer ends with `<|return|>`, a call with `<|call|>`.
+    "<|return|>",
+    "<|call|>",
+    // Gemma 4: a turn ends with `<turn|>`; after a call the model opens the response
+    // it waits for.
+    "<turn|>",
+    "<|tool_response>",
 ];
+
+/// The [`END_OF_TURN`] names that end generation for a vocabulary (`has` says whether
+/// it holds a token). In Harmony `<|end|>` closes one message of a turn (the reasoning
+/// before the answer), so where `<|return|>` and `<|call|>` exist it is not an end, as
+/// llama.cpp decides for the same vocabulary.
+fn end_of_turn_names(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
+    let harmony = has("<|return|>") && has("<|call|>");
+    END_OF_TURN
+        .iter()
+        .copied()
+        .filter(|name| has(name) && !(harmony && *name == "<|end|>"))
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -93,7 +113,11 @@ impl HfTokenizer {
             .map(|&id| id as TokenId)
             .collect();
         end_of_generation.extend(special_tokens.eos.as_deref().and_then(id_of));
-        end_of_generation.extend(END_OF_TURN.iter().filter_map(|name| id_of(name)));
+        end_of_generation.extend(
+            end_of_turn_names(|name| id_of(name).is_some())
+                .into_iter()
+                .filter_map(id_of),
+        );
         let bos = special_tokens
             .bos
             .as_ref()
@@ -223,6 +247,25 @@ fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn harmony_ends_at_return_and_call_not_at_the_end_of_a_message() {
+        let vocab = |names: &'static [&'static str]| move |name: &str| names.contains(&name);
+        let harmony = vocab(&["<|end|>", "<|return|>", "<|call|>", "<|endoftext|>"]);
+        assert_eq!(
+            end_of_turn_names(harmony),
+            ["<|endoftext|>", "<|return|>", "<|call|>"]
+        );
+        // Phi-3 style vocabularies end turns with `<|end|>`.
+        assert_eq!(
+            end_of_turn_names(vocab(&["<|end|>", "<|endoftext|>"])),
+            ["<|endoftext|>", "<|end|>"]
+        );
+        assert_eq!(
+            end_of_turn_names(vocab(&["<turn|>", "<|tool_response>", "<bos>"])),
+            ["<turn|>", "<|tool_response>"]
+        );
+    }
 
     #[test]
     fn the_byte_level_alphabet_is_a_bijection() {

@@ -21,8 +21,10 @@ mod mistral;
 mod mistral_json;
 mod qwen3_coder;
 
+use std::borrow::Cow;
+
 use crate::output::{CallReader, THINK_CLOSE, THINK_OPEN};
-use crate::request::ToolSpec;
+use crate::request::{Message, ToolSpec};
 
 /// How a model writes tool calls (and the reasoning around them). Implemented once per
 /// format; see the module docs.
@@ -90,6 +92,12 @@ pub(crate) trait Format: Send + Sync + 'static {
 
     /// Lark for the calls, from where `start` says up to and with what closes them.
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String;
+
+    /// Reshapes a (normalized) conversation and its tools into what the format's own
+    /// templates accept, where clients send history the model would not have written:
+    /// gpt-oss's template renders one call per assistant message and needs every tool
+    /// described. Runs before every render, so it must be pure.
+    fn history(&self, _conversation: &mut Vec<Message>, _tools: &mut Cow<'_, [ToolSpec]>) {}
 }
 
 /// Where a call's grammar starts.
@@ -210,6 +218,10 @@ impl ToolFormat {
 
     pub(crate) fn grammar(self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         self.0.grammar(tools, start)
+    }
+
+    pub(crate) fn history(self, conversation: &mut Vec<Message>, tools: &mut Cow<'_, [ToolSpec]>) {
+        self.0.history(conversation, tools)
     }
 }
 

@@ -21,12 +21,14 @@ mod strftime;
 mod tests;
 mod tool_prompt;
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::sync::Arc;
 
 use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
+use crate::formats::ToolFormat;
 use crate::request::{Message, ToolSpec};
 
 /// The name the template is stored under; it shows in error locations.
@@ -109,6 +111,9 @@ pub struct RenderOptions {
     /// Passed as `reasoning_effort` only when set (gpt-oss's template writes it into its
     /// system message, and defaults to "medium" when it is not defined).
     pub reasoning_effort: Option<String>,
+    /// The model's tool-call format, whose [`ToolFormat::history`] reshapes the
+    /// conversation for its templates first.
+    pub tool_format: Option<ToolFormat>,
 }
 
 /// A compiled chat template: built once per model, shared across requests.
@@ -191,7 +196,12 @@ impl ChatTemplate {
             with_tools = tool_prompt::with_tool_system_prompt(messages, tools)?;
             (with_tools.as_slice(), &[][..])
         };
-        let conversation = normalize::normalize(messages);
+        let mut conversation = normalize::normalize(messages);
+        let mut tools = Cow::Borrowed(tools);
+        if let Some(format) = opts.tool_format {
+            format.history(&mut conversation, &mut tools);
+        }
+        let tools = &tools[..];
         let first_error = match self.render_conversation(&conversation, tools, opts) {
             Ok(prompt) => return Ok(prompt),
             Err(err) => err,

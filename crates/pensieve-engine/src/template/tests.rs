@@ -158,6 +158,9 @@ fn renders_like_hugging_face_jinja2() {
             let opts = RenderOptions {
                 enable_thinking: case["enable_thinking"].as_bool().unwrap_or(false),
                 reasoning_effort: str_field(case, "reasoning_effort"),
+                tool_format: info["format"].as_str().map(|name| {
+                    ToolFormat::from_name(name).unwrap_or_else(|| panic!("no format {name}"))
+                }),
             };
             let dir = fixtures().join("expected").join(name);
             checked += 1;
@@ -185,7 +188,7 @@ fn renders_like_hugging_face_jinja2() {
             }
         }
     }
-    assert!(checked >= 277, "only {checked} fixture renders ran");
+    assert!(checked >= 298, "only {checked} fixture renders ran");
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -438,7 +441,7 @@ fn enable_thinking_and_special_tokens_are_passed_through() {
     .expect("compiles");
     let opts = RenderOptions {
         enable_thinking: true,
-        reasoning_effort: None,
+        ..RenderOptions::default()
     };
     let prompt = template.render(&[user("q")], &[], &opts).expect("renders");
     assert_eq!(prompt, "<s>|</s>|True|True|None");

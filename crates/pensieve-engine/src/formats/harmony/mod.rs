@@ -14,14 +14,19 @@
 //! output starts inside the first header.
 //!
 //! This module owns all of it: the reader reads the whole output ([`Format::owns_output`])
-//! into reasoning, text and calls, and the grammars write a call's message.
+//! into reasoning, text and calls, the grammars write a call's message, and [`history`]
+//! reshapes what clients send back into what the template takes.
+
+mod history;
+
+use std::borrow::Cow;
 
 use super::{Format, GrammarStart};
 use crate::constrain::{calls_lark, literal, schema_for_grammar};
 use crate::output::{
     find_marker, is_tool_name, stream_json, CallReader, Core, Found, JsonScanner, Next, Segment,
 };
-use crate::request::ToolSpec;
+use crate::request::{Message, ToolSpec};
 
 const START: &str = "<|start|>";
 const CHANNEL: &str = "<|channel|>";
@@ -86,6 +91,10 @@ impl Format for Harmony {
     /// `<|call|>` is optional after the arguments: gpt-oss has it as an end-of-generation
     /// token, which a grammar allows once it is complete but would not take as the text
     /// it requires (a tokenizer without it as one may still write it).
+    fn history(&self, conversation: &mut Vec<Message>, tools: &mut Cow<'_, [ToolSpec]>) {
+        history::history(conversation, tools);
+    }
+
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         let close = format!("{}?", literal(CALL));
         match start {
@@ -739,7 +748,8 @@ mod tests {
     /// wrote, and it is the reasoning and the call the history was made of.
     #[test]
     fn history_as_the_template_renders_it_reads_back() {
-        let golden = include_str!("../template/fixtures/expected/gpt-oss/agent_loop_thinking.txt");
+        let golden =
+            include_str!("../../template/fixtures/expected/gpt-oss/agent_loop_thinking.txt");
         let turns: Vec<&str> = golden
             .split("<|start|>user<|message|>Where is the parser?<|end|><|start|>assistant")
             .nth(1)
@@ -765,7 +775,7 @@ mod tests {
 
     #[test]
     fn the_template_is_recognised() {
-        let template = include_str!("../template/fixtures/gpt-oss.jinja");
+        let template = include_str!("../../template/fixtures/gpt-oss.jinja");
         assert_eq!(ToolFormat::detect(template), Some(ToolFormat::HARMONY));
         for name in ["harmony", "openai", "gpt_oss"] {
             assert_eq!(ToolFormat::from_name(name), Some(ToolFormat::HARMONY));
