@@ -5,11 +5,13 @@ and GLM-4.7-Flash (`--chat-template`, the fixtures in the engine's template test
 
 - Forced calls of Claude Code's own tools (captured from the real client) come back as
   `tool_use` blocks whose input validates against the tool's schema, streamed and not.
-- Under `tool_choice: auto` the model's own calls come back the same way (Qwen3-Coder's
-  XML; this model often writes it without `<tool_call>`, as users report of real Qwen
-  models), and a tool result continues the conversation. Under GLM's template this
-  model ends its turn at once when not forced, so GLM's auto calls are covered by the
-  engine's tests (formats/glm.rs, the scripted-runner tests) rather than here.
+- Under `tool_choice: auto` the model's own calls come back the same way, and a tool
+  result continues the conversation. This model writes both formats without the call's
+  opening marker, as users report of real Qwen and GLM models: Qwen3-Coder's XML as a
+  bare `<function=...>`, and GLM's as the tool's name followed by `<arg_key>`. Under
+  GLM-4.7-Flash's template it ends its turn at once when not forced, so GLM's auto calls
+  run under GLM-4.6's template (same format family, the newline layout) with thinking on,
+  where it does call.
 """
 
 from __future__ import annotations
@@ -54,6 +56,19 @@ def qwen3_coder():
 @pytest.fixture(scope="module")
 def glm47():
     yield from serve_with("glm-4.7-flash.jinja")
+
+
+@pytest.fixture(scope="module")
+def glm45():
+    yield from serve_with("glm-4.6.jinja")
+
+
+# What each auto-call server needs: GLM-4.6's template only gets a call out of this
+# model with thinking on.
+AUTO = {
+    "qwen3_coder": T0,
+    "glm45": {"extra_body": {"temperature": 0}, "thinking": {"type": "adaptive"}},
+}
 
 
 def client_for(server) -> anthropic.Anthropic:
@@ -110,23 +125,30 @@ def test_a_streamed_forced_call_arrives_as_input_json_deltas(server_name, reques
     jsonschema.validate(call.input, SCHEMAS[call.name])
 
 
-def test_an_auto_call_in_qwen_xml_is_a_tool_use_block(qwen3_coder):
-    message = client_for(qwen3_coder).messages.create(
-        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **T0
+@pytest.mark.parametrize("server_name", AUTO)
+def test_an_auto_call_is_a_tool_use_block(server_name, request):
+    server = request.getfixturevalue(server_name)
+    message = client_for(server).messages.create(
+        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **AUTO[server_name]
     )
-    call = check_call(message, "get_weather", qwen3_coder)
+    call = check_call(message, "get_weather", server)
     jsonschema.validate(call, WEATHER_TOOL["input_schema"])
     assert call["city"].lower() == "paris", call
     # Typed by the schema: `days`, when the model gives it, is a number, not text.
     assert isinstance(call.get("days", 1), int), call
 
 
-def test_an_auto_call_streams_and_a_result_continues_the_conversation(qwen3_coder):
-    client = client_for(qwen3_coder)
-    with client.messages.stream(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **T0) as stream:
+@pytest.mark.parametrize("server_name", AUTO)
+def test_an_auto_call_streams_and_a_result_continues_the_conversation(server_name, request):
+    server = request.getfixturevalue(server_name)
+    client = client_for(server)
+    settings = AUTO[server_name]
+    with client.messages.stream(
+        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **settings
+    ) as stream:
         kinds = [e.content_block.type for e in stream if e.type == "content_block_start"]
         first = stream.get_final_message()
-    assert "tool_use" in kinds, f"{first}\n--- log ---\n{qwen3_coder.log_tail(3000)}"
+    assert "tool_use" in kinds, f"{first}\n--- log ---\n{server.log_tail(3000)}"
     call = next(b for b in first.content if b.type == "tool_use")
     history = ASK + [
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
@@ -135,7 +157,9 @@ def test_an_auto_call_streams_and_a_result_continues_the_conversation(qwen3_code
     ]
     # The call and its result render back through the template; the model answers from
     # the result or calls again (a 0.5B model often does), but either way well-formed.
-    answer = client.messages.create(model="qwen", max_tokens=96, tools=[WEATHER_TOOL], messages=history, **T0)
+    answer = client.messages.create(
+        model="qwen", max_tokens=96, tools=[WEATHER_TOOL], messages=history, **settings
+    )
     assert answer.stop_reason in ("end_turn", "tool_use"), answer
     for block in answer.content:
         if block.type == "text":

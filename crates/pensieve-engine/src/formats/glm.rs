@@ -98,6 +98,12 @@ impl Format for Glm {
         Box::new(XmlCall::new(SYNTAX))
     }
 
+    /// GLM models drop `<tool_call>` before a call's name, and the call reaches the
+    /// client as text (zai-org/GLM-5#84); small models under GLM's template do too.
+    fn bare_name_then(&self) -> Option<&'static str> {
+        Some(KEY)
+    }
+
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         let open = match start {
             GrammarStart::Forced => literal(OPEN),
@@ -170,6 +176,56 @@ mod tests {
         expected.extend(call("Bash", "{}"));
         expected.extend(call("Bash", "{\"timeout\": 5}"));
         assert_eq!((segments, calls), (expected, 2));
+    }
+
+    #[test]
+    fn a_call_without_its_marker_is_read_from_an_offered_tools_name() {
+        let bash = "{\"command\": \"ls\", \"timeout\": 7}";
+        // What Qwen2.5-Coder-0.5B writes under GLM-4.6's template, and GLM models do
+        // too: the name first, no `<tool_call>`, no `</tool_call>`, then stray text.
+        let text = "\nBash\n<arg_key>command</arg_key>\n<arg_value>ls</arg_value>\n<arg_key>timeout</arg_key>\n<arg_value>7</arg_value>\n<|system|>";
+        let (segments, calls) = parse_with(format(ToolFormat::GLM45, false), &tools(), text);
+        assert_eq!((segments, calls), (call("Bash", bash), 1));
+        // GLM-4.7's run-together layout, after reasoning.
+        let text = "Need it.</think>Bash<arg_key>command</arg_key><arg_value>ls</arg_value><arg_key>timeout</arg_key><arg_value>7</arg_value></tool_call>";
+        let (segments, _) = parse_with(format(ToolFormat::GLM47, true), &tools(), text);
+        let mut expected = vec![Segment::Thinking("Need it.".into())];
+        expected.extend(call("Bash", bash));
+        assert_eq!(segments, expected);
+        // Cut anywhere, it is text that cannot yet be a call, or a call that closes.
+        let full = "Bash\n<arg_key>command</arg_key>\n<arg_value>ls</arg_value>\n";
+        for cut in 0..=full.len() {
+            let (segments, _) =
+                parse_with(format(ToolFormat::GLM45, false), &tools(), &full[..cut]);
+            for s in segments {
+                match s {
+                    Segment::CallArguments(args) => {
+                        assert!(serde_json::from_str::<serde_json::Value>(&args).is_ok())
+                    }
+                    Segment::Text(t) => assert!(!t.contains("<arg_key>"), "{t:?}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_that_starts_like_a_tool_name_stays_text() {
+        for text in [
+            "Bash is a shell.",
+            "Bas",
+            "Bash",
+            "Bash\n\nruns commands: <arg_key> is GLM's.",
+            "I would run Bash<arg_key>command</arg_key>",
+        ] {
+            let (segments, calls) = parse_with(format(ToolFormat::GLM45, false), &tools(), text);
+            assert_eq!(calls, 0, "{text:?}");
+            assert_eq!(segments, vec![Segment::Text(text.into())], "{text:?}");
+        }
+        // Without offered tools no name makes a call.
+        let text = "Bash<arg_key>command</arg_key><arg_value>ls</arg_value>";
+        let (_, calls) = parse_with(format(ToolFormat::GLM47, false), &[], text);
+        assert_eq!(calls, 0);
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub(crate) trait Format: Send + Sync + 'static {
         None
     }
 
+    /// The marker that follows a call's name, for formats whose models also write a
+    /// call without its opening marker, name first (GLM writes `Bash<arg_key>...` for
+    /// `<tool_call>Bash<arg_key>...`, and users see it as text). A block that starts with
+    /// an offered tool's name and then this is read as a call. No grammar starts there:
+    /// only the text is recovered.
+    fn bare_name_then(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The markers around reasoning: `<think>` and `</think>` unless the format has its
     /// own (Gemma 4's thought channel).
     fn reasoning(&self) -> (&'static str, &'static str) {
@@ -194,6 +203,10 @@ impl ToolFormat {
 
     pub fn bare_open(self) -> Option<&'static str> {
         self.0.bare_open()
+    }
+
+    pub fn bare_name_then(self) -> Option<&'static str> {
+        self.0.bare_name_then()
     }
 
     pub fn arguments_key(self) -> &'static str {

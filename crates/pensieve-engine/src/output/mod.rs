@@ -317,6 +317,19 @@ impl OutputParser {
                 json_call::BareStart::No => {}
             }
         }
+        if let (Some(tools), false) = (core.format.tools, core.in_text) {
+            match tools
+                .bare_name_then()
+                .map(|then| bare_named_call(core, then))
+            {
+                Some(BareStart::Started) => {
+                    self.mode = Mode::Call(tools.reader());
+                    return true;
+                }
+                Some(BareStart::Maybe) => return false,
+                Some(BareStart::No) | None => {}
+            }
+        }
         let open = core.format.tools.map(ToolFormat::open);
         let bare_open = core.format.tools.and_then(ToolFormat::bare_open);
         let (think_open, think_close) = core.format.reasoning_markers();
@@ -425,6 +438,48 @@ impl OutputParser {
                 false
             }
         }
+    }
+}
+
+enum BareStart {
+    Started,
+    /// Whitespace, or what may still become one: wait.
+    Maybe,
+    No,
+}
+
+/// Whether `held`, where a block starts, is a call without its opening marker: an
+/// offered tool's name, perhaps whitespace, then `then` (see
+/// [`ToolFormat::bare_name_then`]). On a start, the whitespace before the name is
+/// dropped and the call's reader reads from the name.
+fn bare_named_call(core: &mut Core, then: &str) -> BareStart {
+    let trimmed = core.held.trim_start();
+    if trimmed.is_empty() {
+        return if core.tools.is_empty() {
+            BareStart::No
+        } else {
+            BareStart::Maybe
+        };
+    }
+    let mut maybe = false;
+    for tool in &core.tools {
+        match trimmed.strip_prefix(tool.name.as_str()) {
+            Some(rest) => {
+                let rest = rest.trim_start();
+                if rest.starts_with(then) {
+                    let ws = core.held.len() - trimmed.len();
+                    core.held.drain(..ws);
+                    return BareStart::Started;
+                }
+                maybe |= then.starts_with(rest);
+            }
+            None => maybe |= tool.name.starts_with(trimmed),
+        }
+    }
+    if maybe {
+        BareStart::Maybe
+    } else {
+        BareStart::No
     }
 }
 
