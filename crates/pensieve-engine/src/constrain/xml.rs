@@ -1,7 +1,7 @@
-//! Grammars for the XML-style call formats (Qwen3-Coder, GLM, MiniMax), whose values
-//! are raw text: a string runs, unescaped, to its closing tag; an integer, number or
-//! boolean is written bare and bounded; objects and arrays are JSON of their schema.
-//! The tool's parameters come in the schema's order, the required ones always.
+//! Grammars for the XML-style call formats (Qwen3-Coder, GLM, MiniMax, DeepSeek's DSML),
+//! whose values are raw text: a string runs, unescaped, to its closing tag; an integer,
+//! number or boolean is written bare and bounded; objects and arrays are JSON of their
+//! schema. The tool's parameters come in the schema's order, the required ones always.
 
 use serde_json::Value;
 
@@ -14,6 +14,9 @@ pub(crate) struct XmlShape {
     pub head: fn(&str) -> String,
     /// Before a value, given its key.
     pub param_open: fn(&str) -> String,
+    /// Before a value that is not text, where the tag says so (DeepSeek's DSML writes
+    /// `string="false"` and JSON): then [`XmlShape::param_open`] is a text value's.
+    pub json_param_open: Option<fn(&str) -> String>,
     /// After a value.
     pub param_close: &'static str,
     /// After the parameters.
@@ -38,11 +41,24 @@ pub(crate) fn call_rule(shape: &XmlShape, i: usize, tool: &ToolSpec, lark: &mut 
         Some(props) => {
             for (j, (key, prop)) in props.iter().enumerate() {
                 let rule = format!("c{i}_p{j}");
-                let value = value_expr(shape, &format!("{rule}_v"), prop, lark);
-                lark.push_str(&format!(
-                    "{rule}: {} {value}\n",
-                    literal(&(shape.param_open)(key))
-                ));
+                let param = match shape.json_param_open {
+                    None => format!(
+                        "{} {}",
+                        literal(&(shape.param_open)(key)),
+                        value_expr(shape, &format!("{rule}_v"), prop, lark)
+                    ),
+                    Some(json_open) => {
+                        let opens = ((shape.param_open)(key), json_open(key));
+                        tagged_value(
+                            shape,
+                            (&opens.0, &opens.1),
+                            &format!("{rule}_v"),
+                            prop,
+                            lark,
+                        )
+                    }
+                };
+                lark.push_str(&format!("{rule}: {param}\n"));
                 if required.contains(&key.as_str()) {
                     parts.push(rule);
                 } else {
@@ -99,7 +115,67 @@ fn value_expr(shape: &XmlShape, rule: &str, schema: &Value, lark: &mut String) -
         // Described but untyped (a `$ref`, an `allOf`): JSON of the schema.
         return format!("%json {} {close}", schema_for_grammar(schema));
     }
-    let options: Vec<String> = types
+    format!("({}) {close}", typed_options(&types, schema).join(" | "))
+}
+
+/// A value whose open tag says whether it is text or JSON (`opens`: the text one's, the
+/// JSON one's), as the template writes it: each alternative with its own tag.
+fn tagged_value(
+    shape: &XmlShape,
+    (text_open, json_open): (&str, &str),
+    rule: &str,
+    schema: &Value,
+    lark: &mut String,
+) -> String {
+    let close = literal(shape.param_close);
+    let text_open = literal(text_open);
+    let json_open = literal(json_open);
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        let (texts, others): (Vec<&Value>, Vec<&Value>) =
+            values.iter().partition(|v| v.is_string());
+        let mut alternatives = Vec::new();
+        let texts: Vec<String> = texts
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(literal)
+            .collect();
+        if !texts.is_empty() {
+            alternatives.push(format!("{text_open} ({}) {close}", texts.join(" | ")));
+        }
+        let others: Vec<String> = others.iter().map(|v| literal(&v.to_string())).collect();
+        if !others.is_empty() {
+            alternatives.push(format!("{json_open} ({}) {close}", others.join(" | ")));
+        }
+        if !alternatives.is_empty() {
+            return alternatives.join(" | ");
+        }
+    }
+    let types = types(schema);
+    let unconstrained = schema.as_object().is_none_or(|o| {
+        o.keys()
+            .all(|k| matches!(k.as_str(), "description" | "title" | "default" | "examples"))
+    });
+    let mut alternatives = Vec::new();
+    if types.iter().any(|t| t == "string") || unconstrained {
+        alternatives.push(format!("{text_open} {}", text_rule(shape, rule, lark)));
+    }
+    let others: Vec<String> = types.into_iter().filter(|t| t != "string").collect();
+    if !others.is_empty() {
+        let options = typed_options(&others, schema).join(" | ");
+        alternatives.push(format!("{json_open} ({options}) {close}"));
+    } else if alternatives.is_empty() {
+        // Described but untyped (a `$ref`, an `allOf`): JSON of the schema.
+        alternatives.push(format!(
+            "{json_open} %json {} {close}",
+            schema_for_grammar(schema)
+        ));
+    }
+    alternatives.join(" | ")
+}
+
+/// A value of each of `types` (none of them a string), as lark expressions.
+fn typed_options(types: &[String], schema: &Value) -> Vec<String> {
+    types
         .iter()
         .map(|t| match t.as_str() {
             "integer" => INT.to_owned(),
@@ -108,8 +184,7 @@ fn value_expr(shape: &XmlShape, rule: &str, schema: &Value, lark: &mut String) -
             "null" => "\"null\"".to_owned(),
             _ => format!("%json {}", schema_for_grammar(schema)),
         })
-        .collect();
-    format!("({}) {close}", options.join(" | "))
+        .collect()
 }
 
 /// Text up to (and with) the closing tag, which it can't hold.

@@ -23,6 +23,7 @@ const SYNTAX: XmlSyntax = XmlSyntax {
     value_open: "<arg_value>",
     value_close: "</arg_value>",
     value_newlines: false,
+    string_attr: false,
     call_close: CLOSE,
     block_close: None,
 };
@@ -54,6 +55,7 @@ pub(super) const GLM45: Glm = Glm {
     shape: XmlShape {
         head: |name| format!("{name}\n"),
         param_open: |key| format!("<arg_key>{key}</arg_key>\n<arg_value>"),
+        json_param_open: None,
         param_close: "</arg_value>\n",
         tail: "",
     },
@@ -68,6 +70,7 @@ pub(super) const GLM47: Glm = Glm {
     shape: XmlShape {
         head: |name| name.to_owned(),
         param_open: |key| format!("<arg_key>{key}</arg_key><arg_value>"),
+        json_param_open: None,
         param_close: "</arg_value>",
         tail: "",
     },

@@ -32,6 +32,7 @@ const SYNTAX: XmlSyntax = XmlSyntax {
     value_close: "</parameter>",
     // The template writes values bare: a file's trailing line break is its own.
     value_newlines: false,
+    string_attr: false,
     call_close: "</invoke>",
     block_close: Some(CLOSE),
 };
@@ -41,6 +42,7 @@ const SYNTAX: XmlSyntax = XmlSyntax {
 const SHAPE: XmlShape = XmlShape {
     head: |name| format!("\n<invoke name=\"{name}\">\n"),
     param_open: |key| format!("<parameter name=\"{key}\">"),
+    json_param_open: None,
     param_close: "</parameter>\n",
     tail: "</invoke>",
 };

@@ -10,6 +10,8 @@
 //!
 //! Adding a format is one new module here and one line in [`REGISTRY`].
 
+mod deepseek_dsml;
+mod deepseek_v31;
 mod functiongemma;
 mod gemma4;
 mod glm;
@@ -130,6 +132,9 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &glm::GLM45,
     &gemma4::Gemma4,
     &minimax::MiniMaxM2,
+    &deepseek_dsml::DEEPSEEK_V4,
+    &deepseek_dsml::DEEPSEEK_V32,
+    &deepseek_v31::DeepSeekV31,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -153,6 +158,9 @@ impl ToolFormat {
     pub const GLM47: ToolFormat = ToolFormat(&glm::GLM47);
     pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
     pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
+    pub const DEEPSEEK_V31: ToolFormat = ToolFormat(&deepseek_v31::DeepSeekV31);
+    pub const DEEPSEEK_V32: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V32);
+    pub const DEEPSEEK_V4: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V4);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -301,6 +309,9 @@ mod detection_tests {
             ("gpt-oss", Some(ToolFormat::HARMONY)),
             ("gemma4", Some(ToolFormat::GEMMA4)),
             ("minimax-m2", Some(ToolFormat::MINIMAX_M2)),
+            ("deepseek-v3.1", Some(ToolFormat::DEEPSEEK_V31)),
+            ("deepseek-v3.1-llamacpp", Some(ToolFormat::DEEPSEEK_V31)),
+            ("deepseek-v3.2", Some(ToolFormat::DEEPSEEK_V32)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {

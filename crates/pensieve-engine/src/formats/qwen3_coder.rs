@@ -31,6 +31,7 @@ const SYNTAX: XmlSyntax = XmlSyntax {
     value_open: "",
     value_close: "</parameter>",
     value_newlines: true,
+    string_attr: false,
     call_close: "</function>",
     block_close: Some(CLOSE),
 };
@@ -38,6 +39,7 @@ const SYNTAX: XmlSyntax = XmlSyntax {
 const SHAPE: XmlShape = XmlShape {
     head: |name| format!("\n<function={name}>\n"),
     param_open: |key| format!("<parameter={key}>\n"),
+    json_param_open: None,
     param_close: "\n</parameter>\n",
     tail: "</function>\n",
 };

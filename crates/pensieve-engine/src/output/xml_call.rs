@@ -1,9 +1,10 @@
 //! Calls written as XML-like tags around raw text: Qwen3-Coder's
 //! `<function=NAME><parameter=K>\nV\n</parameter></function>`, GLM's
 //! `NAME<arg_key>K</arg_key><arg_value>V</arg_value>`, MiniMax's
-//! `<invoke name="NAME"><parameter name="K">V</parameter></invoke>`. Values are bare
-//! text, typed by the tool's schema (`typed`); string values stream as they are
-//! generated, JSON-escaped, so a long file's content does not wait for its end.
+//! `<invoke name="NAME"><parameter name="K">V</parameter></invoke>`, DeepSeek's DSML
+//! (MiniMax's with `｜DSML｜` tags and `string="true|false"`). Values are bare text,
+//! typed by the tool's schema (`typed`); string values stream as they are generated,
+//! JSON-escaped, so a long file's content does not wait for its end.
 
 use serde_json::Value;
 
@@ -29,6 +30,10 @@ pub(crate) struct XmlSyntax {
     pub value_close: &'static str,
     /// Each value is wrapped in one line break on either side, which is markup (Qwen).
     pub value_newlines: bool,
+    /// The key's tag may go on after the key's closing quote with `string="true"` or
+    /// `string="false"` (DeepSeek's DSML): `false` says the value is JSON, whatever the
+    /// schema says.
+    pub string_attr: bool,
     /// Ends a call.
     pub call_close: &'static str,
     /// Ends the block, after one or more calls, where that is not the call's own end.
@@ -195,12 +200,17 @@ impl XmlCall {
             Found::At(at, end) => {
                 p.held = key[at + end.len()..].to_owned();
                 key.truncate(at);
+                let json = s.string_attr && split_string_attr(&mut key) == Some("false");
                 self.key = key.trim().to_owned();
                 let schema = self.name.as_deref().and_then(|n| p.schema(n));
                 let param = schema
                     .and_then(|s| s.get("properties"))
                     .and_then(|props| props.get(&self.key));
-                self.kind = typed::kind(param);
+                self.kind = if json {
+                    Kind::Typed
+                } else {
+                    typed::kind(param)
+                };
                 self.param_schema = param.cloned();
                 self.value.clear();
                 self.lead_done = !s.value_newlines;
@@ -439,6 +449,25 @@ impl CallReader for XmlCall {
             }
         }
     }
+}
+
+/// Cuts `name" string="VALUE` (a key, then its tag's attribute up to its last quote) to
+/// the key; returns the attribute's value.
+fn split_string_attr(key: &mut String) -> Option<&'static str> {
+    let quote = key.find('"')?;
+    let attr = key[quote + 1..].trim();
+    let value = attr
+        .strip_prefix("string")
+        .map(str::trim_start)
+        .and_then(|a| a.strip_prefix('='))
+        .map(|a| a.trim_start().trim_start_matches('"').trim_end_matches('"'));
+    let value = match value {
+        Some("true") => Some("true"),
+        Some("false") => Some("false"),
+        _ => None,
+    };
+    key.truncate(quote);
+    value
 }
 
 /// `text` as the inside of a JSON string.

@@ -106,7 +106,8 @@ impl BuiltinTemplate {
 /// Per-request switches passed to the template.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderOptions {
-    /// Passed as `enable_thinking` (Qwen 3 style templates open or close a think block with it).
+    /// Passed as `enable_thinking` (Qwen 3 style templates open or close a think block with
+    /// it) and as `thinking` (DeepSeek V3.1's template reads only that).
     pub enable_thinking: bool,
     /// Passed as `reasoning_effort` only when set (gpt-oss's template writes it into its
     /// system message, and defaults to "medium" when it is not defined).
@@ -275,6 +276,7 @@ impl ChatTemplate {
             bos_token => self.tokens.bos.as_str(),
             eos_token => self.tokens.eos.as_str(),
             enable_thinking => opts.enable_thinking,
+            thinking => opts.enable_thinking,
         };
         // Left undefined when unset, so `reasoning_effort is defined` and the template's
         // own default behave as with HF's `apply_chat_template` without the kwarg.
