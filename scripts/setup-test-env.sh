@@ -5,7 +5,8 @@
 #       ${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}
 #   - Claude Code from the npm registry
 #       ${PENSIEVE_NPM_PREFIX:-$HOME/.cache/pensieve/npm}/node_modules/.bin/claude
-#   - the GGUF test models (scripts/fetch-test-models.sh)
+#   - the GGUF test models (scripts/fetch-test-models.sh), and the tiny random-weight
+#     model with gpt-oss's tokenizer and template (scripts/make-harmony-test-model.py)
 #
 # Every step is skipped when what it makes is already there.
 set -euo pipefail
@@ -24,6 +25,9 @@ PY_REQUIREMENTS=(
     "jsonschema==4.26.0"
     # The official Hub client: checks that tests/e2e/hub_server.py speaks the Hub's protocol.
     "huggingface_hub==2.4.0"
+    # llama.cpp's GGUF writer and its arrays: scripts/make-harmony-test-model.py.
+    "gguf==0.19.0"
+    "numpy==2.4.6"
 )
 CLAUDE_CODE_VERSION="2.1.328"
 
@@ -56,7 +60,7 @@ setup_venv() {
     local want
     want="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
     if [[ -x "$VENV/bin/python" && -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]] \
-        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub" 2>/dev/null; then
+        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub, gguf, numpy" 2>/dev/null; then
         log "python venv: ok ($VENV)"
         return 0
     fi
@@ -67,7 +71,7 @@ setup_venv() {
         "$PYTHON" -m venv "$VENV"
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
-    "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub" \
+    "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub, gguf, numpy" \
         || die "venv packages do not import"
     printf '%s' "$want" >"$stamp"
     log "python venv: ok ($("$VENV/bin/python" -c 'import anthropic, openai, pytest; print("anthropic", anthropic.__version__, "openai", openai.__version__, "pytest", pytest.__version__)'))"
@@ -105,4 +109,5 @@ setup_apt
 setup_venv
 setup_claude_code
 bash "$ROOT/scripts/fetch-test-models.sh"
+"$VENV/bin/python" "$ROOT/scripts/make-harmony-test-model.py"
 log "done"

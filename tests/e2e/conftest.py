@@ -98,7 +98,7 @@ class Server:
     """One running `pensieve serve` process."""
 
     def __init__(self, model: Path, extra_args: list[str], api_key: str | None = None,
-                 new_session: bool = False):
+                 new_session: bool = False, threads: int = 2):
         self.model = model
         # A process group of its own, as a terminal gives the server (for group signals).
         self.new_session = new_session
@@ -115,7 +115,7 @@ class Server:
             "--port",
             str(self.port),
             "--threads",
-            "2",
+            str(threads),
             *extra_args,
         ]
         if api_key is not None:
@@ -196,11 +196,11 @@ class Server:
         self._log_dir.cleanup()
 
 
-def _serve(model: str, extra_args: list[str] | None = None, api_key: str | None = None):
+def _serve(model: str, extra_args: list[str] | None = None, api_key: str | None = None, threads: int = 2):
     if ENGINE == "mlx":
         server = Server(mlx_model_dir(model), ["--engine", "mlx", *(extra_args or [])], api_key=api_key)
     else:
-        server = Server(model_path(model), extra_args or [], api_key=api_key)
+        server = Server(model_path(model), extra_args or [], api_key=api_key, threads=threads)
     try:
         server.start()
         yield server
