@@ -123,12 +123,16 @@ impl Engine {
             },
         )?;
         let source = info.chat_template.as_deref().unwrap_or_default();
-        // Tools the template can't place are described in the `<tool_call>` convention.
+        // Tools the template can't place are described in the system prompt: as the
+        // model's format documents it where it does, else in the `<tool_call>` convention.
         let tool_format = config.tool_format.or_else(|| {
+            let detected = ToolFormat::detect(source);
             if template.renders_tools() {
-                ToolFormat::detect(source)
+                detected
             } else {
-                Some(ToolFormat::HERMES)
+                detected
+                    .filter(|f| f.has_tool_prompt())
+                    .or(Some(ToolFormat::HERMES))
             }
         });
         let think_open = tool_format.map_or("<think>", |f| f.reasoning().0);

@@ -104,6 +104,14 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// Lark for the calls, from where `start` says up to and with what closes them.
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String;
 
+    /// The tools described as the format's models were taught to read them, for
+    /// templates that leave that to the caller (DeepSeek V3.1's): it goes into the system
+    /// prompt. `None` when the format documents no such text; the `<tool_call>`
+    /// convention is used then.
+    fn tool_prompt(&self, _tools: &[ToolSpec]) -> Option<String> {
+        None
+    }
+
     /// Reshapes a (normalized) conversation and its tools into what the format's own
     /// templates accept, where clients send history the model would not have written:
     /// gpt-oss's template renders one call per assistant message and needs every tool
@@ -239,6 +247,15 @@ impl ToolFormat {
 
     pub(crate) fn grammar(self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         self.0.grammar(tools, start)
+    }
+
+    pub fn tool_prompt(self, tools: &[ToolSpec]) -> Option<String> {
+        self.0.tool_prompt(tools)
+    }
+
+    /// Whether the format has its own [`Format::tool_prompt`].
+    pub fn has_tool_prompt(self) -> bool {
+        self.0.tool_prompt(&[]).is_some()
     }
 
     pub(crate) fn history(self, conversation: &mut Vec<Message>, tools: &mut Cow<'_, [ToolSpec]>) {

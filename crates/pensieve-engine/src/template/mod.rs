@@ -103,6 +103,12 @@ impl BuiltinTemplate {
     }
 }
 
+/// `value` as Python's `json.dumps(value, ensure_ascii=False)` prints it: what a model's
+/// documented tool prompt holds ([`crate::formats`]' tool prompts).
+pub(crate) fn python_json(value: &serde_json::Value) -> String {
+    python::dumps(&Value::from_serialize(value)).unwrap_or_else(|_| value.to_string())
+}
+
 /// Per-request switches passed to the template.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderOptions {
@@ -194,7 +200,7 @@ impl ChatTemplate {
         let (messages, tools) = if tools.is_empty() || self.renders_tools {
             (messages, tools)
         } else {
-            with_tools = tool_prompt::with_tool_system_prompt(messages, tools)?;
+            with_tools = tool_prompt::with_tool_system_prompt(messages, tools, opts.tool_format)?;
             (with_tools.as_slice(), &[][..])
         };
         let mut conversation = normalize::normalize(messages);
@@ -207,6 +213,16 @@ impl ChatTemplate {
             Ok(prompt) => return Ok(prompt),
             Err(err) => err,
         };
+        if let Some(as_text) = normalize::arguments_as_text(&conversation) {
+            if let Ok(prompt) = self.render_conversation(&as_text, tools, opts) {
+                tracing::debug!(
+                    template = self.description,
+                    error = %first_error,
+                    "rendered the chat template with tool-call arguments as JSON text"
+                );
+                return Ok(prompt);
+            }
+        }
         // Many templates refuse a system turn after the first message; retry once
         // with those folded into user turns rather than failing the request.
         match normalize::fold_mid_system(&conversation) {

@@ -98,6 +98,22 @@ pub(crate) fn fold_mid_system(messages: &[Message]) -> Option<Vec<Message>> {
     Some(normalize(&folded))
 }
 
+/// The conversation with every call's arguments as JSON text, as OpenAI clients send
+/// them: some templates (DeepSeek V3.1's own) append the arguments to a string, which
+/// fails on the object templates usually get. `None` when no turn has a call.
+pub(crate) fn arguments_as_text(messages: &[Message]) -> Option<Vec<Message>> {
+    if messages.iter().all(|m| m.tool_calls.is_empty()) {
+        return None;
+    }
+    let mut out = messages.to_vec();
+    for call in out.iter_mut().flat_map(|m| m.tool_calls.iter_mut()) {
+        if !call.arguments.is_string() {
+            call.arguments = serde_json::Value::String(call.arguments.to_string());
+        }
+    }
+    Some(out)
+}
+
 /// The text the model should continue: a final assistant turn with text and no
 /// tool calls is a prefill, not a finished turn.
 pub(crate) fn prefill(messages: &[Message]) -> Option<&str> {

@@ -364,6 +364,21 @@ pub(super) fn compact_json(value: &Value) -> Result<String, Error> {
     Ok(writer.out)
 }
 
+/// `json.dumps(value, ensure_ascii=False)`: Python's default separators, for prompt text
+/// a model's own documentation builds with `json.dumps`.
+pub(super) fn dumps(value: &Value) -> Result<String, Error> {
+    let mut writer = JsonWriter {
+        out: String::new(),
+        ensure_ascii: false,
+        indent: None,
+        item_sep: ", ".to_owned(),
+        key_sep: ": ".to_owned(),
+        sort_keys: false,
+    };
+    writer.write(value, 0)?;
+    Ok(writer.out)
+}
+
 /// Separates keyword arguments, which arrive as a trailing kwargs value.
 fn split_kwargs(mut args: Vec<Value>) -> Result<(Vec<Value>, Kwargs), Error> {
     let kwargs = match args.last() {
