@@ -206,8 +206,13 @@ impl Engine {
         } else {
             &request.tools[..]
         };
+        // Earlier calls under the ids the model reads (Kimi's `functions.NAME:IDX`).
+        let history = self
+            .shared
+            .tool_format
+            .and_then(|f| f.history(&request.messages));
         Ok(self.shared.template.render(
-            &request.messages,
+            history.as_deref().unwrap_or(&request.messages),
             tools,
             &RenderOptions {
                 // A forced call starts at the call's marker: no reasoning before it.

@@ -15,6 +15,7 @@ mod gemma4;
 mod glm;
 mod harmony;
 mod hermes;
+mod kimi;
 mod llama3;
 mod minimax;
 mod mistral;
@@ -22,7 +23,7 @@ mod mistral_json;
 mod qwen3_coder;
 
 use crate::output::{CallReader, THINK_CLOSE, THINK_OPEN};
-use crate::request::ToolSpec;
+use crate::request::{Message, Role, ToolSpec};
 
 /// How a model writes tool calls (and the reasoning around them). Implemented once per
 /// format; see the module docs.
@@ -45,6 +46,12 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// The marker that opens a call (for Llama 3, may): the output parser hands what
     /// follows it to [`Format::reader`], and a lazy grammar starts at it.
     fn open(&self) -> &'static str;
+
+    /// Other text that opens calls as [`Format::open`] does (Kimi's singular
+    /// `<|tool_call_section_begin|>`). A lazy grammar starts only at `open`.
+    fn open_variants(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Reads one call (or, for arrays, the calls) after [`Format::open`].
     fn reader(&self) -> Box<dyn CallReader>;
@@ -83,6 +90,14 @@ pub(crate) trait Format: Send + Sync + 'static {
         false
     }
 
+    /// The id a call made earlier in the conversation has in the prompt, where the model
+    /// reads its calls' ids (Kimi's `functions.NAME:IDX`, `index` counting the
+    /// conversation's calls from 0): the ids clients send back are ours, which the model
+    /// never wrote. None: the ids stay as the client sent them.
+    fn history_call_id(&self, _name: &str, _index: usize) -> Option<String> {
+        None
+    }
+
     /// The key of a JSON call object that holds its arguments.
     fn arguments_key(&self) -> &'static str {
         "arguments"
@@ -113,6 +128,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &glm::GLM45,
     &gemma4::Gemma4,
     &minimax::MiniMaxM2,
+    &kimi::KimiK2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -136,6 +152,7 @@ impl ToolFormat {
     pub const GLM47: ToolFormat = ToolFormat(&glm::GLM47);
     pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
     pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
+    pub const KIMI_K2: ToolFormat = ToolFormat(&kimi::KimiK2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -180,6 +197,10 @@ impl ToolFormat {
         self.0.open()
     }
 
+    pub fn open_variants(self) -> &'static [&'static str] {
+        self.0.open_variants()
+    }
+
     pub fn bare_calls(self) -> bool {
         self.0.bare_calls()
     }
@@ -210,6 +231,32 @@ impl ToolFormat {
 
     pub(crate) fn grammar(self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         self.0.grammar(tools, start)
+    }
+
+    /// The conversation with its calls' ids as the model reads them, and its tool results
+    /// pointing at those, where the format has such ids ([`Format::history_call_id`]);
+    /// None where it keeps the client's. A result answers the latest call with its id.
+    pub(crate) fn history(self, messages: &[Message]) -> Option<Vec<Message>> {
+        let first = messages.iter().flat_map(|m| &m.tool_calls).next()?;
+        self.0.history_call_id(&first.name, 0)?;
+        let mut ids = std::collections::HashMap::new();
+        let mut index = 0;
+        let mut out = messages.to_vec();
+        for message in &mut out {
+            for call in &mut message.tool_calls {
+                let id = self.0.history_call_id(&call.name, index)?;
+                index += 1;
+                ids.insert(std::mem::replace(&mut call.id, id.clone()), id);
+            }
+            if message.role == Role::Tool {
+                if let Some(id) = message.tool_call_id.as_mut() {
+                    if let Some(ours) = ids.get(id) {
+                        id.clone_from(ours);
+                    }
+                }
+            }
+        }
+        Some(out)
     }
 }
 
@@ -276,6 +323,9 @@ mod detection_tests {
             ("gpt-oss", Some(ToolFormat::HARMONY)),
             ("gemma4", Some(ToolFormat::GEMMA4)),
             ("minimax-m2", Some(ToolFormat::MINIMAX_M2)),
+            ("kimi-k2", Some(ToolFormat::KIMI_K2)),
+            ("kimi-k2-instruct", Some(ToolFormat::KIMI_K2)),
+            ("kimi-k2-thinking", Some(ToolFormat::KIMI_K2)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {
