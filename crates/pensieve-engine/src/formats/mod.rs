@@ -17,6 +17,7 @@ mod gemma4;
 mod glm;
 mod harmony;
 mod hermes;
+mod kimi;
 mod llama3;
 mod minimax;
 mod mistral;
@@ -26,7 +27,7 @@ mod qwen3_coder;
 use std::borrow::Cow;
 
 use crate::output::{CallReader, THINK_CLOSE, THINK_OPEN};
-use crate::request::{Message, ToolSpec};
+use crate::request::{Message, Role, ToolSpec};
 
 /// How a model writes tool calls (and the reasoning around them). Implemented once per
 /// format; see the module docs.
@@ -49,6 +50,12 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// The marker that opens a call (for Llama 3, may): the output parser hands what
     /// follows it to [`Format::reader`], and a lazy grammar starts at it.
     fn open(&self) -> &'static str;
+
+    /// Other text that opens calls as [`Format::open`] does (Kimi's singular
+    /// `<|tool_call_section_begin|>`). A lazy grammar starts only at `open`.
+    fn open_variants(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Reads one call (or, for arrays, the calls) after [`Format::open`].
     fn reader(&self) -> Box<dyn CallReader>;
@@ -143,6 +150,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &deepseek_dsml::DEEPSEEK_V4,
     &deepseek_dsml::DEEPSEEK_V32,
     &deepseek_v31::DeepSeekV31,
+    &kimi::KimiK2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -169,6 +177,7 @@ impl ToolFormat {
     pub const DEEPSEEK_V31: ToolFormat = ToolFormat(&deepseek_v31::DeepSeekV31);
     pub const DEEPSEEK_V32: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V32);
     pub const DEEPSEEK_V4: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V4);
+    pub const KIMI_K2: ToolFormat = ToolFormat(&kimi::KimiK2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -211,6 +220,10 @@ impl ToolFormat {
 
     pub fn open(self) -> &'static str {
         self.0.open()
+    }
+
+    pub fn open_variants(self) -> &'static [&'static str] {
+        self.0.open_variants()
     }
 
     pub fn bare_calls(self) -> bool {
@@ -260,6 +273,31 @@ impl ToolFormat {
 
     pub(crate) fn history(self, conversation: &mut Vec<Message>, tools: &mut Cow<'_, [ToolSpec]>) {
         self.0.history(conversation, tools)
+    }
+}
+
+/// Gives each call of `conversation` the id `id(name, index)` returns (`index` counting
+/// the conversation's calls from 0), and points each tool result at its call's new id
+/// (a result answers the latest call with its id). For formats whose models read their
+/// calls' ids (Kimi's `functions.NAME:IDX`): the ids clients send back are ours, which
+/// the model never wrote. Depends only on the calls' order, so earlier turns render the
+/// same in every later request (the prefix cache relies on it).
+pub(super) fn rename_call_ids(conversation: &mut [Message], id: impl Fn(&str, usize) -> String) {
+    let mut ids = std::collections::HashMap::new();
+    let mut index = 0;
+    for message in conversation {
+        for call in &mut message.tool_calls {
+            let new = id(&call.name, index);
+            index += 1;
+            ids.insert(std::mem::replace(&mut call.id, new.clone()), new);
+        }
+        if message.role == Role::Tool {
+            if let Some(id) = message.tool_call_id.as_mut() {
+                if let Some(new) = ids.get(id) {
+                    id.clone_from(new);
+                }
+            }
+        }
     }
 }
 
@@ -329,6 +367,9 @@ mod detection_tests {
             ("deepseek-v3.1", Some(ToolFormat::DEEPSEEK_V31)),
             ("deepseek-v3.1-llamacpp", Some(ToolFormat::DEEPSEEK_V31)),
             ("deepseek-v3.2", Some(ToolFormat::DEEPSEEK_V32)),
+            ("kimi-k2", Some(ToolFormat::KIMI_K2)),
+            ("kimi-k2-instruct", Some(ToolFormat::KIMI_K2)),
+            ("kimi-k2-thinking", Some(ToolFormat::KIMI_K2)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {

@@ -79,6 +79,16 @@ impl JsonScanner {
     }
 
     pub fn push(&mut self, c: char) -> Scan {
+        let before = self.state.clone();
+        let scan = self.step(c);
+        // What can't continue the value leaves it as it was, so that it can be closed.
+        if scan == Scan::Invalid {
+            self.state = before;
+        }
+        scan
+    }
+
+    fn step(&mut self, c: char) -> Scan {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Done => Scan::Invalid,
             State::Value => self.value(c),
@@ -319,6 +329,24 @@ mod tests {
         assert_eq!(r[1], Scan::Invalid);
         let (_, r) = scan("[1 2]");
         assert!(r.contains(&Scan::Invalid));
+    }
+
+    /// Arguments that stop being JSON are closed where they stopped (Python quotes, text
+    /// after a value, a bad literal).
+    #[test]
+    fn a_value_that_goes_wrong_can_be_closed_where_it_stood() {
+        for (text, closed) in [
+            (r#"{"a": "x" 'b'"#, r#"{"a": "x" }"#),
+            (r#"{"a": [1 x"#, r#"{"a": [1 ]}"#),
+            (r#"{'a'"#, "{}"),
+            (r#"{"a": tru}"#, r#"{"a": true}"#),
+        ] {
+            let mut s = JsonScanner::default();
+            let at = text.chars().position(|c| s.push(c) == Scan::Invalid);
+            let at = at.unwrap_or_else(|| panic!("{text}"));
+            let kept: String = text.chars().take(at).collect();
+            assert_eq!(format!("{kept}{}", s.completion()), closed, "{text}");
+        }
     }
 
     #[test]

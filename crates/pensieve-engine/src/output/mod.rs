@@ -333,7 +333,9 @@ impl OutputParser {
         let open = core.format.tools.map(ToolFormat::open);
         let bare_open = core.format.tools.and_then(ToolFormat::bare_open);
         let (think_open, think_close) = core.format.reasoning_markers();
+        let variants = core.format.tools.map_or(&[][..], ToolFormat::open_variants);
         let mut markers: Vec<&str> = open.into_iter().chain(bare_open).collect();
+        markers.extend(variants);
         if core.format.reasoning {
             // A `</think>` in text closes a block whose opening we did not see (a call
             // inside reasoning ended it, or the prompt opened it): it is no text.
@@ -402,6 +404,7 @@ impl OutputParser {
         let mut markers = vec![think_close];
         markers.extend(open.filter(|o| !o.is_empty()));
         markers.extend(bare_open);
+        markers.extend(core.format.tools.map_or(&[][..], ToolFormat::open_variants));
         match find_marker(&core.held, &markers) {
             Found::At(at, marker) => {
                 let mut thought = core.held[..at].to_owned();
