@@ -15,6 +15,7 @@ mod gemma4;
 mod glm;
 mod harmony;
 mod hermes;
+mod lfm2;
 mod llama3;
 mod minimax;
 mod mistral;
@@ -113,6 +114,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &glm::GLM45,
     &gemma4::Gemma4,
     &minimax::MiniMaxM2,
+    &lfm2::Lfm2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -136,6 +138,7 @@ impl ToolFormat {
     pub const GLM47: ToolFormat = ToolFormat(&glm::GLM47);
     pub const HARMONY: ToolFormat = ToolFormat(&harmony::Harmony);
     pub const MINIMAX_M2: ToolFormat = ToolFormat(&minimax::MiniMaxM2);
+    pub const LFM2: ToolFormat = ToolFormat(&lfm2::Lfm2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -276,6 +279,8 @@ mod detection_tests {
             ("gpt-oss", Some(ToolFormat::HARMONY)),
             ("gemma4", Some(ToolFormat::GEMMA4)),
             ("minimax-m2", Some(ToolFormat::MINIMAX_M2)),
+            ("lfm2-8b-a1b", Some(ToolFormat::LFM2)),
+            ("lfm2.5-8b-a1b", Some(ToolFormat::LFM2)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {
