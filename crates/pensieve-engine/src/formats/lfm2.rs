@@ -70,7 +70,7 @@ mod tests {
     use crate::model::{TokenMask, Tokenizer};
     use crate::output::family_tests::every_cut_parses;
     use crate::output::tests::{call, parse_with};
-    use crate::output::{OutputFormat, Segment};
+    use crate::output::{OutputFormat, OutputParser, Segment};
     use crate::request::ToolSpec;
     use crate::testing::ByteTokenizer;
     use crate::ToolFormat;
@@ -225,6 +225,31 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// A string's text streams as it comes; a quote waits for what follows it.
+    #[test]
+    fn string_values_stream() {
+        let mut p = OutputParser::new(LFM2);
+        let out = p.push("<|tool_call_start|>[Write(file_path='a.rs', content='fn main() {\n");
+        assert_eq!(
+            out,
+            [
+                Segment::CallStart {
+                    name: "Write".into()
+                },
+                Segment::CallArguments(
+                    "{\"file_path\": \"a.rs\", \"content\": \"fn main() {\\n".into()
+                )
+            ]
+        );
+        assert_eq!(p.push("    it'"), [Segment::CallArguments("    it".into())]);
+        assert_eq!(p.push("s\n}'"), [Segment::CallArguments("'s\\n}".into())]);
+        assert_eq!(
+            p.push(")]<|tool_call_end|>"),
+            [Segment::CallArguments("\"}".into()), Segment::CallEnd]
+        );
+        assert_eq!(p.calls(), 1);
     }
 
     #[test]
