@@ -22,6 +22,7 @@ use crate::request::ToolSpec;
 
 mod cache;
 pub(crate) mod gemma;
+pub(crate) mod pythonic;
 mod schema;
 pub(crate) mod xml;
 

@@ -18,6 +18,7 @@ mod glm;
 mod harmony;
 mod hermes;
 mod kimi;
+mod lfm2;
 mod llama3;
 mod minimax;
 mod mistral;
@@ -151,6 +152,7 @@ pub(crate) static REGISTRY: &[&dyn Format] = &[
     &deepseek_dsml::DEEPSEEK_V32,
     &deepseek_v31::DeepSeekV31,
     &kimi::KimiK2,
+    &lfm2::Lfm2,
     &hermes::Hermes,
     &mistral::Mistral,
     &mistral_json::MistralJson,
@@ -178,6 +180,7 @@ impl ToolFormat {
     pub const DEEPSEEK_V32: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V32);
     pub const DEEPSEEK_V4: ToolFormat = ToolFormat(&deepseek_dsml::DEEPSEEK_V4);
     pub const KIMI_K2: ToolFormat = ToolFormat(&kimi::KimiK2);
+    pub const LFM2: ToolFormat = ToolFormat(&lfm2::Lfm2);
 
     /// Every format.
     pub fn all() -> impl Iterator<Item = ToolFormat> {
@@ -370,6 +373,8 @@ mod detection_tests {
             ("kimi-k2", Some(ToolFormat::KIMI_K2)),
             ("kimi-k2-instruct", Some(ToolFormat::KIMI_K2)),
             ("kimi-k2-thinking", Some(ToolFormat::KIMI_K2)),
+            ("lfm2-8b-a1b", Some(ToolFormat::LFM2)),
+            ("lfm2.5-8b-a1b", Some(ToolFormat::LFM2)),
             ("smollm2", None),
         ];
         for (name, expected) in cases {

@@ -12,6 +12,7 @@
 mod gemma_call;
 mod json;
 mod json_call;
+mod pythonic_call;
 mod typed;
 mod xml_call;
 
@@ -24,6 +25,7 @@ pub use crate::formats::ToolFormat;
 pub(crate) use gemma_call::{GemmaCall, GemmaSyntax};
 pub(crate) use json::JsonScanner;
 pub(crate) use json_call::{bare_call_name, stream_json, BareName, JsonCall};
+pub(crate) use pythonic_call::{PythonicCall, PythonicSyntax};
 pub(crate) use xml_call::{XmlCall, XmlSyntax};
 
 pub(crate) const THINK_OPEN: &str = "<think>";
