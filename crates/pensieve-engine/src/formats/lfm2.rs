@@ -15,7 +15,9 @@
 use super::{Format, GrammarStart};
 use crate::constrain::pythonic;
 use crate::output::{CallReader, PythonicCall, PythonicSyntax};
-use crate::request::ToolSpec;
+use serde_json::Value;
+
+use crate::request::{ToolCall, ToolSpec};
 
 const SYNTAX: PythonicSyntax = PythonicSyntax {
     open: "<|tool_call_start|>",
@@ -51,9 +53,55 @@ impl Format for Lfm2 {
         Box::new(PythonicCall::new(SYNTAX))
     }
 
+    /// After the turn's text, as LFM2.5's template writes them.
+    fn calls_as_text(&self, calls: &[ToolCall]) -> Option<String> {
+        let calls: Vec<String> = calls
+            .iter()
+            .map(|call| {
+                let arguments: Vec<String> = match &call.arguments {
+                    Value::Object(arguments) => arguments
+                        .iter()
+                        .map(|(key, value)| format!("{key}={}", python_literal(value)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                format!("{}({})", call.name, arguments.join(", "))
+            })
+            .collect();
+        Some(format!(
+            "{}[{}]{}",
+            SYNTAX.open,
+            calls.join(", "),
+            SYNTAX.close
+        ))
+    }
+
     /// Parallel calls are more items in the list, as the template writes them.
     fn grammar(&self, tools: &[&ToolSpec], start: GrammarStart) -> String {
         pythonic::calls(SYNTAX, tools, start)
+    }
+}
+
+/// `value` as a Python literal: JSON's strings (which Python reads), `True`, `False`,
+/// `None`.
+fn python_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::Number(n) => n.to_string(),
+        Value::String(_) => value.to_string(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(python_literal).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_literal(v)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
     }
 }
 
@@ -128,6 +176,34 @@ mod tests {
         assert_eq!((got.len(), calls), (1, 1), "{text}: {segments:?}");
         assert_eq!(segments.len(), 3, "{text}: {segments:?}");
         got[0].1.clone()
+    }
+
+    /// Calls an LFM2 template can't render are written into the turn's text: as the
+    /// model writes them, so they read back as the same calls.
+    #[test]
+    fn calls_written_as_text_read_back() {
+        let calls = vec![
+            crate::request::ToolCall {
+                id: "a".into(),
+                name: "Write".into(),
+                arguments: json!({"file_path": "a.py", "content": "print(\"hi\")\n# it's ok", "n": 1.5,
+                    "flags": [true, null], "env": {"A": "x y"}}),
+            },
+            crate::request::ToolCall {
+                id: "b".into(),
+                name: "Bash".into(),
+                arguments: json!({}),
+            },
+        ];
+        let text = ToolFormat::LFM2.calls_as_text(&calls).unwrap();
+        assert!(
+            text.starts_with("<|tool_call_start|>[Write(file_path=\"a.py\", "),
+            "{text}"
+        );
+        let (segments, _) = parse_with(LFM2, &[], &text);
+        let expected: Vec<(String, Value)> =
+            calls.into_iter().map(|c| (c.name, c.arguments)).collect();
+        assert_eq!(calls_in(&segments), expected);
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod qwen3_coder;
 use std::borrow::Cow;
 
 use crate::output::{CallReader, THINK_CLOSE, THINK_OPEN};
-use crate::request::{Message, Role, ToolSpec};
+use crate::request::{Message, Role, ToolCall, ToolSpec};
 
 /// How a model writes tool calls (and the reasoning around them). Implemented once per
 /// format; see the module docs.
@@ -117,6 +117,13 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// prompt. `None` when the format documents no such text; the `<tool_call>`
     /// convention is used then.
     fn tool_prompt(&self, _tools: &[ToolSpec]) -> Option<String> {
+        None
+    }
+
+    /// Earlier calls as the model wrote them, for templates that render only a turn's
+    /// text (LFM2's first template: its models read their calls back from the text).
+    /// `None`: the format has no such text, and those templates drop the calls.
+    fn calls_as_text(&self, _calls: &[ToolCall]) -> Option<String> {
         None
     }
 
@@ -272,6 +279,10 @@ impl ToolFormat {
     /// Whether the format has its own [`Format::tool_prompt`].
     pub fn has_tool_prompt(self) -> bool {
         self.0.tool_prompt(&[]).is_some()
+    }
+
+    pub(crate) fn calls_as_text(self, calls: &[ToolCall]) -> Option<String> {
+        self.0.calls_as_text(calls)
     }
 
     pub(crate) fn history(self, conversation: &mut Vec<Message>, tools: &mut Cow<'_, [ToolSpec]>) {

@@ -133,6 +133,10 @@ pub struct ChatTemplate {
     /// does not (SmolLM2's), we describe the tools in the system prompt ourselves:
     /// dropping them would hide them from the model and undercount the prompt.
     renders_tools: bool,
+    /// Whether the template writes an assistant turn's `tool_calls`. When it does not
+    /// (LFM2's first template), the calls are written into the turn's text in the
+    /// model's format ([`ToolFormat::calls_as_text`]), where its model reads them.
+    renders_calls: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -207,6 +211,9 @@ impl ChatTemplate {
         let mut tools = Cow::Borrowed(tools);
         if let Some(format) = opts.tool_format {
             format.history(&mut conversation, &mut tools);
+            if !self.renders_calls {
+                normalize::calls_into_text(&mut conversation, |calls| format.calls_as_text(calls));
+            }
         }
         let tools = &tools[..];
         let first_error = match self.render_conversation(&conversation, tools, opts) {
@@ -338,8 +345,10 @@ impl ChatTemplate {
             tokens,
             description,
             renders_tools: true,
+            renders_calls: true,
         };
         template.renders_tools = template.probe_renders_tools();
+        template.renders_calls = template.probe_renders_calls();
         Ok(template)
     }
 
@@ -352,6 +361,31 @@ impl ChatTemplate {
             strftime::format_time(&now.and_utc(), format)
         });
         self
+    }
+
+    /// Render a call and its result and look for the call's name. A template that
+    /// refuses the probe is left as it is.
+    fn probe_renders_calls(&self) -> bool {
+        let name = "pensieve_probe_call_7f3a";
+        let call = Message {
+            tool_calls: vec![crate::request::ToolCall {
+                id: "call_probe".to_owned(),
+                name: name.to_owned(),
+                arguments: serde_json::json!({}),
+            }],
+            ..Message::text(crate::request::Role::Assistant, "")
+        };
+        let result = Message {
+            tool_call_id: Some("call_probe".to_owned()),
+            ..Message::text(crate::request::Role::Tool, "ok")
+        };
+        let messages = [
+            Message::text(crate::request::Role::User, "hi"),
+            call,
+            result,
+        ];
+        self.render_raw(&messages, None, &[], &RenderOptions::default())
+            .map_or(true, |prompt| prompt.contains(name))
     }
 
     /// Render a one-message conversation with a probe tool and look for its name.

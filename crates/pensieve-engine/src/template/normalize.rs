@@ -114,6 +114,26 @@ pub(crate) fn arguments_as_text(messages: &[Message]) -> Option<Vec<Message>> {
     Some(out)
 }
 
+/// Moves each assistant turn's calls into its text, after what it says, as `text`
+/// writes them (for templates that render only a turn's text). The last turn keeps its
+/// calls: as text it would read as a prefill to continue. A format without such text
+/// leaves the calls where they are.
+pub(crate) fn calls_into_text(
+    messages: &mut [Message],
+    text: impl Fn(&[crate::request::ToolCall]) -> Option<String>,
+) {
+    let last = messages.len().saturating_sub(1);
+    for message in &mut messages[..last] {
+        if message.role != Role::Assistant || message.tool_calls.is_empty() {
+            continue;
+        }
+        if let Some(calls) = text(&message.tool_calls) {
+            message.content.push_str(&calls);
+            message.tool_calls.clear();
+        }
+    }
+}
+
 /// The text the model should continue: a final assistant turn with text and no
 /// tool calls is a prefill, not a finished turn.
 pub(crate) fn prefill(messages: &[Message]) -> Option<&str> {
