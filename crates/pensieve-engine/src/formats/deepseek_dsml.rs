@@ -149,27 +149,17 @@ impl Format for Dsml {
 /// shares: these tests read text (and run grammars over a byte tokenizer).
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+    use crate::formats::test_support::{calls_in, fixtures, grammars, takes, tool};
 
     use serde_json::{json, Value};
 
-    use crate::constrain::{Constraint, Grammars};
-    use crate::model::{TokenMask, Tokenizer};
+    use crate::model::TokenMask;
     use crate::output::family_tests::every_cut_parses;
     use crate::output::tests::{call, parse_with};
     use crate::output::{OutputFormat, OutputParser, Segment};
     use crate::request::ToolSpec;
-    use crate::testing::ByteTokenizer;
-    use crate::ToolFormat;
 
-    fn tool(name: &str, parameters: Value) -> ToolSpec {
-        ToolSpec {
-            name: name.into(),
-            description: None,
-            parameters,
-        }
-    }
+    use crate::ToolFormat;
 
     fn tools() -> Vec<ToolSpec> {
         let bash = json!({"type": "object", "properties": {
@@ -210,31 +200,6 @@ mod tests {
 
     fn v4(text: &str) -> String {
         text.replace("function_calls>", "tool_calls>")
-    }
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures")
-    }
-
-    fn calls_in(segments: &[Segment]) -> Vec<(String, Value)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for s in segments {
-            match s {
-                Segment::CallStart { name } => out.push((name.clone(), String::new())),
-                Segment::CallArguments(a) => {
-                    if let Some(last) = out.last_mut() {
-                        last.1.push_str(a);
-                    }
-                }
-                _ => {}
-            }
-        }
-        out.into_iter()
-            .map(|(name, args)| {
-                let args = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{args}: {e}"));
-                (name, args)
-            })
-            .collect()
     }
 
     #[test]
@@ -475,20 +440,6 @@ mod tests {
                 "required": ["city", "days"]
             }),
         )
-    }
-
-    fn takes(c: &mut Constraint, text: &str) -> bool {
-        ByteTokenizer.encode(text).into_iter().all(|t| {
-            let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
-            if ok {
-                c.accept(t);
-            }
-            ok
-        })
-    }
-
-    fn grammars() -> Grammars {
-        Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap()
     }
 
     /// The template's own call: the forced grammar lets it through whole, text values

@@ -360,14 +360,13 @@ fn call_name(id: &str, p: &Core) -> Option<String> {
 /// model has, so outputs are fed as text and grammars run over the byte tokenizer.
 #[cfg(test)]
 mod tests {
+    use crate::formats::test_support::{calls_in, fixtures, grammars, takes, tool};
     use std::borrow::Cow;
-    use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
+
     use std::time::Instant;
 
     use serde_json::{json, Value};
 
-    use crate::constrain::{Constraint, Grammars};
     use crate::model::{TokenMask, Tokenizer};
     use crate::output::family_tests::every_cut_parses;
     use crate::output::tests::{call, parse_with};
@@ -376,14 +375,6 @@ mod tests {
     use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
     use crate::testing::ByteTokenizer;
     use crate::ToolFormat;
-
-    fn tool(name: &str, parameters: Value) -> ToolSpec {
-        ToolSpec {
-            name: name.into(),
-            description: None,
-            parameters,
-        }
-    }
 
     fn tools() -> Vec<ToolSpec> {
         let bash = json!({"type": "object", "properties": {
@@ -413,28 +404,6 @@ mod tests {
 
     /// Two calls in one section, a string holding marker-like text and a line break.
     const TWO_CALLS: &str = "<|tool_calls_section_begin|><|tool_call_begin|>functions.Bash:3<|tool_call_argument_begin|>{\"command\": \"pwd\"}<|tool_call_end|><|tool_call_begin|>functions.Write:4<|tool_call_argument_begin|>{\"file_path\": \"/tmp/a.md\", \"content\": \"end: <|tool_call_end|>\\n\"}<|tool_call_end|><|tool_calls_section_end|>";
-
-    fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures")
-    }
-
-    /// The calls in `segments`: name and arguments.
-    fn calls_in(segments: &[Segment]) -> Vec<(String, Value)> {
-        let mut out = Vec::new();
-        for s in segments {
-            match s {
-                Segment::CallStart { name } => out.push((name.clone(), String::new())),
-                Segment::CallArguments(a) => out.last_mut().unwrap().1.push_str(a),
-                _ => {}
-            }
-        }
-        out.into_iter()
-            .map(|(name, args)| {
-                let args = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{args}: {e}"));
-                (name, args)
-            })
-            .collect()
-    }
 
     #[test]
     fn the_documented_output_is_reasoning_then_a_call() {
@@ -821,21 +790,6 @@ mod tests {
                 "required": ["city", "days"]
             }),
         )
-    }
-
-    /// Feeds `text` to the grammar; whether it took every byte.
-    fn takes(c: &mut Constraint, text: &str) -> bool {
-        ByteTokenizer.encode(text).into_iter().all(|t| {
-            let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
-            if ok {
-                c.accept(t);
-            }
-            ok
-        })
-    }
-
-    fn grammars() -> Grammars {
-        Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap()
     }
 
     const OWN: &str = "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:3<|tool_call_argument_begin|>{\"city\": \"Oslo\", \"days\": 2}<|tool_call_end|><|tool_calls_section_end|>";

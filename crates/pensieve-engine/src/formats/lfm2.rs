@@ -109,12 +109,11 @@ fn python_literal(value: &Value) -> String {
 /// tests read text, and drive the grammars over the byte tokenizer.
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::Path;
+    use crate::formats::test_support::{calls_in, fixtures, grammars, takes, tool};
 
     use serde_json::{json, Value};
 
-    use crate::constrain::{Constraint, Grammars};
+    use crate::constrain::Grammars;
     use crate::model::{TokenMask, Tokenizer};
     use crate::output::family_tests::every_cut_parses;
     use crate::output::tests::{call, parse_with};
@@ -133,40 +132,6 @@ mod tests {
 
     const BASH: &str = "<|tool_call_start|>[Bash(command=\"ls -la\", timeout=30)]<|tool_call_end|>";
     const BASH_ARGS: &str = "{\"command\": \"ls -la\", \"timeout\": 30}";
-
-    fn tool(name: &str, parameters: Value) -> ToolSpec {
-        ToolSpec {
-            name: name.into(),
-            description: None,
-            parameters,
-        }
-    }
-
-    fn fixtures() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures")
-    }
-
-    /// The calls in `segments`: name and arguments.
-    fn calls_in(segments: &[Segment]) -> Vec<(String, Value)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for s in segments {
-            match s {
-                Segment::CallStart { name } => out.push((name.clone(), String::new())),
-                Segment::CallArguments(a) => {
-                    if let Some(last) = out.last_mut() {
-                        last.1.push_str(a);
-                    }
-                }
-                _ => {}
-            }
-        }
-        out.into_iter()
-            .map(|(name, args)| {
-                let args = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{args}: {e}"));
-                (name, args)
-            })
-            .collect()
-    }
 
     /// The arguments of the one call `body` (the list's inside) makes.
     fn arguments(body: &str) -> Value {
@@ -561,21 +526,6 @@ mod tests {
                 "required": ["city", "days"]
             }),
         )
-    }
-
-    /// Feeds `text` to the grammar; whether it took every byte.
-    fn takes(c: &mut Constraint, text: &str) -> bool {
-        ByteTokenizer.encode(text).into_iter().all(|t| {
-            let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
-            if ok {
-                c.accept(t);
-            }
-            ok
-        })
-    }
-
-    fn grammars() -> Grammars {
-        Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap()
     }
 
     /// The model's own calls: the forced grammar lets them through whole and then only

@@ -93,27 +93,17 @@ impl Format for MiniMaxM2 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::Path;
+    use crate::formats::test_support::{calls_in, fixtures, grammars, takes, tool};
 
     use serde_json::{json, Value};
 
-    use crate::constrain::{Constraint, Grammars};
-    use crate::model::{TokenMask, Tokenizer};
+    use crate::model::TokenMask;
     use crate::output::family_tests::every_cut_parses;
     use crate::output::tests::{call, parse_with};
     use crate::output::{OutputFormat, OutputParser, Segment};
     use crate::request::ToolSpec;
-    use crate::testing::ByteTokenizer;
-    use crate::ToolFormat;
 
-    fn tool(name: &str, parameters: Value) -> ToolSpec {
-        ToolSpec {
-            name: name.into(),
-            description: None,
-            parameters,
-        }
-    }
+    use crate::ToolFormat;
 
     fn tools() -> Vec<ToolSpec> {
         let bash = json!({"type": "object", "properties": {
@@ -149,28 +139,6 @@ mod tests {
     const BASH_ARGS: &str = "{\"command\": \"ls -la\", \"timeout\": 30}";
 
     const TWO_INVOKES: &str = "<minimax:tool_call>\n<invoke name=\"Bash\">\n<parameter name=\"command\">pwd</parameter>\n</invoke>\n<invoke name=\"Write\">\n<parameter name=\"file_path\">/tmp/a.rs</parameter>\n<parameter name=\"content\">fn main() {\n    if 1 < 2 { println!(\"<parameter name=\\\"x\\\">\"); }\n}\n</parameter>\n</invoke>\n</minimax:tool_call>";
-
-    fn fixtures() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures")
-    }
-
-    /// The calls in `segments`: name and arguments.
-    fn calls_in(segments: &[Segment]) -> Vec<(String, Value)> {
-        let mut out = Vec::new();
-        for s in segments {
-            match s {
-                Segment::CallStart { name } => out.push((name.clone(), String::new())),
-                Segment::CallArguments(a) => out.last_mut().unwrap().1.push_str(a),
-                _ => {}
-            }
-        }
-        out.into_iter()
-            .map(|(name, args)| {
-                let args = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{args}: {e}"));
-                (name, args)
-            })
-            .collect()
-    }
 
     #[test]
     fn the_documented_output_is_reasoning_then_a_call() {
@@ -420,21 +388,6 @@ mod tests {
                 "required": ["city", "days"]
             }),
         )
-    }
-
-    /// Feeds `text` to the grammar; whether it took every byte.
-    fn takes(c: &mut Constraint, text: &str) -> bool {
-        ByteTokenizer.encode(text).into_iter().all(|t| {
-            let ok = c.mask().is_some_and(|m| TokenMask(m.as_slice()).allows(t));
-            if ok {
-                c.accept(t);
-            }
-            ok
-        })
-    }
-
-    fn grammars() -> Grammars {
-        Grammars::new(&ByteTokenizer, &HashMap::new()).unwrap()
     }
 
     /// The model's own call: the forced grammar lets it through whole and then only the

@@ -24,6 +24,8 @@ mod minimax;
 mod mistral;
 mod mistral_json;
 mod qwen3_coder;
+#[cfg(test)]
+mod test_support;
 
 use std::borrow::Cow;
 
