@@ -3,8 +3,9 @@
 //! This module owns rendering a model's own `tokenizer.chat_template` (Hugging Face
 //! Jinja) with minijinja under HF's conventions, the built-in fallbacks for models
 //! that ship none (ChatML, Gemma, Llama 3), and the reshaping every conversation
-//! goes through first (merging same-role turns, folding mid-conversation system
-//! turns when a template refuses them, continuing a final assistant prefill).
+//! goes through first (what every session sends alike before what names its project or
+//! day, merging same-role turns, folding mid-conversation system turns when a template
+//! refuses them, continuing a final assistant prefill).
 //!
 //! HF renders with jinja2 (`trim_blocks`, `lstrip_blocks`, loop controls), its own
 //! `tojson` (`json.dumps`, unsorted keys, no HTML escaping), `raise_exception` and
@@ -16,6 +17,7 @@
 
 mod normalize;
 mod python;
+mod stable;
 mod strftime;
 #[cfg(test)]
 mod tests;

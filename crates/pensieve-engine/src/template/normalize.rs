@@ -8,10 +8,14 @@
 
 use crate::request::{Message, Role};
 
-/// Merges consecutive messages of the same role, never tool results: each tool
-/// result answers its own call. Texts are joined with a blank line and assistant
-/// tool calls are concatenated, so leading system messages become one as well.
+/// Puts what names the project or the day after what every session sends alike
+/// ([`super::stable::stable_first`]), then merges consecutive messages of the same
+/// role, never tool results: each tool result answers its own call. Texts are joined
+/// with a blank line and assistant tool calls are concatenated, so leading system
+/// messages become one as well.
 pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
+    let reordered = super::stable::stable_first(messages);
+    let messages = reordered.as_deref().unwrap_or(messages);
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for message in &hoist_system_above_user(messages) {
         match out.last_mut() {
