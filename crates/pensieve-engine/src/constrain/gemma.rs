@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{calls_lark, literal};
+use super::{calls_lark, literal, one_of, schema_types};
 use crate::formats::GrammarStart;
 use crate::output::GemmaSyntax;
 use crate::request::ToolSpec;
@@ -116,12 +116,7 @@ impl Rules {
                 }
             }
         }
-        let types: Vec<&str> = match schema.get("type") {
-            Some(Value::String(t)) => vec![t.as_str()],
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-            _ if schema.get("properties").is_some() => vec!["object"],
-            _ => Vec::new(),
-        };
+        let types = schema_types(schema);
         if types.is_empty() {
             return "fg_any".into();
         }
@@ -215,12 +210,4 @@ fn constant(value: &Value, delim: &str) -> String {
         Value::String(s) => literal(&format!("{delim}{s}{delim}")),
         other => literal(&other.to_string()),
     }
-}
-
-fn one_of(options: impl Iterator<Item = String>) -> String {
-    let options: Vec<String> = options.collect();
-    if options.len() == 1 {
-        return options.into_iter().next().unwrap_or_default();
-    }
-    format!("({})", options.join(" | "))
 }

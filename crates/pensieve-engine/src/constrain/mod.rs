@@ -336,6 +336,26 @@ pub(crate) fn literal(s: &str) -> String {
     json_string(s)
 }
 
+/// Lark alternatives, parenthesised when there are several.
+pub(crate) fn one_of(options: impl Iterator<Item = String>) -> String {
+    let options: Vec<String> = options.collect();
+    if options.len() == 1 {
+        return options.into_iter().next().unwrap_or_default();
+    }
+    format!("({})", options.join(" | "))
+}
+
+/// The JSON types a schema allows: its `type`, one or a list, or `object` for a
+/// schema with properties and no type; none when it says nothing.
+pub(crate) fn schema_types(schema: &serde_json::Value) -> Vec<&str> {
+    match schema.get("type") {
+        Some(serde_json::Value::String(t)) => vec![t.as_str()],
+        Some(serde_json::Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ if schema.get("properties").is_some() => vec!["object"],
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

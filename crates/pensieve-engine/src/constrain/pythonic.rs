@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{calls_lark, literal};
+use super::{calls_lark, literal, one_of, schema_types};
 use crate::formats::GrammarStart;
 use crate::output::PythonicSyntax;
 use crate::request::ToolSpec;
@@ -123,12 +123,7 @@ impl Rules {
                 }
             }
         }
-        let types: Vec<&str> = match schema.get("type") {
-            Some(Value::String(t)) => vec![t.as_str()],
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-            _ if schema.get("properties").is_some() => vec!["object"],
-            _ => Vec::new(),
-        };
+        let types = schema_types(schema);
         if types.is_empty() {
             return "py_any".into();
         }
@@ -257,12 +252,4 @@ fn py_string(s: &str, quote: char) -> String {
     }
     out.push(quote);
     out
-}
-
-fn one_of(options: impl Iterator<Item = String>) -> String {
-    let options: Vec<String> = options.collect();
-    if options.len() == 1 {
-        return options.into_iter().next().unwrap_or_default();
-    }
-    format!("({})", options.join(" | "))
 }
