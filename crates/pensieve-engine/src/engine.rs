@@ -62,6 +62,8 @@ pub struct ValidRequest {
     pub stop_sequences: Vec<String>,
     /// Report what the prefix cache stores as cache creation.
     pub cache_requested: bool,
+    /// The client's cache breakpoints in the prompt, in order of position.
+    pub cache_points: Vec<CachePoint>,
     /// What to look for in the output (tool calls, reasoning).
     pub output: OutputFormat,
     /// The grammar the output must follow (a forced tool call).
@@ -71,6 +73,15 @@ pub struct ValidRequest {
     /// The tools offered (none under `tool_choice: none`): their schemas type the raw
     /// argument values of the XML-style formats.
     pub tools: Vec<ToolSpec>,
+}
+
+/// A cache breakpoint in a prompt: the prefix cache keeps a snapshot of the first `at`
+/// tokens (see [`crate::Breakpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePoint {
+    pub at: usize,
+    /// The system prompt and tools: what other conversations start with too.
+    pub shared: bool,
 }
 
 /// A running request: its events arrive on `events`; dropping it cancels the request.
@@ -204,13 +215,22 @@ impl Engine {
     }
 
     fn render(&self, request: &GenerateRequest) -> Result<String, EngineError> {
+        Ok(self.render_with_breakpoints(request, &[])?.0)
+    }
+
+    /// The prompt text and where the client's cache breakpoints fall in it (byte offsets).
+    fn render_with_breakpoints(
+        &self,
+        request: &GenerateRequest,
+        points: &[crate::Breakpoint],
+    ) -> Result<(String, Vec<(usize, crate::Breakpoint)>), EngineError> {
         // `tool_choice: none` offers no tools.
         let tools = if request.tool_choice == ToolChoice::None {
             &[][..]
         } else {
             &request.tools[..]
         };
-        Ok(self.shared.template.render(
+        Ok(self.shared.template.render_with_breakpoints(
             &request.messages,
             tools,
             &RenderOptions {
@@ -223,7 +243,37 @@ impl Engine {
                 reasoning_effort: request.effort.map(|e| e.as_str().to_owned()),
                 tool_format: self.shared.tool_format,
             },
+            points,
         )?)
+    }
+
+    /// Token positions of the breakpoints at these byte offsets of the prompt `text`
+    /// (tokenized as `prompt`): where the prefix's own tokens still agree with the
+    /// prompt's (a token that spans the offset is left out).
+    fn cache_points(
+        &self,
+        text: &str,
+        prompt: &[TokenId],
+        offsets: &[(usize, crate::Breakpoint)],
+    ) -> Vec<CachePoint> {
+        let mut points: Vec<CachePoint> = offsets
+            .iter()
+            .filter_map(|&(offset, point)| {
+                let prefix = self.shared.tokenizer.encode(text.get(..offset)?);
+                let at = prefix
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (at > 0 && at < prompt.len()).then_some(CachePoint {
+                    at,
+                    shared: point == crate::Breakpoint::Preamble,
+                })
+            })
+            .collect();
+        points.sort_by_key(|p| (p.at, !p.shared));
+        points.dedup_by_key(|p| p.at);
+        points
     }
 
     /// Build the prompt and check that the request can run.
@@ -234,10 +284,13 @@ impl Engine {
                 "max_tokens: must be at least 1".into(),
             ));
         }
+        let mut cache_points = Vec::new();
         let (text, prompt) = match &request.raw_prompt {
             None => {
-                let text = self.render(request)?;
+                let (text, offsets) =
+                    self.render_with_breakpoints(request, &request.breakpoints)?;
                 let prompt = self.shared.tokenizer.encode(&text);
+                cache_points = self.cache_points(&text, &prompt, &offsets);
                 (text, prompt)
             }
             Some(RawPrompt::Text(text)) => (text.clone(), self.shared.tokenizer.encode(text)),
@@ -277,6 +330,7 @@ impl Engine {
             sampling: request.sampling.clone(),
             stop_sequences: request.stop_sequences.clone(),
             cache_requested: request.cache_requested,
+            cache_points,
             // A text completion is the model's text as it is.
             output: self.output_format(request, &text),
             constraint,

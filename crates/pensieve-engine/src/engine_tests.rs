@@ -44,6 +44,7 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         sampling: SamplingParams::default(),
         stop_sequences: Vec::new(),
         cache_requested: true,
+        cache_points: Vec::new(),
         output: OutputFormat::default(),
         constraint: None,
         lazy_call: None,
@@ -445,12 +446,57 @@ async fn own_cells_a_next_turn_continues_in_the_same_slot() {
     let (reply, _) = finish(engine.submit(valid(first, 5)).unwrap()).await;
     let next = format!("{first}{reply} and a follow-up");
     let (_, second) = finish(engine.submit(valid(&next, 5)).unwrap()).await;
-    // Prompt and reply were all still in the slot: nothing copied or restored (the
-    // first turn was saved to RAM for other requests starting meanwhile).
+    // Prompt and reply were all still in the slot: nothing saved, copied or restored
+    // before the second turn could start.
     let computed = (first.len() + reply.len()) as u32;
     assert_eq!(second.unwrap().usage.cached_prompt_tokens, computed);
     let log = log.lock().unwrap();
-    assert_eq!((log.copies, log.saves, log.restores), (0, 1, 0));
+    assert_eq!((log.copies, log.saves, log.restores), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn own_cells_a_turn_running_in_the_slot_is_followed_by_newcomers() {
+    // The second turn takes the first's slot over without saving it; a request with the
+    // same conversation arriving while that turn runs copies the prefix from it.
+    let mut runner = own_cells(2);
+    runner.step_delay = Duration::from_millis(2);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let first = "s".repeat(300);
+    let (reply, _) = finish(engine.submit(valid(&first, 5)).unwrap()).await;
+    let next = format!("{first}{reply} and then");
+    let turn = engine
+        .submit(valid(&format!("{next}{}", "x".repeat(200)), 5))
+        .unwrap();
+    let side = engine
+        .submit(valid(&format!("{next} meanwhile"), 5))
+        .unwrap();
+    let ((_, turn), (_, side)) = tokio::join!(finish(turn), finish(side));
+    let whole_turn = (first.len() + reply.len()) as u32;
+    assert_eq!(turn.unwrap().usage.cached_prompt_tokens, whole_turn);
+    assert!(side.unwrap().usage.cached_prompt_tokens >= whole_turn);
+    let log = log.lock().unwrap();
+    // The newcomer's copy; nothing was saved before the turn began.
+    assert_eq!((log.copies, log.saves, log.restores), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn own_cells_an_unrelated_request_leaves_a_long_entry_alone() {
+    // A request sharing only a few tokens with a long cached conversation starts in a
+    // free slot: taking the conversation's slot over would save the whole of it first.
+    let runner = own_cells(2);
+    let log = runner.log.clone();
+    let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+    let first = format!("sys{}", "a".repeat(400));
+    let (reply, _) = finish(engine.submit(valid(&first, 5)).unwrap()).await;
+    let (_, other) = finish(engine.submit(valid("sys: a title?", 5)).unwrap()).await;
+    assert_eq!(other.unwrap().usage.cached_prompt_tokens, 0);
+    let next = format!("{first}{reply} more");
+    let (_, second) = finish(engine.submit(valid(&next, 5)).unwrap()).await;
+    let whole_turn = (first.len() + reply.len()) as u32;
+    assert_eq!(second.unwrap().usage.cached_prompt_tokens, whole_turn);
+    let log = log.lock().unwrap();
+    assert_eq!((log.copies, log.saves, log.restores), (0, 0, 0));
 }
 
 #[tokio::test]

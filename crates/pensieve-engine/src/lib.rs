@@ -32,7 +32,7 @@ pub mod template;
 pub mod testing;
 
 pub use cache::CacheConfig;
-pub use engine::{Engine, EngineConfig, Generation, ValidRequest};
+pub use engine::{CachePoint, Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use formats::ToolFormat;
@@ -42,6 +42,6 @@ pub use model::{
 };
 pub use output::OutputFormat;
 pub use request::{
-    Effort, GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall, ToolChoice,
-    ToolSpec,
+    Breakpoint, Effort, GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall,
+    ToolChoice, ToolSpec,
 };

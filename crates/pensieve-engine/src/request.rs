@@ -75,6 +75,20 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+/// A place in the prompt the client asked the prefix cache to keep (Anthropic's
+/// `cache_control`): a request that starts with the same text up to there reads it from
+/// the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breakpoint {
+    /// After the system prompt and the tools, what every conversation of the client
+    /// starts with (Anthropic caches tools, then system: a mark on either covers both).
+    /// Where the conversation has parts that name the project or the day, they come
+    /// after it (see the README's "How the prompt is built").
+    Preamble,
+    /// After the text of this message (an index into `messages`).
+    After(usize),
+}
+
 /// How the model may use the tools it is given.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum ToolChoice {
@@ -191,6 +205,8 @@ pub struct GenerateRequest {
     /// Whether the client marked cache breakpoints: then the prompt tokens this request
     /// stores in the prefix cache are reported as cache creation.
     pub cache_requested: bool,
+    /// The cache breakpoints the client marked, in no particular order.
+    pub breakpoints: Vec<Breakpoint>,
     /// Structured output: the reply is one JSON value of this schema.
     pub output_schema: Option<Value>,
     /// A prompt given as it is (text completion): no chat template, and the output is
@@ -222,6 +238,7 @@ impl GenerateRequest {
             effort: None,
             show_thinking: true,
             cache_requested: false,
+            breakpoints: Vec::new(),
             output_schema: None,
             raw_prompt: None,
         }

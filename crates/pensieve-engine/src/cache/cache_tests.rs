@@ -59,6 +59,26 @@ fn a_context_entry_is_shared_and_its_prefixes_are_redundant() {
 }
 
 #[test]
+fn a_few_tokens_of_a_long_entry_are_no_hit() {
+    let mut r = ScriptedRunner::new("");
+    let mut c = cache(1 << 20);
+    let long = tokens(400, 100);
+    fill(&mut r, 0, &long);
+    c.insert_context(&long, 400, 0, false);
+    // The template's opening, say: not worth taking a 400-token entry for.
+    let mut query = tokens(10, 100);
+    query.push(7);
+    assert!(c.lookup(&query).is_none());
+    // Out of a short entry, the same few tokens are.
+    let short = tokens(40, 5000);
+    fill(&mut r, 1, &short);
+    c.insert_context(&short, 40, 1, false);
+    let mut query = tokens(10, 5000);
+    query.push(7);
+    assert_eq!(c.lookup(&query).map(|h| h.len), Some(10));
+}
+
+#[test]
 fn eviction_moves_context_entries_to_ram_within_budget() {
     let mut r = ScriptedRunner::new("");
     // Snapshots are 4 bytes a token: room for 25 tokens.

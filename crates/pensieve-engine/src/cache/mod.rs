@@ -49,6 +49,10 @@ impl Default for CacheConfig {
 /// Prefixes shorter than this are not worth a slot of their own.
 const MIN_SHARED_PREFIX: usize = 64;
 
+/// A hit shorter than [`MIN_SHARED_PREFIX`] is used only when its entry holds at most this
+/// many times its length.
+const MAX_WASTE: usize = 16;
+
 #[derive(Debug)]
 struct Entry {
     tokens: Arc<[TokenId]>,
@@ -185,6 +189,11 @@ impl PrefixCache {
             };
             (tier, std::cmp::Reverse(e.tokens.len()), e.last_used)
         })?;
+        // A few tokens (the chat template's opening) out of a long entry: loading or
+        // taking over the entry would cost more than computing them.
+        if len < MIN_SHARED_PREFIX && len * MAX_WASTE < self.entries[&best].tokens.len() {
+            return None;
+        }
         self.clock += 1;
         let clock = self.clock;
         let entry = self.entries.get_mut(&best)?;
@@ -257,10 +266,17 @@ impl PrefixCache {
     }
 
     /// A request takes over slot `seq` and the entry it holds (with cells of each
-    /// sequence's own, continuing in place beats copying). The entry leaves the context
-    /// and is saved to RAM first, unless it is stored there already: requests that start
-    /// while this one runs (a subagent with the same system prompt) still find it.
-    pub fn adopt(&mut self, seq: SeqId, runner: &mut dyn ModelRunner) {
+    /// sequence's own, continuing in place beats copying), keeping its first `len` tokens.
+    ///
+    /// A request that covers the entry's whole prompt is the same conversation's next turn
+    /// (or a retry): the entry's generated tail, which the conversation moved past, is
+    /// dropped, and nothing is copied, so the turn starts at once. Requests that start
+    /// meanwhile with the same prefix copy it from the running sequence (see the
+    /// scheduler's followers). A request that leaves the entry's prompt before its end is
+    /// another conversation: the entry is saved to RAM first, unless it is stored there
+    /// already, so its own conversation still finds it whole. So is it when the backend
+    /// can't cut sequences back, since nothing can follow a running sequence there.
+    pub fn adopt(&mut self, seq: SeqId, len: usize, runner: &mut dyn ModelRunner) {
         let Some(id) = self
             .entries
             .iter()
@@ -273,9 +289,19 @@ impl PrefixCache {
             return;
         };
         entry.seq = None;
-        if entry.host.is_none() {
+        let same_conversation = self.can_truncate && len + 1 >= entry.prompt_len;
+        if entry.host.is_none() && !same_conversation {
+            let started = std::time::Instant::now();
             match runner.save(seq) {
-                Ok(bytes) => self.put_host(id, Arc::new(bytes)),
+                Ok(bytes) => {
+                    tracing::debug!(
+                        tokens = entry.tokens.len(),
+                        bytes = bytes.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "a branched-from entry saved to RAM"
+                    );
+                    self.put_host(id, Arc::new(bytes));
+                }
                 Err(e) => tracing::warn!("cannot save a cache entry: {e}"),
             }
         }

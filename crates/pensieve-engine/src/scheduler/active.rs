@@ -35,8 +35,9 @@ pub(crate) struct Active {
     pub cached: Option<u32>,
     /// Admission order, newest highest: the newest is preempted first.
     pub order: u64,
-    /// Positions where a snapshot is taken on the way (backends that can't cut back).
-    pub checkpoints: Vec<usize>,
+    /// Positions where a snapshot is taken on the way, in order, each with whether other
+    /// conversations start with it too (see [`super::checkpoints`]).
+    pub checkpoints: Vec<(usize, bool)>,
     /// Waiting for another running sequence to compute a prefix it shares, to copy it
     /// instead of computing it again.
     pub follow: Option<Follow>,
@@ -229,10 +230,17 @@ impl Active {
         let usage = Usage {
             prompt_tokens: self.prompt_len as u32,
             cached_prompt_tokens: cached,
-            // Every computed prompt token stays in the prefix cache; clients that asked
-            // for caching are told so.
+            // What the request stored up to its last cache breakpoint (the whole prompt
+            // when the client asked for caching without placing one), as Anthropic
+            // counts it; the rest of the uncached prompt is plain input.
             cache_creation_tokens: if self.job.request.cache_requested {
-                self.prompt_len as u32 - cached
+                let until = self
+                    .job
+                    .request
+                    .cache_points
+                    .last()
+                    .map_or(self.prompt_len, |p| p.at) as u32;
+                until.saturating_sub(cached)
             } else {
                 0
             },

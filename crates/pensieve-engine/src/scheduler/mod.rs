@@ -230,13 +230,13 @@ impl Scheduler {
             if first && active.follow.is_none() {
                 self.count_prompt(active.prompt_len, reused);
             }
-            if !self.runner.can_truncate() {
-                active.checkpoints = checkpoints(
-                    &active.tokens[..active.prompt_len],
-                    reused,
-                    self.tokenizer.as_ref(),
-                );
-            }
+            active.checkpoints = checkpoints(
+                &active.tokens[..active.prompt_len],
+                reused,
+                &active.job.request.cache_points,
+                self.runner.can_truncate(),
+                self.tokenizer.as_ref(),
+            );
             self.runner
                 .start_sampling(seq, &active.job.request.sampling);
             self.running.push(active);
@@ -347,7 +347,7 @@ impl Scheduler {
             ..
         }) = hit
         {
-            self.cache.adopt(src, self.runner.as_mut());
+            self.cache.adopt(src, len, self.runner.as_mut());
             if len == source_len || self.runner.truncate(src, len as u32) {
                 return Some((src, self.keep_shared(src, tokens, hit)));
             }
@@ -448,7 +448,7 @@ impl Scheduler {
             let mut n = a.pending().min(room);
             if a.pending() > 1 {
                 n = n.min(prefill_budget.saturating_sub(prefill_used));
-                if let Some(&stop) = a.checkpoints.iter().find(|&&c| c > a.computed) {
+                if let Some(&(stop, _)) = a.checkpoints.iter().find(|(c, _)| *c > a.computed) {
                     n = n.min(stop - a.computed);
                 }
                 if n == 0 {
@@ -517,10 +517,10 @@ impl Scheduler {
             let a = &mut self.running[p.index];
             a.computed += p.tokens;
             let Some(seq) = a.seq else { continue };
-            if a.checkpoints.first() == Some(&a.computed) {
+            if let Some(&(at, shared)) = a.checkpoints.first().filter(|(at, _)| *at == a.computed) {
                 a.checkpoints.remove(0);
-                let tokens = a.tokens[..a.computed].to_vec();
-                self.checkpoint(seq, &tokens);
+                let tokens = a.tokens[..at].to_vec();
+                self.checkpoint(seq, &tokens, shared);
             }
             let a = &mut self.running[p.index];
             let Some(index) = p.logits else { continue };
@@ -698,15 +698,23 @@ impl Scheduler {
         self.free.push(seq);
     }
 
-    /// A snapshot point of a backend that can't cut back: keep the slot's state as it is
-    /// now, in a cache slot sharing it (or in RAM).
-    fn checkpoint(&mut self, seq: SeqId, tokens: &[crate::TokenId]) {
+    /// A snapshot point: keep the slot's state as it is now, in a cache slot sharing it
+    /// (or in RAM); `shared` when other conversations start with it too.
+    fn checkpoint(&mut self, seq: SeqId, tokens: &[crate::TokenId], shared: bool) {
         if !self.runner.shares_cells() {
             // A slot of its own would cost a whole sequence's cells: RAM instead.
+            let started = std::time::Instant::now();
             match self.runner.save(seq) {
-                Ok(bytes) => self
-                    .cache
-                    .insert_snapshot(tokens, tokens.len(), bytes, false),
+                Ok(bytes) => {
+                    tracing::debug!(
+                        tokens = tokens.len(),
+                        shared,
+                        ms = started.elapsed().as_millis() as u64,
+                        "snapshot point saved"
+                    );
+                    self.cache
+                        .insert_snapshot(tokens, tokens.len(), bytes, shared)
+                }
                 Err(e) => tracing::warn!("cannot save a checkpoint: {e}"),
             }
             return;
@@ -719,7 +727,9 @@ impl Scheduler {
             },
         };
         if self.runner.share(seq, slot, tokens.len() as u32) {
-            let freed = self.cache.insert_context(tokens, tokens.len(), slot, false);
+            let freed = self
+                .cache
+                .insert_context(tokens, tokens.len(), slot, shared);
             self.release_slots(freed);
         } else {
             self.free.push(slot);
@@ -836,17 +846,42 @@ impl Scheduler {
     }
 }
 
-/// Where a prompt's snapshots go when the backend can't cut a sequence back: after each
-/// end-of-turn token (message boundaries) beyond what is already cached.
-fn checkpoints(prompt: &[crate::TokenId], reused: usize, tokenizer: &dyn Tokenizer) -> Vec<usize> {
-    prompt
+/// Where a prompt's snapshots go, beyond what is cached already (`reused`), each with
+/// whether other conversations start with it too:
+/// - the client's cache breakpoints (`points`) that end the system prompt and tools,
+///   which other conversations share: so they outlive this conversation's entry;
+/// - when the backend can't cut a sequence back, where only whole entries can be used:
+///   the client's other breakpoints too, and the end of every message (after each
+///   end-of-turn token).
+///
+/// When it can, every prefix of the finished request's entry serves later requests, so
+/// other points would only cost a copy.
+fn checkpoints(
+    prompt: &[crate::TokenId],
+    reused: usize,
+    points: &[crate::CachePoint],
+    can_truncate: bool,
+    tokenizer: &dyn Tokenizer,
+) -> Vec<(usize, bool)> {
+    let worth = |at: usize| at > reused && at < prompt.len();
+    let mut out: Vec<(usize, bool)> = points
         .iter()
-        .enumerate()
-        .filter(|(i, t)| {
-            *i + 1 > reused && *i + 1 < prompt.len() && tokenizer.is_end_of_generation(**t)
-        })
-        .map(|(i, _)| i + 1)
-        .collect()
+        .filter(|p| worth(p.at) && (p.shared || !can_truncate))
+        .map(|p| (p.at, p.shared))
+        .collect();
+    if !can_truncate {
+        out.extend(
+            prompt
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| worth(*i + 1) && tokenizer.is_end_of_generation(**t))
+                .map(|(i, _)| (i + 1, false)),
+        );
+    }
+    // One snapshot a position; a shared one where both fall together.
+    out.sort_by_key(|&(at, shared)| (at, !shared));
+    out.dedup_by_key(|p| p.0);
+    out
 }
 
 fn common_prefix(a: &[crate::TokenId], b: &[crate::TokenId]) -> usize {

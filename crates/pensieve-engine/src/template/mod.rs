@@ -15,6 +15,7 @@
 //! Rendering is deterministic apart from `strftime_now`'s date: `count_tokens` must
 //! see exactly the prompt generation will.
 
+mod breakpoints;
 mod normalize;
 mod python;
 mod stable;
@@ -31,7 +32,7 @@ use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
 use crate::formats::ToolFormat;
-use crate::request::{Message, ToolSpec};
+use crate::request::{Breakpoint, Message, ToolSpec};
 
 /// The name the template is stored under; it shows in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -202,6 +203,55 @@ impl ChatTemplate {
         tools: &[ToolSpec],
         opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
+        self.render_inner(messages, tools, opts, None)
+    }
+
+    /// [`ChatTemplate::render`], and where the client's cache breakpoints fall in the
+    /// prompt: `(byte offset, breakpoint)` for each one the template keeps in place (see
+    /// [`breakpoints`]). The prompt is the same as without breakpoints.
+    pub fn render_with_breakpoints(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        opts: &RenderOptions,
+        points: &[Breakpoint],
+    ) -> Result<(String, Vec<(usize, Breakpoint)>), TemplateError> {
+        let prompt = self.render(messages, tools, opts)?;
+        if points.is_empty() {
+            return Ok((prompt, Vec::new()));
+        }
+        let Some(marked) = breakpoints::place(messages, points) else {
+            return Ok((prompt, Vec::new()));
+        };
+        let preamble = points
+            .iter()
+            .position(|p| *p == Breakpoint::Preamble)
+            .map(breakpoints::mark);
+        let placed = match self.render_inner(&marked, tools, opts, preamble.as_deref()) {
+            Ok(rendered) => {
+                let (clean, found) = breakpoints::strip(&rendered);
+                if clean == prompt {
+                    found.into_iter().map(|(i, at)| (at, points[i])).collect()
+                } else {
+                    tracing::debug!(
+                        template = self.description,
+                        "cache breakpoints dropped: the template changes text around them"
+                    );
+                    Vec::new()
+                }
+            }
+            Err(_) => Vec::new(),
+        };
+        Ok((prompt, placed))
+    }
+
+    fn render_inner(
+        &self,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        opts: &RenderOptions,
+        preamble_mark: Option<&str>,
+    ) -> Result<String, TemplateError> {
         let with_tools;
         let (messages, tools) = if tools.is_empty() || self.renders_tools {
             (messages, tools)
@@ -209,7 +259,7 @@ impl ChatTemplate {
             with_tools = tool_prompt::with_tool_system_prompt(messages, tools, opts.tool_format)?;
             (with_tools.as_slice(), &[][..])
         };
-        let mut conversation = normalize::normalize(messages);
+        let mut conversation = normalize::normalize_marked(messages, preamble_mark);
         let mut tools = Cow::Borrowed(tools);
         if let Some(format) = opts.tool_format {
             format.history(&mut conversation, &mut tools);

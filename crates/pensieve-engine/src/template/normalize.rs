@@ -14,7 +14,13 @@ use crate::request::{Message, Role};
 /// with a blank line and assistant tool calls are concatenated, so leading system
 /// messages become one as well.
 pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
-    let reordered = super::stable::stable_first(messages);
+    normalize_marked(messages, None)
+}
+
+/// [`normalize`], with a cache breakpoint's mark where the preamble ends (see
+/// [`super::breakpoints`]).
+pub(crate) fn normalize_marked(messages: &[Message], preamble_mark: Option<&str>) -> Vec<Message> {
+    let reordered = super::stable::stable_first(messages, preamble_mark);
     let messages = reordered.as_deref().unwrap_or(messages);
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for message in &hoist_system_above_user(messages) {
@@ -31,6 +37,9 @@ pub(crate) fn normalize(messages: &[Message]) -> Vec<Message> {
         m.role == Role::Assistant && m.content.is_empty() && m.tool_calls.is_empty()
     }) {
         out.pop();
+    }
+    if let Some(mark) = preamble_mark {
+        super::breakpoints::place_preamble(&mut out, mark);
     }
     out
 }

@@ -28,8 +28,13 @@ const WORKING_DIRECTORY: &str = "Primary working directory:";
 const VOLATILE_LINES: &[&str] = &["Is a git repository:", "Today's date is"];
 
 /// The conversation with the parts that name the project or the day moved after those
-/// that do not; `None` when it has no environment turn to reorder.
-pub(crate) fn stable_first(messages: &[Message]) -> Option<Vec<Message>> {
+/// that do not; `None` when it has no environment turn to reorder. A `preamble_mark`
+/// (a cache breakpoint's, see [`super::breakpoints`]) goes where the parts that are the
+/// same for every session end.
+pub(crate) fn stable_first(
+    messages: &[Message],
+    preamble_mark: Option<&str>,
+) -> Option<Vec<Message>> {
     let (env_at, project) = messages
         .iter()
         .enumerate()
@@ -59,6 +64,7 @@ pub(crate) fn stable_first(messages: &[Message]) -> Option<Vec<Message>> {
     }
     let mut reordered = stable.join("\n").trim_end().to_owned();
     let volatile = volatile.join("\n");
+    let mut mark = preamble_mark;
     for part in moved
         .iter()
         .chain([&volatile])
@@ -66,6 +72,7 @@ pub(crate) fn stable_first(messages: &[Message]) -> Option<Vec<Message>> {
     {
         if !part.is_empty() {
             reordered.push_str("\n\n");
+            reordered.push_str(mark.take().unwrap_or_default());
             reordered.push_str(part);
         }
     }
@@ -128,7 +135,7 @@ mod tests {
 
     #[test]
     fn what_names_the_project_or_the_day_comes_last() {
-        let out = stable_first(&conversation(SYSTEM, ENV)).expect("reordered");
+        let out = stable_first(&conversation(SYSTEM, ENV), None).expect("reordered");
         assert_eq!(
             out[0].content,
             "You are an agent.\n\n# Harness\nUse the tools.\n\n# Environment\n - Models are Claude 5.\n"
@@ -142,7 +149,7 @@ mod tests {
 
     #[test]
     fn every_line_is_kept() {
-        let out = stable_first(&conversation(SYSTEM, ENV)).expect("reordered");
+        let out = stable_first(&conversation(SYSTEM, ENV), None).expect("reordered");
         let mut before: Vec<&str> = SYSTEM.lines().chain(ENV.lines()).collect();
         let joined = format!("{}\n{}", out[0].content, out[2].content);
         let mut after: Vec<&str> = joined.lines().collect();
@@ -160,8 +167,8 @@ mod tests {
             .replace("2026-12-03", "2027-01-15")
             .replace("repository: true", "repository: false");
         let other_system = SYSTEM.replace("-work-app", "-src-other");
-        let a = stable_first(&conversation(SYSTEM, ENV)).expect("reordered");
-        let b = stable_first(&conversation(&other_system, &other_env)).expect("reordered");
+        let a = stable_first(&conversation(SYSTEM, ENV), None).expect("reordered");
+        let b = stable_first(&conversation(&other_system, &other_env), None).expect("reordered");
         assert_eq!(a[0].content, b[0].content);
         let shared = a[2]
             .content
@@ -176,17 +183,17 @@ mod tests {
 
     #[test]
     fn conversations_without_an_environment_turn_are_left_alone() {
-        assert!(stable_first(&conversation(SYSTEM, "Be brief.")).is_none());
+        assert!(stable_first(&conversation(SYSTEM, "Be brief."), None).is_none());
         let no_env = vec![
             Message::text(Role::System, SYSTEM),
             Message::text(Role::User, "q"),
         ];
-        assert!(stable_first(&no_env).is_none());
+        assert!(stable_first(&no_env, None).is_none());
         // A leading system turn is not an environment turn to reorder.
         let leading = vec![
             Message::text(Role::System, ENV),
             Message::text(Role::User, "q"),
         ];
-        assert!(stable_first(&leading).is_none());
+        assert!(stable_first(&leading, None).is_none());
     }
 }

@@ -129,6 +129,7 @@ fn renders_like_hugging_face_jinja2() {
         .collect();
     let mut failures = Vec::new();
     let mut checked = 0;
+    let (mut rendered, mut with_points) = (0, 0);
     for (name, info) in templates {
         let template = fixture_template(info);
         for case in spec["cases"].as_array().expect("cases is an array") {
@@ -179,6 +180,24 @@ fn renders_like_hugging_face_jinja2() {
             let path = dir.join(format!("{case_name}.txt"));
             let expected =
                 std::fs::read_to_string(&path).expect("expected output exists; run generate.py");
+            // Cache breakpoints after every message and the preamble never change the
+            // prompt; where the template keeps them, they are places in it.
+            let points: Vec<Breakpoint> = std::iter::once(Breakpoint::Preamble)
+                .chain((0..messages.len()).map(Breakpoint::After))
+                .collect();
+            match template.render_with_breakpoints(&messages, &tools, &opts, &points) {
+                Ok((prompt, found)) => {
+                    rendered += 1;
+                    with_points += usize::from(!found.is_empty());
+                    let misplaced = found
+                        .iter()
+                        .any(|(at, _)| *at > prompt.len() || !prompt.is_char_boundary(*at));
+                    if prompt != expected || misplaced {
+                        failures.push(format!("{name}/{case_name}: breakpoints {found:?}"));
+                    }
+                }
+                Err(err) => failures.push(format!("{name}/{case_name} with breakpoints: {err}")),
+            }
             match template.render(&messages, &tools, &opts) {
                 Ok(actual) if actual == expected => {}
                 Ok(actual) => failures.push(format!(
@@ -189,6 +208,10 @@ fn renders_like_hugging_face_jinja2() {
         }
     }
     assert!(checked >= 489, "only {checked} fixture renders ran");
+    assert_eq!(
+        with_points, rendered,
+        "renders that lost their cache breakpoints"
+    );
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -537,4 +560,80 @@ fn generation_tags_become_plain_blocks_with_the_same_whitespace_control() {
 fn chat_template_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ChatTemplate>();
+}
+
+#[test]
+fn claude_codes_breakpoints_fall_after_the_tools_and_the_shared_environment() {
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json is readable"),
+    )
+    .expect("cases.json is JSON");
+    let case = spec["cases"]
+        .as_array()
+        .and_then(|cases| {
+            cases
+                .iter()
+                .find(|c| c["name"] == "claude_code_environment")
+        })
+        .expect("the claude_code_environment case");
+    let messages: Vec<Message> = case["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(parse_message)
+        .collect();
+    let tools: Vec<ToolSpec> = spec["tool_sets"]["coding"]
+        .as_array()
+        .expect("the coding tools")
+        .iter()
+        .map(parse_tool)
+        .collect();
+    // Claude Code marks its system prompt, its environment turn and its last message.
+    let points = [
+        Breakpoint::Preamble,
+        Breakpoint::After(2),
+        Breakpoint::After(1),
+    ];
+    for name in ["qwen2.5-coder", "qwen3-coder", "glm-4.6"] {
+        let template = fixture_template(&spec["templates"][name]);
+        let opts = RenderOptions::default();
+        let (prompt, found) = template
+            .render_with_breakpoints(&messages, &tools, &opts, &points)
+            .expect("renders");
+        assert_eq!(prompt, template.render(&messages, &tools, &opts).unwrap());
+        let at = |point| found.iter().find(|(_, p)| *p == point).map(|(at, _)| *at);
+        let preamble = at(Breakpoint::Preamble).expect("the preamble is placed");
+        let before = &prompt[..preamble];
+        // The system prompt, every tool and the environment's shared lines come first.
+        assert!(before.contains("You are an agent."), "{name}: {before}");
+        assert!(
+            before.contains("\"read_file\"") || before.contains("read_file"),
+            "{name}"
+        );
+        assert!(before.contains("Platform: linux"), "{name}: {before}");
+        assert!(before.contains("Skills: dataviz"), "{name}: {before}");
+        // What names the project or the day comes after it.
+        let after = &prompt[preamble..];
+        for volatile in [
+            "/work/app",
+            "-work-app",
+            "Is a git repository",
+            "Today's date",
+        ] {
+            assert!(
+                after.contains(volatile),
+                "{name}: {volatile} after the preamble"
+            );
+            assert!(
+                !before.contains(volatile),
+                "{name}: {volatile} before the preamble"
+            );
+        }
+        // The environment turn ends before the user's text, which ends the last point.
+        let env_end = at(Breakpoint::After(2)).expect("the environment's end is placed");
+        let last = at(Breakpoint::After(1)).expect("the last message's end is placed");
+        assert!(preamble < env_end && env_end < last, "{name}: {found:?}");
+        assert!(prompt[..env_end].ends_with("2026-12-03."), "{name}");
+        assert!(prompt[..last].ends_with("say hi"), "{name}");
+    }
 }

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    Breakpoint, Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice,
+    ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -217,8 +218,17 @@ impl MessagesRequest {
         let max_tokens = self
             .max_tokens
             .ok_or_else(|| field_required("max_tokens"))?;
-        let mut request =
-            GenerateRequest::new(model, conversation(self.system, messages)?, max_tokens);
+        let marked_tools = self
+            .tools
+            .iter()
+            .flatten()
+            .any(|t| t.cache_control.is_some());
+        let (conversation, mut breakpoints) = conversation(self.system, messages)?;
+        if marked_tools && !breakpoints.contains(&Breakpoint::Preamble) {
+            breakpoints.push(Breakpoint::Preamble);
+        }
+        let mut request = GenerateRequest::new(model, conversation, max_tokens);
+        request.breakpoints = breakpoints;
         request.tools = tools(self.tools.unwrap_or_default());
         request.parallel_tool_calls = !self
             .tool_choice
@@ -245,18 +255,7 @@ impl MessagesRequest {
     /// Whether the client marked anything with `cache_control` (then what the prefix
     /// cache newly stores is reported as `cache_creation_input_tokens`, as Anthropic does).
     pub fn asks_for_caching(&self) -> bool {
-        let block = |b: &ContentBlock| {
-            matches!(
-                b,
-                ContentBlock::Text {
-                    cache_control: Some(_),
-                    ..
-                } | ContentBlock::ToolResult {
-                    cache_control: Some(_),
-                    ..
-                }
-            )
-        };
+        let block = is_marked;
         let content =
             |c: &Content| matches!(c, Content::Blocks(blocks) if blocks.iter().any(block));
         self.cache_control.is_some()
@@ -283,7 +282,8 @@ impl CountTokensRequest {
     pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
         let model = self.model.ok_or_else(|| field_required("model"))?;
         let messages = self.messages.ok_or_else(|| field_required("messages"))?;
-        let mut request = GenerateRequest::new(model, conversation(self.system, messages)?, 1);
+        let (conversation, _) = conversation(self.system, messages)?;
+        let mut request = GenerateRequest::new(model, conversation, 1);
         request.tools = tools(self.tools.unwrap_or_default());
         request.tool_choice = tool_choice(self.tool_choice)?;
         set_reasoning(
@@ -355,12 +355,19 @@ fn tool_choice(choice: Option<ToolChoiceParam>) -> Result<ToolChoice, RequestErr
     }
 }
 
-/// The system prompt and the messages as one neutral conversation.
+/// The system prompt and the messages as one neutral conversation, with the cache
+/// breakpoints marked in them.
 fn conversation(
     system: Option<SystemPrompt>,
     messages: Vec<InputMessage>,
-) -> Result<Vec<Message>, RequestError> {
+) -> Result<(Vec<Message>, Vec<Breakpoint>), RequestError> {
     let mut out = Vec::new();
+    let mut breakpoints = Vec::new();
+    if let Some(SystemPrompt::Blocks(blocks)) = &system {
+        if blocks.iter().any(is_marked) {
+            breakpoints.push(Breakpoint::Preamble);
+        }
+    }
     if let Some(system) = system {
         let text = match system {
             SystemPrompt::Text(t) => strip_billing_header(&t),
@@ -399,9 +406,23 @@ fn conversation(
             }],
             Some(Content::Blocks(b)) => b,
         };
-        translate_turn(role, blocks, i, &mut tool_names, &mut out)?;
+        translate_turn(role, blocks, i, &mut tool_names, &mut out, &mut breakpoints)?;
     }
-    Ok(out)
+    Ok((out, breakpoints))
+}
+
+/// Whether a block carries `cache_control`.
+fn is_marked(block: &ContentBlock) -> bool {
+    matches!(
+        block,
+        ContentBlock::Text {
+            cache_control: Some(_),
+            ..
+        } | ContentBlock::ToolResult {
+            cache_control: Some(_),
+            ..
+        }
+    )
 }
 
 /// One wire message can become several neutral ones: tool results are their own turns
@@ -412,7 +433,13 @@ fn translate_turn(
     index: usize,
     tool_names: &mut HashMap<String, String>,
     out: &mut Vec<Message>,
+    breakpoints: &mut Vec<Breakpoint>,
 ) -> Result<(), RequestError> {
+    // A mark on a text block holds at the end of the turn's text, where the blocks are
+    // joined.
+    let text_marked = blocks
+        .iter()
+        .any(|b| matches!(b, ContentBlock::Text { .. }) && is_marked(b));
     let mut texts = Vec::new();
     let mut reasoning = Vec::new();
     let mut calls = Vec::new();
@@ -459,8 +486,11 @@ fn translate_turn(
                 tool_use_id,
                 content,
                 is_error,
-                ..
+                cache_control,
             } => {
+                if cache_control.is_some() {
+                    breakpoints.push(Breakpoint::After(out.len()));
+                }
                 let mut text = content.map(content_text).unwrap_or_default();
                 if is_error == Some(true) {
                     text = format!("Error: {text}");
@@ -476,6 +506,9 @@ fn translate_turn(
     if role == Role::User && texts.is_empty() && results > 0 {
         // A user turn that only carried tool results has no text turn of its own.
         return Ok(());
+    }
+    if text_marked {
+        breakpoints.push(Breakpoint::After(out.len()));
     }
     let mut m = Message::text(role, join_texts(texts.into_iter()));
     m.tool_calls = calls;
