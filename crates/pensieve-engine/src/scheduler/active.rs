@@ -225,18 +225,10 @@ impl Active {
         let now = Instant::now();
         let admitted = self.admitted.unwrap_or(now);
         let prefill_done = self.prefill_done.unwrap_or(now);
-        let cached = self.cached.unwrap_or(0);
+        let cached = self.cached.unwrap_or(0) as usize;
         let usage = Usage {
-            prompt_tokens: self.prompt_len as u32,
-            cached_prompt_tokens: cached,
-            // Every computed prompt token stays in the prefix cache; clients that asked
-            // for caching are told so.
-            cache_creation_tokens: if self.job.request.cache_requested {
-                self.prompt_len as u32 - cached
-            } else {
-                0
-            },
             completion_tokens: self.generated,
+            ..Usage::for_prompt(&self.job.request, cached)
         };
         let _ = self.job.events.send(GenerationEvent::Done(Completion {
             reason,
