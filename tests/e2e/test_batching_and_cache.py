@@ -23,7 +23,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import REQUESTED_MODEL, SMOLLM2, Server, model_path
+from conftest import REQUESTED_MODEL, SMOLLM2, Server, model_path, summary_line
 from helpers import iter_sse, scrape
 
 T0 = {"temperature": 0}
@@ -228,7 +228,7 @@ def test_shared_prefix_reads_from_cache(cache_server):
             events = list(iter_sse(r))
     start = next(d for n, d in events if n == "message_start")["message"]["usage"]
     final = next(d for n, d in events if n == "message_delta")["usage"]
-    assert start["input_tokens"] == n_b, f"message_start must report the whole prompt: {start}"
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
     read = final["cache_read_input_tokens"]
     computed = final["input_tokens"] + final["cache_creation_input_tokens"]
     assert read + computed == n_b, (final, n_b)
@@ -254,6 +254,68 @@ def test_shared_prefix_reads_from_cache(cache_server):
     assert u.cache_read_input_tokens == n_b - 1, usage_str(u)
     assert u.cache_creation_input_tokens == 0, usage_str(u)
     assert u.input_tokens == 1, usage_str(u)
+
+
+SPLIT = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def split_of(usage: dict) -> dict[str, int]:
+    """The prompt's split in a raw usage block (all but the output tokens)."""
+    return {k: usage[k] for k in SPLIT}
+
+
+def stream_raw(server: Server, **request) -> tuple[dict, dict, str]:
+    """Stream a request through the anthropic SDK and read its raw SSE: the usage of
+    message_start, the usage of message_delta, and the text."""
+    extra = {k: request.pop(k) for k in ("temperature",) if k in request}
+    create_raw = sdk(server).messages.with_streaming_response.create
+    with create_raw(model=REQUESTED_MODEL, stream=True, extra_body=extra, **request) as r:
+        assert r.http_response.headers["content-type"].startswith("text/event-stream")
+        events = list(iter_sse(r))
+    start = next(d for n, d in events if n == "message_start")["message"]["usage"]
+    final = next(d for n, d in events if n == "message_delta")["usage"]
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    return start, final, text
+
+
+def test_message_start_reports_the_final_cache_split(cache_server):
+    """Anthropic's API splits the prompt into uncached, cache-creation and cache-read
+    tokens from message_start on. A cold request, its conversation's next turn (warm),
+    and that turn again without cache_control, streamed through the SDK: each
+    message_start reports the split its message_delta ends with."""
+    server = cache_server
+    notes = f"[{nonce()}] Reference notes follow. " + filler(600, seed=7)
+    system = [{"type": "text", "text": notes, "cache_control": CACHED}]
+    turn = [{"role": "user", "content": "Which word comes first in the notes?"}]
+    n = count_tokens(server, system=system, messages=turn)
+    assert n >= 600, f"test premise: a long prompt, got {n}"
+
+    # Cold: nothing but the template's first tokens read (other prompts start with them);
+    # asked to cache, the rest is cache creation.
+    start, final, reply = stream_raw(server, max_tokens=8, **T0, system=system, messages=turn)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    read = start["cache_read_input_tokens"]
+    assert read < 64 and start["input_tokens"] == 0, (start, n)
+    assert start["cache_creation_input_tokens"] == n - read, (start, n)
+    assert start["output_tokens"] == 0 and final["output_tokens"] > 0, (start, final)
+
+    # Warm: the next turn of the same conversation, sent as soon as the first ended.
+    turn2 = [*turn, {"role": "assistant", "content": reply}, {"role": "user", "content": "And the last word?"}]
+    n2 = count_tokens(server, system=system, messages=turn2)
+    start, final, _ = stream_raw(server, max_tokens=8, **T0, system=system, messages=turn2)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    read = start["cache_read_input_tokens"]
+    assert n - SUFFIX_BOUND <= read < n2, f"the first turn was not read from the cache: {start} (prompts {n}, {n2})"
+    assert start["input_tokens"] == 0 and start["cache_creation_input_tokens"] == n2 - read, (start, n2)
+    summary_line(f"warm turn of {n2} tokens: message_start and message_delta both say {split_of(start)}")
+
+    # The same turn again without cache_control: all but the last token read, the last
+    # one plain input.
+    plain = [{"type": "text", "text": notes}]
+    start, final, _ = stream_raw(server, max_tokens=8, **T0, system=plain, messages=turn2)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    again = {"input_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": n2 - 1}
+    assert split_of(start) == again, (start, n2)
 
 
 def test_requests_arriving_together_compute_their_shared_prefix_once():
