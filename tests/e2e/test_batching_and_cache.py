@@ -4,8 +4,9 @@ HTTP (the `anthropic` SDK and raw SSE through httpx) and observed through the us
 reports and GET /metrics.
 
 Usage accounting checked here: cache_read_input_tokens = prompt tokens served from the
-cache; with `cache_control` somewhere in the request, cache_creation_input_tokens = the
-prompt tokens computed, input_tokens = the rest; without it, cache_creation = 0 and
+cache; with `cache_control` breakpoints, cache_creation_input_tokens = the prompt tokens
+computed up to the last breakpoint (a mark on the system prompt holds after it and the
+tools), input_tokens = the rest, as Anthropic counts; without any, cache_creation = 0 and
 input_tokens = prompt - cache_read. The last prompt token is always computed, so an
 exact repeat reads prompt - 1.
 """
@@ -23,7 +24,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import REQUESTED_MODEL, SMOLLM2, Server, model_path
+from conftest import GEMMA3, REQUESTED_MODEL, SMOLLM2, Server, model_path, summary_line
 from helpers import iter_sse, scrape
 
 T0 = {"temperature": 0}
@@ -218,7 +219,10 @@ def test_shared_prefix_reads_from_cache(cache_server):
     first = create(server, max_tokens=8, **T0, system=system, messages=msgs_a)
     u = first.usage
     assert u.cache_read_input_tokens == 0, usage_str(u)
-    assert u.cache_creation_input_tokens == n_a and u.input_tokens == 0, (usage_str(u), n_a)
+    # The system prompt, up to its breakpoint, is cache creation; the question after it
+    # is plain input.
+    assert u.cache_creation_input_tokens + u.input_tokens == n_a, (usage_str(u), n_a)
+    assert 1 <= u.input_tokens <= SUFFIX_BOUND, (usage_str(u), n_a)
 
     # B, streamed: the shared system prompt comes from the cache, only the suffix is run.
     body = {"model": REQUESTED_MODEL, "max_tokens": 8, **T0, "stream": True, "system": system, "messages": msgs_b}
@@ -228,15 +232,15 @@ def test_shared_prefix_reads_from_cache(cache_server):
             events = list(iter_sse(r))
     start = next(d for n, d in events if n == "message_start")["message"]["usage"]
     final = next(d for n, d in events if n == "message_delta")["usage"]
-    assert start["input_tokens"] == n_b, f"message_start must report the whole prompt: {start}"
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
     read = final["cache_read_input_tokens"]
     computed = final["input_tokens"] + final["cache_creation_input_tokens"]
     assert read + computed == n_b, (final, n_b)
     assert read >= n_b - SUFFIX_BOUND, f"the shared prefix was not read from the cache: {final} (prompt {n_b})"
     assert read <= n_b - 1, final
     assert 1 <= computed <= SUFFIX_BOUND, f"more than the suffix was computed: {final}"
-    assert final["cache_creation_input_tokens"] == computed and final["input_tokens"] == 0, (
-        f"with cache_control, the computed tokens are cache creation: {final}"
+    assert final["cache_creation_input_tokens"] == 0 and final["input_tokens"] == computed, (
+        f"the breakpoint after the system prompt was read: nothing computed is cache creation: {final}"
     )
 
     after = scrape(server.url)
@@ -254,6 +258,96 @@ def test_shared_prefix_reads_from_cache(cache_server):
     assert u.cache_read_input_tokens == n_b - 1, usage_str(u)
     assert u.cache_creation_input_tokens == 0, usage_str(u)
     assert u.input_tokens == 1, usage_str(u)
+
+
+SPLIT = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def split_of(usage: dict) -> dict[str, int]:
+    """The prompt's split in a raw usage block (all but the output tokens)."""
+    return {k: usage[k] for k in SPLIT}
+
+
+def stream_raw(server: Server, **request) -> tuple[dict, dict, str]:
+    """Stream a request through the anthropic SDK and read its raw SSE: the usage of
+    message_start, the usage of message_delta, and the text."""
+    extra = {k: request.pop(k) for k in ("temperature",) if k in request}
+    create_raw = sdk(server).messages.with_streaming_response.create
+    with create_raw(model=REQUESTED_MODEL, stream=True, extra_body=extra, **request) as r:
+        assert r.http_response.headers["content-type"].startswith("text/event-stream")
+        events = list(iter_sse(r))
+    start = next(d for n, d in events if n == "message_start")["message"]["usage"]
+    final = next(d for n, d in events if n == "message_delta")["usage"]
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    return start, final, text
+
+
+def test_message_start_reports_the_final_cache_split(cache_server):
+    """Anthropic's API splits the prompt into uncached, cache-creation and cache-read
+    tokens from message_start on. A cold request, its conversation's next turn (warm),
+    and that turn again without cache_control, streamed through the SDK: each
+    message_start reports the split its message_delta ends with."""
+    server = cache_server
+    notes = f"[{nonce()}] Reference notes follow. " + filler(600, seed=7)
+    system = [{"type": "text", "text": notes, "cache_control": CACHED}]
+    turn = [{"role": "user", "content": "Which word comes first in the notes?"}]
+    n = count_tokens(server, system=system, messages=turn)
+    assert n >= 600, f"test premise: a long prompt, got {n}"
+
+    # Cold: nothing but the template's first tokens read (other prompts start with them);
+    # up to the breakpoint after the system prompt is cache creation, the question input.
+    start, final, reply = stream_raw(server, max_tokens=8, **T0, system=system, messages=turn)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    read = start["cache_read_input_tokens"]
+    assert read < 64 and 1 <= start["input_tokens"] <= SUFFIX_BOUND, (start, n)
+    assert start["cache_creation_input_tokens"] == n - read - start["input_tokens"], (start, n)
+    assert start["output_tokens"] == 0 and final["output_tokens"] > 0, (start, final)
+
+    # Warm: the next turn of the same conversation, sent as soon as the first ended.
+    turn2 = [*turn, {"role": "assistant", "content": reply}, {"role": "user", "content": "And the last word?"}]
+    n2 = count_tokens(server, system=system, messages=turn2)
+    start, final, _ = stream_raw(server, max_tokens=8, **T0, system=system, messages=turn2)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    read = start["cache_read_input_tokens"]
+    assert n - SUFFIX_BOUND <= read < n2, f"the first turn was not read from the cache: {start} (prompts {n}, {n2})"
+    assert start["cache_creation_input_tokens"] == 0 and start["input_tokens"] == n2 - read, (start, n2)
+    summary_line(f"warm turn of {n2} tokens: message_start and message_delta both say {split_of(start)}")
+
+    # The same turn again without cache_control: all but the last token read, the last
+    # one plain input.
+    plain = [{"type": "text", "text": notes}]
+    start, final, _ = stream_raw(server, max_tokens=8, **T0, system=plain, messages=turn2)
+    assert split_of(start) == split_of(final), f"message_start {start}, message_delta {final}"
+    again = {"input_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": n2 - 1}
+    assert split_of(start) == again, (start, n2)
+
+
+def test_a_breakpoint_is_a_snapshot_point_where_the_cache_cannot_cut_back():
+    """Gemma 3's sliding-window layers can't be cut back to an earlier position, so only
+    whole snapshots serve a later prompt. A system prompt marked with cache_control gets
+    one at its breakpoint: a second question on it reads the system prompt from the
+    cache. The same two questions on an unmarked system prompt read (almost) nothing."""
+    server = Server(model_path(GEMMA3), ["--parallel", "1", "--ctx", "2048"])
+    try:
+        server.start()
+        for marked in (True, False):
+            notes = f"[{nonce()}] Reference notes follow. " + filler(500, seed=11)
+            block = {"type": "text", "text": notes}
+            system = [{**block, "cache_control": CACHED}] if marked else [block]
+            first = [{"role": "user", "content": "Which word comes first in the notes?"}]
+            second = [{"role": "user", "content": "Summarise the notes in one sentence."}]
+            n = count_tokens(server, system=system, messages=second)
+            assert n >= 500, f"test premise: a long system prompt, got {n}"
+            create(server, max_tokens=4, **T0, system=system, messages=first)
+            u = create(server, max_tokens=4, **T0, system=system, messages=second).usage
+            if marked:
+                assert u.cache_read_input_tokens >= n - SUFFIX_BOUND, (usage_str(u), n)
+                assert u.cache_creation_input_tokens == 0, usage_str(u)
+                summary_line(f"Gemma 3, marked system prompt: {u.cache_read_input_tokens} of {n} tokens read")
+            else:
+                assert u.cache_read_input_tokens < 64, (usage_str(u), n)
+    finally:
+        server.close()
 
 
 def test_requests_arriving_together_compute_their_shared_prefix_once():

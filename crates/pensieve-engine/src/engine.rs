@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::CacheConfig;
+use crate::cache::{CacheConfig, CacheIndex};
 use crate::constrain::{Constraint, Grammars, LazyCall};
 use crate::formats::ToolFormat;
 use crate::metrics::EngineMetrics;
@@ -20,7 +20,9 @@ use crate::output::{marker_tokens, OutputFormat};
 use crate::request::ToolSpec;
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
-use crate::{EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams, ToolChoice};
+use crate::{
+    EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams, ToolChoice, Usage,
+};
 
 /// Settings of the engine itself (the model's own come from the backend).
 #[derive(Debug, Clone)]
@@ -88,6 +90,10 @@ pub struct CachePoint {
 #[derive(Debug)]
 pub struct Generation {
     pub events: mpsc::UnboundedReceiver<GenerationEvent>,
+    /// The prompt's usage split as the prefix cache stood when the request was queued
+    /// (no completion tokens), for what a stream announces before prefill. The final
+    /// usage, in [`GenerationEvent::Done`], is what admission really found.
+    pub queued_usage: Usage,
 }
 
 /// Cheap to clone; all clones share one engine thread.
@@ -110,6 +116,8 @@ struct Shared {
     /// walks the whole vocabulary); None if they could not be built.
     grammars: OnceLock<Option<Grammars>>,
     queue: mpsc::UnboundedSender<Command>,
+    /// The engine thread's prefix cache index: what a queued prompt will reuse.
+    cache: CacheIndex,
     capacity: usize,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
@@ -176,6 +184,7 @@ impl Engine {
                 markers: markers.clone(),
             },
         );
+        let cache = scheduler.cache_index();
         let thread = std::thread::Builder::new()
             .name("pensieve-engine".into())
             .spawn(move || scheduler.run())
@@ -190,6 +199,7 @@ impl Engine {
                 markers,
                 grammars: OnceLock::new(),
                 queue,
+                cache,
                 capacity,
                 counters,
                 shutdown,
@@ -462,6 +472,9 @@ impl Engine {
                 waiting: self.shared.capacity,
             });
         }
+        // Here, not on the engine thread: that one may be in a long decode step, and the
+        // stream's first event goes out now.
+        let queued_usage = Usage::for_prompt(&request, self.shared.cache.estimate(&request.prompt));
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             request,
@@ -472,7 +485,10 @@ impl Engine {
             waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::EngineStopped);
         }
-        Ok(Generation { events: receiver })
+        Ok(Generation {
+            events: receiver,
+            queued_usage,
+        })
     }
 
     /// Requests waiting for a sequence slot.

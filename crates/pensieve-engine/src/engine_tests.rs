@@ -8,6 +8,7 @@ use super::*;
 use crate::testing::{model_info, ByteTokenizer, ScriptedRunner, EOG};
 use crate::{
     CacheConfig, Completion, FinishReason, GenerateRequest, Message, OutputFormat, Role, SeqId,
+    Usage,
 };
 
 fn start(runner: ScriptedRunner, context: u32, queue: usize) -> Engine {
@@ -906,4 +907,97 @@ async fn a_qwen_call_without_its_marker_still_follows_the_grammar() {
     assert_eq!(text, "Sure.");
     assert_eq!(calls, vec![("list_files".to_owned(), "{}".to_owned())]);
     assert_eq!(reason, FinishReason::ToolUse);
+}
+
+#[test]
+fn the_prompt_split_follows_cache_control() {
+    let asked = valid("0123456789", 1);
+    let split = Usage::for_prompt(&asked, 4);
+    assert_eq!(
+        split,
+        Usage {
+            prompt_tokens: 10,
+            cached_prompt_tokens: 4,
+            cache_creation_tokens: 6,
+            completion_tokens: 0,
+        }
+    );
+    assert_eq!(split.plain_prompt_tokens(), 0);
+    let plain = ValidRequest {
+        cache_requested: false,
+        ..asked
+    };
+    let split = Usage::for_prompt(&plain, 4);
+    assert_eq!(
+        (split.cache_creation_tokens, split.plain_prompt_tokens()),
+        (0, 6)
+    );
+    // Never more cached than the prompt.
+    assert_eq!(Usage::for_prompt(&plain, 99).cached_prompt_tokens, 10);
+}
+
+/// Run `request`: the usage announced when it was queued, and the final one.
+async fn queued_and_final(engine: &Engine, request: ValidRequest) -> (Usage, Usage) {
+    let generation = engine.submit(request).unwrap();
+    let queued = generation.queued_usage;
+    let (_, done) = finish(generation).await;
+    (queued, done.unwrap().usage)
+}
+
+#[tokio::test]
+async fn the_split_announced_when_queued_is_the_final_one() {
+    // Cells shared between slots, and cells of each slot's own.
+    for runner in [ScriptedRunner::new("ok"), own_cells(2)] {
+        let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
+        let first = "system prompt; question one";
+        let cases = [
+            // Cold.
+            (valid(first, 5), 0),
+            // Another question after the same system prompt.
+            (valid("system prompt; question two", 5), 24),
+            // The first again, without cache_control: all but the last token.
+            (
+                ValidRequest {
+                    cache_requested: false,
+                    ..valid(first, 5)
+                },
+                26,
+            ),
+            // The first conversation's next turn, sent as soon as the last one ended:
+            // its prompt and reply ("ok") are in the cache.
+            (valid(&format!("{first}ok; and three"), 5), 29),
+        ];
+        for (request, cached) in cases {
+            let (queued, done) = queued_and_final(&engine, request).await;
+            assert_eq!(done.cached_prompt_tokens, cached);
+            assert_eq!(
+                queued,
+                Usage {
+                    completion_tokens: 0,
+                    ..done
+                }
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_truncation_the_queued_split_counts_whole_snapshots() {
+    let mut runner = ScriptedRunner::new("ok");
+    runner.truncatable = false;
+    let engine = start(runner, 4096, 4);
+    let (queued, done) = queued_and_final(&engine, chat_turn("first question")).await;
+    assert_eq!(
+        (queued.cached_prompt_tokens, done.cached_prompt_tokens),
+        (0, 0)
+    );
+    let (queued, done) = queued_and_final(&engine, chat_turn("second question")).await;
+    assert_eq!(done.cached_prompt_tokens, 12);
+    assert_eq!(
+        queued,
+        Usage {
+            completion_tokens: 0,
+            ..done
+        }
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::EngineError;
+use crate::{EngineError, ValidRequest};
 
 /// Why generation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,33 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// The prompt's split for `request` when `cached` of its tokens come from the prefix
+    /// cache (no completion tokens yet). The one rule for both the split announced when
+    /// the request is queued and the final one: what counts as cache creation depends on
+    /// the request alone, so it is read from it here.
+    pub fn for_prompt(request: &ValidRequest, cached: usize) -> Usage {
+        let prompt_tokens = u32::try_from(request.prompt.len()).unwrap_or(u32::MAX);
+        let cached = u32::try_from(cached).unwrap_or(u32::MAX).min(prompt_tokens);
+        Usage {
+            prompt_tokens,
+            cached_prompt_tokens: cached,
+            // What the request stores up to its last cache breakpoint (the whole prompt
+            // when the client asked for caching without placing one), as Anthropic
+            // counts it; the rest of the uncached prompt is plain input.
+            cache_creation_tokens: if request.cache_requested {
+                let until = request
+                    .cache_points
+                    .last()
+                    .map_or(prompt_tokens, |p| u32::try_from(p.at).unwrap_or(u32::MAX))
+                    .min(prompt_tokens);
+                until.saturating_sub(cached)
+            } else {
+                0
+            },
+            completion_tokens: 0,
+        }
+    }
+
     /// Prompt tokens that had to be computed.
     pub fn uncached_prompt_tokens(&self) -> u32 {
         self.prompt_tokens - self.cached_prompt_tokens

@@ -628,3 +628,114 @@ async fn requested_names_route_to_their_model() {
     let expected = 3 * "from big".len() + 2 * "from small".len();
     assert!(generated.ends_with(&format!(" {expected}")), "{generated}");
 }
+
+/// The `(event, data)` of each frame of an Anthropic stream.
+fn sse_events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = std::str::from_utf8(body).unwrap();
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let mut lines = f.lines();
+            let name = lines.next().unwrap().trim_start_matches("event: ");
+            let data = lines.next().unwrap().trim_start_matches("data: ");
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// Stream `body` through `/v1/messages`: the usage of its `message_start` and of its
+/// `message_delta`.
+async fn start_and_final_usage(state: &AppState, body: Value) -> (Value, Value) {
+    let (status, _, bytes) = send(app(state.clone()), "POST", "/v1/messages", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = sse_events(&bytes);
+    let usage_of = |name: &str| {
+        let (_, data) = events.iter().find(|(n, _)| n == name).unwrap();
+        match name {
+            "message_start" => data["message"]["usage"].clone(),
+            _ => data["usage"].clone(),
+        }
+    };
+    (usage_of("message_start"), usage_of("message_delta"))
+}
+
+/// The prompt's split (all but the output tokens) of a usage block.
+fn split(usage: &Value) -> [u64; 3] {
+    [
+        "input_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    ]
+    .map(|k| usage[k].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn message_start_reports_the_cache_split_the_stream_ends_with() {
+    let state = state_with("Hello!", ServerConfig::default(), 4096);
+    let system = json!([{"type": "text", "text": "You answer briefly. ".repeat(10),
+                         "cache_control": {"type": "ephemeral"}}]);
+    let first = json!({"role": "user", "content": "hi"});
+    let cold = json!({"model": "m", "max_tokens": 10, "stream": true, "system": system,
+                      "messages": [first]});
+    let (start, last) = start_and_final_usage(&state, cold).await;
+    let [input, created, read] = split(&start);
+    // Nothing cached yet: the system prompt, up to its breakpoint, is cache creation;
+    // the turn after it is plain input.
+    assert_eq!(read, 0, "{start}");
+    assert!(created > 200 && input > 0 && input < 60, "{start}");
+    assert_eq!(split(&start), split(&last), "{start} then {last}");
+    assert_eq!(start["output_tokens"], 0);
+
+    // The next turn: the system prompt and the first turn come from the cache.
+    let warm = json!({"model": "m", "max_tokens": 10, "stream": true, "system": system,
+                      "messages": [first, {"role": "assistant", "content": "Hello!"},
+                                   {"role": "user", "content": "and then?"}]});
+    let (start, last) = start_and_final_usage(&state, warm).await;
+    let [input, created, read] = split(&start);
+    // The breakpoint is read from the cache; nothing after it is marked.
+    assert!(read > 200 && input > 0 && created == 0, "{start}");
+    assert_eq!(split(&start), split(&last), "{start} then {last}");
+    assert_eq!(last["output_tokens"], 6);
+}
+
+#[tokio::test]
+async fn a_warm_chat_stream_ends_with_its_cached_tokens() {
+    let state = state_with("Hello", ServerConfig::default(), 4096);
+    let mut body = chat(true);
+    body["messages"][0]["content"] = json!("a question long enough to be worth caching");
+    let usage: Vec<(u64, u64)> = {
+        let mut found = Vec::new();
+        for _ in 0..2 {
+            let (status, _, bytes) = send(
+                app(state.clone()),
+                "POST",
+                "/v1/chat/completions",
+                Some(body.clone()),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let text = String::from_utf8(bytes).unwrap();
+            let chunks: Vec<Value> = text
+                .split("\n\n")
+                .filter_map(|f| f.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            let (usage, before) = chunks.split_last().unwrap();
+            // Only the last chunk carries usage: the true one.
+            assert!(before.iter().all(|c| c["usage"].is_null()), "{text}");
+            let usage = &usage["usage"];
+            found.push((
+                usage["prompt_tokens"].as_u64().unwrap(),
+                usage["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap(),
+            ));
+        }
+        found
+    };
+    let (prompt, cached) = usage[0];
+    assert_eq!(cached, 0);
+    // The same prompt again: all but its last token.
+    assert_eq!(usage[1], (prompt, prompt - 1));
+}

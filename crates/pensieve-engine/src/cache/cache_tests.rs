@@ -171,3 +171,183 @@ fn the_disk_tier_survives_a_new_cache() {
     assert_eq!(bytes.len(), 200);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The estimate made off the engine thread and the engine's own lookup agree on
+/// `prompt`; returns the length they agree on. The estimate goes first: a lookup may
+/// change the cache (a disk entry read into RAM, or dropped when unreadable).
+fn agrees(c: &mut PrefixCache, index: &CacheIndex, prompt: &[TokenId]) -> usize {
+    let estimate = index.estimate(prompt);
+    let hit = c.lookup(prompt).map_or(0, |h| h.len);
+    assert_eq!(estimate, hit, "a prompt of {} tokens", prompt.len());
+    hit
+}
+
+fn cat(parts: &[&[TokenId]]) -> Vec<TokenId> {
+    parts.concat()
+}
+
+#[test]
+fn the_queued_estimate_equals_the_lookup_over_context_entries() {
+    let mut r = ScriptedRunner::new("");
+    let mut c = cache(1 << 20);
+    // Taken before anything is stored: it follows the cache as it changes.
+    let index = c.index();
+    let system = tokens(100, 1);
+    let a = cat(&[&system, &tokens(20, 5000)]);
+    assert_eq!(agrees(&mut c, &index, &a), 0);
+    fill(&mut r, 0, &a);
+    c.insert_context(&a, 120, 0, false);
+    // The same prompt again: all but its last token.
+    assert_eq!(agrees(&mut c, &index, &a), 119);
+    // Longer: the whole entry. Another question: the shared part of an entry.
+    assert_eq!(agrees(&mut c, &index, &cat(&[&a, &[9, 9]])), 120);
+    assert_eq!(agrees(&mut c, &index, &cat(&[&system, &[7; 30]])), 100);
+    assert_eq!(agrees(&mut c, &index, &[1]), 0);
+    assert_eq!(agrees(&mut c, &index, &[]), 0);
+    assert_eq!(agrees(&mut c, &index, &tokens(50, 900)), 0);
+    // A longer turn of the same conversation makes `a` redundant: it leaves both.
+    let a2 = cat(&[&a, &tokens(30, 7000)]);
+    fill(&mut r, 1, &a2);
+    assert_eq!(c.insert_context(&a2, 150, 1, false), vec![0]);
+    assert_eq!(agrees(&mut c, &index, &cat(&[&a2, &[3]])), 150);
+    assert_eq!(agrees(&mut c, &index, &cat(&[&a, &[3]])), 120);
+}
+
+#[test]
+fn the_queued_estimate_equals_the_lookup_over_host_and_disk_entries() {
+    let dir = std::env::temp_dir().join(format!("pensieve-index-test-{}", rand::random::<u64>()));
+    let config = CacheConfig {
+        // Room for one 60-token snapshot in RAM: the other goes to disk.
+        host_bytes: 300,
+        disk_dir: Some(dir.clone()),
+        disk_bytes: 1 << 20,
+    };
+    let a = tokens(60, 10);
+    let b = cat(&[&tokens(30, 10), &tokens(30, 3000)]);
+    {
+        let mut r = ScriptedRunner::new("");
+        let mut c = PrefixCache::new(config.clone(), true, "model");
+        let index = c.index();
+        fill(&mut r, 0, &a);
+        c.insert_context(&a, 60, 0, false);
+        fill(&mut r, 1, &b);
+        c.insert_context(&b, 60, 1, false);
+        assert_eq!(c.evict_context(&mut r), Some(0));
+        assert_eq!(c.evict_context(&mut r), Some(1));
+        let s = c.stats();
+        assert_eq!(
+            (s.context_entries, s.host_entries, s.disk_entries),
+            (0, 1, 1)
+        );
+        assert_eq!(agrees(&mut c, &index, &cat(&[&a, &[1]])), 60);
+        assert_eq!(agrees(&mut c, &index, &cat(&[&b, &[1]])), 60);
+        assert_eq!(
+            agrees(&mut c, &index, &cat(&[&tokens(30, 10), &[1, 2]])),
+            30
+        );
+        c.persist(&mut r);
+    }
+    // A new cache over the same directory: entries known only on disk.
+    let mut c = PrefixCache::new(config, true, "model");
+    let index = c.index();
+    assert_eq!(c.stats().disk_entries, 2);
+    assert_eq!(agrees(&mut c, &index, &cat(&[&tokens(45, 10), &[1]])), 45);
+    assert_eq!(agrees(&mut c, &index, &cat(&[&b, &[1]])), 60);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn without_truncation_the_queued_estimate_counts_whole_entries_only() {
+    let mut c = PrefixCache::new(CacheConfig::default(), false, "test");
+    let index = c.index();
+    // Snapshots at two message boundaries of one conversation.
+    let first = tokens(40, 1);
+    let second = cat(&[&first, &tokens(25, 500)]);
+    c.insert_snapshot(&first, 40, vec![0; 160], false);
+    c.insert_snapshot(&second, 65, vec![0; 260], false);
+    // Past the second boundary: the second snapshot.
+    assert_eq!(agrees(&mut c, &index, &cat(&[&second, &[7, 7]])), 65);
+    // Between them, or branching off inside the second: only the first is whole.
+    assert_eq!(
+        agrees(&mut c, &index, &cat(&[&first, &tokens(10, 500), &[7]])),
+        40
+    );
+    // Exactly the second: its last token is evaluated, so only the first serves.
+    assert_eq!(agrees(&mut c, &index, &second), 40);
+    // Inside the first: nothing (a truncating backend would serve 30).
+    assert_eq!(agrees(&mut c, &index, &tokens(31, 1)), 0);
+    let mut truncating = cache(1 << 20);
+    truncating.insert_snapshot(&first, 40, vec![0; 160], false);
+    let index = truncating.index();
+    assert_eq!(agrees(&mut truncating, &index, &tokens(31, 1)), 30);
+}
+
+#[test]
+fn the_queued_estimate_equals_the_lookup_in_random_cache_states() {
+    let mut state = 99u64;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    for can_truncate in [true, false] {
+        let mut r = ScriptedRunner::new("");
+        // A small RAM budget: snapshots come and go.
+        let mut c = PrefixCache::new(
+            CacheConfig {
+                host_bytes: 400,
+                ..CacheConfig::default()
+            },
+            can_truncate,
+            "test",
+        );
+        let index = c.index();
+        let mut free: Vec<SeqId> = (0..8).collect();
+        let mut hits = 0;
+        let mut stored: Vec<Vec<TokenId>> = vec![Vec::new()];
+        for _ in 0..400 {
+            // Sequences over a small alphabet share many prefixes.
+            let len = 1 + next(30) as usize;
+            let seq: Vec<TokenId> = (0..len).map(|_| next(3) as TokenId).collect();
+            match next(4) {
+                0 => {
+                    let bytes = vec![0; 4 * len];
+                    c.insert_snapshot(&seq, len, bytes, next(3) == 0);
+                }
+                1 => {
+                    let slot = match free.pop() {
+                        Some(s) => s,
+                        None => c.evict_context(&mut r).expect("a slot held by an entry"),
+                    };
+                    r.release(slot);
+                    fill(&mut r, slot, &seq);
+                    free.extend(c.insert_context(&seq, len, slot, next(3) == 0));
+                }
+                2 => {
+                    if let Some(slot) = c.evict_context(&mut r) {
+                        free.push(slot);
+                    }
+                }
+                _ => {}
+            }
+            // Half the queries continue a sequence stored earlier (a next turn).
+            let mut query: Vec<TokenId> = if next(2) == 0 {
+                stored[next(stored.len() as u64) as usize].clone()
+            } else {
+                Vec::new()
+            };
+            stored.push(seq);
+            query.extend((0..next(12)).map(|_| next(3) as TokenId));
+            if agrees(&mut c, &index, &query) > 0 {
+                hits += 1;
+            }
+        }
+        // Whole entries only are fewer hits: most sequences left the small cache.
+        let least = if can_truncate { 200 } else { 40 };
+        assert!(
+            hits > least,
+            "{hits} hits: the cases compared were mostly misses"
+        );
+    }
+}

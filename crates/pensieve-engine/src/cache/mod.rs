@@ -12,9 +12,11 @@
 //! A [`RadixTree`] over the token ids finds the entry sharing the longest prefix with a
 //! new prompt. Eviction is least-recently-used, tier by tier (context -> host -> disk ->
 //! gone), and entries that several conversations share (a system prompt with tool
-//! schemas) go last.
+//! schemas) go last. The tree is a [`CacheIndex`] the request side reads too: it looks
+//! up what a prompt will reuse when the request is queued.
 
 mod disk;
+mod index;
 pub mod radix;
 
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 
 use crate::model::{ModelRunner, SeqId, TokenId};
 use disk::DiskStore;
+pub use index::CacheIndex;
 pub use radix::{EntryId, RadixTree};
 
 /// How much the cache may keep.
@@ -106,14 +109,15 @@ pub struct CacheStats {
 
 /// The prefix cache of one engine.
 pub struct PrefixCache {
-    tree: RadixTree,
+    /// The entries' token sequences; the engine thread is its only writer.
+    tree: CacheIndex,
     entries: HashMap<EntryId, Entry>,
     next_id: EntryId,
     clock: u64,
     host_bytes: u64,
     config: CacheConfig,
-    /// Whether the backend can cut a cached sequence back to any position. When it
-    /// cannot, only entries that are whole prefixes of a prompt can be used.
+    /// Whether the backend can cut a cached sequence back to any position (see
+    /// [`CacheIndex`]).
     can_truncate: bool,
     disk: Option<DiskStore>,
 }
@@ -123,7 +127,7 @@ impl PrefixCache {
     /// same `fingerprint` are indexed at once.
     pub fn new(config: CacheConfig, can_truncate: bool, fingerprint: &str) -> Self {
         let mut cache = PrefixCache {
-            tree: RadixTree::default(),
+            tree: CacheIndex::new(can_truncate),
             entries: HashMap::new(),
             next_id: 1,
             clock: 0,
@@ -156,24 +160,20 @@ impl PrefixCache {
         cache
     }
 
+    /// The index the request side reads: what a prompt would reuse, without asking the
+    /// engine thread.
+    pub fn index(&self) -> CacheIndex {
+        self.tree.clone()
+    }
+
     /// The longest usable cached prefix of `prompt`, leaving at least its last token to
-    /// be evaluated (its logits start the generation).
+    /// be evaluated (its logits start the generation). Its length follows
+    /// [`CacheIndex::usable`], as the estimate made when a request is queued does.
     pub fn lookup(&mut self, prompt: &[TokenId]) -> Option<Hit> {
-        let limit = prompt.len().saturating_sub(1);
-        let usable = &prompt[..limit];
-        let (len, candidates): (usize, Vec<EntryId>) = if self.can_truncate {
-            let m = self.tree.longest_match(usable);
-            (m.len, m.entries)
-        } else {
-            let found = self.tree.prefixes_of(usable);
-            let best = found.iter().map(|(len, _)| *len).max().unwrap_or(0);
-            let ids = found
-                .into_iter()
-                .filter(|(len, _)| *len == best)
-                .map(|(_, id)| id)
-                .collect();
-            (best, ids)
-        };
+        let radix::Match {
+            len,
+            entries: candidates,
+        } = self.tree.usable(prompt);
         if len == 0 {
             return None;
         }
@@ -189,11 +189,6 @@ impl PrefixCache {
             };
             (tier, std::cmp::Reverse(e.tokens.len()), e.last_used)
         })?;
-        // A few tokens (the chat template's opening) out of a long entry: loading or
-        // taking over the entry would cost more than computing them.
-        if len < MIN_SHARED_PREFIX && len * MAX_WASTE < self.entries[&best].tokens.len() {
-            return None;
-        }
         self.clock += 1;
         let clock = self.clock;
         let entry = self.entries.get_mut(&best)?;

@@ -226,25 +226,10 @@ impl Active {
         let now = Instant::now();
         let admitted = self.admitted.unwrap_or(now);
         let prefill_done = self.prefill_done.unwrap_or(now);
-        let cached = self.cached.unwrap_or(0);
+        let cached = self.cached.unwrap_or(0) as usize;
         let usage = Usage {
-            prompt_tokens: self.prompt_len as u32,
-            cached_prompt_tokens: cached,
-            // What the request stored up to its last cache breakpoint (the whole prompt
-            // when the client asked for caching without placing one), as Anthropic
-            // counts it; the rest of the uncached prompt is plain input.
-            cache_creation_tokens: if self.job.request.cache_requested {
-                let until = self
-                    .job
-                    .request
-                    .cache_points
-                    .last()
-                    .map_or(self.prompt_len, |p| p.at) as u32;
-                until.saturating_sub(cached)
-            } else {
-                0
-            },
             completion_tokens: self.generated,
+            ..Usage::for_prompt(&self.job.request, cached)
         };
         let _ = self.job.events.send(GenerationEvent::Done(Completion {
             reason,

@@ -118,6 +118,11 @@ impl Scheduler {
         }
     }
 
+    /// The prefix cache's index, for estimates off this thread.
+    pub fn cache_index(&self) -> crate::cache::CacheIndex {
+        self.cache.index()
+    }
+
     /// Run until shutdown (or until every engine handle is gone).
     pub fn run(mut self) {
         // The disk tier is known before the first request.
@@ -560,8 +565,10 @@ impl Scheduler {
         finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, reason) in finished {
             let mut active = self.running.swap_remove(i);
+            // Into the cache before the client hears of the end: a next turn sent at once
+            // is estimated against this one when it is queued.
+            self.keep(&active);
             active.finish(reason);
-            self.keep(active);
         }
     }
 
@@ -665,7 +672,7 @@ impl Scheduler {
     }
 
     /// A finished request's slot becomes a cache entry (prompt and reply).
-    fn keep(&mut self, active: Active) {
+    fn keep(&mut self, active: &Active) {
         let Some(seq) = active.seq else { return };
         let computed = &active.tokens[..active.computed];
         if computed.is_empty() {

@@ -1,7 +1,7 @@
 //! The `/v1/messages` SSE encoder: a pure state machine from engine events to Anthropic
 //! stream events, so event order and framing are unit-tested without a server.
 
-use pensieve_engine::{Completion, EngineError, GenerationEvent};
+use pensieve_engine::{Completion, EngineError, GenerationEvent, Usage};
 use serde_json::{json, Value};
 
 use super::error::{error_body, ErrorKind};
@@ -39,7 +39,8 @@ enum Block {
 pub struct StreamEncoder {
     id: String,
     model: String,
-    input_tokens: u32,
+    /// The prompt's split as the prefix cache stood when the request was queued.
+    queued: Usage,
     /// Index and kind of the open content block, if any.
     open_block: Option<(u32, Block)>,
     next_index: u32,
@@ -47,19 +48,28 @@ pub struct StreamEncoder {
 }
 
 impl StreamEncoder {
-    pub fn new(id: String, model: String, input_tokens: u32) -> Self {
+    /// `queued`: the prompt's usage split when the request was queued
+    /// ([`pensieve_engine::Generation::queued_usage`]).
+    pub fn new(id: String, model: String, queued: Usage) -> Self {
         StreamEncoder {
             id,
             model,
-            input_tokens,
+            queued,
             open_block: None,
             next_index: 0,
             finished: false,
         }
     }
 
-    /// The first event: sent before prefill starts, with the real prompt size.
+    /// The first event: sent before prefill starts, with the real prompt size split as
+    /// Anthropic's API does (uncached, cache creation, cache read). The split is what the
+    /// prefix cache held when the request was queued; `message_delta` repeats it as
+    /// admission found it, correcting it where they differ.
     pub fn start(&self) -> SseEvent {
+        let usage = ResponseUsage::from(Usage {
+            completion_tokens: 0,
+            ..self.queued
+        });
         SseEvent::new(
             "message_start",
             json!({
@@ -67,8 +77,7 @@ impl StreamEncoder {
                 "message": {
                     "id": self.id, "type": "message", "role": "assistant", "model": self.model,
                     "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": self.input_tokens, "cache_creation_input_tokens": 0,
-                              "cache_read_input_tokens": 0, "output_tokens": 0}
+                    "usage": usage
                 }
             }),
         )
@@ -218,8 +227,20 @@ mod tests {
         })
     }
 
+    /// A 12-token prompt the cache had nothing of when it was queued.
+    fn cold() -> Usage {
+        Usage {
+            prompt_tokens: 12,
+            ..Usage::default()
+        }
+    }
+
     fn run(events: Vec<GenerationEvent>) -> Vec<SseEvent> {
-        let mut enc = StreamEncoder::new("msg_1".into(), "claude-x".into(), 12);
+        run_from(cold(), events)
+    }
+
+    fn run_from(queued: Usage, events: Vec<GenerationEvent>) -> Vec<SseEvent> {
+        let mut enc = StreamEncoder::new("msg_1".into(), "claude-x".into(), queued);
         let mut out = vec![enc.start()];
         for e in events {
             out.extend(enc.on_event(e));
@@ -271,6 +292,65 @@ mod tests {
         assert_eq!(m["stop_reason"], Value::Null);
         assert_eq!(m["model"], "claude-x");
         assert_eq!(m["role"], "assistant");
+    }
+
+    #[test]
+    fn message_start_carries_the_split_found_when_queued() {
+        // 8 of 12 tokens read from the cache; the request asked for caching, so the
+        // other 4 are cache creation. The final usage agrees.
+        let split = Usage {
+            prompt_tokens: 12,
+            cached_prompt_tokens: 8,
+            cache_creation_tokens: 4,
+            completion_tokens: 0,
+        };
+        let last = GenerationEvent::Done(Completion {
+            reason: FinishReason::EndOfTurn,
+            usage: Usage {
+                completion_tokens: 3,
+                ..split
+            },
+            timings: Timings::default(),
+        });
+        let out = run_from(split, vec![GenerationEvent::Text("hi".into()), last]);
+        let start = &out[0].data["message"]["usage"];
+        assert_eq!(
+            *start,
+            json!({"input_tokens": 0, "cache_creation_input_tokens": 4,
+                   "cache_read_input_tokens": 8, "output_tokens": 0})
+        );
+        let delta = &out[out.len() - 2];
+        assert_eq!(delta.event, "message_delta");
+        assert_eq!(
+            delta.data["usage"],
+            json!({"input_tokens": 0, "cache_creation_input_tokens": 4,
+                   "cache_read_input_tokens": 8, "output_tokens": 3})
+        );
+    }
+
+    #[test]
+    fn message_delta_corrects_a_split_that_admission_did_not_find() {
+        // Queued when 8 tokens were cached; the entry left the cache before admission,
+        // which found 2. The stream ends with the truth.
+        let queued = Usage {
+            prompt_tokens: 12,
+            cached_prompt_tokens: 8,
+            cache_creation_tokens: 0,
+            completion_tokens: 0,
+        };
+        let out = run_from(queued, vec![done(FinishReason::EndOfTurn)]);
+        let start = &out[0].data["message"]["usage"];
+        assert_eq!(
+            (&start["input_tokens"], &start["cache_read_input_tokens"]),
+            (&json!(4), &json!(8))
+        );
+        let delta = &out[1].data["usage"];
+        assert_eq!(out[1].event, "message_delta");
+        assert_eq!(
+            *delta,
+            json!({"input_tokens": 10, "cache_creation_input_tokens": 0,
+                   "cache_read_input_tokens": 2, "output_tokens": 2})
+        );
     }
 
     #[test]
@@ -374,7 +454,7 @@ mod tests {
 
     #[test]
     fn s15_error_after_start_ends_the_stream() {
-        let mut enc = StreamEncoder::new("msg_1".into(), "m".into(), 1);
+        let mut enc = StreamEncoder::new("msg_1".into(), "m".into(), cold());
         let out = enc.on_event(GenerationEvent::Failed(EngineError::Backend("boom".into())));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event, "error");

@@ -42,7 +42,7 @@ async fn start(
     let parsed = parse_chat(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let (request, _, generation) = submit(state, parsed.into_generate()?).await?;
+    let (request, generation) = submit(state, parsed.into_generate()?).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         id: random_id("chatcmpl-"),

@@ -41,7 +41,7 @@ async fn start(
     let parsed = parse_completion(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let (request, _, generation) = submit(state, parsed.into_generate()?).await?;
+    let (request, generation) = submit(state, parsed.into_generate()?).await?;
     let model = request.model;
     let id = random_id("cmpl-");
     let created = SystemTime::now()

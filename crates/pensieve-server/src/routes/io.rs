@@ -51,12 +51,11 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Validate `request` (rendering and tokenizing a long prompt is CPU work: off the
-/// reactor) and queue it. Returns the request back, its prompt's length and the
-/// generation.
+/// reactor) and queue it. Returns the request back and the generation.
 pub async fn submit(
     state: &crate::app::AppState,
     request: GenerateRequest,
-) -> Result<(GenerateRequest, u32, Generation), ApiError> {
+) -> Result<(GenerateRequest, Generation), ApiError> {
     let engine = state.engine_for(&request.model).clone();
     let submit_to = engine.clone();
     let (request, valid) = blocking(move || {
@@ -64,9 +63,7 @@ pub async fn submit(
         (request, valid)
     })
     .await?;
-    let valid = valid?;
-    let prompt_tokens = u32::try_from(valid.prompt.len()).unwrap_or(u32::MAX);
-    Ok((request, prompt_tokens, submit_to.submit(valid)?))
+    Ok((request, submit_to.submit(valid?)?))
 }
 
 /// Wait for the whole generation: each content event goes to `push`; returns how it

@@ -58,12 +58,11 @@ async fn start_message(
     let bytes = read_body(headers, body, state.config.body_limit).await?;
     let parsed = parse_messages(&bytes)?;
     let stream = parsed.is_stream();
-    let (request, prompt_tokens, generation) = submit(state, parsed.into_generate()?).await?;
+    let (request, generation) = submit(state, parsed.into_generate()?).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         message_id: random_id("msg_"),
         model: request.model,
-        prompt_tokens,
     };
     if stream {
         Ok(reply.stream(generation, state.config.ping_interval))
@@ -103,7 +102,6 @@ struct Reply {
     message_id: String,
     /// The name the client asked for, echoed back.
     model: String,
-    prompt_tokens: u32,
 }
 
 impl Reply {
@@ -118,12 +116,13 @@ impl Reply {
         Ok(Json(body).into_response())
     }
 
-    /// Stream the generation as SSE: `message_start` at once, then the encoder's events.
+    /// Stream the generation as SSE: `message_start` at once, with the prompt's cache
+    /// split as it was when the request was queued, then the encoder's events.
     fn stream(self, generation: Generation, ping_interval: std::time::Duration) -> Response {
         let encoder = AnthropicFrames(StreamEncoder::new(
             self.message_id.clone(),
             self.model.clone(),
-            self.prompt_tokens,
+            generation.queued_usage,
         ));
         let first = vec![encoder.0.start().to_frame()];
         let request_id = self.request_id.clone();
