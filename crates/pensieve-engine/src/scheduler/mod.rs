@@ -915,7 +915,52 @@ fn pick_slot(free: &[SeqId], running: &[SeqId]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::pick_slot;
+    use super::{checkpoints, pick_slot};
+    use crate::testing::{ByteTokenizer, EOG};
+    use crate::CachePoint;
+
+    #[test]
+    fn snapshot_points_are_the_breakpoints_worth_a_copy() {
+        // "sys" EOG "question" EOG "a:"
+        let mut prompt: Vec<crate::TokenId> =
+            b"sys".iter().map(|&b| crate::TokenId::from(b)).collect();
+        prompt.push(EOG);
+        prompt.extend(b"question".iter().map(|&b| crate::TokenId::from(b)));
+        prompt.push(EOG);
+        prompt.extend(b"a:".iter().map(|&b| crate::TokenId::from(b)));
+        let points = [
+            CachePoint {
+                at: 4,
+                shared: true,
+            },
+            CachePoint {
+                at: 8,
+                shared: false,
+            },
+            CachePoint {
+                at: 13,
+                shared: false,
+            },
+        ];
+        let t = &ByteTokenizer;
+        // Cutting back serves every prefix of the finished entry: only the shared point.
+        assert_eq!(checkpoints(&prompt, 0, &points, true, t), vec![(4, true)]);
+        // Without it: every breakpoint and every message end, one snapshot a position.
+        assert_eq!(
+            checkpoints(&prompt, 0, &points, false, t),
+            vec![(4, true), (8, false), (13, false)]
+        );
+        // Nothing already cached, nothing at the prompt's end.
+        assert_eq!(
+            checkpoints(&prompt, 8, &points, false, t),
+            vec![(13, false)]
+        );
+        let end = [CachePoint {
+            at: prompt.len(),
+            shared: true,
+        }];
+        assert!(checkpoints(&prompt, 0, &end, true, t).is_empty());
+    }
 
     fn pick(free: &[u32], running: &[u32]) -> Option<u32> {
         pick_slot(free, running).map(|i| free[i])
