@@ -45,9 +45,15 @@ pub(crate) fn stable_first(messages: &[Message]) -> Option<Vec<Message>> {
     let mut out = messages.to_vec();
     let mut moved = String::new();
     if has_system {
-        let (kept, volatile) = split_sections(&out[0].content, &|section: &str| {
-            names_project(section) || section.lines().any(states_the_date)
-        });
+        // Without an environment turn the system prompt is where the client appends
+        // what it gathers per session (opencode: the environment, then the project's
+        // AGENTS.md, whose own headings name no path), so all that follows the first
+        // section naming the project or the day moves with it, in order.
+        let (kept, volatile) = split_sections(
+            &out[0].content,
+            &|section: &str| names_project(section) || section.lines().any(states_the_date),
+            env_at.is_none(),
+        );
         // A prompt that is one section naming the project stays whole: moving all of it
         // would leave the model without a system prompt.
         if !volatile.is_empty() && !kept.trim().is_empty() {
@@ -156,15 +162,16 @@ fn working_directory(text: &str) -> Option<Vec<String>> {
 }
 
 /// Splits markdown text at its top-level headings (`# `) into the sections `volatile`
-/// does not flag, as they were, and those it flags, joined in order.
-fn split_sections(text: &str, volatile: &impl Fn(&str) -> bool) -> (String, String) {
+/// does not flag, as they were, and those it flags, joined in order; with `tail`, every
+/// section from the first flagged one on counts as flagged.
+fn split_sections(text: &str, volatile: &impl Fn(&str) -> bool, tail: bool) -> (String, String) {
     let mut starts: Vec<usize> = text.match_indices("\n# ").map(|(at, _)| at + 1).collect();
     starts.insert(0, 0);
     starts.push(text.len());
     let (mut kept, mut moved) = (String::new(), String::new());
     for bounds in starts.windows(2) {
         let section = &text[bounds[0]..bounds[1]];
-        if volatile(section) {
+        if (tail && !moved.is_empty()) || volatile(section) {
             moved.push_str(section);
         } else {
             kept.push_str(section);
@@ -273,6 +280,24 @@ mod tests {
                 "{}\n\n\"say hi\"",
                 &OPENCODE[OPENCODE.find("# Code References").expect("section")..]
             )
+        );
+    }
+
+    #[test]
+    fn what_follows_the_environment_in_the_system_prompt_moves_with_it() {
+        let system = format!(
+            "{OPENCODE}\nInstructions from: /work/app/AGENTS.md\n# Project rules\n\nUse tabs.\n"
+        );
+        let out = stable_first(&opencode(&system)).expect("reordered");
+        assert_eq!(out[0].content, "You are opencode.\n\n# Tone\nBe brief.\n");
+        assert!(out[1].content.ends_with(
+            "Instructions from: /work/app/AGENTS.md\n# Project rules\n\nUse tabs.\n\n\"say hi\""
+        ));
+        // With an environment turn, only the sections that name the project move.
+        let out = stable_first(&conversation(&system, ENV)).expect("reordered");
+        assert_eq!(
+            out[0].content,
+            "You are opencode.\n\n# Tone\nBe brief.\n\n# Project rules\n\nUse tabs.\n"
         );
     }
 
