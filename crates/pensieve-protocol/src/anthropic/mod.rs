@@ -10,6 +10,9 @@ pub mod request;
 pub mod response;
 pub mod stream;
 
+#[cfg(test)]
+mod sessions_tests;
+
 pub use error::{error_body, ErrorKind};
 pub use request::{
     parse_count_tokens, parse_messages, CountTokensRequest, MessagesRequest, RequestError,
