@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use pensieve_engine::request::GenerateRequest;
 use pensieve_engine::template::{ChatTemplate, RenderOptions, SpecialTokens};
-use pensieve_engine::ToolFormat;
+use pensieve_engine::{Breakpoint, ToolFormat};
 
 use super::parse_messages;
 
@@ -49,6 +49,34 @@ fn render(template: &ChatTemplate, request: &GenerateRequest) -> String {
         .expect("the request renders")
 }
 
+/// The prompt up to the system prompt's cache breakpoint (the request marks it).
+fn preamble_text<'a>(
+    template: &ChatTemplate,
+    request: &GenerateRequest,
+    prompt: &'a str,
+) -> &'a str {
+    let opts = RenderOptions {
+        enable_thinking: request.thinking,
+        reasoning_effort: request.effort.map(|e| e.as_str().to_owned()),
+        tool_format: Some(ToolFormat::HERMES),
+    };
+    let (marked, found) = template
+        .render_with_breakpoints(
+            &request.messages,
+            &request.tools,
+            &opts,
+            &request.breakpoints,
+        )
+        .expect("the request renders");
+    assert_eq!(marked, prompt, "breakpoints changed the prompt");
+    let at = found
+        .iter()
+        .find(|(_, p)| *p == Breakpoint::Preamble)
+        .map(|(at, _)| *at)
+        .expect("the system prompt's breakpoint is placed");
+    &prompt[..at]
+}
+
 /// How much of `b`'s prompt is `a`'s prefix, in characters, and what follows it in `b`.
 fn shared(a: &str, b: &str) -> (f64, String) {
     let at = a
@@ -84,6 +112,23 @@ fn assert_sessions_share(agent: &str, must_contain: &[&str]) {
             share >= SHARED_AT_LEAST,
             "{agent} through {name}: the sessions share {:.1}% of the prompt; it parts at {next:?}",
             share * 100.0
+        );
+        // The system prompt's cache breakpoint falls after the same text in both
+        // sessions, so the second reads all of that from the first's snapshot.
+        let (ta, tb) = (
+            preamble_text(&template, &a, &pa),
+            preamble_text(&template, &b, &pb),
+        );
+        assert_eq!(ta, tb, "{agent} through {name}: the preambles differ");
+        let covered = tb.len() as f64 / pb.len() as f64;
+        eprintln!(
+            "{agent} through {name}: the system prompt's breakpoint covers {:.1}%",
+            covered * 100.0
+        );
+        assert!(
+            covered >= SHARED_AT_LEAST,
+            "{agent} through {name}: the system prompt's breakpoint covers {:.1}%",
+            covered * 100.0
         );
         // Nothing is dropped: what names each session is still in its prompt.
         for (prompt, session) in [(&pa, "a"), (&pb, "b")] {
