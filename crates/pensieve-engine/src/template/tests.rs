@@ -113,12 +113,17 @@ fn fixture_template(info: &Value) -> ChatTemplate {
     ChatTemplate::builtin(kind, tokens)
 }
 
-#[test]
-fn renders_like_hugging_face_jinja2() {
-    let spec: Value = serde_json::from_str(
+/// `fixtures/cases.json`: templates, tool sets and cases.
+fn cases() -> Value {
+    serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json is readable"),
     )
-    .expect("cases.json is JSON");
+    .expect("cases.json is JSON")
+}
+
+#[test]
+fn renders_like_hugging_face_jinja2() {
+    let spec = cases();
     let templates = spec["templates"]
         .as_object()
         .expect("templates is an object");
@@ -564,10 +569,7 @@ fn chat_template_is_send_and_sync() {
 
 #[test]
 fn claude_codes_breakpoints_fall_after_the_tools_and_the_shared_environment() {
-    let spec: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json is readable"),
-    )
-    .expect("cases.json is JSON");
+    let spec = cases();
     let case = spec["cases"]
         .as_array()
         .and_then(|cases| {
