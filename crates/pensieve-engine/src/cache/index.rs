@@ -37,6 +37,11 @@ impl CacheIndex {
         }
     }
 
+    /// Whether the backend can cut a cached sequence back to any position.
+    pub(super) fn can_truncate(&self) -> bool {
+        self.can_truncate
+    }
+
     /// How many tokens of `prompt` the cache would serve if the request were admitted
     /// now. The entry may still leave the cache, or another may come, before the engine
     /// admits it: what admission finds is the truth.

@@ -116,9 +116,6 @@ pub struct PrefixCache {
     clock: u64,
     host_bytes: u64,
     config: CacheConfig,
-    /// Whether the backend can cut a cached sequence back to any position (see
-    /// [`CacheIndex`]).
-    can_truncate: bool,
     disk: Option<DiskStore>,
 }
 
@@ -132,7 +129,6 @@ impl PrefixCache {
             next_id: 1,
             clock: 0,
             host_bytes: 0,
-            can_truncate,
             disk: None,
             config,
         };
@@ -229,7 +225,8 @@ impl PrefixCache {
     ) -> Vec<SeqId> {
         let mut freed = Vec::new();
         for (len, id) in self.tree.prefixes_of(tokens) {
-            let redundant = len == tokens.len() || (self.can_truncate && !self.entries[&id].shared);
+            let redundant =
+                len == tokens.len() || (self.tree.can_truncate() && !self.entries[&id].shared);
             if redundant {
                 if let Some(s) = self.remove(id) {
                     freed.push(s);
@@ -284,7 +281,7 @@ impl PrefixCache {
             return;
         };
         entry.seq = None;
-        let same_conversation = self.can_truncate && len + 1 >= entry.prompt_len;
+        let same_conversation = self.tree.can_truncate() && len + 1 >= entry.prompt_len;
         if entry.host.is_none() && !same_conversation {
             let started = std::time::Instant::now();
             match runner.save(seq) {

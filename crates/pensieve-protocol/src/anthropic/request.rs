@@ -255,11 +255,10 @@ impl MessagesRequest {
     /// Whether the client marked anything with `cache_control` (then what the prefix
     /// cache newly stores is reported as `cache_creation_input_tokens`, as Anthropic does).
     pub fn asks_for_caching(&self) -> bool {
-        let block = is_marked;
         let content =
-            |c: &Content| matches!(c, Content::Blocks(blocks) if blocks.iter().any(block));
+            |c: &Content| matches!(c, Content::Blocks(blocks) if blocks.iter().any(is_marked));
         self.cache_control.is_some()
-            || matches!(&self.system, Some(SystemPrompt::Blocks(b)) if b.iter().any(block))
+            || matches!(&self.system, Some(SystemPrompt::Blocks(b)) if b.iter().any(is_marked))
             || self
                 .messages
                 .iter()
