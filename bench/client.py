@@ -270,6 +270,39 @@ def stream_chat(port: int, body: dict, timeout: float) -> dict:
                    usage.get("prompt_tokens"), cached, usage, events, stop_reason, content, notes)
 
 
+def stream_completion(port: int, body: dict, timeout: float) -> dict:
+    """POST /v1/completions with stream=true and stream_options.include_usage (the prompt may be
+    token ids); same result shape as stream_message. Both Pensieve and llama-server take it."""
+    body = dict(body, stream=True, stream_options={"include_usage": True})
+    conn, resp, t_sent = _post(port, "/v1/completions", body, timeout)
+    delta_times: list[float] = []
+    usage: dict = {}
+    text_parts: list[str] = []
+    stop_reason = None
+    t_first_chunk = None
+    notes: list[str] = []
+    chunks = 0
+    try:
+        for now, _, data_s, data in _json_events(resp, notes):
+            if "error" in data:
+                raise StreamError(f"error chunk: {data_s[:500]}")
+            chunks += 1
+            t_first_chunk = t_first_chunk or now
+            if isinstance(data.get("usage"), dict):
+                usage = data["usage"]
+            for ch in data.get("choices") or []:
+                if ch.get("text"):
+                    text_parts.append(ch["text"])
+                    delta_times.append(now)
+                if ch.get("finish_reason"):
+                    stop_reason = ch["finish_reason"]
+    finally:
+        conn.close()
+    content = [{"type": "text", "text": "".join(text_parts)}] if text_parts else []
+    return _result(t_sent, t_first_chunk, delta_times, time.perf_counter(), usage.get("completion_tokens"),
+                   usage.get("prompt_tokens"), None, usage, {"chunk": chunks}, stop_reason, content, notes)
+
+
 def ttft(r: dict) -> float | None:
     return r["t_first_delta"] - r["t_sent"] if r.get("t_first_delta") is not None else None
 

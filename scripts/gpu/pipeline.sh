@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The whole GPU run, on the GPU machine, from the repository root; scripts/gpu/call.sh starts it
+# detached so that it runs on between calls. Every stage logs to $W/logs and goes on after a
+# failure of the one before where it can; $W/logs/stages.txt says how far it got.
+#
+#   llama     unpack the CUDA llama.cpp of an earlier run (.gpu/llama/), or build llama.cpp
+#             b11434 with CUDA as shared libraries (about 4.5 min on 16 cores) and pack it into
+#             $W/results/llama-cuda.tar.xz.part* for call.sh to bring back
+#   model     (during the build) the random-weight Qwen2.5-7B-shaped F16 GGUF, written on the
+#             GPU; then llama-quantize to Q4_K_M
+#   smoke     `pensieve serve` on the 7B model with default flags: the start-up log (device,
+#             layers offloaded, VRAM) and one request
+#   e2e       the Anthropic, OpenAI and tools suites against this build (SmolLM2, reassembled
+#             from the parts that later calls carry); tests that need other models are left out
+#   greedy    greedy output on the GPU against --gpu-layers 0, same binary, same prompts
+#   bench     bench/gpu.py on the 7B model (decode, prefill, 32/64 streams, agent swarm) against
+#             llama-server and llama-server --backend-sampling, then on SmolLM2
+set -u
+REPO=$(pwd)
+G=$REPO/.gpu
+W=${GPU_WORK:-/tmp/pv}
+L=$W/logs
+R=$W/results
+mkdir -p "$L" "$R" "$W/bin" "$W/models" "$W/src"
+exec >>"$L/pipeline.log" 2>&1
+T0=$(date +%s)
+stage() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$L/stages.txt"; }
+export LD_LIBRARY_PATH=$W/lib PYTHONUNBUFFERED=1
+PY=python3
+MODEL7=$W/q7-q4km.gguf
+SMOL=$W/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+stage start
+{
+    nvidia-smi
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+    nvcc --version | tail -2
+    nproc
+    free -g
+    df -h /tmp
+    $PY --version
+} >"$L/env.txt" 2>&1
+
+xz -dc "$G/base/pensieve.xz" >"$W/bin/pensieve" && chmod +x "$W/bin/pensieve"
+tar -xJf "$G/base/llama-src.tar.xz" -C "$W/src"
+S=$W/src/llama.cpp
+stage unpacked
+
+build_llama() {
+    cmake -S "$S" -B "$S/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_NCCL=OFF -DLLAMA_CURL=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+        -DLLAMA_BUILD_NUMBER=11434 >"$L/cmake.log" 2>&1 || return 1
+    ninja -C "$S/build" llama-server llama-bench llama-quantize llama-batched-bench >"$L/ninja.log" 2>&1 || return 1
+    mkdir -p "$W/lib"
+    cp -a "$S"/build/bin/*.so* "$W/lib/"
+    cp "$S"/build/bin/llama-{server,bench,quantize,batched-bench} "$W/bin/"
+    tar -C "$W" -cf - lib bin/llama-server bin/llama-bench bin/llama-quantize bin/llama-batched-bench |
+        xz -T0 -6 >"$R/llama-cuda.tar.xz"
+    split -b 15M -d -a 1 "$R/llama-cuda.tar.xz" "$R/llama-cuda.tar.xz.part"
+    rm "$R/llama-cuda.tar.xz"
+}
+
+if compgen -G "$G/llama/llama-cuda.tar.xz.part*" >/dev/null; then
+    cat "$G"/llama/llama-cuda.tar.xz.part* | xz -dc | tar -x -C "$W" && echo 0 >"$W/build.rc"
+    stage "llama: unpacked an earlier CUDA build"
+else
+    (
+        build_llama
+        echo $? >"$W/build.rc"
+    ) &
+    BUILD=$!
+    stage "llama: build started"
+fi
+
+PYTHONPATH=$S/gguf-py $PY "$REPO/scripts/gpu/random_model.py" write "$G/base/qwen7b-meta.json.xz" "$W/q7-f16.gguf" >"$L/model.log" 2>&1
+stage "model: F16 written rc=$?"
+[[ -n "${BUILD:-}" ]] && wait "$BUILD"
+if [[ "$(cat "$W/build.rc" 2>/dev/null)" != 0 ]]; then
+    tail -40 "$L/cmake.log" "$L/ninja.log"
+    stage "llama: BUILD FAILED"
+    touch "$W/DONE"
+    exit 1
+fi
+stage "llama: ready ($(du -sh "$W/lib" | cut -f1) of libraries)"
+{
+    ls -la "$W/lib" "$W/bin"
+    echo "== pensieve needs"
+    cat "$G/base/pensieve.needs"
+    echo "== ldd pensieve"
+    ldd "$W/bin/pensieve"
+} >"$L/libs.txt" 2>&1
+grep -q "not found" "$L/libs.txt" && stage "WARNING: pensieve has unresolved libraries (logs/libs.txt)"
+
+"$W/bin/llama-quantize" "$W/q7-f16.gguf" "$MODEL7" Q4_K_M 16 >"$L/quantize.log" 2>&1
+stage "model: Q4_K_M rc=$? $(stat -c %s "$MODEL7" 2>/dev/null) bytes"
+rm -f "$W/q7-f16.gguf"
+
+# smoke: defaults only, so the log shows what a user gets
+"$W/bin/pensieve" serve --model "$MODEL7" --port 7801 >"$L/smoke-serve.log" 2>&1 &
+SP=$!
+for _ in $(seq 1 180); do
+    $PY -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:7801/health", timeout=2)' 2>/dev/null && break
+    kill -0 $SP 2>/dev/null || break
+    sleep 1
+done
+$PY - >"$L/smoke-request.txt" 2>&1 <<'EOF'
+import json, time, urllib.request as u
+body = json.dumps({"model": "m", "prompt": "def fib(n):", "max_tokens": 64, "temperature": 0}).encode()
+t = time.time()
+r = u.urlopen(u.Request("http://127.0.0.1:7801/v1/completions", body, {"content-type": "application/json"}), timeout=120)
+print(round(time.time() - t, 3), "s", json.loads(r.read())["usage"])
+print(u.urlopen("http://127.0.0.1:7801/health").read().decode())
+EOF
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$L/smoke-request.txt" 2>&1
+kill $SP
+wait $SP
+stage "smoke: $(tail -3 "$L/smoke-request.txt" | head -1)"
+
+# the test model arrives in parts, one a call
+parts=$(cat "$G/base/smollm2.parts")
+for _ in $(seq 1 120); do
+    [[ $(compgen -G "$G/part*/smollm2.part*" | wc -l) -ge $parts ]] && break
+    sleep 5
+done
+cat "$G"/part*/smollm2.part* >"$SMOL"
+(cd "$W/models" && sha256sum -c "$G/base/smollm2.sha256") >"$L/models.txt" 2>&1
+stage "models: $(cat "$L/models.txt")"
+
+$PY "$REPO/scripts/gpu/greedy.py" "$W/bin/pensieve" "$SMOL" "$MODEL7" >"$R/greedy.txt" 2>"$L/greedy.log"
+stage "greedy: rc=$? $(tail -1 "$R/greedy.txt")"
+
+mkdir -p /tmp/site && tar -xf "$G/base/wheels.tar" -C "$W" &&
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl >"$L/pip.log" 2>&1
+(
+    cd "$REPO/tests/e2e" &&
+        PYTHONPATH=/tmp/site PENSIEVE_BIN=$W/bin/pensieve PENSIEVE_TEST_MODELS=$W/models \
+            timeout 480 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
+            -q -p no:cacheprovider -k "not qwen" --junitxml="$R/e2e.xml" >"$R/e2e.txt" 2>&1
+)
+stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
+
+timeout 900 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+    --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
+    --rounds "${BENCH_ROUNDS:-2}" --json "$R/bench-7b.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
+stage "bench 7B: rc=$?"
+timeout 300 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
+    --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
+    --workloads decode,prefill,streams --rounds 1 --json "$R/bench-smol.json" \
+    --log-dir "$L/bench-smol" >"$L/bench-smol.log" 2>&1
+stage "bench SmolLM2: rc=$?"
+stage ALL_DONE
+touch "$W/DONE"
