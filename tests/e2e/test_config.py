@@ -155,3 +155,42 @@ def test_a_bad_config_file_is_named(tmp_path):
         assert "panicked" not in out
     finally:
         server.stop()
+
+
+def test_a_zero_or_unknown_setting_is_refused_by_the_name_it_came_from(tmp_path):
+    """`--ctx 0`, `PENSIEVE_PARALLEL=0`, `ctx = 0` in the file and `--gpu-layers most` stop
+    `serve` before the model loads, each error naming the setting as the user wrote it."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models.smol]\nmodel = "{model_path(SMOLLM2)}"\nctx = 0\n')
+    smol = ["--model", str(model_path(SMOLLM2)), "--port", str(free_port())]
+    cases = [
+        (smol + ["--ctx", "0"], {}, "--ctx must be at least 1"),
+        (smol, {"PENSIEVE_PARALLEL": "0"}, "PENSIEVE_PARALLEL must be at least 1"),
+        (smol + ["--parallel", "300"], {}, "--parallel must be at most 256"),
+        (["--model", "smol", "--port", str(free_port())], {"PENSIEVE_CONFIG": str(config)},
+         "ctx in the config file must be at least 1"),
+        (smol + ["--gpu-layers", "most"], {}, "neither a number of layers nor `all`"),
+    ]
+    for args, env, message in cases:
+        server = Serve(args, env)
+        try:
+            assert server.wait_exit() != 0, args
+            out = server.output()
+            assert message in out and "panicked" not in out, out
+        finally:
+            server.stop()
+
+
+def test_health_says_where_the_model_runs(tmp_path):
+    """Without a GPU, `--gpu-layers all` still runs on the CPU; with one, every layer is
+    offloaded by default. /health names either."""
+    port = free_port()
+    server = Serve(["--model", str(model_path(SMOLLM2)), "--port", str(port), "--ctx", "1024",
+                    "--gpu-layers", "all"], {})
+    try:
+        url = server.wait_ready(port)
+        runs_on = httpx.get(f"{url}/health").json()["runs_on"]
+        assert runs_on == "CPU, 2 threads" or "/" in runs_on and "layers" in runs_on, runs_on
+        assert f"model loaded on {runs_on}" in server.output()
+    finally:
+        server.stop()

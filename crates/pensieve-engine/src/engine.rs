@@ -43,8 +43,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            queue_capacity: 64,
-            parallel: 4,
+            queue_capacity: crate::settings::DEFAULT_QUEUE,
+            parallel: crate::settings::HOST_MAX_PARALLEL,
             cache: CacheConfig::default(),
             tool_format: None,
             metrics: None,

@@ -10,7 +10,10 @@
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`output`]: the model's output split into text, reasoning and tool calls.
 //! - [`formats`]: the tool-call formats, one module each, and their registry.
-//! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]).
+//! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]) and what
+//!   its loader returns ([`LoadedModel`]).
+//! - [`settings`]: the numbers a model is loaded with, resolved once from flags, variables,
+//!   the config file and defaults that depend on the model and the machine.
 //! - [`event`]: what the engine reports back.
 //! - [`metrics`]: the Prometheus metrics ([`EngineMetrics`]) the engine and the HTTP edge record.
 //! - [`testing`]: a scripted backend for tests of the engine and the HTTP edge.
@@ -27,6 +30,7 @@ pub mod model;
 pub mod output;
 pub mod request;
 mod scheduler;
+pub mod settings;
 pub mod stop;
 pub mod template;
 pub mod testing;
@@ -38,7 +42,8 @@ pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob
 pub use formats::ToolFormat;
 pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{
-    BatchToken, ModelInfo, ModelRunner, RunnerError, SeqId, TokenId, TokenMask, Tokenizer,
+    BatchToken, LoadedModel, ModelInfo, ModelRunner, RunnerError, RunsOn, SeqId, TokenId,
+    TokenMask, Tokenizer,
 };
 pub use output::OutputFormat;
 pub use request::{

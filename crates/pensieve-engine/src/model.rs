@@ -2,7 +2,11 @@
 //!
 //! [`Tokenizer`] is shared with the HTTP side (count_tokens, validation) and must be
 //! thread-safe. [`ModelRunner`] is step-level: it evaluates tokens and samples, and is
-//! owned by the one engine thread (llama.cpp contexts are not `Sync`).
+//! owned by the one engine thread (llama.cpp contexts are not `Sync`). Every backend's
+//! loader returns the two, with the model's description, as one [`LoadedModel`].
+
+use std::fmt;
+use std::sync::Arc;
 
 use crate::SamplingParams;
 
@@ -16,7 +20,7 @@ pub struct ModelInfo {
     pub id: String,
     /// `general.architecture`, e.g. "llama", "qwen2", "gemma3".
     pub architecture: String,
-    /// The context length the model was trained with.
+    /// The context length the model was trained with (0: the model does not say).
     pub train_context: u32,
     /// Positions available to one sequence in this server.
     pub context_size: u32,
@@ -25,6 +29,74 @@ pub struct ModelInfo {
     /// Text of the BOS and EOS tokens, as chat templates expect them.
     pub bos_token: String,
     pub eos_token: String,
+}
+
+/// What a backend's loader returns: everything the engine starts with.
+pub struct LoadedModel {
+    pub info: ModelInfo,
+    pub tokenizer: Arc<dyn Tokenizer>,
+    pub runner: Box<dyn ModelRunner>,
+    /// Sequences the runner was sized for.
+    pub parallel: usize,
+    /// Where it runs, for the start-up log and `/health`.
+    pub runs_on: RunsOn,
+}
+
+/// Where a loaded model runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunsOn {
+    /// llama.cpp on the CPU.
+    Cpu { threads: usize },
+    /// llama.cpp with `layers` of `total_layers` (the output layer counted, as llama.cpp
+    /// does) on a GPU.
+    Gpu {
+        /// As the driver names it, e.g. "NVIDIA H200".
+        device: String,
+        /// ggml's backend, e.g. "CUDA".
+        backend: String,
+        layers: u32,
+        total_layers: u32,
+        /// GPU memory the weights, the KV cache and the compute buffers took.
+        used_bytes: u64,
+        /// GPU memory free once they were in.
+        free_bytes: u64,
+        /// The CPU threads of the layers left there.
+        threads: usize,
+    },
+    /// The mlx engine's Python worker.
+    Mlx { version: String },
+}
+
+impl fmt::Display for RunsOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+        match self {
+            RunsOn::Cpu { threads } => write!(f, "CPU, {threads} threads"),
+            RunsOn::Gpu {
+                device,
+                backend,
+                layers,
+                total_layers,
+                used_bytes,
+                free_bytes,
+                threads,
+            } => {
+                write!(
+                    f,
+                    "{device} ({backend}), {layers}/{total_layers} layers, {:.1} GiB used, \
+                     {:.1} GiB free",
+                    gib(*used_bytes),
+                    gib(*free_bytes)
+                )?;
+                if layers < total_layers {
+                    write!(f, ", the rest on the CPU with {threads} threads")?;
+                }
+                Ok(())
+            }
+            RunsOn::Mlx { version } if version.is_empty() => f.write_str("MLX worker"),
+            RunsOn::Mlx { version } => write!(f, "MLX {version} worker"),
+        }
+    }
 }
 
 /// Text <-> token ids for the loaded model.
@@ -136,4 +208,34 @@ pub trait ModelRunner: Send {
     /// Identifies the model and cache layout a snapshot belongs to (snapshots on disk
     /// are only loaded into the same).
     fn fingerprint(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_model_runs_reads_as_one_line() {
+        assert_eq!(RunsOn::Cpu { threads: 2 }.to_string(), "CPU, 2 threads");
+        let gpu = |layers| RunsOn::Gpu {
+            device: "NVIDIA H200".into(),
+            backend: "CUDA".into(),
+            layers,
+            total_layers: 29,
+            used_bytes: 6 << 30,
+            free_bytes: 3 << 29,
+            threads: 16,
+        };
+        assert_eq!(
+            gpu(29).to_string(),
+            "NVIDIA H200 (CUDA), 29/29 layers, 6.0 GiB used, 1.5 GiB free"
+        );
+        assert!(gpu(10).to_string().ends_with(
+            "10/29 layers, 6.0 GiB used, 1.5 GiB free, the rest on the CPU with 16 threads"
+        ));
+        let mlx = RunsOn::Mlx {
+            version: "0.29.1".into(),
+        };
+        assert_eq!(mlx.to_string(), "MLX 0.29.1 worker");
+    }
 }

@@ -1,12 +1,15 @@
 //! The `llama` engine: GGUF models run in-process through llama.cpp (`llama-cpp-2`).
 //!
-//! - [`load`]: opens a GGUF file, reads what the engine needs from its metadata, and
-//!   builds a context.
+//! - [`load`]: opens a GGUF file, reads what the engine needs from its metadata, resolves
+//!   its settings, and builds a context.
+//! - [`device`]: what llama.cpp can run on here (its GPUs, the host's memory), read at run
+//!   time.
 //! - [`tokenizer`]: the model's vocabulary behind the engine's `Tokenizer` trait.
 //! - [`runner`]: one llama.cpp context behind the engine's step-level `ModelRunner` trait.
 
+pub mod device;
 pub mod load;
 pub mod runner;
 pub mod tokenizer;
 
-pub use load::{load, LlamaError, LlamaOptions, LoadedModel};
+pub use load::{load, LlamaError, LlamaOptions};

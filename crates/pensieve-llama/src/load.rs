@@ -1,44 +1,32 @@
-//! Loading a GGUF model and creating its context.
+//! Loading a GGUF model and creating its context, with the settings resolved for that
+//! model on this machine (`pensieve_engine::settings`): the loader measures, the settings
+//! decide.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use pensieve_engine::ModelInfo;
+use pensieve_engine::settings::{self, Asked, DeviceFacts, ModelFacts, Settings, SettingsError};
+use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 
+use crate::device;
 use crate::runner::{LlamaRunner, RunnerLayout};
 use crate::tokenizer::LlamaTokenizer;
 
-/// Context length used when none is asked for: enough for Claude Code, bounded for memory.
-pub const DEFAULT_MAX_CONTEXT: u32 = 32_768;
-
-/// Most sequences generating at once when `--parallel` is not given.
-pub const DEFAULT_MAX_PARALLEL: usize = 4;
-
-/// Share of available memory the KV cache may take when sizing `--parallel`.
-const KV_MEMORY_SHARE: f64 = 0.25;
-
-/// How to load and run a model.
+/// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LlamaOptions {
     pub path: PathBuf,
     /// Name to list the model under; defaults to the file stem.
     pub id: Option<String>,
-    /// Context length per sequence; defaults to the trained length, capped at [`DEFAULT_MAX_CONTEXT`].
-    pub context_size: Option<u32>,
-    /// CPU threads for prefill and decode; defaults to the physical cores.
-    pub threads: Option<usize>,
-    /// Tokens per decode call during prefill.
-    pub batch_size: u32,
-    /// Layers to offload to a GPU (when built with one); 0 keeps everything on the CPU.
-    pub gpu_layers: u32,
-    /// Sequences generating at once; defaults to what the KV cache fits in memory (at
-    /// most [`DEFAULT_MAX_PARALLEL`]).
-    pub parallel: Option<usize>,
+    /// What flags, variables and the config file ask for; everything else is the
+    /// settings' default for this model on this machine.
+    pub asked: Asked,
 }
 
 impl LlamaOptions {
@@ -46,11 +34,7 @@ impl LlamaOptions {
         LlamaOptions {
             path: path.into(),
             id: None,
-            context_size: None,
-            threads: None,
-            batch_size: 512,
-            gpu_layers: 0,
-            parallel: None,
+            asked: Asked::default(),
         }
     }
 }
@@ -65,17 +49,8 @@ pub enum LlamaError {
     Load { path: PathBuf, reason: String },
     #[error("cannot create a context of {context} tokens: {reason}")]
     Context { context: u32, reason: String },
-    #[error("invalid option: {0}")]
-    Options(String),
-}
-
-/// A loaded model: its description, its tokenizer and a runner over a fresh context.
-pub struct LoadedModel {
-    pub info: ModelInfo,
-    pub tokenizer: Arc<LlamaTokenizer>,
-    pub runner: LlamaRunner,
-    /// Sequences the context was sized for.
-    pub parallel: usize,
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
 /// llama.cpp's global state is initialised once per process (a second init fails, so
@@ -92,13 +67,17 @@ fn backend() -> Result<&'static LlamaBackend, LlamaError> {
         .map_err(|e| LlamaError::Backend(e.clone()))
 }
 
-/// Load the model file and create a context for it.
+/// Load the model file, resolve its settings, and create a context for it.
 pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     if !options.path.is_file() {
         return Err(LlamaError::NotFound(options.path.clone()));
     }
+    // Refuse a 0 before spending the time to load.
+    options.asked.validate()?;
     let backend = backend()?;
-    let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+    let before = device::facts();
+    let offload = settings::offload(&options.asked, &before);
+    let params = LlamaModelParams::default().with_n_gpu_layers(offload.requested());
     let model = LlamaModel::load_from_file(backend, &options.path, &params).map_err(|e| {
         LlamaError::Load {
             path: options.path.clone(),
@@ -108,83 +87,20 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     // The model lives as long as the process: contexts borrow it, and the engine thread
     // that owns the context outlives every request.
     let model: &'static LlamaModel = Box::leak(Box::new(model));
-
-    let train_context = model.n_ctx_train();
-    let context_size = match options.context_size {
-        Some(0) => return Err(LlamaError::Options("--ctx must be at least 1".into())),
-        Some(n) => n,
-        None => train_context.min(DEFAULT_MAX_CONTEXT),
-    };
-    if context_size > train_context {
-        tracing::warn!(
-            context_size,
-            train_context,
-            "the context is longer than the model was trained for; quality may suffer"
-        );
-    }
-    let threads = options
-        .threads
-        .unwrap_or_else(num_cpus::get_physical)
-        .max(1);
-    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
-    let batch = options.batch_size.clamp(1, context_size);
     let architecture = model
         .meta_val_str("general.architecture")
         .unwrap_or_else(|_| "unknown".to_owned());
-    let kv_bytes_per_token = kv_bytes_per_token(model, &architecture);
-    let parallel = match options.parallel {
-        Some(0) => return Err(LlamaError::Options("--parallel must be at least 1".into())),
-        Some(n) => n,
-        None => default_parallel(context_size, kv_bytes_per_token),
+    let facts = ModelFacts {
+        train_context: model.n_ctx_train(),
+        layers: model.n_layer(),
+        kv_bytes_per_token: kv_bytes_per_token(model, &architecture),
     };
-    // llama.cpp allows 256 sequences.
-    if parallel > 256 {
-        return Err(LlamaError::Options("--parallel must be at most 256".into()));
-    }
-    let sequences = parallel;
-    let cells = (context_size as u64 * parallel as u64).min(u32::MAX as u64) as u32;
-    let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(cells))
-        .with_n_batch(batch)
-        .with_n_ubatch(batch)
-        .with_n_seq_max(sequences as u32)
-        // One KV stream per sequence: a token attends only to its own sequence's cells.
-        // In one unified pool every token's attention walks the cells of all sequences
-        // (masked), which made 8 streams ~20% slower per step than llama-server's
-        // `-np 8`. A prefix is then shared by copying it, or by continuing in its slot.
-        .with_kv_unified(false)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let context = model
-        .new_context(backend, ctx_params)
-        .map_err(|e| LlamaError::Context {
-            context: cells,
-            reason: e.to_string(),
-        })?;
-    let can_truncate = !(model.is_recurrent()
-        || model.is_hybrid()
-        || meta_u64(model, &format!("{architecture}.attention.sliding_window")).is_some());
-    let file_size = std::fs::metadata(&options.path)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let fingerprint = format!(
-        "llama.cpp/{arch}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv=f16/streams={sequences}",
-        arch = architecture,
-        params = model.n_params(),
-        layers = model.n_layer(),
-        embd = model.n_embd(),
-        kv = model.n_head_kv(),
-    );
-    let layout = RunnerLayout {
-        batch_size: batch as usize,
-        sequences,
-        cells: cells as usize,
-        can_truncate,
-        kv_bytes_per_token,
-        fingerprint,
-        n_vocab: model.n_vocab(),
-    };
-
+    // Measured now, so the KV cache is sized from what the weights left free.
+    let settings = settings::resolve(&options.asked, &facts, &device::facts())?;
+    settings::warn_about(&settings, &facts);
+    let context = new_context(backend, model, &settings)?;
+    let runs_on = runs_on(&settings, &before, &device::facts());
+    let layout = layout(model, &options.path, &architecture, &settings, &facts);
     let tokenizer = Arc::new(LlamaTokenizer::new(model));
     let chat_template = model
         .chat_template(None)
@@ -201,8 +117,8 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     let info = ModelInfo {
         id,
         architecture,
-        train_context,
-        context_size,
+        train_context: facts.train_context,
+        context_size: settings.ctx,
         chat_template,
         bos_token: tokenizer.bos_text(),
         eos_token: tokenizer.eos_text(),
@@ -210,21 +126,108 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     tracing::info!(
         model = %options.path.display(),
         architecture = %info.architecture,
-        context_size,
-        train_context,
-        threads,
-        parallel,
-        kv_cells = cells,
-        can_truncate,
+        context_size = settings.ctx,
+        train_context = facts.train_context,
+        parallel = settings.parallel,
+        kv_cells = layout.cells,
+        kv_on_gpu = settings.kv_on_gpu,
+        can_truncate = layout.can_truncate,
         has_template = info.chat_template.is_some(),
-        "model loaded"
+        "model loaded on {runs_on}"
     );
     Ok(LoadedModel {
         info,
         tokenizer,
-        runner: LlamaRunner::new(context, layout),
-        parallel,
+        runner: Box::new(LlamaRunner::new(context, layout)),
+        parallel: settings.parallel,
+        runs_on,
     })
+}
+
+/// A context of `parallel` sequences of `ctx` positions each.
+fn new_context(
+    backend: &LlamaBackend,
+    model: &'static LlamaModel,
+    settings: &Settings,
+) -> Result<LlamaContext<'static>, LlamaError> {
+    let threads = i32::try_from(settings.threads).unwrap_or(i32::MAX);
+    let cells = cells(settings);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(cells))
+        .with_n_batch(settings.batch)
+        .with_n_ubatch(settings.batch)
+        .with_n_seq_max(settings.parallel as u32)
+        // One KV stream per sequence: a token attends only to its own sequence's cells.
+        // In one unified pool every token's attention walks the cells of all sequences
+        // (masked), which made 8 streams ~20% slower per step than llama-server's
+        // `-np 8`. A prefix is then shared by copying it, or by continuing in its slot.
+        .with_kv_unified(false)
+        // The KV cache and attention go with the offloaded layers: on the GPU they are
+        // the step's largest memory traffic.
+        .with_offload_kqv(settings.kv_on_gpu)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model
+        .new_context(backend, params)
+        .map_err(|e| LlamaError::Context {
+            context: cells,
+            reason: e.to_string(),
+        })
+}
+
+/// KV cells of all sequences together.
+fn cells(settings: &Settings) -> u32 {
+    (u64::from(settings.ctx) * settings.parallel as u64).min(u64::from(u32::MAX)) as u32
+}
+
+/// Where the model runs, from the GPU's free memory before loading and after the
+/// context was created.
+fn runs_on(settings: &Settings, before: &DeviceFacts, after: &DeviceFacts) -> RunsOn {
+    match (&before.gpu, &after.gpu) {
+        (Some(before), Some(after)) if settings.gpu_layers > 0 => RunsOn::Gpu {
+            device: after.description.clone(),
+            backend: after.backend.clone(),
+            layers: settings.gpu_layers,
+            total_layers: settings.total_layers,
+            used_bytes: before.free_bytes.saturating_sub(after.free_bytes),
+            free_bytes: after.free_bytes,
+            threads: settings.threads,
+        },
+        _ => RunsOn::Cpu {
+            threads: settings.threads,
+        },
+    }
+}
+
+/// What the runner needs to know of the context's shape.
+fn layout(
+    model: &LlamaModel,
+    path: &std::path::Path,
+    architecture: &str,
+    settings: &Settings,
+    facts: &ModelFacts,
+) -> RunnerLayout {
+    let can_truncate = !(model.is_recurrent()
+        || model.is_hybrid()
+        || meta_u64(model, &format!("{architecture}.attention.sliding_window")).is_some());
+    let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let fingerprint = format!(
+        "llama.cpp/{architecture}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv=f16/streams={sequences}",
+        params = model.n_params(),
+        layers = model.n_layer(),
+        embd = model.n_embd(),
+        kv = model.n_head_kv(),
+        sequences = settings.parallel,
+    );
+    RunnerLayout {
+        batch_size: settings.batch as usize,
+        sequences: settings.parallel,
+        cells: cells(settings) as usize,
+        can_truncate,
+        kv_bytes_per_token: facts.kv_bytes_per_token,
+        fingerprint,
+        n_vocab: model.n_vocab(),
+    }
 }
 
 /// f16 K and V of every layer for one token.
@@ -237,23 +240,4 @@ fn kv_bytes_per_token(model: &LlamaModel, architecture: &str) -> u64 {
 
 fn meta_u64(model: &LlamaModel, key: &str) -> Option<u64> {
     model.meta_val_str(key).ok()?.trim().parse().ok()
-}
-
-/// As many sequences as a share of the available memory holds at full context, between
-/// 1 and [`DEFAULT_MAX_PARALLEL`].
-fn default_parallel(context: u32, kv_bytes_per_token: u64) -> usize {
-    let per_sequence = (u64::from(context) * kv_bytes_per_token).max(1);
-    let Some(available) = available_memory() else {
-        return DEFAULT_MAX_PARALLEL;
-    };
-    let fits = (available as f64 * KV_MEMORY_SHARE / per_sequence as f64) as usize;
-    fits.clamp(1, DEFAULT_MAX_PARALLEL)
-}
-
-/// `MemAvailable` on Linux; None elsewhere.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use pensieve_engine::constrain::Grammars;
 use pensieve_engine::output::marker_tokens;
+use pensieve_engine::LoadedModel;
 use pensieve_engine::{TokenId, TokenMask, Tokenizer, ToolFormat};
-use pensieve_llama::{load, LlamaOptions, LoadedModel};
+use pensieve_llama::{load, LlamaOptions};
 use serde_json::Value;
 
 const MODEL: &str = "harmony-tiny-random.gguf";
@@ -42,9 +43,9 @@ fn harmony_model() -> LoadedModel {
         path.display()
     );
     let mut options = LlamaOptions::new(path);
-    options.context_size = Some(512);
-    options.threads = Some(2);
-    options.parallel = Some(1);
+    options.asked.flags.ctx = Some(512);
+    options.asked.flags.threads = Some(2);
+    options.asked.flags.parallel = Some(1);
     load(&options).expect("the Harmony test model loads")
 }
 

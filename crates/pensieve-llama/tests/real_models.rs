@@ -2,13 +2,12 @@
 //! `scripts/fetch-test-models.sh` into `$PENSIEVE_TEST_MODELS`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use pensieve_engine::{
-    BatchToken, Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, Message,
-    ModelRunner, Role, SamplingParams, SeqId, TokenId, TokenMask, Tokenizer,
+    BatchToken, Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, LoadedModel,
+    Message, ModelRunner, Role, RunsOn, SamplingParams, SeqId, TokenId, TokenMask, Tokenizer,
 };
-use pensieve_llama::{load, LlamaOptions, LoadedModel};
+use pensieve_llama::{load, LlamaOptions};
 
 fn model_path(file: &str) -> PathBuf {
     let dir = std::env::var_os("PENSIEVE_TEST_MODELS")
@@ -28,10 +27,10 @@ fn model_path(file: &str) -> PathBuf {
 
 fn smollm2(context: u32) -> LoadedModel {
     let mut options = LlamaOptions::new(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
-    options.context_size = Some(context);
-    options.threads = Some(2);
+    options.asked.flags.ctx = Some(context);
+    options.asked.flags.threads = Some(2);
     // Tests use sequences 0 to 2.
-    options.parallel = Some(4);
+    options.asked.flags.parallel = Some(4);
     load(&options).expect("SmolLM2 loads")
 }
 
@@ -68,8 +67,8 @@ fn reads_metadata_and_special_tokens() {
 #[test]
 fn gemma_without_template_gets_a_bos() {
     let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
-    options.context_size = Some(512);
-    options.threads = Some(2);
+    options.asked.flags.ctx = Some(512);
+    options.asked.flags.threads = Some(2);
     let model = load(&options).expect("Gemma 3 loads");
     assert_eq!(model.info.architecture, "gemma3");
     assert!(model.info.chat_template.is_none());
@@ -78,6 +77,30 @@ fn gemma_without_template_gets_a_bos() {
     assert_eq!(ids[0], 2, "Gemma wants a BOS and the text had none");
     // Written by a template, the BOS is not doubled.
     assert_eq!(model.tokenizer.encode("<bos>hello"), ids);
+}
+
+#[test]
+fn runs_on_the_gpu_llama_cpp_finds_else_the_cpu() {
+    let model = smollm2(1024);
+    match pensieve_llama::device::facts().gpu {
+        None => assert_eq!(model.runs_on, RunsOn::Cpu { threads: 2 }),
+        Some(_) => assert!(
+            matches!(
+                model.runs_on,
+                RunsOn::Gpu { layers, total_layers, .. } if layers == total_layers
+            ),
+            "every layer is offloaded by default: {}",
+            model.runs_on
+        ),
+    }
+}
+
+#[test]
+fn a_zero_context_is_refused_before_loading() {
+    let mut options = LlamaOptions::new(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    options.asked.env.ctx = Some(0);
+    let err = load(&options).err().expect("a context of 0 is refused");
+    assert_eq!(err.to_string(), "PENSIEVE_CTX must be at least 1");
 }
 
 #[test]
@@ -136,7 +159,7 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
         .tokenizer
         .encode("<|im_start|>user\nList three colours.<|im_end|>\n<|im_start|>assistant\n");
     let last = prompt.len() - 1;
-    let runner: &mut dyn ModelRunner = &mut model.runner;
+    let runner: &mut dyn ModelRunner = model.runner.as_mut();
     let cold = greedy_run(runner, 0, &prompt, 0);
     // Cut back to the last prompt token and go again: same greedy continuation.
     assert!(runner.truncate(0, last as u32));
@@ -160,9 +183,9 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
 #[test]
 fn sliding_window_models_resume_from_whole_snapshots() {
     let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
-    options.context_size = Some(2048);
-    options.threads = Some(2);
-    options.parallel = Some(4);
+    options.asked.flags.ctx = Some(2048);
+    options.asked.flags.threads = Some(2);
+    options.asked.flags.parallel = Some(4);
     let mut model = load(&options).expect("Gemma 3 loads");
     assert!(
         !model.runner.can_truncate(),
@@ -172,7 +195,7 @@ fn sliding_window_models_resume_from_whole_snapshots() {
         .tokenizer
         .encode("<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n");
     let last = prompt.len() - 1;
-    let runner: &mut dyn ModelRunner = &mut model.runner;
+    let runner: &mut dyn ModelRunner = model.runner.as_mut();
     // Prefill all but the last token, snapshot there; continuing in place and from a
     // restored snapshot give the same tokens.
     let batch: Vec<BatchToken> = (0..last)
@@ -196,8 +219,8 @@ async fn engine_generates_and_reports_cache_reuse() {
     let model = smollm2(2048);
     let engine = Engine::start(
         model.info,
-        model.tokenizer.clone() as Arc<dyn Tokenizer>,
-        Box::new(model.runner),
+        model.tokenizer.clone(),
+        model.runner,
         EngineConfig {
             parallel: model.parallel,
             ..EngineConfig::default()
@@ -248,9 +271,9 @@ async fn engine_generates_and_reports_cache_reuse() {
 #[test]
 fn qwen_writes_its_tool_call_markers_as_single_tokens() {
     let mut options = LlamaOptions::new(model_path("Qwen2.5-Coder-0.5B-Instruct.gguf"));
-    options.context_size = Some(512);
-    options.threads = Some(2);
-    options.parallel = Some(1);
+    options.asked.flags.ctx = Some(512);
+    options.asked.flags.threads = Some(2);
+    options.asked.flags.parallel = Some(1);
     let model = load(&options).expect("Qwen loads");
     let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
     let markers = pensieve_engine::output::marker_tokens(
@@ -280,9 +303,9 @@ fn claude_code_grammars_build_once_over_a_real_vocabulary() {
     use std::time::Instant;
 
     let mut options = LlamaOptions::new(model_path("Qwen2.5-Coder-0.5B-Instruct.gguf"));
-    options.context_size = Some(512);
-    options.threads = Some(2);
-    options.parallel = Some(1);
+    options.asked.flags.ctx = Some(512);
+    options.asked.flags.threads = Some(2);
+    options.asked.flags.parallel = Some(1);
     let model = load(&options).expect("Qwen loads");
     let tokenizer: &dyn Tokenizer = model.tokenizer.as_ref();
     let markers = pensieve_engine::output::marker_tokens(tokenizer, Some(ToolFormat::QWEN3_CODER));

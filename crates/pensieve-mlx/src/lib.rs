@@ -16,4 +16,4 @@ pub mod runner;
 pub mod tokenizer;
 pub mod worker;
 
-pub use load::{load, LoadedModel, MlxError, MlxOptions};
+pub use load::{load, MlxError, MlxOptions};

@@ -4,19 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pensieve_engine::ModelInfo;
+use pensieve_engine::settings::{
+    self, Asked, DeviceFacts, KvAllocation, ModelFacts, SettingsError,
+};
+use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 use serde_json::Value;
 
 use crate::runner::{MlxRunner, RunnerLayout};
 use crate::tokenizer::{HfTokenizer, SpecialTokens, TokenizerError};
 use crate::worker::{Worker, WorkerError, WorkerSpec};
-
-/// Context length used when none is asked for (as the llama engine).
-pub const DEFAULT_MAX_CONTEXT: u32 = 32_768;
-
-/// Sequences generating at once when `--parallel` is not given (MLX allocates KV as it
-/// grows, so this bounds work, not memory).
-pub const DEFAULT_PARALLEL: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct MlxOptions {
@@ -27,10 +23,9 @@ pub struct MlxOptions {
     /// Where the worker's source is written.
     pub script: PathBuf,
     pub id: Option<String>,
-    pub context_size: Option<u32>,
-    pub parallel: Option<usize>,
-    /// Tokens per decode call during prefill.
-    pub batch_size: u32,
+    /// What flags, variables and the config file ask for; everything else is the
+    /// settings' default for a backend whose KV cache grows as it is used.
+    pub asked: Asked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +38,8 @@ pub enum MlxError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
-    #[error("invalid option: {0}")]
-    Options(String),
-}
-
-/// A loaded model: its description, its tokenizer and a runner over its worker.
-pub struct LoadedModel {
-    pub info: ModelInfo,
-    pub tokenizer: Arc<HfTokenizer>,
-    pub runner: MlxRunner,
-    pub parallel: usize,
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>, MlxError> {
@@ -118,25 +105,28 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
     };
     let tok_config = read_json(&folder.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&folder.join("generation_config.json"))?.unwrap_or(Value::Null);
-    let train_context = config["max_position_embeddings"]
-        .as_u64()
-        .map_or(DEFAULT_MAX_CONTEXT, |n| n.min(u64::from(u32::MAX)) as u32);
-    let context_size = match options.context_size {
-        Some(0) => return Err(MlxError::Options("--ctx must be at least 1".into())),
-        Some(n) => n,
-        None => train_context.min(DEFAULT_MAX_CONTEXT),
+    let facts = ModelFacts {
+        // 0 where config.json does not say: the settings' default context then applies.
+        train_context: config["max_position_embeddings"]
+            .as_u64()
+            .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+        layers: 0,
+        kv_bytes_per_token: 0,
     };
-    let parallel = match options.parallel {
-        Some(0) => return Err(MlxError::Options("--parallel must be at least 1".into())),
-        Some(n) => n,
-        None => DEFAULT_PARALLEL,
+    let device = DeviceFacts {
+        gpu: None,
+        host_available_bytes: None,
+        physical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kv: KvAllocation::Growing,
     };
+    let settings = settings::resolve(&options.asked, &facts, &device)?;
+    settings::warn_about(&settings, &facts);
     let spec = WorkerSpec {
         python: options.python.clone(),
         script: options.script.clone(),
         model: folder.display().to_string(),
-        sequences: parallel,
-        context: context_size,
+        sequences: settings.parallel,
+        context: settings.ctx,
     };
     let worker = Worker::start(&spec)?;
     let hello = worker.hello.clone();
@@ -172,9 +162,9 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         mlx = hello.mlx,
     );
     let layout = RunnerLayout {
-        batch_size: options.batch_size.clamp(1, context_size) as usize,
-        sequences: parallel,
-        cells: context_size as usize * parallel,
+        batch_size: settings.batch as usize,
+        sequences: settings.parallel,
+        cells: settings.ctx as usize * settings.parallel,
         fingerprint,
     };
     let id = options.id.clone().unwrap_or_else(|| {
@@ -183,11 +173,14 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_owned())
     });
+    let runs_on = RunsOn::Mlx {
+        version: hello.mlx.clone(),
+    };
     let info = ModelInfo {
         id,
         architecture: hello.model_type.clone(),
-        train_context,
-        context_size,
+        train_context: facts.train_context,
+        context_size: settings.ctx,
         chat_template: chat_template(folder, &tok_config),
         bos_token: tokenizer.bos_text(),
         eos_token: special.eos.clone().unwrap_or_default(),
@@ -195,16 +188,17 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
     tracing::info!(
         model = %folder.display(),
         architecture = %info.architecture,
-        context_size,
-        parallel,
+        context_size = settings.ctx,
+        parallel = settings.parallel,
         can_truncate = hello.can_truncate,
         has_template = info.chat_template.is_some(),
-        "model loaded (mlx)"
+        "model loaded on {runs_on}"
     );
     Ok(LoadedModel {
         info,
         tokenizer,
-        runner: MlxRunner::new(worker, layout),
-        parallel,
+        runner: Box::new(MlxRunner::new(worker, layout)),
+        parallel: settings.parallel,
+        runs_on,
     })
 }

@@ -26,6 +26,7 @@ fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
             id: engine.info().id.clone(),
             engine,
             created: std::time::SystemTime::UNIX_EPOCH,
+            runs_on: "CPU, 2 threads".into(),
         })),
         config: Arc::new(config),
     }
@@ -235,6 +236,7 @@ async fn head_root_and_health() {
     let (status, _, body) = send(router("x"), "GET", "/health", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json_of(&body)["status"], "ok");
+    assert_eq!(json_of(&body)["runs_on"], "CPU, 2 threads");
 }
 
 #[tokio::test]
@@ -578,6 +580,7 @@ fn two_models() -> Router {
         id: id.to_owned(),
         engine,
         created: std::time::SystemTime::UNIX_EPOCH,
+        runs_on: "CPU, 2 threads".into(),
     };
     let mut models = crate::ModelRouter::new(served("big", start("from big")));
     let small = models.add(served("small", start("from small")));

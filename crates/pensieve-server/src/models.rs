@@ -14,6 +14,8 @@ pub struct ServedModel {
     pub engine: Engine,
     /// When its file was made (reported by `/v1/models`).
     pub created: SystemTime,
+    /// Where it runs, e.g. "CPU, 8 threads" (reported by `/health`).
+    pub runs_on: String,
 }
 
 /// The loaded models and the aliases onto them.

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytesize::ByteSize;
+use pensieve_engine::settings::GpuLayers;
 use serde::Deserialize;
 
 use crate::paths;
@@ -96,7 +97,8 @@ pub struct ModelSettings {
     pub threads: Option<usize>,
     pub parallel: Option<usize>,
     pub batch: Option<u32>,
-    pub gpu_layers: Option<u32>,
+    /// A number, or "all".
+    pub gpu_layers: Option<GpuLayers>,
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
@@ -201,10 +203,12 @@ mod tests {
             [models.tiny]
             model = "/m/tiny.gguf"
             ctx = 4096
+            gpu_layers = 12
             engine = "llama"
             chat_template = "/t/tiny.jinja"
             [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
             ctx = 32768
+            gpu_layers = "all"
             [aliases]
             "gpt-*" = "tiny"
             "#,
@@ -215,11 +219,13 @@ mod tests {
         let (target, settings) = config.model("tiny");
         assert_eq!(target, "/m/tiny.gguf");
         assert_eq!(settings.ctx, Some(4096));
+        assert_eq!(settings.gpu_layers, Some(GpuLayers::Count(12)));
         assert_eq!(settings.engine, Some(EngineKind::Llama));
         assert_eq!(settings.chat_template, Some(PathBuf::from("/t/tiny.jinja")));
         let (target, settings) = config.model("Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
         assert_eq!(target, "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
         assert_eq!(settings.ctx, Some(32768));
+        assert_eq!(settings.gpu_layers, Some(GpuLayers::All));
         assert_eq!(config.model("other").0, "other");
         assert_eq!(
             config.aliases(config.small_model.as_deref()),

@@ -12,10 +12,10 @@ mod serve;
 mod setup;
 mod template_override;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 
 /// A local LLM server for Claude Code, the Anthropic SDKs and OpenAI-compatible clients.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "pensieve", version, about)]
 struct Cli {
     #[command(subcommand)]
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a model over HTTP (Anthropic Messages and OpenAI APIs).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run Claude Code on a local model (starts the server if none is running).
     Claude(claude::ClaudeArgs),
     /// Chat with a model in the terminal (a running server's, or one started for the chat).
@@ -43,9 +43,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(mut args) => {
+            // The settings tell a flag from its PENSIEVE_* variable, which clap merges.
+            if let Some(serve) = matches.subcommand_matches("serve") {
+                args.note_sources(serve);
+            }
+            serve::run(*args)
+        }
         Command::Claude(args) => claude::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Pull(args) => catalog::pull(args),

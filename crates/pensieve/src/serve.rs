@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, ToolFormat};
+use pensieve_engine::settings::{self, Asked, GpuLayers, Layer};
+use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, ToolFormat};
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
@@ -46,11 +47,13 @@ pub struct ServeArgs {
     /// [default: 7777]
     #[arg(long, short = 'p', env = "PENSIEVE_PORT", value_name = "PORT")]
     port: Option<u16>,
-    /// Context length of each sequence in tokens [default: the model's, at most 32768].
+    /// Context length of each sequence in tokens [default: the model's, at most 32768; on
+    /// a GPU at most 131072, halved until one sequence fits its free memory].
     #[arg(long, env = "PENSIEVE_CTX", value_name = "N")]
     ctx: Option<u32>,
-    /// Sequences generating at once (continuous batching) [default: what fits in a
-    /// quarter of the available memory at full context, at most 4].
+    /// Sequences generating at once (continuous batching) [default: what fits at full
+    /// context in a quarter of the available memory, at most 4; on a GPU in 80% of its
+    /// free memory, at most 16].
     #[arg(long, short = 'n', env = "PENSIEVE_PARALLEL", value_name = "N")]
     parallel: Option<usize>,
     /// RAM for prefix-cache snapshots, e.g. 4GiB [default: a quarter of the memory
@@ -84,12 +87,13 @@ pub struct ServeArgs {
     /// Requests that may wait for a free sequence; more get 529 overloaded [default: 64].
     #[arg(long, value_name = "N")]
     queue: Option<usize>,
-    /// Tokens per prefill step [default: 512].
+    /// Tokens per decode step: prefill chunks and one token per stream [default: 512].
     #[arg(long, value_name = "N")]
     batch: Option<u32>,
-    /// Model layers to offload to the GPU (builds with cuda, metal or vulkan) [default: 0].
-    #[arg(long, value_name = "N")]
-    gpu_layers: Option<u32>,
+    /// Model layers to offload to the GPU, a number or `all`; 0 keeps the model on the CPU
+    /// [default: all when llama.cpp finds a GPU, else 0].
+    #[arg(long, env = "PENSIEVE_GPU_LAYERS", value_name = "N|all")]
+    gpu_layers: Option<GpuLayers>,
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
@@ -101,14 +105,67 @@ pub struct ServeArgs {
     /// [default: the model's, else a built-in one for its architecture].
     #[arg(long, value_name = "FILE")]
     chat_template: Option<PathBuf>,
+    /// Which model settings clap took from `PENSIEVE_*` variables rather than flags.
+    #[arg(skip)]
+    from_env: FromEnv,
 }
 
-/// What both engines hand to the scheduler.
-struct Loaded {
-    info: pensieve_engine::ModelInfo,
-    tokenizer: Arc<dyn pensieve_engine::Tokenizer>,
-    runner: Box<dyn pensieve_engine::ModelRunner>,
-    parallel: usize,
+/// The model settings whose value came from a `PENSIEVE_*` variable: clap merges a flag
+/// and its variable, and the settings tell them apart (to name the one an error is about).
+#[derive(Debug, Clone, Copy, Default)]
+struct FromEnv {
+    ctx: bool,
+    parallel: bool,
+    threads: bool,
+    gpu_layers: bool,
+}
+
+impl ServeArgs {
+    /// Note which values came from the environment; `matches` are `serve`'s own.
+    pub fn note_sources(&mut self, matches: &clap::ArgMatches) {
+        let env = |id| matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
+        self.from_env = FromEnv {
+            ctx: env("ctx"),
+            parallel: env("parallel"),
+            threads: env("threads"),
+            gpu_layers: env("gpu_layers"),
+        };
+    }
+
+    /// What the flags and the variables ask of one model. `main`: the model `--model`
+    /// names, whose context and sequences they are; threads, batch and GPU layers apply to
+    /// every model.
+    fn layers(&self, main: bool) -> (Layer, Layer) {
+        let from = self.from_env;
+        let (ctx, env_ctx) = split(self.ctx.filter(|_| main), from.ctx);
+        let (parallel, env_parallel) = split(self.parallel.filter(|_| main), from.parallel);
+        let (threads, env_threads) = split(self.threads, from.threads);
+        let (gpu_layers, env_gpu_layers) = split(self.gpu_layers, from.gpu_layers);
+        let flags = Layer {
+            ctx,
+            parallel,
+            threads,
+            batch: self.batch,
+            gpu_layers,
+        };
+        let env = Layer {
+            ctx: env_ctx,
+            parallel: env_parallel,
+            threads: env_threads,
+            batch: None,
+            gpu_layers: env_gpu_layers,
+        };
+        (flags, env)
+    }
+}
+
+/// A value as (from a flag, from a variable).
+fn split<T>(value: Option<T>, from_env: bool) -> (Option<T>, Option<T>) {
+    if from_env {
+        (None, value)
+    } else {
+        (value, None)
+    }
 }
 
 /// Everything one model is loaded with: its own config settings under the flags.
@@ -116,11 +173,8 @@ struct LoadPlan {
     model: Resolved,
     engine: EngineKind,
     id: Option<String>,
-    ctx: Option<u32>,
-    threads: Option<usize>,
-    parallel: Option<usize>,
-    batch: u32,
-    gpu_layers: u32,
+    /// What flags, variables and its config table ask for (the backend resolves the rest).
+    asked: Asked,
     tool_parser: Option<ToolFormat>,
     chat_template: Option<TemplateOverride>,
 }
@@ -142,14 +196,21 @@ impl LoadPlan {
         };
         let chat_template =
             TemplateOverride::for_model(args.chat_template.as_deref().filter(|_| main), &s)?;
+        let (flags, env) = args.layers(main);
         Ok(LoadPlan {
             engine,
             id: args.model_id.clone().filter(|_| main).or(model.id.clone()),
-            ctx: args.ctx.filter(|_| main).or(s.ctx),
-            threads: args.threads.or(s.threads),
-            parallel: args.parallel.filter(|_| main).or(s.parallel),
-            batch: args.batch.or(s.batch).unwrap_or(512),
-            gpu_layers: args.gpu_layers.or(s.gpu_layers).unwrap_or(0),
+            asked: Asked {
+                flags,
+                env,
+                config: Layer {
+                    ctx: s.ctx,
+                    parallel: s.parallel,
+                    threads: s.threads,
+                    batch: s.batch,
+                    gpu_layers: s.gpu_layers,
+                },
+            },
             tool_parser,
             chat_template,
             model,
@@ -168,7 +229,7 @@ fn engine_for(model: &Resolved) -> EngineKind {
     }
 }
 
-fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loaded> {
+fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<LoadedModel> {
     let path = &plan.model.path;
     match plan.engine {
         EngineKind::Llama => {
@@ -181,21 +242,11 @@ fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loade
             }
             let options = LlamaOptions {
                 id: plan.id.clone(),
-                context_size: plan.ctx,
-                threads: plan.threads,
-                batch_size: plan.batch,
-                gpu_layers: plan.gpu_layers,
-                parallel: plan.parallel,
+                asked: plan.asked,
                 ..LlamaOptions::new(path)
             };
-            let loaded = pensieve_llama::load(&options)
-                .with_context(|| format!("cannot load {}", path.display()))?;
-            Ok(Loaded {
-                info: loaded.info,
-                tokenizer: loaded.tokenizer,
-                runner: Box::new(loaded.runner),
-                parallel: loaded.parallel,
-            })
+            pensieve_llama::load(&options)
+                .with_context(|| format!("cannot load {}", path.display()))
         }
         EngineKind::Mlx => {
             if !path.is_dir() {
@@ -223,18 +274,9 @@ fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loade
                 python,
                 script,
                 id: plan.id.clone(),
-                context_size: plan.ctx,
-                parallel: plan.parallel,
-                batch_size: plan.batch,
+                asked: plan.asked,
             };
-            let loaded = pensieve_mlx::load(&options)
-                .with_context(|| format!("cannot load {}", path.display()))?;
-            Ok(Loaded {
-                info: loaded.info,
-                tokenizer: loaded.tokenizer,
-                runner: Box::new(loaded.runner),
-                parallel: loaded.parallel,
-            })
+            pensieve_mlx::load(&options).with_context(|| format!("cannot load {}", path.display()))
         }
     }
 }
@@ -306,7 +348,10 @@ fn start_engine(
         loaded.tokenizer,
         loaded.runner,
         EngineConfig {
-            queue_capacity: args.queue.or(config.server.queue).unwrap_or(64),
+            queue_capacity: args
+                .queue
+                .or(config.server.queue)
+                .unwrap_or(settings::DEFAULT_QUEUE),
             parallel: loaded.parallel,
             cache: CacheConfig {
                 host_bytes: args
@@ -317,7 +362,7 @@ fn start_engine(
                 disk_bytes: args
                     .cache_disk
                     .or(config.server.cache_disk)
-                    .map_or(16 << 30, |b| b.as_u64()),
+                    .map_or(settings::DEFAULT_CACHE_DISK, |b| b.as_u64()),
             },
             tool_format: plan.tool_parser,
             metrics: Some(metrics.clone()),
@@ -328,6 +373,7 @@ fn start_engine(
         id: engine.info().id.clone(),
         engine,
         created: plan.model.created(),
+        runs_on: loaded.runs_on.to_string(),
     })
 }
 
@@ -490,11 +536,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// A quarter of the memory available now (the model and its KV cache are loaded), at
-/// least 256 MiB.
+/// The prefix cache's RAM unless asked, from the memory available now that the model and
+/// its KV cache are loaded.
 fn default_cache_ram() -> u64 {
-    let quarter = pensieve_llama::load::available_memory().map_or(2 << 30, |b| b / 4);
-    let bytes = quarter.max(256 << 20);
+    let bytes = settings::cache_ram(pensieve_llama::device::available_memory());
     tracing::info!(cache_ram = %ByteSize::b(bytes), "prefix cache RAM budget");
     bytes
 }
@@ -512,4 +557,83 @@ fn init_logging() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = std::iter::once("serve").chain(argv.iter().copied());
+        let matches = Cmd::command().try_get_matches_from(argv)?;
+        let mut cmd = Cmd::from_arg_matches(&matches)?;
+        cmd.serve.note_sources(&matches);
+        Ok(cmd.serve)
+    }
+
+    /// The only test that sets a variable: clap reads it from the process, and no other
+    /// test parses `serve`'s arguments.
+    #[test]
+    fn flags_and_variables_land_in_their_own_layers() {
+        let args = parse(&[
+            "--ctx",
+            "2048",
+            "-n",
+            "2",
+            "--gpu-layers",
+            "all",
+            "--batch",
+            "256",
+            "--threads",
+            "3",
+        ])
+        .unwrap();
+        let (flags, env) = args.layers(true);
+        assert_eq!(
+            flags,
+            Layer {
+                ctx: Some(2048),
+                parallel: Some(2),
+                threads: Some(3),
+                batch: Some(256),
+                gpu_layers: Some(GpuLayers::All),
+            }
+        );
+        assert_eq!(env, Layer::default());
+        // The context and sequences are the main model's own.
+        let (flags, _) = args.layers(false);
+        assert_eq!(
+            (flags.ctx, flags.parallel, flags.threads),
+            (None, None, Some(3))
+        );
+
+        let err = parse(&["--gpu-layers", "most"]).unwrap_err().to_string();
+        assert!(
+            err.contains("neither a number of layers nor `all`"),
+            "{err}"
+        );
+
+        std::env::set_var("PENSIEVE_GPU_LAYERS", "0");
+        let from_env = parse(&["--ctx", "1024"]);
+        let over_env = parse(&["--gpu-layers", "7"]);
+        std::env::remove_var("PENSIEVE_GPU_LAYERS");
+        let (flags, env) = from_env.unwrap().layers(true);
+        assert_eq!(
+            (flags.gpu_layers, env.gpu_layers),
+            (None, Some(GpuLayers::Count(0)))
+        );
+        let (flags, env) = over_env.unwrap().layers(true);
+        assert_eq!(
+            (flags.gpu_layers, env.gpu_layers),
+            (Some(GpuLayers::Count(7)), None)
+        );
+    }
 }

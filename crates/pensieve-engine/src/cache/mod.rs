@@ -42,9 +42,9 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            host_bytes: 2 << 30,
+            host_bytes: crate::settings::FALLBACK_CACHE_RAM,
             disk_dir: None,
-            disk_bytes: 16 << 30,
+            disk_bytes: crate::settings::DEFAULT_CACHE_DISK,
         }
     }
 }

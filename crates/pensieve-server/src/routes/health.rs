@@ -17,6 +17,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         "status": "ok",
         "model": state.models.default_model().id,
         "context_size": state.models.default_model().engine.info().context_size,
+        "runs_on": state.models.default_model().runs_on,
         "models": models.iter().map(|m| &m.id).collect::<Vec<_>>(),
         // What Claude Code's quick requests get (`pensieve claude` sets its haiku model).
         "haiku_model": state.models.route("claude-haiku-4-5").id,

@@ -1,0 +1,497 @@
+//! The numbers a model is loaded and served with, resolved once: its context, the
+//! sequences that generate at once, CPU threads, batch size and GPU layers (and the
+//! engine's queue and prefix-cache defaults).
+//!
+//! Each number comes from the highest source that names it (a command-line flag, then a
+//! `PENSIEVE_*` variable, then the config file), else from a default that depends on the
+//! model and the machine: the model's trained context and KV size ([`ModelFacts`]), and
+//! whether a GPU is present and how much of its memory is free once the weights are in
+//! ([`DeviceFacts`]). Both are plain numbers the backends gather, so every rule is unit
+//! tested here without a model; the backends load with the [`Settings`] that [`resolve`]
+//! returns and keep no defaults of their own.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest default context when the KV cache lives in host memory (CPU, MLX): enough for
+/// Claude Code, bounded for RAM.
+pub const HOST_MAX_CONTEXT: u32 = 32_768;
+/// Longest default context when the KV cache lives on a GPU.
+pub const GPU_MAX_CONTEXT: u32 = 131_072;
+/// A default GPU context is halved until a sequence fits, but not below this.
+pub const MIN_FITTED_CONTEXT: u32 = 4_096;
+/// Most sequences by default when the KV cache lives in host memory.
+pub const HOST_MAX_PARALLEL: usize = 4;
+/// Most sequences by default on a GPU.
+pub const GPU_MAX_PARALLEL: usize = 16;
+/// Sequences by default when KV memory grows as it is used (MLX): this bounds work, not
+/// memory.
+pub const GROWING_PARALLEL: usize = 4;
+/// llama.cpp's limit on sequences in one context.
+pub const MAX_PARALLEL: usize = 256;
+/// Tokens per decode step (prefill chunks plus one token per stream).
+pub const DEFAULT_BATCH: u32 = 512;
+/// Requests that may wait for a free sequence before more are refused as overloaded.
+pub const DEFAULT_QUEUE: usize = 64;
+/// Disk space for prefix-cache snapshots in a cache directory.
+pub const DEFAULT_CACHE_DISK: u64 = 16 << 30;
+/// RAM for prefix-cache snapshots where the available memory is unknown.
+pub const FALLBACK_CACHE_RAM: u64 = 2 << 30;
+/// The least RAM for prefix-cache snapshots.
+const MIN_CACHE_RAM: u64 = 256 << 20;
+
+/// Share of the available host memory the KV cache may take by default.
+const HOST_KV_SHARE: f64 = 0.25;
+/// Share of the GPU memory free after the weights that the KV cache and the compute
+/// buffers may take: the rest is left to other processes and to fragmentation.
+const GPU_KV_SHARE: f64 = 0.8;
+/// llama.cpp's compute buffers on the GPU: a fixed part, and a part that grows with the
+/// batch (activations of every token of a step).
+const GPU_COMPUTE_BASE: u64 = 1 << 30;
+const GPU_COMPUTE_PER_BATCH_TOKEN: u64 = 1 << 20;
+
+/// How many layers to offload to the GPU: a number, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuLayers {
+    All,
+    Count(u32),
+}
+
+impl GpuLayers {
+    /// llama.cpp's `n_gpu_layers`: "all" asks for more than any model has, and llama.cpp
+    /// offloads at most what there is.
+    pub fn requested(self) -> u32 {
+        match self {
+            GpuLayers::All => u32::MAX,
+            GpuLayers::Count(n) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a number of layers nor `all`")]
+pub struct GpuLayersError(String);
+
+impl FromStr for GpuLayers {
+    type Err = GpuLayersError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(GpuLayers::All);
+        }
+        s.parse()
+            .map(GpuLayers::Count)
+            .map_err(|_| GpuLayersError(s.to_owned()))
+    }
+}
+
+impl fmt::Display for GpuLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuLayers::All => f.write_str("all"),
+            GpuLayers::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The config file's `gpu_layers`: a number, or `"all"`.
+impl<'de> serde::Deserialize<'de> for GpuLayers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected};
+
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GpuLayers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of layers or \"all\"")
+            }
+
+            fn visit_u64<E: Error>(self, v: u64) -> Result<GpuLayers, E> {
+                u32::try_from(v)
+                    .map(GpuLayers::Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_i64<E: Error>(self, v: i64) -> Result<GpuLayers, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+                }
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<GpuLayers, E> {
+                v.parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// What one source says about the model's settings; None: nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub ctx: Option<u32>,
+    pub parallel: Option<usize>,
+    pub threads: Option<usize>,
+    pub batch: Option<u32>,
+    pub gpu_layers: Option<GpuLayers>,
+}
+
+/// Where a value came from, so that an error names it as the user wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Config,
+}
+
+impl Source {
+    /// `setting` (`gpu_layers`) as this source spells it: `--gpu-layers`,
+    /// `PENSIEVE_GPU_LAYERS`, or `gpu_layers in the config file`.
+    pub fn name(self, setting: &str) -> String {
+        match self {
+            Source::Flag => format!("--{}", setting.replace('_', "-")),
+            Source::Env => format!("PENSIEVE_{}", setting.to_ascii_uppercase()),
+            Source::Config => format!("{setting} in the config file"),
+        }
+    }
+}
+
+/// What every source says, highest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asked {
+    pub flags: Layer,
+    pub env: Layer,
+    pub config: Layer,
+}
+
+impl Asked {
+    /// Flags alone (tests, and callers with no environment or config file).
+    pub fn flags(flags: Layer) -> Asked {
+        Asked {
+            flags,
+            ..Asked::default()
+        }
+    }
+
+    /// The highest source's value of one setting, and that source.
+    fn pick<T>(&self, get: impl Fn(&Layer) -> Option<T>) -> Option<(T, Source)> {
+        get(&self.flags)
+            .map(|v| (v, Source::Flag))
+            .or_else(|| get(&self.env).map(|v| (v, Source::Env)))
+            .or_else(|| get(&self.config).map(|v| (v, Source::Config)))
+    }
+
+    /// Reject what no default can mend: a context or a sequence count of 0, or more
+    /// sequences than llama.cpp has. A backend checks this before loading anything.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if let Some((0, source)) = self.pick(|l| l.ctx) {
+            return Err(SettingsError::TooSmall {
+                name: source.name("ctx"),
+                min: 1,
+            });
+        }
+        match self.pick(|l| l.parallel) {
+            Some((0, source)) => Err(SettingsError::TooSmall {
+                name: source.name("parallel"),
+                min: 1,
+            }),
+            Some((n, source)) if n > MAX_PARALLEL => Err(SettingsError::TooLarge {
+                name: source.name("parallel"),
+                max: MAX_PARALLEL as u64,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{name} must be at least {min}")]
+    TooSmall { name: String, min: u64 },
+    #[error("{name} must be at most {max}")]
+    TooLarge { name: String, max: u64 },
+}
+
+/// What the model is, as its backend read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// The context length it was trained with (0: unknown).
+    pub train_context: u32,
+    /// Its repeating layers (llama.cpp's `n_layer`); the output layer is one more to
+    /// offload, and holds no KV.
+    pub layers: u32,
+    /// Bytes of K and V one token of one sequence takes over all layers (0: unknown).
+    pub kv_bytes_per_token: u64,
+}
+
+/// The GPU llama.cpp offloads to (several are summed: it splits layers across them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    /// As the driver names it, e.g. "NVIDIA H200".
+    pub description: String,
+    /// ggml's backend, e.g. "CUDA", "Metal", "Vulkan".
+    pub backend: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// How a backend allocates its KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvAllocation {
+    /// Every sequence's cells at full context, when the context is created (llama.cpp).
+    UpFront,
+    /// As sequences grow (MLX): the sequence count bounds work, not memory.
+    Growing,
+}
+
+/// What the machine offers, measured by the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// None without a GPU, whatever the build supports.
+    pub gpu: Option<Gpu>,
+    /// Host memory available (Linux's MemAvailable); None where unknown.
+    pub host_available_bytes: Option<u64>,
+    pub physical_cores: usize,
+    pub kv: KvAllocation,
+}
+
+/// Every number a backend loads a model with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Positions of one sequence.
+    pub ctx: u32,
+    /// Sequences generating at once.
+    pub parallel: usize,
+    pub threads: usize,
+    /// Tokens per decode step, at most `ctx`.
+    pub batch: u32,
+    /// Layers on the GPU (0: everything on the CPU), out of `total_layers`.
+    pub gpu_layers: u32,
+    /// The model's layers and its output layer, as llama.cpp counts them for offloading.
+    pub total_layers: u32,
+    /// The KV cache and attention run on the GPU (llama.cpp's `offload_kqv`).
+    pub kv_on_gpu: bool,
+    /// The default context before it was halved to fit the GPU's free memory.
+    pub shrunk_from: Option<u32>,
+    /// By the estimate, the KV cache does not fit the GPU's free memory (the context and
+    /// sequences were asked for, or the smallest context tried did not fit either).
+    pub may_not_fit: bool,
+}
+
+/// Layers to ask llama.cpp to offload, decided before the weights are loaded: what is
+/// asked, else all of them when a GPU is present (as Ollama and llama-server do), else
+/// none.
+pub fn offload(asked: &Asked, device: &DeviceFacts) -> GpuLayers {
+    match asked.pick(|l| l.gpu_layers) {
+        Some((layers, _)) => layers,
+        None if device.gpu.is_some() => GpuLayers::All,
+        None => GpuLayers::Count(0),
+    }
+}
+
+/// The settings of one model: what the sources ask for, else the defaults for this model
+/// on this machine. `device` is measured after the weights are loaded, so that the GPU's
+/// free memory is what the KV cache can have.
+pub fn resolve(
+    asked: &Asked,
+    model: &ModelFacts,
+    device: &DeviceFacts,
+) -> Result<Settings, SettingsError> {
+    asked.validate()?;
+    let total_layers = model.layers.saturating_add(1);
+    let gpu_layers = match (&device.gpu, device.kv) {
+        (Some(_), KvAllocation::UpFront) => offload(asked, device).requested().min(total_layers),
+        _ => 0,
+    };
+    let kv_on_gpu = gpu_layers > 0;
+    let threads = asked
+        .pick(|l| l.threads)
+        .map_or(device.physical_cores, |(n, _)| n)
+        .max(1);
+    let batch = asked
+        .pick(|l| l.batch)
+        .map_or(DEFAULT_BATCH, |(n, _)| n)
+        .max(1);
+    let budget = Budget::new(model, device, gpu_layers, batch);
+    let sized = budget.size(
+        model.train_context,
+        asked.pick(|l| l.ctx).map(|(n, _)| n),
+        asked.pick(|l| l.parallel).map(|(n, _)| n),
+    );
+    Ok(Settings {
+        ctx: sized.ctx,
+        parallel: sized.parallel,
+        threads,
+        batch: batch.min(sized.ctx),
+        gpu_layers,
+        total_layers,
+        kv_on_gpu,
+        shrunk_from: sized.shrunk_from,
+        may_not_fit: sized.may_not_fit,
+    })
+}
+
+/// RAM for prefix-cache snapshots unless asked: a quarter of what is available once the
+/// models are loaded, at least 256 MiB.
+pub fn cache_ram(available: Option<u64>) -> u64 {
+    available
+        .map_or(FALLBACK_CACHE_RAM, |b| b / 4)
+        .max(MIN_CACHE_RAM)
+}
+
+/// Log what a default chose that the user may not expect, or what may fail.
+pub fn warn_about(settings: &Settings, model: &ModelFacts) {
+    if let Some(from) = settings.shrunk_from {
+        tracing::warn!(
+            from,
+            context_size = settings.ctx,
+            "the GPU's free memory holds no sequence of the default context; it is shorter \
+             (--ctx chooses)"
+        );
+    }
+    if settings.may_not_fit {
+        tracing::warn!(
+            context_size = settings.ctx,
+            parallel = settings.parallel,
+            "by the estimate, the KV cache does not fit the GPU's free memory"
+        );
+    }
+    if model.train_context > 0 && settings.ctx > model.train_context {
+        tracing::warn!(
+            context_size = settings.ctx,
+            train_context = model.train_context,
+            "the context is longer than the model was trained for; quality may suffer"
+        );
+    }
+}
+
+/// Memory for the KV cache, and how many sequences of a context it holds.
+struct Budget {
+    /// Bytes of KV the GPU may hold, and what one token takes there.
+    gpu: Option<(u64, u64)>,
+    /// Bytes of KV host memory may hold, and what one token takes there.
+    host: Option<(u64, u64)>,
+    max_context: u32,
+    max_parallel: usize,
+    /// Fit the context to the memory (GPU): halve a default one until a sequence fits.
+    fitted: bool,
+}
+
+/// A context and sequence count, and how they were arrived at.
+struct Sized {
+    ctx: u32,
+    parallel: usize,
+    shrunk_from: Option<u32>,
+    may_not_fit: bool,
+}
+
+impl Budget {
+    fn new(model: &ModelFacts, device: &DeviceFacts, gpu_layers: u32, batch: u32) -> Budget {
+        let kv = model.kv_bytes_per_token;
+        let host_share = |per_token: u64| {
+            device
+                .host_available_bytes
+                .map(|b| ((b as f64 * HOST_KV_SHARE) as u64, per_token))
+        };
+        match (&device.gpu, device.kv) {
+            (_, KvAllocation::Growing) => Budget {
+                gpu: None,
+                host: None,
+                max_context: HOST_MAX_CONTEXT,
+                max_parallel: GROWING_PARALLEL,
+                fitted: false,
+            },
+            (Some(gpu), KvAllocation::UpFront) if gpu_layers > 0 => {
+                // Each offloaded layer keeps its KV on the GPU; the rest stays in RAM.
+                let on_gpu = if model.layers == 0 {
+                    kv
+                } else {
+                    kv * u64::from(gpu_layers.min(model.layers)) / u64::from(model.layers)
+                };
+                let margin = GPU_COMPUTE_BASE + u64::from(batch) * GPU_COMPUTE_PER_BATCH_TOKEN;
+                let free = (gpu.free_bytes as f64 * GPU_KV_SHARE) as u64;
+                Budget {
+                    gpu: Some((free.saturating_sub(margin), on_gpu)),
+                    host: host_share(kv - on_gpu).filter(|&(_, t)| t > 0),
+                    max_context: GPU_MAX_CONTEXT,
+                    max_parallel: GPU_MAX_PARALLEL,
+                    fitted: true,
+                }
+            }
+            _ => Budget {
+                gpu: None,
+                host: host_share(kv),
+                max_context: HOST_MAX_CONTEXT,
+                max_parallel: HOST_MAX_PARALLEL,
+                fitted: false,
+            },
+        }
+    }
+
+    /// Sequences of `ctx` tokens the memory holds; None when nothing bounds them.
+    fn fits(&self, ctx: u32) -> Option<usize> {
+        [self.gpu, self.host]
+            .into_iter()
+            .flatten()
+            .filter(|&(_, per_token)| per_token > 0)
+            .map(|(bytes, per_token)| {
+                let per_sequence = u64::from(ctx).max(1) * per_token;
+                usize::try_from(bytes / per_sequence).unwrap_or(usize::MAX)
+            })
+            .min()
+    }
+
+    fn default_parallel(&self, ctx: u32) -> usize {
+        self.fits(ctx)
+            .map_or(self.max_parallel, |n| n.clamp(1, self.max_parallel))
+    }
+
+    /// The context and sequence count: each as asked, else the default. A default GPU
+    /// context that holds not even the sequences needed is halved (to a power of two, not
+    /// below [`MIN_FITTED_CONTEXT`]) until they fit.
+    fn size(&self, train: u32, ctx: Option<u32>, parallel: Option<usize>) -> Sized {
+        let cap = if train == 0 {
+            self.max_context
+        } else {
+            train.min(self.max_context)
+        };
+        let (ctx, shrunk_from) = match ctx {
+            Some(ctx) => (ctx, None),
+            None => {
+                let need = parallel.unwrap_or(1);
+                let mut ctx = cap;
+                while self.fitted
+                    && ctx > MIN_FITTED_CONTEXT
+                    && self.fits(ctx).is_some_and(|n| n < need)
+                {
+                    ctx = halve(ctx).max(MIN_FITTED_CONTEXT);
+                }
+                (ctx, (ctx < cap).then_some(cap))
+            }
+        };
+        let parallel = parallel.unwrap_or_else(|| self.default_parallel(ctx));
+        Sized {
+            ctx,
+            parallel,
+            shrunk_from,
+            may_not_fit: self.fitted && self.fits(ctx).is_some_and(|n| n < parallel),
+        }
+    }
+}
+
+/// The power of two below `n`.
+fn halve(n: u32) -> u32 {
+    if n.is_power_of_two() {
+        n / 2
+    } else {
+        1 << (31 - n.leading_zeros())
+    }
+}
+
+#[cfg(test)]
+#[path = "settings_tests.rs"]
+mod tests;

@@ -1,0 +1,347 @@
+use super::*;
+
+const GIB: u64 = 1 << 30;
+
+/// Qwen2.5-7B's shapes: 28 layers, 4 KV heads of 128, f16 K and V.
+fn qwen7b(train_context: u32) -> ModelFacts {
+    ModelFacts {
+        train_context,
+        layers: 28,
+        kv_bytes_per_token: 28 * 4 * 128 * 2 * 2,
+    }
+}
+
+fn with_gpu(free_gib: u64) -> DeviceFacts {
+    DeviceFacts {
+        gpu: Some(Gpu {
+            description: "NVIDIA H200".into(),
+            backend: "CUDA".into(),
+            free_bytes: free_gib * GIB,
+            total_bytes: 140 * GIB,
+        }),
+        host_available_bytes: Some(64 * GIB),
+        physical_cores: 16,
+        kv: KvAllocation::UpFront,
+    }
+}
+
+fn cpu_only(available: Option<u64>) -> DeviceFacts {
+    DeviceFacts {
+        gpu: None,
+        host_available_bytes: available,
+        physical_cores: 2,
+        kv: KvAllocation::UpFront,
+    }
+}
+
+fn resolved(asked: Layer, model: ModelFacts, device: &DeviceFacts) -> Settings {
+    resolve(&Asked::flags(asked), &model, device).expect("valid settings")
+}
+
+#[test]
+fn a_flag_beats_its_variable_beats_the_config_beats_the_default() {
+    let model = qwen7b(131_072);
+    let device = cpu_only(Some(16 * GIB));
+    let layer = |ctx, threads| Layer {
+        ctx: Some(ctx),
+        threads: Some(threads),
+        ..Layer::default()
+    };
+    let mut asked = Asked {
+        flags: layer(3000, 3),
+        env: layer(2000, 2),
+        config: layer(1000, 1),
+    };
+    let pick = |asked: &Asked| {
+        let s = resolve(asked, &model, &device).unwrap();
+        (s.ctx, s.threads)
+    };
+    assert_eq!(pick(&asked), (3000, 3));
+    asked.flags = Layer::default();
+    assert_eq!(pick(&asked), (2000, 2));
+    asked.env = Layer::default();
+    assert_eq!(pick(&asked), (1000, 1));
+    asked.config = Layer::default();
+    assert_eq!(
+        pick(&asked),
+        (HOST_MAX_CONTEXT, 2),
+        "defaults: 32k, the cores"
+    );
+    // Sources are merged per setting: a flag for one leaves the others to the file.
+    let asked = Asked {
+        flags: Layer {
+            threads: Some(8),
+            ..Layer::default()
+        },
+        config: layer(1000, 1),
+        ..Asked::default()
+    };
+    assert_eq!(pick(&asked), (1000, 8));
+}
+
+#[test]
+fn without_a_gpu_everything_stays_on_the_cpu_as_before() {
+    let s = resolved(Layer::default(), qwen7b(131_072), &cpu_only(Some(16 * GIB)));
+    assert_eq!((s.gpu_layers, s.total_layers, s.kv_on_gpu), (0, 29, false));
+    // A quarter of 16 GiB holds two sequences of 32k at 56 KiB a token.
+    assert_eq!((s.ctx, s.parallel, s.batch, s.threads), (32_768, 2, 512, 2));
+    assert_eq!((s.shrunk_from, s.may_not_fit), (None, false));
+    assert_eq!(
+        offload(&Asked::default(), &cpu_only(None)),
+        GpuLayers::Count(0)
+    );
+    // Asking for layers without a GPU offloads none.
+    let asked = Layer {
+        gpu_layers: Some(GpuLayers::Count(10)),
+        ..Layer::default()
+    };
+    assert_eq!(resolved(asked, qwen7b(4096), &cpu_only(None)).gpu_layers, 0);
+}
+
+#[test]
+fn the_cpu_rule_fits_a_quarter_of_ram_between_one_and_four() {
+    let model = qwen7b(8192);
+    let parallel = |available| resolved(Layer::default(), model, &cpu_only(available)).parallel;
+    assert_eq!(parallel(None), 4, "unknown memory");
+    assert_eq!(parallel(Some(64 * GIB)), 4);
+    assert_eq!(parallel(Some(4 * GIB)), 2);
+    // Too little for one sequence: one all the same, and no GPU warning.
+    let s = resolved(Layer::default(), model, &cpu_only(Some(GIB / 4)));
+    assert_eq!((s.ctx, s.parallel, s.may_not_fit), (8192, 1, false));
+    assert_eq!(
+        resolved(Layer::default(), qwen7b(2048), &cpu_only(None)).ctx,
+        2048,
+        "a shorter trained context is kept"
+    );
+}
+
+#[test]
+fn a_gpu_takes_every_layer_and_the_kv_cache_by_default() {
+    let device = with_gpu(100);
+    assert_eq!(offload(&Asked::default(), &device), GpuLayers::All);
+    let s = resolved(Layer::default(), qwen7b(32_768), &device);
+    assert_eq!((s.gpu_layers, s.total_layers, s.kv_on_gpu), (29, 29, true));
+    // 80% of 100 GiB less 1.5 GiB holds 44 sequences of 32k (1.75 GiB each): 16 at most.
+    assert_eq!((s.ctx, s.parallel), (32_768, 16));
+    // A long trained context: up to 128k, 7 GiB a sequence, 11 of them.
+    let s = resolved(Layer::default(), qwen7b(1 << 20), &device);
+    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (131_072, 11, None));
+}
+
+#[test]
+fn gpu_layers_zero_forces_the_cpu_and_a_number_offloads_part() {
+    let device = with_gpu(100);
+    let zero = Layer {
+        gpu_layers: Some(GpuLayers::Count(0)),
+        ..Layer::default()
+    };
+    let s = resolved(zero, qwen7b(131_072), &device);
+    assert_eq!((s.gpu_layers, s.kv_on_gpu), (0, false));
+    // The CPU's rule: 32k at most, a quarter of 64 GiB for 1.75 GiB sequences, 4 at most.
+    assert_eq!((s.ctx, s.parallel), (32_768, 4));
+
+    // Half the layers: half the KV on the GPU, half in RAM, and RAM is the tighter.
+    let half = Layer {
+        gpu_layers: Some(GpuLayers::Count(14)),
+        ..Layer::default()
+    };
+    let s = resolved(half, qwen7b(131_072), &device);
+    assert_eq!((s.gpu_layers, s.kv_on_gpu), (14, true));
+    // 3.5 GiB a sequence in RAM, 16 GiB for KV there.
+    assert_eq!((s.ctx, s.parallel), (131_072, 4));
+
+    let many = Layer {
+        gpu_layers: Some(GpuLayers::Count(1000)),
+        ..Layer::default()
+    };
+    assert_eq!(resolved(many, qwen7b(4096), &device).gpu_layers, 29);
+}
+
+#[test]
+fn a_default_context_is_halved_until_a_sequence_fits_free_vram() {
+    // 80% of 10 GiB less 1.5 GiB: 6.5 GiB. 128k takes 7 GiB, 64k 3.5 GiB.
+    let s = resolved(Layer::default(), qwen7b(131_072), &with_gpu(10));
+    assert_eq!((s.ctx, s.parallel), (65_536, 1));
+    assert_eq!((s.shrunk_from, s.may_not_fit), (Some(131_072), false));
+
+    // A trained context that is no power of two falls to one first: 40k -> 32k -> 16k.
+    let s = resolved(Layer::default(), qwen7b(40_960), &with_gpu(4));
+    assert_eq!(
+        (s.ctx, s.parallel, s.shrunk_from),
+        (16_384, 1, Some(40_960))
+    );
+
+    // Not even 4k fits: 4k and one sequence, with a warning.
+    let s = resolved(Layer::default(), qwen7b(131_072), &with_gpu(2));
+    assert_eq!((s.ctx, s.parallel, s.may_not_fit), (4096, 1, true));
+
+    // Asked-for sequences are what must fit: 4 of them need 16k here.
+    let four = Layer {
+        parallel: Some(4),
+        ..Layer::default()
+    };
+    let s = resolved(four, qwen7b(131_072), &with_gpu(10));
+    assert_eq!((s.ctx, s.parallel, s.may_not_fit), (16_384, 4, false));
+}
+
+#[test]
+fn an_asked_context_or_parallel_is_never_changed() {
+    let both = Layer {
+        ctx: Some(131_072),
+        parallel: Some(3),
+        ..Layer::default()
+    };
+    let s = resolved(both, qwen7b(131_072), &with_gpu(10));
+    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (131_072, 3, None));
+    assert!(s.may_not_fit);
+    // An asked context too long for free VRAM gets one sequence and a warning.
+    let ctx = Layer {
+        ctx: Some(131_072),
+        ..Layer::default()
+    };
+    let s = resolved(ctx, qwen7b(131_072), &with_gpu(4));
+    assert_eq!((s.ctx, s.parallel, s.may_not_fit), (131_072, 1, true));
+    // Longer than trained is allowed (with a warning in the log).
+    let long = Layer {
+        ctx: Some(16_384),
+        ..Layer::default()
+    };
+    assert_eq!(resolved(long, qwen7b(8192), &cpu_only(None)).ctx, 16_384);
+}
+
+#[test]
+fn the_batch_is_at_most_the_context_and_threads_at_least_one() {
+    let small = Layer {
+        ctx: Some(256),
+        threads: Some(0),
+        ..Layer::default()
+    };
+    let s = resolved(small, qwen7b(8192), &cpu_only(None));
+    assert_eq!((s.batch, s.threads), (256, 1));
+    let batch = Layer {
+        batch: Some(2048),
+        ..Layer::default()
+    };
+    assert_eq!(resolved(batch, qwen7b(8192), &cpu_only(None)).batch, 2048);
+}
+
+#[test]
+fn mlx_grows_its_kv_so_parallel_bounds_work() {
+    let device = DeviceFacts {
+        gpu: None,
+        host_available_bytes: None,
+        physical_cores: 8,
+        kv: KvAllocation::Growing,
+    };
+    let model = ModelFacts {
+        train_context: 131_072,
+        layers: 0,
+        kv_bytes_per_token: 0,
+    };
+    let s = resolved(Layer::default(), model, &device);
+    assert_eq!((s.ctx, s.parallel, s.gpu_layers), (32_768, 4, 0));
+    let unknown = ModelFacts {
+        train_context: 0,
+        ..model
+    };
+    assert_eq!(resolved(Layer::default(), unknown, &device).ctx, 32_768);
+}
+
+#[test]
+fn zeros_and_too_many_sequences_are_refused_by_their_names() {
+    let model = qwen7b(8192);
+    let device = cpu_only(None);
+    let err = |asked: Asked| {
+        resolve(&asked, &model, &device)
+            .expect_err("refused")
+            .to_string()
+    };
+    let ctx0 = Layer {
+        ctx: Some(0),
+        ..Layer::default()
+    };
+    let parallel = |n| Layer {
+        parallel: Some(n),
+        ..Layer::default()
+    };
+    assert_eq!(err(Asked::flags(ctx0)), "--ctx must be at least 1");
+    assert_eq!(
+        err(Asked::flags(parallel(0))),
+        "--parallel must be at least 1"
+    );
+    assert_eq!(
+        err(Asked::flags(parallel(257))),
+        "--parallel must be at most 256"
+    );
+    assert_eq!(
+        err(Asked {
+            env: parallel(300),
+            ..Asked::default()
+        }),
+        "PENSIEVE_PARALLEL must be at most 256"
+    );
+    assert_eq!(
+        err(Asked {
+            config: ctx0,
+            ..Asked::default()
+        }),
+        "ctx in the config file must be at least 1"
+    );
+    // A 0 in the file under a flag is never used, so never refused.
+    let over = Asked {
+        flags: Layer {
+            ctx: Some(1024),
+            ..Layer::default()
+        },
+        config: ctx0,
+        ..Asked::default()
+    };
+    assert_eq!(resolve(&over, &model, &device).unwrap().ctx, 1024);
+    assert!(Asked::flags(parallel(256)).validate().is_ok());
+}
+
+#[test]
+fn gpu_layers_are_a_number_or_all() {
+    assert_eq!("all".parse(), Ok(GpuLayers::All));
+    assert_eq!(" ALL ".parse(), Ok(GpuLayers::All));
+    assert_eq!("12".parse(), Ok(GpuLayers::Count(12)));
+    let err = "-1".parse::<GpuLayers>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "\"-1\" is neither a number of layers nor `all`"
+    );
+    assert_eq!(GpuLayers::All.to_string(), "all");
+    assert_eq!(GpuLayers::All.requested(), u32::MAX);
+    assert_eq!(GpuLayers::Count(7).requested(), 7);
+    let json = |s: &str| serde_json::from_str::<GpuLayers>(s).map_err(|e| e.to_string());
+    assert_eq!(json("12"), Ok(GpuLayers::Count(12)));
+    assert_eq!(json("\"all\""), Ok(GpuLayers::All));
+    assert!(json("-1")
+        .unwrap_err()
+        .contains("a number of layers or \"all\""));
+    assert!(json("\"most\"").is_err());
+}
+
+#[test]
+fn env_names_and_flags_are_spelled_as_the_user_writes_them() {
+    assert_eq!(Source::Flag.name("gpu_layers"), "--gpu-layers");
+    assert_eq!(Source::Env.name("gpu_layers"), "PENSIEVE_GPU_LAYERS");
+    assert_eq!(
+        Source::Config.name("gpu_layers"),
+        "gpu_layers in the config file"
+    );
+}
+
+#[test]
+fn prefix_cache_ram_is_a_quarter_of_what_is_left() {
+    assert_eq!(cache_ram(None), FALLBACK_CACHE_RAM);
+    assert_eq!(cache_ram(Some(16 * GIB)), 4 * GIB);
+    assert_eq!(cache_ram(Some(GIB / 2)), 256 << 20);
+}
+
+#[test]
+fn halving_goes_to_the_power_of_two_below() {
+    assert_eq!(halve(131_072), 65_536);
+    assert_eq!(halve(40_960), 32_768);
+    assert_eq!(halve(5000), 4096);
+}
