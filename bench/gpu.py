@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shlex
 import statistics
@@ -304,9 +305,11 @@ def swarm(port: int, args, seed: int) -> dict:
 
 def with_server(side: str, args, parallel: int, ctx: int, log_dir: Path, work) -> dict:
     port = free_port()
-    srv = Server(
-        side, command(side, args, port, parallel, ctx), port, log_dir / f"{side}.log"
-    )
+    env = None
+    if side == PENSIEVE and args.pensieve_log:
+        env = dict(os.environ, PENSIEVE_LOG=args.pensieve_log)
+    cmd = command(side, args, port, parallel, ctx)
+    srv = Server(side, cmd, port, log_dir / f"{side}.log", env=env)
     with VramSampler() as vram:
         try:
             srv.start(args.health_timeout)
@@ -384,6 +387,10 @@ def main() -> int:
     )
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--pensieve-args", default="")
+    ap.add_argument(
+        "--pensieve-log",
+        help="PENSIEVE_LOG for pensieve (e.g. info,pensieve_engine=trace: step times)",
+    )
     ap.add_argument("--llama-args", default="")
     ap.add_argument("--health-timeout", type=float, default=300)
     ap.add_argument("--request-timeout", type=float, default=900)

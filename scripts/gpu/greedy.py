@@ -35,17 +35,35 @@ def free_port() -> int:
 
 
 def complete(port: int, prompt: str) -> str:
-    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"content-type": "application/json"})
+    body = json.dumps(
+        {"model": "m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions",
+        body,
+        {"content-type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())["choices"][0]["text"]
 
 
 def outputs(binary: str, model: str, gpu_layers: str) -> list[str]:
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="greedy-", suffix=".log", delete=False)
-    cmd = [binary, "serve", "--model", model, "--port", str(port), "--parallel", "1", "--ctx", "2048",
-           "--gpu-layers", gpu_layers]
+    log = tempfile.NamedTemporaryFile(prefix="greedy-", suffix=".log", delete=False)  # noqa: SIM115 (kept for reading)
+    cmd = [
+        binary,
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--parallel",
+        "1",
+        "--ctx",
+        "2048",
+        "--gpu-layers",
+        gpu_layers,
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
@@ -74,11 +92,18 @@ def main() -> int:
                 same += 1
                 print(f"same   {model.rsplit('/', 1)[-1]} {prompt[:30]!r}: {g[:60]!r}")
                 continue
-            at = next((i for i, (a, b) in enumerate(zip(g, c, strict=False)) if a != b), min(len(g), len(c)))
-            print(f"differ {model.rsplit('/', 1)[-1]} {prompt[:30]!r} from char {at}: gpu {g[at:at + 40]!r} "
-                  f"cpu {c[at:at + 40]!r} (common {g[:at][-40:]!r})")
+            at = next(
+                (i for i, (a, b) in enumerate(zip(g, c, strict=False)) if a != b),
+                min(len(g), len(c)),
+            )
+            print(
+                f"differ {model.rsplit('/', 1)[-1]} {prompt[:30]!r} from char {at}: gpu {g[at : at + 40]!r} "
+                f"cpu {c[at : at + 40]!r} (common {g[:at][-40:]!r})"
+            )
         agree_all &= same == len(PROMPTS)
-        print(f"{model.rsplit('/', 1)[-1]}: {same}/{len(PROMPTS)} prompts give the same greedy text on GPU and CPU")
+        print(
+            f"{model.rsplit('/', 1)[-1]}: {same}/{len(PROMPTS)} prompts give the same greedy text on GPU and CPU"
+        )
     return 0 if agree_all else 1
 
 
