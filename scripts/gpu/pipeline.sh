@@ -136,8 +136,8 @@ mkdir -p /tmp/site && tar -xf "$G/base/wheels.tar" -C "$W" &&
 (
     cd "$REPO/tests/e2e" &&
         PYTHONPATH=/tmp/site PENSIEVE_BIN=$W/bin/pensieve PENSIEVE_TEST_MODELS=$W/models \
-            timeout 480 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
-            -q -k "not qwen" --junitxml="$R/e2e.xml" \
+            timeout 300 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
+            -v -k "not qwen" --junitxml="$R/e2e.xml" \
             --deselect test_tools.py::test_a_tool_call_is_a_tool_use_block \
             --deselect test_tools.py::test_a_streamed_call_arrives_as_input_json_deltas \
             --deselect test_tools.py::test_a_tool_result_continues_the_conversation \
@@ -149,7 +149,7 @@ stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
 
 timeout 900 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
-    --rounds "${BENCH_ROUNDS:-2}" --json "$R/bench-7b.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
+    --rounds "${BENCH_ROUNDS:-2}" --reps 2 --swarm-turns 3 --json "$R/bench-7b.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
 stage "bench 7B: rc=$?"
 timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads streams --streams 64 \
