@@ -157,7 +157,7 @@ timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pe
     --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
 $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
 stage "step trace: $(sed -n 2p "$R/steps-7b.txt")"
-timeout 300 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
+timeout 150 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
     --workloads decode,prefill,streams --rounds 1 --json "$R/bench-smol.json" \
     --log-dir "$L/bench-smol" >"$L/bench-smol.log" 2>&1
