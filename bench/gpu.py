@@ -234,7 +234,9 @@ def prefill(port: int, args, seed: int) -> dict:
             1,
             args.request_timeout,
         )
-        rates.append(args.prefill_tokens / ttft(r))
+        # A token that makes no text yet (part of a character, an end token) sends no
+        # delta: then the whole one-token request is the prefill.
+        rates.append(args.prefill_tokens / (ttft(r) or r["t_end"] - r["t_sent"]))
     return {"prefill_tok_s": statistics.median(rates), "prefill_runs": rates}
 
 

@@ -9,7 +9,8 @@ set -u
 WAIT=${1:-0}
 W=${GPU_WORK:-/tmp/pv}
 mkdir -p "$W"
-if [[ ! -f "$W/started" ]]; then
+# The pipeline starts once .gpu/base is there (an earlier call may carry only .gpu/llama).
+if [[ ! -f "$W/started" && -f .gpu/base/pensieve.xz ]]; then
     touch "$W/started"
     setsid nohup bash scripts/gpu/pipeline.sh </dev/null >/dev/null 2>&1 &
     sleep 2

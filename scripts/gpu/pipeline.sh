@@ -141,6 +141,7 @@ mkdir -p /tmp/site && tar -xf "$G/base/wheels.tar" -C "$W" &&
             --deselect test_tools.py::test_a_tool_call_is_a_tool_use_block \
             --deselect test_tools.py::test_a_streamed_call_arrives_as_input_json_deltas \
             --deselect test_tools.py::test_a_tool_result_continues_the_conversation \
+            --deselect test_tools.py::test_without_tools_the_model_just_talks \
             --deselect test_openai_sdk.py::test_a_forced_tool_call_validates \
             --deselect test_openai_sdk.py::test_a_tool_result_continues_the_conversation \
             --deselect test_openai_sdk.py::test_json_schema_output_validates >"$R/e2e.txt" 2>&1
@@ -157,7 +158,7 @@ timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pe
     --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
 $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
 stage "step trace: $(sed -n 2p "$R/steps-7b.txt")"
-timeout 150 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
+[[ ${BENCH_SMOL:-1} == 1 ]] && timeout 150 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
     --workloads decode,prefill,streams --rounds 1 --json "$R/bench-smol.json" \
     --log-dir "$L/bench-smol" >"$L/bench-smol.log" 2>&1

@@ -362,6 +362,72 @@ async fn without_truncation_prefixes_resume_at_message_boundaries() {
 }
 
 #[tokio::test]
+async fn where_results_depend_on_the_batch_a_prompt_resumes_only_where_a_computation_stopped() {
+    // On a GPU, continuing the first request's entry one token short of its prompt would
+    // compute that token alone instead of inside the prompt's batch: other numbers, and
+    // a repeated greedy request could answer differently. Whole entries and message
+    // boundaries still serve, as without truncation.
+    let mut runner = ScriptedRunner::new("ok");
+    runner.batch_variant = true;
+    let engine = start(runner, 4096, 4);
+    let turn = chat_turn("same question");
+    let (a, first) = finish(engine.submit(turn.clone()).unwrap()).await;
+    assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
+    let (b, again) = finish(engine.submit(turn).unwrap()).await;
+    assert_eq!(a, b);
+    // The ends of the messages are where the first computation stopped (12 and 26 tokens
+    // in); "assistant:" is computed again, as it was the first time.
+    assert_eq!(again.unwrap().usage.cached_prompt_tokens, 26);
+
+    // The same on the CPU continues from all but the last prompt token.
+    let engine = start(ScriptedRunner::new("ok"), 4096, 4);
+    let turn = chat_turn("same question");
+    finish(engine.submit(turn.clone()).unwrap())
+        .await
+        .1
+        .unwrap();
+    let again = finish(engine.submit(turn.clone()).unwrap())
+        .await
+        .1
+        .unwrap();
+    assert_eq!(
+        again.usage.cached_prompt_tokens as usize,
+        turn.prompt.len() - 1
+    );
+}
+
+#[tokio::test]
+async fn a_gpu_backend_prefills_whole_batches_while_others_decode() {
+    for (share, largest) in [(None, 2), (Some(8), 7)] {
+        let mut runner = ScriptedRunner::new("abc");
+        runner.endless = true;
+        runner.prefill_while_decoding = share;
+        runner.step_delay = Duration::from_millis(2);
+        let log = runner.log.clone();
+        let engine = start(runner, 4096, 4);
+        let mut decoding = engine.submit(valid("p", 10_000)).unwrap();
+        while let Some(e) = decoding.events.recv().await {
+            if matches!(e, GenerationEvent::Text(_)) {
+                break;
+            }
+        }
+        let (_, done) = finish(engine.submit(valid(&"q".repeat(40), 1)).unwrap()).await;
+        done.unwrap();
+        // The second prompt's chunks, in steps where the first sequence decoded too.
+        let chunks: Vec<usize> = log
+            .lock()
+            .unwrap()
+            .decodes
+            .iter()
+            .filter(|d| d.len() == 2)
+            .flat_map(|d| d.iter().map(|&(_, _, n)| n).filter(|&n| n > 1))
+            .collect();
+        assert_eq!(chunks.iter().max().copied(), Some(largest), "{chunks:?}");
+        engine.shutdown();
+    }
+}
+
+#[tokio::test]
 async fn a_full_queue_is_overloaded() {
     let mut runner = ScriptedRunner::new("abc");
     runner.endless = true;

@@ -172,6 +172,20 @@ pub trait ModelRunner: Send {
     /// Whether a sequence can be cut back to any position. False for sliding-window or
     /// recurrent layers: their state before the end is gone.
     fn can_truncate(&self) -> bool;
+    /// Whether a token's result is the same whatever else shares its batch. True on the
+    /// CPU; GPU kernels pick other tilings and reduction orders by batch size, so there a
+    /// prefix continued from the cache at a position where the first computation did not
+    /// stop gives slightly other numbers than computing it cold, enough to flip a greedy
+    /// near-tie. The cache then reuses only where a computation stopped.
+    fn batch_invariant(&self) -> bool {
+        true
+    }
+    /// Prompt tokens a step may take while other sequences are decoding. On the CPU a
+    /// quarter of the batch, so the decoders' next token is not held up long; a GPU
+    /// computes a full batch in about the time of a few tokens.
+    fn prefill_while_decoding(&self) -> usize {
+        (self.batch_size() / 4).max(1)
+    }
     /// Evaluate one batch. Its tokens come a sequence at a time, sequences in slot order
     /// (llama.cpp's per-slot KV streams compute consecutive slots in one pass).
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;

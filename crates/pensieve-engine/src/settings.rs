@@ -31,6 +31,11 @@ pub const GROWING_PARALLEL: usize = 4;
 pub const MAX_PARALLEL: usize = 256;
 /// Tokens per decode step (prefill chunks plus one token per stream).
 pub const DEFAULT_BATCH: u32 = 512;
+
+/// Tokens per step when the layers run on a GPU (llama-server's `-b` default): a GPU step
+/// costs about the same for a few hundred tokens as for one, so bigger prefill chunks
+/// admit waiting prompts sooner.
+pub const DEFAULT_GPU_BATCH: u32 = 2048;
 /// Requests that may wait for a free sequence before more are refused as overloaded.
 pub const DEFAULT_QUEUE: usize = 64;
 /// Disk space for prefix-cache snapshots in a cache directory.
@@ -314,7 +319,14 @@ pub fn resolve(
         .max(1);
     let batch = asked
         .pick(|l| l.batch)
-        .map_or(DEFAULT_BATCH, |(n, _)| n)
+        .map_or(
+            if gpu_layers > 0 {
+                DEFAULT_GPU_BATCH
+            } else {
+                DEFAULT_BATCH
+            },
+            |(n, _)| n,
+        )
         .max(1);
     let budget = Budget::new(model, device, gpu_layers, batch);
     let sized = budget.size(

@@ -159,13 +159,14 @@ fn gpu_layers_zero_forces_the_cpu_and_a_number_offloads_part() {
 
 #[test]
 fn a_default_context_is_halved_until_a_sequence_fits_free_vram() {
-    // 80% of 10 GiB less 1.5 GiB: 6.5 GiB. 128k takes 7 GiB, 64k 3.5 GiB.
+    // 80% of 10 GiB less 3 GiB (1 GiB and the 2048-token GPU batch): 5 GiB. 128k takes
+    // 7 GiB, 64k 3.5 GiB.
     let s = resolved(Layer::default(), qwen7b(131_072), &with_gpu(10));
     assert_eq!((s.ctx, s.parallel), (65_536, 1));
     assert_eq!((s.shrunk_from, s.may_not_fit), (Some(131_072), false));
 
     // A trained context that is no power of two falls to one first: 40k -> 32k -> 16k.
-    let s = resolved(Layer::default(), qwen7b(40_960), &with_gpu(4));
+    let s = resolved(Layer::default(), qwen7b(40_960), &with_gpu(5));
     assert_eq!(
         (s.ctx, s.parallel, s.shrunk_from),
         (16_384, 1, Some(40_960))

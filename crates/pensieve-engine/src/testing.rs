@@ -106,6 +106,10 @@ pub struct ScriptedRunner {
     pub sequences: usize,
     pub cells: usize,
     pub truncatable: bool,
+    /// Results depend on the batch's shape, as on a GPU.
+    pub batch_variant: bool,
+    /// Prompt tokens a step may take while others decode (the trait's default if None).
+    pub prefill_while_decoding: Option<usize>,
     /// Cells of each slot's own, as llama.cpp's per-sequence KV streams: `share` copies.
     pub own_cells: bool,
     pub log: Arc<Mutex<RunnerLog>>,
@@ -123,6 +127,8 @@ impl ScriptedRunner {
             sequences: 16,
             cells: 4096,
             truncatable: true,
+            batch_variant: false,
+            prefill_while_decoding: None,
             own_cells: false,
             log: Arc::default(),
         }
@@ -174,6 +180,15 @@ impl ModelRunner for ScriptedRunner {
 
     fn can_truncate(&self) -> bool {
         self.truncatable
+    }
+
+    fn batch_invariant(&self) -> bool {
+        !self.batch_variant
+    }
+
+    fn prefill_while_decoding(&self) -> usize {
+        self.prefill_while_decoding
+            .unwrap_or_else(|| (self.batch / 4).max(1))
     }
 
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {

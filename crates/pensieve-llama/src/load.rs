@@ -224,6 +224,7 @@ fn layout(
         sequences: settings.parallel,
         cells: cells(settings) as usize,
         can_truncate,
+        on_gpu: settings.gpu_layers > 0,
         kv_bytes_per_token: facts.kv_bytes_per_token,
         fingerprint,
         n_vocab: model.n_vocab(),

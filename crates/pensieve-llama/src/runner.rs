@@ -22,6 +22,9 @@ pub(crate) struct RunnerLayout {
     pub cells: usize,
     /// False with sliding-window or recurrent layers.
     pub can_truncate: bool,
+    /// Some layers run on a GPU: results depend on the batch's shape, and a prefill
+    /// chunk costs about what one token does.
+    pub on_gpu: bool,
     pub kv_bytes_per_token: u64,
     pub fingerprint: String,
     pub n_vocab: i32,
@@ -182,6 +185,18 @@ impl ModelRunner for LlamaRunner {
 
     fn can_truncate(&self) -> bool {
         self.layout.can_truncate
+    }
+
+    fn batch_invariant(&self) -> bool {
+        !self.layout.on_gpu
+    }
+
+    fn prefill_while_decoding(&self) -> usize {
+        if self.layout.on_gpu {
+            self.layout.batch_size
+        } else {
+            (self.layout.batch_size / 4).max(1)
+        }
     }
 
     fn decode(&mut self, tokens: &[BatchToken]) -> Result<(), RunnerError> {

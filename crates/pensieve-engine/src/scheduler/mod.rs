@@ -98,7 +98,11 @@ impl Scheduler {
     ) -> Scheduler {
         let slots = runner.max_sequences().max(1);
         let parallel = config.parallel.clamp(1, slots);
-        let cache = PrefixCache::new(config.cache, runner.can_truncate(), &runner.fingerprint());
+        let cache = PrefixCache::new(
+            config.cache,
+            any_prefix(runner.as_ref()),
+            &runner.fingerprint(),
+        );
         Scheduler {
             free: (0..slots as SeqId).rev().collect(),
             runner,
@@ -239,7 +243,7 @@ impl Scheduler {
                 &active.tokens[..active.prompt_len],
                 reused,
                 &active.job.request.cache_points,
-                self.runner.can_truncate(),
+                any_prefix(self.runner.as_ref()),
                 self.tokenizer.as_ref(),
             );
             self.runner
@@ -261,8 +265,10 @@ impl Scheduler {
     /// together with the same system prompt (subagents, side requests) compute it once:
     /// the others wait for it and copy it.
     fn leader_for(&self, active: &Active, reused: usize) -> Option<(u64, usize)> {
-        // The copy is cut back to the shared length, which sliding-window caches can't do.
-        if !self.runner.can_truncate() {
+        // The copy is cut back to the shared length, which sliding-window caches can't do
+        // (and where results depend on the batch, it would end where the leader's
+        // computation did not stop).
+        if !any_prefix(self.runner.as_ref()) {
             return None;
         }
         // The last prompt token is computed here in any case, for its logits.
@@ -433,7 +439,7 @@ impl Scheduler {
         // While streams are decoding, prefill in smaller chunks so their next token
         // is not held up long.
         let prefill_budget = if decoding {
-            (budget / 4).max(1)
+            self.runner.prefill_while_decoding().clamp(1, budget)
         } else {
             budget
         };
@@ -867,16 +873,16 @@ fn checkpoints(
     prompt: &[crate::TokenId],
     reused: usize,
     points: &[crate::CachePoint],
-    can_truncate: bool,
+    any_prefix: bool,
     tokenizer: &dyn Tokenizer,
 ) -> Vec<(usize, bool)> {
     let worth = |at: usize| at > reused && at < prompt.len();
     let mut out: Vec<(usize, bool)> = points
         .iter()
-        .filter(|p| worth(p.at) && (p.shared || !can_truncate))
+        .filter(|p| worth(p.at) && (p.shared || !any_prefix))
         .map(|p| (p.at, p.shared))
         .collect();
-    if !can_truncate {
+    if !any_prefix {
         out.extend(
             prompt
                 .iter()
@@ -889,6 +895,13 @@ fn checkpoints(
     out.sort_by_key(|&(at, shared)| (at, !shared));
     out.dedup_by_key(|p| p.0);
     out
+}
+
+/// Whether the cache may continue from any prefix of an entry, or only from the places
+/// where its computation stopped (whole entries, cut at snapshot points): the backend
+/// must both cut sequences back and give the same numbers however a prompt is split.
+fn any_prefix(runner: &dyn ModelRunner) -> bool {
+    runner.can_truncate() && runner.batch_invariant()
 }
 
 fn common_prefix(a: &[crate::TokenId], b: &[crate::TokenId]) -> usize {
