@@ -97,6 +97,17 @@ grep -q "not found" "$L/libs.txt" && stage "WARNING: pensieve has unresolved lib
 stage "model: Q4_K_M rc=$? $(stat -c %s "$MODEL7" 2>/dev/null) bytes"
 rm -f "$W/q7-f16.gguf"
 
+if [[ -n "${ONLY_BENCH:-}" ]]; then
+    # A re-run of some workloads only (e.g. ONLY_BENCH=swarm), on the 7B model.
+    timeout 500 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+        --llama-server-bin "$W/bin/llama-server" --sides pensieve,llama-server --workloads "$ONLY_BENCH" \
+        --rounds 1 --swarm-turns 3 --json "$R/bench-7b-$ONLY_BENCH.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
+    stage "bench 7B $ONLY_BENCH: rc=$?"
+    stage ALL_DONE
+    touch "$W/DONE"
+    exit 0
+fi
+
 # smoke: defaults only, so the log shows what a user gets
 "$W/bin/pensieve" serve --model "$MODEL7" --port 7801 >"$L/smoke-serve.log" 2>&1 &
 SP=$!

@@ -131,18 +131,22 @@ def test_logprobs_match_the_tokens(smol, streamed):
     args = dict(model="smol", messages=[{"role": "user", "content": "Name three colours."}],
                 max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
     if streamed:
-        entries, text, usage = [], [], None
+        entries, text, usage, finish = [], [], None, None
         for chunk in smol.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}):
             if chunk.usage:
                 usage = chunk.usage
             for choice in chunk.choices:
                 text.append(choice.delta.content or "")
                 entries.extend(choice.logprobs.content if choice.logprobs else [])
+                finish = choice.finish_reason or finish
         text = "".join(text)
     else:
         r = smol.chat.completions.create(**args)
         entries, text, usage = r.choices[0].logprobs.content, r.choices[0].message.content, r.usage
-    assert len(entries) == usage.completion_tokens == 12
+        finish = r.choices[0].finish_reason
+    # The model may end its reply before max_tokens (on a GPU it does, a token early).
+    assert len(entries) == usage.completion_tokens
+    assert usage.completion_tokens == 12 if finish == "length" else 0 < usage.completion_tokens < 12
     assert bytes(b for e in entries for b in e.bytes).decode().strip() == text.strip()
     for e in entries:
         assert e.logprob <= 0

@@ -362,22 +362,28 @@ async fn without_truncation_prefixes_resume_at_message_boundaries() {
 }
 
 #[tokio::test]
-async fn where_results_depend_on_the_batch_a_prompt_resumes_only_where_a_computation_stopped() {
+async fn where_results_depend_on_the_batch_a_repeated_prompt_is_computed_as_the_first_time() {
     // On a GPU, continuing the first request's entry one token short of its prompt would
     // compute that token alone instead of inside the prompt's batch: other numbers, and
-    // a repeated greedy request could answer differently. Whole entries and message
-    // boundaries still serve, as without truncation.
+    // a repeated greedy request could answer differently.
     let mut runner = ScriptedRunner::new("ok");
     runner.batch_variant = true;
     let engine = start(runner, 4096, 4);
     let turn = chat_turn("same question");
     let (a, first) = finish(engine.submit(turn.clone()).unwrap()).await;
     assert_eq!(first.unwrap().usage.cached_prompt_tokens, 0);
-    let (b, again) = finish(engine.submit(turn).unwrap()).await;
+    let (b, again) = finish(engine.submit(turn.clone()).unwrap()).await;
     assert_eq!(a, b);
-    // The ends of the messages are where the first computation stopped (12 and 26 tokens
-    // in); "assistant:" is computed again, as it was the first time.
-    assert_eq!(again.unwrap().usage.cached_prompt_tokens, 26);
+    // The repeat ends inside the first request's prompt: computed whole again, as the
+    // first time.
+    assert_eq!(again.unwrap().usage.cached_prompt_tokens, 0);
+    // The next turn goes past the first prompt's end: it continues the entry.
+    let mut next = turn.clone();
+    next.prompt.extend(ByteTokenizer.encode("ok"));
+    next.prompt.push(EOG);
+    next.prompt.extend(ByteTokenizer.encode("and then?"));
+    let (_, next) = finish(engine.submit(next).unwrap()).await;
+    assert!(next.unwrap().usage.cached_prompt_tokens as usize >= turn.prompt.len());
 
     // The same on the CPU continues from all but the last prompt token.
     let engine = start(ScriptedRunner::new("ok"), 4096, 4);

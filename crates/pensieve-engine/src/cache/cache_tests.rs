@@ -15,6 +15,7 @@ fn cache(host_bytes: u64) -> PrefixCache {
             ..CacheConfig::default()
         },
         true,
+        true,
         "test",
     )
 }
@@ -150,7 +151,7 @@ fn the_disk_tier_survives_a_new_cache() {
     let t = tokens(50, 7);
     {
         let mut r = ScriptedRunner::new("");
-        let mut c = PrefixCache::new(config.clone(), true, "model-a");
+        let mut c = PrefixCache::new(config.clone(), true, true, "model-a");
         fill(&mut r, 0, &t);
         c.insert_context(&t, 50, 0, false);
         assert_eq!(c.persist(&mut r), 1);
@@ -158,10 +159,10 @@ fn the_disk_tier_survives_a_new_cache() {
     let mut again = t.clone();
     again.push(1);
     // Another model's cache sees none of it.
-    assert!(PrefixCache::new(config.clone(), true, "model-b")
+    assert!(PrefixCache::new(config.clone(), true, true, "model-b")
         .lookup(&again)
         .is_none());
-    let mut c = PrefixCache::new(config, true, "model-a");
+    let mut c = PrefixCache::new(config, true, true, "model-a");
     assert_eq!(c.stats().disk_entries, 1);
     let hit = c.lookup(&again).unwrap();
     assert_eq!(hit.len, 50);
@@ -226,7 +227,7 @@ fn the_queued_estimate_equals_the_lookup_over_host_and_disk_entries() {
     let b = cat(&[&tokens(30, 10), &tokens(30, 3000)]);
     {
         let mut r = ScriptedRunner::new("");
-        let mut c = PrefixCache::new(config.clone(), true, "model");
+        let mut c = PrefixCache::new(config.clone(), true, true, "model");
         let index = c.index();
         fill(&mut r, 0, &a);
         c.insert_context(&a, 60, 0, false);
@@ -248,7 +249,7 @@ fn the_queued_estimate_equals_the_lookup_over_host_and_disk_entries() {
         c.persist(&mut r);
     }
     // A new cache over the same directory: entries known only on disk.
-    let mut c = PrefixCache::new(config, true, "model");
+    let mut c = PrefixCache::new(config, true, true, "model");
     let index = c.index();
     assert_eq!(c.stats().disk_entries, 2);
     assert_eq!(agrees(&mut c, &index, &cat(&[&tokens(45, 10), &[1]])), 45);
@@ -258,7 +259,7 @@ fn the_queued_estimate_equals_the_lookup_over_host_and_disk_entries() {
 
 #[test]
 fn without_truncation_the_queued_estimate_counts_whole_entries_only() {
-    let mut c = PrefixCache::new(CacheConfig::default(), false, "test");
+    let mut c = PrefixCache::new(CacheConfig::default(), false, true, "test");
     let index = c.index();
     // Snapshots at two message boundaries of one conversation.
     let first = tokens(40, 1);
@@ -300,6 +301,7 @@ fn the_queued_estimate_equals_the_lookup_in_random_cache_states() {
                 ..CacheConfig::default()
             },
             can_truncate,
+            true,
             "test",
         );
         let index = c.index();

@@ -20,20 +20,29 @@ pub struct CacheIndex {
     /// Whether the backend can cut a cached sequence back to any position. When it
     /// cannot, only entries that are whole prefixes of a prompt can be used.
     can_truncate: bool,
+    /// Whether the backend gives the same numbers however a prompt is split into
+    /// batches (the CPU; not a GPU). When it does not, a prompt that ends or branches
+    /// inside a cached entry's prompt does not continue from the branch point, where the
+    /// entry's computation did not stop: it takes the longest whole entry instead (the
+    /// snapshot points), so a repeated greedy request gives the same answer. A prompt
+    /// that continues past an entry's prompt (the next turn) still continues it.
+    batch_invariant: bool,
 }
 
-/// The radix tree, and how long each entry is.
+/// The radix tree, and how long each entry and its prompt are.
 #[derive(Debug, Default)]
 struct Tree {
     radix: RadixTree,
     lengths: HashMap<EntryId, usize>,
+    prompt_lengths: HashMap<EntryId, usize>,
 }
 
 impl CacheIndex {
-    pub(super) fn new(can_truncate: bool) -> Self {
+    pub(super) fn new(can_truncate: bool, batch_invariant: bool) -> Self {
         CacheIndex {
             tree: Arc::default(),
             can_truncate,
+            batch_invariant,
         }
     }
 
@@ -55,8 +64,19 @@ impl CacheIndex {
     pub(super) fn usable(&self, prompt: &[TokenId]) -> Match {
         let usable = &prompt[..prompt.len().saturating_sub(1)];
         let tree = self.tree();
-        let found = if self.can_truncate {
-            tree.radix.longest_match(usable)
+        let longest = self.can_truncate.then(|| {
+            let mut m = tree.radix.longest_match(usable);
+            if !self.batch_invariant {
+                // Only entries whose prompt ended by then: the rest computed there
+                // inside a prompt batch.
+                let len = m.len;
+                m.entries
+                    .retain(|id| tree.prompt_lengths.get(id).is_some_and(|&p| p <= len));
+            }
+            m
+        });
+        let found = if let Some(found) = longest.filter(|m| !m.entries.is_empty()) {
+            found
         } else {
             let found = tree.radix.prefixes_of(usable);
             let len = found.iter().map(|(len, _)| *len).max().unwrap_or(0);
@@ -87,16 +107,18 @@ impl CacheIndex {
         found
     }
 
-    pub(super) fn insert(&self, tokens: &[TokenId], id: EntryId) {
+    pub(super) fn insert(&self, tokens: &[TokenId], prompt_len: usize, id: EntryId) {
         let mut tree = self.tree();
         tree.radix.insert(tokens, id);
         tree.lengths.insert(id, tokens.len());
+        tree.prompt_lengths.insert(id, prompt_len);
     }
 
     pub(super) fn remove(&self, tokens: &[TokenId], id: EntryId) {
         let mut tree = self.tree();
         tree.radix.remove(tokens, id);
         tree.lengths.remove(&id);
+        tree.prompt_lengths.remove(&id);
     }
 
     /// See [`RadixTree::prefixes_of`].

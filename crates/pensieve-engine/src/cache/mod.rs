@@ -122,9 +122,14 @@ pub struct PrefixCache {
 impl PrefixCache {
     /// A cache for a backend; with a disk directory, the snapshots stored there for the
     /// same `fingerprint` are indexed at once.
-    pub fn new(config: CacheConfig, can_truncate: bool, fingerprint: &str) -> Self {
+    pub fn new(
+        config: CacheConfig,
+        can_truncate: bool,
+        batch_invariant: bool,
+        fingerprint: &str,
+    ) -> Self {
         let mut cache = PrefixCache {
-            tree: CacheIndex::new(can_truncate),
+            tree: CacheIndex::new(can_truncate, batch_invariant),
             entries: HashMap::new(),
             next_id: 1,
             clock: 0,
@@ -411,7 +416,7 @@ impl PrefixCache {
         let id = self.next_id;
         self.next_id += 1;
         self.clock += 1;
-        self.tree.insert(&tokens, id);
+        self.tree.insert(&tokens, prompt_len, id);
         self.entries.insert(
             id,
             Entry {

@@ -100,7 +100,8 @@ impl Scheduler {
         let parallel = config.parallel.clamp(1, slots);
         let cache = PrefixCache::new(
             config.cache,
-            any_prefix(runner.as_ref()),
+            runner.can_truncate(),
+            runner.batch_invariant(),
             &runner.fingerprint(),
         );
         Scheduler {
@@ -243,7 +244,7 @@ impl Scheduler {
                 &active.tokens[..active.prompt_len],
                 reused,
                 &active.job.request.cache_points,
-                any_prefix(self.runner.as_ref()),
+                self.runner.can_truncate(),
                 self.tokenizer.as_ref(),
             );
             self.runner
@@ -265,10 +266,8 @@ impl Scheduler {
     /// together with the same system prompt (subagents, side requests) compute it once:
     /// the others wait for it and copy it.
     fn leader_for(&self, active: &Active, reused: usize) -> Option<(u64, usize)> {
-        // The copy is cut back to the shared length, which sliding-window caches can't do
-        // (and where results depend on the batch, it would end where the leader's
-        // computation did not stop).
-        if !any_prefix(self.runner.as_ref()) {
+        // The copy is cut back to the shared length, which sliding-window caches can't do.
+        if !self.runner.can_truncate() {
             return None;
         }
         // The last prompt token is computed here in any case, for its logits.
@@ -873,16 +872,16 @@ fn checkpoints(
     prompt: &[crate::TokenId],
     reused: usize,
     points: &[crate::CachePoint],
-    any_prefix: bool,
+    can_truncate: bool,
     tokenizer: &dyn Tokenizer,
 ) -> Vec<(usize, bool)> {
     let worth = |at: usize| at > reused && at < prompt.len();
     let mut out: Vec<(usize, bool)> = points
         .iter()
-        .filter(|p| worth(p.at) && (p.shared || !any_prefix))
+        .filter(|p| worth(p.at) && (p.shared || !can_truncate))
         .map(|p| (p.at, p.shared))
         .collect();
-    if !any_prefix {
+    if !can_truncate {
         out.extend(
             prompt
                 .iter()
@@ -895,13 +894,6 @@ fn checkpoints(
     out.sort_by_key(|&(at, shared)| (at, !shared));
     out.dedup_by_key(|p| p.0);
     out
-}
-
-/// Whether the cache may continue from any prefix of an entry, or only from the places
-/// where its computation stopped (whole entries, cut at snapshot points): the backend
-/// must both cut sequences back and give the same numbers however a prompt is split.
-fn any_prefix(runner: &dyn ModelRunner) -> bool {
-    runner.can_truncate() && runner.batch_invariant()
 }
 
 fn common_prefix(a: &[crate::TokenId], b: &[crate::TokenId]) -> usize {
