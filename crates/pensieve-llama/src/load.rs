@@ -225,6 +225,7 @@ fn layout(
         cells: cells(settings) as usize,
         can_truncate,
         on_gpu: settings.gpu_layers > 0,
+        kv_on_gpu: settings.gpu_layers > 0 && settings.kv_on_gpu,
         kv_bytes_per_token: facts.kv_bytes_per_token,
         fingerprint,
         n_vocab: model.n_vocab(),

@@ -25,6 +25,8 @@ pub(crate) struct RunnerLayout {
     /// Some layers run on a GPU: results depend on the batch's shape, and a prefill
     /// chunk costs about what one token does.
     pub on_gpu: bool,
+    /// The KV cache lives in the GPU's memory.
+    pub kv_on_gpu: bool,
     pub kv_bytes_per_token: u64,
     pub fingerprint: String,
     pub n_vocab: i32,
@@ -36,6 +38,10 @@ pub struct LlamaRunner {
     batch: LlamaBatch<'static>,
     layout: RunnerLayout,
     samplers: HashMap<SeqId, Sampler>,
+    /// Whole-stream copies (source, destination) that llama.cpp makes at the start of
+    /// the next decode. Until then the destination's cells are listed but not filled:
+    /// neither may be saved over or read out.
+    pending_copies: Vec<(SeqId, SeqId)>,
 }
 
 /// How one sequence picks its next token.
@@ -53,7 +59,22 @@ impl LlamaRunner {
             batch: LlamaBatch::new(layout.batch_size, 1),
             layout,
             samplers: HashMap::new(),
+            pending_copies: Vec::new(),
         }
+    }
+
+    /// Copying a whole KV stream (every cell of it, on the device) beats a snapshot of
+    /// `len` tokens through host memory: always on a GPU, on the CPU only for streams
+    /// barely longer than the prefix.
+    fn copies_whole_streams(&self, len: u32) -> bool {
+        let stream = self.layout.cells / self.layout.sequences.max(1);
+        self.layout.kv_on_gpu || stream <= 2 * len as usize
+    }
+
+    fn copy_pending(&self, seq: SeqId) -> bool {
+        self.pending_copies
+            .iter()
+            .any(|&(src, dst)| src == seq || dst == seq)
     }
 }
 
@@ -218,7 +239,13 @@ impl ModelRunner for LlamaRunner {
                 .add(LlamaToken(t.token), pos, &[seq_i32(t.seq)], t.logits)
                 .map_err(|e| RunnerError::Failed(e.to_string()))?;
         }
-        self.context.decode(&mut self.batch).map_err(|e| match e {
+        let result = self.context.decode(&mut self.batch);
+        // llama.cpp makes queued stream copies before it looks for room for the batch;
+        // after any other failure they may still be queued.
+        if matches!(result, Ok(()) | Err(DecodeError::NoKvCacheSlot)) {
+            self.pending_copies.clear();
+        }
+        result.map_err(|e| match e {
             DecodeError::NoKvCacheSlot => RunnerError::CacheFull,
             other => RunnerError::Failed(other.to_string()),
         })
@@ -288,8 +315,24 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn share(&mut self, src: SeqId, dst: SeqId, len: u32) -> bool {
-        // Each sequence has a KV stream of its own: copy through a snapshot. (llama.cpp's
-        // cross-stream seq_cp copies the whole stream, and only at the next decode.)
+        // Each sequence has a KV stream of its own. llama.cpp copies between streams only
+        // whole ones, at the start of the next decode (which the sharer is part of); the
+        // other way is a snapshot through host memory, which on a GPU took seconds for a
+        // 13k-token prefix.
+        if self.copies_whole_streams(len) {
+            if let Err(e) = self
+                .context
+                .copy_kv_cache_seq(seq_i32(src), seq_i32(dst), None, None)
+            {
+                tracing::warn!("cannot copy a cached prefix: {e}");
+                return false;
+            }
+            self.pending_copies.push((src, dst));
+            if self.layout.can_truncate {
+                let _ = self.context.clear_kv_cache_seq(Some(dst), Some(len), None);
+            }
+            return true;
+        }
         let copied = self.save(src).and_then(|state| self.restore(dst, &state));
         if let Err(e) = copied {
             tracing::warn!("cannot copy a cached prefix: {e}");
@@ -303,6 +346,11 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn save(&mut self, seq: SeqId) -> Result<Vec<u8>, RunnerError> {
+        if self.pending_copies.iter().any(|&(_, dst)| dst == seq) {
+            return Err(RunnerError::Failed(
+                "the sequence's cells are still being copied".into(),
+            ));
+        }
         let flags = LlamaStateSeqFlags::empty();
         let size = self.context.state_seq_get_size_ext(seq_i32(seq), flags);
         let mut bytes = vec![0u8; size];
@@ -320,6 +368,11 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn restore(&mut self, seq: SeqId, state: &[u8]) -> Result<(), RunnerError> {
+        if self.copy_pending(seq) {
+            return Err(RunnerError::Failed(
+                "the sequence's cells are part of a copy not made yet".into(),
+            ));
+        }
         // SAFETY: llama.cpp reads at most `state.len()` bytes and checks what it reads
         // (a mismatch makes it fail, not crash); snapshots only come from `save` of a
         // context with the same fingerprint.

@@ -181,6 +181,39 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
 }
 
 #[test]
+fn a_prefix_copied_as_a_whole_kv_stream_continues_like_a_cold_run() {
+    // Streams of 128 cells and a prompt of over 64 tokens: copying the whole stream is
+    // cheaper than a snapshot, as it always is on a GPU.
+    let mut model = smollm2(128);
+    let prompt = model.tokenizer.encode(
+        "<|im_start|>user\nHere is a list of fruit: apples, pears, plums, cherries, \
+         oranges, lemons, limes, grapes, figs, dates, melons, mangoes, kiwis and \
+         peaches. Which of them are citrus fruit, and which grow on vines? Answer in one short sentence.\
+         <|im_end|>\n<|im_start|>assistant\n",
+    );
+    assert!(
+        (65..110).contains(&prompt.len()),
+        "{} prompt tokens",
+        prompt.len()
+    );
+    let last = prompt.len() - 1;
+    let runner: &mut dyn ModelRunner = model.runner.as_mut();
+    let cold = greedy_run(runner, 0, &prompt, 0);
+    assert!(runner.truncate(0, last as u32));
+    let snapshot = runner.save(0).unwrap();
+    assert!(runner.share(0, 1, last as u32));
+    // llama.cpp makes the copy at the start of the next decode: until then the copy
+    // can't be read out, nor its source or destination overwritten.
+    assert!(runner.save(1).is_err());
+    assert!(runner.restore(0, &snapshot).is_err());
+    assert!(runner.restore(1, &snapshot).is_err());
+    assert_eq!(greedy_run(runner, 1, &prompt, last), cold);
+    assert!(runner.save(1).is_ok());
+    // The source is untouched by the copy.
+    assert_eq!(greedy_run(runner, 0, &prompt, last), cold);
+}
+
+#[test]
 fn sliding_window_models_resume_from_whole_snapshots() {
     let mut options = LlamaOptions::new(model_path("gemma-3-270m-q4_k_m.gguf"));
     options.asked.flags.ctx = Some(2048);
