@@ -165,7 +165,7 @@ timeout 900 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pe
 stage "bench 7B: rc=$?"
 timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads streams --streams 64 \
-    --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace --json "$R/trace-7b.json" \
+    --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace,pensieve_llama=trace --json "$R/trace-7b.json" \
     --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
 $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
 stage "step trace: $(sed -n 2p "$R/steps-7b.txt")"

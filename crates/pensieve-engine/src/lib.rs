@@ -42,7 +42,7 @@ pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob
 pub use formats::ToolFormat;
 pub use metrics::{CacheTier, EngineMetrics};
 pub use model::{
-    BatchToken, LoadedModel, ModelInfo, ModelRunner, RunnerError, RunsOn, SeqId, TokenId,
+    BatchToken, LoadedModel, ModelInfo, ModelRunner, Pick, RunnerError, RunsOn, SeqId, TokenId,
     TokenMask, Tokenizer,
 };
 pub use output::OutputFormat;

@@ -128,6 +128,15 @@ impl TokenMask<'_> {
     }
 }
 
+/// One sequence to sample for: from the logits of entry `index` of the last batch, among
+/// the tokens `mask` allows (all without one).
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    pub seq: SeqId,
+    pub index: usize,
+    pub mask: Option<TokenMask<'a>>,
+}
+
 /// A failure inside the backend while evaluating tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunnerError {
@@ -194,6 +203,15 @@ pub trait ModelRunner: Send {
     /// Sample the next token of `seq` from the logits of entry `index` of the last batch,
     /// among the tokens `mask` allows (all without one).
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId;
+    /// The next token of each of `picks`, in their order. Sequences sample independently,
+    /// so a backend may spread them over cores: at 64 streams on a GPU, a serial argmax
+    /// over a 150k vocabulary each takes a sizeable part of the step.
+    fn sample_all(&mut self, picks: &[Pick<'_>]) -> Vec<TokenId> {
+        picks
+            .iter()
+            .map(|p| self.sample(p.seq, p.index, p.mask))
+            .collect()
+    }
     /// The log-probability of `token` at entry `index` of the last batch, and the `top`
     /// most likely tokens there with theirs (most likely first). None when the backend
     /// can't tell.

@@ -2,6 +2,7 @@
 //! sequence slot, one batch per step, one sampler per slot.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
@@ -12,8 +13,9 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use pensieve_engine::{
-    BatchToken, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
+    BatchToken, ModelRunner, Pick, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
 };
+use rayon::prelude::*;
 
 /// What the runner knows about its context that llama.cpp does not tell afterwards.
 pub(crate) struct RunnerLayout {
@@ -123,21 +125,77 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
     Sampler::Chain(LlamaSampler::chain_simple(chain))
 }
 
+/// Whether greedy picks go to all cores. With the model on a GPU the cores are free, and
+/// an argmax over a 150k vocabulary takes about 50 microseconds a sequence; on the CPU
+/// the cores are llama.cpp's, and a decode takes a thousand times longer than an argmax.
+fn spreads_sampling(on_gpu: bool, sequences: usize) -> bool {
+    on_gpu && sequences > 1
+}
+
+/// The greedy pick of each (logits, mask), in order; on all cores when `spread`, each
+/// sequence's vocabulary in slices too, so that one stream gains as well.
+fn greedy_tokens(jobs: &[(&[f32], Option<TokenMask<'_>>)], spread: bool) -> Vec<TokenId> {
+    if spread {
+        jobs.par_iter()
+            .map(|&(logits, mask)| argmax_spread(logits, mask))
+            .collect()
+    } else {
+        jobs.iter()
+            .map(|&(logits, mask)| argmax_allowed(logits, mask))
+            .collect()
+    }
+}
+
 /// Index of the largest logit among the allowed tokens (the first of equals, as
 /// llama.cpp's greedy sampler).
 fn argmax_allowed(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
+    to_token(best_allowed(logits, 0, mask))
+}
+
+/// [`argmax_allowed`] over slices of the vocabulary on all cores.
+fn argmax_spread(logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
+    // Big enough that a slice costs far more than handing it to a thread.
+    const SLICE: usize = 16 * 1024;
+    to_token(
+        logits
+            .par_chunks(SLICE)
+            .enumerate()
+            .filter_map(|(k, slice)| best_allowed(slice, k * SLICE, mask))
+            .reduce_with(|a, b| {
+                if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) {
+                    b
+                } else {
+                    a
+                }
+            }),
+    )
+}
+
+fn to_token(best: Option<(usize, f32)>) -> TokenId {
+    best.and_then(|(i, _)| TokenId::try_from(i).ok())
+        .unwrap_or(0)
+}
+
+/// The first largest allowed logit of a slice of the vocabulary that starts at token
+/// `offset`: its token and value (NaN counts as -inf). None when it allows none.
+fn best_allowed(
+    logits: &[f32],
+    offset: usize,
+    mask: Option<TokenMask<'_>>,
+) -> Option<(usize, f32)> {
+    let real = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
     let Some(mask) = mask else {
-        return TokenId::try_from(argmax(logits)).unwrap_or(0);
+        let i = argmax(logits);
+        return logits.get(i).map(|&v| (offset + i, real(v)));
     };
     let mut best: Option<(usize, f32)> = None;
     for (i, &l) in logits.iter().enumerate() {
-        let allowed = mask.allows(TokenId::try_from(i).unwrap_or(-1));
-        if allowed && best.is_none_or(|(_, b)| l > b) {
-            best = Some((i, l));
+        let allowed = mask.allows(TokenId::try_from(offset + i).unwrap_or(-1));
+        if allowed && best.is_none_or(|(_, b)| real(l) > b) {
+            best = Some((offset + i, real(l)));
         }
     }
-    best.and_then(|(i, _)| TokenId::try_from(i).ok())
-        .unwrap_or(0)
+    best
 }
 
 /// Index of the largest value, the first of equals (0 when there is none). Eight running
@@ -285,6 +343,53 @@ impl ModelRunner for LlamaRunner {
         }
     }
 
+    fn sample_all(&mut self, picks: &[Pick<'_>]) -> Vec<TokenId> {
+        if picks.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        // Reading logits waits for the GPU anyway: do it first, so the trace tells the
+        // wait from the sampling.
+        self.context.synchronize();
+        let waited = started.elapsed();
+        let greedy: Vec<usize> = (0..picks.len())
+            .filter(|&k| {
+                matches!(
+                    self.samplers.get(&picks[k].seq),
+                    Some(Sampler::Greedy) | None
+                )
+            })
+            .collect();
+        let mut tokens = vec![0; picks.len()];
+        {
+            let jobs: Vec<(&[f32], Option<TokenMask<'_>>)> = greedy
+                .iter()
+                .map(|&k| {
+                    let index = i32::try_from(picks[k].index).unwrap_or(i32::MAX);
+                    (self.context.get_logits_ith(index), picks[k].mask)
+                })
+                .collect();
+            let spread = spreads_sampling(self.layout.on_gpu, jobs.len());
+            for (&k, token) in greedy.iter().zip(greedy_tokens(&jobs, spread)) {
+                tokens[k] = token;
+            }
+        }
+        // Sampler chains hold state (penalties, random state): one after another.
+        let mut greedy = greedy.into_iter().peekable();
+        for (k, p) in picks.iter().enumerate() {
+            if greedy.next_if_eq(&k).is_none() {
+                tokens[k] = self.sample(p.seq, p.index, p.mask);
+            }
+        }
+        tracing::trace!(
+            sequences = picks.len(),
+            wait_us = waited.as_micros() as u64,
+            sample_us = (started.elapsed() - waited).as_micros() as u64,
+            "sampled"
+        );
+        tokens
+    }
+
     fn logprobs(
         &self,
         index: usize,
@@ -412,6 +517,48 @@ mod tests {
         assert_eq!(top.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1, 0]);
         assert!(top[0].1 > top[1].1);
         assert!(log_softmax_at(&logits, 0, 0).1.is_empty());
+    }
+
+    #[test]
+    fn greedy_picks_are_the_same_on_all_cores() {
+        // Pseudo-random logits with ties, some sequences under a mask.
+        let mut state = 7u32;
+        let logits: Vec<Vec<f32>> = (0..9)
+            .map(|_| {
+                (0..1000)
+                    .map(|_| {
+                        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (state >> 24) as f32
+                    })
+                    .collect()
+            })
+            .collect();
+        let words: Vec<u32> = (0..32).map(|w| 0x5555_5555u32.rotate_left(w)).collect();
+        let jobs: Vec<(&[f32], Option<TokenMask<'_>>)> = logits
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (l.as_slice(), (k % 3 == 0).then_some(TokenMask(&words))))
+            .collect();
+        let serial = greedy_tokens(&jobs, false);
+        assert_eq!(greedy_tokens(&jobs, true), serial);
+        // A vocabulary of several slices, with its maximum in two of them: the first wins.
+        let mut long = vec![0.5f32; 40_000];
+        long[39_000] = 3.0;
+        long[17_000] = 3.0;
+        long[100] = f32::NAN;
+        assert_eq!(argmax_spread(&long, None), 17_000);
+        assert_eq!(argmax_allowed(&long, None), 17_000);
+        let odd: Vec<u32> = vec![0xAAAA_AAAA; 1250];
+        assert_eq!(argmax_spread(&long, Some(TokenMask(&odd))), 1);
+        long[33_333] = 4.0;
+        assert_eq!(argmax_spread(&long, Some(TokenMask(&odd))), 33_333);
+        assert_eq!(argmax_allowed(&long, Some(TokenMask(&odd))), 33_333);
+        for ((logits, mask), token) in jobs.iter().zip(&serial) {
+            assert_eq!(*token, argmax_allowed(logits, *mask));
+        }
+        assert!(!spreads_sampling(false, 64));
+        assert!(!spreads_sampling(true, 1));
+        assert!(spreads_sampling(true, 2));
     }
 
     #[test]

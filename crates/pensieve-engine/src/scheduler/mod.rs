@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheConfig, Hit, PrefixCache, Source};
 use crate::constrain::{Constraint, LazyCall};
 use crate::metrics::{EngineMetrics, GaugeShare};
-use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, TokenMask, Tokenizer};
+use crate::model::{BatchToken, ModelRunner, Pick, RunnerError, SeqId, TokenMask, Tokenizer};
 use crate::output::BareName;
 use crate::EngineError;
 pub(crate) use active::{Active, Job};
@@ -500,11 +500,12 @@ impl Scheduler {
         let decoded = started.elapsed();
         match result {
             Ok(()) => {
-                self.after_decode(plan);
+                let sampling = self.after_decode(plan);
                 tracing::trace!(
                     tokens = batch.len(),
                     slot_runs,
                     decode_us = decoded.as_micros() as u64,
+                    sample_us = sampling.as_micros() as u64,
                     step_us = started.elapsed().as_micros() as u64,
                     "step"
                 );
@@ -521,8 +522,11 @@ impl Scheduler {
         }
     }
 
-    fn after_decode(&mut self, plan: Vec<Planned>) {
-        let mut finished = Vec::new();
+    /// Account for a decoded batch and hand out its sampled tokens. Returns how long the
+    /// sampling took (for the step trace).
+    fn after_decode(&mut self, plan: Vec<Planned>) -> std::time::Duration {
+        // Sequences to sample for: (index into `running`, slot, batch entry, mask).
+        let mut due = Vec::new();
         for p in plan {
             let a = &mut self.running[p.index];
             a.computed += p.tokens;
@@ -539,9 +543,25 @@ impl Scheduler {
             if mask.is_none() {
                 a.constraint = None;
             }
-            let token =
-                self.runner
-                    .sample(seq, index, mask.as_ref().map(|m| TokenMask(m.as_slice())));
+            due.push((p.index, seq, index, mask));
+        }
+        // All at once: the backend may sample them in parallel.
+        let picks: Vec<Pick<'_>> = due
+            .iter()
+            .map(|(_, seq, index, mask)| Pick {
+                seq: *seq,
+                index: *index,
+                mask: mask.as_ref().map(|m| TokenMask(m.as_slice())),
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let tokens = self.runner.sample_all(&picks);
+        let sampling = started.elapsed();
+        debug_assert_eq!(tokens.len(), picks.len());
+        drop(picks);
+        let mut finished = Vec::new();
+        for ((i, _, index, _), token) in due.into_iter().zip(tokens) {
+            let a = &mut self.running[i];
             if let Some(top) = a.job.request.sampling.logprobs {
                 if !self.tokenizer.is_end_of_generation(token) {
                     if let Some((logprob, top)) = self.runner.logprobs(index, token, top) {
@@ -549,10 +569,10 @@ impl Scheduler {
                     }
                 }
             }
-            self.follow_grammar(p.index, token);
-            let a = &mut self.running[p.index];
+            self.follow_grammar(i, token);
+            let a = &mut self.running[i];
             let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
-            self.watch_bare_call(p.index);
+            self.watch_bare_call(i);
             if let Some(d) = timing.first {
                 self.metrics.observe_ttft(d);
             }
@@ -563,7 +583,7 @@ impl Scheduler {
                 self.metrics.add_generated_tokens(1);
             }
             if let Step::Finished(reason) = step {
-                finished.push((p.index, reason));
+                finished.push((i, reason));
             }
         }
         // Highest index first, so swap_remove leaves the others' indices valid.
@@ -575,6 +595,7 @@ impl Scheduler {
             self.keep(&active);
             active.finish(reason);
         }
+        sampling
     }
 
     /// After `token` was sampled: advance the request's grammar; under `tool_choice:
