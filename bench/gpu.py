@@ -258,8 +258,12 @@ def swarm(port: int, args, seed: int) -> dict:
     def session(i: int):
         first = f"{syn.FIRST_PROMPTS[i % len(syn.FIRST_PROMPTS)]} (task {seed}-{i})"
         conv = agent_replay.Conversation(f"s{i}", shared, first, i % 3, seed * 100 + i)
+        # The client's own time between turns (running the tools), the same on every side.
+        tool_rng = random.Random(seed * 1000 + i)
         turns = []
-        for _ in range(args.swarm_turns):
+        for turn in range(args.swarm_turns):
+            if turn > 0 and args.swarm_tool_s > 0:
+                time.sleep(tool_rng.uniform(0, 2 * args.swarm_tool_s))
             r = send(
                 port,
                 "anthropic",
@@ -293,6 +297,7 @@ def swarm(port: int, args, seed: int) -> dict:
         "turns": len(turns),
         "out_tokens": sum(t["out"] or 0 for t in turns),
         "wall_s": wall,
+        "tool_s": args.swarm_tool_s,
         "agg_tok_s": sum(t["out"] or 0 for t in turns) / wall,
         "turn_ttft_p50_ms": 1e3
         * percentile([t["ttft"] for t in turns if t["ttft"] is not None], 50),
@@ -381,6 +386,13 @@ def main() -> int:
         "--swarm-tokens", type=int, default=128, help="max_tokens of each swarm turn"
     )
     ap.add_argument("--swarm-seed", type=int, default=7)
+    ap.add_argument(
+        "--swarm-tool-s",
+        type=float,
+        default=0.0,
+        help="mean seconds a session spends running its tools between turns (uniform on "
+        "0..2x, seeded; 0: the next turn at once, so that sessions keep in step)",
+    )
     ap.add_argument(
         "--swarm-scale",
         type=float,

@@ -12,7 +12,7 @@
 #     call each (a call carries at most 64 MiB).
 #   - A CUDA build of llama.cpp made by an earlier run (scripts/gpu/pipeline.sh returns it in
 #     parts) is reused when GPU_LLAMA_PARTS names its folder: the device then skips its build.
-#     Those parts are large: carry them instead of a model part.
+#     Those parts are large: they go with the base, and the wheels with a model part.
 #
 # usage: scripts/gpu/pack.sh            -> .gpu/ in the repository root
 # env:   CARGO_TARGET_DIR  (default /root/.cache/pensieve-target)
@@ -84,6 +84,13 @@ echo "$PARTS" > "$OUT/smollm2.parts"
 if [[ -n "${GPU_LLAMA_PARTS:-}" ]]; then
     echo "== CUDA llama.cpp from an earlier run"
     mkdir -p "$GPU/llama" && cp "$GPU_LLAMA_PARTS"/llama-cuda.tar.xz.part* "$GPU/llama/"
+    # The build and the base only fit one call without the wheels: they go with part 0.
+    mkdir -p "$GPU/wheels" && mv "$OUT/wheels.tar" "$GPU/wheels/"
 fi
-du -sh "$OUT" "$GPU"/part*
-echo "carry: first call .gpu/base and .gpu/part0, then .gpu/part1, .gpu/part2 (64 MiB a call)"
+du -sh "$OUT" "$GPU"/*/
+if [[ -n "${GPU_LLAMA_PARTS:-}" ]]; then
+    echo "carry: first call .gpu/base and .gpu/llama, then .gpu/wheels with .gpu/part0, then"
+    echo "       .gpu/part1, .gpu/part2 (64 MiB a call); run the pipeline with WHEELS_DIR=wheels"
+else
+    echo "carry: first call .gpu/base and .gpu/part0, then .gpu/part1, .gpu/part2 (64 MiB a call)"
+fi

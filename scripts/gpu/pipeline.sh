@@ -97,12 +97,59 @@ grep -q "not found" "$L/libs.txt" && stage "WARNING: pensieve has unresolved lib
 stage "model: Q4_K_M rc=$? $(stat -c %s "$MODEL7" 2>/dev/null) bytes"
 rm -f "$W/q7-f16.gguf"
 
+# The test model arrives in parts, one a call (the wheels may come with one of them).
+wait_parts() {
+    local parts
+    parts=$(cat "$G/base/smollm2.parts")
+    for _ in $(seq 1 120); do
+        [[ $(compgen -G "$G/part*/smollm2.part*" | wc -l) -ge $parts && -f "$G/${WHEELS_DIR:-base}/wheels.tar" ]] && break
+        sleep 5
+    done
+    cat "$G"/part*/smollm2.part* >"$SMOL"
+    (cd "$W/models" && sha256sum -c "$G/base/smollm2.sha256") >"$L/models.txt" 2>&1
+    stage "models: $(cat "$L/models.txt")"
+}
+
+run_e2e() {
+    mkdir -p /tmp/site && tar -xf "$G/${WHEELS_DIR:-base}/wheels.tar" -C "$W" &&
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl >"$L/pip.log" 2>&1
+    (
+        cd "$REPO/tests/e2e" &&
+            PYTHONPATH=/tmp/site PENSIEVE_BIN=$W/bin/pensieve PENSIEVE_TEST_MODELS=$W/models \
+                timeout 300 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
+                -v -k "not qwen" --junitxml="$R/e2e.xml" \
+                --deselect test_tools.py::test_a_tool_call_is_a_tool_use_block \
+                --deselect test_tools.py::test_a_streamed_call_arrives_as_input_json_deltas \
+                --deselect test_tools.py::test_a_tool_result_continues_the_conversation \
+                --deselect test_tools.py::test_without_tools_the_model_just_talks \
+                --deselect test_openai_sdk.py::test_a_forced_tool_call_validates \
+                --deselect test_openai_sdk.py::test_a_tool_result_continues_the_conversation \
+                --deselect test_openai_sdk.py::test_json_schema_output_validates >"$R/e2e.txt" 2>&1
+    )
+    stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
+}
+
 if [[ -n "${ONLY_BENCH:-}" ]]; then
-    # A re-run of some workloads only (e.g. ONLY_BENCH=swarm), on the 7B model.
-    timeout 500 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
-        --llama-server-bin "$W/bin/llama-server" --sides pensieve,llama-server --workloads "$ONLY_BENCH" \
-        --rounds 1 --swarm-turns 3 --json "$R/bench-7b-$ONLY_BENCH.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
+    # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model;
+    # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns; then, with
+    # E2E=1, the end-to-end suites (the test model and the wheels arrive meanwhile).
+    timeout 450 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+        --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
+        --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
+        --streams "${BENCH_STREAMS:-32,64}" --rounds "${BENCH_ROUNDS:-1}" --swarm-turns 3 \
+        --json "$R/bench-7b-only.json" --log-dir "$L/bench-7b-only" >"$L/bench-7b-only.log" 2>&1
     stage "bench 7B $ONLY_BENCH: rc=$?"
+    if [[ -n "${SWARM_TOOL_S:-}" ]]; then
+        timeout 300 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+            --llama-server-bin "$W/bin/llama-server" --sides pensieve,llama-server --workloads swarm \
+            --rounds 1 --swarm-turns 3 --swarm-tool-s "$SWARM_TOOL_S" --json "$R/bench-7b-tools.json" \
+            --log-dir "$L/bench-7b-tools" >"$L/bench-7b-tools.log" 2>&1
+        stage "bench 7B swarm with tool time: rc=$?"
+    fi
+    if [[ ${E2E:-0} == 1 ]]; then
+        wait_parts
+        run_e2e
+    fi
     stage ALL_DONE
     touch "$W/DONE"
     exit 0
@@ -129,35 +176,12 @@ kill $SP
 wait $SP
 stage "smoke: $(tail -3 "$L/smoke-request.txt" | head -1)"
 
-# the test model arrives in parts, one a call
-parts=$(cat "$G/base/smollm2.parts")
-for _ in $(seq 1 120); do
-    [[ $(compgen -G "$G/part*/smollm2.part*" | wc -l) -ge $parts ]] && break
-    sleep 5
-done
-cat "$G"/part*/smollm2.part* >"$SMOL"
-(cd "$W/models" && sha256sum -c "$G/base/smollm2.sha256") >"$L/models.txt" 2>&1
-stage "models: $(cat "$L/models.txt")"
+wait_parts
 
 $PY "$REPO/scripts/gpu/greedy.py" "$W/bin/pensieve" "$SMOL" "$MODEL7" >"$R/greedy.txt" 2>"$L/greedy.log"
 stage "greedy: rc=$? $(tail -1 "$R/greedy.txt")"
 
-mkdir -p /tmp/site && tar -xf "$G/base/wheels.tar" -C "$W" &&
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl >"$L/pip.log" 2>&1
-(
-    cd "$REPO/tests/e2e" &&
-        PYTHONPATH=/tmp/site PENSIEVE_BIN=$W/bin/pensieve PENSIEVE_TEST_MODELS=$W/models \
-            timeout 300 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
-            -v -k "not qwen" --junitxml="$R/e2e.xml" \
-            --deselect test_tools.py::test_a_tool_call_is_a_tool_use_block \
-            --deselect test_tools.py::test_a_streamed_call_arrives_as_input_json_deltas \
-            --deselect test_tools.py::test_a_tool_result_continues_the_conversation \
-            --deselect test_tools.py::test_without_tools_the_model_just_talks \
-            --deselect test_openai_sdk.py::test_a_forced_tool_call_validates \
-            --deselect test_openai_sdk.py::test_a_tool_result_continues_the_conversation \
-            --deselect test_openai_sdk.py::test_json_schema_output_validates >"$R/e2e.txt" 2>&1
-)
-stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
+run_e2e
 
 timeout 900 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \

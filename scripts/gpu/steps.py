@@ -15,7 +15,9 @@ import statistics
 import sys
 from collections import defaultdict
 
-STEP = re.compile(r"tokens=(\d+) slot_runs=(\d+) decode_us=(\d+) sample_us=(\d+) step_us=(\d+)")
+STEP = re.compile(
+    r"tokens=(\d+) slot_runs=(\d+) decode_us=(\d+) sample_us=(\d+) step_us=(\d+)"
+)
 SAMPLED = re.compile(r"sequences=(\d+) wait_us=(\d+) sample_us=(\d+)")
 by_size = defaultdict(list)
 sampled = (0, 0)
@@ -26,7 +28,9 @@ with open(sys.argv[1], errors="replace") as log:
         elif m := STEP.search(line):
             tokens, _, decode, sample_all, step = map(int, m.groups())
             wait, argmax = sampled
-            by_size[tokens].append((decode, wait, argmax, step - decode - sample_all, step))
+            by_size[tokens].append(
+                (decode, wait, argmax, step - decode - sample_all, step)
+            )
             sampled = (0, 0)
 print("tokens  steps  decode_us  wait_us  argmax_us  other_us  step_us   (p50s)")
 for tokens in sorted(by_size, key=lambda t: -len(by_size[t]))[:8]:

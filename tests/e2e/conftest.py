@@ -252,6 +252,12 @@ def base_url(smol_server) -> str:
 
 
 @pytest.fixture(scope="session")
+def on_gpu(smol_server) -> bool:
+    """Whether the model runs on a GPU ("NVIDIA H200 (CUDA), 29/29 layers, ...")."""
+    return "layers" in httpx.get(f"{smol_server.url}/health").json()["runs_on"]
+
+
+@pytest.fixture(scope="session")
 def client(smol_server):
     import anthropic
 

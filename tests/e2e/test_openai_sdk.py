@@ -63,14 +63,18 @@ def test_a_chat_completion(smol):
     assert r.usage.prompt_tokens_details.cached_tokens >= 0
 
 
-def test_max_tokens_ends_with_length_and_a_repeat_reads_the_cache(smol):
+def test_max_tokens_ends_with_length_and_a_repeat_reads_the_cache(smol, on_gpu):
     messages = [{"role": "user", "content": "Count from one to one hundred in words, separated by commas."}]
     first = smol.chat.completions.create(model="smol", messages=messages, max_completion_tokens=8, temperature=0)
     assert first.choices[0].finish_reason == "length"
     assert first.usage.completion_tokens == 8
     again = smol.chat.completions.create(model="smol", messages=messages, max_completion_tokens=8, temperature=0)
     assert again.choices[0].message.content == first.choices[0].message.content
-    assert again.usage.prompt_tokens_details.cached_tokens > 0
+    # On a GPU a prompt that ends inside a cached one is computed again: its last token, in a
+    # batch of another shape than the first time, could flip a greedy near-tie, and the
+    # repeat must say the same. On the CPU results do not depend on the batch.
+    if not on_gpu:
+        assert again.usage.prompt_tokens_details.cached_tokens > 0
 
 
 def test_a_streamed_completion_with_usage(smol):
