@@ -131,8 +131,9 @@ run_e2e() {
 
 if [[ -n "${ONLY_BENCH:-}" ]]; then
     # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model;
-    # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns; then, with
-    # E2E=1, the end-to-end suites (the test model and the wheels arrive meanwhile).
+    # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns; with TRACE=1,
+    # a step trace of one stream and of 64; with E2E=1, the end-to-end suites (the test model
+    # and the wheels arrive meanwhile).
     timeout 450 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
         --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
         --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
@@ -145,6 +146,14 @@ if [[ -n "${ONLY_BENCH:-}" ]]; then
             --rounds 1 --swarm-turns 3 --swarm-tool-s "$SWARM_TOOL_S" --json "$R/bench-7b-tools.json" \
             --log-dir "$L/bench-7b-tools" >"$L/bench-7b-tools.log" 2>&1
         stage "bench 7B swarm with tool time: rc=$?"
+    fi
+    if [[ ${TRACE:-0} == 1 ]]; then
+        timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+            --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads decode,streams \
+            --streams 64 --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace,pensieve_llama=trace \
+            --json "$R/trace-7b.json" --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
+        $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
+        stage "step trace: $(sed -n 2,3p "$R/steps-7b.txt" | tr '\n' ';')"
     fi
     if [[ ${E2E:-0} == 1 ]]; then
         wait_parts

@@ -125,6 +125,16 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
     Sampler::Chain(LlamaSampler::chain_simple(chain))
 }
 
+/// Whether greedy picks go to all cores. With the model on a GPU the cores are free: on
+/// the H200's host an argmax over a 150k vocabulary took 120 microseconds a sequence on
+/// one core, and 64 took 0.8 ms on all, against 14 ms for the step. One sequence alone
+/// decoded about 3% slower with its vocabulary spread (waking the threads costs about
+/// what the argmax does). On the CPU the cores are llama.cpp's, and a decode takes a
+/// thousand times longer than an argmax.
+fn spreads_sampling(on_gpu: bool, sequences: usize) -> bool {
+    on_gpu && sequences > 1
+}
+
 /// The greedy pick of each (logits, mask), in order; on all cores when `spread`, each
 /// sequence's vocabulary in slices too, so that one stream gains as well.
 fn greedy_tokens(jobs: &[(&[f32], Option<TokenMask<'_>>)], spread: bool) -> Vec<TokenId> {
@@ -362,11 +372,7 @@ impl ModelRunner for LlamaRunner {
                     (self.context.get_logits_ith(index), picks[k].mask)
                 })
                 .collect();
-            // With the model on a GPU the cores are free, and an argmax over a 150k
-            // vocabulary took 120 microseconds on one core of the H200's host, 3% of a 7B
-            // model's step. On the CPU the cores are llama.cpp's, and a decode takes a
-            // thousand times longer than an argmax.
-            let spread = self.layout.on_gpu;
+            let spread = spreads_sampling(self.layout.on_gpu, jobs.len());
             for (&k, token) in greedy.iter().zip(greedy_tokens(&jobs, spread)) {
                 tokens[k] = token;
             }
@@ -536,6 +542,9 @@ mod tests {
             .enumerate()
             .map(|(k, l)| (l.as_slice(), (k % 3 == 0).then_some(TokenMask(&words))))
             .collect();
+        assert!(spreads_sampling(true, 2));
+        assert!(!spreads_sampling(true, 1));
+        assert!(!spreads_sampling(false, 64));
         let serial = greedy_tokens(&jobs, false);
         assert_eq!(greedy_tokens(&jobs, true), serial);
         // A vocabulary of several slices, with its maximum in two of them: the first wins.
