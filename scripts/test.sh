@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one command that runs every test, on a fresh machine too:
 #   1. scripts/setup-test-env.sh  (system packages, Python venv, Claude Code, test models)
-#   2. cargo test --release --workspace
-#   3. cargo build --release       (the pensieve binary)
-#   4. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
+#   2. cargo fmt --check and cargo clippy (stops here if either fails)
+#   3. cargo test --release --workspace
+#   4. cargo build --release       (the pensieve binary)
+#   5. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
 #      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite and the
 #      chat template override on `--engine mlx`
-#   5. the end-to-end pytest suite in tests/e2e against that binary
+#   6. the end-to-end pytest suite in tests/e2e against that binary
 # Exits non-zero if any step fails. The last line printed is pytest's summary.
 #
 # Extra arguments go to pytest, e.g.  scripts/test.sh -m "not claude_code" -x
@@ -32,6 +33,14 @@ failed=()
 step "setting up the test environment"
 if ! bash scripts/setup-test-env.sh; then
     echo "setup-test-env.sh failed" >&2
+    exit 1
+fi
+
+# Lint first: a formatting slip or a clippy warning fails in minutes, not after the models.
+# Clippy checks in the release profile, so llama.cpp's build script output serves both.
+step "cargo fmt --check; cargo clippy --release --all-targets -D warnings"
+if ! cargo fmt --all --check || ! cargo clippy --release --workspace --all-targets -- -D warnings; then
+    echo "lint failed" >&2
     exit 1
 fi
 
