@@ -264,12 +264,9 @@ def swarm(port: int, args, seed: int) -> dict:
         for turn in range(args.swarm_turns):
             if turn > 0 and args.swarm_tool_s > 0:
                 time.sleep(tool_rng.uniform(0, 2 * args.swarm_tool_s))
-            r = send(
-                port,
-                "anthropic",
-                conv.body("bench", args.swarm_tokens),
-                args.request_timeout,
-            )
+            body = conv.body("bench", args.swarm_tokens)
+            body["temperature"] = args.swarm_temperature
+            r = send(port, "anthropic", body, args.request_timeout)
             turns.append(
                 {
                     "ttft": ttft(r),
@@ -298,6 +295,7 @@ def swarm(port: int, args, seed: int) -> dict:
         "out_tokens": sum(t["out"] or 0 for t in turns),
         "wall_s": wall,
         "tool_s": args.swarm_tool_s,
+        "temperature": args.swarm_temperature,
         "agg_tok_s": sum(t["out"] or 0 for t in turns) / wall,
         "turn_ttft_p50_ms": 1e3
         * percentile([t["ttft"] for t in turns if t["ttft"] is not None], 50),
@@ -386,6 +384,12 @@ def main() -> int:
         "--swarm-tokens", type=int, default=128, help="max_tokens of each swarm turn"
     )
     ap.add_argument("--swarm-seed", type=int, default=7)
+    ap.add_argument(
+        "--swarm-temperature",
+        type=float,
+        default=0.0,
+        help="temperature of the swarm's turns (Claude Code sends none: 1.0)",
+    )
     ap.add_argument(
         "--swarm-tool-s",
         type=float,

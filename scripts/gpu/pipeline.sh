@@ -131,19 +131,22 @@ run_e2e() {
 
 if [[ -n "${ONLY_BENCH:-}" ]]; then
     # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model;
-    # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns; with TRACE=1,
+    # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns (SWARM_TEMPERATURE:
+    # the swarm's temperature, default 0; Claude Code sends none, 1.0); with TRACE=1,
     # a step trace of one stream and of 64; with E2E=1, the end-to-end suites (the test model
     # and the wheels arrive meanwhile).
     timeout 450 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
         --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
         --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
         --streams "${BENCH_STREAMS:-32,64}" --rounds "${BENCH_ROUNDS:-1}" --swarm-turns 3 \
+        --swarm-temperature "${SWARM_TEMPERATURE:-0}" \
         --json "$R/bench-7b-only.json" --log-dir "$L/bench-7b-only" >"$L/bench-7b-only.log" 2>&1
     stage "bench 7B $ONLY_BENCH: rc=$?"
     if [[ -n "${SWARM_TOOL_S:-}" ]]; then
         timeout 300 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
             --llama-server-bin "$W/bin/llama-server" --sides pensieve,llama-server --workloads swarm \
-            --rounds 1 --swarm-turns 3 --swarm-tool-s "$SWARM_TOOL_S" --json "$R/bench-7b-tools.json" \
+            --rounds 1 --swarm-turns 3 --swarm-tool-s "$SWARM_TOOL_S" \
+            --swarm-temperature "${SWARM_TEMPERATURE:-0}" --json "$R/bench-7b-tools.json" \
             --log-dir "$L/bench-7b-tools" >"$L/bench-7b-tools.log" 2>&1
         stage "bench 7B swarm with tool time: rc=$?"
     fi

@@ -8,6 +8,7 @@ use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
@@ -51,7 +52,48 @@ enum Sampler {
     /// The most likely token, read straight from the logits (llama.cpp's greedy sampler
     /// first copies the whole vocabulary into a candidate array, every token).
     Greedy,
-    Chain(LlamaSampler),
+    Chain(Chain),
+}
+
+/// A llama.cpp sampler chain with the candidate array it fills each step, kept between
+/// steps (for a 150k vocabulary it is 1.8 MB).
+struct Chain {
+    sampler: LlamaSampler,
+    candidates: Vec<LlamaTokenData>,
+}
+
+impl Chain {
+    fn new(sampler: LlamaSampler) -> Self {
+        Chain {
+            sampler,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// One step of the chain over `logits`, tokens the mask forbids at -inf, as llama.cpp's
+    /// `llama_sampler_sample` does it: apply, pick, accept (the penalties count what was
+    /// generated).
+    fn sample(&mut self, logits: &[f32], mask: Option<TokenMask<'_>>) -> TokenId {
+        let mut data = std::mem::take(&mut self.candidates);
+        data.clear();
+        data.extend(logits.iter().enumerate().map(|(i, &logit)| {
+            let id = TokenId::try_from(i).unwrap_or(TokenId::MAX);
+            let allowed = mask.is_none_or(|m| m.allows(id));
+            LlamaTokenData::new(
+                LlamaToken(id),
+                if allowed { logit } else { f32::NEG_INFINITY },
+                0.0,
+            )
+        }));
+        let mut candidates = LlamaTokenDataArray::new(data, false);
+        candidates.apply_sampler(&mut self.sampler);
+        let token = candidates
+            .selected_token()
+            .map_or_else(|| argmax_allowed(logits, mask), |t| t.0);
+        self.sampler.accept(LlamaToken(token));
+        self.candidates = candidates.data;
+        token
+    }
 }
 
 impl LlamaRunner {
@@ -108,7 +150,7 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
     }
     if params.is_greedy() {
         chain.push(LlamaSampler::greedy());
-        return Sampler::Chain(LlamaSampler::chain_simple(chain));
+        return Sampler::Chain(Chain::new(LlamaSampler::chain_simple(chain)));
     }
     if let Some(k) = params.top_k.filter(|k| *k > 0) {
         chain.push(LlamaSampler::top_k(i32::try_from(k).unwrap_or(i32::MAX)));
@@ -122,12 +164,13 @@ fn build_sampler(params: &SamplingParams, n_vocab: i32) -> Sampler {
     chain.push(LlamaSampler::temp(params.temperature));
     let seed = params.seed.map_or_else(rand::random::<u32>, |s| s as u32);
     chain.push(LlamaSampler::dist(seed));
-    Sampler::Chain(LlamaSampler::chain_simple(chain))
+    Sampler::Chain(Chain::new(LlamaSampler::chain_simple(chain)))
 }
 
-/// Whether greedy picks go to all cores. With the model on a GPU the cores are free: on
-/// the H200's host an argmax over a 150k vocabulary took 120 microseconds a sequence on
-/// one core, and 64 took 0.8 ms on all, against 14 ms for the step. One sequence alone
+/// Whether a step's sampling goes to all cores. With the model on a GPU the cores are
+/// free: on the H200's host an argmax over a 150k vocabulary took 120 microseconds a
+/// sequence on one core, and 64 took 0.8 ms on all, against 14 ms for the step; a sampler
+/// chain at temperature 1 takes about ten times an argmax. One greedy sequence alone
 /// decoded about 3% slower with its vocabulary spread (waking the threads costs about
 /// what the argmax does). On the CPU the cores are llama.cpp's, and a decode takes a
 /// thousand times longer than an argmax.
@@ -135,17 +178,32 @@ fn spreads_sampling(on_gpu: bool, sequences: usize) -> bool {
     on_gpu && sequences > 1
 }
 
-/// The greedy pick of each (logits, mask), in order; on all cores when `spread`, each
-/// sequence's vocabulary in slices too, so that one stream gains as well.
-fn greedy_tokens(jobs: &[(&[f32], Option<TokenMask<'_>>)], spread: bool) -> Vec<TokenId> {
+/// What one sequence samples from this step: its logits, its grammar's mask, and its
+/// sampler chain (none: greedy).
+struct Job<'a> {
+    logits: &'a [f32],
+    mask: Option<TokenMask<'a>>,
+    chain: Option<&'a mut Chain>,
+}
+
+impl Job<'_> {
+    fn sample(&mut self, spread: bool) -> TokenId {
+        match self.chain.as_deref_mut() {
+            Some(chain) => chain.sample(self.logits, self.mask),
+            // Alone on the cores, one argmax goes faster in slices of the vocabulary.
+            None if spread => argmax_spread(self.logits, self.mask),
+            None => argmax_allowed(self.logits, self.mask),
+        }
+    }
+}
+
+/// Each job's next token, in order; with `spread`, the jobs side by side on all cores.
+/// Chains are each a sequence's own state, so their order across sequences is free.
+fn sample_jobs(jobs: &mut [Job<'_>], spread: bool) -> Vec<TokenId> {
     if spread {
-        jobs.par_iter()
-            .map(|&(logits, mask)| argmax_spread(logits, mask))
-            .collect()
+        jobs.par_iter_mut().map(|job| job.sample(true)).collect()
     } else {
-        jobs.iter()
-            .map(|&(logits, mask)| argmax_allowed(logits, mask))
-            .collect()
+        jobs.iter_mut().map(|job| job.sample(false)).collect()
     }
 }
 
@@ -318,31 +376,12 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
-        let index = i32::try_from(index).unwrap_or(i32::MAX);
-        match (self.samplers.get_mut(&seq), mask) {
-            (Some(Sampler::Chain(chain)), None) => chain.sample(&self.context, index).0,
-            (Some(Sampler::Chain(chain)), Some(mask)) => {
-                // Tokens the grammar forbids get no chance, then the usual chain.
-                let mut candidates = LlamaTokenDataArray::from_iter(
-                    self.context.candidates_ith(index).map(|mut c| {
-                        if !mask.allows(c.id().0) {
-                            c.set_logit(f32::NEG_INFINITY);
-                        }
-                        c
-                    }),
-                    false,
-                );
-                candidates.apply_sampler(chain);
-                let token = candidates
-                    .selected_token()
-                    .map_or_else(|| argmax_allowed(&[], Some(mask)), |t| t.0);
-                // The penalties count what was generated.
-                chain.accept(LlamaToken(token));
-                token
-            }
-            (Some(Sampler::Greedy) | None, mask) => {
-                argmax_allowed(self.context.get_logits_ith(index), mask)
-            }
+        let logits = self
+            .context
+            .get_logits_ith(i32::try_from(index).unwrap_or(i32::MAX));
+        match self.samplers.get_mut(&seq) {
+            Some(Sampler::Chain(chain)) => chain.sample(logits, mask),
+            Some(Sampler::Greedy) | None => argmax_allowed(logits, mask),
         }
     }
 
@@ -355,35 +394,27 @@ impl ModelRunner for LlamaRunner {
         // wait from the sampling.
         self.context.synchronize();
         let waited = started.elapsed();
-        let greedy: Vec<usize> = (0..picks.len())
-            .filter(|&k| {
-                matches!(
-                    self.samplers.get(&picks[k].seq),
-                    Some(Sampler::Greedy) | None
-                )
+        // A sequence samples once a step, so its chain (if it has one) goes to one job.
+        let mut chains: HashMap<SeqId, &mut Chain> = self
+            .samplers
+            .iter_mut()
+            .filter_map(|(&seq, sampler)| match sampler {
+                Sampler::Chain(chain) => Some((seq, chain)),
+                Sampler::Greedy => None,
             })
             .collect();
-        let mut tokens = vec![0; picks.len()];
-        {
-            let jobs: Vec<(&[f32], Option<TokenMask<'_>>)> = greedy
-                .iter()
-                .map(|&k| {
-                    let index = i32::try_from(picks[k].index).unwrap_or(i32::MAX);
-                    (self.context.get_logits_ith(index), picks[k].mask)
-                })
-                .collect();
-            let spread = spreads_sampling(self.layout.on_gpu, jobs.len());
-            for (&k, token) in greedy.iter().zip(greedy_tokens(&jobs, spread)) {
-                tokens[k] = token;
-            }
-        }
-        // Sampler chains hold state (penalties, random state): one after another.
-        let mut greedy = greedy.into_iter().peekable();
-        for (k, p) in picks.iter().enumerate() {
-            if greedy.next_if_eq(&k).is_none() {
-                tokens[k] = self.sample(p.seq, p.index, p.mask);
-            }
-        }
+        let mut jobs: Vec<Job<'_>> = picks
+            .iter()
+            .map(|p| Job {
+                logits: self
+                    .context
+                    .get_logits_ith(i32::try_from(p.index).unwrap_or(i32::MAX)),
+                mask: p.mask,
+                chain: chains.remove(&p.seq),
+            })
+            .collect();
+        let spread = spreads_sampling(self.layout.on_gpu, jobs.len());
+        let tokens = sample_jobs(&mut jobs, spread);
         tracing::trace!(
             sequences = picks.len(),
             wait_us = waited.as_micros() as u64,
@@ -523,30 +554,66 @@ mod tests {
     }
 
     #[test]
-    fn greedy_picks_are_the_same_on_all_cores() {
-        // Pseudo-random logits with ties, some sequences under a mask.
+    fn a_steps_picks_are_the_same_on_all_cores() {
+        // Pseudo-random logits with ties; every third sequence under a mask, every other
+        // one with a seeded sampler chain (temperature 1), the rest greedy.
         let mut state = 7u32;
         let logits: Vec<Vec<f32>> = (0..9)
             .map(|_| {
                 (0..1000)
                     .map(|_| {
                         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                        (state >> 24) as f32
+                        (state >> 24) as f32 / 32.0
                     })
                     .collect()
             })
             .collect();
         let words: Vec<u32> = (0..32).map(|w| 0x5555_5555u32.rotate_left(w)).collect();
-        let jobs: Vec<(&[f32], Option<TokenMask<'_>>)> = logits
-            .iter()
-            .enumerate()
-            .map(|(k, l)| (l.as_slice(), (k % 3 == 0).then_some(TokenMask(&words))))
-            .collect();
+        let mask = |k: usize| k.is_multiple_of(3).then_some(TokenMask(&words));
+        let chains = || -> Vec<Option<Chain>> {
+            (0..9u32)
+                .map(|k| {
+                    k.is_multiple_of(2).then(|| Chain {
+                        sampler: LlamaSampler::chain_simple([
+                            LlamaSampler::temp(1.0),
+                            LlamaSampler::dist(100 + k),
+                        ]),
+                        candidates: Vec::new(),
+                    })
+                })
+                .collect()
+        };
+        let (mut serial_chains, mut spread_chains) = (chains(), chains());
+        fn jobs<'a>(
+            logits: &'a [Vec<f32>],
+            words: &'a [u32],
+            chains: &'a mut [Option<Chain>],
+        ) -> Vec<Job<'a>> {
+            chains
+                .iter_mut()
+                .enumerate()
+                .map(|(k, chain)| Job {
+                    logits: &logits[k],
+                    mask: k.is_multiple_of(3).then_some(TokenMask(words)),
+                    chain: chain.as_mut(),
+                })
+                .collect()
+        }
         assert!(spreads_sampling(true, 2));
         assert!(!spreads_sampling(true, 1));
         assert!(!spreads_sampling(false, 64));
-        let serial = greedy_tokens(&jobs, false);
-        assert_eq!(greedy_tokens(&jobs, true), serial);
+        // Several steps: the chains' random states advance alike either way.
+        for _ in 0..3 {
+            let serial = sample_jobs(&mut jobs(&logits, &words, &mut serial_chains), false);
+            let spread = sample_jobs(&mut jobs(&logits, &words, &mut spread_chains), true);
+            assert_eq!(spread, serial);
+            for (k, &token) in serial.iter().enumerate() {
+                assert!(mask(k).is_none_or(|m| m.allows(token)), "sequence {k}");
+                if k % 2 == 1 {
+                    assert_eq!(token, argmax_allowed(&logits[k], mask(k)));
+                }
+            }
+        }
         // A vocabulary of several slices, with its maximum in two of them: the first wins.
         let mut long = vec![0.5f32; 40_000];
         long[39_000] = 3.0;
@@ -559,9 +626,6 @@ mod tests {
         long[33_333] = 4.0;
         assert_eq!(argmax_spread(&long, Some(TokenMask(&odd))), 33_333);
         assert_eq!(argmax_allowed(&long, Some(TokenMask(&odd))), 33_333);
-        for ((logits, mask), token) in jobs.iter().zip(&serial) {
-            assert_eq!(*token, argmax_allowed(logits, *mask));
-        }
     }
 
     #[test]
