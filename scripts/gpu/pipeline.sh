@@ -129,6 +129,17 @@ run_e2e() {
     stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
 }
 
+# Pensieve alone on WORKLOADS (64 streams where streams), traced step by step; the stage line
+# shows the first LINES rows of scripts/gpu/steps.py's table.
+step_trace() {
+    timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+        --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads "$1" --streams 64 \
+        --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace,pensieve_llama=trace \
+        --json "$R/trace-7b.json" --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
+    $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
+    stage "step trace: $(sed -n "2,$((1 + $2))p" "$R/steps-7b.txt" | tr '\n' ';')"
+}
+
 if [[ -n "${ONLY_BENCH:-}" ]]; then
     # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model;
     # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns (SWARM_TEMPERATURE:
@@ -150,14 +161,7 @@ if [[ -n "${ONLY_BENCH:-}" ]]; then
             --log-dir "$L/bench-7b-tools" >"$L/bench-7b-tools.log" 2>&1
         stage "bench 7B swarm with tool time: rc=$?"
     fi
-    if [[ ${TRACE:-0} == 1 ]]; then
-        timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
-            --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads decode,streams \
-            --streams 64 --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace,pensieve_llama=trace \
-            --json "$R/trace-7b.json" --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
-        $PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
-        stage "step trace: $(sed -n 2,3p "$R/steps-7b.txt" | tr '\n' ';')"
-    fi
+    [[ ${TRACE:-0} == 1 ]] && step_trace decode,streams 2
     if [[ ${E2E:-0} == 1 ]]; then
         wait_parts
         run_e2e
@@ -199,12 +203,7 @@ timeout 900 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pe
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
     --rounds "${BENCH_ROUNDS:-2}" --reps 2 --swarm-turns 3 --json "$R/bench-7b.json" --log-dir "$L/bench-7b" >"$L/bench-7b.log" 2>&1
 stage "bench 7B: rc=$?"
-timeout 200 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
-    --llama-server-bin "$W/bin/llama-server" --sides pensieve --workloads streams --streams 64 \
-    --rounds 1 --pensieve-log info,pensieve_engine::scheduler=trace,pensieve_llama=trace --json "$R/trace-7b.json" \
-    --log-dir "$L/trace-7b" >"$L/trace-7b.log" 2>&1
-$PY "$REPO/scripts/gpu/steps.py" "$L/trace-7b/pensieve.log" >"$R/steps-7b.txt" 2>&1
-stage "step trace: $(sed -n 2p "$R/steps-7b.txt")"
+step_trace streams 1
 [[ ${BENCH_SMOL:-1} == 1 ]] && timeout 150 $PY "$REPO/bench/gpu.py" --model "$SMOL" --pensieve-bin "$W/bin/pensieve" \
     --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
     --workloads decode,prefill,streams --rounds 1 --json "$R/bench-smol.json" \

@@ -376,13 +376,18 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
-        let logits = self
-            .context
-            .get_logits_ith(i32::try_from(index).unwrap_or(i32::MAX));
-        match self.samplers.get_mut(&seq) {
-            Some(Sampler::Chain(chain)) => chain.sample(logits, mask),
-            Some(Sampler::Greedy) | None => argmax_allowed(logits, mask),
+        let chain = match self.samplers.get_mut(&seq) {
+            Some(Sampler::Chain(chain)) => Some(chain),
+            Some(Sampler::Greedy) | None => None,
+        };
+        Job {
+            logits: self
+                .context
+                .get_logits_ith(i32::try_from(index).unwrap_or(i32::MAX)),
+            mask,
+            chain,
         }
+        .sample(false)
     }
 
     fn sample_all(&mut self, picks: &[Pick<'_>]) -> Vec<TokenId> {
