@@ -15,7 +15,8 @@ starts every side in turn (alternating), measures, and stops it. Workloads:
 Prompts of decode/prefill/streams are random token ids below 30,000 (in every test model's vocabulary) (the same
 ids for every side), so no prefix is shared and no cache helps. Output stops at max_tokens or
 when the model ends (with random weights that is rare, and the same for both: same kernels).
-VRAM: the peak of nvidia-smi's memory.used while a side runs. llama-bench (--llama-bench-bin)
+Sides: pensieve, llama-server, llama-server-bs, and pensieve:NAME for Pensieve with the flags of
+--variant NAME=FLAGS. VRAM: the peak of nvidia-smi's memory.used while a side runs. llama-bench (--llama-bench-bin)
 gives the kernels' own tg128 and pp512 on the same build.
 
 usage: gpu.py --model M.gguf --pensieve-bin P --llama-server-bin L [--llama-bench-bin B]
@@ -44,6 +45,21 @@ from client import StreamError, gaps, send, stream_completion, ttft
 from common import Server, free_port, install_signal_handlers, kill_all, log, percentile
 
 PENSIEVE, LLAMA, LLAMA_BS = "pensieve", "llama-server", "llama-server-bs"
+
+
+def pensieve_variant(side: str, args) -> list[str] | None:
+    """The extra flags of a Pensieve side: `pensieve` has none, `pensieve:NAME` those
+    --variant NAME=FLAGS gives (e.g. host=--backend-sampling false); None: not Pensieve."""
+    if side == PENSIEVE:
+        return []
+    name = side.removeprefix(f"{PENSIEVE}:")
+    if name == side:
+        return None
+    for v in args.variant:
+        key, _, flags = v.partition("=")
+        if key == name:
+            return shlex.split(flags)
+    raise SystemExit(f"side {side}: no --variant {name}=FLAGS")
 
 
 class VramSampler:
@@ -85,7 +101,8 @@ class VramSampler:
 
 
 def command(side: str, args, port: int, parallel: int, ctx: int) -> list[str]:
-    if side == PENSIEVE:
+    variant = pensieve_variant(side, args)
+    if variant is not None:
         return [
             args.pensieve_bin,
             "serve",
@@ -104,6 +121,7 @@ def command(side: str, args, port: int, parallel: int, ctx: int) -> list[str]:
             "--gpu-layers",
             "999",
             *shlex.split(args.pensieve_args),
+            *variant,
         ]
     extra = ["--backend-sampling"] if side == LLAMA_BS else []
     return [
@@ -311,7 +329,7 @@ def swarm(port: int, args, seed: int) -> dict:
 def with_server(side: str, args, parallel: int, ctx: int, log_dir: Path, work) -> dict:
     port = free_port()
     env = None
-    if side == PENSIEVE and args.pensieve_log:
+    if side.startswith(PENSIEVE) and args.pensieve_log:
         env = dict(os.environ, PENSIEVE_LOG=args.pensieve_log)
     cmd = command(side, args, port, parallel, ctx)
     srv = Server(side, cmd, port, log_dir / f"{side}.log", env=env)
@@ -405,6 +423,14 @@ def main() -> int:
     )
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--pensieve-args", default="")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="a Pensieve side `pensieve:NAME` run with FLAGS too (repeatable), e.g. "
+        "--variant 'host=--backend-sampling false' --sides pensieve,pensieve:host",
+    )
     ap.add_argument(
         "--pensieve-log",
         help="PENSIEVE_LOG for pensieve (e.g. info,pensieve_engine=trace: step times)",

@@ -50,5 +50,6 @@ for part in "$ROOT"/.gpu/rust.part*; do
     n=$((n + 1))
 done
 sha256sum "$TAR" | awk '{print $1}' >"$ROOT/.gpu/rust0/rust.sha256"
+echo "$n" >"$ROOT/.gpu/rust0/rust.parts"
 du -sh "$ROOT"/.gpu/rust[0-9]*
 echo "carry: one .gpu/rustN a call, then run scripts/gpu/cargo-build.sh there"

@@ -110,12 +110,14 @@ wait_parts() {
     stage "models: $(cat "$L/models.txt")"
 }
 
+# The suites against $1 (default: the dynamic-link binary).
 run_e2e() {
+    local bin=${1:-$W/bin/pensieve}
     mkdir -p /tmp/site && tar -xf "$G/${WHEELS_DIR:-base}/wheels.tar" -C "$W" &&
         $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$W"/whl/*.whl >"$L/pip.log" 2>&1
     (
         cd "$REPO/tests/e2e" &&
-            PYTHONPATH=/tmp/site PENSIEVE_BIN=$W/bin/pensieve PENSIEVE_TEST_MODELS=$W/models \
+            PYTHONPATH=/tmp/site PENSIEVE_BIN=$bin PENSIEVE_TEST_MODELS=$W/models \
                 timeout 300 $PY -m pytest test_anthropic_sdk.py test_openai_sdk.py test_tools.py \
                 -v -k "not qwen" --junitxml="$R/e2e.xml" \
                 --deselect test_tools.py::test_a_tool_call_is_a_tool_use_block \
@@ -126,7 +128,23 @@ run_e2e() {
                 --deselect test_openai_sdk.py::test_a_tool_result_continues_the_conversation \
                 --deselect test_openai_sdk.py::test_json_schema_output_validates >"$R/e2e.txt" 2>&1
     )
-    stage "e2e: rc=$? $(tail -1 "$R/e2e.txt")"
+    stage "e2e ($bin): rc=$? $(tail -1 "$R/e2e.txt")"
+}
+
+# The README's own `cargo build --release --features cuda`, once the toolchain's parts have
+# all arrived (one a call): scripts/gpu/cargo-build.sh, which also serves the 7B model with
+# the binary it made. Sets STATIC_BIN when that binary exists.
+static_build() {
+    local want
+    want=$(cat "$G/rust0/rust.parts" 2>/dev/null || echo 99)
+    for _ in $(seq 1 120); do
+        [[ $(compgen -G "$G/rust*/rust.part*" | wc -l) -ge $want ]] && break
+        sleep 5
+    done
+    bash "$REPO/scripts/gpu/cargo-build.sh" >"$L/cargo-build.log" 2>&1
+    stage "static build: rc=$? $(tr '\n' ' ' <"$W/cargo/stages.txt" | tail -c 600)"
+    cp "$W/cargo/build.log" "$W/cargo/smoke.log" "$L/" 2>/dev/null
+    [[ -x $W/cargo/target/release/pensieve ]] && STATIC_BIN=$W/cargo/target/release/pensieve
 }
 
 # Pensieve alone on WORKLOADS (64 streams where streams), traced step by step; the stage line
@@ -141,16 +159,21 @@ step_trace() {
 }
 
 if [[ -n "${ONLY_BENCH:-}" ]]; then
-    # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model;
+    # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model,
+    # BENCH_SIDES (pensieve:NAME sides take their flags from VARIANTS, `NAME=FLAGS;...`);
     # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns (SWARM_TEMPERATURE:
     # the swarm's temperature, default 0; Claude Code sends none, 1.0); with TRACE=1,
-    # a step trace of one stream and of 64; with E2E=1, the end-to-end suites (the test model
-    # and the wheels arrive meanwhile).
-    timeout 450 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+    # a step trace of one stream and of 64; with CARGO_BUILD=1, the static cargo build
+    # (scripts/gpu/cargo-build.sh); with E2E=1, the end-to-end suites (the test model and
+    # the wheels arrive meanwhile) against the static binary when there is one.
+    variants=()
+    IFS=';' read -ra vs <<<"${VARIANTS:-}"
+    for v in "${vs[@]}"; do [[ -n $v ]] && variants+=(--variant "$v"); done
+    timeout "${BENCH_TIMEOUT:-450}" $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
         --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
         --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
         --streams "${BENCH_STREAMS:-32,64}" --rounds "${BENCH_ROUNDS:-1}" --swarm-turns 3 \
-        --swarm-temperature "${SWARM_TEMPERATURE:-0}" \
+        --reps "${BENCH_REPS:-3}" "${variants[@]}" --swarm-temperature "${SWARM_TEMPERATURE:-0}" \
         --json "$R/bench-7b-only.json" --log-dir "$L/bench-7b-only" >"$L/bench-7b-only.log" 2>&1
     stage "bench 7B $ONLY_BENCH: rc=$?"
     if [[ -n "${SWARM_TOOL_S:-}" ]]; then
@@ -162,9 +185,10 @@ if [[ -n "${ONLY_BENCH:-}" ]]; then
         stage "bench 7B swarm with tool time: rc=$?"
     fi
     [[ ${TRACE:-0} == 1 ]] && step_trace decode,streams 2
+    [[ ${CARGO_BUILD:-0} == 1 ]] && static_build
     if [[ ${E2E:-0} == 1 ]]; then
         wait_parts
-        run_e2e
+        run_e2e "${STATIC_BIN:-}"
     fi
     stage ALL_DONE
     touch "$W/DONE"

@@ -121,6 +121,7 @@ fn a_gpu_takes_every_layer_and_the_kv_cache_by_default() {
     assert_eq!(offload(&Asked::default(), &device), GpuLayers::All);
     let s = resolved(Layer::default(), qwen7b(32_768), &device);
     assert_eq!((s.gpu_layers, s.total_layers, s.kv_on_gpu), (29, 29, true));
+    assert!(s.backend_sampling, "greedy tokens are picked on the GPU");
     // 80% of 100 GiB less 1.5 GiB holds 44 sequences of 32k (1.75 GiB each): 16 at most.
     assert_eq!((s.ctx, s.parallel), (32_768, 16));
     // A long trained context: up to 128k, 7 GiB a sequence, 11 of them.
@@ -345,4 +346,25 @@ fn halving_goes_to_the_power_of_two_below() {
     assert_eq!(halve(131_072), 65_536);
     assert_eq!(halve(40_960), 32_768);
     assert_eq!(halve(5000), 4096);
+}
+
+#[test]
+fn backend_sampling_follows_the_gpu_unless_asked() {
+    let off = Layer {
+        backend_sampling: Some(false),
+        ..Layer::default()
+    };
+    assert!(!resolved(off, qwen7b(4096), &with_gpu(100)).backend_sampling);
+    assert!(!resolved(Layer::default(), qwen7b(4096), &cpu_only(None)).backend_sampling);
+    let on = Layer {
+        backend_sampling: Some(true),
+        ..Layer::default()
+    };
+    // Asked for on the CPU, the graph's argmax runs there.
+    assert!(resolved(on, qwen7b(4096), &cpu_only(None)).backend_sampling);
+    let cpu = Layer {
+        gpu_layers: Some(GpuLayers::Count(0)),
+        ..Layer::default()
+    };
+    assert!(!resolved(cpu, qwen7b(4096), &with_gpu(100)).backend_sampling);
 }

@@ -11,6 +11,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
 use pensieve_engine::settings::{self, Asked, DeviceFacts, ModelFacts, Settings, SettingsError};
 use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 
@@ -131,6 +132,7 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         parallel = settings.parallel,
         kv_cells = layout.cells,
         kv_on_gpu = settings.kv_on_gpu,
+        backend_sampling = settings.backend_sampling,
         can_truncate = layout.can_truncate,
         has_template = info.chat_template.is_some(),
         "model loaded on {runs_on}"
@@ -167,12 +169,21 @@ fn new_context(
         .with_offload_kqv(settings.kv_on_gpu)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    model
-        .new_context(backend, params)
-        .map_err(|e| LlamaError::Context {
-            context: cells,
-            reason: e.to_string(),
-        })
+    let context = if settings.backend_sampling {
+        // A greedy chain on every slot, for good: attaching or detaching one later makes
+        // llama.cpp reserve its compute graphs again, a stall for every sequence. The
+        // logits still reach the host, so masks, chains and log-probabilities work as
+        // without it.
+        let slots = 0..i32::try_from(settings.parallel).unwrap_or(i32::MAX);
+        let greedy = slots.map(|s| (s, LlamaSampler::chain_simple([LlamaSampler::greedy()])));
+        model.new_context_with_samplers(backend, params, greedy)
+    } else {
+        model.new_context(backend, params)
+    };
+    context.map_err(|e| LlamaError::Context {
+        context: cells,
+        reason: e.to_string(),
+    })
 }
 
 /// KV cells of all sequences together.
@@ -226,6 +237,7 @@ fn layout(
         can_truncate,
         on_gpu: settings.gpu_layers > 0,
         kv_on_gpu: settings.gpu_layers > 0 && settings.kv_on_gpu,
+        backend_greedy: settings.backend_sampling,
         kv_bytes_per_token: facts.kv_bytes_per_token,
         fingerprint,
         n_vocab: model.n_vocab(),

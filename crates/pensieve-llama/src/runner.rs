@@ -30,6 +30,9 @@ pub(crate) struct RunnerLayout {
     pub on_gpu: bool,
     /// The KV cache lives in the GPU's memory.
     pub kv_on_gpu: bool,
+    /// Every slot has a greedy chain in llama.cpp's graph: each output's argmax is made
+    /// where the logits are.
+    pub backend_greedy: bool,
     pub kv_bytes_per_token: u64,
     pub fingerprint: String,
     pub n_vocab: i32,
@@ -115,6 +118,14 @@ impl LlamaRunner {
         self.layout.kv_on_gpu || stream <= 2 * len as usize
     }
 
+    /// The greedy token llama.cpp's graph picked for entry `index` of the last batch.
+    fn picked(&self, index: i32) -> Option<TokenId> {
+        if !self.layout.backend_greedy {
+            return None;
+        }
+        self.context.sampled_token_ith(index).map(|t| t.0)
+    }
+
     fn copy_pending(&self, seq: SeqId) -> bool {
         self.pending_copies
             .iter()
@@ -178,16 +189,26 @@ fn spreads_sampling(on_gpu: bool, sequences: usize) -> bool {
     on_gpu && sequences > 1
 }
 
-/// What one sequence samples from this step: its logits, its grammar's mask, and its
-/// sampler chain (none: greedy).
+/// What one sequence samples from this step: its logits, its grammar's mask, its
+/// sampler chain (none: greedy), and the greedy token llama.cpp's graph picked, if any.
 struct Job<'a> {
     logits: &'a [f32],
     mask: Option<TokenMask<'a>>,
     chain: Option<&'a mut Chain>,
+    picked: Option<TokenId>,
 }
 
 impl Job<'_> {
+    /// The graph's pick is this sequence's token: greedy, over the whole vocabulary.
+    fn is_picked(&self) -> Option<TokenId> {
+        self.picked
+            .filter(|_| self.chain.is_none() && self.mask.is_none())
+    }
+
     fn sample(&mut self, spread: bool) -> TokenId {
+        if let Some(token) = self.is_picked() {
+            return token;
+        }
         match self.chain.as_deref_mut() {
             Some(chain) => chain.sample(self.logits, self.mask),
             // Alone on the cores, one argmax goes faster in slices of the vocabulary.
@@ -200,6 +221,9 @@ impl Job<'_> {
 /// Each job's next token, in order; with `spread`, the jobs side by side on all cores.
 /// Chains are each a sequence's own state, so their order across sequences is free.
 fn sample_jobs(jobs: &mut [Job<'_>], spread: bool) -> Vec<TokenId> {
+    // Tokens the graph picked cost nothing here: spread only the host's own work.
+    let host_work = jobs.iter().filter(|j| j.is_picked().is_none()).count();
+    let spread = spread && host_work > 1;
     if spread {
         jobs.par_iter_mut().map(|job| job.sample(true)).collect()
     } else {
@@ -376,16 +400,17 @@ impl ModelRunner for LlamaRunner {
     }
 
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let picked = self.picked(index);
         let chain = match self.samplers.get_mut(&seq) {
             Some(Sampler::Chain(chain)) => Some(chain),
             Some(Sampler::Greedy) | None => None,
         };
         Job {
-            logits: self
-                .context
-                .get_logits_ith(i32::try_from(index).unwrap_or(i32::MAX)),
+            logits: self.context.get_logits_ith(index),
             mask,
             chain,
+            picked,
         }
         .sample(false)
     }
@@ -399,6 +424,10 @@ impl ModelRunner for LlamaRunner {
         // wait from the sampling.
         self.context.synchronize();
         let waited = started.elapsed();
+        let picked: Vec<Option<TokenId>> = picks
+            .iter()
+            .map(|p| self.picked(i32::try_from(p.index).unwrap_or(i32::MAX)))
+            .collect();
         // A sequence samples once a step, so its chain (if it has one) goes to one job.
         let mut chains: HashMap<SeqId, &mut Chain> = self
             .samplers
@@ -410,12 +439,14 @@ impl ModelRunner for LlamaRunner {
             .collect();
         let mut jobs: Vec<Job<'_>> = picks
             .iter()
-            .map(|p| Job {
+            .zip(picked)
+            .map(|(p, picked)| Job {
                 logits: self
                     .context
                     .get_logits_ith(i32::try_from(p.index).unwrap_or(i32::MAX)),
                 mask: p.mask,
                 chain: chains.remove(&p.seq),
+                picked,
             })
             .collect();
         let spread = spreads_sampling(self.layout.on_gpu, jobs.len());
@@ -589,6 +620,8 @@ mod tests {
                 .collect()
         };
         let (mut serial_chains, mut spread_chains) = (chains(), chains());
+        // Outside the 1,000-token vocabulary: no chain can draw it.
+        const PICKED: TokenId = 5_000;
         fn jobs<'a>(
             logits: &'a [Vec<f32>],
             words: &'a [u32],
@@ -601,6 +634,8 @@ mod tests {
                     logits: &logits[k],
                     mask: k.is_multiple_of(3).then_some(TokenMask(words)),
                     chain: chain.as_mut(),
+                    // As if the graph had picked its greedy token for every sequence.
+                    picked: Some(PICKED),
                 })
                 .collect()
         }
@@ -614,8 +649,13 @@ mod tests {
             assert_eq!(spread, serial);
             for (k, &token) in serial.iter().enumerate() {
                 assert!(mask(k).is_none_or(|m| m.allows(token)), "sequence {k}");
-                if k % 2 == 1 {
-                    assert_eq!(token, argmax_allowed(&logits[k], mask(k)));
+                match (k % 2 == 1, mask(k)) {
+                    // Greedy without a mask: the graph's pick stands.
+                    (true, None) => assert_eq!(token, PICKED),
+                    // A mask the graph knows nothing of: the host's argmax over the logits.
+                    (true, Some(m)) => assert_eq!(token, argmax_allowed(&logits[k], Some(m))),
+                    // A chain samples the logits whatever the graph picked.
+                    (false, _) => assert_ne!(token, PICKED, "sequence {k}"),
                 }
             }
         }

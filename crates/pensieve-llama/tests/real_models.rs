@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use pensieve_engine::{
     BatchToken, Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent, LoadedModel,
-    Message, ModelRunner, Role, RunsOn, SamplingParams, SeqId, TokenId, TokenMask, Tokenizer,
+    Message, ModelRunner, Pick, Role, RunsOn, SamplingParams, SeqId, TokenId, TokenMask, Tokenizer,
 };
 use pensieve_llama::{load, LlamaOptions};
 
@@ -26,11 +26,17 @@ fn model_path(file: &str) -> PathBuf {
 }
 
 fn smollm2(context: u32) -> LoadedModel {
+    smollm2_with(context, None)
+}
+
+/// SmolLM2 with greedy tokens picked in llama.cpp's graph (`Some(true)`) or on the host.
+fn smollm2_with(context: u32, backend_sampling: Option<bool>) -> LoadedModel {
     let mut options = LlamaOptions::new(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"));
     options.asked.flags.ctx = Some(context);
     options.asked.flags.threads = Some(2);
     // Tests use sequences 0 to 2.
     options.asked.flags.parallel = Some(4);
+    options.asked.flags.backend_sampling = backend_sampling;
     load(&options).expect("SmolLM2 loads")
 }
 
@@ -178,6 +184,78 @@ fn greedy_decoding_after_cache_reuse_matches_a_cold_run() {
         (15_000..40_000).contains(&per_token),
         "{per_token} bytes a token"
     );
+}
+
+#[test]
+fn greedy_tokens_picked_in_the_graph_are_the_hosts_and_the_logits_still_arrive() {
+    let mut host = smollm2_with(512, Some(false));
+    let mut graph = smollm2_with(512, Some(true));
+    let prompts: Vec<Vec<TokenId>> = ["List three colours.", "Write a haiku about rain."]
+        .iter()
+        .map(|q| {
+            host.tokenizer.encode(&format!(
+                "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+            ))
+        })
+        .collect();
+    // One sequence at a time (`sample`) ...
+    for (seq, prompt) in prompts.iter().enumerate() {
+        let want = greedy_run(host.runner.as_mut(), seq as SeqId, prompt, 0);
+        let got = greedy_run(graph.runner.as_mut(), seq as SeqId, prompt, 0);
+        assert_eq!(got, want, "sequence {seq}");
+    }
+    // ... and two in one batch (`sample_all`): each output row maps to its sequence,
+    // and a masked sequence is sampled on the host from logits that still arrived.
+    let allowed: Vec<u32> = vec![0xF0F0_F0F0; 49_152 / 32 + 1];
+    let step = |model: &mut LoadedModel| {
+        let runner = model.runner.as_mut();
+        let mut batch = Vec::new();
+        let mut outputs = Vec::new();
+        for (k, prompt) in prompts.iter().enumerate() {
+            let seq = 2 + k as SeqId;
+            runner.release(seq);
+            runner.start_sampling(
+                seq,
+                &SamplingParams {
+                    temperature: 0.0,
+                    logprobs: Some(3),
+                    ..SamplingParams::default()
+                },
+            );
+            for (i, &token) in prompt.iter().enumerate() {
+                batch.push(BatchToken {
+                    seq,
+                    token,
+                    pos: i as u32,
+                    logits: i == prompt.len() - 1,
+                });
+            }
+            outputs.push((seq, batch.len() - 1));
+        }
+        runner.decode(&batch).unwrap();
+        let plain: Vec<Pick<'_>> = outputs
+            .iter()
+            .map(|&(seq, index)| Pick {
+                seq,
+                index,
+                mask: None,
+            })
+            .collect();
+        let tokens = runner.sample_all(&plain);
+        let masked = runner.sample_all(&[Pick {
+            seq: outputs[1].0,
+            index: outputs[1].1,
+            mask: Some(TokenMask(&allowed)),
+        }]);
+        let top = runner.logprobs(outputs[0].1, tokens[0], 3).unwrap().1;
+        (tokens, masked[0], top[0].0)
+    };
+    let (host_tokens, host_masked, host_top) = step(&mut host);
+    let (graph_tokens, graph_masked, graph_top) = step(&mut graph);
+    assert_eq!(graph_tokens, host_tokens);
+    assert_eq!(graph_masked, host_masked);
+    assert!(TokenMask(&allowed).allows(graph_masked));
+    assert_eq!((graph_top, host_top), (host_tokens[0], host_tokens[0]));
 }
 
 #[test]

@@ -99,6 +99,7 @@ pub struct ModelSettings {
     pub batch: Option<u32>,
     /// A number, or "all".
     pub gpu_layers: Option<GpuLayers>,
+    pub backend_sampling: Option<bool>,
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// [default: all when llama.cpp finds a GPU, else 0].
     #[arg(long, env = "PENSIEVE_GPU_LAYERS", value_name = "N|all")]
     gpu_layers: Option<GpuLayers>,
+    /// Pick greedy tokens inside llama.cpp's graph, on the GPU, instead of on the host
+    /// (as llama-server's --backend-sampling) [default: true when the model is on a GPU].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    backend_sampling: Option<bool>,
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
@@ -147,6 +151,7 @@ impl ServeArgs {
             threads,
             batch: self.batch,
             gpu_layers,
+            backend_sampling: self.backend_sampling,
         };
         let env = Layer {
             ctx: env_ctx,
@@ -154,6 +159,7 @@ impl ServeArgs {
             threads: env_threads,
             batch: None,
             gpu_layers: env_gpu_layers,
+            backend_sampling: None,
         };
         (flags, env)
     }
@@ -209,6 +215,7 @@ impl LoadPlan {
                     threads: s.threads,
                     batch: s.batch,
                     gpu_layers: s.gpu_layers,
+                    backend_sampling: s.backend_sampling,
                 },
             },
             tool_parser,
@@ -594,6 +601,8 @@ mod tests {
             "256",
             "--threads",
             "3",
+            "--backend-sampling",
+            "false",
         ])
         .unwrap();
         let (flags, env) = args.layers(true);
@@ -605,6 +614,7 @@ mod tests {
                 threads: Some(3),
                 batch: Some(256),
                 gpu_layers: Some(GpuLayers::All),
+                backend_sampling: Some(false),
             }
         );
         assert_eq!(env, Layer::default());
