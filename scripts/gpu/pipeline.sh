@@ -158,9 +158,27 @@ step_trace() {
     stage "step trace: $(sed -n "2,$((1 + $2))p" "$R/steps-7b.txt" | tr '\n' ';')"
 }
 
-if [[ -n "${ONLY_BENCH:-}" ]]; then
-    # A re-run of some workloads only (e.g. ONLY_BENCH=decode,streams,swarm) on the 7B model,
-    # BENCH_SIDES (pensieve:NAME sides take their flags from VARIANTS, `NAME=FLAGS;...`);
+# Each line of the plan file $1 is one bench/gpu.py run on the 7B model: NAME TIMEOUT_S and
+# its arguments (blank lines and # comments skipped); llama-bench runs with the first only.
+run_plan() {
+    local name limit rest first=1
+    while read -r -u 3 name limit rest; do
+        [[ -z $name || $name == \#* ]] && continue
+        eval "local extra=($rest)"
+        local anchor=()
+        [[ $first == 1 ]] && anchor=(--llama-bench-bin "$W/bin/llama-bench")
+        first=0
+        timeout "$limit" $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+            --llama-server-bin "$W/bin/llama-server" "${anchor[@]}" "${extra[@]}" \
+            --json "$R/bench-$name.json" --log-dir "$L/bench-$name" >"$L/bench-$name.log" 2>&1
+        stage "bench $name: rc=$?"
+    done 3<"$1"
+}
+
+if [[ -n "${ONLY_BENCH:-}${PLAN:-}" ]]; then
+    # A re-run of some workloads only: the runs of the plan file PLAN (scripts/gpu/plans/), or
+    # ONLY_BENCH's workloads (e.g. decode,streams,swarm) on the 7B model with BENCH_SIDES
+    # (pensieve:NAME sides take their flags from VARIANTS, `NAME=FLAGS;...`);
     # then, with SWARM_TOOL_S, the swarm with that mean tool time between turns (SWARM_TEMPERATURE:
     # the swarm's temperature, default 0; Claude Code sends none, 1.0); with TRACE=1,
     # a step trace of one stream and of 64; with CARGO_BUILD=1, the static cargo build
@@ -169,13 +187,14 @@ if [[ -n "${ONLY_BENCH:-}" ]]; then
     variants=()
     IFS=';' read -ra vs <<<"${VARIANTS:-}"
     for v in "${vs[@]}"; do [[ -n $v ]] && variants+=(--variant "$v"); done
-    timeout "${BENCH_TIMEOUT:-450}" $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
+    [[ -n "${PLAN:-}" ]] && run_plan "$REPO/$PLAN"
+    [[ -n "${ONLY_BENCH:-}" ]] && timeout "${BENCH_TIMEOUT:-450}" $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
         --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
         --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
         --streams "${BENCH_STREAMS:-32,64}" --rounds "${BENCH_ROUNDS:-1}" --swarm-turns 3 \
         --reps "${BENCH_REPS:-3}" "${variants[@]}" --swarm-temperature "${SWARM_TEMPERATURE:-0}" \
-        --json "$R/bench-7b-only.json" --log-dir "$L/bench-7b-only" >"$L/bench-7b-only.log" 2>&1
-    stage "bench 7B $ONLY_BENCH: rc=$?"
+        --json "$R/bench-7b-only.json" --log-dir "$L/bench-7b-only" >"$L/bench-7b-only.log" 2>&1 &&
+        stage "bench 7B $ONLY_BENCH: done"
     if [[ -n "${SWARM_TOOL_S:-}" ]]; then
         timeout 300 $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
             --llama-server-bin "$W/bin/llama-server" --sides pensieve,llama-server --workloads swarm \
