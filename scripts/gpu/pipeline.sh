@@ -172,6 +172,13 @@ run_plan() {
             --llama-server-bin "$W/bin/llama-server" "${anchor[@]}" "${extra[@]}" \
             --json "$R/bench-$name.json" --log-dir "$L/bench-$name" >"$L/bench-$name.log" 2>&1
         stage "bench $name: rc=$?"
+        # Runs with a step trace (--pensieve-log ...=trace): where each Pensieve side's steps went.
+        for f in "$L/bench-$name"/pensieve*.log; do
+            grep -q step_us "$f" 2>/dev/null || continue
+            local out=$R/steps-$name-$(basename "$f" .log).txt
+            $PY "$REPO/scripts/gpu/steps.py" "$f" >"$out" 2>&1
+            stage "  steps $(basename "$f" .log): $(sed -n 2,3p "$out" | tr '\n' ';')"
+        done
     done 3<"$1"
 }
 

@@ -13,6 +13,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Slots whose greedy tokens llama.cpp's graph picks on a GPU unless asked otherwise.
+pub const DEFAULT_BACKEND_SAMPLING_SLOTS: usize = 2;
+
 /// Longest default context when the KV cache lives in host memory (CPU, MLX): enough for
 /// Claude Code, bounded for RAM.
 pub const HOST_MAX_CONTEXT: u32 = 32_768;
@@ -143,7 +146,8 @@ pub struct Layer {
     pub threads: Option<usize>,
     pub batch: Option<u32>,
     pub gpu_layers: Option<GpuLayers>,
-    /// Greedy tokens picked inside llama.cpp's graph (on the GPU) rather than on the host.
+    /// Greedy tokens picked inside llama.cpp's graph (on the GPU) rather than on the host,
+    /// for every slot (true) or none (false).
     pub backend_sampling: Option<bool>,
 }
 
@@ -282,10 +286,11 @@ pub struct Settings {
     pub total_layers: u32,
     /// The KV cache and attention run on the GPU (llama.cpp's `offload_kqv`).
     pub kv_on_gpu: bool,
-    /// Each sequence's greedy token is the argmax of llama.cpp's graph, made where the
-    /// logits are (as llama-server's `--backend-sampling`); the logits still come to the
-    /// host for everything else (grammars, sampler chains, log-probabilities).
-    pub backend_sampling: bool,
+    /// Slots (from the first) whose greedy token is the argmax of llama.cpp's graph, made
+    /// where the logits are (as llama-server's `--backend-sampling`); 0: none. The logits
+    /// still come to the host for everything else (grammars, sampler chains,
+    /// log-probabilities).
+    pub backend_sampling_slots: usize,
     /// The default context before it was halved to fit the GPU's free memory.
     pub shrunk_from: Option<u32>,
     /// By the estimate, the KV cache does not fit the GPU's free memory (the context and
@@ -319,11 +324,17 @@ pub fn resolve(
         _ => 0,
     };
     let kv_on_gpu = gpu_layers > 0;
-    // On the GPU an argmax over a 150k vocabulary is microseconds, against ~120 us on one
-    // host core after the logits arrived; on the CPU it is the same work either way.
-    let backend_sampling = asked
-        .pick(|l| l.backend_sampling)
-        .map_or(gpu_layers > 0, |(on, _)| on);
+    // One argmax over a 150k vocabulary took ~120 us on a host core after the logits
+    // arrived, against microseconds on the GPU; but llama.cpp's graph gives every sampled
+    // sequence a kernel of its own, one after another, while the host spreads many
+    // sequences' argmaxes over its cores. By default the graph picks for the first slots
+    // only, which a lone session (or two) takes.
+    let backend_sampling_slots = match asked.pick(|l| l.backend_sampling) {
+        Some((true, _)) => usize::MAX,
+        Some((false, _)) => 0,
+        None if gpu_layers > 0 => DEFAULT_BACKEND_SAMPLING_SLOTS,
+        None => 0,
+    };
     let threads = asked
         .pick(|l| l.threads)
         .map_or(device.physical_cores, |(n, _)| n)
@@ -353,7 +364,7 @@ pub fn resolve(
         gpu_layers,
         total_layers,
         kv_on_gpu,
-        backend_sampling,
+        backend_sampling_slots: backend_sampling_slots.min(sized.parallel),
         shrunk_from: sized.shrunk_from,
         may_not_fit: sized.may_not_fit,
     })

@@ -121,7 +121,10 @@ fn a_gpu_takes_every_layer_and_the_kv_cache_by_default() {
     assert_eq!(offload(&Asked::default(), &device), GpuLayers::All);
     let s = resolved(Layer::default(), qwen7b(32_768), &device);
     assert_eq!((s.gpu_layers, s.total_layers, s.kv_on_gpu), (29, 29, true));
-    assert!(s.backend_sampling, "greedy tokens are picked on the GPU");
+    assert_eq!(
+        s.backend_sampling_slots, DEFAULT_BACKEND_SAMPLING_SLOTS,
+        "greedy tokens of the first slots are picked on the GPU"
+    );
     // 80% of 100 GiB less 1.5 GiB holds 44 sequences of 32k (1.75 GiB each): 16 at most.
     assert_eq!((s.ctx, s.parallel), (32_768, 16));
     // A long trained context: up to 128k, 7 GiB a sequence, 11 of them.
@@ -350,21 +353,21 @@ fn halving_goes_to_the_power_of_two_below() {
 
 #[test]
 fn backend_sampling_follows_the_gpu_unless_asked() {
-    let off = Layer {
-        backend_sampling: Some(false),
-        ..Layer::default()
+    let slots = |asked: Option<bool>, layers: Option<u32>, device: &DeviceFacts| {
+        let layer = Layer {
+            backend_sampling: asked,
+            gpu_layers: layers.map(GpuLayers::Count),
+            parallel: Some(8),
+            ..Layer::default()
+        };
+        resolved(layer, qwen7b(4096), device).backend_sampling_slots
     };
-    assert!(!resolved(off, qwen7b(4096), &with_gpu(100)).backend_sampling);
-    assert!(!resolved(Layer::default(), qwen7b(4096), &cpu_only(None)).backend_sampling);
-    let on = Layer {
-        backend_sampling: Some(true),
-        ..Layer::default()
-    };
+    let gpu = with_gpu(100);
+    assert_eq!(slots(None, None, &gpu), DEFAULT_BACKEND_SAMPLING_SLOTS);
+    assert_eq!(slots(Some(true), None, &gpu), 8, "every slot");
+    assert_eq!(slots(Some(false), None, &gpu), 0);
+    assert_eq!(slots(None, Some(0), &gpu), 0, "the model is on the CPU");
+    assert_eq!(slots(None, None, &cpu_only(None)), 0);
     // Asked for on the CPU, the graph's argmax runs there.
-    assert!(resolved(on, qwen7b(4096), &cpu_only(None)).backend_sampling);
-    let cpu = Layer {
-        gpu_layers: Some(GpuLayers::Count(0)),
-        ..Layer::default()
-    };
-    assert!(!resolved(cpu, qwen7b(4096), &with_gpu(100)).backend_sampling);
+    assert_eq!(slots(Some(true), None, &cpu_only(None)), 8);
 }

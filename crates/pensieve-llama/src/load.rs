@@ -132,7 +132,7 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         parallel = settings.parallel,
         kv_cells = layout.cells,
         kv_on_gpu = settings.kv_on_gpu,
-        backend_sampling = settings.backend_sampling,
+        backend_sampling_slots = settings.backend_sampling_slots,
         can_truncate = layout.can_truncate,
         has_template = info.chat_template.is_some(),
         "model loaded on {runs_on}"
@@ -169,12 +169,13 @@ fn new_context(
         .with_offload_kqv(settings.kv_on_gpu)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let context = if settings.backend_sampling {
-        // A greedy chain on every slot, for good: attaching or detaching one later makes
-        // llama.cpp reserve its compute graphs again, a stall for every sequence. The
-        // logits still reach the host, so masks, chains and log-probabilities work as
-        // without it.
-        let slots = 0..i32::try_from(settings.parallel).unwrap_or(i32::MAX);
+    let context = if settings.backend_sampling_slots > 0 {
+        // A greedy chain on each of those slots, for good: attaching or detaching one
+        // later makes llama.cpp reserve its compute graphs again, a stall for every
+        // sequence. The logits still reach the host, so masks, chains and
+        // log-probabilities work as without it.
+        let slots = settings.backend_sampling_slots.min(settings.parallel);
+        let slots = 0..i32::try_from(slots).unwrap_or(i32::MAX);
         let greedy = slots.map(|s| (s, LlamaSampler::chain_simple([LlamaSampler::greedy()])));
         model.new_context_with_samplers(backend, params, greedy)
     } else {
@@ -237,7 +238,7 @@ fn layout(
         can_truncate,
         on_gpu: settings.gpu_layers > 0,
         kv_on_gpu: settings.gpu_layers > 0 && settings.kv_on_gpu,
-        backend_greedy: settings.backend_sampling,
+        backend_greedy: settings.backend_sampling_slots,
         kv_bytes_per_token: facts.kv_bytes_per_token,
         fingerprint,
         n_vocab: model.n_vocab(),

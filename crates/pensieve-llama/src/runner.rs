@@ -30,9 +30,9 @@ pub(crate) struct RunnerLayout {
     pub on_gpu: bool,
     /// The KV cache lives in the GPU's memory.
     pub kv_on_gpu: bool,
-    /// Every slot has a greedy chain in llama.cpp's graph: each output's argmax is made
-    /// where the logits are.
-    pub backend_greedy: bool,
+    /// Slots `0..backend_greedy` have a greedy chain in llama.cpp's graph: their outputs'
+    /// argmaxes are made where the logits are.
+    pub backend_greedy: usize,
     pub kv_bytes_per_token: u64,
     pub fingerprint: String,
     pub n_vocab: i32,
@@ -119,8 +119,8 @@ impl LlamaRunner {
     }
 
     /// The greedy token llama.cpp's graph picked for entry `index` of the last batch.
-    fn picked(&self, index: i32) -> Option<TokenId> {
-        if !self.layout.backend_greedy {
+    fn picked(&self, seq: SeqId, index: i32) -> Option<TokenId> {
+        if usize::try_from(seq).unwrap_or(usize::MAX) >= self.layout.backend_greedy {
             return None;
         }
         self.context.sampled_token_ith(index).map(|t| t.0)
@@ -401,7 +401,7 @@ impl ModelRunner for LlamaRunner {
 
     fn sample(&mut self, seq: SeqId, index: usize, mask: Option<TokenMask<'_>>) -> TokenId {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
-        let picked = self.picked(index);
+        let picked = self.picked(seq, index);
         let chain = match self.samplers.get_mut(&seq) {
             Some(Sampler::Chain(chain)) => Some(chain),
             Some(Sampler::Greedy) | None => None,
@@ -426,7 +426,7 @@ impl ModelRunner for LlamaRunner {
         let waited = started.elapsed();
         let picked: Vec<Option<TokenId>> = picks
             .iter()
-            .map(|p| self.picked(i32::try_from(p.index).unwrap_or(i32::MAX)))
+            .map(|p| self.picked(p.seq, i32::try_from(p.index).unwrap_or(i32::MAX)))
             .collect();
         // A sequence samples once a step, so its chain (if it has one) goes to one job.
         let mut chains: HashMap<SeqId, &mut Chain> = self

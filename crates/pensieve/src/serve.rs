@@ -94,8 +94,9 @@ pub struct ServeArgs {
     /// [default: all when llama.cpp finds a GPU, else 0].
     #[arg(long, env = "PENSIEVE_GPU_LAYERS", value_name = "N|all")]
     gpu_layers: Option<GpuLayers>,
-    /// Pick greedy tokens inside llama.cpp's graph, on the GPU, instead of on the host
-    /// (as llama-server's --backend-sampling) [default: true when the model is on a GPU].
+    /// Pick every slot's greedy tokens inside llama.cpp's graph, on the GPU, instead of on
+    /// the host (as llama-server's --backend-sampling); false: none [default: the first
+    /// two slots' when the model is on a GPU].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     backend_sampling: Option<bool>,
     /// Largest request body in MiB [default: 32].
