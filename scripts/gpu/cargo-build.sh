@@ -19,9 +19,9 @@ finish() {
 }
 
 if [[ ! -x "$C/rust/bin/cargo" ]]; then
-    cat .gpu/rust[0-9]*/rust.part* >"$C/rust.tar.xz"
+    cat .gpu/rust[0-9]*/rust.part[0-9] >"$C/rust.tar.xz"
     if [[ "$(sha256sum "$C/rust.tar.xz" | awk '{print $1}')" != "$(cat .gpu/rust0/rust.sha256)" ]]; then
-        say "toolchain: parts missing or damaged ($(ls .gpu/rust[0-9]*/rust.part* | wc -l) here)"
+        say "toolchain: parts missing or damaged ($(ls .gpu/rust[0-9]*/rust.part[0-9] | wc -l) here)"
         finish 1
     fi
     tar -xJf "$C/rust.tar.xz" -C "$C" && rm "$C/rust.tar.xz"

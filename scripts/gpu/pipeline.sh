@@ -138,7 +138,7 @@ static_build() {
     local want
     want=$(cat "$G/rust0/rust.parts" 2>/dev/null || echo 99)
     for _ in $(seq 1 120); do
-        [[ $(compgen -G "$G/rust*/rust.part*" | wc -l) -ge $want ]] && break
+        [[ $(compgen -G "$G/rust*/rust.part[0-9]" | wc -l) -ge $want ]] && break
         sleep 5
     done
     bash "$REPO/scripts/gpu/cargo-build.sh" >"$L/cargo-build.log" 2>&1

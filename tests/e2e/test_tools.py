@@ -71,7 +71,7 @@ def test_a_streamed_call_arrives_as_input_json_deltas(client, qwen):
     assert call.input.get("city", "").lower() == "paris", call.input
 
 
-def test_a_tool_result_continues_the_conversation(client, qwen):
+def test_a_tool_result_continues_the_conversation(client, qwen, on_gpu):
     first = client.messages.create(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0)
     call = next(b for b in first.content if b.type == "tool_use")
     history = QUESTION + [
@@ -90,7 +90,11 @@ def test_a_tool_result_continues_the_conversation(client, qwen):
     assert all(b.type == "text" for b in answer.content), "tool_choice none offers no tools"
     text = "".join(b.text for b in answer.content)
     assert "22" in text, f"the answer does not use the tool result: {text!r}"
-    assert answer.usage.cache_read_input_tokens > 0
+    # Without its tools the second prompt parts from the first early on. The CPU reuses the
+    # shared part; a GPU reuses a prefix only where a computation stopped (results there
+    # depend on the batch's shape), and here none did.
+    if not on_gpu:
+        assert answer.usage.cache_read_input_tokens > 0
 
 
 def test_without_tools_the_model_just_talks(client):
