@@ -237,6 +237,8 @@ pub struct ModelFacts {
     pub layers: u32,
     /// Bytes of K and V one token of one sequence takes over all layers (0: unknown).
     pub kv_bytes_per_token: u64,
+    /// Tokens in its vocabulary (0: unknown): a row of logits.
+    pub vocab: u32,
 }
 
 /// The GPU llama.cpp offloads to (several are summed: it splits layers across them).
@@ -350,7 +352,13 @@ pub fn resolve(
             |(n, _)| n,
         )
         .max(1);
-    let budget = Budget::new(model, device, gpu_layers, batch);
+    // llama.cpp's sampling graph keeps a copy of a whole batch of logits on the GPU.
+    let sampling_bytes = if backend_sampling_slots > 0 {
+        u64::from(batch) * u64::from(model.vocab) * 4
+    } else {
+        0
+    };
+    let budget = Budget::new(model, device, gpu_layers, batch, sampling_bytes);
     let sized = budget.size(
         model.train_context,
         asked.pick(|l| l.ctx).map(|(n, _)| n),
@@ -425,7 +433,15 @@ struct Sized {
 }
 
 impl Budget {
-    fn new(model: &ModelFacts, device: &DeviceFacts, gpu_layers: u32, batch: u32) -> Budget {
+    /// `sampling_bytes`: what the GPU keeps for sampling in the graph, beyond the usual
+    /// compute buffers.
+    fn new(
+        model: &ModelFacts,
+        device: &DeviceFacts,
+        gpu_layers: u32,
+        batch: u32,
+        sampling_bytes: u64,
+    ) -> Budget {
         let kv = model.kv_bytes_per_token;
         let host_share = |per_token: u64| {
             device
@@ -447,7 +463,9 @@ impl Budget {
                 } else {
                     kv * u64::from(gpu_layers.min(model.layers)) / u64::from(model.layers)
                 };
-                let margin = GPU_COMPUTE_BASE + u64::from(batch) * GPU_COMPUTE_PER_BATCH_TOKEN;
+                let margin = GPU_COMPUTE_BASE
+                    + u64::from(batch) * GPU_COMPUTE_PER_BATCH_TOKEN
+                    + sampling_bytes;
                 let free = (gpu.free_bytes as f64 * GPU_KV_SHARE) as u64;
                 Budget {
                     gpu: Some((free.saturating_sub(margin), on_gpu)),

@@ -8,6 +8,7 @@ fn qwen7b(train_context: u32) -> ModelFacts {
         train_context,
         layers: 28,
         kv_bytes_per_token: 28 * 4 * 128 * 2 * 2,
+        vocab: 152_064,
     }
 }
 
@@ -127,9 +128,10 @@ fn a_gpu_takes_every_layer_and_the_kv_cache_by_default() {
     );
     // 80% of 100 GiB less 1.5 GiB holds 44 sequences of 32k (1.75 GiB each): 16 at most.
     assert_eq!((s.ctx, s.parallel), (32_768, 16));
-    // A long trained context: up to 128k, 7 GiB a sequence, 11 of them.
+    // A long trained context: up to 128k, 7 GiB a sequence, 10 of them (the graph's copy of
+    // a batch of logits for sampling takes 1.16 GiB of the 75 GiB).
     let s = resolved(Layer::default(), qwen7b(1 << 20), &device);
-    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (131_072, 11, None));
+    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (131_072, 10, None));
 }
 
 #[test]
@@ -163,14 +165,14 @@ fn gpu_layers_zero_forces_the_cpu_and_a_number_offloads_part() {
 
 #[test]
 fn a_default_context_is_halved_until_a_sequence_fits_free_vram() {
-    // 80% of 10 GiB less 3 GiB (1 GiB and the 2048-token GPU batch): 5 GiB. 128k takes
-    // 7 GiB, 64k 3.5 GiB.
+    // 80% of 10 GiB less 4.16 GiB (1 GiB, the 2048-token GPU batch, and that batch's logits
+    // for sampling in the graph): 3.84 GiB. 128k takes 7 GiB, 64k 3.5 GiB.
     let s = resolved(Layer::default(), qwen7b(131_072), &with_gpu(10));
     assert_eq!((s.ctx, s.parallel), (65_536, 1));
     assert_eq!((s.shrunk_from, s.may_not_fit), (Some(131_072), false));
 
     // A trained context that is no power of two falls to one first: 40k -> 32k -> 16k.
-    let s = resolved(Layer::default(), qwen7b(40_960), &with_gpu(5));
+    let s = resolved(Layer::default(), qwen7b(40_960), &with_gpu(7));
     assert_eq!(
         (s.ctx, s.parallel, s.shrunk_from),
         (16_384, 1, Some(40_960))
@@ -242,6 +244,7 @@ fn mlx_grows_its_kv_so_parallel_bounds_work() {
         train_context: 131_072,
         layers: 0,
         kv_bytes_per_token: 0,
+        vocab: 0,
     };
     let s = resolved(Layer::default(), model, &device);
     assert_eq!((s.ctx, s.parallel, s.gpu_layers), (32_768, 4, 0));
@@ -370,4 +373,27 @@ fn backend_sampling_follows_the_gpu_unless_asked() {
     assert_eq!(slots(None, None, &cpu_only(None)), 0);
     // Asked for on the CPU, the graph's argmax runs there.
     assert_eq!(slots(Some(true), None, &cpu_only(None)), 8);
+}
+
+#[test]
+fn sampling_in_the_graph_leaves_room_for_a_batch_of_logits() {
+    // 80% of 20 GiB, less 1 GiB and the 2,048-token batch's 2 GiB: 13 GiB, or 7 sequences of
+    // 32k (1.75 GiB each) when the host samples. The graph's copy of 2,048 rows of 152k
+    // logits (1.16 GiB) leaves room for 6, and for 4 with a vocabulary four times as large.
+    let device = with_gpu(20);
+    let parallel = |asked: Option<bool>, vocab: u32| {
+        let layer = Layer {
+            backend_sampling: asked,
+            ctx: Some(32_768),
+            ..Layer::default()
+        };
+        let model = ModelFacts {
+            vocab,
+            ..qwen7b(32_768)
+        };
+        resolved(layer, model, &device).parallel
+    };
+    assert_eq!(parallel(Some(false), 152_064), 7);
+    assert_eq!(parallel(None, 152_064), 6);
+    assert_eq!(parallel(None, 4 * 152_064), 4);
 }

@@ -112,6 +112,8 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
             .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
         layers: 0,
         kv_bytes_per_token: 0,
+        // Nothing is sized from memory for the mlx engine.
+        vocab: 0,
     };
     let device = DeviceFacts {
         gpu: None,
