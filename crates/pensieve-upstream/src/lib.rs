@@ -1,0 +1,31 @@
+//! The `upstream` engine: one model served by OpenAI-compatible replicas elsewhere (vLLM,
+//! SGLang, TGI, llama-server, Ollama), which do the math; Pensieve keeps its APIs, aliases,
+//! keys and metrics in front of them.
+//!
+//! The pure parts, each apart from the I/O that will drive them:
+//! - [`chat`]: the neutral request as an OpenAI Chat Completions body.
+//! - [`sse`]: server-sent events out of the bytes of a response, as they arrive.
+//! - [`chunks`]: a stream's `chat.completion.chunk`s back into the engine's events.
+//! - [`route`]: which replica takes a request (cache-aware, least outstanding).
+
+pub mod chat;
+pub mod chunks;
+pub mod route;
+pub mod sse;
+
+/// What can go wrong between Pensieve and an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The request has something the upstream's API cannot carry.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The upstream answered with an error (an HTTP status, or an error in its stream).
+    #[error("the upstream answered {status}: {message}")]
+    Upstream { status: u16, message: String },
+    /// The upstream's answer is not what its API says it sends.
+    #[error("the upstream sent a malformed stream: {0}")]
+    Malformed(String),
+    /// The stream ended before the answer did.
+    #[error("the upstream closed the stream before the answer ended")]
+    EndedEarly,
+}

@@ -1,0 +1,198 @@
+//! Which replica takes a request. Requests of one conversation, known by its start (system
+//! prompt, tools, first user message), go back to the replica that served it last, whose
+//! prefix cache holds it; new conversations, and those whose replica is overloaded or out,
+//! go to the replica with the fewest requests in flight (SGLang's router does the same with a
+//! radix tree of prompts; a conversation's start is what an agent's turns share).
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use pensieve_engine::{GenerateRequest, Role};
+
+/// A replica as the router sees it at the moment of choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    /// Passing its health checks (a failed one is out until it passes again).
+    pub healthy: bool,
+    /// Requests sent to it and not yet ended.
+    pub in_flight: usize,
+    /// The most requests it may have in flight.
+    pub limit: usize,
+}
+
+impl Replica {
+    fn open(&self) -> bool {
+        self.healthy && self.in_flight < self.limit
+    }
+}
+
+/// Remembers which replica served each conversation.
+#[derive(Debug)]
+pub struct Router {
+    /// Conversation key -> (replica, when last routed).
+    last: HashMap<u64, (usize, u64)>,
+    clock: u64,
+    /// Conversations remembered; the longest unused is forgotten first.
+    capacity: usize,
+    /// A conversation leaves its replica when that has this many more requests in flight
+    /// than the least busy open one: a cache hit is not worth a long wait.
+    imbalance: usize,
+}
+
+impl Router {
+    pub fn new(capacity: usize, imbalance: usize) -> Self {
+        Router {
+            last: HashMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+            imbalance,
+        }
+    }
+
+    /// The replica for the conversation `key`, leaving out `tried` (replicas that already
+    /// refused this request's connection); None when none is open (the request waits).
+    pub fn choose(&mut self, key: u64, replicas: &[Replica], tried: &[usize]) -> Option<usize> {
+        let open = |i: usize| replicas[i].open() && !tried.contains(&i);
+        let least = (0..replicas.len())
+            .filter(|&i| open(i))
+            .min_by_key(|&i| (replicas[i].in_flight, i))?;
+        let chosen = match self.last.get(&key) {
+            Some(&(i, _))
+                if i < replicas.len()
+                    && open(i)
+                    && replicas[i].in_flight <= replicas[least].in_flight + self.imbalance =>
+            {
+                i
+            }
+            _ => least,
+        };
+        self.clock += 1;
+        if self.last.len() >= self.capacity && !self.last.contains_key(&key) {
+            if let Some(oldest) = self
+                .last
+                .iter()
+                .min_by_key(|(_, &(_, t))| t)
+                .map(|(&k, _)| k)
+            {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(key, (chosen, self.clock));
+        Some(chosen)
+    }
+}
+
+/// What the requests of one conversation share from its first turn on: the system prompt,
+/// the tools, and the first user message.
+pub fn conversation_key(request: &GenerateRequest) -> u64 {
+    let mut h = DefaultHasher::new();
+    for m in request.messages.iter().filter(|m| m.role == Role::System) {
+        m.content.hash(&mut h);
+    }
+    for t in &request.tools {
+        t.name.hash(&mut h);
+        t.description.hash(&mut h);
+        t.parameters.to_string().hash(&mut h);
+    }
+    if let Some(first) = request.messages.iter().find(|m| m.role == Role::User) {
+        first.content.hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pensieve_engine::Message;
+
+    fn replicas(in_flight: &[usize]) -> Vec<Replica> {
+        in_flight
+            .iter()
+            .map(|&n| Replica {
+                healthy: true,
+                in_flight: n,
+                limit: 8,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_conversation_sticks_and_new_ones_spread() {
+        let mut router = Router::new(100, 4);
+        // New conversations go to the least busy replica.
+        assert_eq!(router.choose(1, &replicas(&[0, 0]), &[]), Some(0));
+        assert_eq!(router.choose(2, &replicas(&[1, 0]), &[]), Some(1));
+        // Their next turns go back, though the other replica is a little less busy.
+        assert_eq!(router.choose(1, &replicas(&[2, 1]), &[]), Some(0));
+        assert_eq!(router.choose(2, &replicas(&[1, 3]), &[]), Some(1));
+    }
+
+    #[test]
+    fn an_overloaded_full_or_failed_replica_hands_its_conversation_over() {
+        let mut router = Router::new(100, 4);
+        assert_eq!(router.choose(1, &replicas(&[0, 0]), &[]), Some(0));
+        // Busier by more than the imbalance allowed: the conversation moves, and stays moved.
+        assert_eq!(router.choose(1, &replicas(&[6, 1]), &[]), Some(1));
+        assert_eq!(router.choose(1, &replicas(&[0, 1]), &[]), Some(1));
+        // At its limit.
+        let mut full = replicas(&[8, 7]);
+        assert_eq!(router.choose(1, &full, &[]), Some(1));
+        full[1].in_flight = 8;
+        assert_eq!(router.choose(1, &full, &[]), None, "every replica is full");
+        // Out of health: its conversations go elsewhere; once it passes again it takes
+        // new ones.
+        let mut sick = replicas(&[0, 0]);
+        sick[1].healthy = false;
+        assert_eq!(router.choose(1, &sick, &[]), Some(0));
+        assert_eq!(router.choose(5, &sick, &[]), Some(0));
+        assert_eq!(router.choose(6, &replicas(&[1, 0]), &[]), Some(1));
+        // A replica that refused the connection is not tried again for that request.
+        assert_eq!(router.choose(1, &replicas(&[0, 0]), &[0]), Some(1));
+        assert_eq!(router.choose(1, &replicas(&[0, 0]), &[0, 1]), None);
+    }
+
+    #[test]
+    fn the_longest_unused_conversation_is_forgotten_first() {
+        let mut router = Router::new(2, 4);
+        let quiet = replicas(&[0, 0]);
+        assert_eq!(router.choose(1, &quiet, &[]), Some(0));
+        assert_eq!(router.choose(2, &replicas(&[1, 0]), &[]), Some(1));
+        assert_eq!(router.choose(1, &quiet, &[]), Some(0));
+        // A third conversation: 2 is forgotten, 1 is kept.
+        assert_eq!(router.choose(3, &replicas(&[0, 1]), &[]), Some(0));
+        assert_eq!(router.choose(1, &replicas(&[1, 0]), &[]), Some(0));
+        // Remembered, 2 would go back to replica 1; forgotten, it goes by load.
+        assert_eq!(router.choose(2, &replicas(&[0, 1]), &[]), Some(0));
+        assert!(router.last.len() <= 2);
+    }
+
+    #[test]
+    fn the_key_is_the_conversations_start() {
+        let turn = |messages: &[(Role, &str)]| {
+            GenerateRequest::new(
+                "m",
+                messages
+                    .iter()
+                    .map(|(r, t)| Message::text(*r, *t))
+                    .collect(),
+                16,
+            )
+        };
+        let first = turn(&[
+            (Role::System, "You are Claude Code."),
+            (Role::User, "Fix the bug."),
+        ]);
+        let later = turn(&[
+            (Role::System, "You are Claude Code."),
+            (Role::User, "Fix the bug."),
+            (Role::Assistant, "Done."),
+            (Role::User, "Now the tests."),
+        ]);
+        let other = turn(&[
+            (Role::System, "You are Claude Code."),
+            (Role::User, "Write docs."),
+        ]);
+        assert_eq!(conversation_key(&first), conversation_key(&later));
+        assert_ne!(conversation_key(&first), conversation_key(&other));
+    }
+}
