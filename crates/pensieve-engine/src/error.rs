@@ -22,16 +22,25 @@ pub enum EngineError {
     /// The backend's worker died mid-request and was restarted; a retry runs on the new one.
     #[error("the model worker restarted ({0}); retry the request")]
     BackendRestarted(String),
+    /// An upstream server (the `upstream` engine) answered with an error, or broke off;
+    /// `status` is its HTTP status, or the one that stands for the fault (502, 504).
+    #[error("upstream: {message}")]
+    Upstream { status: u16, message: String },
 }
 
 impl EngineError {
     /// Whether the fault lies with the request (a retry of the same request fails the same way).
     pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
+        match self {
             EngineError::PromptTooLong { .. }
-                | EngineError::Template(_)
-                | EngineError::InvalidRequest(_)
-        )
+            | EngineError::Template(_)
+            | EngineError::InvalidRequest(_) => true,
+            // The upstream judged the request (too long, a bad parameter); its 401, 404, 408
+            // and 429 say something of the server's own setup or load instead.
+            EngineError::Upstream { status, .. } => {
+                (400..500).contains(status) && ![401, 403, 404, 408, 429].contains(status)
+            }
+            _ => false,
+        }
     }
 }

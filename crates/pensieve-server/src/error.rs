@@ -133,6 +133,23 @@ mod tests {
             (EngineError::BackendRestarted("x".into()), 529),
             (EngineError::EngineStopped, 500),
         ];
+        let upstream = |status| EngineError::Upstream {
+            status,
+            message: "x".into(),
+        };
+        let cases = cases.into_iter().chain([
+            // The upstream's own verdicts on the request pass on; its setup and faults are ours.
+            (upstream(400), 400),
+            (upstream(422), 400),
+            (upstream(413), 413),
+            (upstream(401), 500),
+            (upstream(404), 500),
+            (upstream(429), 529),
+            (upstream(503), 529),
+            (upstream(500), 500),
+            (upstream(502), 500),
+            (upstream(504), 500),
+        ]);
         for (e, status) in cases {
             assert_eq!(ApiError::from(e).status().as_u16(), status);
         }

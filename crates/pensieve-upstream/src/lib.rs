@@ -2,7 +2,9 @@
 //! SGLang, TGI, llama-server, Ollama), which do the math; Pensieve keeps its APIs, aliases,
 //! keys and metrics in front of them.
 //!
-//! The pure parts, each apart from the I/O that will drive them:
+//! - [`client`]: the replicas, and one streamed request per generation (the I/O).
+//!
+//! The pure parts it drives, each tested on its own:
 //! - [`chat`]: the neutral request as an OpenAI Chat Completions body.
 //! - [`sse`]: server-sent events out of the bytes of a response, as they arrive.
 //! - [`chunks`]: a stream's `chat.completion.chunk`s back into the engine's events.
@@ -10,8 +12,11 @@
 
 pub mod chat;
 pub mod chunks;
+pub mod client;
 pub mod route;
 pub mod sse;
+
+pub use client::{Upstream, UpstreamConfig};
 
 /// What can go wrong between Pensieve and an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

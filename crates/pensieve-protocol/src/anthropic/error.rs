@@ -33,7 +33,12 @@ impl ErrorKind {
     /// The API error type an engine failure is reported as.
     pub fn of_engine_error(error: &EngineError) -> Self {
         match error {
+            EngineError::Upstream { status: 413, .. } => ErrorKind::RequestTooLarge,
             e if e.is_client_error() => ErrorKind::InvalidRequest,
+            EngineError::Upstream {
+                status: 429 | 503 | 529,
+                ..
+            } => ErrorKind::Overloaded,
             EngineError::Overloaded { .. }
             | EngineError::ShuttingDown
             | EngineError::BackendRestarted(_) => ErrorKind::Overloaded,

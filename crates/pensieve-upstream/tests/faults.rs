@@ -1,0 +1,344 @@
+//! The upstream client against servers on loopback that answer well, or badly in each of
+//! the ways a real one can: an error status, a malformed stream, a stream cut short, a
+//! stall, a replica that refuses connections. Every generation must end, with its answer
+//! or with an error, and a client that goes away must end the upstream request.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use pensieve_engine::{EngineError, FinishReason, GenerateRequest, GenerationEvent, Message, Role};
+use pensieve_upstream::{Upstream, UpstreamConfig};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// What a server sends: pieces of the body with a pause before each, then the body ends
+/// (or stalls forever with `stall`).
+#[derive(Clone)]
+struct Script {
+    status: StatusCode,
+    pieces: Vec<(u64, String)>,
+    stall: bool,
+    /// Set when the server's side of the body is dropped (the client went away).
+    dropped: Arc<AtomicBool>,
+}
+
+impl Script {
+    fn ok(pieces: &[&str]) -> Self {
+        Script {
+            status: StatusCode::OK,
+            pieces: pieces.iter().map(|p| (0, (*p).to_owned())).collect(),
+            stall: false,
+            dropped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Tells the test when the response body is dropped.
+struct Watch(Arc<AtomicBool>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn serve(script: Script) -> String {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let script = script.clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+                let watch = Watch(script.dropped.clone());
+                tokio::spawn(async move {
+                    let _watch = watch;
+                    for (pause, piece) in script.pieces {
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        if tx.send(Ok(Bytes::from(piece))).await.is_err() {
+                            return;
+                        }
+                    }
+                    if script.stall {
+                        // Until the client hangs up.
+                        tx.closed().await;
+                    }
+                });
+                Response::builder()
+                    .status(script.status)
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(ReceiverStream::new(rx)))
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
+fn chunk(delta: &str) -> String {
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]}}\n\n")
+}
+
+const FINISH: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+fn config(replicas: Vec<String>) -> UpstreamConfig {
+    let mut c = UpstreamConfig::new(replicas, "served-model");
+    c.first_byte_timeout = Duration::from_secs(5);
+    c.idle_timeout = Duration::from_millis(400);
+    c
+}
+
+fn hello() -> GenerateRequest {
+    GenerateRequest::new("claude-opus-5-5", vec![Message::text(Role::User, "Hi")], 16)
+}
+
+/// All events of one generation, with a deadline: nothing may hang.
+async fn run(upstream: &Upstream) -> Vec<GenerationEvent> {
+    let mut generation = upstream.submit(&hello()).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => panic!("the generation hung after {out:?}"),
+            event = generation.events.recv() => match event {
+                Some(e) => {
+                    let last = matches!(e, GenerationEvent::Done(_) | GenerationEvent::Failed(_));
+                    out.push(e);
+                    if last {
+                        return out;
+                    }
+                }
+                None => panic!("the events ended without Done or Failed: {out:?}"),
+            }
+        }
+    }
+}
+
+fn failure(events: &[GenerationEvent]) -> (u16, String) {
+    match events.last() {
+        Some(GenerationEvent::Failed(EngineError::Upstream { status, message })) => {
+            (*status, message.clone())
+        }
+        other => panic!("expected an upstream failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_answer_streams_through_with_its_usage() {
+    let base = serve(Script::ok(&[
+        &chunk("{\"role\":\"assistant\",\"content\":\"\"}"),
+        &chunk("{\"content\":\"Hel\"}"),
+        &chunk("{\"content\":\"lo\"}"),
+        FINISH,
+        USAGE,
+        DONE,
+    ]))
+    .await;
+    let upstream = Upstream::new(config(vec![base])).unwrap();
+    let events = run(&upstream).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            GenerationEvent::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "Hello");
+    let Some(GenerationEvent::Done(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(done.reason, FinishReason::EndOfTurn);
+    assert_eq!(
+        (done.usage.prompt_tokens, done.usage.cached_prompt_tokens),
+        (12, 8)
+    );
+    assert_eq!(upstream.in_flight(), vec![0], "the place is given back");
+}
+
+#[tokio::test]
+async fn an_error_status_carries_the_upstreams_message() {
+    let mut script = Script::ok(&["{\"error\":{\"message\":\"This model's maximum context length is 4096 tokens\",\"code\":400}}"]);
+    script.status = StatusCode::BAD_REQUEST;
+    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    let (status, message) = failure(&run(&upstream).await);
+    assert_eq!(status, 400);
+    assert!(message.contains("maximum context length"), "{message}");
+
+    let mut script = Script::ok(&["upstream exploded"]);
+    script.status = StatusCode::INTERNAL_SERVER_ERROR;
+    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    assert_eq!(
+        failure(&run(&upstream).await),
+        (500, "upstream exploded".into())
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_or_cut_stream_ends_with_an_error() {
+    let upstream = Upstream::new(config(vec![
+        serve(Script::ok(&[
+            &chunk("{\"content\":\"Hi\"}"),
+            "data: {\"choices\": [nope\n\n",
+        ]))
+        .await,
+    ]))
+    .unwrap();
+    let events = run(&upstream).await;
+    assert!(matches!(&events[0], GenerationEvent::Text(t) if t == "Hi"));
+    let (status, message) = failure(&events);
+    assert_eq!(status, 502);
+    assert!(message.contains("malformed"), "{message}");
+
+    // The body ends before the answer did.
+    let upstream = Upstream::new(config(vec![
+        serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}")])).await,
+    ]))
+    .unwrap();
+    let (status, message) = failure(&run(&upstream).await);
+    assert_eq!(status, 502);
+    assert!(message.contains("before the answer ended"), "{message}");
+
+    // An error event in the stream.
+    let upstream = Upstream::new(config(vec![
+        serve(Script::ok(&[
+            &chunk("{\"content\":\"Hi\"}"),
+            "data: {\"error\":{\"message\":\"out of memory\"}}\n\n",
+        ]))
+        .await,
+    ]))
+    .unwrap();
+    let (status, message) = failure(&run(&upstream).await);
+    assert_eq!((status, message.as_str()), (502, "out of memory"));
+}
+
+#[tokio::test]
+async fn a_stalled_stream_times_out_and_is_hung_up_on() {
+    let mut script = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
+    script.stall = true;
+    let dropped = script.dropped.clone();
+    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    let (status, message) = failure(&run(&upstream).await);
+    assert_eq!(status, 504);
+    assert!(message.contains("within 0.4 s"), "{message}");
+    wait_for(&dropped).await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_upstream_request() {
+    let mut script = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
+    script.stall = true;
+    let dropped = script.dropped.clone();
+    let mut c = config(vec![serve(script).await]);
+    c.idle_timeout = Duration::from_secs(60);
+    let upstream = Upstream::new(c).unwrap();
+    let mut generation = upstream.submit(&hello()).unwrap();
+    assert!(matches!(
+        generation.events.recv().await,
+        Some(GenerationEvent::Text(_))
+    ));
+    drop(generation);
+    wait_for(&dropped).await;
+    for _ in 0..50 {
+        if upstream.in_flight() == vec![0] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the request's place was not given back");
+}
+
+#[tokio::test]
+async fn a_replica_that_refuses_connections_is_passed_over() {
+    // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", listener.local_addr().unwrap())
+    };
+    let good = serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}"), FINISH, DONE])).await;
+    let upstream = Upstream::new(config(vec![closed.clone(), good])).unwrap();
+    for _ in 0..3 {
+        let events = run(&upstream).await;
+        assert!(
+            matches!(events.last(), Some(GenerationEvent::Done(_))),
+            "{events:?}"
+        );
+    }
+    assert_eq!(upstream.healthy(), vec![false, true]);
+
+    // With no replica left, a clean error.
+    let upstream = Upstream::new(config(vec![closed])).unwrap();
+    assert_eq!(failure(&run(&upstream).await).0, 503);
+}
+
+async fn wait_for(flag: &AtomicBool) {
+    for _ in 0..100 {
+        if flag.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server still holds the request");
+}
+
+/// Against a real OpenAI-compatible server at `PENSIEVE_UPSTREAM_URL` (e.g. a second
+/// Pensieve, `http://127.0.0.1:7821/v1`): `cargo test -p pensieve-upstream -- --ignored`.
+/// The end-to-end suites will drive this through `pensieve serve --upstream`.
+#[tokio::test]
+#[ignore = "needs a server at PENSIEVE_UPSTREAM_URL"]
+async fn a_real_server_answers_text_and_a_tool_call() {
+    let base = std::env::var("PENSIEVE_UPSTREAM_URL").expect("PENSIEVE_UPSTREAM_URL");
+    // A first request with tools builds its grammars: seconds on a small CPU.
+    let upstream = Upstream::new(UpstreamConfig::new(vec![base], "served-model")).unwrap();
+    let events = run(&upstream).await;
+    let Some(GenerationEvent::Done(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert!(
+        done.usage.prompt_tokens > 0 && done.usage.completion_tokens > 0,
+        "{done:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, GenerationEvent::Text(t) if !t.is_empty())));
+
+    let mut request = hello();
+    request.messages = vec![Message::text(Role::User, "What is the weather in Paris?")];
+    request.max_tokens = 128;
+    request.tools.push(pensieve_engine::ToolSpec {
+        name: "get_weather".into(),
+        description: Some("The weather in a city now.".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+    });
+    request.tool_choice = pensieve_engine::ToolChoice::Named("get_weather".into());
+    let mut generation = upstream.submit(&request).unwrap();
+    let mut arguments = String::new();
+    let mut started = None;
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            GenerationEvent::ToolCallStart { name } => started = Some(name),
+            GenerationEvent::ToolCallArguments(a) => arguments.push_str(&a),
+            GenerationEvent::Done(done) => {
+                assert_eq!(done.reason, FinishReason::ToolUse);
+                break;
+            }
+            GenerationEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(started.as_deref(), Some("get_weather"));
+    let args: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+}
