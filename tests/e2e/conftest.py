@@ -97,7 +97,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> bool:
 class Server:
     """One running `pensieve serve` process."""
 
-    def __init__(self, model: Path, extra_args: list[str], api_key: str | None = None,
+    def __init__(self, model: Path | None, extra_args: list[str], api_key: str | None = None,
                  new_session: bool = False, threads: int = 2):
         self.model = model
         # A process group of its own, as a terminal gives the server (for group signals).
@@ -108,8 +108,8 @@ class Server:
         self.args = [
             str(pensieve_bin()),
             "serve",
-            "--model",
-            str(model),
+            # None: the arguments name the model some other way (--upstream).
+            *(["--model", str(model)] if model is not None else []),
             "--host",
             "127.0.0.1",
             "--port",

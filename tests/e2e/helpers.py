@@ -13,6 +13,30 @@ TOO_LONG_RE = re.compile(r"prompt is too long: (\d+) tokens > (\d+) maximum")
 
 BILLING_LINE = "x-anthropic-billing-header: cc_version=1; cc_entrypoint=cli;"
 
+# A tool and a question for it, in the Anthropic API's shape.
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Get the current weather in a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "The city name"}},
+        "required": ["city"],
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+# This SDK version no longer takes `temperature` as an argument; the API still does.
+T0 = {"extra_body": {"temperature": 0}}
+
+
+def after_the_call(first, result: str) -> list[dict]:
+    """QUESTION, the assistant's reply `first` (an SDK message with a tool_use block), and
+    `result` as that call's tool result: the conversation's next request."""
+    call = next(b for b in first.content if b.type == "tool_use")
+    return QUESTION + [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": result}]},
+    ]
+
 
 def iter_sse(response: httpx.Response) -> Iterator[tuple[str | None, dict]]:
     """Parse a text/event-stream body into (event name, parsed data) pairs."""

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from conftest import (
     QWEN_CODER,
+    Server,
     _serve,
     claude_bin,
     free_port,
@@ -165,6 +166,26 @@ def test_claude_code_says_hello(qwen_server, project_dir, user_home):
     assert "API Error" not in out, report
     summary_line(f"claude -p 'Say hello' took {took:.1f}s and printed: {out.strip()[:200]!r}")
     COLD_SESSION["seconds"] = took
+
+
+def test_claude_code_through_an_upstream(qwen_server, project_dir, user_home):
+    """`claude -p "Say hello"` against a Pensieve that serves its model from another one
+    (`--upstream`, the OpenAI API in between): Claude Code sees no difference. The upstream
+    has this prompt cached from the session before, as a replica of a real cluster would."""
+    front = Server(None, ["--upstream", f"{qwen_server.url}/v1"])
+    try:
+        front.start()
+        code, out, err, took = run_claude(
+            front.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home, extra_env=QWEN_ENV
+        )
+        report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
+                 f"--- front log ---\n{front.log_tail(3000)}\n--- upstream log ---\n{qwen_server.log_tail(3000)}"
+        assert code == 0, report
+        assert out.strip(), "no text printed:\n" + report
+        assert "API Error" not in out, report
+        summary_line(f"claude -p 'Say hello' through --upstream took {took:.1f}s and printed: {out.strip()[:200]!r}")
+    finally:
+        front.close()
 
 
 def another_day_tz() -> str:

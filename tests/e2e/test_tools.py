@@ -8,19 +8,8 @@ import anthropic
 import pytest
 
 from conftest import QWEN_CODER, _serve
+from helpers import QUESTION, T0, WEATHER_TOOL, after_the_call
 
-WEATHER_TOOL = {
-    "name": "get_weather",
-    "description": "Get the current weather in a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city name"}},
-        "required": ["city"],
-    },
-}
-QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
-# This SDK version no longer takes `temperature` as an argument; the API still does.
-T0 = {"extra_body": {"temperature": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +62,7 @@ def test_a_streamed_call_arrives_as_input_json_deltas(client, qwen):
 
 def test_a_tool_result_continues_the_conversation(client, qwen, on_gpu):
     first = client.messages.create(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0)
-    call = next(b for b in first.content if b.type == "tool_use")
-    history = QUESTION + [
-        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-        {
-            "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 22 degrees Celsius."}],
-        },
-    ]
+    history = after_the_call(first, "Sunny, 22 degrees Celsius.")
     # Offered the tool again, this 0.5B model calls it again and again (greedy); with
     # `tool_choice: none` it has to answer from the result it was given.
     answer = client.messages.create(

@@ -15,9 +15,9 @@ use pensieve_protocol::ids::random_id;
 
 use crate::auth::is_authorized;
 use crate::error::{ApiError, Dialect};
-use crate::models::ModelRouter;
+use crate::models::{Backend, ModelRouter};
 use crate::{request_metrics, routes};
-use pensieve_engine::{Engine, EngineMetrics};
+use pensieve_engine::EngineMetrics;
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -48,14 +48,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The engine of the model that serves requests for `requested`.
-    pub fn engine_for(&self, requested: &str) -> &Engine {
-        &self.models.route(requested).engine
+    /// The backend of the model that serves requests for `requested`.
+    pub fn backend_for(&self, requested: &str) -> &Backend {
+        &self.models.route(requested).backend
     }
 
     /// The metrics every engine records into.
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
-        self.models.default_model().engine.metrics()
+        self.models.default_model().backend.metrics()
     }
 }
 

@@ -24,7 +24,7 @@ fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
     AppState {
         models: Arc::new(crate::ModelRouter::new(crate::ServedModel {
             id: engine.info().id.clone(),
-            engine,
+            backend: engine.into(),
             created: std::time::SystemTime::UNIX_EPOCH,
             runs_on: "CPU, 2 threads".into(),
         })),
@@ -576,9 +576,9 @@ fn two_models() -> Router {
         )
         .unwrap()
     };
-    let served = |id: &str, engine| crate::ServedModel {
+    let served = |id: &str, engine: Engine| crate::ServedModel {
         id: id.to_owned(),
-        engine,
+        backend: engine.into(),
         created: std::time::SystemTime::UNIX_EPOCH,
         runs_on: "CPU, 2 threads".into(),
     };

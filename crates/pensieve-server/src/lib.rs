@@ -18,4 +18,4 @@ pub mod routes;
 
 pub use app::{app, AppState, ServerConfig};
 pub use error::ApiError;
-pub use models::{ModelRouter, ServedModel};
+pub use models::{Backend, ModelRouter, ServedModel};

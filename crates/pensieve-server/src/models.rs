@@ -2,16 +2,85 @@
 //! pattern it matches (`claude-*haiku*` -> a small model), else the default model. Clients
 //! like Claude Code ask for names that exist only at Anthropic; they must still be served.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use pensieve_engine::Engine;
+use pensieve_engine::{Engine, EngineError, EngineMetrics, GenerateRequest, Generation};
+use pensieve_upstream::Upstream;
+
+/// What generates a model's tokens.
+#[derive(Clone)]
+pub enum Backend {
+    /// A local engine: the scheduler and prefix cache over llama.cpp or MLX.
+    Local(Engine),
+    /// OpenAI-compatible replicas elsewhere, which do the math.
+    Upstream {
+        upstream: Upstream,
+        /// Where the server's counters go (a local engine records into its own).
+        metrics: Arc<EngineMetrics>,
+    },
+}
+
+impl From<Engine> for Backend {
+    fn from(engine: Engine) -> Self {
+        Backend::Local(engine)
+    }
+}
+
+impl Backend {
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        match self {
+            Backend::Local(engine) => engine.metrics(),
+            Backend::Upstream { metrics, .. } => metrics,
+        }
+    }
+
+    /// Requests waiting for a sequence (an upstream queues its own).
+    pub fn queue_depth(&self) -> usize {
+        match self {
+            Backend::Local(engine) => engine.queue_depth(),
+            Backend::Upstream { .. } => 0,
+        }
+    }
+
+    /// Positions of one sequence, where Pensieve knows it.
+    pub fn context_size(&self) -> Option<u32> {
+        match self {
+            Backend::Local(engine) => Some(engine.info().context_size),
+            Backend::Upstream { .. } => None,
+        }
+    }
+
+    /// Start generating a request that the edge has validated as far as its API goes.
+    /// A local engine renders and tokenizes it first: CPU work, so called off the reactor.
+    pub fn submit_blocking(&self, request: &GenerateRequest) -> Result<Generation, EngineError> {
+        match self {
+            Backend::Local(engine) => engine.submit(engine.validate(request)?),
+            Backend::Upstream { upstream, .. } => upstream.submit(request),
+        }
+    }
+
+    /// End running and queued generations (the server is stopping).
+    pub fn shutdown(&self) {
+        if let Backend::Local(engine) = self {
+            engine.shutdown();
+        }
+    }
+
+    /// Wait for a local engine's thread to end.
+    pub fn join(&self) {
+        if let Backend::Local(engine) = self {
+            engine.join();
+        }
+    }
+}
 
 /// One loaded model.
 #[derive(Clone)]
 pub struct ServedModel {
     /// The name `/v1/models` lists.
     pub id: String,
-    pub engine: Engine,
+    pub backend: Backend,
     /// When its file was made (reported by `/v1/models`).
     pub created: SystemTime,
     /// Where it runs, e.g. "CPU, 8 threads" (reported by `/health`).

@@ -11,6 +11,7 @@ mod resolve;
 mod serve;
 mod setup;
 mod template_override;
+mod upstream;
 
 use clap::{CommandFactory, FromArgMatches, Subcommand};
 

@@ -37,6 +37,22 @@ pub struct ServeArgs {
     /// The engine that runs the model [default: mlx for MLX folders, llama for GGUF].
     #[arg(long, value_enum, env = "PENSIEVE_ENGINE", value_name = "ENGINE")]
     engine: Option<EngineKind>,
+    /// Serve the model from the OpenAI-compatible server at this base URL (vLLM, SGLang,
+    /// TGI, llama-server, Ollama; e.g. http://gpu1:8000/v1) instead of loading one here.
+    /// Repeat the flag for each replica.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["model", "engine"])]
+    upstream: Vec<String>,
+    /// The upstream's name for the model [default: the first one its /v1/models lists].
+    #[arg(long, value_name = "NAME", requires = "upstream")]
+    upstream_model: Option<String>,
+    /// The key the upstream asks for (sent as a bearer token).
+    #[arg(
+        long,
+        env = "PENSIEVE_UPSTREAM_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    upstream_key: Option<String>,
     /// The Python of the mlx engine's worker [default: the venv of `pensieve setup mlx`].
     #[arg(long, env = "PENSIEVE_MLX_PYTHON", value_name = "PATH")]
     python: Option<PathBuf>,
@@ -379,7 +395,7 @@ fn start_engine(
     .context("cannot start the engine")?;
     Ok(ServedModel {
         id: engine.info().id.clone(),
-        engine,
+        backend: engine.into(),
         created: plan.model.created(),
         runs_on: loaded.runs_on.to_string(),
     })
@@ -390,6 +406,18 @@ fn start_engine(
 /// served by the main model, with a warning.
 fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter> {
     let metrics = Arc::new(EngineMetrics::new());
+    if !args.upstream.is_empty() {
+        let main = crate::upstream::start(
+            &crate::upstream::UpstreamArgs {
+                replicas: &args.upstream,
+                model: args.upstream_model.as_deref(),
+                key: args.upstream_key.as_deref(),
+                id: args.model_id.as_deref(),
+            },
+            &metrics,
+        )?;
+        return Ok(ModelRouter::new(main));
+    }
     let (main_name, recommended) = main_model_name(args, config);
     let main = match resolve::resolve(&main_name, config, Fetch::IfMissing) {
         Err(e) if recommended => {
@@ -472,10 +500,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let router = Arc::new(router);
     let result = runtime.block_on(serve(addr, router.clone(), server_config));
     for model in router.models() {
-        model.engine.shutdown();
+        model.backend.shutdown();
     }
     for model in router.models() {
-        model.engine.join();
+        model.backend.join();
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -502,7 +530,7 @@ async fn serve(
             tracing::info!("shutting down: ending open streams");
             // Running and queued generations end with an error event, so streams close.
             for model in models.models() {
-                model.engine.shutdown();
+                model.backend.shutdown();
             }
             signal.cancel();
         }
@@ -585,6 +613,31 @@ mod tests {
         let mut cmd = Cmd::from_arg_matches(&matches)?;
         cmd.serve.note_sources(&matches);
         Ok(cmd.serve)
+    }
+
+    #[test]
+    fn upstream_replicas_repeat_and_exclude_a_local_model() {
+        let args = parse(&[
+            "--upstream",
+            "http://gpu1:8000/v1",
+            "--upstream",
+            "http://gpu2:8000/v1",
+            "--upstream-model",
+            "Qwen/Qwen3-32B",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.upstream,
+            ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+        );
+        assert_eq!(args.upstream_model.as_deref(), Some("Qwen/Qwen3-32B"));
+        for argv in [
+            &["--upstream", "http://gpu1:8000/v1", "--model", "x.gguf"][..],
+            &["--upstream", "http://gpu1:8000/v1", "--engine", "mlx"][..],
+            &["--upstream-model", "Qwen/Qwen3-32B"][..],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
     }
 
     /// The only test that sets a variable: clap reads it from the process, and no other

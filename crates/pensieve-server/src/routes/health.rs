@@ -16,12 +16,12 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     Json(json!({
         "status": "ok",
         "model": state.models.default_model().id,
-        "context_size": state.models.default_model().engine.info().context_size,
+        "context_size": state.models.default_model().backend.context_size(),
         "runs_on": state.models.default_model().runs_on,
         "models": models.iter().map(|m| &m.id).collect::<Vec<_>>(),
         // What Claude Code's quick requests get (`pensieve claude` sets its haiku model).
         "haiku_model": state.models.route("claude-haiku-4-5").id,
-        "queue_depth": models.iter().map(|m| m.engine.queue_depth()).sum::<usize>(),
+        "queue_depth": models.iter().map(|m| m.backend.queue_depth()).sum::<usize>(),
     }))
 }
 

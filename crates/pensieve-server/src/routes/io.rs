@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
+use crate::models::Backend;
 
 /// Read the whole body, refusing one over `limit` with 413.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -56,14 +57,18 @@ pub async fn submit(
     state: &crate::app::AppState,
     request: GenerateRequest,
 ) -> Result<(GenerateRequest, Generation), ApiError> {
-    let engine = state.engine_for(&request.model).clone();
-    let submit_to = engine.clone();
-    let (request, valid) = blocking(move || {
-        let valid = engine.validate(&request);
-        (request, valid)
+    let backend = state.backend_for(&request.model).clone();
+    if let Backend::Upstream { upstream, .. } = &backend {
+        // Nothing to render: the upstream's own template does it.
+        let generation = upstream.submit(&request)?;
+        return Ok((request, generation));
+    }
+    let (request, generation) = blocking(move || {
+        let generation = backend.submit_blocking(&request);
+        (request, generation)
     })
     .await?;
-    Ok((request, submit_to.submit(valid?)?))
+    Ok((request, generation?))
 }
 
 /// Wait for the whole generation: each content event goes to `push`; returns how it

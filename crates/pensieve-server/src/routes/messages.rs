@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::{
-    parse_count_tokens, parse_messages, ContentCollector, MessageResponse, SseEvent, StreamEncoder,
+    parse_count_tokens, parse_messages, ContentCollector, ErrorKind, MessageResponse, SseEvent,
+    StreamEncoder,
 };
 use pensieve_protocol::ids::random_id;
 use serde_json::json;
@@ -19,6 +20,7 @@ use super::io::{
 };
 use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
+use crate::models::Backend;
 
 pub async fn messages(
     State(state): State<AppState>,
@@ -41,7 +43,12 @@ pub async fn count_tokens(
     let result = async {
         let bytes = read_body(&headers, body, state.config.body_limit).await?;
         let request = parse_count_tokens(&bytes)?.into_generate()?;
-        let engine = state.engine_for(&request.model).clone();
+        let Backend::Local(engine) = state.backend_for(&request.model).clone() else {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "this model is served by an upstream server, and Pensieve cannot count its tokens",
+            ));
+        };
         let tokens = blocking(move || engine.prompt_tokens(&request)).await??;
         Ok::<_, ApiError>(Json(json!({"input_tokens": tokens.len()})).into_response())
     }

@@ -15,7 +15,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = state.metrics();
     // Read at scrape time: handlers fill the queues and the engine threads drain them,
     // so no one place sees every change.
-    let queued = state.models.models().iter().map(|m| m.engine.queue_depth());
+    let queued = state
+        .models
+        .models()
+        .iter()
+        .map(|m| m.backend.queue_depth());
     metrics.set_queue_depth(queued.sum());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
 }
