@@ -175,8 +175,8 @@ fn new_context(
         // later makes llama.cpp reserve its compute graphs again, a stall for every
         // sequence. The logits still reach the host, so masks, chains and
         // log-probabilities work as without it.
-        let slots = settings.backend_sampling_slots.min(settings.parallel);
-        let slots = 0..i32::try_from(slots).unwrap_or(i32::MAX);
+        // At most `parallel`: the settings bound it.
+        let slots = 0..i32::try_from(settings.backend_sampling_slots).unwrap_or(i32::MAX);
         let greedy = slots.map(|s| (s, LlamaSampler::chain_simple([LlamaSampler::greedy()])));
         model.new_context_with_samplers(backend, params, greedy)
     } else {

@@ -293,7 +293,8 @@ impl Inner {
                 }
                 Ok(Ok(None)) => {
                     let last = reader.end_of_body().map_err(to_engine_error)?;
-                    return send_all(events, last);
+                    send_all(events, last);
+                    return Ok(());
                 }
                 Ok(Ok(Some(bytes))) => bytes,
             };
@@ -312,26 +313,24 @@ impl Inner {
                     return Err(to_engine_error(error));
                 }
                 let out = reader.data(&event.data).map_err(to_engine_error)?;
-                if out.iter().any(|e| matches!(e, GenerationEvent::Done(_))) {
-                    return send_all(events, out);
+                let done = out.iter().any(|e| matches!(e, GenerationEvent::Done(_)));
+                send_all(events, out);
+                if done {
+                    return Ok(());
                 }
-                send_all(events, out)?;
             }
         }
     }
 }
 
-fn send_all(
-    events: &UnboundedSender<GenerationEvent>,
-    out: Vec<GenerationEvent>,
-) -> Result<(), EngineError> {
+/// Hands `out` on; a receiver that is gone (the client left) is noticed by the stream's
+/// next wait.
+fn send_all(events: &UnboundedSender<GenerationEvent>, out: Vec<GenerationEvent>) {
     for e in out {
-        // The receiver is gone: nobody to tell.
         if events.send(e).is_err() {
             break;
         }
     }
-    Ok(())
 }
 
 fn timed_out(what: &str, after: Duration) -> EngineError {
