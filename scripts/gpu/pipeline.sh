@@ -31,6 +31,49 @@ PY=python3
 MODEL7=$W/q7-q4km.gguf
 SMOL=$W/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
+# The mlx engine on mlx-cuda (MLX=1). The wheels and the tokenizer arrive in parts, one a call
+# (.gpu/mlx*, scripts/gpu/pack-mlx.sh); the wheels go into $W/mlx/site, and a folder shaped like a
+# venv gives bench/mlx_engine.py its bin/python (Pensieve's worker) and bin/mlx_lm.server (the
+# peer), both the machine's python3 with that site on PYTHONPATH. Then the random-weight 7B-shaped
+# MLX model is written on the GPU (scripts/gpu/random_mlx.py).
+mlx_prepare() {
+    local M=$W/mlx want site
+    for _ in $(seq 1 120); do
+        want=$(cat "$G/mlx0/parts" 2>/dev/null || echo 99)
+        [[ $(compgen -G "$G/mlx*/mlx.part[0-9]" | wc -l) -ge $want ]] && break
+        sleep 5
+    done
+    mkdir -p "$M/venv/bin" "$M/site"
+    if ! (cd "$M" && cp "$G"/mlx*/mlx.part* . && sha256sum -c "$G/mlx0/mlx.sha256" &&
+        cat mlx.part* | tar -x && rm mlx.part* &&
+        $PY -m pip install -q --no-index --no-deps --no-compile --target "$M/site" "$M"/whl/*.whl) \
+        >"$L/mlx-prepare.log" 2>&1; then
+        stage "mlx: the wheels did not install (logs/mlx-prepare.log)"
+        return 1
+    fi
+    site=$M/site
+    # libmlx finds CUDA's libraries at $ORIGIN/../../nvidia: the machine's, beside torch.
+    ln -sfn "$($PY -c 'import nvidia; print(list(nvidia.__path__)[0])')" "$site/nvidia"
+    printf '#!/bin/sh\nPYTHONPATH=%s exec %s "$@"\n' "$site" "$(command -v $PY)" >"$M/venv/bin/python"
+    printf '#!/bin/sh\nPYTHONPATH=%s exec %s -m mlx_lm.server "$@"\n' "$site" "$(command -v $PY)" \
+        >"$M/venv/bin/mlx_lm.server"
+    chmod +x "$M/venv/bin/python" "$M/venv/bin/mlx_lm.server"
+    "$M/venv/bin/python" -c 'import mlx.core as mx, mlx_lm; print("mlx", mx.__version__, mx.default_device())' \
+        >>"$L/mlx-prepare.log" 2>&1
+    "$M/venv/bin/python" "$REPO/scripts/gpu/random_mlx.py" write "$M/qtok" "$M/q7-mlx" >"$L/mlx-model.log" 2>&1
+    stage "mlx: rc=$? $(tail -1 "$L/mlx-prepare.log"); $(tail -1 "$L/mlx-model.log")"
+}
+
+# Pensieve's mlx engine against mlx_lm.server on that model, alternating (bench/mlx_engine.py).
+mlx_bench() {
+    [[ -d $W/mlx/q7-mlx ]] || return 1
+    timeout "${MLX_TIMEOUT:-420}" $PY "$REPO/bench/mlx_engine.py" --mlx-model "$W/mlx/q7-mlx" \
+        --mlx-venv "$W/mlx/venv" --pensieve-bin "$W/bin/pensieve" --rounds "${MLX_ROUNDS:-3}" \
+        --decode-tokens 256 --prefill-words 2000 --wait-idle 0 --json "$R/mlx.json" --log-dir "$L/mlx" \
+        >"$L/mlx-bench.log" 2>&1
+    stage "mlx bench: rc=$? $(grep -E '^(decode tok/s|cold prefill tok/s)' "$L/mlx-bench.log" | tr -s ' ' | tr '\n' ';')"
+}
+
 stage start
 {
     nvidia-smi
@@ -46,6 +89,11 @@ xz -dc "$G/base/pensieve.xz" >"$W/bin/pensieve" && chmod +x "$W/bin/pensieve"
 tar -xJf "$G/base/llama-src.tar.xz" -C "$W/src"
 S=$W/src/llama.cpp
 stage unpacked
+# With MLX=1 the MLX model is written while the GGUF one is made; the benchmarks wait for both.
+if [[ ${MLX:-0} == 1 ]]; then
+    mlx_prepare &
+    MLX_PREP=$!
+fi
 
 build_llama() {
     cmake -S "$S" -B "$S/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
@@ -194,7 +242,9 @@ if [[ -n "${ONLY_BENCH:-}${PLAN:-}" ]]; then
     variants=()
     IFS=';' read -ra vs <<<"${VARIANTS:-}"
     for v in "${vs[@]}"; do [[ -n $v ]] && variants+=(--variant "$v"); done
+    [[ -n "${MLX_PREP:-}" ]] && wait "$MLX_PREP"
     [[ -n "${PLAN:-}" ]] && run_plan "$REPO/$PLAN"
+    [[ ${MLX:-0} == 1 ]] && mlx_bench
     [[ -n "${ONLY_BENCH:-}" ]] && timeout "${BENCH_TIMEOUT:-450}" $PY "$REPO/bench/gpu.py" --model "$MODEL7" --pensieve-bin "$W/bin/pensieve" \
         --llama-server-bin "$W/bin/llama-server" --llama-bench-bin "$W/bin/llama-bench" \
         --sides "${BENCH_SIDES:-pensieve,llama-server,llama-server-bs}" --workloads "$ONLY_BENCH" \
