@@ -40,7 +40,7 @@ pub use engine::{CachePoint, Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use formats::ToolFormat;
-pub use metrics::{CacheTier, EngineMetrics};
+pub use metrics::{CacheTier, EngineMetrics, UpstreamRecord};
 pub use model::{
     BatchToken, LoadedModel, ModelInfo, ModelRunner, Pick, RunnerError, RunsOn, SeqId, TokenId,
     TokenMask, Tokenizer,

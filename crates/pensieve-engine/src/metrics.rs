@@ -71,6 +71,31 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicaLabels {
+    /// The replica's base URL: a handful per server, from its flags or config.
+    replica: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReplicaOutcomeLabels {
+    replica: String,
+    /// `ok`, or `error` (the replica's own error, a timeout, a broken stream, no connection).
+    outcome: String,
+}
+
+/// What one upstream request did, for [`EngineMetrics::record_upstream`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamRecord {
+    pub ok: bool,
+    /// Until the first generated piece, when there was one.
+    pub first_token: Option<Duration>,
+    pub duration: Duration,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TierLabels {
     tier: CacheTier,
 }
@@ -111,6 +136,13 @@ pub struct EngineMetrics {
     generated_tokens: Counter,
     cache_entries: Family<TierLabels, UGauge>,
     cache_bytes: Family<TierLabels, UGauge>,
+    upstream_requests: Family<ReplicaOutcomeLabels, Counter>,
+    upstream_ttft: Family<ReplicaLabels, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<ReplicaLabels, Histogram, fn() -> Histogram>,
+    upstream_prompt_tokens: Family<ReplicaLabels, Counter>,
+    upstream_cached_tokens: Family<ReplicaLabels, Counter>,
+    upstream_in_flight: Family<ReplicaLabels, UGauge>,
+    upstream_up: Family<ReplicaLabels, UGauge>,
 }
 
 impl Default for EngineMetrics {
@@ -136,6 +168,13 @@ impl EngineMetrics {
             generated_tokens: Counter::default(),
             cache_entries: Family::default(),
             cache_bytes: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_ttft: Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS)),
+            upstream_duration: Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS)),
+            upstream_prompt_tokens: Family::default(),
+            upstream_cached_tokens: Family::default(),
+            upstream_in_flight: Family::default(),
+            upstream_up: Family::default(),
         };
         // Every tier is reported from the start, so a tier that is empty (or not built
         // yet) reads 0 rather than missing.
@@ -210,6 +249,43 @@ impl EngineMetrics {
             "Prefix cache size, by tier",
             Unit::Bytes,
             self.cache_bytes.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to an upstream replica, by replica and outcome",
+            self.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "upstream_time_to_first_token",
+            "Time from sending a request to a replica to its first generated piece",
+            Unit::Seconds,
+            self.upstream_ttft.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time from sending a request to a replica to the end of its answer",
+            Unit::Seconds,
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_prompt_tokens",
+            "Prompt tokens a replica reported, cached or not",
+            self.upstream_prompt_tokens.clone(),
+        );
+        r.register(
+            "upstream_cached_prompt_tokens",
+            "Prompt tokens a replica reported read from its prefix cache",
+            self.upstream_cached_tokens.clone(),
+        );
+        r.register(
+            "upstream_in_flight",
+            "Requests in flight on a replica",
+            self.upstream_in_flight.clone(),
+        );
+        r.register(
+            "upstream_up",
+            "Whether a replica is in use (1) or left out after failing (0)",
+            self.upstream_up.clone(),
         );
         self
     }
@@ -302,6 +378,48 @@ impl EngineMetrics {
         self.request_duration
             .get_or_create(&labels)
             .observe(d.as_secs_f64());
+    }
+
+    /// One request a replica answered or failed; also counted in the server's own token
+    /// totals, as a local engine's would be.
+    pub fn record_upstream(&self, replica: &str, record: &UpstreamRecord) {
+        let labels = ReplicaLabels {
+            replica: replica.to_owned(),
+        };
+        let outcome = ReplicaOutcomeLabels {
+            replica: replica.to_owned(),
+            outcome: if record.ok { "ok" } else { "error" }.to_owned(),
+        };
+        self.upstream_requests.get_or_create(&outcome).inc();
+        if let Some(first) = record.first_token {
+            self.upstream_ttft
+                .get_or_create(&labels)
+                .observe(first.as_secs_f64());
+            self.observe_ttft(first);
+        }
+        self.upstream_duration
+            .get_or_create(&labels)
+            .observe(record.duration.as_secs_f64());
+        self.upstream_prompt_tokens
+            .get_or_create(&labels)
+            .inc_by(record.prompt_tokens);
+        self.upstream_cached_tokens
+            .get_or_create(&labels)
+            .inc_by(record.cached_prompt_tokens);
+        self.add_prompt_tokens(record.prompt_tokens);
+        self.add_cached_prompt_tokens(record.cached_prompt_tokens);
+        self.add_generated_tokens(record.generated_tokens);
+    }
+
+    /// A replica's state now: requests in flight, and whether it is in use.
+    pub fn set_upstream_state(&self, replica: &str, in_flight: usize, up: bool) {
+        let labels = ReplicaLabels {
+            replica: replica.to_owned(),
+        };
+        self.upstream_in_flight
+            .get_or_create(&labels)
+            .set(to_u64(in_flight));
+        self.upstream_up.get_or_create(&labels).set(u64::from(up));
     }
 
     /// Everything, in the OpenMetrics text format (ends with `# EOF`).

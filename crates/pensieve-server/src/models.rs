@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use pensieve_engine::{Engine, EngineError, EngineMetrics, GenerateRequest, Generation};
-use pensieve_upstream::Upstream;
+use pensieve_upstream::{ReplicaStatus, Upstream};
 
 /// What generates a model's tokens.
 #[derive(Clone)]
@@ -57,6 +57,21 @@ impl Backend {
         match self {
             Backend::Local(engine) => engine.submit(engine.validate(request)?),
             Backend::Upstream { upstream, .. } => upstream.submit(request),
+        }
+    }
+
+    /// Background work that needs the runtime: an upstream's health checks.
+    pub fn start_background(&self) {
+        if let Backend::Upstream { upstream, .. } = self {
+            upstream.spawn_health_checks();
+        }
+    }
+
+    /// An upstream's replicas and their state (none for a local engine).
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        match self {
+            Backend::Local(_) => Vec::new(),
+            Backend::Upstream { upstream, .. } => upstream.replicas(),
         }
     }
 

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pensieve_engine::{EngineError, GenerateRequest, Generation, GenerationEvent, Usage};
+use pensieve_engine::{
+    EngineError, EngineMetrics, GenerateRequest, Generation, GenerationEvent, UpstreamRecord, Usage,
+};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -35,8 +37,11 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: Duration,
     /// Between two pieces of a streaming answer.
     pub idle_timeout: Duration,
-    /// How long a replica that refused a connection is left out.
+    /// How long a replica that refused a connection is left out (unless a health check
+    /// finds it up sooner).
     pub retry_after: Duration,
+    /// How often each replica's `/models` is asked whether it is up.
+    pub health_interval: Duration,
 }
 
 impl UpstreamConfig {
@@ -50,6 +55,7 @@ impl UpstreamConfig {
             first_byte_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(120),
             retry_after: Duration::from_secs(10),
+            health_interval: Duration::from_secs(5),
         }
     }
 }
@@ -65,12 +71,22 @@ struct Inner {
     http: reqwest::Client,
     router: Mutex<Router>,
     replicas: Vec<ReplicaState>,
+    metrics: Arc<EngineMetrics>,
 }
 
 struct ReplicaState {
     in_flight: AtomicUsize,
-    /// When it last refused a connection; None: healthy.
+    /// When it last refused a connection or failed a health check; None: healthy.
     down_since: Mutex<Option<Instant>>,
+}
+
+/// One replica as `/health` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub url: String,
+    /// In use; false while left out after failing.
+    pub up: bool,
+    pub in_flight: usize,
 }
 
 /// Conversations the router remembers, and how much busier than the least busy replica a
@@ -79,7 +95,9 @@ const ROUTER_MEMORY: usize = 4096;
 const ROUTER_IMBALANCE: usize = 4;
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Self, UpstreamError> {
+    /// Replicas of `config`, recording into `metrics`. Health checks start with
+    /// [`Upstream::spawn_health_checks`], inside a runtime.
+    pub fn new(config: UpstreamConfig, metrics: Arc<EngineMetrics>) -> Result<Self, UpstreamError> {
         if config.replicas.is_empty() {
             return Err(UpstreamError::Unsupported(
                 "an upstream needs at least one replica URL".into(),
@@ -103,8 +121,54 @@ impl Upstream {
                 http,
                 router: Mutex::new(Router::new(ROUTER_MEMORY, ROUTER_IMBALANCE)),
                 replicas,
+                metrics,
             }),
         })
+        .inspect(Upstream::publish)
+    }
+
+    /// Ask each replica whether it is up every `health_interval`, for as long as this
+    /// upstream (any clone of it) lives: a replica that fails is left out, and one that
+    /// answers again is used at once.
+    pub fn spawn_health_checks(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.health_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let checks = (0..inner.replicas.len()).map(|i| inner.check(i));
+                futures::future::join_all(checks).await;
+                Upstream { inner }.publish();
+            }
+        });
+    }
+
+    /// Each replica's state now.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let now = Instant::now();
+        self.inner
+            .config
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, url)| ReplicaStatus {
+                url: url.clone(),
+                up: self.inner.healthy(i, now),
+                in_flight: self.inner.replicas[i].in_flight.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// The replicas' gauges, as of now.
+    fn publish(&self) {
+        for r in self.replicas() {
+            self.inner
+                .metrics
+                .set_upstream_state(&r.url, r.in_flight, r.up);
+        }
     }
 
     /// Start generating `request` upstream (within a tokio runtime). Fails at once only
@@ -123,23 +187,6 @@ impl Upstream {
             events: receiver,
             queued_usage: Usage::default(),
         })
-    }
-
-    /// Whether each replica is in use now (not left out after a refused connection).
-    pub fn healthy(&self) -> Vec<bool> {
-        let now = Instant::now();
-        (0..self.inner.replicas.len())
-            .map(|i| self.inner.healthy(i, now))
-            .collect()
-    }
-
-    /// Requests in flight on each replica.
-    pub fn in_flight(&self) -> Vec<usize> {
-        self.inner
-            .replicas
-            .iter()
-            .map(|r| r.in_flight.load(Ordering::Relaxed))
-            .collect()
     }
 }
 
@@ -209,43 +256,101 @@ impl Inner {
     ) -> Result<(), EngineError> {
         let mut tried = Vec::new();
         loop {
-            let (i, _place) = self.take_replica(key, &tried)?;
-            let url = format!(
-                "{}/chat/completions",
-                self.config.replicas[i].trim_end_matches('/')
-            );
-            let mut post = self.http.post(&url).json(body);
-            if let Some(key) = &self.config.key {
-                post = post.bearer_auth(key);
+            let (i, place) = self.take_replica(key, &tried)?;
+            self.publish(i);
+            let started = Instant::now();
+            let mut record = UpstreamRecord::default();
+            let result = self.attempt(i, body, events, started, &mut record).await;
+            drop(place);
+            record.ok = matches!(result, Ok(true));
+            record.duration = started.elapsed();
+            self.metrics
+                .record_upstream(&self.config.replicas[i], &record);
+            self.publish(i);
+            match result {
+                // Refused before anything was sent: another replica may take it.
+                Ok(false) => tried.push(i),
+                Ok(true) => return Ok(()),
+                Err(e) => return Err(e),
             }
-            let response = match tokio::time::timeout(self.config.first_byte_timeout, post.send())
-                .await
-            {
-                Err(_) => return Err(timed_out("answer", self.config.first_byte_timeout)),
-                Ok(Err(e)) if e.is_connect() => {
-                    tracing::warn!(replica = %self.config.replicas[i], "upstream refused a connection: {e}");
-                    if let Ok(mut down) = self.replicas[i].down_since.lock() {
-                        *down = Some(Instant::now());
-                    }
-                    tried.push(i);
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    return Err(EngineError::Upstream {
-                        status: 502,
-                        message: format!("request to {url} failed: {e}"),
-                    })
-                }
-                Ok(Ok(response)) => response,
-            };
-            if let Ok(mut down) = self.replicas[i].down_since.lock() {
-                *down = None;
-            }
-            if !response.status().is_success() {
-                return Err(self.error_answer(response).await);
-            }
-            return self.stream(response, events).await;
         }
+    }
+
+    /// One try on replica `i`: Ok(true) once answered, Ok(false) when it refused the
+    /// connection (it is then left out for a while).
+    async fn attempt(
+        &self,
+        i: usize,
+        body: &Value,
+        events: &UnboundedSender<GenerationEvent>,
+        started: Instant,
+        record: &mut UpstreamRecord,
+    ) -> Result<bool, EngineError> {
+        let url = format!(
+            "{}/chat/completions",
+            self.config.replicas[i].trim_end_matches('/')
+        );
+        let mut post = self.http.post(&url).json(body);
+        if let Some(key) = &self.config.key {
+            post = post.bearer_auth(key);
+        }
+        let response = match tokio::time::timeout(self.config.first_byte_timeout, post.send()).await
+        {
+            Err(_) => return Err(timed_out("answer", self.config.first_byte_timeout)),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(replica = %self.config.replicas[i], "upstream refused a connection: {e}");
+                self.set_down(i, true);
+                return Ok(false);
+            }
+            Ok(Err(e)) => {
+                return Err(EngineError::Upstream {
+                    status: 502,
+                    message: format!("request to {url} failed: {e}"),
+                })
+            }
+            Ok(Ok(response)) => response,
+        };
+        self.set_down(i, false);
+        if !response.status().is_success() {
+            return Err(self.error_answer(response).await);
+        }
+        self.stream(response, events, started, record).await?;
+        Ok(true)
+    }
+
+    fn set_down(&self, i: usize, down: bool) {
+        if let Ok(mut since) = self.replicas[i].down_since.lock() {
+            *since = down.then(Instant::now);
+        }
+    }
+
+    /// Replica `i`'s gauges, as of now.
+    fn publish(&self, i: usize) {
+        self.metrics.set_upstream_state(
+            &self.config.replicas[i],
+            self.replicas[i].in_flight.load(Ordering::Relaxed),
+            self.healthy(i, Instant::now()),
+        );
+    }
+
+    /// A health check: any answer to `GET /models` below 500 means up (a replica still
+    /// loading its model answers 503); no answer in `connect_timeout` means down.
+    async fn check(&self, i: usize) {
+        let url = format!("{}/models", self.config.replicas[i].trim_end_matches('/'));
+        let mut get = self.http.get(&url).timeout(self.config.connect_timeout);
+        if let Some(key) = &self.config.key {
+            get = get.bearer_auth(key);
+        }
+        let up = get
+            .send()
+            .await
+            .is_ok_and(|r| !r.status().is_server_error());
+        let was_up = self.healthy(i, Instant::now());
+        if up != was_up {
+            tracing::info!(replica = %self.config.replicas[i], "upstream replica is {}", if up { "up" } else { "down" });
+        }
+        // A failed check while down renews the time left out: out until a check passes.
+        self.set_down(i, !up);
     }
 
     /// An error status's body, as the client's error.
@@ -273,6 +378,8 @@ impl Inner {
         &self,
         mut response: reqwest::Response,
         events: &UnboundedSender<GenerationEvent>,
+        started: Instant,
+        record: &mut UpstreamRecord,
     ) -> Result<(), EngineError> {
         let mut sse = SseDecoder::new();
         let mut reader = ChunkReader::new();
@@ -293,6 +400,7 @@ impl Inner {
                 }
                 Ok(Ok(None)) => {
                     let last = reader.end_of_body().map_err(to_engine_error)?;
+                    note(record, started, &last);
                     send_all(events, last);
                     return Ok(());
                 }
@@ -313,12 +421,32 @@ impl Inner {
                     return Err(to_engine_error(error));
                 }
                 let out = reader.data(&event.data).map_err(to_engine_error)?;
+                note(record, started, &out);
                 let done = out.iter().any(|e| matches!(e, GenerationEvent::Done(_)));
                 send_all(events, out);
                 if done {
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// What a request's metrics need from its events: when the first piece came, and the usage.
+fn note(record: &mut UpstreamRecord, started: Instant, out: &[GenerationEvent]) {
+    for e in out {
+        match e {
+            GenerationEvent::Text(_)
+            | GenerationEvent::Thinking(_)
+            | GenerationEvent::ToolCallStart { .. } => {
+                record.first_token.get_or_insert_with(|| started.elapsed());
+            }
+            GenerationEvent::Done(done) => {
+                record.prompt_tokens = u64::from(done.usage.prompt_tokens);
+                record.cached_prompt_tokens = u64::from(done.usage.cached_prompt_tokens);
+                record.generated_tokens = u64::from(done.usage.completion_tokens);
+            }
+            _ => {}
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod client;
 pub mod route;
 pub mod sse;
 
-pub use client::{Upstream, UpstreamConfig};
+pub use client::{ReplicaStatus, Upstream, UpstreamConfig};
 
 /// What can go wrong between Pensieve and an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,7 +2,9 @@
 //! prompt, tools, first user message), go back to the replica that served it last, whose
 //! prefix cache holds it; new conversations, and those whose replica is overloaded or out,
 //! go to the replica with the fewest requests in flight (SGLang's router does the same with a
-//! radix tree of prompts; a conversation's start is what an agent's turns share).
+//! radix tree of prompts; a conversation's start is what an agent's turns share). Among equally
+//! busy replicas, the one holding the fewest conversations takes a new one, so that idle
+//! replicas take turns and the caches fill evenly.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -31,6 +33,8 @@ impl Replica {
 pub struct Router {
     /// Conversation key -> (replica, when last routed).
     last: HashMap<u64, (usize, u64)>,
+    /// Conversations remembered per replica.
+    held: Vec<usize>,
     clock: u64,
     /// Conversations remembered; the longest unused is forgotten first.
     capacity: usize,
@@ -43,6 +47,7 @@ impl Router {
     pub fn new(capacity: usize, imbalance: usize) -> Self {
         Router {
             last: HashMap::new(),
+            held: Vec::new(),
             clock: 0,
             capacity: capacity.max(1),
             imbalance,
@@ -52,12 +57,17 @@ impl Router {
     /// The replica for the conversation `key`, leaving out `tried` (replicas that already
     /// refused this request's connection); None when none is open (the request waits).
     pub fn choose(&mut self, key: u64, replicas: &[Replica], tried: &[usize]) -> Option<usize> {
+        if self.held.len() < replicas.len() {
+            self.held.resize(replicas.len(), 0);
+        }
         let open = |i: usize| replicas[i].open() && !tried.contains(&i);
+        let held = &self.held;
         let least = (0..replicas.len())
             .filter(|&i| open(i))
-            .min_by_key(|&i| (replicas[i].in_flight, i))?;
-        let chosen = match self.last.get(&key) {
-            Some(&(i, _))
+            .min_by_key(|&i| (replicas[i].in_flight, held[i], i))?;
+        let previous = self.last.get(&key).map(|&(i, _)| i);
+        let chosen = match previous {
+            Some(i)
                 if i < replicas.len()
                     && open(i)
                     && replicas[i].in_flight <= replicas[least].in_flight + self.imbalance =>
@@ -67,18 +77,31 @@ impl Router {
             _ => least,
         };
         self.clock += 1;
-        if self.last.len() >= self.capacity && !self.last.contains_key(&key) {
-            if let Some(oldest) = self
+        if previous.is_none() && self.last.len() >= self.capacity {
+            if let Some((oldest, (replica, _))) = self
                 .last
                 .iter()
                 .min_by_key(|(_, &(_, t))| t)
-                .map(|(&k, _)| k)
+                .map(|(&k, &v)| (k, v))
             {
                 self.last.remove(&oldest);
+                self.release(replica);
             }
         }
+        if let Some(i) = previous {
+            self.release(i);
+        }
         self.last.insert(key, (chosen, self.clock));
+        if let Some(n) = self.held.get_mut(chosen) {
+            *n += 1;
+        }
         Some(chosen)
+    }
+
+    fn release(&mut self, replica: usize) {
+        if let Some(n) = self.held.get_mut(replica) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -128,6 +151,21 @@ mod tests {
     }
 
     #[test]
+    fn new_conversations_take_turns_on_idle_replicas() {
+        let mut router = Router::new(100, 4);
+        let idle = replicas(&[0, 0, 0]);
+        // One at a time, each ending before the next starts: all replicas stay idle.
+        let chosen: Vec<_> = (1..=6)
+            .map(|k| router.choose(k, &idle, &[]).unwrap())
+            .collect();
+        assert_eq!(chosen, [0, 1, 2, 0, 1, 2]);
+        // A conversation that moves is counted where it went.
+        assert_eq!(router.choose(1, &replicas(&[9, 0, 0]), &[]), Some(1));
+        assert_eq!(router.held, [1, 3, 2]);
+        assert_eq!(router.choose(7, &idle, &[]), Some(0));
+    }
+
+    #[test]
     fn an_overloaded_full_or_failed_replica_hands_its_conversation_over() {
         let mut router = Router::new(100, 4);
         assert_eq!(router.choose(1, &replicas(&[0, 0]), &[]), Some(0));
@@ -164,6 +202,7 @@ mod tests {
         // Remembered, 2 would go back to replica 1; forgotten, it goes by load.
         assert_eq!(router.choose(2, &replicas(&[0, 1]), &[]), Some(0));
         assert!(router.last.len() <= 2);
+        assert_eq!(router.held.iter().sum::<usize>(), router.last.len());
     }
 
     #[test]

@@ -13,7 +13,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use pensieve_engine::{EngineError, FinishReason, GenerateRequest, GenerationEvent, Message, Role};
+use pensieve_engine::{
+    EngineError, EngineMetrics, FinishReason, GenerateRequest, GenerationEvent, Message, Role,
+};
 use pensieve_upstream::{Upstream, UpstreamConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,6 +52,15 @@ impl Drop for Watch {
 }
 
 async fn serve(script: Script) -> String {
+    serve_on(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        script,
+    )
+}
+
+/// Serves `script` on `listener` (answering `/v1/chat/completions`; any other path, such as
+/// the health checks' `/v1/models`, is a 404).
+fn serve_on(listener: tokio::net::TcpListener, script: Script) -> String {
     let app = Router::new().route(
         "/v1/chat/completions",
         post(move || {
@@ -78,7 +89,6 @@ async fn serve(script: Script) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/v1")
@@ -98,6 +108,10 @@ fn config(replicas: Vec<String>) -> UpstreamConfig {
     c.first_byte_timeout = Duration::from_secs(5);
     c.idle_timeout = Duration::from_millis(400);
     c
+}
+
+fn in_flight(upstream: &Upstream) -> Vec<usize> {
+    upstream.replicas().iter().map(|r| r.in_flight).collect()
 }
 
 fn hello() -> GenerateRequest {
@@ -147,7 +161,8 @@ async fn an_answer_streams_through_with_its_usage() {
         DONE,
     ]))
     .await;
-    let upstream = Upstream::new(config(vec![base])).unwrap();
+    let metrics = Arc::new(EngineMetrics::new());
+    let upstream = Upstream::new(config(vec![base.clone()]), metrics.clone()).unwrap();
     let events = run(&upstream).await;
     let text: String = events
         .iter()
@@ -165,21 +180,34 @@ async fn an_answer_streams_through_with_its_usage() {
         (done.usage.prompt_tokens, done.usage.cached_prompt_tokens),
         (12, 8)
     );
-    assert_eq!(upstream.in_flight(), vec![0], "the place is given back");
+    assert_eq!(in_flight(&upstream), vec![0], "the place is given back");
+    // The replica's counters.
+    let text = metrics.encode();
+    for line in [
+        format!("pensieve_upstream_requests_total{{replica=\"{base}\",outcome=\"ok\"}} 1"),
+        format!("pensieve_upstream_prompt_tokens_total{{replica=\"{base}\"}} 12"),
+        format!("pensieve_upstream_cached_prompt_tokens_total{{replica=\"{base}\"}} 8"),
+        format!("pensieve_upstream_time_to_first_token_seconds_count{{replica=\"{base}\"}} 1"),
+        format!("pensieve_upstream_in_flight{{replica=\"{base}\"}} 0"),
+        format!("pensieve_upstream_up{{replica=\"{base}\"}} 1"),
+        "pensieve_cached_prompt_tokens_total 8".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
 }
 
 #[tokio::test]
 async fn an_error_status_carries_the_upstreams_message() {
     let mut script = Script::ok(&["{\"error\":{\"message\":\"This model's maximum context length is 4096 tokens\",\"code\":400}}"]);
     script.status = StatusCode::BAD_REQUEST;
-    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    let upstream = Upstream::new(config(vec![serve(script).await]), Arc::default()).unwrap();
     let (status, message) = failure(&run(&upstream).await);
     assert_eq!(status, 400);
     assert!(message.contains("maximum context length"), "{message}");
 
     let mut script = Script::ok(&["upstream exploded"]);
     script.status = StatusCode::INTERNAL_SERVER_ERROR;
-    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    let upstream = Upstream::new(config(vec![serve(script).await]), Arc::default()).unwrap();
     assert_eq!(
         failure(&run(&upstream).await),
         (500, "upstream exploded".into())
@@ -188,13 +216,16 @@ async fn an_error_status_carries_the_upstreams_message() {
 
 #[tokio::test]
 async fn a_malformed_or_cut_stream_ends_with_an_error() {
-    let upstream = Upstream::new(config(vec![
-        serve(Script::ok(&[
-            &chunk("{\"content\":\"Hi\"}"),
-            "data: {\"choices\": [nope\n\n",
-        ]))
-        .await,
-    ]))
+    let upstream = Upstream::new(
+        config(vec![
+            serve(Script::ok(&[
+                &chunk("{\"content\":\"Hi\"}"),
+                "data: {\"choices\": [nope\n\n",
+            ]))
+            .await,
+        ]),
+        Arc::default(),
+    )
     .unwrap();
     let events = run(&upstream).await;
     assert!(matches!(&events[0], GenerationEvent::Text(t) if t == "Hi"));
@@ -203,22 +234,28 @@ async fn a_malformed_or_cut_stream_ends_with_an_error() {
     assert!(message.contains("malformed"), "{message}");
 
     // The body ends before the answer did.
-    let upstream = Upstream::new(config(vec![
-        serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}")])).await,
-    ]))
+    let upstream = Upstream::new(
+        config(vec![
+            serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}")])).await,
+        ]),
+        Arc::default(),
+    )
     .unwrap();
     let (status, message) = failure(&run(&upstream).await);
     assert_eq!(status, 502);
     assert!(message.contains("before the answer ended"), "{message}");
 
     // An error event in the stream.
-    let upstream = Upstream::new(config(vec![
-        serve(Script::ok(&[
-            &chunk("{\"content\":\"Hi\"}"),
-            "data: {\"error\":{\"message\":\"out of memory\"}}\n\n",
-        ]))
-        .await,
-    ]))
+    let upstream = Upstream::new(
+        config(vec![
+            serve(Script::ok(&[
+                &chunk("{\"content\":\"Hi\"}"),
+                "data: {\"error\":{\"message\":\"out of memory\"}}\n\n",
+            ]))
+            .await,
+        ]),
+        Arc::default(),
+    )
     .unwrap();
     let (status, message) = failure(&run(&upstream).await);
     assert_eq!((status, message.as_str()), (502, "out of memory"));
@@ -229,7 +266,7 @@ async fn a_stalled_stream_times_out_and_is_hung_up_on() {
     let mut script = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
     script.stall = true;
     let dropped = script.dropped.clone();
-    let upstream = Upstream::new(config(vec![serve(script).await])).unwrap();
+    let upstream = Upstream::new(config(vec![serve(script).await]), Arc::default()).unwrap();
     let (status, message) = failure(&run(&upstream).await);
     assert_eq!(status, 504);
     assert!(message.contains("within 0.4 s"), "{message}");
@@ -243,7 +280,7 @@ async fn a_client_that_goes_away_ends_the_upstream_request() {
     let dropped = script.dropped.clone();
     let mut c = config(vec![serve(script).await]);
     c.idle_timeout = Duration::from_secs(60);
-    let upstream = Upstream::new(c).unwrap();
+    let upstream = Upstream::new(c, Arc::default()).unwrap();
     let mut generation = upstream.submit(&hello()).unwrap();
     assert!(matches!(
         generation.events.recv().await,
@@ -252,7 +289,7 @@ async fn a_client_that_goes_away_ends_the_upstream_request() {
     drop(generation);
     wait_for(&dropped).await;
     for _ in 0..50 {
-        if upstream.in_flight() == vec![0] {
+        if in_flight(&upstream) == vec![0] {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -268,7 +305,7 @@ async fn a_replica_that_refuses_connections_is_passed_over() {
         format!("http://{}/v1", listener.local_addr().unwrap())
     };
     let good = serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}"), FINISH, DONE])).await;
-    let upstream = Upstream::new(config(vec![closed.clone(), good])).unwrap();
+    let upstream = Upstream::new(config(vec![closed.clone(), good]), Arc::default()).unwrap();
     for _ in 0..3 {
         let events = run(&upstream).await;
         assert!(
@@ -276,11 +313,63 @@ async fn a_replica_that_refuses_connections_is_passed_over() {
             "{events:?}"
         );
     }
-    assert_eq!(upstream.healthy(), vec![false, true]);
+    let up: Vec<bool> = upstream.replicas().iter().map(|r| r.up).collect();
+    assert_eq!(up, vec![false, true]);
 
     // With no replica left, a clean error.
-    let upstream = Upstream::new(config(vec![closed])).unwrap();
+    let upstream = Upstream::new(config(vec![closed]), Arc::default()).unwrap();
     assert_eq!(failure(&run(&upstream).await).0, 503);
+}
+
+#[tokio::test]
+async fn a_replica_that_comes_back_is_used_again_after_its_next_health_check() {
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let late = format!("http://127.0.0.1:{port}/v1");
+    let good = serve(Script::ok(&[&chunk("{\"content\":\"Hi\"}"), FINISH, DONE])).await;
+    let mut c = config(vec![late.clone(), good]);
+    c.retry_after = Duration::from_secs(600);
+    c.health_interval = Duration::from_millis(100);
+    let metrics = Arc::new(EngineMetrics::new());
+    let upstream = Upstream::new(c, metrics.clone()).unwrap();
+    upstream.spawn_health_checks();
+    let up = |u: &Upstream| u.replicas().iter().map(|r| r.up).collect::<Vec<_>>();
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = up(&upstream);
+        if seen == [false, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen,
+        [false, true],
+        "the checks find the first replica down"
+    );
+    assert!(metrics
+        .encode()
+        .contains(&format!("pensieve_upstream_up{{replica=\"{late}\"}} 0")));
+
+    // It comes up: the next check puts it back, long before retry_after.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    serve_on(
+        listener,
+        Script::ok(&[&chunk("{\"content\":\"Hi\"}"), FINISH, DONE]),
+    );
+    for _ in 0..100 {
+        if up(&upstream) == [true, true] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the replica is still left out: {:?}", upstream.replicas());
 }
 
 async fn wait_for(flag: &AtomicBool) {
@@ -301,7 +390,11 @@ async fn wait_for(flag: &AtomicBool) {
 async fn a_real_server_answers_text_and_a_tool_call() {
     let base = std::env::var("PENSIEVE_UPSTREAM_URL").expect("PENSIEVE_UPSTREAM_URL");
     // A first request with tools builds its grammars: seconds on a small CPU.
-    let upstream = Upstream::new(UpstreamConfig::new(vec![base], "served-model")).unwrap();
+    let upstream = Upstream::new(
+        UpstreamConfig::new(vec![base], "served-model"),
+        Arc::default(),
+    )
+    .unwrap();
     let events = run(&upstream).await;
     let Some(GenerationEvent::Done(done)) = events.last() else {
         panic!("{events:?}")

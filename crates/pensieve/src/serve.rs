@@ -521,6 +521,9 @@ async fn serve(
         models: models.clone(),
         config: Arc::new(config),
     };
+    for model in models.models() {
+        model.backend.start_background();
+    }
     tracing::info!(%addr, model = %models.default_model().id, "listening");
     let signal = tokio_util::sync::CancellationToken::new();
     tokio::spawn({

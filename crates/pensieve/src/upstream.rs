@@ -33,7 +33,7 @@ pub fn start(args: &UpstreamArgs<'_>, metrics: &Arc<EngineMetrics>) -> anyhow::R
     };
     let mut config = UpstreamConfig::new(args.replicas.to_vec(), model.clone());
     config.key = args.key.map(str::to_owned);
-    let upstream = Upstream::new(config)?;
+    let upstream = Upstream::new(config, metrics.clone())?;
     tracing::info!(
         model = %model,
         replicas = args.replicas.len(),

@@ -22,6 +22,24 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         // What Claude Code's quick requests get (`pensieve claude` sets its haiku model).
         "haiku_model": state.models.route("claude-haiku-4-5").id,
         "queue_depth": models.iter().map(|m| m.backend.queue_depth()).sum::<usize>(),
+        // Each upstream model's replicas: which are in use, and how busy.
+        "upstreams": models
+            .iter()
+            .filter_map(|m| {
+                let replicas = m.backend.replicas();
+                (!replicas.is_empty()).then(|| json!({
+                    "model": m.id,
+                    "replicas": replicas
+                        .iter()
+                        .map(|r| json!({
+                            "url": r.url,
+                            "state": if r.up { "up" } else { "down" },
+                            "in_flight": r.in_flight,
+                        }))
+                        .collect::<Vec<_>>(),
+                }))
+            })
+            .collect::<Vec<_>>(),
     }))
 }
 
