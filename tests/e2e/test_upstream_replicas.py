@@ -7,13 +7,15 @@ show each replica."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 
 import anthropic
 import httpx
 import pytest
-from conftest import SMOLLM2, Server, model_path
+from conftest import SMOLLM2, Server, model_path, pensieve_bin
 from helpers import T0, scrape
 
 # A system prompt long enough that a turn's new messages are a small part of its prompt.
@@ -154,3 +156,38 @@ def in_flight(front: Server, replica: Server) -> int:
     health = httpx.get(f"{front.url}/health", timeout=10).json()
     (upstream,) = health["upstreams"]
     return next(r["in_flight"] for r in upstream["replicas"] if r["url"] == f"{replica.url}/v1")
+
+
+def test_a_config_serves_a_local_model_beside_an_upstream_one(replicas, tmp_path, monkeypatch):
+    """`[models.NAME] upstream = [...]`: the local main model and the upstream one side by side,
+    each reached by its name or an alias, and `pensieve list` shows where the upstream one runs."""
+    upstream = f"{replicas[0].url}/v1"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[models.remote]\nupstream = ["{upstream}"]\nupstream_model = "smollm2"\n\n[aliases]\n"gpt-*" = "remote"\n'
+    )
+    monkeypatch.setenv("PENSIEVE_CONFIG", str(config))
+    listed = subprocess.run(
+        [str(pensieve_bin()), "list", "--json"], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    (remote,) = [e for e in json.loads(listed.stdout) if e["name"] == "remote"]
+    assert (remote["format"], remote["upstream"], remote["upstream_model"]) == ("upstream", [upstream], "smollm2")
+
+    server = Server(model_path(SMOLLM2), ["--ctx", "4096"])
+    try:
+        server.start()
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
+        assert "remote" in health["models"], health
+        assert [u["model"] for u in health["upstreams"]] == ["remote"]
+        client = anthropic.Anthropic(base_url=server.url, api_key="anything", max_retries=0, timeout=120.0)
+        for model in ("remote", "gpt-5", "claude-opus-5-5"):
+            r = client.messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}], **T0)
+            assert r.content, model
+        m = scrape(server.url)
+        sent = m.samples.get(
+            ("pensieve_upstream_requests_total", frozenset({("replica", upstream), ("outcome", "ok")})), 0.0
+        )
+        assert sent == 2, "remote and gpt-5 go upstream; the main model answers here"
+    finally:
+        server.close()

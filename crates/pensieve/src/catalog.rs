@@ -77,6 +77,11 @@ struct Entry {
     context_length: Option<u64>,
     #[serde(skip)]
     chat_template: Option<String>,
+    /// Replicas' base URLs, for a model served upstream (`[models.NAME] upstream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_model: Option<String>,
 }
 
 fn describe(name: String, path: &Path, size: u64, format: ModelFormat) -> Entry {
@@ -89,6 +94,8 @@ fn describe(name: String, path: &Path, size: u64, format: ModelFormat) -> Entry 
         quantization: None,
         context_length: None,
         chat_template: None,
+        upstream: None,
+        upstream_model: None,
     };
     match format {
         ModelFormat::Gguf => match gguf::read_info(path) {
@@ -144,6 +151,21 @@ fn entries(config: &Config) -> Vec<Entry> {
         .map(|m| describe(m.name, &m.path, m.size, m.format))
         .collect();
     for (name, settings) in &config.models {
+        if let Some(replicas) = &settings.upstream {
+            out.push(Entry {
+                name: name.clone(),
+                path: PathBuf::new(),
+                size_bytes: 0,
+                format: "upstream",
+                architecture: None,
+                quantization: None,
+                context_length: None,
+                chat_template: None,
+                upstream: Some(replicas.clone()),
+                upstream_model: settings.upstream_model.clone(),
+            });
+            continue;
+        }
         let Some(target) = &settings.model else {
             continue;
         };
@@ -171,10 +193,18 @@ pub fn list(args: ListArgs) -> anyhow::Result<()> {
     let rows: Vec<[String; 6]> = entries
         .into_iter()
         .map(|e| {
+            let (size, format) = match &e.upstream {
+                // Nothing here: where it is served from instead.
+                Some(replicas) => ("-".to_owned(), format!("upstream {}", replicas.join(","))),
+                None => (
+                    ByteSize::b(e.size_bytes).display().iec().to_string(),
+                    e.format.to_owned(),
+                ),
+            };
             [
                 e.name,
-                ByteSize::b(e.size_bytes).display().iec().to_string(),
-                e.format.to_owned(),
+                size,
+                format,
                 dash(e.architecture),
                 dash(e.quantization),
                 dash(e.context_length.map(|c| c.to_string())),

@@ -103,6 +103,12 @@ pub struct ModelSettings {
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
+    /// Served by these OpenAI-compatible replicas (base URLs) instead of loaded here.
+    pub upstream: Option<Vec<String>>,
+    /// The upstream's name for the model [default: the first one its /v1/models lists].
+    pub upstream_model: Option<String>,
+    /// Sent to the upstream as a bearer token.
+    pub upstream_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -235,6 +241,32 @@ mod tests {
                 ("claude-*haiku*".to_owned(), "tiny".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn an_upstream_model_names_its_replicas() {
+        let config: Config = toml::from_str(
+            r#"
+[models.big]
+upstream = ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+upstream_model = "Qwen/Qwen3-32B"
+upstream_key = "k"
+"#,
+        )
+        .unwrap();
+        let big = &config.models["big"];
+        assert_eq!(
+            big.upstream.as_deref(),
+            Some(
+                &[
+                    "http://gpu1:8000/v1".to_owned(),
+                    "http://gpu2:8000/v1".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(big.upstream_model.as_deref(), Some("Qwen/Qwen3-32B"));
+        assert_eq!(big.upstream_key.as_deref(), Some("k"));
+        assert!(toml::from_str::<Config>("[models.x]\nupstreams = []\n").is_err());
     }
 
     #[test]

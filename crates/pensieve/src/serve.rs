@@ -419,7 +419,52 @@ fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter>
         return Ok(ModelRouter::new(main));
     }
     let (main_name, recommended) = main_model_name(args, config);
-    let main = match resolve::resolve(&main_name, config, Fetch::IfMissing) {
+    let mut router =
+        match configured_upstream(&main_name, config, args.model_id.as_deref(), &metrics) {
+            Some(upstream) => ModelRouter::new(upstream?),
+            None => ModelRouter::new(start_main(args, config, &main_name, recommended, &metrics)?),
+        };
+    add_aliases(&mut router, args, config, &main_name, &metrics);
+    Ok(router)
+}
+
+/// A model whose config table names upstream replicas (`upstream = [...]`), served from
+/// them under `id` [default: the table's name]; None for a model to load here.
+fn configured_upstream(
+    name: &str,
+    config: &Config,
+    id: Option<&str>,
+    metrics: &Arc<EngineMetrics>,
+) -> Option<anyhow::Result<ServedModel>> {
+    let settings = config.models.get(name)?;
+    let replicas = settings.upstream.as_ref()?;
+    if replicas.is_empty() {
+        return Some(Err(anyhow::anyhow!(
+            "[models.{name}] upstream = []: name at least one replica URL"
+        )));
+    }
+    Some(
+        crate::upstream::start(
+            &crate::upstream::UpstreamArgs {
+                replicas,
+                model: settings.upstream_model.as_deref(),
+                key: settings.upstream_key.as_deref(),
+                id: Some(id.unwrap_or(name)),
+            },
+            metrics,
+        )
+        .with_context(|| format!("[models.{name}]")),
+    )
+}
+
+fn start_main(
+    args: &ServeArgs,
+    config: &Config,
+    main_name: &str,
+    recommended: bool,
+    metrics: &Arc<EngineMetrics>,
+) -> anyhow::Result<ServedModel> {
+    let main = match resolve::resolve(main_name, config, Fetch::IfMissing) {
         Err(e) if recommended => {
             return Err(e.context(format!(
                 "the recommended model, {main_name}, is not downloaded yet"
@@ -427,21 +472,31 @@ fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter>
         }
         result => result?,
     };
-    let mut router = ModelRouter::new(start_engine(
-        &LoadPlan::new(args, main, true)?,
-        args,
-        config,
-        &metrics,
-    )?);
+    start_engine(&LoadPlan::new(args, main, true)?, args, config, metrics)
+}
+
+/// Each alias target (`claude-*haiku*` -> the small model, the config's `[aliases]`) that
+/// is another model, local or upstream. An alias whose model can't be had is served by the
+/// main model, with a warning.
+fn add_aliases(
+    router: &mut ModelRouter,
+    args: &ServeArgs,
+    config: &Config,
+    main_name: &str,
+    metrics: &Arc<EngineMetrics>,
+) {
     let small = args.small_model.clone().or(config.small_model.clone());
-    let mut loaded: Vec<(String, usize)> = vec![(main_name.clone(), 0)];
+    let mut loaded: Vec<(String, usize)> = vec![(main_name.to_owned(), 0)];
     for (pattern, target) in config.aliases(small.as_deref()) {
         let index = match loaded.iter().find(|(name, _)| *name == target) {
             Some(&(_, index)) => index,
             None => {
-                let started = resolve::resolve(&target, config, Fetch::IfMissing)
-                    .and_then(|m| LoadPlan::new(args, m, false))
-                    .and_then(|plan| start_engine(&plan, args, config, &metrics));
+                let started =
+                    configured_upstream(&target, config, None, metrics).unwrap_or_else(|| {
+                        resolve::resolve(&target, config, Fetch::IfMissing)
+                            .and_then(|m| LoadPlan::new(args, m, false))
+                            .and_then(|plan| start_engine(&plan, args, config, metrics))
+                    });
                 match started {
                     Ok(model) => {
                         let index = router.add(model);
@@ -464,7 +519,6 @@ fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter>
     for (pattern, id) in router.aliases() {
         tracing::info!(alias = pattern, model = id, "alias");
     }
-    Ok(router)
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
