@@ -208,6 +208,16 @@ def _serve(model: str, extra_args: list[str] | None = None, api_key: str | None 
         server.close()
 
 
+def serve_front(args: list[str]):
+    """A Pensieve that loads no model, serving upstream replicas (`--upstream URL` in `args`)."""
+    server = Server(None, args)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _clean_client_env():
     """The SDKs read these; a developer's own settings must not leak into the tests."""

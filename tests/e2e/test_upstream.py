@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import QWEN_CODER, Server, _serve, free_port
+from conftest import QWEN_CODER, Server, _serve, free_port, serve_front
 from helpers import QUESTION, T0, WEATHER_TOOL, after_the_call
 
 # A call Qwen must make (constrained by the upstream's grammar).
@@ -28,18 +28,9 @@ def backend():
     yield from _serve(QWEN_CODER, ["--ctx", "4096"])
 
 
-def _front(args: list[str]):
-    server = Server(None, args)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture(scope="module")
 def front(backend):
-    yield from _front(["--upstream", f"{backend.url}/v1"])
+    yield from serve_front(["--upstream", f"{backend.url}/v1"])
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +107,7 @@ def test_count_tokens_says_it_cannot(front):
 def test_an_upstream_that_is_gone_is_a_clean_error():
     # Nothing listens there; the model name is given, so Pensieve starts without asking.
     gone = f"http://127.0.0.1:{free_port()}/v1"
-    for server in _front(["--upstream", gone, "--upstream-model", "m"]):
+    for server in serve_front(["--upstream", gone, "--upstream-model", "m"]):
         client = anthropic.Anthropic(base_url=server.url, api_key="anything", max_retries=0, timeout=30.0)
         with pytest.raises(anthropic.APIStatusError) as caught:
             client.messages.create(model="m", max_tokens=8, messages=QUESTION)

@@ -15,7 +15,7 @@ import time
 import anthropic
 import httpx
 import pytest
-from conftest import SMOLLM2, Server, model_path, pensieve_bin
+from conftest import SMOLLM2, Server, model_path, pensieve_bin, serve_front
 from helpers import T0, scrape
 
 # A system prompt long enough that a turn's new messages are a small part of its prompt.
@@ -42,12 +42,7 @@ def front(replicas):
     args = []
     for r in replicas:
         args += ["--upstream", f"{r.url}/v1"]
-    server = Server(None, [*args, "--upstream-model", "smollm2"])
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serve_front([*args, "--upstream-model", "smollm2"])
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,11 @@ impl Backend {
         }
     }
 
-    /// Requests waiting for a sequence (an upstream queues its own).
+    /// Requests waiting for a sequence, or for a place on a full replica.
     pub fn queue_depth(&self) -> usize {
         match self {
             Backend::Local(engine) => engine.queue_depth(),
-            Backend::Upstream { .. } => 0,
+            Backend::Upstream { upstream, .. } => upstream.waiting(),
         }
     }
 

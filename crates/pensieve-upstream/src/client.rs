@@ -42,6 +42,9 @@ pub struct UpstreamConfig {
     pub retry_after: Duration,
     /// How often each replica's `/models` is asked whether it is up.
     pub health_interval: Duration,
+    /// Requests that may wait for a place when every replica is full; past that, 529.
+    /// A request waits at most `first_byte_timeout`.
+    pub queue: usize,
 }
 
 impl UpstreamConfig {
@@ -56,6 +59,7 @@ impl UpstreamConfig {
             idle_timeout: Duration::from_secs(120),
             retry_after: Duration::from_secs(10),
             health_interval: Duration::from_secs(5),
+            queue: 1024,
         }
     }
 }
@@ -72,6 +76,10 @@ struct Inner {
     router: Mutex<Router>,
     replicas: Vec<ReplicaState>,
     metrics: Arc<EngineMetrics>,
+    /// Signalled when a place may have come free: a request ended, a replica came up.
+    freed: tokio::sync::Notify,
+    /// Requests waiting for a place.
+    waiting: AtomicUsize,
 }
 
 struct ReplicaState {
@@ -122,6 +130,8 @@ impl Upstream {
                 router: Mutex::new(Router::new(ROUTER_MEMORY, ROUTER_IMBALANCE)),
                 replicas,
                 metrics,
+                freed: tokio::sync::Notify::new(),
+                waiting: AtomicUsize::new(0),
             }),
         })
         .inspect(Upstream::publish)
@@ -144,6 +154,11 @@ impl Upstream {
                 Upstream { inner }.publish();
             }
         });
+    }
+
+    /// Requests waiting for a place on a full replica.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Each replica's state now.
@@ -191,9 +206,24 @@ impl Upstream {
 }
 
 /// A request's place on a replica, given back when it ends however it ends.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight<'a> {
+    inner: &'a Inner,
+    replica: usize,
+}
 
 impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.inner.replicas[self.replica]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.inner.freed.notify_waiters();
+    }
+}
+
+/// A request's place in the queue for a replica.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -245,7 +275,54 @@ impl Inner {
             });
         };
         self.replicas[i].in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok((i, InFlight(&self.replicas[i].in_flight)))
+        Ok((
+            i,
+            InFlight {
+                inner: self,
+                replica: i,
+            },
+        ))
+    }
+
+    /// [`Inner::take_replica`], waiting while every replica is full: for a place to come
+    /// free, up to `first_byte_timeout`, with at most `queue` requests waiting. Ends early
+    /// when the client goes away.
+    async fn wait_for_replica(
+        &self,
+        key: u64,
+        tried: &[usize],
+        events: &UnboundedSender<GenerationEvent>,
+    ) -> Result<Option<(usize, InFlight<'_>)>, EngineError> {
+        let deadline = tokio::time::Instant::now() + self.config.first_byte_timeout;
+        let mut queued = None;
+        loop {
+            // Listening before looking, so that a place freed in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let full = match self.take_replica(key, tried) {
+                Err(EngineError::Overloaded { waiting }) => waiting,
+                other => return other.map(Some),
+            };
+            if queued.is_none() {
+                let waiting = self.waiting.fetch_add(1, Ordering::Relaxed);
+                queued = Some(Waiting(&self.waiting));
+                if waiting >= self.config.queue {
+                    return Err(EngineError::Overloaded {
+                        waiting: full + waiting,
+                    });
+                }
+            }
+            tokio::select! {
+                _ = events.closed() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(EngineError::Overloaded {
+                        waiting: full + self.waiting.load(Ordering::Relaxed),
+                    })
+                }
+                () = &mut freed => {}
+            }
+        }
     }
 
     async fn generate(
@@ -256,7 +333,10 @@ impl Inner {
     ) -> Result<(), EngineError> {
         let mut tried = Vec::new();
         loop {
-            let (i, place) = self.take_replica(key, &tried)?;
+            let Some((i, place)) = self.wait_for_replica(key, &tried, events).await? else {
+                // The client left while waiting.
+                return Ok(());
+            };
             self.publish(i);
             let started = Instant::now();
             let mut record = UpstreamRecord::default();
@@ -351,6 +431,9 @@ impl Inner {
         }
         // A failed check while down renews the time left out: out until a check passes.
         self.set_down(i, !up);
+        if up && !was_up {
+            self.freed.notify_waiters();
+        }
     }
 
     /// An error status's body, as the client's error.

@@ -372,6 +372,54 @@ async fn a_replica_that_comes_back_is_used_again_after_its_next_health_check() {
     panic!("the replica is still left out: {:?}", upstream.replicas());
 }
 
+#[tokio::test]
+async fn requests_wait_for_a_place_on_a_full_replica_and_past_the_queue_are_overloaded() {
+    // Each answer takes 300 ms; the replica takes one request at a time, one more may wait.
+    let mut script = Script::ok(&[&chunk("{\"content\":\"Hi\"}"), FINISH, DONE]);
+    script.pieces[0].0 = 300;
+    let mut c = config(vec![serve(script).await]);
+    c.per_replica = 1;
+    c.queue = 1;
+    let upstream = Upstream::new(c, Arc::default()).unwrap();
+    let first = tokio::spawn({
+        let upstream = upstream.clone();
+        async move { run(&upstream).await }
+    });
+    until(|| in_flight(&upstream) == [1]).await;
+    let second = tokio::spawn({
+        let upstream = upstream.clone();
+        async move { run(&upstream).await }
+    });
+    until(|| upstream.waiting() == 1).await;
+    // The queue is full: the third is turned away at once.
+    let third = run(&upstream).await;
+    assert!(
+        matches!(
+            third.last(),
+            Some(GenerationEvent::Failed(EngineError::Overloaded { .. }))
+        ),
+        "{third:?}"
+    );
+    // The waiting one gets the place when the first ends.
+    for done in [first.await.unwrap(), second.await.unwrap()] {
+        assert!(
+            matches!(done.last(), Some(GenerationEvent::Done(_))),
+            "{done:?}"
+        );
+    }
+    assert_eq!((upstream.waiting(), in_flight(&upstream)), (0, vec![0]));
+}
+
+async fn until(condition: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the condition never held");
+}
+
 async fn wait_for(flag: &AtomicBool) {
     for _ in 0..100 {
         if flag.load(Ordering::SeqCst) {
