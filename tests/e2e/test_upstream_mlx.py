@@ -1,0 +1,88 @@
+"""`pensieve serve --upstream` in front of mlx_lm.server (the mlx tests' venv, SmolLM2-135M's MLX
+folder), driven with the real anthropic SDK: a message (with a system prompt) and its stream say
+the same, with usage and a stop reason, and max_tokens ends an answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+
+from conftest import SMOLLM2, free_port, mlx_model_dir, serve_front, stop_process
+from helpers import T0
+
+PYTHON = Path(os.environ.get("PENSIEVE_MLX_PYTHON", "~/.cache/pensieve/data/mlx-venv/bin/python")).expanduser()
+
+
+@pytest.fixture(scope="module")
+def mlx_server():
+    if not PYTHON.exists():
+        pytest.skip(f"no mlx-lm at {PYTHON} (scripts/setup-mlx-test.sh)")
+    model = mlx_model_dir(SMOLLM2)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(PYTHON), "-m", "mlx_lm.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"mlx_lm.server exited with {proc.returncode}"
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlx_lm.server did not answer within 120 s"
+            time.sleep(0.5)
+        yield url, str(model)
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def client(mlx_server):
+    url, model = mlx_server
+    for front in serve_front(["--upstream", url, "--upstream-model", model]):
+        yield anthropic.Anthropic(base_url=front.url, api_key="anything", max_retries=0, timeout=300.0)
+
+
+def test_a_message_and_its_stream_say_the_same(client):
+    ask = {
+        "model": "claude-opus-5-5",
+        "max_tokens": 24,
+        "system": "You are a terse assistant.",
+        "messages": [{"role": "user", "content": "Name three primary colours."}],
+        **T0,
+    }
+    whole = client.messages.create(**ask)
+    assert whole.stop_reason in ("end_turn", "max_tokens"), whole
+    text = "".join(b.text for b in whole.content if b.type == "text")
+    assert text.strip()
+    assert whole.usage.input_tokens + (whole.usage.cache_read_input_tokens or 0) > 10, whole.usage
+    assert whole.usage.output_tokens > 0
+
+    with client.messages.stream(**ask) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == text, "greedy, so the same answer"
+    assert final.stop_reason == whole.stop_reason
+
+
+def test_max_tokens_ends_the_answer(client):
+    r = client.messages.create(
+        model="claude-opus-5-5",
+        max_tokens=3,
+        messages=[{"role": "user", "content": "Write a long story about the sea."}],
+        **T0,
+    )
+    assert r.stop_reason == "max_tokens", r
+    assert r.usage.output_tokens <= 3
