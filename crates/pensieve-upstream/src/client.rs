@@ -156,6 +156,24 @@ impl Upstream {
         });
     }
 
+    /// The prompt tokens of `request` as the upstream's tokenizer counts them, asked of the
+    /// first replica in use.
+    pub async fn count_tokens(&self, request: &GenerateRequest) -> Result<usize, EngineError> {
+        let chat = chat_request(request, &self.inner.config.model).map_err(to_engine_error)?;
+        let now = Instant::now();
+        let i = (0..self.inner.replicas.len())
+            .find(|&i| self.inner.healthy(i, now))
+            .unwrap_or(0);
+        let root = crate::count::server_root(&self.inner.config.replicas[i]);
+        crate::count::count_tokens(
+            &self.inner.http,
+            root,
+            self.inner.config.key.as_deref(),
+            &chat,
+        )
+        .await
+    }
+
     /// Requests waiting for a place on a full replica.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Ordering::Relaxed)

@@ -9,10 +9,12 @@
 //! - [`sse`]: server-sent events out of the bytes of a response, as they arrive.
 //! - [`chunks`]: a stream's `chat.completion.chunk`s back into the engine's events.
 //! - [`route`]: which replica takes a request (cache-aware, least outstanding).
+//! - [`count`]: `count_tokens` through the upstream's tokenizer endpoint.
 
 pub mod chat;
 pub mod chunks;
 pub mod client;
+pub mod count;
 pub mod route;
 pub mod sse;
 

@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::{
-    parse_count_tokens, parse_messages, ContentCollector, ErrorKind, MessageResponse, SseEvent,
-    StreamEncoder,
+    parse_count_tokens, parse_messages, ContentCollector, MessageResponse, SseEvent, StreamEncoder,
 };
 use pensieve_protocol::ids::random_id;
 use serde_json::json;
@@ -43,14 +42,13 @@ pub async fn count_tokens(
     let result = async {
         let bytes = read_body(&headers, body, state.config.body_limit).await?;
         let request = parse_count_tokens(&bytes)?.into_generate()?;
-        let Backend::Local(engine) = state.backend_for(&request.model).clone() else {
-            return Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                "this model is served by an upstream server, and Pensieve cannot count its tokens",
-            ));
+        let count = match state.backend_for(&request.model).clone() {
+            Backend::Local(engine) => blocking(move || engine.prompt_tokens(&request))
+                .await??
+                .len(),
+            Backend::Upstream { upstream, .. } => upstream.count_tokens(&request).await?,
         };
-        let tokens = blocking(move || engine.prompt_tokens(&request)).await??;
-        Ok::<_, ApiError>(Json(json!({"input_tokens": tokens.len()})).into_response())
+        Ok::<_, ApiError>(Json(json!({"input_tokens": count})).into_response())
     }
     .await;
     result.unwrap_or_else(|e| e.with_request_id(&request_id.0).into_response())
