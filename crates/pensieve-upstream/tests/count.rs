@@ -17,7 +17,11 @@ async fn serve(app: Router) -> String {
 }
 
 fn upstream(base: String) -> Upstream {
-    Upstream::new(UpstreamConfig::new(vec![base], "served-model"), Arc::default()).unwrap()
+    Upstream::new(
+        UpstreamConfig::new(vec![base], "served-model"),
+        Arc::default(),
+    )
+    .unwrap()
 }
 
 fn request() -> GenerateRequest {
