@@ -197,11 +197,7 @@ impl Upstream {
 
     /// The replicas' gauges, as of now.
     fn publish(&self) {
-        for r in self.replicas() {
-            self.inner
-                .metrics
-                .set_upstream_state(&r.url, r.in_flight, r.up);
-        }
+        (0..self.inner.replicas.len()).for_each(|i| self.inner.publish(i));
     }
 
     /// Start generating `request` upstream (within a tokio runtime). Fails at once only
@@ -388,10 +384,7 @@ impl Inner {
             "{}/chat/completions",
             self.config.replicas[i].trim_end_matches('/')
         );
-        let mut post = self.http.post(&url).json(body);
-        if let Some(key) = &self.config.key {
-            post = post.bearer_auth(key);
-        }
+        let post = authorized(self.http.post(&url).json(body), self.config.key.as_deref());
         let response = match tokio::time::timeout(self.config.first_byte_timeout, post.send()).await
         {
             Err(_) => return Err(timed_out("answer", self.config.first_byte_timeout)),
@@ -435,11 +428,8 @@ impl Inner {
     /// loading its model answers 503); no answer in `connect_timeout` means down.
     async fn check(&self, i: usize) {
         let url = format!("{}/models", self.config.replicas[i].trim_end_matches('/'));
-        let mut get = self.http.get(&url).timeout(self.config.connect_timeout);
-        if let Some(key) = &self.config.key {
-            get = get.bearer_auth(key);
-        }
-        let up = get
+        let get = self.http.get(&url).timeout(self.config.connect_timeout);
+        let up = authorized(get, self.config.key.as_deref())
             .send()
             .await
             .is_ok_and(|r| !r.status().is_server_error());
@@ -530,6 +520,17 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// `request` with the upstream's key, when it has one.
+pub(crate) fn authorized(
+    request: reqwest::RequestBuilder,
+    key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
     }
 }
 

@@ -67,14 +67,14 @@ async fn post(
     key: Option<&str>,
     body: &Value,
 ) -> Result<Option<Value>, EngineError> {
-    let mut request = http.post(url).json(body).timeout(COUNT_TIMEOUT);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.map_err(|e| EngineError::Upstream {
-        status: if e.is_timeout() { 504 } else { 502 },
-        message: format!("cannot count tokens at {url}: {e}"),
-    })?;
+    let request = http.post(url).json(body).timeout(COUNT_TIMEOUT);
+    let response = crate::client::authorized(request, key)
+        .send()
+        .await
+        .map_err(|e| EngineError::Upstream {
+            status: if e.is_timeout() { 504 } else { 502 },
+            message: format!("cannot count tokens at {url}: {e}"),
+        })?;
     if !response.status().is_success() {
         return Ok(None);
     }
