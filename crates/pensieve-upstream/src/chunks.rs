@@ -168,7 +168,7 @@ fn finish_reason(reason: &str, stop: Option<&Value>) -> FinishReason {
     }
 }
 
-fn read_usage(usage: &Value) -> Usage {
+pub(crate) fn read_usage(usage: &Value) -> Usage {
     let count = |v: Option<&Value>| {
         v.and_then(Value::as_u64)
             .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))

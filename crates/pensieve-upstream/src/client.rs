@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::chat::chat_request;
 use crate::chunks::{upstream_error, ChunkReader};
-use crate::route::{conversation_key, Replica, Router};
+use crate::route::{conversation_key, Replica, Router, Routing};
 use crate::sse::SseDecoder;
 use crate::UpstreamError;
 
@@ -45,6 +45,20 @@ pub struct UpstreamConfig {
     /// Requests that may wait for a place when every replica is full; past that, 529.
     /// A request waits at most `first_byte_timeout`.
     pub queue: usize,
+    /// Whether Anthropic requests go to the replicas' own `/v1/messages`, untranslated.
+    pub api: UpstreamApi,
+    /// How a replica is chosen.
+    pub routing: Routing,
+}
+
+/// The API the replicas are asked Anthropic requests in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamApi {
+    /// Translated into Chat Completions (every OpenAI-compatible server takes them).
+    #[default]
+    OpenAi,
+    /// Passed on untranslated: the replicas speak `/v1/messages` themselves.
+    Anthropic,
 }
 
 impl UpstreamConfig {
@@ -60,6 +74,8 @@ impl UpstreamConfig {
             retry_after: Duration::from_secs(10),
             health_interval: Duration::from_secs(5),
             queue: 1024,
+            api: UpstreamApi::OpenAi,
+            routing: Routing::CacheAware,
         }
     }
 }
@@ -67,15 +83,15 @@ impl UpstreamConfig {
 /// Cheap to clone; clones share the replicas' state.
 #[derive(Clone)]
 pub struct Upstream {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: UpstreamConfig,
+pub(crate) struct Inner {
+    pub(crate) config: UpstreamConfig,
     http: reqwest::Client,
     router: Mutex<Router>,
     replicas: Vec<ReplicaState>,
-    metrics: Arc<EngineMetrics>,
+    pub(crate) metrics: Arc<EngineMetrics>,
     /// Signalled when a place may have come free: a request ended, a replica came up.
     freed: tokio::sync::Notify,
     /// Requests waiting for a place.
@@ -115,6 +131,7 @@ impl Upstream {
             .connect_timeout(config.connect_timeout)
             .build()
             .map_err(|e| UpstreamError::Unsupported(format!("HTTP client: {e}")))?;
+        let routing = config.routing;
         let replicas = config
             .replicas
             .iter()
@@ -127,7 +144,7 @@ impl Upstream {
             inner: Arc::new(Inner {
                 config,
                 http,
-                router: Mutex::new(Router::new(ROUTER_MEMORY, ROUTER_IMBALANCE)),
+                router: Mutex::new(Router::new(routing, ROUTER_MEMORY, ROUTER_IMBALANCE)),
                 replicas,
                 metrics,
                 freed: tokio::sync::Notify::new(),
@@ -172,6 +189,11 @@ impl Upstream {
             &chat,
         )
         .await
+    }
+
+    /// The API Anthropic requests are sent in.
+    pub fn api(&self) -> UpstreamApi {
+        self.inner.config.api
     }
 
     /// Requests waiting for a place on a full replica.
@@ -220,12 +242,12 @@ impl Upstream {
 }
 
 /// A request's place on a replica, given back when it ends however it ends.
-struct InFlight<'a> {
-    inner: &'a Inner,
+pub(crate) struct InFlight {
+    inner: Arc<Inner>,
     replica: usize,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.inner.replicas[self.replica]
             .in_flight
@@ -255,10 +277,10 @@ impl Inner {
 
     /// A replica for `key` with its place taken, leaving out `tried`.
     fn take_replica(
-        &self,
+        self: &Arc<Self>,
         key: u64,
         tried: &[usize],
-    ) -> Result<(usize, InFlight<'_>), EngineError> {
+    ) -> Result<(usize, InFlight), EngineError> {
         let now = Instant::now();
         let view: Vec<Replica> = self
             .replicas
@@ -292,23 +314,24 @@ impl Inner {
         Ok((
             i,
             InFlight {
-                inner: self,
+                inner: self.clone(),
                 replica: i,
             },
         ))
     }
 
     /// [`Inner::take_replica`], waiting while every replica is full: for a place to come
-    /// free, up to `first_byte_timeout`, with at most `queue` requests waiting. Ends early
-    /// when the client goes away.
-    async fn wait_for_replica(
-        &self,
+    /// free, up to `first_byte_timeout`, with at most `queue` requests waiting. None when
+    /// `client_gone` comes first.
+    pub(crate) async fn wait_for_replica(
+        self: &Arc<Self>,
         key: u64,
         tried: &[usize],
-        events: &UnboundedSender<GenerationEvent>,
-    ) -> Result<Option<(usize, InFlight<'_>)>, EngineError> {
+        client_gone: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<(usize, InFlight)>, EngineError> {
         let deadline = tokio::time::Instant::now() + self.config.first_byte_timeout;
         let mut queued = None;
+        tokio::pin!(client_gone);
         loop {
             // Listening before looking, so that a place freed in between is not missed.
             let freed = self.freed.notified();
@@ -328,7 +351,7 @@ impl Inner {
                 }
             }
             tokio::select! {
-                _ = events.closed() => return Ok(None),
+                () = &mut client_gone => return Ok(None),
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(EngineError::Overloaded {
                         waiting: full + self.waiting.load(Ordering::Relaxed),
@@ -340,14 +363,15 @@ impl Inner {
     }
 
     async fn generate(
-        &self,
+        self: &Arc<Self>,
         body: &Value,
         key: u64,
         events: &UnboundedSender<GenerationEvent>,
     ) -> Result<(), EngineError> {
         let mut tried = Vec::new();
         loop {
-            let Some((i, place)) = self.wait_for_replica(key, &tried, events).await? else {
+            let waited = self.wait_for_replica(key, &tried, events.closed()).await?;
+            let Some((i, place)) = waited else {
                 // The client left while waiting.
                 return Ok(());
             };
@@ -380,10 +404,23 @@ impl Inner {
         started: Instant,
         record: &mut UpstreamRecord,
     ) -> Result<bool, EngineError> {
-        let url = format!(
-            "{}/chat/completions",
-            self.config.replicas[i].trim_end_matches('/')
-        );
+        let Some(response) = self.send(i, "chat/completions", body).await? else {
+            return Ok(false);
+        };
+        self.stream(response, events, started, record).await?;
+        Ok(true)
+    }
+
+    /// POST `body` to `path` under replica `i`'s base: its answer once its status says it
+    /// is one, None when the replica refused the connection (it is then left out for a
+    /// while), Err for an error status or no answer in time.
+    pub(crate) async fn send(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Value,
+    ) -> Result<Option<reqwest::Response>, EngineError> {
+        let url = format!("{}/{path}", self.config.replicas[i].trim_end_matches('/'));
         let post = authorized(self.http.post(&url).json(body), self.config.key.as_deref());
         let response = match tokio::time::timeout(self.config.first_byte_timeout, post.send()).await
         {
@@ -391,7 +428,7 @@ impl Inner {
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(replica = %self.config.replicas[i], "upstream refused a connection: {e}");
                 self.set_down(i, true);
-                return Ok(false);
+                return Ok(None);
             }
             Ok(Err(e)) => {
                 return Err(EngineError::Upstream {
@@ -405,8 +442,7 @@ impl Inner {
         if !response.status().is_success() {
             return Err(self.error_answer(response).await);
         }
-        self.stream(response, events, started, record).await?;
-        Ok(true)
+        Ok(Some(response))
     }
 
     fn set_down(&self, i: usize, down: bool) {
@@ -416,7 +452,7 @@ impl Inner {
     }
 
     /// Replica `i`'s gauges, as of now.
-    fn publish(&self, i: usize) {
+    pub(crate) fn publish(&self, i: usize) {
         self.metrics.set_upstream_state(
             &self.config.replicas[i],
             self.replicas[i].in_flight.load(Ordering::Relaxed),
@@ -563,7 +599,7 @@ fn send_all(events: &UnboundedSender<GenerationEvent>, out: Vec<GenerationEvent>
     }
 }
 
-fn timed_out(what: &str, after: Duration) -> EngineError {
+pub(crate) fn timed_out(what: &str, after: Duration) -> EngineError {
     EngineError::Upstream {
         status: 504,
         message: format!(

@@ -10,15 +10,20 @@
 //! - [`chunks`]: a stream's `chat.completion.chunk`s back into the engine's events.
 //! - [`route`]: which replica takes a request (cache-aware, least outstanding).
 //! - [`count`]: `count_tokens` through the upstream's tokenizer endpoint.
+//! - [`relay`]: requests the replicas take as they are (OpenAI's, and Anthropic's where
+//!   they speak it), their answers relayed byte for byte.
 
 pub mod chat;
 pub mod chunks;
 pub mod client;
 pub mod count;
+pub mod relay;
 pub mod route;
 pub mod sse;
 
-pub use client::{ReplicaStatus, Upstream, UpstreamConfig};
+pub use client::{ReplicaStatus, Upstream, UpstreamApi, UpstreamConfig};
+pub use relay::{Endpoint, Relayed};
+pub use route::{conversation_key, Routing};
 
 /// What can go wrong between Pensieve and an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,8 @@
 //! go to the replica with the fewest requests in flight (SGLang's router does the same with a
 //! radix tree of prompts; a conversation's start is what an agent's turns share). Among equally
 //! busy replicas, the one holding the fewest conversations takes a new one, so that idle
-//! replicas take turns and the caches fill evenly.
+//! replicas take turns and the caches fill evenly. Round-robin, the policy to compare it
+//! with, sends each request to the next open replica in turn.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -28,9 +29,22 @@ impl Replica {
     }
 }
 
+/// How a replica is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// A conversation's requests go back to its replica (unless it is far busier).
+    #[default]
+    CacheAware,
+    /// Each request to the next open replica in turn.
+    RoundRobin,
+}
+
 /// Remembers which replica served each conversation.
 #[derive(Debug)]
 pub struct Router {
+    policy: Routing,
+    /// The replica round-robin chose last.
+    turn: usize,
     /// Conversation key -> (replica, when last routed).
     last: HashMap<u64, (usize, u64)>,
     /// Conversations remembered per replica.
@@ -44,8 +58,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(capacity: usize, imbalance: usize) -> Self {
+    pub fn new(policy: Routing, capacity: usize, imbalance: usize) -> Self {
         Router {
+            policy,
+            turn: usize::MAX,
             last: HashMap::new(),
             held: Vec::new(),
             clock: 0,
@@ -61,6 +77,14 @@ impl Router {
             self.held.resize(replicas.len(), 0);
         }
         let open = |i: usize| replicas[i].open() && !tried.contains(&i);
+        if self.policy == Routing::RoundRobin {
+            let n = replicas.len();
+            let next = (1..=n)
+                .map(|step| self.turn.wrapping_add(step) % n)
+                .find(|&i| open(i))?;
+            self.turn = next;
+            return Some(next);
+        }
         let held = &self.held;
         let least = (0..replicas.len())
             .filter(|&i| open(i))
@@ -141,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_conversation_sticks_and_new_ones_spread() {
-        let mut router = Router::new(100, 4);
+        let mut router = Router::new(Routing::CacheAware, 100, 4);
         // New conversations go to the least busy replica.
         assert_eq!(router.choose(1, &replicas(&[0, 0]), &[]), Some(0));
         assert_eq!(router.choose(2, &replicas(&[1, 0]), &[]), Some(1));
@@ -152,7 +176,7 @@ mod tests {
 
     #[test]
     fn new_conversations_take_turns_on_idle_replicas() {
-        let mut router = Router::new(100, 4);
+        let mut router = Router::new(Routing::CacheAware, 100, 4);
         let idle = replicas(&[0, 0, 0]);
         // One at a time, each ending before the next starts: all replicas stay idle.
         let chosen: Vec<_> = (1..=6)
@@ -167,7 +191,7 @@ mod tests {
 
     #[test]
     fn an_overloaded_full_or_failed_replica_hands_its_conversation_over() {
-        let mut router = Router::new(100, 4);
+        let mut router = Router::new(Routing::CacheAware, 100, 4);
         assert_eq!(router.choose(1, &replicas(&[0, 0]), &[]), Some(0));
         // Busier by more than the imbalance allowed: the conversation moves, and stays moved.
         assert_eq!(router.choose(1, &replicas(&[6, 1]), &[]), Some(1));
@@ -191,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_longest_unused_conversation_is_forgotten_first() {
-        let mut router = Router::new(2, 4);
+        let mut router = Router::new(Routing::CacheAware, 2, 4);
         let quiet = replicas(&[0, 0]);
         assert_eq!(router.choose(1, &quiet, &[]), Some(0));
         assert_eq!(router.choose(2, &replicas(&[1, 0]), &[]), Some(1));
@@ -233,5 +257,19 @@ mod tests {
         ]);
         assert_eq!(conversation_key(&first), conversation_key(&later));
         assert_ne!(conversation_key(&first), conversation_key(&other));
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_closed_replicas() {
+        let mut router = Router::new(Routing::RoundRobin, 100, 4);
+        let open = replicas(&[0, 0, 0]);
+        let picks: Vec<_> = (0..4)
+            .map(|_| router.choose(1, &open, &[]).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0]);
+        let mut some_out = replicas(&[0, 8, 0]);
+        some_out[2].healthy = false;
+        assert_eq!(router.choose(1, &some_out, &[]), Some(0));
+        assert_eq!(router.choose(1, &some_out, &[0]), None);
     }
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use pensieve_engine::{
     EngineError, EngineMetrics, FinishReason, GenerateRequest, GenerationEvent, Message, Role,
 };
-use pensieve_upstream::{Upstream, UpstreamConfig};
+use pensieve_upstream::{Endpoint, Relayed, Upstream, UpstreamConfig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -482,4 +482,130 @@ async fn a_real_server_answers_text_and_a_tool_call() {
     assert_eq!(started.as_deref(), Some("get_weather"));
     let args: serde_json::Value = serde_json::from_str(&arguments).unwrap();
     assert!(args["city"].is_string(), "{args}");
+}
+
+/// Everything a relayed request's stream yields, with a deadline: nothing may hang.
+async fn relay_all(
+    upstream: &Upstream,
+    stream: bool,
+) -> Result<(String, Option<EngineError>), EngineError> {
+    let body = serde_json::json!({"model": "gpt-x", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]});
+    let relayed = upstream.relay(Endpoint::ChatCompletions, body, 1).await?;
+    let mut pieces = match relayed {
+        Relayed::Whole(bytes) => return Ok((String::from_utf8_lossy(&bytes).into_owned(), None)),
+        Relayed::Stream(pieces) => pieces,
+    };
+    let mut text = String::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => panic!("the relayed stream hung after {text:?}"),
+            piece = pieces.recv() => match piece {
+                Some(Ok(bytes)) => text.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(Err(e)) => {
+                    assert!(pieces.recv().await.is_none(), "an error is the stream's last item");
+                    return Ok((text, Some(e)));
+                }
+                None => return Ok((text, None)),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_relayed_stream_comes_through_byte_for_byte_with_its_usage_counted() {
+    let pieces = [
+        chunk("{\"content\":\"Hi\"}"),
+        FINISH.into(),
+        USAGE.into(),
+        DONE.into(),
+    ];
+    let script = Script::ok(&pieces.iter().map(String::as_str).collect::<Vec<_>>());
+    let base = serve(script).await;
+    let metrics = Arc::new(EngineMetrics::new());
+    let upstream = Upstream::new(config(vec![base.clone()]), metrics.clone()).unwrap();
+    let (text, error) = relay_all(&upstream, true).await.unwrap();
+    assert_eq!(text, pieces.concat());
+    assert!(error.is_none());
+    let exposition = metrics.encode();
+    for line in [
+        format!("pensieve_upstream_requests_total{{replica=\"{base}\",outcome=\"ok\"}} 1"),
+        format!("pensieve_upstream_prompt_tokens_total{{replica=\"{base}\"}} 12"),
+        format!("pensieve_upstream_cached_prompt_tokens_total{{replica=\"{base}\"}} 8"),
+        format!("pensieve_upstream_time_to_first_token_seconds_count{{replica=\"{base}\"}} 1"),
+    ] {
+        assert!(exposition.contains(&line), "{line} in:\n{exposition}");
+    }
+    assert_eq!(in_flight(&upstream), vec![0]);
+
+    // Not streamed: the whole body, as it came.
+    let script = Script::ok(&["{\"choices\":[{\"message\":{\"content\":\"Hi\"}}]}"]);
+    let upstream = Upstream::new(config(vec![serve(script).await]), Arc::default()).unwrap();
+    let (text, error) = relay_all(&upstream, false).await.unwrap();
+    assert_eq!(text, "{\"choices\":[{\"message\":{\"content\":\"Hi\"}}]}");
+    assert!(error.is_none());
+}
+
+#[tokio::test]
+async fn a_relayed_stream_that_is_cut_malformed_or_stalled_ends_with_an_error() {
+    let cut = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
+    let upstream = Upstream::new(config(vec![serve(cut).await]), Arc::default()).unwrap();
+    let (text, error) = relay_all(&upstream, true).await.unwrap();
+    assert_eq!(text, chunk("{\"content\":\"Hi\"}"));
+    assert!(
+        matches!(error, Some(EngineError::Upstream { status: 502, message }) if message.contains("before the answer ended"))
+    );
+
+    let mut stalled = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
+    stalled.stall = true;
+    let dropped = stalled.dropped.clone();
+    let upstream = Upstream::new(config(vec![serve(stalled).await]), Arc::default()).unwrap();
+    let (_, error) = relay_all(&upstream, true).await.unwrap();
+    assert!(
+        matches!(error, Some(EngineError::Upstream { status: 504, .. })),
+        "{error:?}"
+    );
+    wait_for(&dropped).await;
+    assert_eq!(in_flight(&upstream), vec![0]);
+
+    let mut failing = Script::ok(&["{\"error\":{\"message\":\"model not loaded\"}}"]);
+    failing.status = StatusCode::SERVICE_UNAVAILABLE;
+    let upstream = Upstream::new(config(vec![serve(failing).await]), Arc::default()).unwrap();
+    let e = relay_all(&upstream, true).await.err();
+    assert_eq!(
+        e,
+        Some(EngineError::Upstream {
+            status: 503,
+            message: "model not loaded".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_relay_whose_client_goes_away_ends_the_upstream_request() {
+    let mut script = Script::ok(&[&chunk("{\"content\":\"Hi\"}")]);
+    script.stall = true;
+    let dropped = script.dropped.clone();
+    let mut c = config(vec![serve(script).await]);
+    c.idle_timeout = Duration::from_secs(60);
+    let upstream = Upstream::new(c, Arc::default()).unwrap();
+    let body = serde_json::json!({"stream": true, "messages": []});
+    let Relayed::Stream(mut pieces) = upstream
+        .relay(Endpoint::ChatCompletions, body, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("a stream was asked for");
+    };
+    assert!(matches!(pieces.recv().await, Some(Ok(_))));
+    drop(pieces);
+    wait_for(&dropped).await;
+    for _ in 0..50 {
+        if in_flight(&upstream) == vec![0] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the relay's place was not given back");
 }

@@ -109,6 +109,33 @@ pub struct ModelSettings {
     pub upstream_model: Option<String>,
     /// Sent to the upstream as a bearer token.
     pub upstream_key: Option<String>,
+    /// "anthropic": the replicas speak `/v1/messages` and take Anthropic requests untranslated.
+    #[serde(alias = "api")]
+    pub upstream_api: Option<UpstreamApi>,
+    /// How requests are spread over the replicas [default: cache-aware].
+    pub upstream_routing: Option<UpstreamRouting>,
+}
+
+/// The API Anthropic requests go to an upstream in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    /// Translated into Chat Completions.
+    #[default]
+    Openai,
+    /// Passed on to the replicas' own /v1/messages.
+    Anthropic,
+}
+
+/// How requests are spread over an upstream's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamRouting {
+    /// A conversation's turns go back to the replica that holds its prefix in cache.
+    #[default]
+    CacheAware,
+    /// Each request to the next replica in turn.
+    RoundRobin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -251,6 +278,8 @@ mod tests {
 upstream = ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
 upstream_model = "Qwen/Qwen3-32B"
 upstream_key = "k"
+api = "anthropic"
+upstream_routing = "round-robin"
 "#,
         )
         .unwrap();
@@ -266,6 +295,8 @@ upstream_key = "k"
         );
         assert_eq!(big.upstream_model.as_deref(), Some("Qwen/Qwen3-32B"));
         assert_eq!(big.upstream_key.as_deref(), Some("k"));
+        assert_eq!(big.upstream_api, Some(UpstreamApi::Anthropic));
+        assert_eq!(big.upstream_routing, Some(UpstreamRouting::RoundRobin));
         assert!(toml::from_str::<Config>("[models.x]\nupstreams = []\n").is_err());
     }
 

@@ -15,7 +15,7 @@ use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
 
-use crate::config::{Config, EngineKind};
+use crate::config::{Config, EngineKind, UpstreamApi, UpstreamRouting};
 use crate::resolve::{self, Fetch, Resolved};
 use crate::template_override::TemplateOverride;
 use crate::{paths, recommend};
@@ -53,6 +53,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     upstream_key: Option<String>,
+    /// `anthropic`: the upstream speaks /v1/messages itself (vLLM, SGLang, llama-server,
+    /// Ollama), and Anthropic requests go to it untranslated [default: openai].
+    #[arg(long, value_enum, value_name = "API", requires = "upstream")]
+    upstream_api: Option<UpstreamApi>,
+    /// How requests are spread over the replicas [default: cache-aware].
+    #[arg(long, value_enum, value_name = "POLICY", requires = "upstream")]
+    upstream_routing: Option<UpstreamRouting>,
     /// The Python of the mlx engine's worker [default: the venv of `pensieve setup mlx`].
     #[arg(long, env = "PENSIEVE_MLX_PYTHON", value_name = "PATH")]
     python: Option<PathBuf>,
@@ -413,6 +420,8 @@ fn load_models(args: &ServeArgs, config: &Config) -> anyhow::Result<ModelRouter>
                 model: args.upstream_model.as_deref(),
                 key: args.upstream_key.as_deref(),
                 id: args.model_id.as_deref(),
+                api: args.upstream_api.unwrap_or_default(),
+                routing: args.upstream_routing.unwrap_or_default(),
             },
             &metrics,
         )?;
@@ -450,6 +459,8 @@ fn configured_upstream(
                 model: settings.upstream_model.as_deref(),
                 key: settings.upstream_key.as_deref(),
                 id: Some(id.unwrap_or(name)),
+                api: settings.upstream_api.unwrap_or_default(),
+                routing: settings.upstream_routing.unwrap_or_default(),
             },
             metrics,
         )

@@ -10,6 +10,8 @@ use pensieve_server::{Backend, ServedModel};
 use pensieve_upstream::{Upstream, UpstreamConfig};
 use serde_json::Value;
 
+use crate::config::{UpstreamApi, UpstreamRouting};
+
 /// What `serve` was asked of the upstream.
 pub struct UpstreamArgs<'a> {
     pub replicas: &'a [String],
@@ -17,6 +19,8 @@ pub struct UpstreamArgs<'a> {
     pub key: Option<&'a str>,
     /// The name to list the model under [default: the upstream's].
     pub id: Option<&'a str>,
+    pub api: UpstreamApi,
+    pub routing: UpstreamRouting,
 }
 
 /// The served model of `args`, recording into `metrics`. Without `--upstream-model`, asks
@@ -33,10 +37,20 @@ pub fn start(args: &UpstreamArgs<'_>, metrics: &Arc<EngineMetrics>) -> anyhow::R
     };
     let mut config = UpstreamConfig::new(args.replicas.to_vec(), model.clone());
     config.key = args.key.map(str::to_owned);
+    config.api = match args.api {
+        UpstreamApi::Openai => pensieve_upstream::UpstreamApi::OpenAi,
+        UpstreamApi::Anthropic => pensieve_upstream::UpstreamApi::Anthropic,
+    };
+    config.routing = match args.routing {
+        UpstreamRouting::CacheAware => pensieve_upstream::Routing::CacheAware,
+        UpstreamRouting::RoundRobin => pensieve_upstream::Routing::RoundRobin,
+    };
     let upstream = Upstream::new(config, metrics.clone())?;
     tracing::info!(
         model = %model,
         replicas = args.replicas.len(),
+        api = ?args.api,
+        routing = ?args.routing,
         "serving from upstream {}",
         args.replicas.join(", ")
     );

@@ -204,9 +204,14 @@ impl StreamEncoder {
     /// An error after the 200 has gone out: reported in-band, then the stream ends.
     pub fn error(&mut self, error: &EngineError) -> SseEvent {
         self.finished = true;
-        let kind = ErrorKind::of_engine_error(error);
-        SseEvent::new("error", error_body(kind, &error.to_string(), None))
+        error_event(error)
     }
+}
+
+/// `error` as a stream's `error` event.
+pub fn error_event(error: &EngineError) -> SseEvent {
+    let kind = ErrorKind::of_engine_error(error);
+    SseEvent::new("error", error_body(kind, &error.to_string(), None))
 }
 
 #[cfg(test)]

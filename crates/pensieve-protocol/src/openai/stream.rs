@@ -159,7 +159,7 @@ pub(super) fn frame(value: &Value) -> String {
 }
 
 /// A stream's end by failure: an `error` object, then `[DONE]`.
-pub(super) fn error_frames(e: &EngineError) -> Vec<String> {
+pub fn error_frames(e: &EngineError) -> Vec<String> {
     let (code, param) = engine_error_detail(e);
     let body = error_body(ErrorKind::of_engine_error(e), &e.to_string(), param, code);
     vec![frame(&body), DONE.into()]

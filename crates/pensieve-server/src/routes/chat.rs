@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions` (streaming and not): where an OpenAI request becomes an
-//! engine request, and engine events become chat completions. Errors use OpenAI's
-//! envelope.
+//! engine request, and engine events become chat completions; an upstream's replicas take
+//! it as it is. Errors use OpenAI's envelope.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,10 +12,13 @@ use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, Generation, GenerationEvent};
 use pensieve_protocol::ids::random_id;
 use pensieve_protocol::openai::{parse_chat, ChatCompletion, ChunkEncoder, MessageCollector};
+use pensieve_upstream::{conversation_key, Endpoint};
 
 use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
+use super::relay::relay;
 use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
+use crate::models::Backend;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -42,7 +45,12 @@ async fn start(
     let parsed = parse_chat(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let (request, generation) = submit(state, parsed.into_generate()?).await?;
+    let request = parsed.into_generate()?;
+    if let Backend::Upstream { upstream, .. } = state.backend_for(&request.model) {
+        let key = conversation_key(&request);
+        return relay(upstream, Endpoint::ChatCompletions, &bytes, key).await;
+    }
+    let (request, generation) = submit(state, request).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         id: random_id("chatcmpl-"),

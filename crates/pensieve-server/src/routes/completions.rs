@@ -1,5 +1,6 @@
 //! `POST /v1/completions` (streaming and not): a prompt continued as it is, through the
-//! same engine as chat. Errors use OpenAI's envelope.
+//! same engine as chat; an upstream's replicas take it as it is. Errors use OpenAI's
+//! envelope.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,10 +12,13 @@ use axum::{Extension, Json};
 use pensieve_engine::{Completion, EngineError, GenerationEvent};
 use pensieve_protocol::ids::random_id;
 use pensieve_protocol::openai::{parse_completion, TextChunkEncoder, TextCollector};
+use pensieve_upstream::{conversation_key, Endpoint};
 
 use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
+use super::relay::relay;
 use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
+use crate::models::Backend;
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -41,7 +45,12 @@ async fn start(
     let parsed = parse_completion(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let (request, generation) = submit(state, parsed.into_generate()?).await?;
+    let request = parsed.into_generate()?;
+    if let Backend::Upstream { upstream, .. } = state.backend_for(&request.model) {
+        let key = conversation_key(&request);
+        return relay(upstream, Endpoint::Completions, &bytes, key).await;
+    }
+    let (request, generation) = submit(state, request).await?;
     let model = request.model;
     let id = random_id("cmpl-");
     let created = SystemTime::now()

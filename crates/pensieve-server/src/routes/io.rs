@@ -188,7 +188,7 @@ pub fn stream_sse<E: FrameEncoder>(
 }
 
 /// Where SSE frames are written, and the response that streams them.
-fn sse_response() -> (mpsc::Sender<Result<Bytes, Infallible>>, Response) {
+pub(super) fn sse_response() -> (mpsc::Sender<Result<Bytes, Infallible>>, Response) {
     let (frames, body) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(body)));
     *response.status_mut() = StatusCode::OK;

@@ -1,6 +1,7 @@
 //! `POST /v1/messages` (streaming and not) and `POST /v1/messages/count_tokens`:
 //! where an Anthropic request becomes an engine request, and engine events become
-//! Anthropic responses.
+//! Anthropic responses. Where an upstream's replicas speak `/v1/messages` themselves
+//! (`api = "anthropic"`), they take the request as it is.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,11 +13,13 @@ use pensieve_protocol::anthropic::{
     parse_count_tokens, parse_messages, ContentCollector, MessageResponse, SseEvent, StreamEncoder,
 };
 use pensieve_protocol::ids::random_id;
+use pensieve_upstream::{conversation_key, Endpoint, UpstreamApi};
 use serde_json::json;
 
 use super::io::{
     blocking, collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome,
 };
+use super::relay::{self, relay};
 use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
 use crate::models::Backend;
@@ -46,6 +49,14 @@ pub async fn count_tokens(
             Backend::Local(engine) => blocking(move || engine.prompt_tokens(&request))
                 .await??
                 .len(),
+            Backend::Upstream { upstream, .. } if upstream.api() == UpstreamApi::Anthropic => {
+                let key = conversation_key(&request);
+                match relay::count_tokens(&upstream, &bytes, key).await? {
+                    Some(answer) => return Ok(answer),
+                    // A replica with `/v1/messages` but no `count_tokens`: its tokenizer.
+                    None => upstream.count_tokens(&request).await?,
+                }
+            }
             Backend::Upstream { upstream, .. } => upstream.count_tokens(&request).await?,
         };
         Ok::<_, ApiError>(Json(json!({"input_tokens": count})).into_response())
@@ -63,7 +74,14 @@ async fn start_message(
     let bytes = read_body(headers, body, state.config.body_limit).await?;
     let parsed = parse_messages(&bytes)?;
     let stream = parsed.is_stream();
-    let (request, generation) = submit(state, parsed.into_generate()?).await?;
+    let request = parsed.into_generate()?;
+    if let Backend::Upstream { upstream, .. } = state.backend_for(&request.model) {
+        if upstream.api() == UpstreamApi::Anthropic {
+            let key = conversation_key(&request);
+            return relay(upstream, Endpoint::Messages, &bytes, key).await;
+        }
+    }
+    let (request, generation) = submit(state, request).await?;
     let reply = Reply {
         request_id: request_id.to_owned(),
         message_id: random_id("msg_"),

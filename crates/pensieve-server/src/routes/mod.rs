@@ -7,3 +7,4 @@ mod io;
 pub mod messages;
 pub mod metrics;
 pub mod models;
+mod relay;
