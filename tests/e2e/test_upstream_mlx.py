@@ -1,6 +1,7 @@
 """`pensieve serve --upstream` in front of mlx_lm.server (the mlx tests' venv, SmolLM2-135M's MLX
 folder), driven with the real anthropic SDK: a message (with a system prompt) and its stream say
-the same, with usage and a stop reason, and max_tokens ends an answer."""
+the same, with usage and a stop reason, and max_tokens ends an answer; and the real Claude Code
+(`claude -p`) through it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import SMOLLM2, free_port, mlx_model_dir, serve_front, stop_process
 from helpers import T0
+from test_claude_code import run_claude
 
 PYTHON = Path(os.environ.get("PENSIEVE_MLX_PYTHON", "~/.cache/pensieve/data/mlx-venv/bin/python")).expanduser()
 
@@ -49,10 +51,14 @@ def mlx_server():
 
 
 @pytest.fixture(scope="module")
-def client(mlx_server):
+def front(mlx_server):
     url, model = mlx_server
-    for front in serve_front(["--upstream", url, "--upstream-model", model]):
-        yield anthropic.Anthropic(base_url=front.url, api_key="anything", max_retries=0, timeout=300.0)
+    yield from serve_front(["--upstream", url, "--upstream-model", model])
+
+
+@pytest.fixture(scope="module")
+def client(front):
+    return anthropic.Anthropic(base_url=front.url, api_key="anything", max_retries=0, timeout=300.0)
 
 
 def test_a_message_and_its_stream_say_the_same(client):
@@ -86,3 +92,24 @@ def test_max_tokens_ends_the_answer(client):
     )
     assert r.stop_reason == "max_tokens", r
     assert r.usage.output_tokens <= 3
+
+
+@pytest.mark.claude_code
+def test_claude_code_says_hello_through_mlx_lm_server(front):
+    """`claude -p "Say hello"` with mlx_lm.server doing the math. SmolLM2's 8k context cannot hold
+    Claude Code's own ~13k-token system prompt and tools, so this session brings a short system
+    prompt and no built-in tools (`--system-prompt`, `--tools ""`): the requests are still Claude
+    Code's own (its headers, metadata, thinking and streaming), translated for mlx_lm.server."""
+    code, out, err, took = run_claude(
+        front.url,
+        "Say hello",
+        300,
+        args=["--tools", "", "--system-prompt", "You are a friendly assistant. Answer in one short sentence."],
+        extra_env={"CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64"},
+    )
+    report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" + (
+        f"--- front log ---\n{front.log_tail(3000)}"
+    )
+    assert code == 0, report
+    assert out.strip(), "no text printed:\n" + report
+    assert "API Error" not in out, report
