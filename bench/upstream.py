@@ -12,7 +12,8 @@ Stdlib only (Python 3.11). Replicas are llama-server processes, each pinned to i
             the --*-chars options) run side by side through Pensieve over two replicas, T turns
             each, with `--upstream-routing cache-aware` and then `round-robin` (alternating over
             --rounds): the cached share of turns from the second on (cached / prompt tokens, as
-            the replicas report them), summed over those turns.
+            the replicas report them), summed over those turns; and how much of the turn before's
+            prompt each such turn found cached (what routing decides: the rest of a turn is new).
 
 Results go to --out as JSON; a table is printed. See bench/README.md.
 """
@@ -106,7 +107,7 @@ def run_sessions(args, port: int) -> list[dict]:
             if prev is not None:
                 conv.advance(prev, "synthetic")
             try:
-                r = send(port, "anthropic", conv.body("m", args.max_tokens), args.request_timeout)
+                r = send(port, "anthropic", conv.body("m", args.session_max_tokens), args.request_timeout)
             except Exception as e:  # noqa: BLE001 - reported below
                 with lock:
                     errors.append(f"C{s} turn {turn}: {e!r}")
@@ -144,12 +145,16 @@ def sessions(args, logs: Path) -> dict:
             prompt = sum(r["prompt_tokens"] or 0 for r in later)
             cached = sum(r["cached_tokens"] for r in later)
             share = cached / prompt if prompt else None
+            before = {(r["session"], r["turn"]): r["prompt_tokens"] or 0 for r in records}
+            reusable = sum(before.get((r["session"], r["turn"] - 1), 0) for r in later)
+            reuse = min(cached, reusable) / reusable if reusable else None
             log(f"round {rnd + 1} {routing}: turns >= 2 read {cached}/{prompt} prompt tokens from cache "
-                f"({100 * share:.1f}%)")
-            runs[routing].append({"cached_share": share, "prompt_tokens": prompt, "cached_tokens": cached,
-                                  "records": records, "upstreams": health.get("upstreams")})
+                f"({100 * share:.1f}%; {100 * reuse:.1f}% of the turns before)")
+            runs[routing].append({"cached_share": share, "reuse_of_turn_before": reuse, "prompt_tokens": prompt,
+                                  "cached_tokens": cached, "records": records, "upstreams": health.get("upstreams")})
     med = {k: statistics.median(r["cached_share"] for r in v) for k, v in runs.items()}
-    return {"runs": runs, "median_cached_share": med}
+    reuse = {k: statistics.median(r["reuse_of_turn_before"] for r in v) for k, v in runs.items()}
+    return {"runs": runs, "median_cached_share": med, "median_reuse_of_turn_before": reuse}
 
 
 def main() -> int:
@@ -168,10 +173,12 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--stagger", type=float, default=0.5, help="seconds between the sessions' starts")
-    ap.add_argument("--system-chars", type=int, default=2000)
-    ap.add_argument("--tools-chars", type=int, default=6000)
-    ap.add_argument("--n-tools", type=int, default=6)
-    ap.add_argument("--reminder-chars", type=int, default=2000)
+    ap.add_argument("--session-max-tokens", type=int, default=32)
+    # agent_replay.py's shapes scaled to fit SmolLM2's 8k context (~5-6k-token first turns).
+    ap.add_argument("--system-chars", type=int, default=4000)
+    ap.add_argument("--tools-chars", type=int, default=12000)
+    ap.add_argument("--n-tools", type=int, default=8)
+    ap.add_argument("--reminder-chars", type=int, default=4000)
     ap.add_argument("--result-chars", type=int, default=600)
     ap.add_argument("--no-billing-line", action="store_true")
     ap.add_argument("--no-nonce", dest="nonce", action="store_false")
@@ -205,8 +212,9 @@ def main() -> int:
         s = out["sessions"]
         for k, v in s["runs"].items():
             shares = ", ".join(f"{100 * r['cached_share']:.1f}%" for r in v)
+            reuse = ", ".join(f"{100 * r['reuse_of_turn_before']:.1f}%" for r in v)
             print(f"{args.sessions} sessions x {args.turns} turns, {k}: cached share of turns >= 2 {shares} "
-                  f"(median {100 * s['median_cached_share'][k]:.1f}%)")
+                  f"(median {100 * s['median_cached_share'][k]:.1f}%); of the turn before's prompt {reuse}")
     return 0
 
 

@@ -328,6 +328,15 @@ impl Inner {
     fn finish(&self, i: usize, place: InFlight, started: Instant, mut record: UpstreamRecord) {
         drop(place);
         record.duration = started.elapsed();
+        tracing::info!(
+            replica = %self.config.replicas[i],
+            ok = record.ok,
+            prompt_tokens = record.prompt_tokens,
+            cached_tokens = record.cached_prompt_tokens,
+            output_tokens = record.generated_tokens,
+            ms = record.duration.as_millis() as u64,
+            "relayed request done"
+        );
         self.metrics
             .record_upstream(&self.config.replicas[i], &record);
         self.publish(i);

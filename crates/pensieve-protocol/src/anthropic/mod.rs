@@ -15,7 +15,8 @@ mod sessions_tests;
 
 pub use error::{error_body, ErrorKind};
 pub use request::{
-    parse_count_tokens, parse_messages, CountTokensRequest, MessagesRequest, RequestError,
+    parse_count_tokens, parse_messages, strip_billing_line, CountTokensRequest, MessagesRequest,
+    RequestError,
 };
 pub use response::{stop_reason, ContentCollector, MessageResponse, ResponseBlock, ResponseUsage};
 pub use stream::{SseEvent, StreamEncoder};

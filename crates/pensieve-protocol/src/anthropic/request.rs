@@ -522,6 +522,31 @@ fn join_texts(texts: impl Iterator<Item = String>) -> String {
     texts.collect::<Vec<_>>().join("\n\n")
 }
 
+/// `body` (a Messages request's JSON) without Claude Code's billing line in its system
+/// prompt, for an upstream that takes the request as it is: its prefix cache would miss
+/// from the first line on. A system block left empty is dropped.
+pub fn strip_billing_line(body: &mut Value) {
+    let Some(system) = body.get_mut("system") else {
+        return;
+    };
+    match system {
+        Value::String(text) if text.contains(BILLING_HEADER) => {
+            *text = strip_billing_header(text);
+        }
+        Value::Array(blocks) => {
+            for block in blocks.iter_mut() {
+                if let Some(Value::String(text)) = block.get_mut("text") {
+                    if text.contains(BILLING_HEADER) {
+                        *text = strip_billing_header(text);
+                    }
+                }
+            }
+            blocks.retain(|b| b.get("text").and_then(Value::as_str) != Some(""));
+        }
+        _ => {}
+    }
+}
+
 fn strip_billing_header(text: &str) -> String {
     if !text.contains(BILLING_HEADER) {
         return text.to_owned();

@@ -392,3 +392,24 @@ fn thinking_and_effort_become_the_templates_switches() {
     let r = generate(base()).unwrap();
     assert!(!r.thinking && !r.show_thinking);
 }
+
+#[test]
+fn the_billing_line_leaves_a_relayed_body() {
+    let line = "x-anthropic-billing-header: cc_version=2.1.3; cch=1a2b3;";
+    let mut body = serde_json::json!({"system": [
+        {"type": "text", "text": line},
+        {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+    ], "messages": []});
+    strip_billing_line(&mut body);
+    assert_eq!(
+        body["system"],
+        serde_json::json!([{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}])
+    );
+    let mut body = serde_json::json!({"system": format!("{line}\nBe brief.")});
+    strip_billing_line(&mut body);
+    assert_eq!(body["system"], "Be brief.");
+    let mut untouched = serde_json::json!({"messages": [{"role": "user", "content": line}]});
+    let before = untouched.clone();
+    strip_billing_line(&mut untouched);
+    assert_eq!(untouched, before);
+}

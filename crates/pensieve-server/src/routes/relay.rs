@@ -21,7 +21,7 @@ pub async fn relay(
     body: &[u8],
     key: u64,
 ) -> Result<Response, ApiError> {
-    let relayed = upstream.relay(endpoint, json(body)?, key).await?;
+    let relayed = upstream.relay(endpoint, json(body, endpoint)?, key).await?;
     Ok(respond(relayed, endpoint))
 }
 
@@ -31,7 +31,7 @@ pub async fn count_tokens(
     body: &[u8],
     key: u64,
 ) -> Result<Option<Response>, ApiError> {
-    let mut body = json(body)?;
+    let mut body = json(body, Endpoint::CountTokens)?;
     if let Some(fields) = body.as_object_mut() {
         fields.remove("stream");
     }
@@ -41,13 +41,19 @@ pub async fn count_tokens(
     }
 }
 
-fn json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// The body to send: as the client sent it, less Claude Code's billing line (it changes
+/// from request to request and would defeat the replica's prefix cache).
+fn json(body: &[u8], endpoint: Endpoint) -> Result<Value, ApiError> {
+    let mut body = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             anthropic::ErrorKind::InvalidRequest,
             format!("the body is not JSON: {e}"),
         )
-    })
+    })?;
+    if endpoint.is_anthropic() {
+        anthropic::strip_billing_line(&mut body);
+    }
+    Ok(body)
 }
 
 fn respond(relayed: Relayed, endpoint: Endpoint) -> Response {
