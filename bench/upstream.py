@@ -112,9 +112,13 @@ def run_sessions(args, port: int) -> list[dict]:
                 with lock:
                     errors.append(f"C{s} turn {turn}: {e!r}")
                 return
+            # The final usage: behind an upstream, message_start cannot know the prompt's size yet.
+            u = r["usage"]
+            prompt = u.get("input_tokens", 0) + u.get("cache_read_input_tokens", 0) + u.get(
+                "cache_creation_input_tokens", 0)
             with lock:
-                records.append({"session": s, "turn": turn, "prompt_tokens": r["prompt_tokens"],
-                                "cached_tokens": r["cached_tokens"] or 0})
+                records.append({"session": s, "turn": turn, "prompt_tokens": prompt,
+                                "cached_tokens": u.get("cache_read_input_tokens", 0)})
             prev = r
 
     threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in range(args.sessions)]
@@ -174,11 +178,11 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--stagger", type=float, default=0.5, help="seconds between the sessions' starts")
     ap.add_argument("--session-max-tokens", type=int, default=32)
-    # agent_replay.py's shapes scaled to fit SmolLM2's 8k context (~5-6k-token first turns).
-    ap.add_argument("--system-chars", type=int, default=4000)
-    ap.add_argument("--tools-chars", type=int, default=12000)
+    # agent_replay.py's shapes scaled to fit SmolLM2's 8k context (~5k-token first turns).
+    ap.add_argument("--system-chars", type=int, default=7000)
+    ap.add_argument("--tools-chars", type=int, default=16000)
     ap.add_argument("--n-tools", type=int, default=8)
-    ap.add_argument("--reminder-chars", type=int, default=4000)
+    ap.add_argument("--reminder-chars", type=int, default=6000)
     ap.add_argument("--result-chars", type=int, default=600)
     ap.add_argument("--no-billing-line", action="store_true")
     ap.add_argument("--no-nonce", dest="nonce", action="store_false")
