@@ -114,6 +114,20 @@ fn in_flight(upstream: &Upstream) -> Vec<usize> {
     upstream.replicas().iter().map(|r| r.in_flight).collect()
 }
 
+/// Every replica's places given back, within a second.
+async fn wait_until_places_are_back(upstream: &Upstream) {
+    for _ in 0..50 {
+        if in_flight(upstream).iter().all(|&n| n == 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "a request's place was not given back: {:?}",
+        in_flight(upstream)
+    );
+}
+
 fn hello() -> GenerateRequest {
     GenerateRequest::new("claude-opus-5-5", vec![Message::text(Role::User, "Hi")], 16)
 }
@@ -288,13 +302,7 @@ async fn a_client_that_goes_away_ends_the_upstream_request() {
     ));
     drop(generation);
     wait_for(&dropped).await;
-    for _ in 0..50 {
-        if in_flight(&upstream) == vec![0] {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the request's place was not given back");
+    wait_until_places_are_back(&upstream).await;
 }
 
 #[tokio::test]
@@ -601,11 +609,5 @@ async fn a_relay_whose_client_goes_away_ends_the_upstream_request() {
     assert!(matches!(pieces.recv().await, Some(Ok(_))));
     drop(pieces);
     wait_for(&dropped).await;
-    for _ in 0..50 {
-        if in_flight(&upstream) == vec![0] {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the relay's place was not given back");
+    wait_until_places_are_back(&upstream).await;
 }
