@@ -39,13 +39,38 @@ from pathlib import Path
 
 import synthetic as syn
 from client import StreamError, send, ttft
-from common import (ALL_SIDES, DEFAULT_LLAMA_BIN, DEFAULT_MLX_VENV, DEFAULT_PENSIEVE_BIN, LLAMA,
-                    MLX, PENSIEVE, QWEN, NoiseGauge, Server, binary_version, check_executable,
-                    check_llama_slots, cpu_model, fmt_stat, fnum, free_port,
-                    group_peak_rss_kib, install_signal_handlers, kill_all, llama_command, log,
-                    mlx_command, nonce,
-                    pensieve_command, pensieve_flags, server_env, set_log_tag, summarize,
-                    wait_for_idle)
+from common import (
+    ALL_SIDES,
+    DEFAULT_LLAMA_BIN,
+    DEFAULT_MLX_VENV,
+    DEFAULT_PENSIEVE_BIN,
+    LLAMA,
+    MLX,
+    PENSIEVE,
+    QWEN,
+    NoiseGauge,
+    Server,
+    binary_version,
+    check_executable,
+    check_llama_slots,
+    cpu_model,
+    fmt_stat,
+    fnum,
+    free_port,
+    group_peak_rss_kib,
+    install_signal_handlers,
+    kill_all,
+    llama_command,
+    log,
+    mlx_command,
+    nonce,
+    pensieve_command,
+    pensieve_flags,
+    server_env,
+    set_log_tag,
+    summarize,
+    wait_for_idle,
+)
 
 SIDE_PROMPTS = ["Write a 5-word title for this conversation: ", "Summarize in one line what the user asked: "]
 
@@ -55,8 +80,7 @@ class Shared:
 
     def __init__(self, args, run_id: str):
         rng = random.Random(args.seed)
-        self.identity = "You are Claude Code, a command line coding agent." + (
-            f" Session {run_id}." if run_id else "")
+        self.identity = "You are Claude Code, a command line coding agent." + (f" Session {run_id}." if run_id else "")
         self.system_text = syn.system_prompt_text(rng, args.system_chars)
         self.tools = syn.tools(rng, args.tools_chars, args.n_tools) if args.n_tools else []
         self.reminders = [syn.reminders(random.Random(args.seed + 10 + i), args.reminder_chars) for i in range(3)]
@@ -83,9 +107,15 @@ class Conversation:
     def body(self, model: str, max_tokens: int) -> dict:
         msgs = json.loads(json.dumps(self.messages))
         last = msgs[-1]["content"][-1]
-        last["cache_control"] = {"type": "ephemeral"}    # Claude Code marks the newest block
-        b = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-             "system": self.shared.system(), "messages": msgs}
+        last["cache_control"] = {"type": "ephemeral"}  # Claude Code marks the newest block
+        b = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "system": self.shared.system(),
+            "messages": msgs,
+        }
         if self.shared.tools:
             b["tools"] = self.shared.tools
         return b
@@ -99,33 +129,51 @@ class Conversation:
                 if blk.get("type") == "text" and blk["text"].strip():
                     content.append({"type": "text", "text": blk["text"]})
                 elif blk.get("type") == "tool_use" and "input_invalid" not in blk and blk.get("id"):
-                    content.append({"type": "tool_use", "id": blk["id"], "name": blk["name"],
-                                    "input": blk.get("input") or {}})
+                    content.append(
+                        {"type": "tool_use", "id": blk["id"], "name": blk["name"], "input": blk.get("input") or {}}
+                    )
             how = "actual" if content else "synthetic"
         else:
             content.append({"type": "text", "text": f"I'll look at {syn.path(rng)} next."})
         uses = [b for b in content if b["type"] == "tool_use"]
         if not uses:
             name = rng.choice(("Read", "Grep", "Bash", "Read"))
-            uses = [{"type": "tool_use", "id": f"toolu_{self.name}{self.turn:02d}", "name": name,
-                     "input": syn.tool_input(rng, name)}]
+            uses = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{self.name}{self.turn:02d}",
+                    "name": name,
+                    "input": syn.tool_input(rng, name),
+                }
+            ]
             content += uses
             how += "+tool_use" if how == "actual" else ""
         self.messages.append({"role": "assistant", "content": content})
-        results = [{"type": "tool_result", "tool_use_id": u["id"],
-                    "content": syn.tool_result_text(rng, self.shared.args.result_chars // len(uses))}
-                   for u in uses]
-        self.messages.append({"role": "user", "content": results + [
-            {"type": "text", "text": rng.choice(syn.FOLLOW_UPS)}]})
+        results = [
+            {
+                "type": "tool_result",
+                "tool_use_id": u["id"],
+                "content": syn.tool_result_text(rng, self.shared.args.result_chars // len(uses)),
+            }
+            for u in uses
+        ]
+        self.messages.append(
+            {"role": "user", "content": results + [{"type": "text", "text": rng.choice(syn.FOLLOW_UPS)}]}
+        )
         self.turn += 1
         return how
 
 
 def side_body(shared: Shared, model: str, max_tokens: int, i: int) -> dict:
     first = shared.reminders[0][-1]["text"][-300:]
-    return {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "system": [{"type": "text", "text": "You write short titles and summaries."}],
-            "messages": [{"role": "user", "content": SIDE_PROMPTS[i % 2] + syn.FIRST_PROMPTS[0] + " " + first}]}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "system": [{"type": "text", "text": "You write short titles and summaries."}],
+        "messages": [{"role": "user", "content": SIDE_PROMPTS[i % 2] + syn.FIRST_PROMPTS[0] + " " + first}],
+    }
 
 
 def schedule(turns: int, b_turns: int, side: bool) -> list[str]:
@@ -148,14 +196,26 @@ def record(label: str, r: dict, how: str | None) -> dict:
     p, c = r["prompt_tokens"], r["cached_tokens"]
     share = (c or 0) / p if p else None
     uncached = (p - (c or 0)) if p else None
-    rec = {"label": label, "ttft_s": t, "prompt_tokens": p, "cached_tokens": c, "cached_share": share,
-           "uncached_prefill_tok_s": uncached / t if uncached and t else None,
-           "output_tokens": r["output_tokens"], "stop_reason": r["stop_reason"],
-           "total_s": r["t_end"] - r["t_sent"], "reply": how, "usage": r["usage"],
-           "content_types": [b.get("type") for b in r.get("content") or []], "text_head": r["text_head"],
-           "notes": r["notes"]}
-    log(f"  {label:<5} TTFT {fnum(t, 2):>7} s  prompt {p} tok, cached {c} ({fnum(100 * share if share is not None else None, 0)}%), "
-        f"out {r['output_tokens']} ({r['stop_reason']}){'  ' + '; '.join(r['notes']) if r['notes'] else ''}")
+    rec = {
+        "label": label,
+        "ttft_s": t,
+        "prompt_tokens": p,
+        "cached_tokens": c,
+        "cached_share": share,
+        "uncached_prefill_tok_s": uncached / t if uncached and t else None,
+        "output_tokens": r["output_tokens"],
+        "stop_reason": r["stop_reason"],
+        "total_s": r["t_end"] - r["t_sent"],
+        "reply": how,
+        "usage": r["usage"],
+        "content_types": [b.get("type") for b in r.get("content") or []],
+        "text_head": r["text_head"],
+        "notes": r["notes"],
+    }
+    log(
+        f"  {label:<5} TTFT {fnum(t, 2):>7} s  prompt {p} tok, cached {c} ({fnum(100 * share if share is not None else None, 0)}%), "
+        f"out {r['output_tokens']} ({r['stop_reason']}){'  ' + '; '.join(r['notes']) if r['notes'] else ''}"
+    )
     return rec
 
 
@@ -165,14 +225,20 @@ def run_session(start, api: str, args, model: str, restart: bool, group: bool = 
     of its whole process group."""
     run_id = nonce() if args.nonce else ""
     shared = Shared(args, run_id)
-    convs = {"A": Conversation("A", shared, syn.FIRST_PROMPTS[0], 0, args.seed + 100),
-             "B": Conversation("B", shared, syn.FIRST_PROMPTS[1], 1, args.seed + 200)}
+    convs = {
+        "A": Conversation("A", shared, syn.FIRST_PROMPTS[0], 0, args.seed + 100),
+        "B": Conversation("B", shared, syn.FIRST_PROMPTS[1], 1, args.seed + 200),
+    }
     srv = start()
     out: dict = {"startup_s": srv.startup_s, "requests": []}
     if srv.side == LLAMA:
         out["llama_slots"] = check_llama_slots(srv)
-    send(srv.port, api, {"model": model, "max_tokens": 4, "stream": True,
-                         "messages": [{"role": "user", "content": "Hi."}]}, args.request_timeout)  # warm-up
+    send(
+        srv.port,
+        api,
+        {"model": model, "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "Hi."}]},
+        args.request_timeout,
+    )  # warm-up
     gauge = NoiseGauge(srv.pid, group=group)
     t0 = time.perf_counter()
     pending: dict[str, dict] = {}
@@ -220,7 +286,7 @@ def session_metrics(sess: dict) -> dict:
     sides = [q["ttft_s"] for q in sess["requests"] if q["label"].startswith("S") and q["ttft_s"]]
     ra = next((q for q in sess["requests"] if q["label"].startswith("R-A")), None)
     rn = by.get("R-N1")
-    ratio = (lambda q: q["ttft_s"] / cold if q and cold and q.get("ttft_s") else None)  # noqa: E731
+    ratio = lambda q: q["ttft_s"] / cold if q and cold and q.get("ttft_s") else None  # noqa: E731
     return {
         "cold_ttft_s": cold,
         "cold_prompt_tokens": a1.get("prompt_tokens"),
@@ -280,9 +346,11 @@ def print_requests(runs: dict, sides: list[str]) -> None:
             t = [q["ttft_s"] for q in qs if q["ttft_s"] is not None]
             p = [q["prompt_tokens"] for q in qs if q["prompt_tokens"]]
             c = [q["cached_share"] for q in qs if q["cached_share"] is not None]
-            cell = (f"{fnum(statistics.median(t), 2) if t else '-':>9} / "
-                    f"{(str(int(statistics.median(p))) if p else '-'):>6} / "
-                    f"{(f'{100 * statistics.median(c):.0f}%' if c else '-'):>5}")
+            cell = (
+                f"{fnum(statistics.median(t), 2) if t else '-':>9} / "
+                f"{(str(int(statistics.median(p))) if p else '-'):>6} / "
+                f"{(f'{100 * statistics.median(c):.0f}%' if c else '-'):>5}"
+            )
             row += f"{cell:>40}"
         print(row)
 
@@ -316,50 +384,86 @@ def main() -> int:
     set_log_tag("replay")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=QWEN, help="GGUF file (default: the cached Qwen2.5-Coder-0.5B-Instruct)")
-    ap.add_argument("--peers", default=f"{LLAMA},{PENSIEVE}",
-                    help=f"comma-separated servers to run, of {','.join(ALL_SIDES)} (default llama-server,pensieve)")
+    ap.add_argument(
+        "--peers",
+        default=f"{LLAMA},{PENSIEVE}",
+        help=f"comma-separated servers to run, of {','.join(ALL_SIDES)} (default llama-server,pensieve)",
+    )
     ap.add_argument("--pensieve-bin", default=DEFAULT_PENSIEVE_BIN)
-    ap.add_argument("--pensieve-engine", choices=["llama", "mlx"], default="llama",
-                    help="llama (default): pensieve serves the GGUF --model; mlx: pensieve gets --engine mlx "
-                         "--model <--mlx-model folder> --python <--pensieve-python>, the same folder as "
-                         "mlx_lm.server (PENSIEVE_DATA_DIR is then a temp dir)")
-    ap.add_argument("--pensieve-python",
-                    help="python of pensieve's mlx worker (default: <--mlx-venv>/bin/python)")
-    ap.add_argument("--pensieve-api", choices=["anthropic", "openai"], default="anthropic",
-                    help="pensieve endpoint: /v1/messages (default) or /v1/chat/completions with the same "
-                         "translation mlx_lm.server gets")
+    ap.add_argument(
+        "--pensieve-engine",
+        choices=["llama", "mlx"],
+        default="llama",
+        help="llama (default): pensieve serves the GGUF --model; mlx: pensieve gets --engine mlx "
+        "--model <--mlx-model folder> --python <--pensieve-python>, the same folder as "
+        "mlx_lm.server (PENSIEVE_DATA_DIR is then a temp dir)",
+    )
+    ap.add_argument("--pensieve-python", help="python of pensieve's mlx worker (default: <--mlx-venv>/bin/python)")
+    ap.add_argument(
+        "--pensieve-api",
+        choices=["anthropic", "openai"],
+        default="anthropic",
+        help="pensieve endpoint: /v1/messages (default) or /v1/chat/completions with the same "
+        "translation mlx_lm.server gets",
+    )
     ap.add_argument("--llama-server-bin", default=os.environ.get("LLAMA_SERVER_BIN", DEFAULT_LLAMA_BIN))
-    ap.add_argument("--llama-api", choices=["anthropic", "openai"], default="anthropic",
-                    help="llama-server endpoint: /v1/messages (default) or /v1/chat/completions")
+    ap.add_argument(
+        "--llama-api",
+        choices=["anthropic", "openai"],
+        default="anthropic",
+        help="llama-server endpoint: /v1/messages (default) or /v1/chat/completions",
+    )
     ap.add_argument("--mlx-venv", default=DEFAULT_MLX_VENV, help="venv of scripts/setup-mlx-peer.sh")
     ap.add_argument("--mlx-model", help="MLX model folder (default: <peers>/mlx-models/<gguf name>-float32)")
     ap.add_argument("--rounds", type=int, default=1, help="sessions per server, alternating A B A B (default 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=32768, help="context per sequence (default 32768)")
-    ap.add_argument("--parallel", type=int, default=1,
-                    help="sequences: llama-server -np N -c N*ctx; pensieve --parallel N when N > 1 (default 1)")
-    ap.add_argument("--pensieve-cache-dir", default="auto",
-                    help="pensieve --cache-dir: 'auto' = a fresh temp dir per session when the binary has the "
-                         "flag (removed afterwards), 'none', or a path (default auto)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="sequences: llama-server -np N -c N*ctx; pensieve --parallel N when N > 1 (default 1)",
+    )
+    ap.add_argument(
+        "--pensieve-cache-dir",
+        default="auto",
+        help="pensieve --cache-dir: 'auto' = a fresh temp dir per session when the binary has the "
+        "flag (removed afterwards), 'none', or a path (default auto)",
+    )
     ap.add_argument("--pensieve-cache-ram", help="pensieve --cache-ram value (default: not passed)")
     ap.add_argument("--turns", type=int, default=8, help="turns of conversation A (default 8)")
     ap.add_argument("--b-turns", type=int, help="turns of conversation B (default: turns / 2)")
     ap.add_argument("--no-side", action="store_true", help="no side requests")
-    ap.add_argument("--restart", action="store_true",
-                    help="after the session restart the server and send A's next turn and a new session")
-    ap.add_argument("--assistant", choices=["actual", "synthetic"], default="actual",
-                    help="history replies: what the server returned (as Claude Code does) or fixed text; "
-                         "a tool_use block is added when the reply has none")
+    ap.add_argument(
+        "--restart",
+        action="store_true",
+        help="after the session restart the server and send A's next turn and a new session",
+    )
+    ap.add_argument(
+        "--assistant",
+        choices=["actual", "synthetic"],
+        default="actual",
+        help="history replies: what the server returned (as Claude Code does) or fixed text; "
+        "a tool_use block is added when the reply has none",
+    )
     ap.add_argument("--system-chars", type=int, default=7000, help="long system prompt block (default 7000)")
     ap.add_argument("--tools-chars", type=int, default=32000, help="JSON size of all tool schemas (default 32000)")
     ap.add_argument("--n-tools", type=int, default=12)
-    ap.add_argument("--reminder-chars", type=int, default=12000,
-                    help="<system-reminder> blocks of each first user message (default 12000)")
+    ap.add_argument(
+        "--reminder-chars",
+        type=int,
+        default=12000,
+        help="<system-reminder> blocks of each first user message (default 12000)",
+    )
     ap.add_argument("--result-chars", type=int, default=1500, help="tool result size per turn (default 1500)")
     ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request (default 32)")
     ap.add_argument("--no-billing-line", action="store_true", help="leave out Claude Code's billing line")
-    ap.add_argument("--no-nonce", dest="nonce", action="store_false",
-                    help="no per-session random id in the identity line (it keeps earlier runs' caches out)")
+    ap.add_argument(
+        "--no-nonce",
+        dest="nonce",
+        action="store_false",
+        help="no per-session random id in the identity line (it keeps earlier runs' caches out)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--health-timeout", type=float, default=300)
     ap.add_argument("--request-timeout", type=float, default=3600)
@@ -384,10 +488,17 @@ def main() -> int:
     pensieve_mlx = PENSIEVE in sides and args.pensieve_engine == "mlx"
     if not os.path.isfile(model) and (LLAMA in sides or (PENSIEVE in sides and not pensieve_mlx)):
         ap.error(f"model not found: {model}")
-    bins = {LLAMA: args.llama_server_bin, PENSIEVE: args.pensieve_bin,
-            MLX: os.path.join(args.mlx_venv, "bin", "mlx_lm.server")}
+    bins = {
+        LLAMA: args.llama_server_bin,
+        PENSIEVE: args.pensieve_bin,
+        MLX: os.path.join(args.mlx_venv, "bin", "mlx_lm.server"),
+    }
     mlx_model = args.mlx_model or os.path.join(os.path.dirname(args.mlx_venv), "mlx-models", f"{model_name}-float32")
-    hints = {LLAMA: "scripts/build-llama-server.sh", PENSIEVE: "cargo build --release", MLX: "scripts/setup-mlx-peer.sh"}
+    hints = {
+        LLAMA: "scripts/build-llama-server.sh",
+        PENSIEVE: "cargo build --release",
+        MLX: "scripts/setup-mlx-peer.sh",
+    }
     for s in sides:
         err = check_executable(bins[s], hints[s])
         if err:
@@ -403,8 +514,11 @@ def main() -> int:
     p_flags = pensieve_flags(bins[PENSIEVE]) if PENSIEVE in sides else set()
     if args.parallel > 1 and PENSIEVE in sides and "--parallel" not in p_flags:
         log("warning: this pensieve binary has no --parallel: it serves one sequence at a time")
-    use_cache_dir = PENSIEVE in sides and args.pensieve_cache_dir != "none" and (
-        args.pensieve_cache_dir != "auto" or "--cache-dir" in p_flags)
+    use_cache_dir = (
+        PENSIEVE in sides
+        and args.pensieve_cache_dir != "none"
+        and (args.pensieve_cache_dir != "auto" or "--cache-dir" in p_flags)
+    )
     if PENSIEVE in sides and args.pensieve_cache_dir == "auto" and not use_cache_dir:
         log("note: this pensieve binary has no --cache-dir: its restart phase starts from an empty cache")
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pensieve-replay-"))
@@ -421,14 +535,22 @@ def main() -> int:
 
     def command(side: str, port: int, cache_dir: str | None) -> list[str]:
         if side == LLAMA:
-            return llama_command(bins[LLAMA], model, port, args.threads, args.parallel, args.ctx,
-                                 shlex.split(args.llama_args))
+            return llama_command(
+                bins[LLAMA], model, port, args.threads, args.parallel, args.ctx, shlex.split(args.llama_args)
+            )
         if side == PENSIEVE:
             engine = ["--engine", "mlx", "--python", pensieve_python] if pensieve_mlx else []
-            return pensieve_command(bins[PENSIEVE], mlx_model if pensieve_mlx else model, port, args.threads,
-                                    args.ctx, engine + shlex.split(args.pensieve_args),
-                                    parallel=args.parallel if args.parallel > 1 else None,
-                                    cache_dir=cache_dir, cache_ram=args.pensieve_cache_ram)
+            return pensieve_command(
+                bins[PENSIEVE],
+                mlx_model if pensieve_mlx else model,
+                port,
+                args.threads,
+                args.ctx,
+                engine + shlex.split(args.pensieve_args),
+                parallel=args.parallel if args.parallel > 1 else None,
+                cache_dir=cache_dir,
+                cache_ram=args.pensieve_cache_ram,
+            )
         return mlx_command(args.mlx_venv, mlx_model, port, shlex.split(args.mlx_args))
 
     runs: dict[str, list[dict]] = {s: [] for s in sides}
@@ -447,8 +569,10 @@ def main() -> int:
                     else:
                         cache_dir = args.pensieve_cache_dir
                         if os.path.isdir(cache_dir) and os.listdir(cache_dir):
-                            log(f"warning: --pensieve-cache-dir {cache_dir} is not empty (the nonce keeps "
-                                f"A1 cold unless --no-nonce)")
+                            log(
+                                f"warning: --pensieve-cache-dir {cache_dir} is not empty (the nonce keeps "
+                                f"A1 cold unless --no-nonce)"
+                            )
 
                 def start(s=s, cache_dir=cache_dir) -> Server:
                     wait_for_idle(args.wait_idle, args.idle_threshold / 100)
@@ -462,8 +586,14 @@ def main() -> int:
                 log(f"round {rnd + 1}/{args.rounds}: {s} ({apis[s]} API)")
                 try:
                     # mlx_lm.server loads the request's "model" from the hub unless it is "default_model"
-                    sess = run_session(start, apis[s], args, "default_model" if s == MLX else model_name,
-                                       args.restart, group=s == PENSIEVE and pensieve_mlx)
+                    sess = run_session(
+                        start,
+                        apis[s],
+                        args,
+                        "default_model" if s == MLX else model_name,
+                        args.restart,
+                        group=s == PENSIEVE and pensieve_mlx,
+                    )
                     sess["round"] = rnd + 1
                     sess["metrics"] = session_metrics(sess)
                     runs[s].append(sess)
@@ -487,11 +617,15 @@ def main() -> int:
     print()
     if pensieve_mlx or MLX in sides:
         print(f"mlx model folder: {mlx_model}{' (pensieve --engine mlx and mlx_lm.server)' if pensieve_mlx else ''}")
-    print(f"model: {model}, threads {args.threads}, ctx per sequence {args.ctx}, parallel {args.parallel}, "
-          f"max_tokens {args.max_tokens}, turns A {args.turns} / B {args.b_turns}, rounds {args.rounds}"
-          f"{', restart phase' if args.restart else ''}{' (interrupted)' if interrupted else ''}")
-    print(f"synthetic sizes (chars): system {args.system_chars}, tools {args.tools_chars} ({args.n_tools} tools), "
-          f"reminders {args.reminder_chars}, tool result {args.result_chars}; replies: {args.assistant}")
+    print(
+        f"model: {model}, threads {args.threads}, ctx per sequence {args.ctx}, parallel {args.parallel}, "
+        f"max_tokens {args.max_tokens}, turns A {args.turns} / B {args.b_turns}, rounds {args.rounds}"
+        f"{', restart phase' if args.restart else ''}{' (interrupted)' if interrupted else ''}"
+    )
+    print(
+        f"synthetic sizes (chars): system {args.system_chars}, tools {args.tools_chars} ({args.n_tools} tools), "
+        f"reminders {args.reminder_chars}, tool result {args.result_chars}; replies: {args.assistant}"
+    )
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
     for s in sides:
         print(f"{s} ({apis[s]} API): {' '.join(commands.get(s, []))}")
@@ -507,16 +641,28 @@ def main() -> int:
         print_summary(summary, sides)
     print(f"server logs: {log_dir}")
     if args.json:
-        doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-               "interrupted": interrupted, "model": model, "mlx_model": mlx_model if MLX in sides or pensieve_mlx else None,
-               "cpu": cpu_model(), "cpus": os.cpu_count(), "args": vars(args), "versions": versions,
-               "apis": {s: apis[s] for s in sides}, "commands": commands, "summary": summary,
-               "runs": runs, "failures": failures}
+        doc = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "interrupted": interrupted,
+            "model": model,
+            "mlx_model": mlx_model if MLX in sides or pensieve_mlx else None,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "args": vars(args),
+            "versions": versions,
+            "apis": {s: apis[s] for s in sides},
+            "commands": commands,
+            "summary": summary,
+            "runs": runs,
+            "failures": failures,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
         print(f"json: {args.json}")
     if failures:
-        print(f"{len(failures)} session(s) failed: " + "; ".join(
-            f"{f['side']} round {f['round']}: {f['error'][:300]}" for f in failures))
+        print(
+            f"{len(failures)} session(s) failed: "
+            + "; ".join(f"{f['side']} round {f['round']}: {f['error'][:300]}" for f in failures)
+        )
     return 130 if interrupted else (1 if failures else 0)
 
 

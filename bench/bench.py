@@ -31,9 +31,28 @@ import time
 from pathlib import Path
 
 from client import decode_rate, stream_message, ttft
-from common import (DEFAULT_LLAMA_BIN, LLAMA, PENSIEVE, SMOLLM, Server, add_run_options, binary_version,
-                    cpu_jiffies, cpu_model, fmt_stat, free_port, install_signal_handlers, kill_all,
-                    log, nonce, proc_jiffies, server_env, summarize, synthetic_text, wait_for_idle)
+from common import (
+    DEFAULT_LLAMA_BIN,
+    LLAMA,
+    PENSIEVE,
+    SMOLLM,
+    Server,
+    add_run_options,
+    binary_version,
+    cpu_jiffies,
+    cpu_model,
+    fmt_stat,
+    free_port,
+    install_signal_handlers,
+    kill_all,
+    log,
+    nonce,
+    proc_jiffies,
+    server_env,
+    summarize,
+    synthetic_text,
+    wait_for_idle,
+)
 
 SIDES = (LLAMA, PENSIEVE)
 
@@ -50,6 +69,7 @@ DECODE_PROMPT = (
 # memory bandwidth (the decode bound)
 # --------------------------------------------------------------------------------------------
 
+
 def measure_bandwidth(mib: int = 512, reps: int = 3) -> dict:
     """Copy and scan a large buffer; best of `reps`. Pure Python, but both operations are one
     C call (memcpy / memchr) over the whole buffer, so they run at memory speed."""
@@ -62,7 +82,7 @@ def measure_bandwidth(mib: int = 512, reps: int = 3) -> dict:
     read_best = 0.0
     for _ in range(reps):
         t0 = time.perf_counter()
-        dst[:] = src            # memcpy/memmove of n bytes: reads n, writes n
+        dst[:] = src  # memcpy/memmove of n bytes: reads n, writes n
         t1 = time.perf_counter()
         copy_best = max(copy_best, n / (t1 - t0))
         t0 = time.perf_counter()
@@ -73,15 +93,15 @@ def measure_bandwidth(mib: int = 512, reps: int = 3) -> dict:
     del src, dst
     return {
         "buffer_mib": mib,
-        "copy_bytes_per_s": copy_best,     # bytes copied per second (traffic is 2x this)
-        "read_bytes_per_s": read_best,     # bytes scanned per second
+        "copy_bytes_per_s": copy_best,  # bytes copied per second (traffic is 2x this)
+        "read_bytes_per_s": read_best,  # bytes scanned per second
     }
-
 
 
 # --------------------------------------------------------------------------------------------
 # one round on one server
 # --------------------------------------------------------------------------------------------
+
 
 def make_body(model_name: str, system: str, user: str, max_tokens: int) -> dict:
     return {
@@ -97,8 +117,9 @@ def make_body(model_name: str, system: str, user: str, max_tokens: int) -> dict:
 def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dict:
     res: dict = {"side": srv.side, "startup_s": srv.startup_s}
     # warm-up: faults the weights in and lets the server set up its threads; not measured
-    stream_message(srv.port, make_body(model_name, "You are a helpful assistant.",
-                                       "Say hello.", 8), args.request_timeout)
+    stream_message(
+        srv.port, make_body(model_name, "You are a helpful assistant.", "Say hello.", 8), args.request_timeout
+    )
     # CPU used by anything but the server and this script while measuring: the noise gauge
     busy0, total0 = cpu_jiffies()
     srv0, self0 = proc_jiffies(srv.proc.pid), proc_jiffies(os.getpid())
@@ -106,15 +127,19 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
     dec_rates = []
     dec_runs = []
     for _ in range(args.decode_reps):
-        r = stream_message(srv.port, make_body(model_name, "You are a helpful assistant.",
-                                               DECODE_PROMPT, args.decode_tokens),
-                           args.request_timeout)
+        r = stream_message(
+            srv.port,
+            make_body(model_name, "You are a helpful assistant.", DECODE_PROMPT, args.decode_tokens),
+            args.request_timeout,
+        )
         rate = decode_rate(r)
         dec_rates.append(rate)
         dec_runs.append(r)
         if r["output_tokens"] < args.decode_tokens * 0.5:
-            log(f"warning: {srv.side} decode run stopped after {r['output_tokens']} tokens "
-                f"(stop_reason={r['stop_reason']})")
+            log(
+                f"warning: {srv.side} decode run stopped after {r['output_tokens']} tokens "
+                f"(stop_reason={r['stop_reason']})"
+            )
     res["decode_tok_s"] = statistics.median([x for x in dec_rates if x]) if any(dec_rates) else None
     res["decode_output_tokens"] = dec_runs[-1]["output_tokens"]
     res["decode_runs"] = dec_runs
@@ -125,9 +150,8 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
         # the nonce opens the system prompt (right after the chat template's first tokens) and
         # the user text, so no prefix of this prompt was seen before
         system = f"[session {n}] You are a careful reader."
-        user = (f"{n}\n\n{prefill_body_text}\n\nSummarize the text above in a few sentences.")
-        r = stream_message(srv.port, make_body(model_name, system, user, args.prefill_max_tokens),
-                           args.request_timeout)
+        user = f"{n}\n\n{prefill_body_text}\n\nSummarize the text above in a few sentences."
+        r = stream_message(srv.port, make_body(model_name, system, user, args.prefill_max_tokens), args.request_timeout)
         pre_runs.append(r)
     r = pre_runs[-1]
     t = [ttft(x) for x in pre_runs]
@@ -136,8 +160,10 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
         if tt and x["prompt_tokens"]:
             rates.append(x["prompt_tokens"] / tt)
         if x["cached_tokens"] and x["prompt_tokens"] and x["cached_tokens"] > 0.02 * x["prompt_tokens"]:
-            log(f"warning: {srv.side} served {x['cached_tokens']}/{x['prompt_tokens']} prompt "
-                f"tokens from cache on a 'cold' prompt")
+            log(
+                f"warning: {srv.side} served {x['cached_tokens']}/{x['prompt_tokens']} prompt "
+                f"tokens from cache on a 'cold' prompt"
+            )
     res["ttft_s"] = statistics.median([x for x in t if x]) if any(t) else None
     res["prefill_tok_s"] = statistics.median(rates) if rates else None
     res["prefill_prompt_tokens"] = r["prompt_tokens"]
@@ -148,7 +174,7 @@ def run_round(srv: Server, args, model_name: str, prefill_body_text: str) -> dic
     res["decode_long_output_tokens"] = r["output_tokens"]
     res["prefill_runs"] = pre_runs
 
-    for x in dec_runs + pre_runs:   # keep the JSON as it was: no per-delta times, no content
+    for x in dec_runs + pre_runs:  # keep the JSON as it was: no per-delta times, no content
         x.pop("delta_times", None)
         x.pop("content", None)
     res["peak_rss_kib"] = srv.peak_rss_kib()
@@ -191,19 +217,24 @@ def print_table(summary: dict, sides: list[str]) -> None:
         if len(sides) == 2:
             a = summary[LLAMA].get(key)
             b = summary[PENSIEVE].get(key)
-            ratio = (b["median"] / a["median"]
-                     if a and b and a["median"] and key != "other_cpu_pct" else None)
+            ratio = b["median"] / a["median"] if a and b and a["median"] and key != "other_cpu_pct" else None
             row += f"{(f'{ratio:.2f}x' if ratio else '-'):>16}"
         print(row)
-    wide = [(s, label) for s in sides for key, label, _, _ in METRICS[:4]
-            if summary[s].get(key) and summary[s][key]["spread"] and summary[s][key]["spread"] > 0.15]
+    wide = [
+        (s, label)
+        for s in sides
+        for key, label, _, _ in METRICS[:4]
+        if summary[s].get(key) and summary[s][key]["spread"] and summary[s][key]["spread"] > 0.15
+    ]
     for s, label in wide:
         print(f"note: {s} '{label}' spread > 15% of median: noisy machine, consider a rerun")
     for s in sides:
         o = summary[s].get("other_cpu_pct")
         if o and o["max"] > 10:
-            print(f"note: other processes used up to {o['max']:.0f}% of the machine while {s} was "
-                  f"measured: its numbers are not trustworthy, rerun on a quiet machine")
+            print(
+                f"note: other processes used up to {o['max']:.0f}% of the machine while {s} was "
+                f"measured: its numbers are not trustworthy, rerun on a quiet machine"
+            )
 
 
 def main() -> int:
@@ -218,10 +249,18 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--decode-tokens", type=int, default=256, help="max_tokens of the decode request")
     ap.add_argument("--decode-reps", type=int, default=1, help="decode requests per round")
-    ap.add_argument("--prefill-words", type=int, default=1740,
-                    help="words of synthetic text in the cold prompt (1740: ~2,000 tokens with SmolLM2)")
-    ap.add_argument("--prefill-max-tokens", type=int, default=32,
-                    help="max_tokens of the cold-prompt request (its decode is 'decode after prompt')")
+    ap.add_argument(
+        "--prefill-words",
+        type=int,
+        default=1740,
+        help="words of synthetic text in the cold prompt (1740: ~2,000 tokens with SmolLM2)",
+    )
+    ap.add_argument(
+        "--prefill-max-tokens",
+        type=int,
+        default=32,
+        help="max_tokens of the cold-prompt request (its decode is 'decode after prompt')",
+    )
     ap.add_argument("--prefill-reps", type=int, default=1, help="cold-prompt requests per round")
     add_run_options(ap)
     ap.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
@@ -256,11 +295,38 @@ def main() -> int:
 
     def command(side: str, port: int) -> list[str]:
         if side == LLAMA:
-            return [bins[LLAMA], "-m", model, "--host", "127.0.0.1", "--port", str(port),
-                    "-np", "1", "-c", str(args.ctx), "-t", str(args.threads), "--no-webui",
-                    *shlex.split(args.llama_args)]
-        return [bins[PENSIEVE], "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-                "--ctx", str(args.ctx), "--threads", str(args.threads), *shlex.split(args.pensieve_args)]
+            return [
+                bins[LLAMA],
+                "-m",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-np",
+                "1",
+                "-c",
+                str(args.ctx),
+                "-t",
+                str(args.threads),
+                "--no-webui",
+                *shlex.split(args.llama_args),
+            ]
+        return [
+            bins[PENSIEVE],
+            "serve",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ctx",
+            str(args.ctx),
+            "--threads",
+            str(args.threads),
+            *shlex.split(args.pensieve_args),
+        ]
 
     versions = {s: binary_version(bins[s]) for s in sides}
 
@@ -281,8 +347,9 @@ def main() -> int:
         for rnd in range(args.rounds):
             for s in sides:
                 for attempt in range(args.retry_noisy + 1):
-                    busy_before = (wait_for_idle(args.wait_idle, args.idle_threshold / 100)
-                                   if args.wait_idle > 0 else None)
+                    busy_before = (
+                        wait_for_idle(args.wait_idle, args.idle_threshold / 100) if args.wait_idle > 0 else None
+                    )
                     port = free_port()
                     srv = Server(s, command(s, port), port, log_dir / f"{s}.log", env=env)
                     try:
@@ -300,16 +367,20 @@ def main() -> int:
                     r["round"] = rnd + 1
                     r["attempt"] = attempt + 1
                     r["busy_before_pct"] = None if busy_before is None else 100 * busy_before
-                    log(f"round {rnd + 1}/{args.rounds} {s}: decode {_f(r['decode_tok_s'])} tok/s "
+                    log(
+                        f"round {rnd + 1}/{args.rounds} {s}: decode {_f(r['decode_tok_s'])} tok/s "
                         f"({r['decode_output_tokens']} tok), prefill {_f(r['prefill_tok_s'])} tok/s "
                         f"({r['prefill_prompt_tokens']} tok, TTFT {_f(r['ttft_s'], 2)} s), "
                         f"decode after prompt {_f(r['decode_long_tok_s'])} tok/s, "
                         f"peak RSS {_f((r['peak_rss_kib'] or 0) / 1024, 0)} MiB, "
-                        f"other CPU {_f(r.get('other_cpu_pct'), 0)}%")
+                        f"other CPU {_f(r.get('other_cpu_pct'), 0)}%"
+                    )
                     noisy = (r.get("other_cpu_pct") or 0) > args.max_other_cpu
                     if noisy and attempt < args.retry_noisy:
-                        log(f"other processes took {r['other_cpu_pct']:.0f}% of the machine "
-                            f"(> {args.max_other_cpu:.0f}%): discarding this round of {s}, redoing it")
+                        log(
+                            f"other processes took {r['other_cpu_pct']:.0f}% of the machine "
+                            f"(> {args.max_other_cpu:.0f}%): discarding this round of {s}, redoing it"
+                        )
                         discarded.append(r)
                         continue
                     results[s].append(r)
@@ -340,16 +411,17 @@ def main() -> int:
         summary[s] = {key: summarize([r.get(key) for r in rs]) for key, *_ in METRICS}
 
     print()
-    print(f"model: {model} ({model_bytes / 1e6:.1f} MB), threads {args.threads}, ctx {args.ctx}, "
-          f"rounds {len(results[sides[0]])}{' (interrupted)' if interrupted else ''}"
-          f"{f', {len(discarded)} noisy round(s) discarded and redone' if discarded else ''}")
+    print(
+        f"model: {model} ({model_bytes / 1e6:.1f} MB), threads {args.threads}, ctx {args.ctx}, "
+        f"rounds {len(results[sides[0]])}{' (interrupted)' if interrupted else ''}"
+        f"{f', {len(discarded)} noisy round(s) discarded and redone' if discarded else ''}"
+    )
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
     for s in sides:
         print(f"{s}: {bins[s]}  ({'; '.join(versions[s].splitlines()) or '?'})")
     if any(results[s] for s in sides):
         r0 = next(results[s][0] for s in sides if results[s])
-        print(f"cold prompt: {r0['prefill_prompt_tokens']} tokens; decode request: max_tokens "
-              f"{args.decode_tokens}")
+        print(f"cold prompt: {r0['prefill_prompt_tokens']} tokens; decode request: max_tokens {args.decode_tokens}")
     print()
     if any(results[s] for s in sides):
         print_table(summary, sides)
@@ -360,10 +432,14 @@ def main() -> int:
             "read": bw["read_bytes_per_s"] / model_bytes,
         }
         print()
-        print(f"memory bandwidth: copy {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s (bytes copied/s), "
-              f"scan {bw['read_bytes_per_s'] / 1e9:.1f} GB/s (bytes read/s)")
-        print(f"decode upper bound = bandwidth / model bytes: {bound['copy']:.0f} tok/s (copy), "
-              f"{bound['read']:.0f} tok/s (scan) for {model_bytes / 1e6:.1f} MB")
+        print(
+            f"memory bandwidth: copy {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s (bytes copied/s), "
+            f"scan {bw['read_bytes_per_s'] / 1e9:.1f} GB/s (bytes read/s)"
+        )
+        print(
+            f"decode upper bound = bandwidth / model bytes: {bound['copy']:.0f} tok/s (copy), "
+            f"{bound['read']:.0f} tok/s (scan) for {model_bytes / 1e6:.1f} MB"
+        )
         for s in sides:
             d = summary[s].get("decode_tok_s")
             if d:
@@ -385,10 +461,17 @@ def main() -> int:
             "decode_bound_tok_s": bound,
             "summary": summary,
             "ratios_pensieve_over_llama": (
-                {k: (summary[PENSIEVE][k]["median"] / summary[LLAMA][k]["median"])
-                 for k, *_ in METRICS if summary[PENSIEVE].get(k) and summary[LLAMA].get(k)
-                 and summary[LLAMA][k]["median"] and k != "other_cpu_pct"}
-                if len(sides) == 2 else None),
+                {
+                    k: (summary[PENSIEVE][k]["median"] / summary[LLAMA][k]["median"])
+                    for k, *_ in METRICS
+                    if summary[PENSIEVE].get(k)
+                    and summary[LLAMA].get(k)
+                    and summary[LLAMA][k]["median"]
+                    and k != "other_cpu_pct"
+                }
+                if len(sides) == 2
+                else None
+            ),
             "runs": results,
             "discarded_noisy_runs": discarded,
             "failures": failures,
@@ -396,8 +479,10 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
         print(f"json: {args.json}")
     if failures:
-        print(f"{len(failures)} round(s) failed: " + "; ".join(f"{f['side']} round {f['round']}: "
-                                                          f"{f['error'][:200]}" for f in failures))
+        print(
+            f"{len(failures)} round(s) failed: "
+            + "; ".join(f"{f['side']} round {f['round']}: {f['error'][:200]}" for f in failures)
+        )
     return 130 if interrupted else (1 if failures else 0)
 
 

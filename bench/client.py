@@ -14,10 +14,10 @@ import http.client
 import json
 import time
 
-
 # --------------------------------------------------------------------------------------------
 # streaming clients
 # --------------------------------------------------------------------------------------------
+
 
 class StreamError(RuntimeError):
     pass
@@ -66,9 +66,13 @@ def _sse_events(resp):
 def _post(port: int, path: str, body: dict, timeout: float):
     payload = json.dumps(body).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"content-type": "application/json", "accept": "text/event-stream",
-               "anthropic-version": "2023-06-01", "x-api-key": "bench",
-               "authorization": "Bearer bench"}
+    headers = {
+        "content-type": "application/json",
+        "accept": "text/event-stream",
+        "anthropic-version": "2023-06-01",
+        "x-api-key": "bench",
+        "authorization": "Bearer bench",
+    }
     t_sent = time.perf_counter()
     conn.request("POST", path, body=payload, headers=headers)
     resp = conn.getresponse()
@@ -79,8 +83,20 @@ def _post(port: int, path: str, body: dict, timeout: float):
     return conn, resp, t_sent
 
 
-def _result(t_sent, t_message_start, delta_times, t_end, out_tokens, prompt_tokens, cached_tokens,
-            usage, events, stop_reason, content, notes) -> dict:
+def _result(
+    t_sent,
+    t_message_start,
+    delta_times,
+    t_end,
+    out_tokens,
+    prompt_tokens,
+    cached_tokens,
+    usage,
+    events,
+    stop_reason,
+    content,
+    notes,
+) -> dict:
     text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
     if not out_tokens:
         out_tokens = len(delta_times)
@@ -185,21 +201,39 @@ def stream_message(port: int, body: dict, timeout: float) -> dict:
             content.append({"type": "text", "text": b["text"]})
 
     prompt_tokens = None
-    final_total = (usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
-                   + usage.get("cache_creation_input_tokens", 0))
+    final_total = (
+        usage.get("input_tokens", 0)
+        + usage.get("cache_read_input_tokens", 0)
+        + usage.get("cache_creation_input_tokens", 0)
+    )
     if "input_tokens" in start_usage:
-        prompt_tokens = (start_usage.get("input_tokens", 0) + start_usage.get("cache_read_input_tokens", 0)
-                         + start_usage.get("cache_creation_input_tokens", 0))
+        prompt_tokens = (
+            start_usage.get("input_tokens", 0)
+            + start_usage.get("cache_read_input_tokens", 0)
+            + start_usage.get("cache_creation_input_tokens", 0)
+        )
     elif "input_tokens" in usage:
         prompt_tokens = usage["input_tokens"] + usage.get("cache_read_input_tokens", 0)
     else:
         notes.append("no input_tokens in usage")
     if prompt_tokens is not None and final_total != prompt_tokens:
-        notes.append(f"usage parts disagree: message_start adds up to {prompt_tokens}, "
-                     f"the final usage to {final_total}")
-    return _result(t_sent, t_message_start, delta_times, t_end, usage.get("output_tokens"),
-                   prompt_tokens, usage.get("cache_read_input_tokens", 0), usage, events,
-                   stop_reason, content, notes)
+        notes.append(
+            f"usage parts disagree: message_start adds up to {prompt_tokens}, the final usage to {final_total}"
+        )
+    return _result(
+        t_sent,
+        t_message_start,
+        delta_times,
+        t_end,
+        usage.get("output_tokens"),
+        prompt_tokens,
+        usage.get("cache_read_input_tokens", 0),
+        usage,
+        events,
+        stop_reason,
+        content,
+        notes,
+    )
 
 
 def stream_chat(port: int, body: dict, timeout: float) -> dict:
@@ -266,8 +300,20 @@ def stream_chat(port: int, body: dict, timeout: float) -> dict:
         cached = details["cached_tokens"]
     if not usage:
         notes.append("no usage chunk")
-    return _result(t_sent, t_first_chunk, delta_times, t_end, usage.get("completion_tokens"),
-                   usage.get("prompt_tokens"), cached, usage, events, stop_reason, content, notes)
+    return _result(
+        t_sent,
+        t_first_chunk,
+        delta_times,
+        t_end,
+        usage.get("completion_tokens"),
+        usage.get("prompt_tokens"),
+        cached,
+        usage,
+        events,
+        stop_reason,
+        content,
+        notes,
+    )
 
 
 def stream_completion(port: int, body: dict, timeout: float) -> dict:
@@ -299,8 +345,20 @@ def stream_completion(port: int, body: dict, timeout: float) -> dict:
     finally:
         conn.close()
     content = [{"type": "text", "text": "".join(text_parts)}] if text_parts else []
-    return _result(t_sent, t_first_chunk, delta_times, time.perf_counter(), usage.get("completion_tokens"),
-                   usage.get("prompt_tokens"), None, usage, {"chunk": chunks}, stop_reason, content, notes)
+    return _result(
+        t_sent,
+        t_first_chunk,
+        delta_times,
+        time.perf_counter(),
+        usage.get("completion_tokens"),
+        usage.get("prompt_tokens"),
+        None,
+        usage,
+        {"chunk": chunks},
+        stop_reason,
+        content,
+        notes,
+    )
 
 
 def ttft(r: dict) -> float | None:
@@ -358,26 +416,43 @@ def anthropic_to_openai(body: dict, strip_billing_line: bool = True) -> dict:
             if t == "text":
                 texts.append(b.get("text", ""))
             elif t == "tool_use":
-                calls.append({"id": b["id"], "type": "function",
-                              "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))}})
+                calls.append(
+                    {
+                        "id": b["id"],
+                        "type": "function",
+                        "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))},
+                    }
+                )
             elif t == "tool_result":
-                results.append({"role": "tool", "tool_call_id": b.get("tool_use_id", ""),
-                                "content": _blocks_text(b.get("content", ""))})
-        msgs.extend(results)   # tool results answer the previous assistant message: they go first
+                results.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": b.get("tool_use_id", ""),
+                        "content": _blocks_text(b.get("content", "")),
+                    }
+                )
+        msgs.extend(results)  # tool results answer the previous assistant message: they go first
         if texts or calls:
             msg: dict = {"role": m["role"], "content": "".join(texts)}
             if calls:
                 msg["tool_calls"] = calls
             msgs.append(msg)
-    out = {"model": body.get("model", "model"), "messages": msgs,
-           "max_tokens": body.get("max_tokens", 256)}
+    out = {"model": body.get("model", "model"), "messages": msgs, "max_tokens": body.get("max_tokens", 256)}
     for k in ("temperature", "top_p", "top_k"):
         if k in body:
             out[k] = body[k]
     if body.get("tools"):
-        out["tools"] = [{"type": "function", "function": {
-            "name": t["name"], "description": t.get("description", ""),
-            "parameters": t.get("input_schema", {"type": "object"})}} for t in body["tools"]]
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema", {"type": "object"}),
+                },
+            }
+            for t in body["tools"]
+        ]
     return out
 
 

@@ -36,8 +36,9 @@ SMOLLM = f"{TEST_MODELS}/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN = f"{TEST_MODELS}/Qwen2.5-Coder-0.5B-Instruct.gguf"
 DEFAULT_LLAMA_BIN = "/root/.cache/pensieve/peers/bin/llama-server"
 DEFAULT_MLX_VENV = "/root/.cache/pensieve/peers/mlx-venv"
-DEFAULT_PENSIEVE_BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", "/root/.cache/pensieve-target"),
-                                    "release", "pensieve")
+DEFAULT_PENSIEVE_BIN = os.path.join(
+    os.environ.get("CARGO_TARGET_DIR", "/root/.cache/pensieve-target"), "release", "pensieve"
+)
 
 _LOG_TAG = "bench"
 
@@ -58,6 +59,7 @@ def fnum(x, nd: int = 1) -> str:
 # --------------------------------------------------------------------------------------------
 # machine
 # --------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -102,8 +104,8 @@ def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine from /proc/stat."""
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)   # idle + iowait
-    total = sum(parts[:8])                                    # guest time is already in user
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
+    total = sum(parts[:8])  # guest time is already in user
     return total - idle, total
 
 
@@ -136,8 +138,10 @@ def wait_for_idle(max_wait: float, threshold: float) -> float | None:
     warned = False
     while busy > threshold and time.monotonic() < deadline:
         if not warned:
-            log(f"machine {100 * busy:.0f}% busy before start; waiting up to {max_wait:.0f} s "
-                f"for < {100 * threshold:.0f}%")
+            log(
+                f"machine {100 * busy:.0f}% busy before start; waiting up to {max_wait:.0f} s "
+                f"for < {100 * threshold:.0f}%"
+            )
             warned = True
         time.sleep(4)
         busy = machine_busy()
@@ -193,12 +197,14 @@ class NoiseGauge:
         if t1 <= self.t0:
             return {"other_cpu_pct": None, "server_cpu_pct": None}
         foreign = (b1 - self.b0) - (s1 - self.s0) - (m1 - self.m0)
-        return {"other_cpu_pct": max(0.0, 100.0 * foreign / (t1 - self.t0)),
-                "server_cpu_pct": 100.0 * (s1 - self.s0) / (t1 - self.t0)}
+        return {
+            "other_cpu_pct": max(0.0, 100.0 * foreign / (t1 - self.t0)),
+            "server_cpu_pct": 100.0 * (s1 - self.s0) / (t1 - self.t0),
+        }
 
 
 def nonce() -> str:
-    return "%016x" % random.SystemRandom().getrandbits(64)
+    return f"{random.SystemRandom().getrandbits(64):016x}"
 
 
 # Word list for synthetic text: ordinary English words, so the tokenizer sees ordinary text
@@ -231,20 +237,26 @@ def synthetic_text(n_words: int, seed: int = 1234) -> str:
         words[0] = words[0].capitalize()
         sentences.append(" ".join(words) + ".")
         count += k
-    return "\n\n".join(" ".join(sentences[i:i + 6]) for i in range(0, len(sentences), 6))
+    return "\n\n".join(" ".join(sentences[i : i + 6]) for i in range(0, len(sentences), 6))
 
 
 # --------------------------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------------------------
 
+
 def summarize(values: list) -> dict | None:
     vals = [v for v in values if v is not None]
     if not vals:
         return None
     med = statistics.median(vals)
-    return {"median": med, "min": min(vals), "max": max(vals), "n": len(vals),
-            "spread": (max(vals) - min(vals)) / med if med else None}
+    return {
+        "median": med,
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "spread": (max(vals) - min(vals)) / med if med else None,
+    }
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -268,11 +280,19 @@ def fmt_stat(s: dict | None, f: str) -> str:
 # servers
 # --------------------------------------------------------------------------------------------
 
+
 class Server:
     """A server process in its own process group; `health_path` must answer 200 when ready."""
 
-    def __init__(self, side: str, cmd: list[str], port: int, log_path: Path, env: dict | None = None,
-                 health_path: str = "/health"):
+    def __init__(
+        self,
+        side: str,
+        cmd: list[str],
+        port: int,
+        log_path: Path,
+        env: dict | None = None,
+        health_path: str = "/health",
+    ):
         self.side = side
         self.cmd = cmd
         self.port = port
@@ -290,22 +310,30 @@ class Server:
         self._logf.flush()
         self._log_offset = self._logf.tell()
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)   # own group: we kill all it spawned
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )  # own group: we kill all it spawned
         _LIVE.add(self)
         deadline = t0 + health_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.side} exited with code {self.proc.returncode} before "
-                                   f"becoming healthy; last log lines:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.side} exited with code {self.proc.returncode} before "
+                    f"becoming healthy; last log lines:\n{self.log_tail()}"
+                )
             if self._healthy():
                 self.startup_s = time.perf_counter() - t0
                 log(f"{self.side} healthy after {self.startup_s:.2f} s (pid {self.proc.pid})")
                 return
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"{self.side} not healthy after {health_timeout} s;"
-                                   f" last log lines:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.side} not healthy after {health_timeout} s; last log lines:\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def _healthy(self) -> bool:
@@ -346,7 +374,7 @@ class Server:
                     pass
                 p.wait(timeout=10)
         else:
-            try:   # leader gone; make sure nothing it spawned is left
+            try:  # leader gone; make sure nothing it spawned is left
                 os.killpg(p.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
@@ -400,8 +428,7 @@ def install_signal_handlers() -> None:
 def server_env() -> dict:
     """The command line is the whole configuration: drop settings a server would read from the
     environment (llama-server's LLAMA_ARG_*, pensieve's API key, which this client doesn't know)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("LLAMA_ARG_") and k != "PENSIEVE_API_KEY"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_") and k != "PENSIEVE_API_KEY"}
 
 
 def binary_version(path: str) -> str:
@@ -441,15 +468,30 @@ def warn_if_stale(path: str) -> None:
         log(f"warning: {path} is older than the sources in {root}: rebuild it, or pass --pensieve-bin")
 
 
-def llama_command(bin_path: str, model: str, port: int, threads: int, parallel: int, ctx_per_seq: int,
-                  extra: list[str]) -> list[str]:
+def llama_command(
+    bin_path: str, model: str, port: int, threads: int, parallel: int, ctx_per_seq: int, extra: list[str]
+) -> list[str]:
     """llama-server with `parallel` slots of `ctx_per_seq` tokens each. With an explicit -np this
     build keeps one KV stream per slot (--kv-unified is on only for -np auto), and -c is the
     total, split evenly: -c = parallel * ctx_per_seq. Its host-RAM prompt cache (--cache-ram,
     8192 MiB) stays at its default. `check_llama_slots` verifies the split from its log."""
-    return [bin_path, "-m", model, "--host", "127.0.0.1", "--port", str(port),
-            "-np", str(parallel), "-c", str(parallel * ctx_per_seq), "-t", str(threads),
-            "--no-webui", *extra]
+    return [
+        bin_path,
+        "-m",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(parallel),
+        "-c",
+        str(parallel * ctx_per_seq),
+        "-t",
+        str(threads),
+        "--no-webui",
+        *extra,
+    ]
 
 
 def check_llama_slots(srv: Server) -> dict:
@@ -460,13 +502,33 @@ def check_llama_slots(srv: Server) -> dict:
     return {"n_slots": int(m.group(1)), "n_ctx_slot": int(m.group(2)), "kv_unified": m.group(3) == "true"}
 
 
-def pensieve_command(bin_path: str, model: str, port: int, threads: int, ctx: int, extra: list[str],
-                     parallel: int | None = None, cache_dir: str | None = None,
-                     cache_ram: str | None = None) -> list[str]:
+def pensieve_command(
+    bin_path: str,
+    model: str,
+    port: int,
+    threads: int,
+    ctx: int,
+    extra: list[str],
+    parallel: int | None = None,
+    cache_dir: str | None = None,
+    cache_ram: str | None = None,
+) -> list[str]:
     """`pensieve serve`; --parallel/--cache-dir/--cache-ram only when given (the old engine has
     none of them)."""
-    cmd = [bin_path, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-           "--ctx", str(ctx), "--threads", str(threads)]
+    cmd = [
+        bin_path,
+        "serve",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ctx",
+        str(ctx),
+        "--threads",
+        str(threads),
+    ]
     if parallel is not None:
         cmd += ["--parallel", str(parallel)]
     if cache_ram is not None:
@@ -478,21 +540,50 @@ def pensieve_command(bin_path: str, model: str, port: int, threads: int, ctx: in
 
 def mlx_command(venv: str, model_dir: str, port: int, extra: list[str]) -> list[str]:
     """mlx_lm.server (OpenAI API only). Threads: MLX's CPU backend picks its own."""
-    return [os.path.join(venv, "bin", "mlx_lm.server"), "--model", model_dir,
-            "--host", "127.0.0.1", "--port", str(port), *extra]
+    return [
+        os.path.join(venv, "bin", "mlx_lm.server"),
+        "--model",
+        model_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
-def add_run_options(ap, health_timeout: float = 180, request_timeout: float = 600, retry_noisy: int = 2,
-                    what: str = "round") -> None:
+def add_run_options(
+    ap, health_timeout: float = 180, request_timeout: float = 600, retry_noisy: int = 2, what: str = "round"
+) -> None:
     """The timeout and noise options every benchmark script takes (see bench/README.md, Noise)."""
     ap.add_argument("--health-timeout", type=float, default=health_timeout)
     ap.add_argument("--request-timeout", type=float, default=request_timeout)
-    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
-                    help="before each server start, wait up to S s for the machine to be idle (0: don't)")
-    ap.add_argument("--idle-threshold", type=float, default=15, metavar="PCT",
-                    help="'idle' means below PCT%% of all cores busy (default 15)")
-    ap.add_argument("--max-other-cpu", type=float, default=15, metavar="PCT",
-                    help=f"a {what} during which other processes used more than PCT%% of the machine "
-                         "is noisy and is redone (default 15)")
-    ap.add_argument("--retry-noisy", type=int, default=retry_noisy, metavar="N",
-                    help=f"redo a noisy {what} up to N times, then keep it (default {retry_noisy})")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each server start, wait up to S s for the machine to be idle (0: don't)",
+    )
+    ap.add_argument(
+        "--idle-threshold",
+        type=float,
+        default=15,
+        metavar="PCT",
+        help="'idle' means below PCT%% of all cores busy (default 15)",
+    )
+    ap.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=15,
+        metavar="PCT",
+        help=f"a {what} during which other processes used more than PCT%% of the machine "
+        "is noisy and is redone (default 15)",
+    )
+    ap.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=retry_noisy,
+        metavar="N",
+        help=f"redo a noisy {what} up to N times, then keep it (default {retry_noisy})",
+    )

@@ -33,11 +33,34 @@ import time
 from pathlib import Path
 
 from client import StreamError, decode_rate, gaps, stream_message, ttft
-from common import (DEFAULT_LLAMA_BIN, DEFAULT_PENSIEVE_BIN, LLAMA, PENSIEVE, SMOLLM, NoiseGauge, add_run_options,
-                    Server, binary_version, check_executable, check_llama_slots, cpu_model,
-                    fmt_stat, fnum, free_port, install_signal_handlers, kill_all, llama_command,
-                    log, pensieve_command, pensieve_flags, percentile, server_env, set_log_tag,
-                    summarize, wait_for_idle)
+from common import (
+    DEFAULT_LLAMA_BIN,
+    DEFAULT_PENSIEVE_BIN,
+    LLAMA,
+    PENSIEVE,
+    SMOLLM,
+    NoiseGauge,
+    Server,
+    add_run_options,
+    binary_version,
+    check_executable,
+    check_llama_slots,
+    cpu_model,
+    fmt_stat,
+    fnum,
+    free_port,
+    install_signal_handlers,
+    kill_all,
+    llama_command,
+    log,
+    pensieve_command,
+    pensieve_flags,
+    percentile,
+    server_env,
+    set_log_tag,
+    summarize,
+    wait_for_idle,
+)
 
 SIDES = (LLAMA, PENSIEVE)
 
@@ -60,8 +83,10 @@ TOPICS = [
 def prompt(i: int) -> str:
     topic = TOPICS[i % len(TOPICS)]
     extra = f" (version {i // len(TOPICS) + 1})" if i >= len(TOPICS) else ""
-    return (f"Write a long, detailed story about {topic}{extra}. Describe the places, the weather, "
-            f"the people and what happens, step by step, in many paragraphs.")
+    return (
+        f"Write a long, detailed story about {topic}{extra}. Describe the places, the weather, "
+        f"the people and what happens, step by step, in many paragraphs."
+    )
 
 
 def run_window(port: int, model_name: str, n: int, max_tokens: int, timeout: float) -> dict:
@@ -70,9 +95,14 @@ def run_window(port: int, model_name: str, n: int, max_tokens: int, timeout: flo
     results: list = [None] * n
 
     def worker(i: int) -> None:
-        body = {"model": model_name, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                "system": "You are a helpful assistant.",
-                "messages": [{"role": "user", "content": prompt(i)}]}
+        body = {
+            "model": model_name,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "system": "You are a helpful assistant.",
+            "messages": [{"role": "user", "content": prompt(i)}],
+        }
         try:
             barrier.wait(timeout=60)
             results[i] = stream_message(port, body, timeout)
@@ -95,19 +125,31 @@ def run_window(port: int, model_name: str, n: int, max_tokens: int, timeout: flo
     tokens = sum(r["output_tokens"] for r in results)
     all_gaps = [g for r in results for g in gaps(r)]
     ttfts = [ttft(r) for r in results]
-    busy = sum((r["t_last_delta"] - r["t_first_delta"]) for r in results
-               if r["t_first_delta"] is not None and r["t_last_delta"] is not None)
+    busy = sum(
+        (r["t_last_delta"] - r["t_first_delta"])
+        for r in results
+        if r["t_first_delta"] is not None and r["t_last_delta"] is not None
+    )
     short = [i for i, r in enumerate(results) if r["output_tokens"] < max_tokens * 0.5]
     if short:
-        log(f"warning: stream(s) {short} stopped early "
-            f"({[results[i]['output_tokens'] for i in short]} tokens)")
+        log(f"warning: stream(s) {short} stopped early ({[results[i]['output_tokens'] for i in short]} tokens)")
     streams = []
     for r in results:
-        streams.append({"ttft_s": ttft(r), "decode_tok_s": decode_rate(r), "output_tokens": r["output_tokens"],
-                        "prompt_tokens": r["prompt_tokens"], "stop_reason": r["stop_reason"],
-                        "t_sent": r["t_sent"] - t0, "t_first_delta": (r["t_first_delta"] or t0) - t0,
-                        "t_end": r["t_end"] - t0, "n_deltas": r["n_deltas"], "notes": r["notes"],
-                        "text_head": r["text_head"]})
+        streams.append(
+            {
+                "ttft_s": ttft(r),
+                "decode_tok_s": decode_rate(r),
+                "output_tokens": r["output_tokens"],
+                "prompt_tokens": r["prompt_tokens"],
+                "stop_reason": r["stop_reason"],
+                "t_sent": r["t_sent"] - t0,
+                "t_first_delta": (r["t_first_delta"] or t0) - t0,
+                "t_end": r["t_end"] - t0,
+                "n_deltas": r["n_deltas"],
+                "notes": r["notes"],
+                "text_head": r["text_head"],
+            }
+        )
     return {
         "streams_n": n,
         "window_s": window,
@@ -152,8 +194,7 @@ def print_table(summary: dict, sides: list[str], streams: list[int]) -> None:
                 row += f"{fmt_stat(summary[s][n].get(key), f):>30}"
             if len(sides) == 2:
                 a, b = summary[LLAMA][n].get(key), summary[PENSIEVE][n].get(key)
-                ratio = (b["median"] / a["median"] if a and b and a["median"]
-                         and key != "other_cpu_pct" else None)
+                ratio = b["median"] / a["median"] if a and b and a["median"] and key != "other_cpu_pct" else None
                 row += f"{(f'{ratio:.2f}x' if ratio else '-'):>16}"
             print(row)
         print()
@@ -164,8 +205,10 @@ def print_table(summary: dict, sides: list[str], streams: list[int]) -> None:
                 print(f"note: {s} N={n} aggregate tok/s spread > 15% of median: noisy, consider a rerun")
             o = summary[s][n].get("other_cpu_pct")
             if o and o["max"] > 10:
-                print(f"note: other processes used up to {o['max']:.0f}% of the machine while {s} N={n} "
-                      f"was measured: not trustworthy, rerun on a quiet machine")
+                print(
+                    f"note: other processes used up to {o['max']:.0f}% of the machine while {s} N={n} "
+                    f"was measured: not trustworthy, rerun on a quiet machine"
+                )
 
 
 def main() -> int:
@@ -180,8 +223,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (default 4096)")
     ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each stream (default 128)")
-    ap.add_argument("--pensieve-parallel", choices=["auto", "always", "never"], default="auto",
-                    help="pass --parallel N to pensieve: auto = when `pensieve serve --help` lists it")
+    ap.add_argument(
+        "--pensieve-parallel",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="pass --parallel N to pensieve: auto = when `pensieve serve --help` lists it",
+    )
     add_run_options(ap, what="window")
     ap.add_argument("--llama-args", default="", help="extra arguments for llama-server (one string)")
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")
@@ -208,16 +255,25 @@ def main() -> int:
         has = "--parallel" in pensieve_flags(bins[PENSIEVE])
         pass_parallel = args.pensieve_parallel == "always" or (args.pensieve_parallel == "auto" and has)
         if not pass_parallel and max(streams) > 1:
-            log("warning: not passing --parallel to pensieve (its --help has no such flag or "
-                "--pensieve-parallel never): it serves one sequence at a time")
+            log(
+                "warning: not passing --parallel to pensieve (its --help has no such flag or "
+                "--pensieve-parallel never): it serves one sequence at a time"
+            )
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pensieve-concurrency-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
     def command(side: str, port: int, n: int) -> list[str]:
         if side == LLAMA:
             return llama_command(bins[LLAMA], model, port, args.threads, n, args.ctx, shlex.split(args.llama_args))
-        return pensieve_command(bins[PENSIEVE], model, port, args.threads, args.ctx,
-                                shlex.split(args.pensieve_args), parallel=n if pass_parallel else None)
+        return pensieve_command(
+            bins[PENSIEVE],
+            model,
+            port,
+            args.threads,
+            args.ctx,
+            shlex.split(args.pensieve_args),
+            parallel=n if pass_parallel else None,
+        )
 
     env = server_env()
     results: dict = {s: {n: [] for n in streams} for s in sides}
@@ -238,9 +294,16 @@ def main() -> int:
                                 slot_info[n] = check_llama_slots(srv)
                                 if slot_info[n] and slot_info[n]["n_ctx_slot"] != args.ctx:
                                     log(f"warning: llama-server slot context {slot_info[n]} != --ctx {args.ctx}")
-                            stream_message(port, {"model": model_name, "max_tokens": 8, "stream": True,
-                                                  "messages": [{"role": "user", "content": "Say hello."}]},
-                                           args.request_timeout)   # warm-up, not measured
+                            stream_message(
+                                port,
+                                {
+                                    "model": model_name,
+                                    "max_tokens": 8,
+                                    "stream": True,
+                                    "messages": [{"role": "user", "content": "Say hello."}],
+                                },
+                                args.request_timeout,
+                            )  # warm-up, not measured
                             gauge = NoiseGauge(srv.pid)
                             r = run_window(port, model_name, n, args.max_tokens, args.request_timeout)
                             r.update(gauge.stop())
@@ -255,13 +318,18 @@ def main() -> int:
                             break
                         finally:
                             srv.stop()
-                        r.update(round=rnd + 1, attempt=attempt + 1,
-                                 busy_before_pct=None if busy_before is None else 100 * busy_before)
-                        log(f"round {rnd + 1}/{args.rounds} {s} N={n}: {fnum(r['aggregate_tok_s'])} tok/s "
+                        r.update(
+                            round=rnd + 1,
+                            attempt=attempt + 1,
+                            busy_before_pct=None if busy_before is None else 100 * busy_before,
+                        )
+                        log(
+                            f"round {rnd + 1}/{args.rounds} {s} N={n}: {fnum(r['aggregate_tok_s'])} tok/s "
                             f"aggregate ({r['output_tokens']} tokens in {r['window_s']:.1f} s), ITL p50 "
                             f"{fnum(r['itl_p50_ms'])} ms p99 {fnum(r['itl_p99_ms'])} ms, TTFT max "
                             f"{fnum(r['ttft_max_s'], 2)} s, overlap {fnum(r['overlap'], 2)}, "
-                            f"other CPU {fnum(r.get('other_cpu_pct'), 0)}%")
+                            f"other CPU {fnum(r.get('other_cpu_pct'), 0)}%"
+                        )
                         if (r.get("other_cpu_pct") or 0) > args.max_other_cpu and attempt < args.retry_noisy:
                             log(f"other processes took {r['other_cpu_pct']:.0f}% of the machine: redoing")
                             discarded.append(r)
@@ -277,13 +345,16 @@ def main() -> int:
     finally:
         kill_all()
 
-    summary = {s: {n: {k: summarize([r.get(k) for r in results[s][n]]) for k, *_ in METRICS}
-                   for n in streams} for s in sides}
+    summary = {
+        s: {n: {k: summarize([r.get(k) for r in results[s][n]]) for k, *_ in METRICS} for n in streams} for s in sides
+    }
     print()
-    print(f"model: {model} ({os.path.getsize(model) / 1e6:.1f} MB), threads {args.threads}, ctx per "
-          f"sequence {args.ctx}, max_tokens {args.max_tokens}, rounds {args.rounds}"
-          f"{' (interrupted)' if interrupted else ''}"
-          f"{f', {len(discarded)} noisy window(s) redone' if discarded else ''}")
+    print(
+        f"model: {model} ({os.path.getsize(model) / 1e6:.1f} MB), threads {args.threads}, ctx per "
+        f"sequence {args.ctx}, max_tokens {args.max_tokens}, rounds {args.rounds}"
+        f"{' (interrupted)' if interrupted else ''}"
+        f"{f', {len(discarded)} noisy window(s) redone' if discarded else ''}"
+    )
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
     for s in sides:
         print(f"{s}: {bins[s]}  ({'; '.join(versions[s].splitlines()) or '?'})")
@@ -296,22 +367,44 @@ def main() -> int:
     print_table(summary, sides, streams)
     print(f"server logs: {log_dir}")
     if args.json:
-        doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-               "interrupted": interrupted, "model": model, "cpu": cpu_model(), "cpus": os.cpu_count(),
-               "args": vars(args), "versions": versions, "pensieve_parallel_passed": pass_parallel,
-               "commands": {s: {n: command(s, 0, n) for n in streams} for s in sides},
-               "llama_slots": slot_info, "summary": summary,
-               "ratios_pensieve_over_llama": (
-                   {n: {k: summary[PENSIEVE][n][k]["median"] / summary[LLAMA][n][k]["median"]
-                        for k, *_ in METRICS if summary[PENSIEVE][n].get(k) and summary[LLAMA][n].get(k)
-                        and summary[LLAMA][n][k]["median"] and k != "other_cpu_pct"} for n in streams}
-                   if len(sides) == 2 else None),
-               "runs": results, "discarded_noisy_runs": discarded, "failures": failures}
+        doc = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "interrupted": interrupted,
+            "model": model,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "args": vars(args),
+            "versions": versions,
+            "pensieve_parallel_passed": pass_parallel,
+            "commands": {s: {n: command(s, 0, n) for n in streams} for s in sides},
+            "llama_slots": slot_info,
+            "summary": summary,
+            "ratios_pensieve_over_llama": (
+                {
+                    n: {
+                        k: summary[PENSIEVE][n][k]["median"] / summary[LLAMA][n][k]["median"]
+                        for k, *_ in METRICS
+                        if summary[PENSIEVE][n].get(k)
+                        and summary[LLAMA][n].get(k)
+                        and summary[LLAMA][n][k]["median"]
+                        and k != "other_cpu_pct"
+                    }
+                    for n in streams
+                }
+                if len(sides) == 2
+                else None
+            ),
+            "runs": results,
+            "discarded_noisy_runs": discarded,
+            "failures": failures,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
         print(f"json: {args.json}")
     if failures:
-        print(f"{len(failures)} window(s) failed: " + "; ".join(
-            f"{f['side']} N={f['streams']} round {f['round']}: {f['error'][:200]}" for f in failures))
+        print(
+            f"{len(failures)} window(s) failed: "
+            + "; ".join(f"{f['side']} N={f['streams']} round {f['round']}: {f['error'][:200]}" for f in failures)
+        )
     return 130 if interrupted else (1 if failures else 0)
 
 

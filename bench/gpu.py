@@ -192,9 +192,7 @@ def window_stats(results: list[dict], t0: float) -> dict:
     last_any = min(r["t_last_delta"] for r in ok)
     steady = None
     if last_any - first_all > 0.5:
-        n = sum(
-            sum(1 for t in r["delta_times"] if first_all < t <= last_any) for r in ok
-        )
+        n = sum(sum(1 for t in r["delta_times"] if first_all < t <= last_any) for r in ok)
         steady = n / (last_any - first_all)
     itl = [g for r in ok for g in gaps(r)]
     return {
@@ -214,12 +212,7 @@ def window_stats(results: list[dict], t0: float) -> dict:
 def streams(port: int, n: int, args, seed: int) -> dict:
     prompts = [prompt_ids(seed * 1000 + i, args.prompt_tokens) for i in range(n)]
     t0 = time.perf_counter()
-    res = run_concurrently(
-        [
-            lambda p=p: completion(port, p, args.gen_tokens, args.request_timeout)
-            for p in prompts
-        ]
-    )
+    res = run_concurrently([lambda p=p: completion(port, p, args.gen_tokens, args.request_timeout) for p in prompts])
     return window_stats(res, t0)
 
 
@@ -315,14 +308,11 @@ def swarm(port: int, args, seed: int) -> dict:
         "tool_s": args.swarm_tool_s,
         "temperature": args.swarm_temperature,
         "agg_tok_s": sum(t["out"] or 0 for t in turns) / wall,
-        "turn_ttft_p50_ms": 1e3
-        * percentile([t["ttft"] for t in turns if t["ttft"] is not None], 50),
-        "first_ttft_p50_ms": 1e3
-        * percentile([s[0]["ttft"] for s in ok if s[0]["ttft"] is not None], 50),
+        "turn_ttft_p50_ms": 1e3 * percentile([t["ttft"] for t in turns if t["ttft"] is not None], 50),
+        "first_ttft_p50_ms": 1e3 * percentile([s[0]["ttft"] for s in ok if s[0]["ttft"] is not None], 50),
         "later_ttft_p50_ms": 1e3 * percentile(later, 50) if later else None,
         "prompt_tokens_p50": percentile([t["prompt"] or 0 for t in turns], 50),
-        "cached_share": sum(t["cached"] or 0 for t in turns)
-        / max(1, sum(t["prompt"] or 0 for t in turns)),
+        "cached_share": sum(t["cached"] or 0 for t in turns) / max(1, sum(t["prompt"] or 0 for t in turns)),
     }
 
 
@@ -365,9 +355,7 @@ def llama_bench(args) -> dict:
     ]
     log("llama-bench: " + " ".join(cmd))
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=600, check=True
-        ).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
         rows = json.loads(out)
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as e:
         return {"error": str(e)[:2000]}
@@ -379,9 +367,7 @@ def llama_bench(args) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--pensieve-bin", required=True)
     ap.add_argument("--llama-server-bin", required=True)
@@ -390,17 +376,13 @@ def main() -> int:
     ap.add_argument("--workloads", default="decode,prefill,streams,swarm")
     ap.add_argument("--streams", default="32,64")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument(
-        "--reps", type=int, default=3, help="requests per round of decode and prefill"
-    )
+    ap.add_argument("--reps", type=int, default=3, help="requests per round of decode and prefill")
     ap.add_argument("--prompt-tokens", type=int, default=500)
     ap.add_argument("--gen-tokens", type=int, default=256)
     ap.add_argument("--prefill-tokens", type=int, default=4096)
     ap.add_argument("--swarm-sessions", type=int, default=16)
     ap.add_argument("--swarm-turns", type=int, default=4)
-    ap.add_argument(
-        "--swarm-tokens", type=int, default=128, help="max_tokens of each swarm turn"
-    )
+    ap.add_argument("--swarm-tokens", type=int, default=128, help="max_tokens of each swarm turn")
     ap.add_argument("--swarm-seed", type=int, default=7)
     ap.add_argument(
         "--swarm-temperature",
@@ -456,9 +438,7 @@ def main() -> int:
     if "decode" in workloads or "prefill" in workloads:
         plan.append(("single", 1, 1, args.prefill_tokens + 1024))
     if "streams" in workloads:
-        plan += [
-            ("streams", n, n, 2048) for n in (int(x) for x in args.streams.split(","))
-        ]
+        plan += [("streams", n, n, 2048) for n in (int(x) for x in args.streams.split(","))]
     if "swarm" in workloads:
         plan.append(("swarm", args.swarm_sessions, args.swarm_sessions, 24576))
     try:

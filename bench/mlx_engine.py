@@ -32,18 +32,42 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from client import StreamError, gaps, stream_chat, ttft
-from common import (DEFAULT_MLX_VENV, DEFAULT_PENSIEVE_BIN, MLX, PENSIEVE, NoiseGauge, Server, add_run_options,
-                    binary_version, check_executable, cpu_model, fmt_stat, fnum, free_port,
-                    group_jiffies, group_peak_rss_kib, group_pids, install_signal_handlers, kill_all, log,
-                    nonce, pensieve_flags, percentile, proc_jiffies, server_env, set_log_tag,
-                    summarize, synthetic_text, wait_for_idle)
+from common import (
+    DEFAULT_MLX_VENV,
+    DEFAULT_PENSIEVE_BIN,
+    MLX,
+    PENSIEVE,
+    NoiseGauge,
+    Server,
+    add_run_options,
+    binary_version,
+    check_executable,
+    cpu_model,
+    fmt_stat,
+    fnum,
+    free_port,
+    group_jiffies,
+    group_peak_rss_kib,
+    group_pids,
+    install_signal_handlers,
+    kill_all,
+    log,
+    nonce,
+    pensieve_flags,
+    percentile,
+    proc_jiffies,
+    server_env,
+    set_log_tag,
+    summarize,
+    synthetic_text,
+    wait_for_idle,
+)
 
 SIDES = (PENSIEVE, MLX)
 LABEL = {PENSIEVE: "pensieve --engine mlx", MLX: "mlx_lm.server"}
@@ -68,8 +92,12 @@ def default_pensieve_bin() -> str:
 
 
 def body(model: str, system: str, user: str, max_tokens: int) -> dict:
-    return {"model": model, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    return {
+        "model": model,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+    }
 
 
 def cpu_s(j: int) -> float:
@@ -95,40 +123,59 @@ def run_round(srv: Server, args, model: str, prefill_text: str, n: str, t_launch
     # prompt, and each server is fresh) opens the system prompt, right after the template's first
     # tokens, and the user text, so nothing of it was seen before
     g0, m0 = group_jiffies(pgid), proc_jiffies(pgid)
-    r = stream_chat(srv.port, body(model, f"[session {n}] You are a careful reader.",
-                                   f"{n}\n\n{prefill_text}\n\nSummarize the text above in one sentence.",
-                                   args.prefill_max_tokens), args.request_timeout)
+    r = stream_chat(
+        srv.port,
+        body(
+            model,
+            f"[session {n}] You are a careful reader.",
+            f"{n}\n\n{prefill_text}\n\nSummarize the text above in one sentence.",
+            args.prefill_max_tokens,
+        ),
+        args.request_timeout,
+    )
     g1, m1 = group_jiffies(pgid), proc_jiffies(pgid)
     t = ttft(r)
     p = r["prompt_tokens"]
     if t is None:
         log(f"warning: {srv.side} sent no content delta for the cold prompt: using the whole request")
         t = r["t_end"] - r["t_sent"]
-    res.update(prefill_ttft_s=t, prefill_total_s=r["t_end"] - r["t_sent"], prefill_prompt_tokens=p,
-               prefill_cached_tokens=r["cached_tokens"], prefill_tok_s=p / t if p and t else None,
-               prefill_cpu_s=cpu_s(g1 - g0), prefill_main_cpu_s=cpu_s(m1 - m0))
+    res.update(
+        prefill_ttft_s=t,
+        prefill_total_s=r["t_end"] - r["t_sent"],
+        prefill_prompt_tokens=p,
+        prefill_cached_tokens=r["cached_tokens"],
+        prefill_tok_s=p / t if p and t else None,
+        prefill_cpu_s=cpu_s(g1 - g0),
+        prefill_main_cpu_s=cpu_s(m1 - m0),
+    )
     if r["cached_tokens"] and p and r["cached_tokens"] > 0.02 * p:
         log(f"warning: {srv.side} served {r['cached_tokens']}/{p} tokens of the 'cold' prompt from cache")
     res["prefill_request"] = strip_request(r)
 
     # decode
     g0, m0 = group_jiffies(pgid), proc_jiffies(pgid)
-    r = stream_chat(srv.port, body(model, DECODE_SYSTEM, DECODE_PROMPT, args.decode_tokens),
-                    args.request_timeout)
+    r = stream_chat(srv.port, body(model, DECODE_SYSTEM, DECODE_PROMPT, args.decode_tokens), args.request_timeout)
     g1, m1 = group_jiffies(pgid), proc_jiffies(pgid)
     nd = r["n_deltas"]
     span = (r["t_last_delta"] - r["t_first_delta"]) if nd >= 2 else None
     total = r["t_end"] - r["t_sent"]
     text = "".join(b.get("text", "") for b in r.get("content") or [] if b.get("type") == "text")
     g = gaps(r)
-    res.update(decode_tok_s=(nd - 1) / span if span else None, decode_deltas=nd,
-               decode_usage_tokens=r["output_tokens"], decode_ttft_s=ttft(r),
-               decode_prompt_tokens=r["prompt_tokens"], decode_total_s=total,
-               decode_e2e_tok_s=nd / total if total > 0 else None,
-               decode_itl_p50_ms=1000 * percentile(g, 50) if g else None,
-               decode_itl_p99_ms=1000 * percentile(g, 99) if g else None,
-               decode_cpu_s=cpu_s(g1 - g0), decode_main_cpu_s=cpu_s(m1 - m0),
-               decode_stop=r["stop_reason"], decode_text=text)
+    res.update(
+        decode_tok_s=(nd - 1) / span if span else None,
+        decode_deltas=nd,
+        decode_usage_tokens=r["output_tokens"],
+        decode_ttft_s=ttft(r),
+        decode_prompt_tokens=r["prompt_tokens"],
+        decode_total_s=total,
+        decode_e2e_tok_s=nd / total if total > 0 else None,
+        decode_itl_p50_ms=1000 * percentile(g, 50) if g else None,
+        decode_itl_p99_ms=1000 * percentile(g, 99) if g else None,
+        decode_cpu_s=cpu_s(g1 - g0),
+        decode_main_cpu_s=cpu_s(m1 - m0),
+        decode_stop=r["stop_reason"],
+        decode_text=text,
+    )
     if nd < args.decode_tokens * 0.5:
         log(f"warning: {srv.side} decode stopped after {nd} deltas (finish_reason {r['stop_reason']})")
     if r["output_tokens"] and abs(r["output_tokens"] - nd) > 1:
@@ -188,10 +235,14 @@ def print_table(summary: dict, sides: list[str]) -> None:
             row += f"{(f'{x:.3f}x' if x else '-'):>17}"
         print(row)
     if both:
-        print("pensieve vs mlx: ratio of medians, above 1 = pensieve better (tok/s: pensieve/mlx; "
-              "times, CPU, RSS: mlx/pensieve)")
-    print("[1] mlx_lm.server answers /health while its generation thread still loads the model; "
-          "the next row (a 4-token warm-up request done) is comparable")
+        print(
+            "pensieve vs mlx: ratio of medians, above 1 = pensieve better (tok/s: pensieve/mlx; "
+            "times, CPU, RSS: mlx/pensieve)"
+        )
+    print(
+        "[1] mlx_lm.server answers /health while its generation thread still loads the model; "
+        "the next row (a 4-token warm-up request done) is comparable"
+    )
     for s in sides:
         for key, label, _, _ in METRICS:
             st = summary[s].get(key)
@@ -211,8 +262,7 @@ def compare_texts(runs: dict, sides: list[str]) -> dict:
         if not texts:
             continue
         firsts[s] = texts[0]
-        out[s] = {"rounds_agree": all(t == texts[0] for t in texts), "head": texts[0][:160],
-                  "chars": len(texts[0])}
+        out[s] = {"rounds_agree": all(t == texts[0] for t in texts), "head": texts[0][:160], "chars": len(texts[0])}
     if len(firsts) == 2:
         a, b = firsts[PENSIEVE], firsts[MLX]
         k = 0
@@ -228,22 +278,33 @@ def compare_texts(runs: dict, sides: list[str]) -> dict:
 def main() -> int:
     set_log_tag("mlx-engine")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mlx-model", default=DEFAULT_MLX_MODEL,
-                    help=f"MLX model folder, loaded by both servers (default {DEFAULT_MLX_MODEL})")
-    ap.add_argument("--mlx-venv", default=DEFAULT_MLX_VENV,
-                    help="venv with mlx and mlx-lm: its bin/mlx_lm.server is the peer and its bin/python "
-                         "runs pensieve's worker (default %(default)s)")
+    ap.add_argument(
+        "--mlx-model",
+        default=DEFAULT_MLX_MODEL,
+        help=f"MLX model folder, loaded by both servers (default {DEFAULT_MLX_MODEL})",
+    )
+    ap.add_argument(
+        "--mlx-venv",
+        default=DEFAULT_MLX_VENV,
+        help="venv with mlx and mlx-lm: its bin/mlx_lm.server is the peer and its bin/python "
+        "runs pensieve's worker (default %(default)s)",
+    )
     ap.add_argument("--python", help="python for pensieve's worker (default: <mlx-venv>/bin/python)")
     ap.add_argument("--pensieve-bin", default=default_pensieve_bin(), help="(default %(default)s)")
     ap.add_argument("--only", choices=SIDES, help="benchmark one side only")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prefill-words", type=int, default=300,
-                    help="words of synthetic text in the cold prompt (default 300: ~420 tokens with SmolLM2)")
+    ap.add_argument(
+        "--prefill-words",
+        type=int,
+        default=300,
+        help="words of synthetic text in the cold prompt (default 300: ~420 tokens with SmolLM2)",
+    )
     ap.add_argument("--prefill-max-tokens", type=int, default=1)
     ap.add_argument("--decode-tokens", type=int, default=48, help="max_tokens of the decode request (default 48)")
     ap.add_argument("--pensieve-ctx", type=int, help="pensieve --ctx (default: not passed, the server's default)")
-    ap.add_argument("--pensieve-parallel", type=int,
-                    help="pensieve --parallel (default: not passed, the server's default)")
+    ap.add_argument(
+        "--pensieve-parallel", type=int, help="pensieve --parallel (default: not passed, the server's default)"
+    )
     add_run_options(ap, health_timeout=300, request_timeout=1800, retry_noisy=1)
     ap.add_argument("--pensieve-args", default="", help="extra arguments for pensieve serve (one string)")
     ap.add_argument("--mlx-args", default="", help="extra arguments for mlx_lm.server (one string)")
@@ -269,9 +330,12 @@ def main() -> int:
         err = check_executable(python, "--python or --mlx-venv")
         if err:
             ap.error(f"worker python {err}")
-    versions = {PENSIEVE: binary_version(bins[PENSIEVE]) if PENSIEVE in sides else None,
-                MLX: os.path.basename(os.path.realpath(
-                    next(Path(args.mlx_venv).glob("lib/python*/site-packages/mlx_lm-*.dist-info"), Path("?"))))}
+    versions = {
+        PENSIEVE: binary_version(bins[PENSIEVE]) if PENSIEVE in sides else None,
+        MLX: os.path.basename(
+            os.path.realpath(next(Path(args.mlx_venv).glob("lib/python*/site-packages/mlx_lm-*.dist-info"), Path("?")))
+        ),
+    }
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pensieve-mlx-engine-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     data_dir = tempfile.mkdtemp(prefix="pensieve-mlx-engine-data-")
@@ -282,19 +346,39 @@ def main() -> int:
 
     def command(side: str, port: int) -> list[str]:
         if side == PENSIEVE:
-            cmd = [bins[PENSIEVE], "serve", "--engine", "mlx", "--model", mlx_model, "--python", python,
-                   "--host", "127.0.0.1", "--port", str(port)]
+            cmd = [
+                bins[PENSIEVE],
+                "serve",
+                "--engine",
+                "mlx",
+                "--model",
+                mlx_model,
+                "--python",
+                python,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
             if args.pensieve_ctx:
                 cmd += ["--ctx", str(args.pensieve_ctx)]
             if args.pensieve_parallel:
                 cmd += ["--parallel", str(args.pensieve_parallel)]
             return cmd + shlex.split(args.pensieve_args)
-        return [bins[MLX], "--model", mlx_model, "--host", "127.0.0.1", "--port", str(port),
-                *shlex.split(args.mlx_args)]
+        return [
+            bins[MLX],
+            "--model",
+            mlx_model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *shlex.split(args.mlx_args),
+        ]
 
     env = server_env()
-    env.pop("PENSIEVE_MLX_PYTHON", None)           # --python is on the command line
-    env["PENSIEVE_DATA_DIR"] = data_dir             # nothing of an earlier run (or the user's) is read
+    env.pop("PENSIEVE_MLX_PYTHON", None)  # --python is on the command line
+    env["PENSIEVE_DATA_DIR"] = data_dir  # nothing of an earlier run (or the user's) is read
     runs: dict = {s: [] for s in sides}
     discarded, failures = [], []
     interrupted = False
@@ -319,13 +403,14 @@ def main() -> int:
                         break
                     finally:
                         srv.stop()
-                    r.update(round=rnd + 1, attempt=attempt + 1,
-                             busy_before_pct=None if busy is None else 100 * busy)
-                    log(f"round {rnd + 1}/{args.rounds} {s}: cold prefill {r['prefill_prompt_tokens']} tok, "
+                    r.update(round=rnd + 1, attempt=attempt + 1, busy_before_pct=None if busy is None else 100 * busy)
+                    log(
+                        f"round {rnd + 1}/{args.rounds} {s}: cold prefill {r['prefill_prompt_tokens']} tok, "
                         f"TTFT {fnum(r['prefill_ttft_s'], 2)} s ({fnum(r['prefill_tok_s'], 2)} tok/s); decode "
                         f"{fnum(r['decode_tok_s'], 2)} tok/s ({r['decode_deltas']} deltas, e2e "
                         f"{fnum(r['decode_total_s'], 2)} s); CPU {fnum(r['decode_cpu_s'], 2)} s "
-                        f"(main {fnum(r['decode_main_cpu_s'], 2)}); other CPU {fnum(r.get('other_cpu_pct'), 0)}%")
+                        f"(main {fnum(r['decode_main_cpu_s'], 2)}); other CPU {fnum(r.get('other_cpu_pct'), 0)}%"
+                    )
                     log(f"  text: {r['decode_text'][:100]!r}")
                     if (r.get("other_cpu_pct") or 0) > args.max_other_cpu and attempt < args.retry_noisy:
                         log(f"other processes took {r['other_cpu_pct']:.0f}% of the machine: redoing")
@@ -346,10 +431,12 @@ def main() -> int:
     summary = {s: {k: summarize([r.get(k) for r in runs[s]]) for k, *_ in METRICS} for s in sides}
     texts = compare_texts(runs, sides)
     print()
-    print(f"model: {mlx_model}, rounds {args.rounds}{' (interrupted)' if interrupted else ''}"
-          f"{f', {len(discarded)} noisy round(s) redone' if discarded else ''}; OpenAI streaming API, "
-          f"temperature 0; cold prompt {args.prefill_words} words + nonce, max_tokens {args.prefill_max_tokens}; "
-          f"decode max_tokens {args.decode_tokens}")
+    print(
+        f"model: {mlx_model}, rounds {args.rounds}{' (interrupted)' if interrupted else ''}"
+        f"{f', {len(discarded)} noisy round(s) redone' if discarded else ''}; OpenAI streaming API, "
+        f"temperature 0; cold prompt {args.prefill_words} words + nonce, max_tokens {args.prefill_max_tokens}; "
+        f"decode max_tokens {args.decode_tokens}"
+    )
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
     for s in sides:
         print(f"{LABEL[s]}: {' '.join(command(s, 0))}")
@@ -361,36 +448,57 @@ def main() -> int:
         for s in sides:
             if s in texts:
                 t = texts[s]
-                print(f"greedy text, {LABEL[s]} ({t['chars']} chars"
-                      f"{'' if t['rounds_agree'] else ', DIFFERS between rounds'}): {t['head']!r}")
+                print(
+                    f"greedy text, {LABEL[s]} ({t['chars']} chars"
+                    f"{'' if t['rounds_agree'] else ', DIFFERS between rounds'}): {t['head']!r}"
+                )
         if len(sides) == 2:
             for rp, rm in zip(runs[PENSIEVE], runs[MLX]):
                 if rp["prefill_prompt_tokens"] != rm["prefill_prompt_tokens"]:
-                    print(f"note: round {rp['round']}: the cold prompt is {rp['prefill_prompt_tokens']} tokens "
-                          f"on pensieve, {rm['prefill_prompt_tokens']} on mlx_lm.server")
+                    print(
+                        f"note: round {rp['round']}: the cold prompt is {rp['prefill_prompt_tokens']} tokens "
+                        f"on pensieve, {rm['prefill_prompt_tokens']} on mlx_lm.server"
+                    )
                 if rp["decode_prompt_tokens"] != rm["decode_prompt_tokens"]:
-                    print(f"note: round {rp['round']}: the decode prompt is {rp['decode_prompt_tokens']} tokens "
-                          f"on pensieve, {rm['decode_prompt_tokens']} on mlx_lm.server")
+                    print(
+                        f"note: round {rp['round']}: the decode prompt is {rp['decode_prompt_tokens']} tokens "
+                        f"on pensieve, {rm['decode_prompt_tokens']} on mlx_lm.server"
+                    )
         if "same" in texts:
             if texts["same"]:
                 print("greedy text: identical on both servers")
             else:
-                print(f"greedy text: DIFFERENT (common prefix {texts['common_prefix_chars']} chars"
-                      f"{', one is a prefix of the other' if texts['one_is_prefix_of_other'] else ''})")
+                print(
+                    f"greedy text: DIFFERENT (common prefix {texts['common_prefix_chars']} chars"
+                    f"{', one is a prefix of the other' if texts['one_is_prefix_of_other'] else ''})"
+                )
     print(f"server logs: {log_dir}")
     if args.json:
-        doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-               "interrupted": interrupted, "mlx_model": mlx_model, "cpu": cpu_model(), "cpus": os.cpu_count(),
-               "args": vars(args), "versions": versions, "commands": {s: command(s, 0) for s in sides},
-               "summary": summary,
-               "ratios_pensieve_vs_mlx": ({k: ratio(summary, k, h) for k, _, _, h in METRICS if h is not None}
-                                          if len(sides) == 2 else None),
-               "greedy_text": texts, "runs": runs, "discarded_noisy_runs": discarded, "failures": failures}
+        doc = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "interrupted": interrupted,
+            "mlx_model": mlx_model,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "args": vars(args),
+            "versions": versions,
+            "commands": {s: command(s, 0) for s in sides},
+            "summary": summary,
+            "ratios_pensieve_vs_mlx": (
+                {k: ratio(summary, k, h) for k, _, _, h in METRICS if h is not None} if len(sides) == 2 else None
+            ),
+            "greedy_text": texts,
+            "runs": runs,
+            "discarded_noisy_runs": discarded,
+            "failures": failures,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
         print(f"json: {args.json}")
     if failures:
-        print(f"{len(failures)} round(s) failed: " + "; ".join(
-            f"{f['side']} round {f['round']}: {f['error'][:200]}" for f in failures))
+        print(
+            f"{len(failures)} round(s) failed: "
+            + "; ".join(f"{f['side']} round {f['round']}: {f['error'][:200]}" for f in failures)
+        )
     return 130 if interrupted else (1 if failures else 0)
 
 

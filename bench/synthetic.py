@@ -14,26 +14,84 @@ import random
 
 from common import WORDS
 
-IDENTS = ("request", "client", "session", "buffer", "config", "handler", "retry", "token", "cache",
-          "stream", "parser", "worker", "queue", "state", "result", "error", "timeout", "path",
-          "limit", "index", "store", "engine", "schema", "message", "header", "policy", "backoff")
+IDENTS = (
+    "request",
+    "client",
+    "session",
+    "buffer",
+    "config",
+    "handler",
+    "retry",
+    "token",
+    "cache",
+    "stream",
+    "parser",
+    "worker",
+    "queue",
+    "state",
+    "result",
+    "error",
+    "timeout",
+    "path",
+    "limit",
+    "index",
+    "store",
+    "engine",
+    "schema",
+    "message",
+    "header",
+    "policy",
+    "backoff",
+)
 EXTS = ("py", "rs", "ts", "go", "md", "json", "toml")
-TOOL_NAMES = ("Agent", "Bash", "Edit", "Glob", "Grep", "Read", "Write", "NotebookEdit", "WebFetch",
-              "WebSearch", "TodoWrite", "ExitPlanMode")
-SECTIONS = ("Tone and style", "Proactiveness", "Following conventions", "Code style", "Task management",
-            "Doing tasks", "Tool usage policy", "Code references", "Security", "Git workflow",
-            "Testing", "Asking questions", "Planning", "Output format")
+TOOL_NAMES = (
+    "Agent",
+    "Bash",
+    "Edit",
+    "Glob",
+    "Grep",
+    "Read",
+    "Write",
+    "NotebookEdit",
+    "WebFetch",
+    "WebSearch",
+    "TodoWrite",
+    "ExitPlanMode",
+)
+SECTIONS = (
+    "Tone and style",
+    "Proactiveness",
+    "Following conventions",
+    "Code style",
+    "Task management",
+    "Doing tasks",
+    "Tool usage policy",
+    "Code references",
+    "Security",
+    "Git workflow",
+    "Testing",
+    "Asking questions",
+    "Planning",
+    "Output format",
+)
 FIRST_PROMPTS = [
     "Find where the retry logic for HTTP requests lives in this repository and explain how the "
     "backoff is computed. Then suggest a fix for the bug where retries ignore the timeout.",
     "Search the codebase for every place that parses the config file and list which options are "
     "read but never documented. Report file paths and line numbers.",
-    "Add a --verbose flag to the command line tool that prints each request and its timing, "
-    "with a test.",
+    "Add a --verbose flag to the command line tool that prints each request and its timing, with a test.",
 ]
-FOLLOW_UPS = ["Continue.", "Now look at the tests for this.", "Check the caller too.",
-              "Good. What about the error path?", "Keep going, but be brief.", "Fix that and run the tests.",
-              "Where is this configured?", "Look at the other module as well.", "Summarize what you found."]
+FOLLOW_UPS = [
+    "Continue.",
+    "Now look at the tests for this.",
+    "Check the caller too.",
+    "Good. What about the error path?",
+    "Keep going, but be brief.",
+    "Fix that and run the tests.",
+    "Where is this configured?",
+    "Look at the other module as well.",
+    "Summarize what you found.",
+]
 
 
 def ident(rng: random.Random) -> str:
@@ -67,7 +125,7 @@ def prose(rng: random.Random, n_chars: int) -> str:
         s = sentence(rng)
         parts.append(s)
         size += len(s) + 1
-    return " ".join(parts)[:max(n_chars, 1)]
+    return " ".join(parts)[: max(n_chars, 1)]
 
 
 def system_prompt_text(rng: random.Random, n_chars: int) -> str:
@@ -105,13 +163,21 @@ def tools(rng: random.Random, total_chars: int, n_tools: int = 12) -> list[dict]
             props[p] = spec
             if rng.random() < 0.5:
                 required.append(p)
-        tool = {"name": name, "description": "",
-                "input_schema": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                                 "properties": props, "required": required, "additionalProperties": False}}
+        tool = {
+            "name": name,
+            "description": "",
+            "input_schema": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": False,
+            },
+        }
         room = per_tool - len(json.dumps(tool))
         tool["description"] = system_prompt_text(rng, max(room, 80)) if room > 400 else prose(rng, max(room, 80))
         if i == n_tools - 1:
-            tool["defer_loading"] = True   # Claude Code marks one tool like this
+            tool["defer_loading"] = True  # Claude Code marks one tool like this
         out.append(tool)
     return out
 
@@ -122,9 +188,15 @@ def reminders(rng: random.Random, n_chars: int) -> list[dict]:
     b = max(n_chars - a, 1)
     env = "\n".join(f"- {ident(rng)}: {path(rng)}" for _ in range(8))
     return [
-        {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use the "
-                                 "following context:\n# claudeMd\n" + system_prompt_text(rng, a) + "\n</system-reminder>"},
-        {"type": "text", "text": "<system-reminder>\n# Environment\n" + env + "\n" + prose(rng, b) + "\n</system-reminder>"},
+        {
+            "type": "text",
+            "text": "<system-reminder>\nAs you answer the user's questions, you can use the "
+            "following context:\n# claudeMd\n" + system_prompt_text(rng, a) + "\n</system-reminder>",
+        },
+        {
+            "type": "text",
+            "text": "<system-reminder>\n# Environment\n" + env + "\n" + prose(rng, b) + "\n</system-reminder>",
+        },
     ]
 
 
@@ -144,7 +216,7 @@ def code_lines(rng: random.Random, n_chars: int) -> str:
         elif x < 0.45:
             line = " " * indent + f"return {ident(rng)}.{ident(rng)}()"
         else:
-            line = " " * indent + f"{ident(rng)} = {ident(rng)}.{ident(rng)}({ident(rng)}, \"{rng.choice(WORDS)}\")"
+            line = " " * indent + f'{ident(rng)} = {ident(rng)}.{ident(rng)}({ident(rng)}, "{rng.choice(WORDS)}")'
         line = f"{n:>6}\t{line}"
         lines.append(line)
         size += len(line) + 1
@@ -155,8 +227,9 @@ def code_lines(rng: random.Random, n_chars: int) -> str:
 def tool_result_text(rng: random.Random, n_chars: int) -> str:
     if rng.random() < 0.6:
         return code_lines(rng, n_chars)
-    return "\n".join(f"{path(rng)}:{rng.randint(1, 900)}: {prose(rng, rng.randint(30, 90))}"
-                     for _ in range(max(n_chars // 100, 1)))[:n_chars]
+    return "\n".join(
+        f"{path(rng)}:{rng.randint(1, 900)}: {prose(rng, rng.randint(30, 90))}" for _ in range(max(n_chars // 100, 1))
+    )[:n_chars]
 
 
 def tool_input(rng: random.Random, name: str) -> dict:
@@ -170,5 +243,7 @@ def tool_input(rng: random.Random, name: str) -> dict:
 def billing_line(rng: random.Random, version_suffix: str = "a3f") -> str:
     """Claude Code's attribution line: cc_version's suffix stays the same within a session, the
     cch= value changes from request to request (servers normalise or strip the line)."""
-    return (f"x-anthropic-billing-header: cc_version=2.1.328.{version_suffix}; cc_entrypoint=cli; "
-            f"cch={rng.randrange(16**5):05x};")
+    return (
+        f"x-anthropic-billing-header: cc_version=2.1.328.{version_suffix}; cc_entrypoint=cli; "
+        f"cch={rng.randrange(16**5):05x};"
+    )

@@ -33,8 +33,18 @@ from pathlib import Path
 
 import agent_replay as replay
 from client import send
-from common import (DEFAULT_LLAMA_BIN, DEFAULT_PENSIEVE_BIN, SMOLLM, Server, free_port,
-                    install_signal_handlers, kill_all, llama_command, log, set_log_tag)
+from common import (
+    DEFAULT_LLAMA_BIN,
+    DEFAULT_PENSIEVE_BIN,
+    SMOLLM,
+    Server,
+    free_port,
+    install_signal_handlers,
+    kill_all,
+    llama_command,
+    log,
+    set_log_tag,
+)
 from concurrency import run_window
 
 
@@ -43,8 +53,12 @@ def replicas(args, cores: list[str], parallel: int, logs: Path) -> list[Server]:
     for i, cpus in enumerate(cores):
         port = free_port()
         threads = len(cpus.split(","))
-        cmd = ["taskset", "-c", cpus, *llama_command(args.llama_server_bin, args.model, port, threads, parallel,
-                                                      args.ctx, [])]
+        cmd = [
+            "taskset",
+            "-c",
+            cpus,
+            *llama_command(args.llama_server_bin, args.model, port, threads, parallel, args.ctx, []),
+        ]
         srv = Server(f"replica{i}", cmd, port, logs / f"replica{i}.log")
         srv.start(args.health_timeout)
         out.append(srv)
@@ -53,8 +67,18 @@ def replicas(args, cores: list[str], parallel: int, logs: Path) -> list[Server]:
 
 def front(args, reps: list[Server], logs: Path, routing: str = "cache-aware") -> Server:
     port = free_port()
-    cmd = [args.pensieve_bin, "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--upstream-model", "m", "--upstream-routing", routing]
+    cmd = [
+        args.pensieve_bin,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--upstream-model",
+        "m",
+        "--upstream-routing",
+        routing,
+    ]
     for r in reps:
         cmd += ["--upstream", f"http://127.0.0.1:{r.port}/v1"]
     srv = Server("pensieve", cmd, port, logs / "pensieve.log")
@@ -70,22 +94,24 @@ def stop(*servers: Server) -> None:
 def streams(args, logs: Path) -> dict:
     n = args.streams
     cores = args.cores.split("/")
-    layouts = {"one": ([",".join(cores)] if args.one_gets_all_cores else [cores[0]], n),
-               "two": (cores, n // 2)}
+    layouts = {"one": ([",".join(cores)] if args.one_gets_all_cores else [cores[0]], n), "two": (cores, n // 2)}
     runs: dict[str, list[dict]] = {"one": [], "two": []}
     for rnd in range(args.rounds):
         for name, (core_sets, parallel) in layouts.items():
             reps = replicas(args, core_sets, parallel, logs)
             srv = front(args, reps, logs)
             try:
-                send(srv.port, "anthropic", {"model": "m", "max_tokens": 4, "stream": True,
-                                             "messages": [{"role": "user", "content": "Hi."}]}, args.request_timeout)
+                send(
+                    srv.port,
+                    "anthropic",
+                    {"model": "m", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "Hi."}]},
+                    args.request_timeout,
+                )
                 w = run_window(srv.port, "m", n, args.max_tokens, args.request_timeout)
             finally:
                 stop(srv, *reps)
             w.pop("streams", None)
-            log(f"round {rnd + 1} {name}: {w['aggregate_tok_s']:.1f} tok/s aggregate, "
-                f"TTFT p50 {w['ttft_p50_s']:.2f} s")
+            log(f"round {rnd + 1} {name}: {w['aggregate_tok_s']:.1f} tok/s aggregate, TTFT p50 {w['ttft_p50_s']:.2f} s")
             runs[name].append(w)
     med = {k: statistics.median(w["aggregate_tok_s"] for w in v) for k, v in runs.items()}
     return {"runs": runs, "median_tok_s": med, "ratio_two_over_one": med["two"] / med["one"]}
@@ -100,8 +126,9 @@ def run_sessions(args, port: int) -> list[dict]:
     errors: list[str] = []
 
     def one(s: int) -> None:
-        conv = replay.Conversation(f"C{s}", shared, prompts[s % len(prompts)] + f" (task {s})",
-                                   s % len(shared.reminders), args.seed + 100 * s)
+        conv = replay.Conversation(
+            f"C{s}", shared, prompts[s % len(prompts)] + f" (task {s})", s % len(shared.reminders), args.seed + 100 * s
+        )
         prev = None
         for turn in range(1, args.turns + 1):
             if prev is not None:
@@ -114,11 +141,18 @@ def run_sessions(args, port: int) -> list[dict]:
                 return
             # The final usage: behind an upstream, message_start cannot know the prompt's size yet.
             u = r["usage"]
-            prompt = u.get("input_tokens", 0) + u.get("cache_read_input_tokens", 0) + u.get(
-                "cache_creation_input_tokens", 0)
+            prompt = (
+                u.get("input_tokens", 0) + u.get("cache_read_input_tokens", 0) + u.get("cache_creation_input_tokens", 0)
+            )
             with lock:
-                records.append({"session": s, "turn": turn, "prompt_tokens": prompt,
-                                "cached_tokens": u.get("cache_read_input_tokens", 0)})
+                records.append(
+                    {
+                        "session": s,
+                        "turn": turn,
+                        "prompt_tokens": prompt,
+                        "cached_tokens": u.get("cache_read_input_tokens", 0),
+                    }
+                )
             prev = r
 
     threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in range(args.sessions)]
@@ -152,10 +186,20 @@ def sessions(args, logs: Path) -> dict:
             before = {(r["session"], r["turn"]): r["prompt_tokens"] or 0 for r in records}
             reusable = sum(before.get((r["session"], r["turn"] - 1), 0) for r in later)
             reuse = min(cached, reusable) / reusable if reusable else None
-            log(f"round {rnd + 1} {routing}: turns >= 2 read {cached}/{prompt} prompt tokens from cache "
-                f"({100 * share:.1f}%; {100 * reuse:.1f}% of the turns before)")
-            runs[routing].append({"cached_share": share, "reuse_of_turn_before": reuse, "prompt_tokens": prompt,
-                                  "cached_tokens": cached, "records": records, "upstreams": health.get("upstreams")})
+            log(
+                f"round {rnd + 1} {routing}: turns >= 2 read {cached}/{prompt} prompt tokens from cache "
+                f"({100 * share:.1f}%; {100 * reuse:.1f}% of the turns before)"
+            )
+            runs[routing].append(
+                {
+                    "cached_share": share,
+                    "reuse_of_turn_before": reuse,
+                    "prompt_tokens": prompt,
+                    "cached_tokens": cached,
+                    "records": records,
+                    "upstreams": health.get("upstreams"),
+                }
+            )
     med = {k: statistics.median(r["cached_share"] for r in v) for k, v in runs.items()}
     reuse = {k: statistics.median(r["reuse_of_turn_before"] for r in v) for k, v in runs.items()}
     return {"runs": runs, "median_cached_share": med, "median_reuse_of_turn_before": reuse}
@@ -168,8 +212,11 @@ def main() -> int:
     ap.add_argument("--pensieve-bin", default=DEFAULT_PENSIEVE_BIN)
     ap.add_argument("--llama-server-bin", default=os.environ.get("LLAMA_SERVER_BIN", DEFAULT_LLAMA_BIN))
     ap.add_argument("--cores", default="0/1", help="each replica's CPUs, replicas split by / (default 0/1)")
-    ap.add_argument("--one-gets-all-cores", action="store_true",
-                    help="the single replica runs on every replica's cores (default: the first's only)")
+    ap.add_argument(
+        "--one-gets-all-cores",
+        action="store_true",
+        help="the single replica runs on every replica's cores (default: the first's only)",
+    )
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=8192, help="context per slot")
@@ -209,16 +256,20 @@ def main() -> int:
     if "streams" in out:
         s = out["streams"]
         runs = {k: ", ".join(f"{w['aggregate_tok_s']:.1f}" for w in v) for k, v in s["runs"].items()}
-        print(f"{args.streams} streams, aggregate tok/s: one replica {runs['one']} (median "
-              f"{s['median_tok_s']['one']:.1f}); two replicas {runs['two']} (median {s['median_tok_s']['two']:.1f}); "
-              f"two / one = {s['ratio_two_over_one']:.3f}")
+        print(
+            f"{args.streams} streams, aggregate tok/s: one replica {runs['one']} (median "
+            f"{s['median_tok_s']['one']:.1f}); two replicas {runs['two']} (median {s['median_tok_s']['two']:.1f}); "
+            f"two / one = {s['ratio_two_over_one']:.3f}"
+        )
     if "sessions" in out:
         s = out["sessions"]
         for k, v in s["runs"].items():
             shares = ", ".join(f"{100 * r['cached_share']:.1f}%" for r in v)
             reuse = ", ".join(f"{100 * r['reuse_of_turn_before']:.1f}%" for r in v)
-            print(f"{args.sessions} sessions x {args.turns} turns, {k}: cached share of turns >= 2 {shares} "
-                  f"(median {100 * s['median_cached_share'][k]:.1f}%); of the turn before's prompt {reuse}")
+            print(
+                f"{args.sessions} sessions x {args.turns} turns, {k}: cached share of turns >= 2 {shares} "
+                f"(median {100 * s['median_cached_share'][k]:.1f}%); of the turn before's prompt {reuse}"
+            )
     return 0
 
 

@@ -121,16 +121,19 @@ def rank_file() -> Path:
     (project / "src").mkdir(parents=True, exist_ok=True)
     (project / "src" / "lib.rs").write_text("")
     (project / "Cargo.toml").write_text(
-        "[package]\nname = \"o200k-fetch\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n"
-        f"[dependencies]\ntiktoken-rs = \"={TIKTOKEN_RS}\"\n\n[workspace]\n"
+        '[package]\nname = "o200k-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n'
+        f'[dependencies]\ntiktoken-rs = "={TIKTOKEN_RS}"\n\n[workspace]\n'
     )
     log(f"fetching tiktoken-rs {TIKTOKEN_RS} for o200k_base.tiktoken")
     out = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--manifest-path", str(project / "Cargo.toml")],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     manifest = next(
-        p["manifest_path"] for p in json.loads(out)["packages"]
+        p["manifest_path"]
+        for p in json.loads(out)["packages"]
         if p["name"] == "tiktoken-rs" and p["version"] == TIKTOKEN_RS
     )
     source = Path(manifest).parent / "assets" / "o200k_base.tiktoken"
@@ -165,7 +168,7 @@ def recover_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
     for rank, token in enumerate(tokens):
         if len(token) < 2:
             continue
-        parts = [token[i:i + 1] for i in range(len(token))]
+        parts = [token[i : i + 1] for i in range(len(token))]
         while len(parts) > 2:
             best, at = None, -1
             for i in range(len(parts) - 1):
@@ -174,7 +177,7 @@ def recover_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
                     best, at = r, i
             if best is None:
                 break
-            parts[at:at + 2] = [parts[at] + parts[at + 1]]
+            parts[at : at + 2] = [parts[at] + parts[at + 1]]
         if len(parts) != 2:
             sys.exit(f"token {rank} {token!r} is not a merge of two lower-ranked tokens")
         merges.append((parts[0], parts[1]))
@@ -184,8 +187,9 @@ def recover_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
 def byte_encoder() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each byte as a printable character (as the `gpt2`
     tokenizer model of GGUF stores tokens and merges)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     n = 0
     for b in range(256):
@@ -308,8 +312,13 @@ def goldens(path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--goldens", type=Path, nargs="?", const=GOLDENS,
-                        help="write tiktoken's ids of the test strings (default: the test fixture)")
+    parser.add_argument(
+        "--goldens",
+        type=Path,
+        nargs="?",
+        const=GOLDENS,
+        help="write tiktoken's ids of the test strings (default: the test fixture)",
+    )
     args = parser.parse_args()
     if args.goldens:
         goldens(args.goldens)

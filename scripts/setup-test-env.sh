@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything the test suite needs on a fresh machine:
-#   - system packages to build llama.cpp (cmake, clang, libclang-dev)
+#   - system packages to build llama.cpp (cmake, clang, libclang-dev), and a headless
+#     Chromium (tests/e2e/test_browser.py)
 #   - a Python venv with the official clients and pytest
 #       ${PENSIEVE_VENV:-$HOME/.cache/pensieve/venv}
 #   - Claude Code from the npm registry
@@ -9,6 +10,9 @@
 #     model with gpt-oss's tokenizer and template (scripts/make-harmony-test-model.py)
 #
 # Every step is skipped when what it makes is already there.
+#
+#   setup-test-env.sh --lint   only what the lints and the model-free tests need: the system
+#                              packages and the venv (which holds ruff)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +32,8 @@ PY_REQUIREMENTS=(
     # llama.cpp's GGUF writer and its arrays: scripts/make-harmony-test-model.py.
     "gguf==0.19.0"
     "numpy==2.4.6"
+    # The Python lints (ruff.toml), run before any model is fetched.
+    "ruff==0.17.6"
 )
 CLAUDE_CODE_VERSION="2.1.328"
 
@@ -37,7 +43,8 @@ die() { printf '[setup-test-env] ERROR: %s\n' "$*" >&2; exit 1; }
 # --- system packages ---------------------------------------------------------
 setup_apt() {
     local missing=() pkg
-    for pkg in cmake clang libclang-dev; do
+    # chromium-headless-shell: a real browser for tests/e2e/test_browser.py.
+    for pkg in cmake clang libclang-dev chromium-headless-shell; do
         if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
             missing+=("$pkg")
         fi
@@ -60,7 +67,8 @@ setup_venv() {
     local want
     want="$(printf '%s\n' "${PY_REQUIREMENTS[@]}")"
     if [[ -x "$VENV/bin/python" && -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]] \
-        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub, gguf, numpy" 2>/dev/null; then
+        && "$VENV/bin/python" -c "import anthropic, openai, pytest, httpx, jsonschema, huggingface_hub, gguf, numpy" 2>/dev/null \
+        && "$VENV/bin/ruff" --version >/dev/null 2>&1; then
         log "python venv: ok ($VENV)"
         return 0
     fi
@@ -107,6 +115,10 @@ setup_claude_code() {
 
 setup_apt
 setup_venv
+if [[ "${1:-}" == "--lint" ]]; then
+    log "done (lint tier)"
+    exit 0
+fi
 setup_claude_code
 bash "$ROOT/scripts/fetch-test-models.sh"
 "$VENV/bin/python" "$ROOT/scripts/make-harmony-test-model.py"

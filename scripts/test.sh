@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test, on a fresh machine too:
-#   1. scripts/setup-test-env.sh  (system packages, Python venv, Claude Code, test models)
-#   2. cargo fmt --check and cargo clippy (stops here if either fails)
+#   1. scripts/setup-test-env.sh --lint, then cargo fmt --check, cargo clippy, ruff check and
+#      ruff format --check, then the unit tests (stops here if any fails; no model needed yet)
+#   2. scripts/setup-test-env.sh  (Claude Code, the test models)
 #   3. cargo test --release --workspace
 #   4. cargo build --release       (the pensieve binary)
 #   5. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
@@ -30,20 +31,35 @@ export PENSIEVE_MLX_TEST_MODEL="$PENSIEVE_TEST_MLX_MODELS/SmolLM2-135M-Instruct.
 step() { printf '\n==> %s\n' "$*" >&2; }
 failed=()
 
+# Tier 1, in minutes and before any model is fetched: the lints and the tests that need no
+# model. Clippy checks in the release profile, so llama.cpp's build script output serves all.
+step "setting up the lint tier (system packages, Python venv)"
+if ! bash scripts/setup-test-env.sh --lint; then
+    echo "setup-test-env.sh --lint failed" >&2
+    exit 1
+fi
+
+step "cargo fmt --check; cargo clippy --release --all-targets -D warnings; ruff check; ruff format --check"
+if ! cargo fmt --all --check || ! cargo clippy --release --workspace --all-targets -- -D warnings \
+    || ! "$PENSIEVE_VENV/bin/ruff" check . || ! "$PENSIEVE_VENV/bin/ruff" format --check .; then
+    echo "lint failed" >&2
+    exit 1
+fi
+
+step "cargo test --release --workspace --lib --bins (unit tests)"
+if ! cargo test --release --workspace --lib --bins; then
+    echo "unit tests failed" >&2
+    exit 1
+fi
+
+# Tier 2: the models, Claude Code and a browser, then every test that uses them.
 step "setting up the test environment"
 if ! bash scripts/setup-test-env.sh; then
     echo "setup-test-env.sh failed" >&2
     exit 1
 fi
 
-# Lint first: a formatting slip or a clippy warning fails in minutes, not after the models.
-# Clippy checks in the release profile, so llama.cpp's build script output serves both.
-step "cargo fmt --check; cargo clippy --release --all-targets -D warnings"
-if ! cargo fmt --all --check || ! cargo clippy --release --workspace --all-targets -- -D warnings; then
-    echo "lint failed" >&2
-    exit 1
-fi
-
+# Again with the models there: the unit tests that read one ran without it above.
 step "cargo test --release --workspace"
 if ! cargo test --release --workspace; then
     failed+=("cargo test")

@@ -52,14 +52,23 @@ PRETOKENIZER_SPLITS = {
     "gpt-2": [GPT2_REGEX],
     # SmolLM: every digit on its own, then GPT-2
     "smollm": [r"\p{N}", GPT2_REGEX],
-    "qwen2": [r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""],
-    "llama-bpe": [r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""],
+    "qwen2": [
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    ],
+    "llama-bpe": [
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    ],
 }
 
 LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
 
@@ -79,8 +88,11 @@ def f32(x) -> float:
 
 def hf_name(name: str) -> str | None:
     """Hugging Face name of a GGUF tensor (None: not part of the HF model)."""
-    fixed = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
-             "output_norm.weight": "model.norm.weight"}
+    fixed = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "output.weight": "lm_head.weight",
+        "output_norm.weight": "model.norm.weight",
+    }
     if name in fixed:
         return fixed[name]
     parts = name.split(".")
@@ -145,6 +157,7 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
 def convert_weights(reader: GGUFReader, arch: str, dtype: str) -> tuple[dict, dict]:
     """HF-named MLX arrays, and {module path: bits} of the quantised modules."""
     import mlx.core as mx
+
     n_head = int(field(reader, f"{arch}.attention.head_count"))
     n_head_kv = int(field(reader, f"{arch}.attention.head_count_kv", n_head))
     mx_dtype = {"float16": mx.float16, "float32": mx.float32}[dtype]
@@ -158,7 +171,7 @@ def convert_weights(reader: GGUFReader, arch: str, dtype: str) -> tuple[dict, di
         heads = None
         if arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
             heads = n_head if t.name.split(".")[-2] == "attn_q" else n_head_kv
-        fix = (lambda a: unpermute(a, heads)) if heads else (lambda a: a)
+        fix = (lambda a, h=heads: unpermute(a, h)) if heads else (lambda a: a)
 
         blocks = None
         if t.tensor_type in EXACT_TYPES and name.endswith(".weight") and len(shape) == 2:
@@ -172,8 +185,7 @@ def convert_weights(reader: GGUFReader, arch: str, dtype: str) -> tuple[dict, di
             qbits[prefix] = bits
             continue
         if t.tensor_type not in (QT.F32, QT.F16):
-            print(f"{t.name}: {t.tensor_type.name} has no exact MLX form, dequantised to {dtype}",
-                  file=sys.stderr)
+            print(f"{t.name}: {t.tensor_type.name} has no exact MLX form, dequantised to {dtype}", file=sys.stderr)
         w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
         weights[name] = mx.array(fix(w)).astype(mx_dtype)
     return weights, qbits
@@ -227,8 +239,8 @@ def build_config(reader: GGUFReader, arch: str, weights: dict, qbits: dict, dtyp
 
 
 def build_tokenizer(reader: GGUFReader, out: Path) -> int:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
     if (kind := field(reader, "tokenizer.ggml.model")) != "gpt2":
         raise SystemExit(f"tokenizer.ggml.model = {kind!r}: only byte-level BPE ('gpt2') is supported")
     tokens = [str(t) for t in field(reader, "tokenizer.ggml.tokens")]
@@ -238,17 +250,26 @@ def build_tokenizer(reader: GGUFReader, out: Path) -> int:
     if pre not in PRETOKENIZER_SPLITS:
         print(f"tokenizer.ggml.pre = {pre!r} unknown: using GPT-2's pre-tokenizer", file=sys.stderr)
 
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                               byte_fallback=False, fuse_unk=False))
+    tok = Tokenizer(
+        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, byte_fallback=False, fuse_unk=False)
+    )
     if pre == "qwen2":
         tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False)
-         for r in PRETOKENIZER_SPLITS.get(pre, PRETOKENIZER_SPLITS["default"])]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+        [
+            pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False)
+            for r in PRETOKENIZER_SPLITS.get(pre, PRETOKENIZER_SPLITS["default"])
+        ]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
+    )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                            for i, ty in enumerate(types) if ty in SPECIAL_TOKEN_TYPES])
+    tok.add_special_tokens(
+        [
+            AddedToken(tokens[i], special=True, normalized=False)
+            for i, ty in enumerate(types)
+            if ty in SPECIAL_TOKEN_TYPES
+        ]
+    )
 
     def token(key):
         i = field(reader, f"tokenizer.ggml.{key}")
@@ -262,8 +283,10 @@ def build_tokenizer(reader: GGUFReader, out: Path) -> int:
         head = [bos] if add_bos and bos else []
         tail = [eos] if add_eos and eos else []
         tok.post_processor = processors.TemplateProcessing(
-            single=" ".join(head + ["$A"] + tail), pair=" ".join(head + ["$A", "$B"] + tail),
-            special_tokens=[(t, tokens.index(t)) for t in dict.fromkeys(head + tail)])
+            single=" ".join(head + ["$A"] + tail),
+            pair=" ".join(head + ["$A", "$B"] + tail),
+            special_tokens=[(t, tokens.index(t)) for t in dict.fromkeys(head + tail)],
+        )
     tok.save(str(out / "tokenizer.json"))
 
     cfg = {
@@ -280,9 +303,13 @@ def build_tokenizer(reader: GGUFReader, out: Path) -> int:
     if tmpl := field(reader, "tokenizer.chat_template"):
         cfg["chat_template"] = str(tmpl)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if cfg[k]},
-        indent=2, ensure_ascii=False))
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if cfg[k]},
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     return len(tokens)
 
 
@@ -300,6 +327,7 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: str = "auto") -> 
     and float tensors: "float16", "float32" (both hold the GGUF's float16 scales exactly) or
     "auto" (float16 with a Metal GPU, float32 on CPU-only MLX)."""
     import mlx.core as mx
+
     t0 = time.time()
     if dtype == "auto":
         dtype = "float16" if mx.metal.is_available() else "float32"
@@ -316,8 +344,11 @@ def convert(gguf_path: str | Path, out_dir: str | Path, dtype: str = "auto") -> 
     (out / "generation_config.json").write_text(json.dumps(generation_config(reader), indent=2))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     bits = ", ".join(f"{n} x {b}-bit" for b, n in sorted(Counter(qbits.values()).items()))
-    print(f"wrote {out} ({arch}, {len(weights)} tensors, {n_vocab} tokens, quantised: {bits or 'none'}, "
-          f"{dtype} scales/floats) in {time.time() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"wrote {out} ({arch}, {len(weights)} tensors, {n_vocab} tokens, quantised: {bits or 'none'}, "
+        f"{dtype} scales/floats) in {time.time() - t0:.1f} s",
+        file=sys.stderr,
+    )
     return out
 
 
@@ -325,9 +356,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("gguf")
     ap.add_argument("out")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float16", "float32"],
-                    help="dtype of the scales, biases and float tensors (default auto: float16 "
-                         "with a Metal GPU, float32 on CPU-only MLX)")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float16", "float32"],
+        help="dtype of the scales, biases and float tensors (default auto: float16 "
+        "with a Metal GPU, float32 on CPU-only MLX)",
+    )
     args = ap.parse_args()
     convert(args.gguf, args.out, args.dtype)
     return 0

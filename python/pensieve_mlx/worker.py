@@ -402,10 +402,7 @@ class Worker:
             got = entries["pos"][idx]
             if not np.array_equal(got, expected):
                 bad = int(np.flatnonzero(got != expected)[0])
-                raise Refused(
-                    f"sequence {seq}: entry {idx[bad]} has position {got[bad]}, "
-                    f"expected {expected[bad]}"
-                )
+                raise Refused(f"sequence {seq}: entry {idx[bad]} has position {got[bad]}, expected {expected[bad]}")
             if expected[-1] >= self.context:
                 raise Refused(f"sequence {seq}: position {expected[-1]} beyond the context")
             groups.append((int(seq), slot, idx))
@@ -621,9 +618,7 @@ class Worker:
                 cache.append(type(layer).from_state(state))
         if not isinstance(length, int) or not 0 <= length <= self.context:
             raise Refused(f"snapshot length {length} out of range")
-        if (cache is None) != (length == 0) or any(
-            getattr(c, "offset", length) != length for c in cache or []
-        ):
+        if (cache is None) != (length == 0) or any(getattr(c, "offset", length) != length for c in cache or []):
             raise Refused("the snapshot's length does not match its cache")
         slot.cache, slot.length = cache, length
         return b""

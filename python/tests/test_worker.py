@@ -46,9 +46,7 @@ class Client:
     when `sequences` is 0)."""
 
     def __init__(self, sequences=4, context=4096):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if sequences:
             self.hello = json.loads(self.call(1, self.hello_body(sequences, context)))
 
@@ -141,8 +139,7 @@ class Client:
 def model():
     if not (MODEL / "config.json").exists():
         pytest.skip(
-            f"no MLX test model at {MODEL} (set PENSIEVE_MLX_TEST_MODEL, or make it with "
-            "scripts/setup-mlx-test.sh)"
+            f"no MLX test model at {MODEL} (set PENSIEVE_MLX_TEST_MODEL, or make it with scripts/setup-mlx-test.sh)"
         )
     return MODEL
 
@@ -281,8 +278,13 @@ def test_sample_with_mask_and_logprobs(worker, prompt):
 
 def test_seeded_sampling_repeats(worker, prompt):
     params = dict(
-        temperature=0.8, seed=1234, top_p=0.95, top_k=50, presence_penalty=0.5,
-        frequency_penalty=0.3, logit_bias={"13": -5.0},
+        temperature=0.8,
+        seed=1234,
+        top_p=0.95,
+        top_k=50,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        logit_bias={"13": -5.0},
     )
     runs = []
     for _ in range(2):

@@ -35,9 +35,7 @@ def free_port() -> int:
 
 
 def complete(port: int, prompt: str) -> str:
-    body = json.dumps(
-        {"model": "m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
-    ).encode()
+    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}).encode()
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/completions",
         body,
@@ -101,9 +99,7 @@ def main() -> int:
                 f"cpu {c[at : at + 40]!r} (common {g[:at][-40:]!r})"
             )
         agree_all &= same == len(PROMPTS)
-        print(
-            f"{model.rsplit('/', 1)[-1]}: {same}/{len(PROMPTS)} prompts give the same greedy text on GPU and CPU"
-        )
+        print(f"{model.rsplit('/', 1)[-1]}: {same}/{len(PROMPTS)} prompts give the same greedy text on GPU and CPU")
     return 0 if agree_all else 1
 
 

@@ -63,9 +63,7 @@ def meta(src: str, dst: str) -> None:
     print(f"{len(out)} keys -> {dst}")
 
 
-def tensors(
-    n_vocab: int, n_embd: int, n_layer: int, n_ff: int, n_kv: int
-) -> list[tuple]:
+def tensors(n_vocab: int, n_embd: int, n_layer: int, n_ff: int, n_kv: int) -> list[tuple]:
     """(name, numpy shape (ne1, ne0), dtype, fill) of a qwen2 model, as llama.cpp loads it."""
     f16, f32 = np.float16, np.float32
     out = [("token_embd.weight", (n_vocab, n_embd), f16, "random")]
@@ -102,19 +100,13 @@ def random_source():
 
             def draw(shape, dtype):
                 t = torch.float16 if dtype == np.float16 else torch.float32
-                return (
-                    (torch.randn(shape, generator=gen, device="cuda", dtype=t) * 0.02)
-                    .cpu()
-                    .numpy()
-                )
+                return (torch.randn(shape, generator=gen, device="cuda", dtype=t) * 0.02).cpu().numpy()
 
             return "torch cuda", draw
     except ImportError:
         pass
     rng = np.random.default_rng(1234)
-    return "numpy", lambda shape, dtype: (
-        rng.standard_normal(shape, dtype=np.float32) * 0.02
-    ).astype(dtype)
+    return "numpy", lambda shape, dtype: (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
 
 
 def write(meta_path: str, out_path: str) -> None:
@@ -141,9 +133,7 @@ def write(meta_path: str, out_path: str) -> None:
     for name, shape, dtype, _ in specs:
         count = int(np.prod(shape))
         params += count
-        writer.add_tensor_info(
-            name, shape, np.dtype(dtype), count * np.dtype(dtype).itemsize
-        )
+        writer.add_tensor_info(name, shape, np.dtype(dtype), count * np.dtype(dtype).itemsize)
     source, draw = random_source()
     print(
         f"{len(specs)} tensors, {params / 1e9:.3f} B parameters, random source {source}",
@@ -154,9 +144,7 @@ def write(meta_path: str, out_path: str) -> None:
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for _, shape, dtype, fill in specs:
-        writer.write_tensor_data(
-            np.ones(shape, dtype=dtype) if fill == "ones" else draw(shape, dtype)
-        )
+        writer.write_tensor_data(np.ones(shape, dtype=dtype) if fill == "ones" else draw(shape, dtype))
     writer.close()
     print(f"wrote {out_path} in {time.time() - t0:.1f} s", flush=True)
 

@@ -20,9 +20,7 @@ import sys
 from collections import defaultdict
 from datetime import datetime
 
-STEP = re.compile(
-    r"tokens=(\d+) slot_runs=(\d+) decode_us=(\d+) sample_us=(\d+) step_us=(\d+)"
-)
+STEP = re.compile(r"tokens=(\d+) slot_runs=(\d+) decode_us=(\d+) sample_us=(\d+) step_us=(\d+)")
 SAMPLED = re.compile(r"sequences=(\d+) wait_us=(\d+) sample_us=(\d+)")
 # tracing's timestamp, e.g. 2026-12-04T17:45:52.123456Z (ANSI colour codes around it)
 STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
@@ -45,9 +43,7 @@ with open(sys.argv[1], errors="replace") as log:
         elif m := STEP.search(line):
             tokens, _, decode, sample_all, step = map(int, m.groups())
             wait, argmax = sampled
-            by_size[tokens].append(
-                (decode, wait, argmax, step - decode - sample_all, step)
-            )
+            by_size[tokens].append((decode, wait, argmax, step - decode - sample_all, step))
             sampled = (0, 0)
             end = seconds(line)
             if end is not None and last is not None and last[0] == tokens:
@@ -58,8 +54,7 @@ with open(sys.argv[1], errors="replace") as log:
                     gaps[tokens].append(period - step)
             last = (tokens, end) if end is not None else None
 print(
-    "tokens  steps  decode_us  wait_us  argmax_us  other_us  step_us   gap_us   (p50s)"
-    "   mean step_us  mean period_us"
+    "tokens  steps  decode_us  wait_us  argmax_us  other_us  step_us   gap_us   (p50s)   mean step_us  mean period_us"
 )
 for tokens in sorted(by_size, key=lambda t: -len(by_size[t]))[:8]:
     rows = by_size[tokens]

@@ -97,8 +97,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> bool:
 class Server:
     """One running `pensieve serve` process."""
 
-    def __init__(self, model: Path | None, extra_args: list[str], api_key: str | None = None,
-                 new_session: bool = False, threads: int = 2):
+    def __init__(
+        self,
+        model: Path | None,
+        extra_args: list[str],
+        api_key: str | None = None,
+        new_session: bool = False,
+        threads: int = 2,
+    ):
         self.model = model
         # A process group of its own, as a terminal gives the server (for group signals).
         self.new_session = new_session
@@ -188,7 +194,9 @@ class Server:
         proc = self.proc
         assert proc is not None, "the server was never started"
         if stop_process(proc, timeout):
-            pytest.fail(f"pensieve did not exit within {timeout:.0f}s of SIGTERM\n--- server log ---\n{self.log_tail()}")
+            pytest.fail(
+                f"pensieve did not exit within {timeout:.0f}s of SIGTERM\n--- server log ---\n{self.log_tail()}"
+            )
         return proc.returncode
 
     def close(self) -> None:
@@ -227,9 +235,20 @@ def _clean_client_env():
             saved[var] = os.environ.pop(var)
     # Nor a developer's Pensieve config file or model choice: tests that need a config
     # write their own and point PENSIEVE_CONFIG at it.
-    for var in ("PENSIEVE_CONFIG", "PENSIEVE_MODEL", "PENSIEVE_SMALL_MODEL", "PENSIEVE_PORT", "PENSIEVE_HOST",
-                "PENSIEVE_CTX", "PENSIEVE_PARALLEL", "PENSIEVE_THREADS", "PENSIEVE_ENGINE", "PENSIEVE_CACHE_DIR",
-                "PENSIEVE_CACHE_RAM", "PENSIEVE_URL"):
+    for var in (
+        "PENSIEVE_CONFIG",
+        "PENSIEVE_MODEL",
+        "PENSIEVE_SMALL_MODEL",
+        "PENSIEVE_PORT",
+        "PENSIEVE_HOST",
+        "PENSIEVE_CTX",
+        "PENSIEVE_PARALLEL",
+        "PENSIEVE_THREADS",
+        "PENSIEVE_ENGINE",
+        "PENSIEVE_CACHE_DIR",
+        "PENSIEVE_CACHE_RAM",
+        "PENSIEVE_URL",
+    ):
         if var in os.environ:
             saved[var] = os.environ.pop(var)
     os.environ["PENSIEVE_CONFIG"] = str(Path(tempfile.gettempdir()) / "pensieve-e2e-no-config.toml")

@@ -45,10 +45,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_THRESHOLD = 1024 * 1024
@@ -159,7 +159,7 @@ class HubFile:
                 n = min(block, stop - pos)
                 chunk = f.read(n) if f is not None else self.data[pos : pos + n]
                 if not chunk:
-                    raise IOError(f"{self.path}: source ended at {pos} of {self.size}")
+                    raise OSError(f"{self.path}: source ended at {pos} of {self.size}")
                 if flip is not None and pos <= flip < pos + len(chunk):
                     b = bytearray(chunk)
                     b[flip - pos] ^= 0xFF
@@ -196,7 +196,7 @@ class Revision:
 
 
 class HubRepo:
-    def __init__(self, hub: "FakeHub", repo_id: str, gated: bool, private: bool, token: str):
+    def __init__(self, hub: FakeHub, repo_id: str, gated: bool, private: bool, token: str):
         self.hub = hub
         self.repo_id = repo_id
         self.gated = gated
@@ -279,7 +279,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeHub/1.0"
-    hub: "FakeHub"  # set on the subclass
+    hub: FakeHub  # set on the subclass
 
     def log_message(self, format, *args):  # noqa: A002 - quiet unless asked
         if self.hub.verbose:
@@ -354,9 +354,15 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         if repo.gated and files and not repo.authorized(auth):
             if auth:
-                self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the authorized list.")
+                self._error(
+                    403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the authorized list."
+                )
             else:
-                self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.")
+                self._error(
+                    401,
+                    "GatedRepo",
+                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+                )
             return True
         return False
 
@@ -562,7 +568,7 @@ class FakeHub:
     def cdn_url(self) -> str:
         return f"http://{self.host}:{self.cdn_port}"
 
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         """Serve the Hub on `port` and the CDN on a port of its own: a redirect to another
         origin is what both clients expect for an LFS file (one to the same origin they follow
         themselves, and then the CDN's answer lacks X-Repo-Commit)."""
@@ -581,7 +587,7 @@ class FakeHub:
             server.server_close()
         self._servers = []
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -589,8 +595,17 @@ class FakeHub:
 
     # -- content ---------------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, files: dict, *, commit: str | None = None, gated: bool = False,
-                 private: bool = False, token: str = "hf_fakehub_token", lfs: dict | None = None) -> HubRepo:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict,
+        *,
+        commit: str | None = None,
+        gated: bool = False,
+        private: bool = False,
+        token: str = "hf_fakehub_token",
+        lfs: dict | None = None,
+    ) -> HubRepo:
         """A model repo with `files` on its main branch: path -> bytes, a path on disk, or a
         HubFile. `gated`: the file downloads need `Authorization: Bearer {token}` (the info is
         public); `private`: everything does, and without it the repo does not exist."""

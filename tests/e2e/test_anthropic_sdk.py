@@ -10,7 +10,6 @@ import uuid
 import anthropic
 import httpx
 import pytest
-
 from conftest import REQUESTED_MODEL
 from helpers import (
     BILLING_LINE,
@@ -359,16 +358,12 @@ def test_thinking_variants_accepted(client):
 
 
 def test_beta_query_string(client, http):
-    msg = client.messages.create(
-        model=REQUESTED_MODEL, max_tokens=8, messages=HELLO, extra_query={"beta": "true"}
-    )
+    msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=8, messages=HELLO, extra_query={"beta": "true"})
     assert msg.type == "message"
     r = http.post("/v1/messages?beta=true", json={"model": REQUESTED_MODEL, "max_tokens": 8, "messages": HELLO})
     assert r.status_code == 200, r.text
     assert r.json()["type"] == "message"
-    r = http.post(
-        "/v1/messages/count_tokens?beta=true", json={"model": REQUESTED_MODEL, "messages": HELLO}
-    )
+    r = http.post("/v1/messages/count_tokens?beta=true", json={"model": REQUESTED_MODEL, "messages": HELLO})
     assert r.status_code == 200, r.text
     assert r.json()["input_tokens"] > 0
 
@@ -435,6 +430,24 @@ def test_missing_max_tokens_is_400(client, http):
 
 
 @pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"messages": []}, "messages: at least one message is required"),
+        ({"max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
+        ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+        ({"top_p": -0.5}, "top_p: Input should be greater than or equal to 0"),
+    ],
+)
+def test_values_the_api_refuses_are_400(client, extra, message):
+    """What Anthropic's API refuses is refused here too, not answered with a generation."""
+    body = {"model": REQUESTED_MODEL, "max_tokens": 8, "messages": HELLO, **extra}
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.post("/v1/messages", body=body, cast_to=object)
+    assert info.value.type == "invalid_request_error"
+    assert message in str(info.value), info.value
+
+
+@pytest.mark.parametrize(
     "body, field",
     [
         ({"max_tokens": 8, "messages": HELLO}, "model"),
@@ -496,8 +509,7 @@ def test_prompt_too_long_default_ctx(client):
 
 def test_huge_max_tokens_non_streaming_is_clamped(client):
     """max_tokens far beyond the context is clamped, not rejected (non-streaming)."""
-    msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=100000, messages=HELLO, stop_sequences=["."],
-                                 **T0)
+    msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=100000, messages=HELLO, stop_sequences=["."], **T0)
     assert msg.stop_reason in {"stop_sequence", "end_turn", "max_tokens"}
 
 
@@ -546,7 +558,9 @@ def test_auth_wrong_key_rejected(auth_server):
     with pytest.raises(anthropic.AuthenticationError):
         bad.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=HELLO, stream=True)
 
-    r = httpx.post(f"{auth_server.url}/v1/messages", json={"model": REQUESTED_MODEL, "max_tokens": 4, "messages": HELLO})
+    r = httpx.post(
+        f"{auth_server.url}/v1/messages", json={"model": REQUESTED_MODEL, "max_tokens": 4, "messages": HELLO}
+    )
     assert_error_shape(r, 401, "authentication_error")
     r = httpx.post(
         f"{auth_server.url}/v1/messages",
@@ -565,7 +579,9 @@ def test_auth_x_api_key_accepted(auth_server):
 
 
 def test_auth_bearer_accepted(auth_server):
-    good = anthropic.Anthropic(base_url=auth_server.url, api_key=None, auth_token="secret", max_retries=0, timeout=120.0)
+    good = anthropic.Anthropic(
+        base_url=auth_server.url, api_key=None, auth_token="secret", max_retries=0, timeout=120.0
+    )
     msg = good.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=HELLO)
     assert msg.usage.output_tokens > 0
     with good.messages.stream(model=REQUESTED_MODEL, max_tokens=4, messages=HELLO) as s:

@@ -23,7 +23,6 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-
 from conftest import GEMMA3, REQUESTED_MODEL, SMOLLM2, Server, model_path, summary_line
 from helpers import iter_sse, scrape
 
@@ -133,8 +132,13 @@ def _two_concurrent_streams(server: Server) -> tuple[list[float], list[float], i
     """Two long streams sent at the same moment; their delta arrival times, and the most
     running sequences / queued requests /metrics showed meanwhile."""
     bodies = [
-        {"model": REQUESTED_MODEL, "max_tokens": 150, **T0, "stream": True,
-         "messages": [{"role": "user", "content": p}]}
+        {
+            "model": REQUESTED_MODEL,
+            "max_tokens": 150,
+            **T0,
+            "stream": True,
+            "messages": [{"role": "user", "content": p}],
+        }
         for p in STORY_PROMPTS
     ]
     barrier = threading.Barrier(3)
@@ -184,8 +188,7 @@ def test_parallel_one_streams_wait_their_turn():
         a, b, max_running, max_queued = _two_concurrent_streams(server)
     first, second = (a, b) if a[0] <= b[0] else (b, a)
     assert second[0] > first[-1], (
-        f"with one sequence, the second stream started at {second[0]:.2f}, "
-        f"before the first ended at {first[-1]:.2f}"
+        f"with one sequence, the second stream started at {second[0]:.2f}, before the first ended at {first[-1]:.2f}"
     )
     assert max_running == 1, max_running
     assert max_queued >= 1, f"/metrics never showed the waiting request (queue depth max {max_queued})"
@@ -358,8 +361,7 @@ def test_requests_arriving_together_compute_their_shared_prefix_once():
     with serving("--parallel", "3", "--ctx", "2048") as server:
         system = f"[{nonce()}] Reference notes follow. " + filler(800, seed=5)
         questions = ["Which word comes first in the notes?"] * 2 + ["Summarise the notes in one sentence."]
-        prompts = [count_tokens(server, system=system, messages=[{"role": "user", "content": q}])
-                   for q in questions]
+        prompts = [count_tokens(server, system=system, messages=[{"role": "user", "content": q}]) for q in questions]
         assert prompts[0] >= 900, f"test premise: a ~1,000-token prompt, got {prompts[0]}"
         before = scrape(server.url)
         barrier = threading.Barrier(len(questions))
@@ -368,8 +370,9 @@ def test_requests_arriving_together_compute_their_shared_prefix_once():
         def ask(i: int) -> None:
             try:
                 barrier.wait(timeout=30)
-                results[i] = create(server, max_tokens=24, **T0, system=system,
-                                    messages=[{"role": "user", "content": questions[i]}])
+                results[i] = create(
+                    server, max_tokens=24, **T0, system=system, messages=[{"role": "user", "content": questions[i]}]
+                )
             except Exception as e:  # surfaced below
                 results[i] = e
 

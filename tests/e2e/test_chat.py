@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import ENGINE, SMOLLM2, free_port, mlx_model_dir, model_path, pensieve_bin
 
 TIMEOUT_S = 300
@@ -172,9 +171,7 @@ def listening(port: int) -> bool:
 
 
 def serve_children(port: int) -> str:
-    found = subprocess.run(
-        ["pgrep", "-af", f"serve --host 127.0.0.1 --port {port}"], capture_output=True, text=True
-    )
+    found = subprocess.run(["pgrep", "-af", f"serve --host 127.0.0.1 --port {port}"], capture_output=True, text=True)
     return found.stdout.strip()
 
 
@@ -305,7 +302,7 @@ def test_interactive_ctrl_c_stops_an_answer(base_url, tmp_path):
     term = Terminal(args, env)
     try:
         term.read_until(r">>> ", 60)
-        for attempt in range(3):
+        for _attempt in range(3):
             mark = len(term.output)
             term.type(prompt + "\r")
             echoed = term.read_until(re.escape(prompt) + r".*\n", 30, start=mark)

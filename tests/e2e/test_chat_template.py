@@ -96,9 +96,7 @@ def override_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def override_server(override_file):
-    server = Server(
-        served_model(), [*engine_args(), "--chat-template", str(override_file)]
-    )
+    server = Server(served_model(), [*engine_args(), "--chat-template", str(override_file)])
     try:
         server.start()
         yield server
@@ -106,16 +104,14 @@ def override_server(override_file):
         server.close()
 
 
-def test_the_flag_replaces_the_models_template(
-    smol_server, override_server, override_file
-):
+def test_the_flag_replaces_the_models_template(smol_server, override_server, override_file):
     own = count_tokens(smol_server.url)
     replaced = count_tokens(override_server.url)
     # The marker is about 240 tokens; the model's own template has nothing like it.
     assert replaced - own > 150, (own, replaced)
     log = override_server.log_tail(100_000)
     line = next(
-        (l for l in log.splitlines() if "chat template from the override file" in l),
+        (entry for entry in log.splitlines() if "chat template from the override file" in entry),
         None,
     )
     assert line is not None, log
@@ -160,9 +156,7 @@ def test_a_bad_template_stops_serve_naming_the_file(tmp_path, case):
     env = clean_env()
     if case == "config":
         config = tmp_path / "config.toml"
-        config.write_text(
-            f'[models.smol]\nmodel = "{served_model()}"\nchat_template = "{bad}"\n'
-        )
+        config.write_text(f'[models.smol]\nmodel = "{served_model()}"\nchat_template = "{bad}"\n')
         env["PENSIEVE_CONFIG"] = str(config)
         args += ["--model", "smol"]
     else:
@@ -178,9 +172,7 @@ def test_a_bad_template_stops_serve_naming_the_file(tmp_path, case):
     )
     assert r.returncode != 0, r.stderr
     assert str(bad) in r.stderr, r.stderr
-    assert ("cannot read" if case == "missing" else "syntax error") in r.stderr, (
-        r.stderr
-    )
+    assert ("cannot read" if case == "missing" else "syntax error") in r.stderr, r.stderr
     assert "panicked" not in r.stderr
     # It stops before loading the model.
     assert "model loaded" not in r.stderr, r.stderr
@@ -235,7 +227,5 @@ def test_show_names_a_broken_template(tmp_path):
     broken.write_text(BROKEN)
     r = show(str(model_path(SMOLLM2)), "--chat-template", str(broken))
     assert r.returncode == 1, r
-    assert (
-        "error:" in r.stderr and str(broken) in r.stderr and "syntax error" in r.stderr
-    ), r.stderr
+    assert "error:" in r.stderr and str(broken) in r.stderr and "syntax error" in r.stderr, r.stderr
     assert "panicked" not in r.stderr

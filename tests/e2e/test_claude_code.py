@@ -96,9 +96,10 @@ def run_claude(
     binary = claude_bin()
     if not binary.exists():
         pytest.fail(f"Claude Code not found at {binary}: run scripts/setup-test-env.sh")
-    with tempfile.TemporaryDirectory(prefix="pensieve-cc-home-") as scratch_home, tempfile.TemporaryDirectory(
-        prefix="pensieve-cc-work-"
-    ) as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="pensieve-cc-home-") as scratch_home,
+        tempfile.TemporaryDirectory(prefix="pensieve-cc-work-") as scratch,
+    ):
         work = workdir or scratch
         home = home or scratch_home
         env = {
@@ -145,8 +146,10 @@ def test_claude_code_prompt_too_long_on_small_context(smol_server):
     """SmolLM2 has an 8k context: Claude Code's ~13k-token first request must be refused
     with the `prompt is too long` error at once, and Claude Code must report it and stop."""
     code, out, err, took = run_claude(smol_server.url, "Say hello", TOO_LONG_TIMEOUT_S * 2)
-    report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
-             f"--- server log ---\n{smol_server.log_tail(3000)}"
+    report = (
+        f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n"
+        f"--- server log ---\n{smol_server.log_tail(3000)}"
+    )
     assert code is not None, "Claude Code hung:\n" + report
     assert took < TOO_LONG_TIMEOUT_S, report
     assert "too long" in (out + err).lower(), report
@@ -158,8 +161,10 @@ def test_claude_code_says_hello(qwen_server, project_dir, user_home):
     code, out, err, took = run_claude(
         qwen_server.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home, extra_env=QWEN_ENV
     )
-    report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
-             f"--- server log ---\n{qwen_server.log_tail(4000)}"
+    report = (
+        f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n"
+        f"--- server log ---\n{qwen_server.log_tail(4000)}"
+    )
     assert code is not None, f"Claude Code did not finish within {HELLO_TIMEOUT_S}s:\n" + report
     assert code == 0, report
     assert out.strip(), "no text printed:\n" + report
@@ -178,8 +183,10 @@ def test_claude_code_through_an_upstream(qwen_server, project_dir, user_home):
         code, out, err, took = run_claude(
             front.url, "Say hello", HELLO_TIMEOUT_S, workdir=project_dir, home=user_home, extra_env=QWEN_ENV
         )
-        report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
-                 f"--- front log ---\n{front.log_tail(3000)}\n--- upstream log ---\n{qwen_server.log_tail(3000)}"
+        report = (
+            f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n"
+            f"--- front log ---\n{front.log_tail(3000)}\n--- upstream log ---\n{qwen_server.log_tail(3000)}"
+        )
         assert code == 0, report
         assert out.strip(), "no text printed:\n" + report
         assert "API Error" not in out, report
@@ -215,19 +222,27 @@ def test_a_new_session_elsewhere_after_a_restart_reuses_the_prompt_from_disk(
     tz = another_day_tz()
     with tempfile.TemporaryDirectory(prefix="pensieve-cc-other-project-") as other_project:
         code, out, err, took = run_claude(
-            qwen_server.url, "Say hi", HELLO_TIMEOUT_S, workdir=other_project, home=user_home,
+            qwen_server.url,
+            "Say hi",
+            HELLO_TIMEOUT_S,
+            workdir=other_project,
+            home=user_home,
             extra_env={**QWEN_ENV, "TZ": tz},
         )
-    report = f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n" \
-             f"--- server log ---\n{qwen_server.log_tail(4000)}"
+    report = (
+        f"exit={code} took={took:.1f}s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}\n"
+        f"--- server log ---\n{qwen_server.log_tail(4000)}"
+    )
     assert code == 0, report
     assert out.strip(), "no text printed:\n" + report
     prompt = metric(qwen_server, "pensieve_prompt_tokens_total")
     cached = metric(qwen_server, "pensieve_cached_prompt_tokens_total")
     cold = COLD_SESSION["seconds"]
-    summary_line(f"after a restart, another project, TZ={tz}: claude -p 'Say hi' took {took:.1f}s = "
-                 f"{took / cold:.2f} of the cold session ({cold:.1f}s); {cached:.0f} of {prompt:.0f} prompt "
-                 f"tokens ({cached / max(prompt, 1):.1%}) came from the cache")
+    summary_line(
+        f"after a restart, another project, TZ={tz}: claude -p 'Say hi' took {took:.1f}s = "
+        f"{took / cold:.2f} of the cold session ({cold:.1f}s); {cached:.0f} of {prompt:.0f} prompt "
+        f"tokens ({cached / max(prompt, 1):.1%}) came from the cache"
+    )
     assert cached >= 0.9 * prompt, report
     assert took <= 0.25 * cold, report
 
@@ -264,14 +279,20 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
     for _ in range(FILE_TASK_RUNS):
         target.unlink(missing_ok=True)
         code, out, err, took = run_claude(
-            qwen_server.url, FILE_TASK, FILE_TASK_TIMEOUT_S, workdir=project_dir, home=user_home,
+            qwen_server.url,
+            FILE_TASK,
+            FILE_TASK_TIMEOUT_S,
+            workdir=project_dir,
+            home=user_home,
             args=["--permission-mode", "acceptEdits", "--max-turns", FILE_TASK_MAX_TURNS],
             extra_env={**QWEN_ENV, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": FILE_TASK_MAX_TOKENS},
         )
         content = target.read_text(errors="replace") if target.exists() else None
         outcomes.append((code, content, took, out.strip()[:120]))
-        report = (f"exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
-                  f"--- server log ---\n{qwen_server.log_tail(3000)}")
+        report = (
+            f"exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
+            f"--- server log ---\n{qwen_server.log_tail(3000)}"
+        )
         assert code is not None, "Claude Code did not finish:\n" + report
         assert code == 0 or any(m in out + err for m in MODEL_ENDINGS), report
         assert qwen_server.alive(), report
@@ -280,8 +301,10 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
     for line in log.splitlines():
         assert not any(m in line for m in MALFORMED_CALL_LOGS), f"malformed tool call: {line}"
     created = sum(1 for _, content, _, _ in outcomes if content is not None and content.strip() == "hi")
-    summary_line(f"file task: hello.txt containing 'hi' in {created} of {len(outcomes)} runs; "
-          f"{calls} responses ended in tool calls")
+    summary_line(
+        f"file task: hello.txt containing 'hi' in {created} of {len(outcomes)} runs; "
+        f"{calls} responses ended in tool calls"
+    )
     for code, content, took, out in outcomes:
         summary_line(f"  exit={code} took={took:.1f}s file={content!r} printed={out!r}")
 
@@ -301,35 +324,49 @@ def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_d
         f'[models."{qwen}"]\nctx = 32768\n'
     )
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "CLAUDE_", "PENSIEVE_")) and k not in ("HOME", "XDG_CONFIG_HOME")}
-    env.update({
-        "HOME": user_home,
-        "PATH": f"{claude_bin().parent}{os.pathsep}{env.get('PATH', '')}",
-        "PENSIEVE_CONFIG": str(config),
-        "PENSIEVE_DATA_DIR": str(data_dir),
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "256",
-        "DISABLE_AUTOUPDATER": "1",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "PENSIEVE_")) and k not in ("HOME", "XDG_CONFIG_HOME")
+    }
+    env.update(
+        {
+            "HOME": user_home,
+            "PATH": f"{claude_bin().parent}{os.pathsep}{env.get('PATH', '')}",
+            "PENSIEVE_CONFIG": str(config),
+            "PENSIEVE_DATA_DIR": str(data_dir),
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "256",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+        }
+    )
     started = time.monotonic()
-    proc = subprocess.run([str(pensieve_bin()), "claude", "-p", "Say hello"], cwd=project_dir, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HELLO_TIMEOUT_S,
-                          check=False)
+    proc = subprocess.run(
+        [str(pensieve_bin()), "claude", "-p", "Say hello"],
+        cwd=project_dir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=HELLO_TIMEOUT_S,
+        check=False,
+    )
     took = time.monotonic() - started
     log_path = data_dir / "logs" / "serve.log"
     log = log_path.read_text(errors="replace") if log_path.exists() else "<no server log>"
-    report = (f"exit={proc.returncode} took={took:.1f}s\nstdout:\n{proc.stdout[-3000:]}\n"
-              f"stderr:\n{proc.stderr[-3000:]}\n--- server log ---\n{log[-4000:]}")
+    report = (
+        f"exit={proc.returncode} took={took:.1f}s\nstdout:\n{proc.stdout[-3000:]}\n"
+        f"stderr:\n{proc.stderr[-3000:]}\n--- server log ---\n{log[-4000:]}"
+    )
     try:
         assert proc.returncode == 0, report
         assert proc.stdout.strip(), "no text printed:\n" + report
         assert "API Error" not in proc.stdout, report
         # Claude Code asked for the served model by its name.
         # Claude Code asked for the served model by its name, and knew its window.
-        done = [l for l in log.splitlines() if "message done" in l]
-        assert done and all("model=Qwen2.5-Coder-0.5B-Instruct" in l for l in done), report
+        done = [line for line in log.splitlines() if "message done" in line]
+        assert done and all("model=Qwen2.5-Coder-0.5B-Instruct" in line for line in done), report
         assert "assumes a context window" not in proc.stderr, report
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
@@ -337,9 +374,11 @@ def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_d
         cached = sum(int(m) for m in re.findall(r"cached_tokens=(\d+)", log))
         cold = COLD_SESSION.get("seconds")
         ratio = f" = {took / cold:.2f} of the cold session" if cold else ""
-        summary_line(f"pensieve claude -p 'Say hello' (server started for it, prompt on disk) took {took:.1f}s"
-                     f"{ratio}; {cached} of {prompt} prompt tokens from the cache; printed: "
-                     f"{proc.stdout.strip()[:120]!r}")
+        summary_line(
+            f"pensieve claude -p 'Say hello' (server started for it, prompt on disk) took {took:.1f}s"
+            f"{ratio}; {cached} of {prompt} prompt tokens from the cache; printed: "
+            f"{proc.stdout.strip()[:120]!r}"
+        )
         # The system prompt and tools, which every session shares, came from disk.
         assert cached >= 0.7 * prompt, report
     finally:
@@ -349,7 +388,9 @@ def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_d
 # Named, the tool is what a 0.5B model needs to reach for it (asked plainly, it answered
 # in words here).
 QWEN3_FILE_TASK = "Use the Write tool to create hello.txt containing hi"
-QWEN3_CODER_TEMPLATE = Path(__file__).resolve().parents[2] / "crates/pensieve-engine/src/template/fixtures/qwen3-coder.jinja"
+QWEN3_CODER_TEMPLATE = (
+    Path(__file__).resolve().parents[2] / "crates/pensieve-engine/src/template/fixtures/qwen3-coder.jinja"
+)
 
 
 @pytest.fixture(scope="module")
@@ -366,19 +407,27 @@ def test_claude_code_on_the_qwen3_coder_template(qwen3_coder_server, project_dir
     target = Path(project_dir) / "hello.txt"
     target.unlink(missing_ok=True)
     code, out, err, took = run_claude(
-        qwen3_coder_server.url, QWEN3_FILE_TASK, FILE_TASK_TIMEOUT_S, workdir=project_dir, home=user_home,
+        qwen3_coder_server.url,
+        QWEN3_FILE_TASK,
+        FILE_TASK_TIMEOUT_S,
+        workdir=project_dir,
+        home=user_home,
         args=["--permission-mode", "acceptEdits", "--max-turns", FILE_TASK_MAX_TURNS],
         extra_env={**QWEN_ENV, "CLAUDE_CODE_MAX_OUTPUT_TOKENS": FILE_TASK_MAX_TOKENS},
     )
     log = qwen3_coder_server.log_tail(10**9)
-    report = (f"exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
-              f"--- server log ---\n{log[-3000:]}")
+    report = (
+        f"exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
+        f"--- server log ---\n{log[-3000:]}"
+    )
     assert code is not None, "Claude Code did not finish:\n" + report
     assert code == 0 or any(m in out + err for m in MODEL_ENDINGS), report
     assert "tool_format=Some(qwen3_coder)" in log, report
     for line in log.splitlines():
         assert not any(m in line for m in MALFORMED_CALL_LOGS), f"malformed tool call: {line}"
     content = target.read_text(errors="replace").strip() if target.exists() else None
-    summary_line(f"Qwen3-Coder template: claude -p {QWEN3_FILE_TASK!r} exit={code} in {took:.1f}s, "
-                 f"{log.count('stop=ToolUse')} responses ended in tool calls, hello.txt={content!r}, "
-                 f"answer: {out.strip()[:120]!r}")
+    summary_line(
+        f"Qwen3-Coder template: claude -p {QWEN3_FILE_TASK!r} exit={code} in {took:.1f}s, "
+        f"{log.count('stop=ToolUse')} responses ended in tool calls, hello.txt={content!r}, "
+        f"answer: {out.strip()[:120]!r}"
+    )

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import GEMMA3, SMOLLM2, free_port, model_path, pensieve_bin, stop_process
 
 STARTUP_S = 120
@@ -25,9 +24,13 @@ class Serve:
         self.log = tempfile.NamedTemporaryFile(prefix="pensieve-config-", suffix=".log", delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PENSIEVE_")}
         full_env.update(env)
-        self.proc = subprocess.Popen([str(pensieve_bin()), "serve", "--threads", "2", *args],
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=full_env)
+        self.proc = subprocess.Popen(
+            [str(pensieve_bin()), "serve", "--threads", "2", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -56,9 +59,11 @@ class Serve:
 
 def too_long_limit(url: str) -> int:
     """The context length the server enforces, read from its prompt-too-long error."""
-    r = httpx.post(f"{url}/v1/messages", timeout=60, json={
-        "model": "claude-opus-5-5", "max_tokens": 1,
-        "messages": [{"role": "user", "content": "hello " * 5000}]})
+    r = httpx.post(
+        f"{url}/v1/messages",
+        timeout=60,
+        json={"model": "claude-opus-5-5", "max_tokens": 1, "messages": [{"role": "user", "content": "hello " * 5000}]},
+    )
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]
     assert message.startswith("prompt is too long"), message
@@ -70,9 +75,7 @@ def test_config_then_env_then_flags(tmp_path):
     ports = [free_port() for _ in range(3)]
     config = tmp_path / "config.toml"
     config.write_text(
-        f'default_model = "smol"\n'
-        f'[server]\nport = {ports[0]}\n'
-        f'[models.smol]\nmodel = "{smol}"\nctx = 1024\n'
+        f'default_model = "smol"\n[server]\nport = {ports[0]}\n[models.smol]\nmodel = "{smol}"\nctx = 1024\n'
     )
     base = {"PENSIEVE_CONFIG": str(config)}
 
@@ -94,8 +97,9 @@ def test_config_then_env_then_flags(tmp_path):
         server.stop()
 
     # Flags over both.
-    server = Serve(["--port", str(ports[2]), "--ctx", "1536"],
-                   {**base, "PENSIEVE_PORT": str(ports[1]), "PENSIEVE_CTX": "2048"})
+    server = Serve(
+        ["--port", str(ports[2]), "--ctx", "1536"], {**base, "PENSIEVE_PORT": str(ports[1]), "PENSIEVE_CTX": "2048"}
+    )
     try:
         url = server.wait_ready(ports[2])
         assert too_long_limit(url) == 1535
@@ -108,7 +112,7 @@ def test_small_model_and_aliases_route_to_a_second_model(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(
         f'default_model = "smol"\nsmall_model = "gemma"\n'
-        f'[server]\nport = {port}\n'
+        f"[server]\nport = {port}\n"
         f'[models.smol]\nmodel = "{model_path(SMOLLM2)}"\nctx = 2048\n'
         f'[models.gemma]\nmodel = "{model_path(GEMMA3)}"\nctx = 1024\nparallel = 1\n'
         f'[aliases]\n"gpt-*" = "gemma"\n"my-smol" = "smol"\n'
@@ -134,8 +138,9 @@ def test_small_model_and_aliases_route_to_a_second_model(tmp_path):
         # 2048 takes.
         prompt = [{"role": "user", "content": "hello " * 1200}]
         for model, status in [("claude-haiku-4-5", 400), ("claude-opus-5-5", 200)]:
-            r = httpx.post(f"{url}/v1/messages", timeout=300, json={
-                "model": model, "max_tokens": 2, "messages": prompt})
+            r = httpx.post(
+                f"{url}/v1/messages", timeout=300, json={"model": model, "max_tokens": 2, "messages": prompt}
+            )
             assert r.status_code == status, (model, r.text)
             if status == 200:
                 assert r.json()["model"] == model
@@ -145,9 +150,8 @@ def test_small_model_and_aliases_route_to_a_second_model(tmp_path):
 
 def test_a_bad_config_file_is_named(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text('[server]\nprot = 8080\n')
-    server = Serve(["--model", str(model_path(SMOLLM2)), "--port", str(free_port())],
-                   {"PENSIEVE_CONFIG": str(config)})
+    config.write_text("[server]\nprot = 8080\n")
+    server = Serve(["--model", str(model_path(SMOLLM2)), "--port", str(free_port())], {"PENSIEVE_CONFIG": str(config)})
     try:
         assert server.wait_exit() != 0
         out = server.output()
@@ -167,8 +171,11 @@ def test_a_zero_or_unknown_setting_is_refused_by_the_name_it_came_from(tmp_path)
         (smol + ["--ctx", "0"], {}, "--ctx must be at least 1"),
         (smol, {"PENSIEVE_PARALLEL": "0"}, "PENSIEVE_PARALLEL must be at least 1"),
         (smol + ["--parallel", "300"], {}, "--parallel must be at most 256"),
-        (["--model", "smol", "--port", str(free_port())], {"PENSIEVE_CONFIG": str(config)},
-         "ctx in the config file must be at least 1"),
+        (
+            ["--model", "smol", "--port", str(free_port())],
+            {"PENSIEVE_CONFIG": str(config)},
+            "ctx in the config file must be at least 1",
+        ),
         (smol + ["--gpu-layers", "most"], {}, "neither a number of layers nor `all`"),
     ]
     for args, env, message in cases:
@@ -185,8 +192,9 @@ def test_health_says_where_the_model_runs(tmp_path):
     """Without a GPU, `--gpu-layers all` still runs on the CPU; with one, every layer is
     offloaded by default. /health names either."""
     port = free_port()
-    server = Serve(["--model", str(model_path(SMOLLM2)), "--port", str(port), "--ctx", "1024",
-                    "--gpu-layers", "all"], {})
+    server = Serve(
+        ["--model", str(model_path(SMOLLM2)), "--port", str(port), "--ctx", "1024", "--gpu-layers", "all"], {}
+    )
     try:
         url = server.wait_ready(port)
         runs_on = httpx.get(f"{url}/health").json()["runs_on"]

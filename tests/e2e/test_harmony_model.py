@@ -94,8 +94,13 @@ def check_input(message, name: str | None, server) -> dict:
 
 
 def test_show_detects_harmony_from_the_embedded_template():
-    out = subprocess.run([str(pensieve_bin()), "show", str(harmony_model()), "--json"],
-                         check=True, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "error"})
+    out = subprocess.run(
+        [str(pensieve_bin()), "show", str(harmony_model()), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUST_LOG": "error"},
+    )
     info = json.loads(out.stdout)
     assert info["tool_calls"] == "harmony", info
     assert info["architecture"] == "llama"
@@ -105,16 +110,24 @@ def test_show_detects_harmony_from_the_embedded_template():
 @pytest.mark.parametrize("tool", ["Bash", "Read", "Write"])
 def test_forced_claude_code_calls_fit_their_schema(harmony, tool):
     message = client_for(harmony).messages.create(
-        model="gpt-oss", max_tokens=96, tools=CLAUDE_CODE_TOOLS,
-        tool_choice={"type": "tool", "name": tool}, messages=ASK, **T0,
+        model="gpt-oss",
+        max_tokens=96,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice={"type": "tool", "name": tool},
+        messages=ASK,
+        **T0,
     )
     check_input(message, tool, harmony)
 
 
 def test_a_forced_call_without_free_text_completes(harmony):
     message = client_for(harmony).messages.create(
-        model="gpt-oss", max_tokens=96, tools=CLAUDE_CODE_TOOLS,
-        tool_choice={"type": "tool", "name": NO_FREE_TEXT}, messages=ASK, **T0,
+        model="gpt-oss",
+        max_tokens=96,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice={"type": "tool", "name": NO_FREE_TEXT},
+        messages=ASK,
+        **T0,
     )
     assert message.stop_reason == "tool_use", message
     assert check_input(message, NO_FREE_TEXT, harmony) == {}
@@ -124,7 +137,12 @@ def test_a_forced_call_without_free_text_completes(harmony):
 def test_a_streamed_forced_call_arrives_as_input_json_deltas(harmony, forced):
     fragments, kinds = [], []
     with client_for(harmony).messages.stream(
-        model="gpt-oss", max_tokens=96, tools=CLAUDE_CODE_TOOLS, tool_choice=forced, messages=ASK, **T0,
+        model="gpt-oss",
+        max_tokens=96,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice=forced,
+        messages=ASK,
+        **T0,
     ) as stream:
         for event in stream:
             if event.type == "content_block_start":
@@ -143,8 +161,12 @@ def test_a_streamed_forced_call_arrives_as_input_json_deltas(harmony, forced):
 def test_a_tool_result_renders_back_and_the_next_forced_call_completes(harmony):
     client = client_for(harmony)
     first = client.messages.create(
-        model="gpt-oss", max_tokens=96, tools=CLAUDE_CODE_TOOLS,
-        tool_choice={"type": "tool", "name": "Read"}, messages=ASK, **T0,
+        model="gpt-oss",
+        max_tokens=96,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice={"type": "tool", "name": "Read"},
+        messages=ASK,
+        **T0,
     )
     call = first.content[0]
     history = ASK + [
@@ -152,8 +174,12 @@ def test_a_tool_result_renders_back_and_the_next_forced_call_completes(harmony):
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "# Pensieve\n"}]},
     ]
     answer = client.messages.create(
-        model="gpt-oss", max_tokens=96, tools=CLAUDE_CODE_TOOLS,
-        tool_choice={"type": "tool", "name": NO_FREE_TEXT}, messages=history, **T0,
+        model="gpt-oss",
+        max_tokens=96,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice={"type": "tool", "name": NO_FREE_TEXT},
+        messages=history,
+        **T0,
     )
     assert check_input(answer, NO_FREE_TEXT, harmony) == {}
     # The prompt up to the call was read from the cache: the history rendered as before.

@@ -23,7 +23,6 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-
 from conftest import REQUESTED_MODEL, SMOLLM2, Server, mlx_model_dir, model_path
 from helpers import iter_sse
 
@@ -97,14 +96,23 @@ def test_greedy_output_equals_mlx_lm_generate(mlx_server):
     client = anthropic.Anthropic(base_url=mlx_server.url, api_key="x", max_retries=0, timeout=300.0)
     ours = []
     for messages in PROMPTS:
-        msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=MAX_TOKENS, messages=messages,
-                                     extra_body={"temperature": 0})
+        msg = client.messages.create(
+            model=REQUESTED_MODEL, max_tokens=MAX_TOKENS, messages=messages, extra_body={"temperature": 0}
+        )
         text = "".join(b.text for b in msg.content if b.type == "text")
-        ours.append({"prompt_tokens": msg.usage.input_tokens + msg.usage.cache_read_input_tokens
-                     + msg.usage.cache_creation_input_tokens, "text": text})
+        ours.append(
+            {
+                "prompt_tokens": msg.usage.input_tokens
+                + msg.usage.cache_read_input_tokens
+                + msg.usage.cache_creation_input_tokens,
+                "text": text,
+            }
+        )
     run = subprocess.run(
         [mlx_python(), "-c", MLX_LM_GENERATE, str(mlx_model_dir(SMOLLM2)), str(MAX_TOKENS), json.dumps(PROMPTS)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     theirs = json.loads(run.stdout.strip().splitlines()[-1])
@@ -116,8 +124,12 @@ def test_greedy_output_equals_mlx_lm_generate(mlx_server):
 
 def test_a_killed_worker_fails_the_request_and_is_replaced(mlx_server):
     first = worker_pid(mlx_server)
-    body = {"model": REQUESTED_MODEL, "max_tokens": 400, "stream": True,
-            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}
+    body = {
+        "model": REQUESTED_MODEL,
+        "max_tokens": 400,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+    }
     events: list[tuple[str, dict]] = []
     streaming = threading.Event()
 
@@ -178,22 +190,38 @@ def _serve_fails(*args: str, env: dict[str, str] | None = None) -> str:
     """Run `pensieve serve` expecting it to refuse to start; its stderr."""
     from conftest import pensieve_bin
 
-    run = subprocess.run([str(pensieve_bin()), "serve", "--port", "0", *args], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    run = subprocess.run(
+        [str(pensieve_bin()), "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     assert run.returncode != 0, run.stderr[-2000:]
     assert "panicked" not in run.stderr, run.stderr[-2000:]
     return run.stderr
 
 
 def test_missing_python_is_a_clear_error(tmp_path):
-    err = _serve_fails("--engine", "mlx", "--model", str(mlx_model_dir(SMOLLM2)),
-                       env={"PENSIEVE_MLX_PYTHON": str(tmp_path / "no-python"), "PENSIEVE_DATA_DIR": str(tmp_path)})
+    err = _serve_fails(
+        "--engine",
+        "mlx",
+        "--model",
+        str(mlx_model_dir(SMOLLM2)),
+        env={"PENSIEVE_MLX_PYTHON": str(tmp_path / "no-python"), "PENSIEVE_DATA_DIR": str(tmp_path)},
+    )
     assert "pensieve setup mlx" in err and "no-python" in err, err
 
 
 def test_a_python_without_mlx_is_a_clear_error(tmp_path):
-    err = _serve_fails("--engine", "mlx", "--model", str(mlx_model_dir(SMOLLM2)),
-                       env={"PENSIEVE_MLX_PYTHON": "/usr/bin/python3", "PENSIEVE_DATA_DIR": str(tmp_path)})
+    err = _serve_fails(
+        "--engine",
+        "mlx",
+        "--model",
+        str(mlx_model_dir(SMOLLM2)),
+        env={"PENSIEVE_MLX_PYTHON": "/usr/bin/python3", "PENSIEVE_DATA_DIR": str(tmp_path)},
+    )
     assert "No module named 'mlx'" in err and "pensieve setup mlx" in err, err
 
 
@@ -225,8 +253,13 @@ def test_a_repo_id_in_the_hugging_face_cache_is_served(tmp_path, monkeypatch):
         assert msg.content and msg.content[0].text
     finally:
         server.close()
-    err = _serve_fails("--engine", "mlx", "--model", "pensieve-test/not-downloaded",
-                       env={"HF_HUB_CACHE": str(tmp_path / "hub"), "PENSIEVE_DATA_DIR": str(tmp_path)})
+    err = _serve_fails(
+        "--engine",
+        "mlx",
+        "--model",
+        "pensieve-test/not-downloaded",
+        env={"HF_HUB_CACHE": str(tmp_path / "hub"), "PENSIEVE_DATA_DIR": str(tmp_path)},
+    )
     assert "not-downloaded" in err and "Hugging Face cache" in err, err
 
 
@@ -234,8 +267,11 @@ def test_a_signal_to_the_servers_group_still_saves_the_cache(tmp_path):
     """Ctrl-C in a terminal signals the whole process group: the worker must outlive it long
     enough for the server to write its prefix cache through it, so that a restart hits."""
     mlx_python()
-    server = Server(mlx_model_dir(SMOLLM2), ["--engine", "mlx", "--ctx", "1024", "--parallel", "1",
-                                              "--cache-dir", str(tmp_path / "kv")], new_session=True)
+    server = Server(
+        mlx_model_dir(SMOLLM2),
+        ["--engine", "mlx", "--ctx", "1024", "--parallel", "1", "--cache-dir", str(tmp_path / "kv")],
+        new_session=True,
+    )
     client = lambda: anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=300.0)  # noqa: E731
     server.start()
     try:

@@ -31,9 +31,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import (QWEN_CODER, SMOLLM2, closed_port_url, free_port, model_path, pensieve_bin,
-                      stop_process)
+from conftest import QWEN_CODER, SMOLLM2, closed_port_url, free_port, model_path, pensieve_bin, stop_process
 from hub_server import FakeHub
 
 SMOL_REPO = "test-org/SmolLM2-135M-Instruct-GGUF"
@@ -49,8 +47,18 @@ RECOMMENDED_NAME = f"{RECOMMENDED_REPO}:Q4_K_M"
 CHUNK = 10_000_000  # hf-hub's download chunk
 
 SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s?(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)\b")
-UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
-         "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+UNITS = {
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+    "kB": 1e3,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+}
 PULLED_RE = re.compile(r"^pulled (\S+) \((.+)\)$")
 DELETED_RE = re.compile(r"^deleted (\S+) \(([^;)]+)(; .+ still used by other files)?\)$")
 
@@ -58,18 +66,37 @@ DELETED_RE = re.compile(r"^deleted (\S+) \(([^;)]+)(; .+ still used by other fil
 # --- Test content --------------------------------------------------------------------------
 
 GGUF_U16, GGUF_U32, GGUF_I32, GGUF_STR = 2, 4, 5, 8
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-              "Q4_K_M": 15, "Q5_K_S": 16, "Q6_K": 18, "BF16": 32}
+FILE_TYPES = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q4_K_M": 15,
+    "Q5_K_S": 16,
+    "Q6_K": 18,
+    "BF16": 32,
+}
 CHATML_TOOLS_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>\\n'}}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools> Answer with "
-    "<tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>{% endif %}"
+    '<tool_call>{"name": ..., "arguments": ...}</tool_call>{% endif %}'
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 
-def tiny_gguf(*, arch: str = "llama", ctx: int = 2048, file_type: str | None = None, name: str = "tiny",
-              template: str | None = None, split: tuple[int, int] | None = None, pad: int = 0) -> bytes:
+def tiny_gguf(
+    *,
+    arch: str = "llama",
+    ctx: int = 2048,
+    file_type: str | None = None,
+    name: str = "tiny",
+    template: str | None = None,
+    split: tuple[int, int] | None = None,
+    pad: int = 0,
+) -> bytes:
     """A valid GGUF v3 file with metadata and no tensors (what `list`/`show` read)."""
     kv: list[tuple[str, int, object]] = [
         ("general.architecture", GGUF_STR, arch),
@@ -81,8 +108,11 @@ def tiny_gguf(*, arch: str = "llama", ctx: int = 2048, file_type: str | None = N
     if template is not None:
         kv.append(("tokenizer.chat_template", GGUF_STR, template))
     if split is not None:
-        kv += [("split.no", GGUF_U16, split[0]), ("split.count", GGUF_U16, split[1]),
-               ("split.tensors.count", GGUF_I32, 0)]
+        kv += [
+            ("split.no", GGUF_U16, split[0]),
+            ("split.count", GGUF_U16, split[1]),
+            ("split.tensors.count", GGUF_I32, 0),
+        ]
     if pad:
         kv.append(("general.description", GGUF_STR, "x" * pad))
     out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)))
@@ -100,21 +130,39 @@ def tiny_gguf(*, arch: str = "llama", ctx: int = 2048, file_type: str | None = N
 
 def safetensors(n_bytes: int, seed: int = 0) -> bytes:
     """A valid safetensors file: one U8 tensor of `n_bytes` pseudo-random bytes."""
-    header = json.dumps({"__metadata__": {"format": "mlx"},
-                         "model.embed_tokens.weight": {"dtype": "U8", "shape": [n_bytes], "data_offsets": [0, n_bytes]}})
+    header = json.dumps(
+        {
+            "__metadata__": {"format": "mlx"},
+            "model.embed_tokens.weight": {"dtype": "U8", "shape": [n_bytes], "data_offsets": [0, n_bytes]},
+        }
+    )
     header += " " * (-len(header) % 8)
     data = hashlib.sha256(str(seed).encode()).digest() * (n_bytes // 32 + 1)
     return struct.pack("<Q", len(header)) + header.encode() + data[:n_bytes]
 
 
 def mlx_files() -> dict[str, bytes]:
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 2048,
-              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
-              "quantization": {"group_size": 64, "bits": 4}}
-    tokenizer_config = {"chat_template": CHATML_TOOLS_TEMPLATE, "eos_token": "<|im_end|>",
-                        "bos_token": None, "tokenizer_class": "PreTrainedTokenizerFast"}
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 128,
+        "vocab_size": 256,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "quantization": {"group_size": 64, "bits": 4},
+    }
+    tokenizer_config = {
+        "chat_template": CHATML_TOOLS_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "bos_token": None,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
     tokenizer = {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
     return {
         "config.json": json.dumps(config, indent=2).encode(),
@@ -134,25 +182,31 @@ def add_smol_repo(hub: FakeHub, repo_id: str = SMOL_REPO, filename: str = SMOL_F
 def add_quant_repo(hub: FakeHub) -> str:
     """A GGUF repo of tiny files: several quants, a lowercase one, and an mmproj."""
     repo = "test-org/Tiny-GGUF"
-    hub.add_repo(repo, {
-        "Tiny-Q4_K_M.gguf": tiny_gguf(file_type="Q4_K_M", name="tiny q4km"),
-        "Tiny-Q8_0.gguf": tiny_gguf(file_type="Q8_0", name="tiny q8"),
-        "tiny-f16.gguf": tiny_gguf(file_type="F16", name="tiny f16"),
-        "mmproj-Tiny-F16.gguf": tiny_gguf(arch="clip", file_type="F16", name="tiny mmproj"),
-        "README.md": b"# Tiny\n",
-        "config.json": b'{"model_type": "llama"}',
-    })
+    hub.add_repo(
+        repo,
+        {
+            "Tiny-Q4_K_M.gguf": tiny_gguf(file_type="Q4_K_M", name="tiny q4km"),
+            "Tiny-Q8_0.gguf": tiny_gguf(file_type="Q8_0", name="tiny q8"),
+            "tiny-f16.gguf": tiny_gguf(file_type="F16", name="tiny f16"),
+            "mmproj-Tiny-F16.gguf": tiny_gguf(arch="clip", file_type="F16", name="tiny mmproj"),
+            "README.md": b"# Tiny\n",
+            "config.json": b'{"model_type": "llama"}',
+        },
+    )
     return repo
 
 
 def add_no_km_repo(hub: FakeHub) -> str:
     """No Q4_K_M; an mmproj sorts first."""
     repo = "test-org/NoKM-GGUF"
-    hub.add_repo(repo, {
-        "mmproj-model-f16.gguf": tiny_gguf(arch="clip", file_type="F16", name="mmproj"),
-        "model-Q5_K_S.gguf": tiny_gguf(file_type="Q5_K_S", name="q5ks"),
-        "model-Q8_0.gguf": tiny_gguf(file_type="Q8_0", name="q8"),
-    })
+    hub.add_repo(
+        repo,
+        {
+            "mmproj-model-f16.gguf": tiny_gguf(arch="clip", file_type="F16", name="mmproj"),
+            "model-Q5_K_S.gguf": tiny_gguf(file_type="Q5_K_S", name="q5ks"),
+            "model-Q8_0.gguf": tiny_gguf(file_type="Q8_0", name="q8"),
+        },
+    )
     return repo
 
 
@@ -194,7 +248,7 @@ def data_gets(hub: FakeHub, since: int):
 def resolved_paths(hub: FakeHub, repo: str, since: int = 0) -> set[str]:
     """The repo files the client asked `resolve` for (any method)."""
     prefix = f"/{repo}/resolve/"
-    return {r.path[len(prefix):].partition("/")[2] for r in hub.requests(since) if r.path.startswith(prefix)}
+    return {r.path[len(prefix) :].partition("/")[2] for r in hub.requests(since) if r.path.startswith(prefix)}
 
 
 def downloaded_paths(hub: FakeHub, repo: str, since: int = 0) -> set[str]:
@@ -209,9 +263,9 @@ def downloaded_paths(hub: FakeHub, repo: str, since: int = 0) -> set[str]:
         if r.method != "GET" or r.range == "bytes=0-0" or not r.sent:
             continue
         if r.path.startswith(prefix):
-            out.add(r.path[len(prefix):].partition("/")[2])
+            out.add(r.path[len(prefix) :].partition("/")[2])
         elif r.path.startswith("/cdn/"):
-            out.update(by_sha.get(r.path[len("/cdn/"):], []))
+            out.update(by_sha.get(r.path[len("/cdn/") :], []))
     return out
 
 
@@ -226,8 +280,10 @@ class Run:
     stderr: str
 
     def __str__(self) -> str:
-        return (f"`pensieve {' '.join(self.args)}` exited {self.rc}\n--- stdout ---\n{self.stdout[-4000:]}"
-                f"\n--- stderr ---\n{self.stderr[-6000:]}")
+        return (
+            f"`pensieve {' '.join(self.args)}` exited {self.rc}\n--- stdout ---\n{self.stdout[-4000:]}"
+            f"\n--- stderr ---\n{self.stderr[-6000:]}"
+        )
 
     @property
     def last_line(self) -> str:
@@ -237,7 +293,9 @@ class Run:
 
 def assert_no_panic(text: str) -> None:
     lowered = text.lower()
-    assert "panicked" not in lowered and "stack backtrace" not in lowered and "rust_backtrace" not in lowered, text[-4000:]
+    assert "panicked" not in lowered and "stack backtrace" not in lowered and "rust_backtrace" not in lowered, text[
+        -4000:
+    ]
 
 
 _PULL_SUPPORT: dict[str, str] = {}
@@ -268,13 +326,15 @@ class Cli:
         self.hf_home = root / "hf"
         self.config = root / "pensieve.toml"
         self.env = clean_env()
-        self.env.update({
-            "HF_ENDPOINT": endpoint,
-            "HF_HOME": str(self.hf_home),
-            "PENSIEVE_CONFIG": str(self.config),
-            "PENSIEVE_DATA_DIR": str(root / "data"),
-            "NO_COLOR": "1",
-        })
+        self.env.update(
+            {
+                "HF_ENDPOINT": endpoint,
+                "HF_HOME": str(self.hf_home),
+                "PENSIEVE_CONFIG": str(self.config),
+                "PENSIEVE_DATA_DIR": str(root / "data"),
+                "NO_COLOR": "1",
+            }
+        )
         self.procs: list[subprocess.Popen] = []
 
     @property
@@ -299,13 +359,21 @@ class Cli:
     def run(self, *args: str, env: dict | None = None, timeout: float = 180) -> Run:
         require_model_commands()
         try:
-            p = subprocess.run([str(pensieve_bin()), *args], capture_output=True, text=True,
-                               env=self._env(env), timeout=timeout, stdin=subprocess.DEVNULL)
+            p = subprocess.run(
+                [str(pensieve_bin()), *args],
+                capture_output=True,
+                text=True,
+                env=self._env(env),
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            pytest.fail(f"`pensieve {' '.join(args)}` still running after {timeout:.0f}s\n--- stdout ---\n"
-                        f"{out[-3000:]}\n--- stderr ---\n{err[-3000:]}")
+            pytest.fail(
+                f"`pensieve {' '.join(args)}` still running after {timeout:.0f}s\n--- stdout ---\n"
+                f"{out[-3000:]}\n--- stderr ---\n{err[-3000:]}"
+            )
         return Run(list(args), p.returncode, p.stdout, p.stderr)
 
     def ok(self, *args: str, **kw) -> Run:
@@ -335,14 +403,23 @@ class Cli:
         try:
             entries = json.loads(r.stdout)
         except json.JSONDecodeError as e:
-            raise AssertionError(f"`list --json` is not JSON ({e}):\n{r}")
+            raise AssertionError(f"`list --json` is not JSON ({e}):\n{r}") from e
         assert isinstance(entries, list), r.stdout
         return entries
 
-    def popen(self, *args: str, env: dict | None = None, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    def popen(
+        self, *args: str, env: dict | None = None, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) -> subprocess.Popen:
         require_model_commands()
-        p = subprocess.Popen([str(pensieve_bin()), *args], stdin=subprocess.DEVNULL, stdout=stdout,
-                             stderr=stderr, env=self._env(env), text=True, errors="replace")
+        p = subprocess.Popen(
+            [str(pensieve_bin()), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=self._env(env),
+            text=True,
+            errors="replace",
+        )
         self.procs.append(p)
         return p
 
@@ -465,13 +542,25 @@ def test_fake_hub_with_huggingface_hub(tmp_path):
         try:
             import huggingface_hub  # noqa: F401
         except ImportError:
-            pytest.fail("huggingface_hub is missing: scripts/setup-test-env.sh installs it "
-                        "(or set PENSIEVE_HUBCHECK_PYTHON to a Python that has it)")
+            pytest.fail(
+                "huggingface_hub is missing: scripts/setup-test-env.sh installs it "
+                "(or set PENSIEVE_HUBCHECK_PYTHON to a Python that has it)"
+            )
         python = sys.executable
-    env = {**clean_env(), "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HOME": str(tmp_path / "hf")}
-    p = subprocess.run([python, "-c", HUBCHECK_SCRIPT, str(Path(__file__).parent), str(tmp_path / "cache")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **clean_env(),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    p = subprocess.run(
+        [python, "-c", HUBCHECK_SCRIPT, str(Path(__file__).parent), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stdout + p.stderr
 
 
@@ -524,8 +613,11 @@ QUANT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("maker,suffix,expected_file,quant", QUANT_CASES,
-                         ids=["default-Q4_K_M", "Q8_0", "q8_0-lowercase", "F16-not-mmproj", "file-name", "default-sorted"])
+@pytest.mark.parametrize(
+    "maker,suffix,expected_file,quant",
+    QUANT_CASES,
+    ids=["default-Q4_K_M", "Q8_0", "q8_0-lowercase", "F16-not-mmproj", "file-name", "default-sorted"],
+)
 def test_pull_picks_the_gguf(cli, fake_hub, maker, suffix, expected_file, quant):
     repo_id = add_quant_repo(fake_hub) if maker == "quant" else add_no_km_repo(fake_hub)
     repo = fake_hub.repo(repo_id)
@@ -546,11 +638,14 @@ def test_pull_picks_the_gguf(cli, fake_hub, maker, suffix, expected_file, quant)
 def test_pull_split_gguf_downloads_every_part(cli, fake_hub):
     repo_id = "test-org/Split-GGUF"
     parts = ["split-Q4_K_M-00001-of-00002.gguf", "split-Q4_K_M-00002-of-00002.gguf"]
-    repo = fake_hub.add_repo(repo_id, {
-        parts[0]: tiny_gguf(file_type="Q4_K_M", split=(0, 2), pad=1000),
-        parts[1]: tiny_gguf(file_type="Q4_K_M", split=(1, 2), pad=3000),
-        "split-Q8_0.gguf": tiny_gguf(file_type="Q8_0"),
-    })
+    repo = fake_hub.add_repo(
+        repo_id,
+        {
+            parts[0]: tiny_gguf(file_type="Q4_K_M", split=(0, 2), pad=1000),
+            parts[1]: tiny_gguf(file_type="Q4_K_M", split=(1, 2), pad=3000),
+            "split-Q8_0.gguf": tiny_gguf(file_type="Q8_0"),
+        },
+    )
     name, size, r = cli.pull(repo_id + ":Q4_K_M")
     assert name == f"{repo_id}:Q4_K_M", str(r)
     total = sum(repo.file(p).size for p in parts)
@@ -646,8 +741,9 @@ def test_pull_gated_repo_needs_hf_token(cli, fake_hub):
     name, _, r = cli.pull(repo_id, env={"HF_TOKEN": repo.token})
     assert name == f"{repo_id}:Q8_0", str(r)
     hub_requests = [x for x in fake_hub.requests(mark) if not x.path.startswith("/cdn/")]
-    assert hub_requests and all(x.authorization == f"Bearer {repo.token}" for x in hub_requests), \
-        [x.astuple() for x in hub_requests]
+    assert hub_requests and all(x.authorization == f"Bearer {repo.token}" for x in hub_requests), [
+        x.astuple() for x in hub_requests
+    ]
     assert (cli.snapshot(repo_id, repo.commit) / "gated-Q8_0.gguf").is_file()
 
 
@@ -698,7 +794,8 @@ def test_pull_interrupted_by_ctrl_c_resumes(cli, fake_hub):
     first = min(gets, key=range_start)
     assert range_start(first) >= CHUNK, (
         f"the second pull fetched {first.range}, not only what the first lacked; blobs/ held {partial}; "
-        f"the first pull fetched, in order: {first_run}\n{r}")
+        f"the first pull fetched, in order: {first_run}\n{r}"
+    )
     sent = sum(x.sent for x in fake_hub.cdn_gets(mark))
     assert sent < f.size, f"the second pull downloaded {sent} of {f.size} bytes"
     assert sha256_of(cli.snapshot(SMOL_REPO, repo.commit) / SMOL_FILE) == f.sha256
@@ -774,8 +871,9 @@ def test_hf_hub_cache_overrides_hf_home(cli, fake_hub, tmp_path):
     other = tmp_path / "elsewhere"
     cli.env["HF_HUB_CACHE"] = str(other)
     name, _, r = cli.pull(repo_id + ":Q8_0")
-    assert (other / f"models--{repo_id.replace('/', '--')}" / "snapshots" / repo.commit / "Tiny-Q8_0.gguf").is_file(), \
+    assert (other / f"models--{repo_id.replace('/', '--')}" / "snapshots" / repo.commit / "Tiny-Q8_0.gguf").is_file(), (
         f"{files_under(other)}\n{r}"
+    )
     assert not (cli.hf_home / "hub").exists() or files_under(cli.hf_home / "hub") == []
     assert [e["name"] for e in cli.list_json()] == [name]
 
@@ -884,7 +982,16 @@ def test_show_gguf_json(pulled):
 def test_show_gguf_text(pulled):
     r = pulled.ok("show", SMOL_NAME)
     out = r.stdout
-    for key in ("name", "path", "format", "architecture", "quantization", "context_length", "chat_template", "tool_calls"):
+    for key in (
+        "name",
+        "path",
+        "format",
+        "architecture",
+        "quantization",
+        "context_length",
+        "chat_template",
+        "tool_calls",
+    ):
         assert re.search(rf"^\s*{key}\b", out, re.M), f"no `{key}` line:\n{out}"
     for value in (SMOL_NAME, "gguf", "llama", "Q4_1", "8192", "<|im_start|>", "none"):
         assert value in out, f"{value!r} not shown:\n{out}"
@@ -911,8 +1018,12 @@ def test_show_path_qwen_coder_is_hermes(cli):
 
 def test_show_path_smollm2(cli):
     info = json.loads(cli.ok("show", str(model_path(SMOLLM2)), "--json").stdout)
-    assert (info["format"], info["architecture"], info["quantization"], info["context_length"]) == \
-        ("gguf", "llama", "Q4_1", 8192), info
+    assert (info["format"], info["architecture"], info["quantization"], info["context_length"]) == (
+        "gguf",
+        "llama",
+        "Q4_1",
+        8192,
+    ), info
     assert info["tool_calls"] == "none"
 
 
@@ -928,11 +1039,14 @@ def test_show_unknown_model(cli):
 def test_rm_keeps_blobs_other_snapshot_files_use(cli, fake_hub):
     repo_id = "test-org/Shared-GGUF"
     same = tiny_gguf(name="same bytes", pad=5000)  # no file_type: the quant is the file name's
-    repo = fake_hub.add_repo(repo_id, {
-        "shared-Q4_0.gguf": same,
-        "shared-Q8_0.gguf": same,
-        "shared-Q4_K_M.gguf": tiny_gguf(file_type="Q4_K_M", name="other bytes"),
-    })
+    repo = fake_hub.add_repo(
+        repo_id,
+        {
+            "shared-Q4_0.gguf": same,
+            "shared-Q8_0.gguf": same,
+            "shared-Q4_K_M.gguf": tiny_gguf(file_type="Q4_K_M", name="other bytes"),
+        },
+    )
     for quant in ("Q4_0", "Q8_0", "Q4_K_M"):
         assert cli.pull(f"{repo_id}:{quant}")[0] == f"{repo_id}:{quant}"
     blobs = cli.repo_dir(repo_id) / "blobs"
@@ -989,8 +1103,19 @@ class ServeProc:
         self.log = cli.root / f"serve-{self.port}.log"
         self._log_file = open(self.log, "wb")
         env = {"RUST_LOG": "info", **(env or {})}
-        self.proc = cli.popen("serve", "--host", "127.0.0.1", "--port", str(self.port), "--threads", "2", *args,
-                              env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = cli.popen(
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            "2",
+            *args,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -1052,7 +1177,9 @@ def test_serve_without_model_pulls_the_recommended_one(cli, fake_hub, serve):
         if s.healthy() or s.proc.poll() is not None or time.monotonic() > deadline:
             break
         time.sleep(0.02)
-    assert announced_at_bytes is not None, f"the recommended model and its size were not announced:\n{s.output()[-6000:]}"
+    assert announced_at_bytes is not None, (
+        f"the recommended model and its size were not announced:\n{s.output()[-6000:]}"
+    )
     assert announced_at_bytes < f.size, "announced only after the download"
     s.wait_healthy()
     assert RECOMMENDED_NAME in s.model_ids(), s.model_ids()
@@ -1084,7 +1211,10 @@ def test_serve_cached_model_offline(cli, fake_hub, serve):
     s = serve(["--model", SMOL_NAME], env={"HF_ENDPOINT": closed_port_url()})
     s.wait_healthy()
     assert SMOL_NAME in s.model_ids(), s.model_ids()
-    r = httpx.post(f"{s.url}/v1/chat/completions", timeout=120,
-                   json={"model": SMOL_NAME, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    r = httpx.post(
+        f"{s.url}/v1/chat/completions",
+        timeout=120,
+        json={"model": SMOL_NAME, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] is not None

@@ -11,7 +11,6 @@ import json
 import jsonschema
 import openai
 import pytest
-
 from conftest import QWEN_CODER, _serve
 
 QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
@@ -109,8 +108,12 @@ def test_a_streamed_completion_with_usage(smol):
 def test_logit_bias_and_penalties_change_the_output(smol):
     """A +100 bias on one token makes greedy decoding write only it; a frequency penalty
     keeps a repetitive answer from repeating itself."""
-    args = dict(model="smol", messages=[{"role": "user", "content": "List the word cat twenty times."}],
-                max_tokens=40, temperature=0)
+    args = dict(
+        model="smol",
+        messages=[{"role": "user", "content": "List the word cat twenty times."}],
+        max_tokens=40,
+        temperature=0,
+    )
     plain = smol.chat.completions.create(**args).choices[0].message.content
     forced = smol.chat.completions.create(**args, logit_bias={"1000": 100}).choices[0].message.content
     assert forced != plain
@@ -132,8 +135,14 @@ def test_logit_bias_and_penalties_change_the_output(smol):
 def test_logprobs_match_the_tokens(smol, streamed):
     """Greedy decoding with logprobs: one entry per generated token, whose bytes make the
     text; each token is the most likely of its top_logprobs, with the same logprob."""
-    args = dict(model="smol", messages=[{"role": "user", "content": "Name three colours."}],
-                max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    args = dict(
+        model="smol",
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=12,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
     if streamed:
         entries, text, usage, finish = [], [], None, None
         for chunk in smol.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}):
@@ -161,8 +170,9 @@ def test_logprobs_match_the_tokens(smol, streamed):
 
 
 def test_a_seed_makes_sampling_repeatable(smol):
-    args = dict(model="smol", messages=[{"role": "user", "content": "Invent a name for a cat."}],
-                max_tokens=16, temperature=1.0)
+    args = dict(
+        model="smol", messages=[{"role": "user", "content": "Invent a name for a cat."}], max_tokens=16, temperature=1.0
+    )
     a = smol.chat.completions.create(**args, seed=7).choices[0].message.content
     b = smol.chat.completions.create(**args, seed=7).choices[0].message.content
     assert a == b
@@ -173,8 +183,12 @@ def test_a_seed_makes_sampling_repeatable(smol):
 def test_stop_sequences(smol):
     """Greedy output cut at a stop string taken from the uncut output: the reply is what
     came before it, and ends with `stop`."""
-    args = dict(model="smol", messages=[{"role": "user", "content": "Describe the sea in two sentences."}],
-                max_tokens=48, temperature=0)
+    args = dict(
+        model="smol",
+        messages=[{"role": "user", "content": "Describe the sea in two sentences."}],
+        max_tokens=48,
+        temperature=0,
+    )
     full = smol.chat.completions.create(**args).choices[0].message.content
     words = full.split()
     assert len(words) > 4, full
@@ -330,24 +344,24 @@ def test_errors_have_openais_shape_and_types(smol, small_ctx_server, auth_server
     with pytest.raises(openai.AuthenticationError):
         locked.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}])
     ok = openai.OpenAI(base_url=f"{auth_server.url}/v1", api_key="secret", max_retries=0)
-    assert ok.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2
-    ).choices
+    assert ok.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
 
 
 def test_a_bad_body_is_a_bad_request(smol_server):
     import httpx
 
-    r = httpx.post(f"{smol_server.url}/v1/chat/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{smol_server.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_a_text_completion(smol):
     """`/v1/completions`: the prompt continued as it is, with logprobs in the legacy shape."""
-    r = smol.completions.create(model="smol", prompt="The capital of France is", max_tokens=8,
-                                temperature=0, logprobs=2)
+    r = smol.completions.create(
+        model="smol", prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2
+    )
     assert r.object == "text_completion"
     choice = r.choices[0]
     assert choice.text and choice.finish_reason == "length"
@@ -359,8 +373,9 @@ def test_a_text_completion(smol):
     assert lp.text_offset == sorted(lp.text_offset)
     # The same prompt as token ids, streamed.
     pieces, finish = [], None
-    for chunk in smol.completions.create(model="smol", prompt=[1000, 1001, 1002], max_tokens=6,
-                                         temperature=0, stream=True):
+    for chunk in smol.completions.create(
+        model="smol", prompt=[1000, 1001, 1002], max_tokens=6, temperature=0, stream=True
+    ):
         pieces.append(chunk.choices[0].text)
         finish = chunk.choices[0].finish_reason or finish
     assert "".join(pieces) and finish == "length"

@@ -97,9 +97,12 @@ def check_call(message, name: str, server) -> dict:
 def test_forced_claude_code_calls_match_their_schema(server_name, tool, request):
     server = request.getfixturevalue(server_name)
     message = client_for(server).messages.create(
-        model="claude-opus-5-5", max_tokens=256, tools=CLAUDE_CODE_TOOLS,
+        model="claude-opus-5-5",
+        max_tokens=256,
+        tools=CLAUDE_CODE_TOOLS,
         tool_choice={"type": "tool", "name": tool},
-        messages=[{"role": "user", "content": "Show me what is in the project's README."}], **T0,
+        messages=[{"role": "user", "content": "Show me what is in the project's README."}],
+        **T0,
     )
     jsonschema.validate(check_call(message, tool, server), SCHEMAS[tool])
 
@@ -109,8 +112,12 @@ def test_a_streamed_forced_call_arrives_as_input_json_deltas(server_name, reques
     server = request.getfixturevalue(server_name)
     fragments = []
     with client_for(server).messages.stream(
-        model="claude-opus-5-5", max_tokens=256, tools=CLAUDE_CODE_TOOLS, tool_choice={"type": "any"},
-        messages=[{"role": "user", "content": "List the files in this directory."}], **T0,
+        model="claude-opus-5-5",
+        max_tokens=256,
+        tools=CLAUDE_CODE_TOOLS,
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "List the files in this directory."}],
+        **T0,
     ) as stream:
         for event in stream:
             if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
@@ -143,23 +150,21 @@ def test_an_auto_call_streams_and_a_result_continues_the_conversation(server_nam
     server = request.getfixturevalue(server_name)
     client = client_for(server)
     settings = AUTO[server_name]
-    with client.messages.stream(
-        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **settings
-    ) as stream:
+    with client.messages.stream(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=ASK, **settings) as stream:
         kinds = [e.content_block.type for e in stream if e.type == "content_block_start"]
         first = stream.get_final_message()
     assert "tool_use" in kinds, f"{first}\n--- log ---\n{server.log_tail(3000)}"
     call = next(b for b in first.content if b.type == "tool_use")
     history = ASK + [
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 22 degrees Celsius."}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 22 degrees Celsius."}],
+        },
     ]
     # The call and its result render back through the template; the model answers from
     # the result or calls again (a 0.5B model often does), but either way well-formed.
-    answer = client.messages.create(
-        model="qwen", max_tokens=96, tools=[WEATHER_TOOL], messages=history, **settings
-    )
+    answer = client.messages.create(model="qwen", max_tokens=96, tools=[WEATHER_TOOL], messages=history, **settings)
     assert answer.stop_reason in ("end_turn", "tool_use"), answer
     for block in answer.content:
         if block.type == "text":

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import anthropic
 import pytest
-
 from conftest import QWEN_CODER, _serve
 from helpers import QUESTION, T0, WEATHER_TOOL, after_the_call
-
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +21,7 @@ def client(qwen):
 
 
 def test_a_tool_call_is_a_tool_use_block(client, qwen):
-    message = client.messages.create(
-        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0
-    )
+    message = client.messages.create(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0)
     assert message.stop_reason == "tool_use", f"{message}\n--- log ---\n{qwen.log_tail(3000)}"
     calls = [b for b in message.content if b.type == "tool_use"]
     assert len(calls) == 1, message.content
@@ -40,9 +36,7 @@ def test_a_tool_call_is_a_tool_use_block(client, qwen):
 
 def test_a_streamed_call_arrives_as_input_json_deltas(client, qwen):
     kinds, fragments = [], []
-    with client.messages.stream(
-        model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0
-    ) as stream:
+    with client.messages.stream(model="qwen", max_tokens=128, tools=[WEATHER_TOOL], messages=QUESTION, **T0) as stream:
         for event in stream:
             if event.type == "content_block_start":
                 kinds.append(event.content_block.type)
@@ -114,8 +108,12 @@ def test_a_forced_tool_call_matches_the_schema(model, tool_choice, request):
     server = request.getfixturevalue("smol_server" if model == "smol" else "qwen")
     client = anthropic.Anthropic(base_url=server.url, api_key="anything", max_retries=0, timeout=300.0)
     message = client.messages.create(
-        model=model, max_tokens=256, tools=[WEATHER_TOOL, FILE_TOOL], tool_choice=tool_choice,
-        messages=SAVE, **T0,
+        model=model,
+        max_tokens=256,
+        tools=[WEATHER_TOOL, FILE_TOOL],
+        tool_choice=tool_choice,
+        messages=SAVE,
+        **T0,
     )
     assert message.stop_reason == "tool_use", f"{message}\n--- log ---\n{server.log_tail(2000)}"
     calls = [b for b in message.content if b.type == "tool_use"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
-
 from conftest import QWEN_CODER, Server, _serve, free_port, serve_front
 from helpers import QUESTION, T0, WEATHER_TOOL, after_the_call
 

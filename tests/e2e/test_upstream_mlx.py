@@ -13,7 +13,6 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-
 from conftest import SMOLLM2, free_port, mlx_model_dir, serve_front, stop_process
 from helpers import T0
 from test_claude_code import run_claude

@@ -9,7 +9,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-
 from conftest import QWEN_CODER, _serve, serve_front
 from helpers import QUESTION, T0, WEATHER_TOOL, scrape, text_of
 

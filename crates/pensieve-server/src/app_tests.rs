@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use pensieve_engine::testing::{model_info, ByteTokenizer, ScriptedRunner};
 use pensieve_engine::{Engine, EngineConfig};
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
+use crate::BrowserPolicy;
 
 fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
     let engine = Engine::start(
@@ -53,6 +55,12 @@ async fn send_with(
     headers: &[(&str, &str)],
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let mut builder = Request::builder().method(method).uri(uri);
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if body.is_some() && !typed {
+        builder = builder.header("content-type", "application/json");
+    }
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
@@ -318,6 +326,7 @@ async fn oversized_chunked_body_is_413() {
     let request = Request::builder()
         .method("POST")
         .uri("/v1/messages")
+        .header("content-type", "application/json")
         .body(Body::from_stream(futures::stream::iter(chunks)))
         .unwrap();
     let response = app(state_with("x", config, 4096))
@@ -325,6 +334,30 @@ async fn oversized_chunked_body_is_413() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_408() {
+    let config = ServerConfig {
+        body_timeout: std::time::Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    // A few bytes, then nothing: the client promised more and stalls.
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{"))]);
+    let stalled = first.chain(futures::stream::pending());
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let response = app(state_with("x", config, 4096))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(json_of(&body)["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test]
@@ -356,6 +389,7 @@ async fn invalid_json_is_400() {
     let request = Request::builder()
         .method("POST")
         .uri("/v1/messages")
+        .header("content-type", "application/json")
         .body(Body::from("{nope"))
         .unwrap();
     let response = router("x").oneshot(request).await.unwrap();
@@ -741,4 +775,214 @@ async fn a_warm_chat_stream_ends_with_its_cached_tokens() {
     assert_eq!(cached, 0);
     // The same prompt again: all but its last token.
     assert_eq!(usage[1], (prompt, prompt - 1));
+}
+
+// What web pages send: the headers below are the ones Chrome sends for a page's fetch().
+
+fn browser_router(origins: &[&str]) -> Router {
+    let config = ServerConfig {
+        browser: BrowserPolicy::new(
+            true,
+            vec!["box.lan".into()],
+            origins.iter().map(|o| o.to_string()).collect(),
+        ),
+        ..ServerConfig::default()
+    };
+    app(state_with("hello", config, 4096))
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused_on_loopback() {
+    // DNS rebinding: the page's own name now points at 127.0.0.1.
+    let rebound = [
+        ("host", "rebind.example:7777"),
+        ("origin", "http://rebind.example:7777"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let (status, _, body) = send_with(
+        browser_router(&[]),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &rebound,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let body = json_of(&body);
+    assert_eq!(body["error"]["type"], "permission_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--allowed-host"));
+    // Even a GET without an Origin (a navigation to the rebound name).
+    let (status, _, body) = send_with(
+        browser_router(&[]),
+        "GET",
+        "/v1/models",
+        None,
+        &[("host", "rebind.example:7777")],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // OpenAI's routes answer in OpenAI's shape.
+    let (status, _, body) = send_with(
+        browser_router(&[]),
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(false)),
+        &[("host", "rebind.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(json_of(&body)["error"]["message"].is_string());
+    for host in [
+        "127.0.0.1:7777",
+        "localhost:7777",
+        "[::1]:7777",
+        "box.lan:7777",
+    ] {
+        let (status, _, _) = send_with(
+            browser_router(&[]),
+            "GET",
+            "/v1/models",
+            None,
+            &[("host", host)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_is_refused_and_gets_no_cors_headers() {
+    // A "simple" request: text/plain needs no preflight, so the browser sends it as it is.
+    let simple = [
+        ("host", "127.0.0.1:7777"),
+        ("origin", "https://evil.example"),
+        ("content-type", "text/plain;charset=UTF-8"),
+        ("sec-fetch-mode", "no-cors"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    let (status, headers, body) = send_with(
+        browser_router(&[]),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &simple,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(json_of(&body)["error"]["type"], "permission_error");
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // The preflight of a JSON request is refused too, so the browser never sends it.
+    let preflight = [
+        ("host", "127.0.0.1:7777"),
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type,x-api-key"),
+        ("sec-fetch-mode", "cors"),
+    ];
+    let (status, headers, _) = send_with(
+        browser_router(&[]),
+        "OPTIONS",
+        "/v1/messages",
+        None,
+        &preflight,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // A loopback page is a page too: it needs --cors-origin like any other.
+    let (status, _, _) = send_with(
+        browser_router(&["http://localhost:3000"]),
+        "GET",
+        "/v1/models",
+        None,
+        &[("origin", "http://localhost:3001")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_allowed_origin_gets_its_preflight_and_cors_headers() {
+    let origin = "http://localhost:3000";
+    let preflight = [
+        ("host", "127.0.0.1:7777"),
+        ("origin", origin),
+        ("access-control-request-method", "POST"),
+        (
+            "access-control-request-headers",
+            "anthropic-version,content-type,x-api-key",
+        ),
+    ];
+    let (status, headers, _) = send_with(
+        browser_router(&[origin]),
+        "OPTIONS",
+        "/v1/messages",
+        None,
+        &preflight,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(headers["access-control-allow-origin"], origin);
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("x-api-key"), "{allowed}");
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let (status, headers, body) = send_with(
+        browser_router(&[origin]),
+        "POST",
+        "/v1/messages",
+        Some(message(false)),
+        &[("host", "127.0.0.1:7777"), ("origin", origin)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], origin);
+    assert!(headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("request-id"));
+    assert_eq!(json_of(&body)["content"][0]["text"], "hello");
+}
+
+#[tokio::test]
+async fn bodies_must_be_json() {
+    for content_type in [
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=----x",
+    ] {
+        let (status, _, body) = send_with(
+            router("x"),
+            "POST",
+            "/v1/messages",
+            Some(message(false)),
+            &[("content-type", content_type)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}");
+        let body = json_of(&body);
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"));
+    }
+    // No Content-Type at all (a fetch() of a Blob without a type sends none).
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .body(Body::from(chat(false).to_string()))
+        .unwrap();
+    let response = router("x").oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }

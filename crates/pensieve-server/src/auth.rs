@@ -19,12 +19,14 @@ pub fn is_authorized(headers: &HeaderMap, key: &str) -> bool {
         .any(|given| constant_time_eq(given.as_bytes(), key.as_bytes()))
 }
 
-/// Compare without an early exit, so timing does not reveal how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compare without an early exit, so timing does not reveal how much of a key matched,
+/// nor its length: every byte of `key` is compared, against 0 past the end of `given`.
+fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != key.len());
+    for (i, k) in key.iter().enumerate() {
+        diff |= k ^ given.get(i).copied().unwrap_or(!k);
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -56,6 +58,10 @@ mod tests {
             "k1"
         ));
         assert!(!is_authorized(&headers(&[]), "k1"));
+        // A prefix or an extension of the key is not the key.
+        assert!(!is_authorized(&headers(&[("x-api-key", "k")]), "k1"));
+        assert!(!is_authorized(&headers(&[("x-api-key", "k12")]), "k1"));
+        assert!(!is_authorized(&headers(&[("x-api-key", "")]), "k1"));
         // One wrong header and one right one: the right one wins.
         assert!(is_authorized(
             &headers(&[("x-api-key", "bad"), ("authorization", "Bearer k1")]),

@@ -4,6 +4,8 @@
 //! requests and engine events back into wire responses; they hold no model logic.
 //!
 //! - [`app`]: the router, its state and middleware.
+//! - [`browser`]: which hosts and web origins may call the server.
+//! - [`listen`]: accepting connections, with a deadline for each request's headers.
 //! - [`request_metrics`]: the middleware that counts and times every request.
 //! - [`models`]: which loaded model serves a requested name (aliases).
 //! - [`routes`]: one module per API surface.
@@ -11,11 +13,14 @@
 
 pub mod app;
 pub mod auth;
+pub mod browser;
 pub mod error;
+pub mod listen;
 pub mod models;
 pub mod request_metrics;
 pub mod routes;
 
 pub use app::{app, AppState, ServerConfig};
+pub use browser::BrowserPolicy;
 pub use error::ApiError;
 pub use models::{Backend, ModelRouter, ServedModel};

@@ -63,6 +63,10 @@ pub struct ServerSettings {
     pub cache_disk: Option<ByteSize>,
     pub queue: Option<usize>,
     pub max_body_mib: Option<usize>,
+    /// Host names answered on a loopback bind besides this machine's (`--allowed-host`).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins allowed to call the API (`--cors-origin`).
+    pub cors_origins: Option<Vec<String>>,
 }
 
 impl ServerSettings {

@@ -13,7 +13,7 @@ use pensieve_engine::settings::{self, Asked, GpuLayers, Layer};
 use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, ToolFormat};
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
-use pensieve_server::{AppState, ModelRouter, ServedModel, ServerConfig};
+use pensieve_server::{AppState, BrowserPolicy, ModelRouter, ServedModel, ServerConfig};
 
 use crate::config::{Config, EngineKind, UpstreamApi, UpstreamRouting};
 use crate::resolve::{self, Fetch, Resolved};
@@ -103,6 +103,25 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address without an API key.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// On a loopback address, also answer requests whose Host header names HOST (a
+    /// reverse proxy's or a tunnel's name; `.example.com` for a domain and its
+    /// subdomains; `*` for any). Others are refused against DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "PENSIEVE_ALLOWED_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// Let web pages of ORIGIN (e.g. http://localhost:3000; `*` for any) call the API from
+    /// a browser. Requests with any other Origin are refused.
+    #[arg(
+        long = "cors-origin",
+        env = "PENSIEVE_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// Name the model is listed under [default: its `pensieve list` name, or the file
     /// name without extension].
     #[arg(long, value_name = "NAME")]
@@ -532,6 +551,15 @@ fn add_aliases(
     }
 }
 
+/// A list flag's values, else the config's.
+fn or_config(flag: &[String], config: &Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        config.clone().unwrap_or_default()
+    } else {
+        flag.to_vec()
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = crate::config::load()?;
@@ -555,6 +583,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .or(config.server.max_body_mib)
             .unwrap_or(32)
             .saturating_mul(1024 * 1024),
+        browser: BrowserPolicy::new(
+            host.is_loopback(),
+            or_config(&args.allowed_hosts, &config.server.allowed_hosts),
+            or_config(&args.cors_origins, &config.server.cors_origins),
+        ),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -603,12 +636,16 @@ async fn serve(
             signal.cancel();
         }
     });
-    let server = axum::serve(listener, pensieve_server::app(state))
-        .with_graceful_shutdown(signal.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let header_timeout = state.config.header_timeout;
+    let server = tokio::spawn(pensieve_server::listen::serve(
+        listener,
+        pensieve_server::app(state),
+        header_timeout,
+        signal.clone().cancelled_owned(),
+    ));
     signal.cancelled().await;
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(result)) => result.context("server error"),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("server task failed"),
         Err(_) => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");

@@ -11,6 +11,9 @@ pub enum ErrorKind {
     Permission,
     NotFound,
     RequestTooLarge,
+    /// The client did not send its request in time (408; Anthropic has no type of its own
+    /// for it, so it is an `invalid_request_error`).
+    RequestTimeout,
     RateLimit,
     Api,
     Overloaded,
@@ -23,6 +26,7 @@ impl ErrorKind {
             ErrorKind::Authentication => 401,
             ErrorKind::Permission => 403,
             ErrorKind::NotFound => 404,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::RequestTooLarge => 413,
             ErrorKind::RateLimit => 429,
             ErrorKind::Api => 500,
@@ -48,7 +52,7 @@ impl ErrorKind {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::InvalidRequest | ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::NotFound => "not_found_error",
@@ -83,6 +87,7 @@ mod tests {
             (ErrorKind::Authentication, 401, "authentication_error"),
             (ErrorKind::Permission, 403, "permission_error"),
             (ErrorKind::NotFound, 404, "not_found_error"),
+            (ErrorKind::RequestTimeout, 408, "invalid_request_error"),
             (ErrorKind::RequestTooLarge, 413, "request_too_large"),
             (ErrorKind::RateLimit, 429, "rate_limit_error"),
             (ErrorKind::Api, 500, "api_error"),

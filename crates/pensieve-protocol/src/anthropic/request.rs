@@ -24,6 +24,31 @@ fn field_required(name: &str) -> RequestError {
     RequestError(format!("{name}: Field required"))
 }
 
+/// Anthropic refuses an empty conversation rather than inventing a prompt.
+fn at_least_one(messages: &[InputMessage]) -> Result<(), RequestError> {
+    if messages.is_empty() {
+        return Err(RequestError(
+            "messages: at least one message is required".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `name` within `[min, max]`, worded as Anthropic words it.
+fn in_range(name: &str, value: f64, min: f64, max: f64) -> Result<(), RequestError> {
+    if value.is_nan() || value < min {
+        return Err(RequestError(format!(
+            "{name}: Input should be greater than or equal to {min}"
+        )));
+    }
+    if value > max {
+        return Err(RequestError(format!(
+            "{name}: Input should be less than or equal to {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// The body of `POST /v1/messages`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MessagesRequest {
@@ -218,6 +243,18 @@ impl MessagesRequest {
         let max_tokens = self
             .max_tokens
             .ok_or_else(|| field_required("max_tokens"))?;
+        at_least_one(&messages)?;
+        in_range(
+            "max_tokens",
+            f64::from(max_tokens),
+            1.0,
+            f64::from(u32::MAX),
+        )?;
+        for (name, value) in [("temperature", self.temperature), ("top_p", self.top_p)] {
+            if let Some(v) = value {
+                in_range(name, f64::from(v), 0.0, 1.0)?;
+            }
+        }
         let marked_tools = self
             .tools
             .iter()
@@ -281,6 +318,7 @@ impl CountTokensRequest {
     pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
         let model = self.model.ok_or_else(|| field_required("model"))?;
         let messages = self.messages.ok_or_else(|| field_required("messages"))?;
+        at_least_one(&messages)?;
         let (conversation, _) = conversation(self.system, messages)?;
         let mut request = GenerateRequest::new(model, conversation, 1);
         request.tools = tools(self.tools.unwrap_or_default());

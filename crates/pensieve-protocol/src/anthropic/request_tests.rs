@@ -23,6 +23,64 @@ fn r3_required_fields_are_named() {
 }
 
 #[test]
+fn values_out_of_the_apis_ranges_are_refused() {
+    // (field, value, the error; None: accepted)
+    let table: [(&str, Value, Option<&str>); 13] = [
+        (
+            "messages",
+            json!([]),
+            Some("messages: at least one message is required"),
+        ),
+        (
+            "max_tokens",
+            json!(0),
+            Some("max_tokens: Input should be greater than or equal to 1"),
+        ),
+        ("max_tokens", json!(1), None),
+        ("max_tokens", json!(-1), Some("max_tokens: invalid value")),
+        ("max_tokens", json!("64"), Some("max_tokens: invalid type")),
+        ("temperature", json!(0.0), None),
+        ("temperature", json!(1.0), None),
+        (
+            "temperature",
+            json!(1.5),
+            Some("temperature: Input should be less than or equal to 1"),
+        ),
+        (
+            "temperature",
+            json!(-0.1),
+            Some("temperature: Input should be greater than or equal to 0"),
+        ),
+        (
+            "top_p",
+            json!(1.01),
+            Some("top_p: Input should be less than or equal to 1"),
+        ),
+        ("top_p", json!(0.5), None),
+        ("top_k", json!(-3), Some("top_k: invalid value")),
+        (
+            "stop_sequences",
+            json!("END"),
+            Some("stop_sequences: invalid type"),
+        ),
+    ];
+    for (field, value, want) in table {
+        let mut body = base();
+        body[field] = value.clone();
+        match (generate(body), want) {
+            (Ok(_), None) => {}
+            (Err(e), Some(want)) => assert!(e.0.starts_with(want), "{field}={value}: {}", e.0),
+            (got, want) => panic!("{field}={value}: got {got:?}, want {want:?}"),
+        }
+    }
+    let count = parse_count_tokens(json!({"model": "m", "messages": []}).to_string().as_bytes())
+        .unwrap()
+        .into_generate()
+        .unwrap_err();
+    assert_eq!(count.0, "messages: at least one message is required");
+}
+
+#[test]
 fn r4_unknown_top_level_fields_are_ignored() {
     let mut body = base();
     body["context_management"] = json!({"edits": [{"type": "clear_thinking_20251015"}]});

@@ -37,7 +37,8 @@ fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidRequest
         | ErrorKind::Authentication
         | ErrorKind::NotFound
-        | ErrorKind::RequestTooLarge => "invalid_request_error",
+        | ErrorKind::RequestTooLarge
+        | ErrorKind::RequestTimeout => "invalid_request_error",
         ErrorKind::Permission => "permission_error",
         ErrorKind::RateLimit => "rate_limit_error",
         ErrorKind::Api | ErrorKind::Overloaded => "server_error",

@@ -41,7 +41,7 @@ async fn start(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, state.config.body_limit).await?;
+    let bytes = read_body(headers, body, &state.config).await?;
     let parsed = parse_completion(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();

@@ -11,11 +11,18 @@ use pensieve_protocol::anthropic::ErrorKind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::app::ServerConfig;
 use crate::error::ApiError;
 use crate::models::Backend;
 
-/// Read the whole body, refusing one over `limit` with 413.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Read the whole body, refusing one over the limit with 413 and one that does not arrive
+/// within the body timeout with 408 (a client that trickles its body holds no task for ever).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    config: &ServerConfig,
+) -> Result<Bytes, ApiError> {
+    let limit = config.body_limit;
     let too_large = || {
         ApiError::new(
             ErrorKind::RequestTooLarge,
@@ -29,7 +36,19 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let wait = config.body_timeout;
+    let read = tokio::time::timeout(wait, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(wait)
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if is_limit {

@@ -43,7 +43,7 @@ pub async fn count_tokens(
     body: Body,
 ) -> Response {
     let result = async {
-        let bytes = read_body(&headers, body, state.config.body_limit).await?;
+        let bytes = read_body(&headers, body, &state.config).await?;
         let request = parse_count_tokens(&bytes)?.into_generate()?;
         let count = match state.backend_for(&request.model).clone() {
             Backend::Local(engine) => blocking(move || engine.prompt_tokens(&request))
@@ -71,7 +71,7 @@ async fn start_message(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, state.config.body_limit).await?;
+    let bytes = read_body(headers, body, &state.config).await?;
     let parsed = parse_messages(&bytes)?;
     let stream = parsed.is_stream();
     let request = parsed.into_generate()?;
