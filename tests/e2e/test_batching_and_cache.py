@@ -543,7 +543,7 @@ def test_restart_with_cache_dir_still_hits(tmp_path: Path):
 
         code = server.terminate()
         assert code == 0, f"pensieve exited with {code} on SIGTERM\n--- server log ---\n{server.log_tail()}"
-        files = [p for p in cache_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
+        files = [p for p in cache_dir.rglob("*.kv") if p.is_file() and p.stat().st_size > 0]
         assert files, f"nothing was written under {cache_dir} on shutdown\n--- server log ---\n{server.log_tail()}"
         assert sum(p.stat().st_size for p in files) >= (n - 1) * 10_000, (
             f"the snapshot files are too small for {n} tokens: {[(p.name, p.stat().st_size) for p in files]}"

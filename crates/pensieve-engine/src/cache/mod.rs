@@ -153,9 +153,10 @@ impl PrefixCache {
                     cache.disk = Some(store);
                     cache.trim_disk();
                 }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), "prefix cache on disk disabled: {e}")
-                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    "serving without the prefix cache on disk: {e}"
+                ),
             }
         }
         cache
@@ -384,6 +385,7 @@ impl PrefixCache {
         if let Some(disk) = &mut self.disk {
             disk.flush();
         }
+        self.forget_failed_writes();
         written
     }
 
@@ -500,10 +502,26 @@ impl PrefixCache {
         let Some(entry) = self.entries.get_mut(&id) else {
             return false;
         };
-        disk.write(entry.tokens.clone(), entry.prompt_len, bytes.clone());
+        if !disk.write(id, entry.tokens.clone(), entry.prompt_len, bytes.clone()) {
+            return false;
+        }
         entry.disk = Some(bytes.len() as u64);
         self.trim_disk();
         true
+    }
+
+    /// Forget the disk copies whose write failed (a full disk, an I/O error): they
+    /// are not there to read.
+    pub fn forget_failed_writes(&mut self) {
+        let Some(disk) = &mut self.disk else {
+            return;
+        };
+        for id in disk.failed_writes() {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.disk = None;
+            }
+            self.drop_if_empty(id);
+        }
     }
 
     fn read_disk(&mut self, id: EntryId) -> Option<Arc<Vec<u8>>> {

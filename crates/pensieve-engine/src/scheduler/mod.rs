@@ -841,6 +841,7 @@ impl Scheduler {
         self.counters
             .running
             .store(self.running.len(), Ordering::Relaxed);
+        self.cache.forget_failed_writes();
         let s = self.cache.stats();
         let context_bytes = s.context_tokens * self.runner.kv_bytes_per_token();
         self.metrics.publish_share(
