@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from conftest import GEMMA3, REQUESTED_MODEL, SMOLLM2, Server, model_path, summary_line
+from conftest import GEMMA3, REQUESTED_MODEL, SMOLLM2, Server, model_path, pensieve_bin, summary_line
 from helpers import iter_sse, scrape
 
 T0 = {"temperature": 0}
@@ -563,3 +564,44 @@ def test_restart_with_cache_dir_still_hits(tmp_path: Path):
         )
     finally:
         server.close()
+
+
+# --- 6. KV cache types ------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_quantized_kv_cache_types_take_less_memory_and_keep_their_own_snapshots(tmp_path: Path):
+    """--cache-type-k/-v as llama-server's: q4_0 K and V take ~18/64 of f16's bytes. With
+    4 x 8192 cells SmolLM2's f16 cache is 720 MiB, so the process must shrink by at least
+    half the 513 MiB difference; the disk tier keeps the two layouts apart."""
+    cache_dir = tmp_path / "kv"
+    base = ["--parallel", "4", "--ctx", "8192", "--cache-dir", str(cache_dir)]
+    messages = [{"role": "user", "content": f"[{nonce()}] " + filler(200, seed=9)}]
+    rss = {}
+    for kv in ("f16", "q4_0"):
+        with serving(*base, "--cache-type-k", kv, "--cache-type-v", kv) as server:
+            rss[kv] = _rss_mib(server.proc.pid)
+            first = create(server, max_tokens=8, **T0, messages=messages)
+            assert first.content[0].text, "no answer"
+            # A snapshot written by the other type's server is never offered to this one.
+            assert first.usage.cache_read_input_tokens < 64, usage_str(first.usage)
+            assert f"cache_type_k={kv} cache_type_v={kv}" in server.log_tail(100_000)
+    summary_line(f"KV cache types, 4 x 8192 cells: RSS {rss['f16']:.0f} MiB f16, {rss['q4_0']:.0f} MiB q4_0")
+    assert rss["f16"] - rss["q4_0"] >= 513 / 2, rss
+
+
+def test_an_unknown_kv_cache_type_is_refused_by_name():
+    r = subprocess.run(
+        [str(pensieve_bin()), "serve", "--model", str(model_path(SMOLLM2)), "--cache-type-k", "q3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r
+    assert '"q3" is not a KV cache type' in r.stderr and "q8_0" in r.stderr, r.stderr

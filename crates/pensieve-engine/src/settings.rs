@@ -138,6 +138,106 @@ impl<'de> serde::Deserialize<'de> for GpuLayers {
     }
 }
 
+/// The element type of the K or V cache, named as llama-server's `--cache-type-k/-v`
+/// name it. Quantized types trade a little quality for memory per token: an agent
+/// session is long, so that memory decides how many sessions and how much context fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    #[default]
+    F16,
+    Bf16,
+    Q8_0,
+    Q5_1,
+    Q5_0,
+    Q4_1,
+    Q4_0,
+    Iq4Nl,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 9] = [
+        KvType::F32,
+        KvType::F16,
+        KvType::Bf16,
+        KvType::Q8_0,
+        KvType::Q5_1,
+        KvType::Q5_0,
+        KvType::Q4_1,
+        KvType::Q4_0,
+        KvType::Iq4Nl,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q5_1 => "q5_1",
+            KvType::Q5_0 => "q5_0",
+            KvType::Q4_1 => "q4_1",
+            KvType::Q4_0 => "q4_0",
+            KvType::Iq4Nl => "iq4_nl",
+        }
+    }
+
+    /// Bytes of a block of 32 elements (ggml's block sizes; scales included).
+    fn bytes_per_32(self) -> u64 {
+        match self {
+            KvType::F32 => 128,
+            KvType::F16 | KvType::Bf16 => 64,
+            KvType::Q8_0 => 34,
+            KvType::Q5_1 => 24,
+            KvType::Q5_0 => 22,
+            KvType::Q4_1 => 20,
+            KvType::Q4_0 | KvType::Iq4Nl => 18,
+        }
+    }
+
+    /// A block-quantized type: llama.cpp can store V so only with flash attention.
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, KvType::F32 | KvType::F16 | KvType::Bf16)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a KV cache type (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl)")]
+pub struct KvTypeError(String);
+
+impl FromStr for KvType {
+    type Err = KvTypeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| KvTypeError(s.to_owned()))
+    }
+}
+
+impl fmt::Display for KvType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The config file's `cache_type_k` / `cache_type_v`: a type's name.
+impl<'de> serde::Deserialize<'de> for KvType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes per token of a K and V cache of these types, from what the same cache takes in
+/// f16 (half K, half V).
+pub fn kv_bytes_with(f16_bytes: u64, k: KvType, v: KvType) -> u64 {
+    let half = f16_bytes / 2;
+    (half * k.bytes_per_32() + half * v.bytes_per_32()) / 64
+}
+
 /// What one source says about the model's settings; None: nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Layer {
@@ -149,6 +249,8 @@ pub struct Layer {
     /// Greedy tokens picked inside llama.cpp's graph (on the GPU) rather than on the host,
     /// for every slot (true) or none (false).
     pub backend_sampling: Option<bool>,
+    pub cache_type_k: Option<KvType>,
+    pub cache_type_v: Option<KvType>,
 }
 
 /// Where a value came from, so that an error names it as the user wrote it.
@@ -219,8 +321,28 @@ impl Asked {
     }
 }
 
+impl Asked {
+    /// For an engine that keeps its KV cache as it likes: refuse a type asked for.
+    pub fn refuse_kv_types(&self, engine: &'static str) -> Result<(), SettingsError> {
+        for (setting, t) in [
+            ("cache_type_k", self.pick(|l| l.cache_type_k)),
+            ("cache_type_v", self.pick(|l| l.cache_type_v)),
+        ] {
+            if let Some((t, source)) = t.filter(|(t, _)| *t != KvType::F16) {
+                return Err(SettingsError::Unsupported {
+                    name: format!("{} asks for {t}", source.name(setting)),
+                    engine,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
+    #[error("{name}, but the {engine} engine keeps its KV cache in the model's own type")]
+    Unsupported { name: String, engine: &'static str },
     #[error("{name} must be at least {min}")]
     TooSmall { name: String, min: u64 },
     #[error("{name} must be at most {max}")]
@@ -298,6 +420,9 @@ pub struct Settings {
     /// By the estimate, the KV cache does not fit the GPU's free memory (the context and
     /// sequences were asked for, or the smallest context tried did not fit either).
     pub may_not_fit: bool,
+    /// The K and V caches' element types.
+    pub cache_type_k: KvType,
+    pub cache_type_v: KvType,
 }
 
 /// Layers to ask llama.cpp to offload, decided before the weights are loaded: what is
@@ -358,6 +483,17 @@ pub fn resolve(
     } else {
         0
     };
+    let cache_type_k = asked
+        .pick(|l| l.cache_type_k)
+        .map_or(KvType::F16, |(t, _)| t);
+    let cache_type_v = asked
+        .pick(|l| l.cache_type_v)
+        .map_or(KvType::F16, |(t, _)| t);
+    // The budget counts the cache at the types asked for.
+    let model = &ModelFacts {
+        kv_bytes_per_token: kv_bytes_with(model.kv_bytes_per_token, cache_type_k, cache_type_v),
+        ..*model
+    };
     let budget = Budget::new(model, device, gpu_layers, batch, sampling_bytes);
     let sized = budget.size(
         model.train_context,
@@ -375,6 +511,8 @@ pub fn resolve(
         backend_sampling_slots: backend_sampling_slots.min(sized.parallel),
         shrunk_from: sized.shrunk_from,
         may_not_fit: sized.may_not_fit,
+        cache_type_k,
+        cache_type_v,
     })
 }
 

@@ -397,3 +397,60 @@ fn sampling_in_the_graph_leaves_room_for_a_batch_of_logits() {
     assert_eq!(parallel(None, 152_064), 6);
     assert_eq!(parallel(None, 4 * 152_064), 4);
 }
+
+#[test]
+fn kv_cache_types_parse_as_llama_server_spells_them_and_size_the_cache() {
+    for t in KvType::ALL {
+        assert_eq!(t.name().parse::<KvType>(), Ok(t));
+        assert_eq!(t.name().to_uppercase().parse::<KvType>(), Ok(t));
+    }
+    let err = "q3".parse::<KvType>().unwrap_err().to_string();
+    assert!(err.contains("q8_0") && err.contains("\"q3\""), "{err}");
+    assert!(KvType::Q8_0.is_quantized() && !KvType::Bf16.is_quantized());
+
+    // ggml's block sizes: q8_0 is 34 bytes per 32 values against f16's 64, q4_0 18.
+    let f16 = 28 * 4 * 128 * 2 * 2;
+    assert_eq!(kv_bytes_with(f16, KvType::F16, KvType::F16), f16);
+    assert_eq!(
+        kv_bytes_with(f16, KvType::Q8_0, KvType::Q8_0),
+        f16 * 34 / 64
+    );
+    assert_eq!(
+        kv_bytes_with(f16, KvType::Q8_0, KvType::Q4_0),
+        f16 / 2 * (34 + 18) / 64
+    );
+
+    // The default is f16; a quantized cache lets the GPU default hold twice the context
+    // that f16 gets (64k in f16 above, 128k in q8_0: 3.72 GiB of the 3.84 free).
+    let s = resolved(Layer::default(), qwen7b(131_072), &with_gpu(10));
+    assert_eq!((s.cache_type_k, s.cache_type_v), (KvType::F16, KvType::F16));
+    let q8 = Layer {
+        cache_type_k: Some(KvType::Q8_0),
+        cache_type_v: Some(KvType::Q8_0),
+        ..Layer::default()
+    };
+    let s = resolved(q8, qwen7b(131_072), &with_gpu(10));
+    assert_eq!((s.ctx, s.shrunk_from), (131_072, None));
+    assert_eq!(s.cache_type_k, KvType::Q8_0);
+}
+
+#[test]
+fn an_engine_without_kv_types_names_the_setting_it_refuses() {
+    let asked = Asked {
+        config: Layer {
+            cache_type_v: Some(KvType::Q4_0),
+            ..Layer::default()
+        },
+        ..Asked::default()
+    };
+    let err = asked.refuse_kv_types("mlx").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cache_type_v in the config file asks for q4_0, but the mlx engine keeps its KV cache in the model's own type"
+    );
+    let f16 = Asked::flags(Layer {
+        cache_type_k: Some(KvType::F16),
+        ..Layer::default()
+    });
+    assert!(f16.refuse_kv_types("mlx").is_ok());
+}

@@ -6,13 +6,15 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
-use pensieve_engine::settings::{self, Asked, DeviceFacts, ModelFacts, Settings, SettingsError};
+use pensieve_engine::settings::{
+    self, Asked, DeviceFacts, KvType, ModelFacts, Settings, SettingsError,
+};
 use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 
 use crate::device;
@@ -133,6 +135,8 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         parallel = settings.parallel,
         kv_cells = layout.cells,
         kv_on_gpu = settings.kv_on_gpu,
+        cache_type_k = %settings.cache_type_k,
+        cache_type_v = %settings.cache_type_v,
         backend_sampling_slots = settings.backend_sampling_slots,
         can_truncate = layout.can_truncate,
         has_template = info.chat_template.is_some(),
@@ -168,6 +172,10 @@ fn new_context(
         // The KV cache and attention go with the offloaded layers: on the GPU they are
         // the step's largest memory traffic.
         .with_offload_kqv(settings.kv_on_gpu)
+        // A quantized V needs flash attention, which llama.cpp's default (auto) turns on
+        // where the backend has it; where it has not, creating the context says so.
+        .with_type_k(kv_cache_type(settings.cache_type_k))
+        .with_type_v(kv_cache_type(settings.cache_type_v))
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let context = if settings.backend_sampling_slots > 0 {
@@ -186,6 +194,20 @@ fn new_context(
         context: cells,
         reason: e.to_string(),
     })
+}
+
+fn kv_cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F32 => KvCacheType::F32,
+        KvType::F16 => KvCacheType::F16,
+        KvType::Bf16 => KvCacheType::BF16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q5_1 => KvCacheType::Q5_1,
+        KvType::Q5_0 => KvCacheType::Q5_0,
+        KvType::Q4_1 => KvCacheType::Q4_1,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+        KvType::Iq4Nl => KvCacheType::IQ4_NL,
+    }
 }
 
 /// KV cells of all sequences together.
@@ -225,12 +247,14 @@ fn layout(
         || meta_u64(model, &format!("{architecture}.attention.sliding_window")).is_some());
     let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let fingerprint = format!(
-        "llama.cpp/{architecture}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv=f16/streams={sequences}",
+        "llama.cpp/{architecture}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv={k}/{v}/streams={sequences}",
         params = model.n_params(),
         layers = model.n_layer(),
         embd = model.n_embd(),
         kv = model.n_head_kv(),
         sequences = settings.parallel,
+        k = settings.cache_type_k,
+        v = settings.cache_type_v,
     );
     RunnerLayout {
         batch_size: settings.batch as usize,
@@ -240,7 +264,11 @@ fn layout(
         on_gpu: settings.gpu_layers > 0,
         kv_on_gpu: settings.gpu_layers > 0 && settings.kv_on_gpu,
         backend_greedy: settings.backend_sampling_slots,
-        kv_bytes_per_token: facts.kv_bytes_per_token,
+        kv_bytes_per_token: settings::kv_bytes_with(
+            facts.kv_bytes_per_token,
+            settings.cache_type_k,
+            settings.cache_type_v,
+        ),
         fingerprint,
         n_vocab: model.n_vocab(),
     }

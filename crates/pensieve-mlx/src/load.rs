@@ -121,6 +121,7 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         physical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         kv: KvAllocation::Growing,
     };
+    options.asked.refuse_kv_types("mlx")?;
     let settings = settings::resolve(&options.asked, &facts, &device)?;
     settings::warn_about(&settings, &facts);
     let spec = WorkerSpec {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use pensieve_engine::settings::GpuLayers;
+use pensieve_engine::settings::{GpuLayers, KvType};
 use serde::Deserialize;
 
 use crate::paths;
@@ -104,6 +104,9 @@ pub struct ModelSettings {
     /// A number, or "all".
     pub gpu_layers: Option<GpuLayers>,
     pub backend_sampling: Option<bool>,
+    /// The K and V caches' element types ("f16", "q8_0", "q4_0", ...).
+    pub cache_type_k: Option<KvType>,
+    pub cache_type_v: Option<KvType>,
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
@@ -247,6 +250,8 @@ mod tests {
             [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
             ctx = 32768
             gpu_layers = "all"
+            cache_type_k = "q8_0"
+            cache_type_v = "q4_0"
             [aliases]
             "gpt-*" = "tiny"
             "#,
@@ -264,6 +269,10 @@ mod tests {
         assert_eq!(target, "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M");
         assert_eq!(settings.ctx, Some(32768));
         assert_eq!(settings.gpu_layers, Some(GpuLayers::All));
+        assert_eq!(
+            (settings.cache_type_k, settings.cache_type_v),
+            (Some(KvType::Q8_0), Some(KvType::Q4_0))
+        );
         assert_eq!(config.model("other").0, "other");
         assert_eq!(
             config.aliases(config.small_model.as_deref()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::settings::{self, Asked, GpuLayers, Layer};
+use pensieve_engine::settings::{self, Asked, GpuLayers, KvType, Layer};
 use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, ToolFormat};
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
@@ -141,6 +141,14 @@ pub struct ServeArgs {
     /// two slots' when the model is on a GPU].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     backend_sampling: Option<bool>,
+    /// The K cache's element type: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 or
+    /// iq4_nl, as llama-server's; q8_0 halves its memory [default: f16].
+    #[arg(long, value_name = "TYPE")]
+    cache_type_k: Option<KvType>,
+    /// The V cache's element type, as --cache-type-k; a quantized V needs flash attention
+    /// [default: f16].
+    #[arg(long, value_name = "TYPE")]
+    cache_type_v: Option<KvType>,
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
@@ -195,6 +203,8 @@ impl ServeArgs {
             batch: self.batch,
             gpu_layers,
             backend_sampling: self.backend_sampling,
+            cache_type_k: self.cache_type_k,
+            cache_type_v: self.cache_type_v,
         };
         let env = Layer {
             ctx: env_ctx,
@@ -203,6 +213,8 @@ impl ServeArgs {
             batch: None,
             gpu_layers: env_gpu_layers,
             backend_sampling: None,
+            cache_type_k: None,
+            cache_type_v: None,
         };
         (flags, env)
     }
@@ -259,6 +271,8 @@ impl LoadPlan {
                     batch: s.batch,
                     gpu_layers: s.gpu_layers,
                     backend_sampling: s.backend_sampling,
+                    cache_type_k: s.cache_type_k,
+                    cache_type_v: s.cache_type_v,
                 },
             },
             tool_parser,
@@ -762,6 +776,10 @@ mod tests {
             "3",
             "--backend-sampling",
             "false",
+            "--cache-type-k",
+            "q8_0",
+            "--cache-type-v",
+            "Q4_0",
         ])
         .unwrap();
         let (flags, env) = args.layers(true);
@@ -774,6 +792,8 @@ mod tests {
                 batch: Some(256),
                 gpu_layers: Some(GpuLayers::All),
                 backend_sampling: Some(false),
+                cache_type_k: Some(KvType::Q8_0),
+                cache_type_v: Some(KvType::Q4_0),
             }
         );
         assert_eq!(env, Layer::default());
