@@ -8,7 +8,8 @@
 #   5. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
 #      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite and the
 #      chat template override on `--engine mlx`
-#   6. the end-to-end pytest suite in tests/e2e against that binary
+#   6. a 3-minute soak (bench/soak.py) against that binary
+#   7. the end-to-end pytest suite in tests/e2e against that binary
 # Exits non-zero if any step fails. The last line printed is pytest's summary.
 #
 # Extra arguments go to pytest, e.g.  scripts/test.sh -m "not claude_code" -x
@@ -86,6 +87,14 @@ else
         failed+=("chat template override on --engine mlx")
     fi
 fi
+
+step "soak: 3 minutes of mixed traffic above capacity (bench/soak.py)"
+if ! "$PENSIEVE_VENV/bin/python" bench/soak.py --bin "$PENSIEVE_BIN" \
+    --model "$PENSIEVE_TEST_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" \
+    --duration 180 --warmup 60 --max-rss-growth 0.15 --out /tmp/pensieve-soak.json >/tmp/pensieve-soak.log 2>&1; then
+    failed+=("soak")
+fi
+tail -n 2 /tmp/pensieve-soak.log >&2
 
 step "end-to-end tests (PENSIEVE_BIN=$PENSIEVE_BIN)"
 if [[ ${#failed[@]} -gt 0 ]]; then
