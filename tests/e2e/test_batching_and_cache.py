@@ -605,3 +605,40 @@ def test_an_unknown_kv_cache_type_is_refused_by_name():
     )
     assert r.returncode == 2, r
     assert '"q3" is not a KV cache type' in r.stderr and "q8_0" in r.stderr, r.stderr
+
+
+def test_a_kv_cache_past_the_available_memory_is_refused_at_start_with_the_numbers():
+    """Weights and KV that cannot fit the available memory: a clear error at start,
+    before llama.cpp allocates anything (rather than an OOM kill later)."""
+    available = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemAvailable:")
+    )
+    per_token = 30 * 3 * 64 * 2 * 2  # SmolLM2-135M: 30 layers, 3 KV heads of 64, f16 K and V
+    ctx = 131_072
+    parallel = -(-2 * available // (per_token * ctx))
+    if parallel > 256:
+        pytest.skip(f"{available >> 30} GiB available: no --parallel reaches twice that")
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [
+            str(pensieve_bin()),
+            "serve",
+            "--model",
+            str(model_path(SMOLLM2)),
+            "--port",
+            "0",
+            "--ctx",
+            str(ctx),
+            "--parallel",
+            str(parallel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0, r
+    assert "the model does not fit in memory" in r.stderr and "is available" in r.stderr, r.stderr[-2000:]
+    assert f"a KV cache of {parallel} x {ctx} tokens" in r.stderr, r.stderr[-2000:]
+    assert time.monotonic() - t0 < 60

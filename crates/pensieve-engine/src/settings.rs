@@ -347,6 +347,23 @@ pub enum SettingsError {
     TooSmall { name: String, min: u64 },
     #[error("{name} must be at most {max}")]
     TooLarge { name: String, max: u64 },
+    #[error(
+        "the model does not fit in memory: its weights ({}) and a KV cache of {parallel} x \
+         {ctx} tokens ({}) need {}, and {} is available; ask for a smaller --ctx or \
+         --parallel, or a smaller --cache-type-k/-v (q8_0 halves the cache)",
+        gib(*weights), gib(*kv), gib(weights + kv), gib(*available)
+    )]
+    DoesNotFit {
+        weights: u64,
+        kv: u64,
+        available: u64,
+        ctx: u32,
+        parallel: usize,
+    },
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// What the model is, as its backend read it.
@@ -361,6 +378,8 @@ pub struct ModelFacts {
     pub kv_bytes_per_token: u64,
     /// Tokens in its vocabulary (0: unknown): a row of logits.
     pub vocab: u32,
+    /// Bytes of its weights (0: unknown).
+    pub weights_bytes: u64,
 }
 
 /// The GPU llama.cpp offloads to (several are summed: it splits layers across them).
@@ -500,6 +519,22 @@ pub fn resolve(
         asked.pick(|l| l.ctx).map(|(n, _)| n),
         asked.pick(|l| l.parallel).map(|(n, _)| n),
     );
+    // In host memory, the weights and every sequence's KV must fit what is available:
+    // llama.cpp would otherwise allocate past it and the process be killed, later.
+    if let (0, Some(available), KvAllocation::UpFront) =
+        (gpu_layers, device.host_available_bytes, device.kv)
+    {
+        let kv = model.kv_bytes_per_token * u64::from(sized.ctx) * sized.parallel as u64;
+        if model.weights_bytes + kv > available {
+            return Err(SettingsError::DoesNotFit {
+                weights: model.weights_bytes,
+                kv,
+                available,
+                ctx: sized.ctx,
+                parallel: sized.parallel,
+            });
+        }
+    }
     Ok(Settings {
         ctx: sized.ctx,
         parallel: sized.parallel,

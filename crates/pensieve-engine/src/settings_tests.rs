@@ -9,6 +9,7 @@ fn qwen7b(train_context: u32) -> ModelFacts {
         layers: 28,
         kv_bytes_per_token: 28 * 4 * 128 * 2 * 2,
         vocab: 152_064,
+        weights_bytes: 0,
     }
 }
 
@@ -106,9 +107,12 @@ fn the_cpu_rule_fits_a_quarter_of_ram_between_one_and_four() {
     assert_eq!(parallel(None), 4, "unknown memory");
     assert_eq!(parallel(Some(64 * GIB)), 4);
     assert_eq!(parallel(Some(4 * GIB)), 2);
-    // Too little for one sequence: one all the same, and no GPU warning.
-    let s = resolved(Layer::default(), model, &cpu_only(Some(GIB / 4)));
+    // Room for one sequence only: one, and no GPU warning.
+    let s = resolved(Layer::default(), model, &cpu_only(Some(GIB)));
     assert_eq!((s.ctx, s.parallel, s.may_not_fit), (8192, 1, false));
+    // Too little for one (448 MiB of KV in 256): refused, with the numbers.
+    let err = resolve(&Asked::default(), &model, &cpu_only(Some(GIB / 4))).unwrap_err();
+    assert!(matches!(err, SettingsError::DoesNotFit { parallel: 1, .. }), "{err}");
     assert_eq!(
         resolved(Layer::default(), qwen7b(2048), &cpu_only(None)).ctx,
         2048,
@@ -245,6 +249,7 @@ fn mlx_grows_its_kv_so_parallel_bounds_work() {
         layers: 0,
         kv_bytes_per_token: 0,
         vocab: 0,
+        weights_bytes: 0,
     };
     let s = resolved(Layer::default(), model, &device);
     assert_eq!((s.ctx, s.parallel, s.gpu_layers), (32_768, 4, 0));
@@ -453,4 +458,42 @@ fn an_engine_without_kv_types_names_the_setting_it_refuses() {
         ..Layer::default()
     });
     assert!(f16.refuse_kv_types("mlx").is_ok());
+}
+
+#[test]
+fn weights_and_kv_past_the_available_memory_are_refused_with_the_numbers() {
+    let model = ModelFacts {
+        weights_bytes: 5 * GIB,
+        ..qwen7b(131_072)
+    };
+    let device = cpu_only(Some(16 * GIB));
+    // 4 x 32k tokens of 56 KiB: 7 GiB of KV, with 5 of weights: 12 of 16 fit.
+    let fits = Layer {
+        ctx: Some(32_768),
+        parallel: Some(4),
+        ..Layer::default()
+    };
+    assert!(resolve(&Asked::flags(fits), &model, &device).is_ok());
+    let asked = Layer {
+        ctx: Some(65_536),
+        ..fits
+    };
+    let err = resolve(&Asked::flags(asked), &model, &device).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the model does not fit in memory: its weights (5.0 GiB) and a KV cache of 4 x 65536 \
+         tokens (14.0 GiB) need 19.0 GiB, and 16.0 GiB is available; ask for a smaller --ctx or \
+         --parallel, or a smaller --cache-type-k/-v (q8_0 halves the cache)"
+    );
+    // The same in q8_0 fits.
+    let q8 = Layer {
+        cache_type_k: Some(KvType::Q8_0),
+        cache_type_v: Some(KvType::Q8_0),
+        ..asked
+    };
+    assert!(resolve(&Asked::flags(q8), &model, &device).is_ok());
+    // The defaults always fit: they are sized from the memory.
+    assert!(resolve(&Asked::default(), &model, &device).is_ok());
+    // A GPU takes the KV: that budget is the GPU's.
+    assert!(resolve(&Asked::flags(asked), &model, &with_gpu(80)).is_ok());
 }

@@ -98,6 +98,8 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         layers: model.n_layer(),
         kv_bytes_per_token: kv_bytes_per_token(model, &architecture),
         vocab: u32::try_from(model.n_vocab()).unwrap_or(0),
+        // Mapped, not yet read: still counted as available memory below.
+        weights_bytes: model.size(),
     };
     // Measured now, so the KV cache is sized from what the weights left free.
     let settings = settings::resolve(&options.asked, &facts, &device::facts())?;

@@ -114,6 +114,7 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         kv_bytes_per_token: 0,
         // Nothing is sized from memory for the mlx engine.
         vocab: 0,
+        weights_bytes: 0,
     };
     let device = DeviceFacts {
         gpu: None,
