@@ -352,8 +352,11 @@ def test_unknown_top_level_fields_ignored(client):
 
 
 def test_thinking_variants_accepted(client):
+    # Anthropic wants max_tokens above the budget; the stop sequence keeps the reply short.
     for thinking in ({"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}):
-        msg = client.messages.create(model=REQUESTED_MODEL, max_tokens=16, messages=HELLO, thinking=thinking)
+        msg = client.messages.create(
+            model=REQUESTED_MODEL, max_tokens=1025, messages=HELLO, thinking=thinking, stop_sequences=["."]
+        )
         assert msg.type == "message"
 
 
@@ -436,6 +439,14 @@ def test_missing_max_tokens_is_400(client, http):
         ({"max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1"),
         ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
         ({"top_p": -0.5}, "top_p: Input should be greater than or equal to 0"),
+        ({"max_tokens": "8"}, "max_tokens: invalid type"),
+        ({"top_k": -1}, "top_k: invalid value"),
+        ({"tools": [{"name": "get weather", "input_schema": {"type": "object"}}]}, "tools.0.name"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice.name: Field required"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 512}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, "max_tokens: must be greater than"),
+        ({"system": [{"type": "image", "source": {}}]}, "system.0.type"),
+        ({"metadata": {"user_id": 5}}, "metadata.user_id"),
     ],
 )
 def test_values_the_api_refuses_are_400(client, extra, message):

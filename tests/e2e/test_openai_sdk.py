@@ -347,6 +347,54 @@ def test_errors_have_openais_shape_and_types(smol, small_ctx_server, auth_server
     assert ok.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
 
 
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": -3}, "presence_penalty"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_tokens": "8"}, "max_tokens"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools[0].function.name"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format"),
+    ],
+)
+def test_values_the_api_refuses_are_400(smol, extra, param):
+    """What OpenAI's API refuses is refused here too, with the field in `param`."""
+    body = {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    with pytest.raises(openai.BadRequestError) as e:
+        smol.post("/chat/completions", body=body, cast_to=object)
+    assert e.value.param == param, e.value.body
+    assert e.value.type == "invalid_request_error"
+    assert e.value.code is None
+
+
+def test_edge_values_the_api_accepts(smol):
+    r = smol.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=1,
+        temperature=2,
+        top_p=0,
+        presence_penalty=-2,
+        frequency_penalty=2,
+        seed=-1,
+        stop=["a", "b", "c", "d"],
+        logprobs=True,
+        top_logprobs=20,
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
 def test_a_bad_body_is_a_bad_request(smol_server):
     import httpx
 

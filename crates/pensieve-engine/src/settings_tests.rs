@@ -112,7 +112,10 @@ fn the_cpu_rule_fits_a_quarter_of_ram_between_one_and_four() {
     assert_eq!((s.ctx, s.parallel, s.may_not_fit), (8192, 1, false));
     // Too little for one (448 MiB of KV in 256): refused, with the numbers.
     let err = resolve(&Asked::default(), &model, &cpu_only(Some(GIB / 4))).unwrap_err();
-    assert!(matches!(err, SettingsError::DoesNotFit { parallel: 1, .. }), "{err}");
+    assert!(
+        matches!(err, SettingsError::DoesNotFit { parallel: 1, .. }),
+        "{err}"
+    );
     assert_eq!(
         resolved(Layer::default(), qwen7b(2048), &cpu_only(None)).ctx,
         2048,

@@ -5,5 +5,6 @@
 //! - [`openai`]: the Chat Completions API, translated into the same neutral types.
 
 pub mod anthropic;
+mod fields;
 pub mod ids;
 pub mod openai;

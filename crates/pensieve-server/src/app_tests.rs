@@ -507,9 +507,13 @@ async fn timed_bodies_keep_their_length() {
 }
 
 fn chat(stream: bool) -> Value {
-    json!({"model": "gpt-local", "max_tokens": 100, "stream": stream,
-           "stream_options": {"include_usage": true},
-           "messages": [{"role": "user", "content": "hi"}]})
+    let mut body = json!({"model": "gpt-local", "max_tokens": 100, "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]});
+    // OpenAI takes stream_options only with stream.
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
 }
 
 #[tokio::test]
@@ -985,4 +989,77 @@ async fn bodies_must_be_json() {
         .unwrap();
     let response = router("x").oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A value of the wrong type or out of range is a 400 in each API's envelope, naming the
+/// field (OpenAI's `param` too), never a 422 or a 500.
+#[tokio::test]
+async fn field_errors_are_400_naming_the_field_on_every_route() {
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let anthropic = [
+        (
+            json!({"model": "m", "max_tokens": "10", "messages": hi}),
+            "max_tokens: invalid type",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": 5}]}),
+            "messages.0.content: expected a string or an array of content blocks",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 8, "messages": hi, "top_k": -1}),
+            "top_k: invalid value",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 8, "messages": hi, "tools": [{"name": "a b"}]}),
+            "tools.0.name: String should match pattern",
+        ),
+    ];
+    for (body, want) in anthropic {
+        let (status, _, out) = send(router("x"), "POST", "/v1/messages", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(want), "{body}: {message}");
+    }
+    let openai = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": hi, "max_tokens": "10"}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": hi, "temperature": "hot"}),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": hi, "top_p": 2}),
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "m", "prompt": "x", "stop": 5}),
+            "stop",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "m", "prompt": "x", "frequency_penalty": -3}),
+            "frequency_penalty",
+        ),
+    ];
+    for (path, body, param) in openai {
+        let (status, _, out) = send(router("x"), "POST", path, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(v["error"]["param"], param, "{body}");
+        assert_eq!(v["error"]["code"], Value::Null, "{body}");
+    }
 }

@@ -11,6 +11,14 @@ use pensieve_engine::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::fields;
+
+/// Anthropic's longest client tool name (the pattern is `^[a-zA-Z0-9_-]{1,128}$`);
+/// MCP tools (`mcp__server__tool`) often pass OpenAI's 64.
+const MAX_TOOL_NAME: usize = 128;
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
 /// Claude Code's attribution line: metadata for Anthropic's billing, not for the model,
 /// and different per request in some versions, so it would defeat prefix caching.
 const BILLING_HEADER: &str = "x-anthropic-billing-header:";
@@ -76,6 +84,9 @@ pub struct MessagesRequest {
     /// Claude Code's `{"effort": "low" | "medium" | "high" | "max"}`.
     #[serde(default)]
     pub output_config: Option<OutputConfig>,
+    /// Only checked: `user_id` must be a string.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
     /// Automatic caching of the whole prompt.
     #[serde(default)]
     pub cache_control: Option<Value>,
@@ -96,6 +107,12 @@ pub struct CountTokensRequest {
     pub thinking: Option<ThinkingParam>,
     #[serde(default)]
     pub output_config: Option<OutputConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,7 +199,7 @@ pub struct Tool {
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
-    pub name: String,
+    pub name: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -222,14 +239,16 @@ pub fn parse_count_tokens(body: &[u8]) -> Result<CountTokensRequest, RequestErro
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = fields::dotted(e.path());
         let inner = e.into_inner();
+        let message = inner.to_string();
+        let message = fields::shape_message(&message).map_or(message, str::to_owned);
         if inner.is_syntax() || inner.is_eof() {
             RequestError(format!("the request body is not valid JSON: {inner}"))
-        } else if path == "." {
-            RequestError(inner.to_string())
+        } else if path.is_empty() {
+            RequestError(message)
         } else {
-            RequestError(format!("{path}: {inner}"))
+            RequestError(format!("{path}: {message}"))
         }
     })
 }
@@ -254,6 +273,13 @@ impl MessagesRequest {
             if let Some(v) = value {
                 in_range(name, f64::from(v), 0.0, 1.0)?;
             }
+        }
+        check_tools(self.tools.as_deref())?;
+        let budget = check_thinking(self.thinking.as_ref())?;
+        if budget.is_some_and(|b| b >= max_tokens) {
+            return Err(RequestError(
+                "max_tokens: must be greater than thinking.budget_tokens".into(),
+            ));
         }
         let marked_tools = self
             .tools
@@ -319,6 +345,8 @@ impl CountTokensRequest {
         let model = self.model.ok_or_else(|| field_required("model"))?;
         let messages = self.messages.ok_or_else(|| field_required("messages"))?;
         at_least_one(&messages)?;
+        check_tools(self.tools.as_deref())?;
+        check_thinking(self.thinking.as_ref())?;
         let (conversation, _) = conversation(self.system, messages)?;
         let mut request = GenerateRequest::new(model, conversation, 1);
         request.tools = tools(self.tools.unwrap_or_default());
@@ -329,6 +357,67 @@ impl CountTokensRequest {
             self.output_config.as_ref(),
         );
         Ok(request)
+    }
+}
+
+/// Client tools as Anthropic checks them: a name matching its pattern, unique, and an
+/// `input_schema` that is an object when given (a missing one stands for `{}`, R19).
+/// Server tools (`web_search_*`, ...) are dropped later, so only their shape matters.
+fn check_tools(tools: Option<&[Tool]>) -> Result<(), RequestError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
+        let Some(name) = tool.name.as_deref() else {
+            return Err(field_required(&format!("tools.{i}.name")));
+        };
+        if !is_client_tool(tool) {
+            continue;
+        }
+        if !fields::is_tool_name(name, MAX_TOOL_NAME) {
+            return Err(RequestError(format!(
+                "tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,{MAX_TOOL_NAME}}}$'"
+            )));
+        }
+        if tool.input_schema.as_ref().is_some_and(|s| !s.is_object()) {
+            return Err(RequestError(format!(
+                "tools.{i}.input_schema: Input should be a valid dictionary"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(RequestError(format!(
+                "tools: Tool names must be unique; {name:?} is given twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_client_tool(tool: &Tool) -> bool {
+    tool.kind.as_deref().is_none_or(|k| k == "custom")
+}
+
+/// `thinking`'s type, and an enabled one's budget (required, at least 1,024), which is
+/// returned for the check against `max_tokens`.
+fn check_thinking(thinking: Option<&ThinkingParam>) -> Result<Option<u32>, RequestError> {
+    let Some(thinking) = thinking else {
+        return Ok(None);
+    };
+    match thinking.kind.as_str() {
+        "enabled" => {
+            let budget = thinking
+                .budget_tokens
+                .ok_or_else(|| field_required("thinking.budget_tokens"))?;
+            in_range(
+                "thinking.budget_tokens",
+                f64::from(budget),
+                f64::from(MIN_THINKING_BUDGET),
+                f64::from(u32::MAX),
+            )?;
+            Ok(Some(budget))
+        }
+        "disabled" | "adaptive" => Ok(None),
+        other => Err(RequestError(format!(
+            "thinking.type: expected one of enabled, disabled, adaptive; got {other:?}"
+        ))),
     }
 }
 
@@ -362,14 +451,15 @@ fn set_reasoning(
 fn tools(tools: Vec<Tool>) -> Vec<ToolSpec> {
     tools
         .into_iter()
-        .filter(|t| t.kind.as_deref().is_none_or(|k| k == "custom"))
-        .filter(|t| !t.name.is_empty())
-        .map(|t| ToolSpec {
-            name: t.name,
-            description: t.description,
-            parameters: t
-                .input_schema
-                .unwrap_or_else(|| Value::Object(Default::default())),
+        .filter(is_client_tool)
+        .filter_map(|t| {
+            Some(ToolSpec {
+                name: t.name.filter(|n| !n.is_empty())?,
+                description: t.description,
+                parameters: t
+                    .input_schema
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+            })
         })
         .collect()
 }
@@ -403,6 +493,17 @@ fn conversation(
     if let Some(SystemPrompt::Blocks(blocks)) = &system {
         if blocks.iter().any(is_marked) {
             breakpoints.push(Breakpoint::Preamble);
+        }
+    }
+    if let Some(SystemPrompt::Blocks(blocks)) = &system {
+        // Anthropic takes only text blocks in `system`.
+        if let Some(i) = blocks
+            .iter()
+            .position(|b| !matches!(b, ContentBlock::Text { .. }))
+        {
+            return Err(RequestError(format!(
+                "system.{i}.type: only text blocks are allowed in system"
+            )));
         }
     }
     if let Some(system) = system {

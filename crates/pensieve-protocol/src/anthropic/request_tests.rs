@@ -355,6 +355,8 @@ fn r22_thinking_variants() {
         (json!({"type": "adaptive", "display": "summarized"}), true),
     ] {
         let mut body = base();
+        // Above the budget, as Anthropic requires.
+        body["max_tokens"] = json!(2048);
         body["thinking"] = thinking;
         assert_eq!(generate(body).unwrap().thinking, on);
     }
@@ -417,6 +419,8 @@ fn cache_control_anywhere_asks_for_caching() {
 fn thinking_and_effort_become_the_templates_switches() {
     let with = |thinking: Value, effort: Option<&str>| {
         let mut body = base();
+        // Above any budget below, as Anthropic requires.
+        body["max_tokens"] = json!(64000);
         body["thinking"] = thinking;
         if let Some(e) = effort {
             body["output_config"] = json!({"effort": e});
@@ -470,4 +474,199 @@ fn the_billing_line_leaves_a_relayed_body() {
     let before = untouched.clone();
     strip_billing_line(&mut untouched);
     assert_eq!(untouched, before);
+}
+
+/// One row per field and value: `base()` with the row's top-level fields replaced, and
+/// the start of the error Anthropic's API would give (None: accepted).
+#[test]
+fn every_field_is_checked_as_anthropic_checks_it() {
+    let tool = |name: &str| json!({"name": name, "input_schema": {"type": "object"}});
+    let table: Vec<(Value, Option<&str>)> = vec![
+        // Types: a 400 naming the field's path, never a 422 or 500.
+        (
+            json!({"max_tokens": "10"}),
+            Some("max_tokens: invalid type"),
+        ),
+        (json!({"max_tokens": 1.5}), Some("max_tokens: invalid type")),
+        (json!({"model": 5}), Some("model: invalid type")),
+        (json!({"stream": "yes"}), Some("stream: invalid type")),
+        (
+            json!({"temperature": "hot"}),
+            Some("temperature: invalid type"),
+        ),
+        (
+            json!({"messages": {"role": "user"}}),
+            Some("messages: invalid type"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            Some("messages.0.content: expected a string or an array of content blocks"),
+        ),
+        (
+            json!({"messages": [{"content": "x"}]}),
+            Some("messages.0: missing field `role`"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": 3, "content": "y"}]}),
+            Some("messages.1.role: invalid type"),
+        ),
+        // top_k: an integer, 0 or more.
+        (json!({"top_k": 0}), None),
+        (json!({"top_k": 500}), None),
+        (json!({"top_k": -1}), Some("top_k: invalid value")),
+        (json!({"top_k": 2.5}), Some("top_k: invalid type")),
+        // stop_sequences: an array of strings.
+        (json!({"stop_sequences": []}), None),
+        (json!({"stop_sequences": ["\n\nHuman:", "END"]}), None),
+        (
+            json!({"stop_sequences": [1]}),
+            Some("stop_sequences.0: invalid type"),
+        ),
+        // Roles: user and assistant, and system as Claude Code sends it (R6).
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            Some("messages.0.role: expected user, assistant or system"),
+        ),
+        // system: a string or text blocks.
+        (json!({"system": ""}), None),
+        (json!({"system": []}), None),
+        (
+            json!({"system": 5}),
+            Some("system: expected a string or an array of content blocks"),
+        ),
+        (
+            json!({"system": [{"type": "text", "text": "a"}, {"type": "image", "source": {}}]}),
+            Some("system.1.type: only text blocks are allowed in system"),
+        ),
+        // metadata.user_id: a string.
+        (json!({"metadata": {"user_id": "u-1"}}), None),
+        (json!({"metadata": {"user_id": null}}), None),
+        (
+            json!({"metadata": {"user_id": 5}}),
+            Some("metadata.user_id: invalid type"),
+        ),
+        (json!({"metadata": "me"}), Some("metadata: invalid type")),
+        // Tools: a name matching ^[a-zA-Z0-9_-]{1,128}$, unique; input_schema an object.
+        (
+            json!({"tools": [tool("mcp__github__create_pull_request")]}),
+            None,
+        ),
+        (json!({"tools": [tool(&"a".repeat(128))]}), None),
+        (
+            json!({"tools": [{"input_schema": {}}]}),
+            Some("tools.0.name: Field required"),
+        ),
+        (
+            json!({"tools": [tool("has space")]}),
+            Some("tools.0.name: String should match pattern"),
+        ),
+        (
+            json!({"tools": [tool("")]}),
+            Some("tools.0.name: String should match pattern"),
+        ),
+        (
+            json!({"tools": [tool("ok"), tool(&"a".repeat(129))]}),
+            Some("tools.1.name: String should match pattern"),
+        ),
+        (
+            json!({"tools": [{"name": "t", "input_schema": "object"}]}),
+            Some("tools.0.input_schema: Input should be a valid dictionary"),
+        ),
+        (
+            json!({"tools": [tool("t"), tool("t")]}),
+            Some("tools: Tool names must be unique"),
+        ),
+        (json!({"tools": "Read"}), Some("tools: invalid type")),
+        // Server tools keep their own names.
+        (
+            json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            None,
+        ),
+        // tool_choice: auto, any, none, or tool with a name.
+        (
+            json!({"tool_choice": {"type": "sometimes"}}),
+            Some("tool_choice.type: expected one of auto, any, tool, none"),
+        ),
+        (
+            json!({"tool_choice": {"name": "x"}}),
+            Some("tool_choice: missing field `type`"),
+        ),
+        (
+            json!({"tool_choice": "auto"}),
+            Some("tool_choice: invalid type"),
+        ),
+        (
+            json!({"tool_choice": {"type": "tool", "name": 5}}),
+            Some("tool_choice.name: invalid type"),
+        ),
+        // thinking: enabled with 1,024 <= budget < max_tokens; disabled; adaptive.
+        (
+            json!({"max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+            None,
+        ),
+        (
+            json!({"max_tokens": 1025, "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+            None,
+        ),
+        (
+            json!({"max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1023}}),
+            Some("thinking.budget_tokens: Input should be greater than or equal to 1024"),
+        ),
+        (
+            json!({"max_tokens": 2048, "thinking": {"type": "enabled"}}),
+            Some("thinking.budget_tokens: Field required"),
+        ),
+        (
+            json!({"max_tokens": 1024, "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+            Some("max_tokens: must be greater than thinking.budget_tokens"),
+        ),
+        (json!({"thinking": {"type": "disabled"}}), None),
+        (json!({"thinking": {"type": "adaptive"}}), None),
+        (
+            json!({"thinking": {"type": "on"}}),
+            Some("thinking.type: expected one of enabled, disabled, adaptive"),
+        ),
+        (
+            json!({"thinking": {"type": "enabled", "budget_tokens": "lots"}}),
+            Some("thinking.budget_tokens: invalid type"),
+        ),
+    ];
+    for (extra, want) in table {
+        let mut body = base();
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        match (generate(body), want) {
+            (Ok(_), None) => {}
+            (Err(e), Some(want)) => assert!(e.0.starts_with(want), "{extra}: {}", e.0),
+            (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn count_tokens_checks_tools_and_thinking_too() {
+    let count = |extra: Value| {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        parse_count_tokens(body.to_string().as_bytes())?.into_generate()
+    };
+    assert!(count(json!({"thinking": {"type": "enabled", "budget_tokens": 50000}})).is_ok());
+    let table = [
+        (
+            json!({"tools": [{"name": "a b"}]}),
+            "tools.0.name: String should match pattern",
+        ),
+        (
+            json!({"thinking": {"type": "enabled", "budget_tokens": 10}}),
+            "thinking.budget_tokens: Input should be greater than or equal to 1024",
+        ),
+        (json!({"system": 1}), "system: expected a string"),
+    ];
+    for (extra, want) in table {
+        let err = count(extra.clone()).unwrap_err();
+        assert!(err.0.starts_with(want), "{extra}: {}", err.0);
+    }
 }

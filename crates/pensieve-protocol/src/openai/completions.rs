@@ -49,8 +49,9 @@ pub enum PromptParam {
     TokenLists(Vec<Vec<i32>>),
 }
 
+/// Parse a body; a value of the wrong type is refused with its path as `param`.
 pub fn parse_completion(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
-    serde_json::from_slice(bytes).map_err(|e| OpenAiError::invalid(None, format!("{e}")))
+    super::request::parse_body(bytes)
 }
 
 impl CompletionRequest {
@@ -100,7 +101,7 @@ impl CompletionRequest {
                 "prompt: must not be empty",
             ));
         }
-        self.common.check_n()?;
+        self.common.check()?;
         for (name, refused) in [
             ("best_of", self.best_of.is_some_and(|n| n != 1)),
             ("echo", self.echo == Some(true)),
@@ -122,13 +123,9 @@ impl CompletionRequest {
                 format!("logprobs: must be between 0 and {MAX_LOGPROBS}, got {n}"),
             ));
         }
+        // OpenAI takes 0 here only with `echo`, which this server refuses.
+        super::request::at_least_one_token("max_tokens", self.max_tokens)?;
         let max_tokens = self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-        if max_tokens == 0 {
-            return Err(OpenAiError::invalid(
-                Some("max_tokens"),
-                "max_tokens: must be at least 1",
-            ));
-        }
         let mut request = GenerateRequest::new(model, Vec::new(), max_tokens);
         request.raw_prompt = Some(prompt);
         request.sampling = self.common.sampling(self.logprobs.map(|n| n as usize))?;

@@ -10,11 +10,16 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::OpenAiError;
+use crate::fields;
 
 /// What `max_tokens` is when the client gives none: the rest of the context.
 const NO_LIMIT: u32 = u32::MAX;
 /// OpenAI's limit on `top_logprobs`.
 const MAX_TOP_LOGPROBS: u32 = 20;
+/// OpenAI's limit on `stop` sequences.
+const MAX_STOPS: usize = 4;
+/// OpenAI's longest function name (`^[a-zA-Z0-9_-]{1,64}$`).
+const MAX_FUNCTION_NAME: usize = 64;
 
 /// The body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,8 +60,9 @@ pub struct CommonParams {
     pub temperature: Option<f32>,
     #[serde(default)]
     pub top_p: Option<f32>,
+    /// Any 64-bit integer, negative ones included, as OpenAI takes it.
     #[serde(default)]
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -97,19 +103,47 @@ impl CommonParams {
         }
     }
 
-    /// The sampling settings, reporting `logprobs` alternatives when given.
-    pub(super) fn sampling(&self, logprobs: Option<usize>) -> Result<SamplingParams, OpenAiError> {
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
+    /// The ranges and combinations OpenAI checks on the settings both endpoints take.
+    pub(super) fn check(&self) -> Result<(), OpenAiError> {
+        self.check_n()?;
+        for (name, value, min, max) in [
+            ("temperature", self.temperature, 0.0, 2.0),
+            ("top_p", self.top_p, 0.0, 1.0),
+            ("presence_penalty", self.presence_penalty, -2.0, 2.0),
+            ("frequency_penalty", self.frequency_penalty, -2.0, 2.0),
+        ] {
+            if let Some(v) = value {
+                in_range(name, v, min, max)?;
+            }
+        }
+        if let Some(Stop::Many(stops)) = &self.stop {
+            if stops.len() > MAX_STOPS {
+                return Err(OpenAiError::invalid(
+                    Some("stop"),
+                    format!(
+                        "stop: at most {MAX_STOPS} sequences are allowed, got {}",
+                        stops.len()
+                    ),
+                ));
+            }
+        }
+        if self.stream_options.is_some() && !self.is_stream() {
             return Err(OpenAiError::invalid(
-                Some("temperature"),
-                "temperature: must be between 0 and 2",
+                Some("stream_options"),
+                "stream_options: only allowed when stream is true",
             ));
         }
+        Ok(())
+    }
+
+    /// The sampling settings, reporting `logprobs` alternatives when given (after
+    /// [`CommonParams::check`]).
+    pub(super) fn sampling(&self, logprobs: Option<usize>) -> Result<SamplingParams, OpenAiError> {
         Ok(SamplingParams {
-            temperature,
+            temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.filter(|p| *p != 1.0),
-            seed: self.seed,
+            // The engine's seed is 64 bits wide: a negative seed is a seed all the same.
+            seed: self.seed.map(|s| s as u64),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias: logit_bias(self.logit_bias.clone().unwrap_or_default())?,
@@ -226,9 +260,62 @@ pub struct JsonSchemaFormat {
     pub schema: Option<Value>,
 }
 
-/// Parse a body, with serde's message (which names the field) on failure.
+/// Parse a body; a value of the wrong type is refused with its path as `param`.
 pub fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, OpenAiError> {
-    serde_json::from_slice(bytes).map_err(|e| OpenAiError::invalid(None, format!("{e}")))
+    parse_body(bytes)
+}
+
+/// A body of either endpoint: JSON, an object, then the request, every type error named
+/// by its path (`messages[0].content`).
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, OpenAiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        OpenAiError::invalid(None, format!("the request body is not valid JSON: {e}"))
+    })?;
+    if !value.is_object() {
+        return Err(OpenAiError::invalid(
+            None,
+            "the request body must be a JSON object",
+        ));
+    }
+    // Fields of a `#[serde(flatten)]` struct lose their path, so the shared settings are
+    // read on their own first: a type error there is named too.
+    from_value::<CommonParams>(&value)?;
+    from_value(&value)
+}
+
+fn from_value<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T, OpenAiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let param = fields::bracketed(e.path());
+        let message = e.into_inner().to_string();
+        let message = fields::shape_message(&message).map_or(message, str::to_owned);
+        if param.is_empty() {
+            OpenAiError::invalid(None, message)
+        } else {
+            OpenAiError::invalid(Some(&param), format!("{param}: {message}"))
+        }
+    })
+}
+
+/// `name` within `[min, max]`.
+fn in_range(name: &str, value: f32, min: f32, max: f32) -> Result<(), OpenAiError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(OpenAiError::invalid(
+        Some(name),
+        format!("{name}: must be between {min} and {max}, got {value}"),
+    ))
+}
+
+/// `max_tokens` or `max_completion_tokens`, when given, at least 1 as OpenAI requires.
+pub(super) fn at_least_one_token(name: &str, value: Option<u32>) -> Result<(), OpenAiError> {
+    if value == Some(0) {
+        return Err(OpenAiError::invalid(
+            Some(name),
+            format!("{name}: must be at least 1"),
+        ));
+    }
+    Ok(())
 }
 
 impl ChatRequest {
@@ -259,7 +346,9 @@ impl ChatRequest {
                 "messages: at least one message is required",
             ));
         }
-        self.common.check_n()?;
+        self.common.check()?;
+        at_least_one_token("max_tokens", self.max_tokens)?;
+        at_least_one_token("max_completion_tokens", self.max_completion_tokens)?;
         if let Some(n) = self.top_logprobs {
             if n > MAX_TOP_LOGPROBS {
                 return Err(OpenAiError::invalid(
@@ -278,12 +367,6 @@ impl ChatRequest {
             .max_completion_tokens
             .or(self.max_tokens)
             .unwrap_or(NO_LIMIT);
-        if max_tokens == 0 {
-            return Err(OpenAiError::invalid(
-                Some("max_tokens"),
-                "max_tokens: must be at least 1",
-            ));
-        }
         let sampling = self.common.sampling(
             (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0) as usize),
         )?;
@@ -343,18 +426,32 @@ pub(super) fn logit_bias(bias: HashMap<String, f32>) -> Result<Vec<(i32, f32)>, 
 }
 
 fn tool_spec(index: usize, tool: ChatTool) -> Result<ToolSpec, OpenAiError> {
+    let at = |field: &str| format!("tools[{index}].{field}");
     if tool.kind.as_deref().is_some_and(|k| k != "function") {
+        let param = at("type");
         return Err(OpenAiError::invalid(
-            Some("tools"),
-            format!("tools.{index}.type: only function tools are supported"),
+            Some(&param),
+            format!("{param}: only function tools are supported"),
         ));
     }
     let f = tool.function.ok_or_else(|| {
-        OpenAiError::invalid(
-            Some("tools"),
-            format!("tools.{index}.function: Field required"),
-        )
+        let param = at("function");
+        OpenAiError::invalid(Some(&param), format!("{param}: Field required"))
     })?;
+    if !fields::is_tool_name(&f.name, MAX_FUNCTION_NAME) {
+        let param = at("function.name");
+        return Err(OpenAiError::invalid(
+            Some(&param),
+            format!("{param}: must match ^[a-zA-Z0-9_-]{{1,{MAX_FUNCTION_NAME}}}$"),
+        ));
+    }
+    if f.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+        let param = at("function.parameters");
+        return Err(OpenAiError::invalid(
+            Some(&param),
+            format!("{param}: must be a JSON Schema object"),
+        ));
+    }
     Ok(ToolSpec {
         name: f.name,
         description: f.description,
@@ -380,11 +477,12 @@ fn tool_choice(choice: Option<Value>) -> Result<ToolChoice, OpenAiError> {
             "required" => Ok(ToolChoice::Required),
             _ => Err(bad()),
         },
-        Some(v) => v
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => v
             .pointer("/function/name")
             .and_then(Value::as_str)
             .map(|n| ToolChoice::Named(n.to_owned()))
             .ok_or_else(bad),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -427,12 +525,20 @@ fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError>
             "assistant" => Role::Assistant,
             "tool" | "function" => Role::Tool,
             other => {
+                let param = format!("messages[{i}].role");
                 return Err(OpenAiError::invalid(
-                    Some("messages"),
-                    format!("messages.{i}.role: expected system, developer, user, assistant or tool; got {other:?}"),
-                ))
+                    Some(&param),
+                    format!("{param}: expected system, developer, user, assistant or tool; got {other:?}"),
+                ));
             }
         };
+        if role == Role::Tool && m.role == "tool" && m.tool_call_id.is_none() {
+            let param = format!("messages[{i}].tool_call_id");
+            return Err(OpenAiError::invalid(
+                Some(&param),
+                format!("{param}: Field required for messages with role tool"),
+            ));
+        }
         let mut message = Message::text(role, content_text(m.content, i)?);
         message.reasoning = m.reasoning_content.filter(|r| !r.is_empty());
         for (j, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
@@ -440,10 +546,8 @@ fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError>
                 Value::Object(Default::default())
             } else {
                 serde_json::from_str(&call.function.arguments).map_err(|e| {
-                    OpenAiError::invalid(
-                        Some("messages"),
-                        format!("messages.{i}.tool_calls.{j}.function.arguments: not a JSON object ({e})"),
-                    )
+                    let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                    OpenAiError::invalid(Some(&param), format!("{param}: not a JSON object ({e})"))
                 })?
             };
             tool_names.insert(call.id.clone(), call.function.name.clone());
@@ -479,10 +583,11 @@ fn content_text(content: Option<ChatContent>, index: usize) -> Result<String, Op
                     ContentPart::ImageUrl {}
                     | ContentPart::InputAudio {}
                     | ContentPart::File {} => {
+                        let param = format!("messages[{index}].content[{j}]");
                         return Err(OpenAiError::invalid(
-                            Some("messages"),
-                            format!("messages.{index}.content.{j}: this model accepts text only"),
-                        ))
+                            Some(&param),
+                            format!("{param}: this model accepts text only"),
+                        ));
                     }
                 }
             }

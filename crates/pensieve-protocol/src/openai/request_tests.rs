@@ -143,3 +143,405 @@ fn reasoning_effort_and_template_kwargs_switch_thinking() {
     let kwargs = json!({"chat_template_kwargs": {"enable_thinking": true}});
     assert!(with(kwargs).unwrap().thinking);
 }
+
+/// `body` with the row's top-level fields replaced.
+fn with(mut body: Value, extra: &Value) -> Value {
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// One row per field and value, each refused one with the `param` OpenAI names and the
+/// start of the message (None: accepted).
+#[test]
+fn every_chat_field_is_checked_with_its_param() {
+    let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let tool = |name: &str| json!([{"type": "function", "function": {"name": name}}]);
+    let table: Vec<(Value, Option<(&str, &str)>)> = vec![
+        // Types: the path is the param, also inside the flattened shared settings.
+        (json!({"model": 5}), Some(("model", "model: invalid type"))),
+        (
+            json!({"temperature": "hot"}),
+            Some(("temperature", "temperature: invalid type")),
+        ),
+        (
+            json!({"top_p": "x"}),
+            Some(("top_p", "top_p: invalid type")),
+        ),
+        (
+            json!({"stream": "yes"}),
+            Some(("stream", "stream: invalid type")),
+        ),
+        (
+            json!({"max_tokens": "10"}),
+            Some(("max_tokens", "max_tokens: invalid type")),
+        ),
+        (
+            json!({"max_tokens": -1}),
+            Some(("max_tokens", "max_tokens: invalid value")),
+        ),
+        (
+            json!({"logprobs": 1}),
+            Some(("logprobs", "logprobs: invalid type")),
+        ),
+        (json!({"seed": 1.5}), Some(("seed", "seed: invalid type"))),
+        (
+            json!({"stream_options": {"include_usage": "yes"}, "stream": true}),
+            Some((
+                "stream_options.include_usage",
+                "stream_options.include_usage: invalid type",
+            )),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            Some((
+                "messages[0].content",
+                "messages[0].content: expected a string or an array of content parts",
+            )),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]}),
+            Some(("messages[1]", "messages[1]: missing field `role`")),
+        ),
+        (
+            json!({"stop": 5}),
+            Some(("stop", "stop: expected a string or an array of strings")),
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": 5}}]}),
+            Some((
+                "tools[0].function.name",
+                "tools[0].function.name: invalid type",
+            )),
+        ),
+        // Ranges.
+        (json!({"temperature": 0}), None),
+        (json!({"temperature": 2}), None),
+        (
+            json!({"temperature": 2.01}),
+            Some(("temperature", "temperature: must be between 0 and 2")),
+        ),
+        (
+            json!({"temperature": -0.5}),
+            Some(("temperature", "temperature: must be between 0 and 2")),
+        ),
+        (json!({"top_p": 0}), None),
+        (json!({"top_p": 1}), None),
+        (
+            json!({"top_p": 1.1}),
+            Some(("top_p", "top_p: must be between 0 and 1")),
+        ),
+        (json!({"presence_penalty": -2}), None),
+        (json!({"presence_penalty": 2}), None),
+        (
+            json!({"presence_penalty": 2.5}),
+            Some((
+                "presence_penalty",
+                "presence_penalty: must be between -2 and 2",
+            )),
+        ),
+        (
+            json!({"frequency_penalty": -2.5}),
+            Some((
+                "frequency_penalty",
+                "frequency_penalty: must be between -2 and 2",
+            )),
+        ),
+        (json!({"n": 1}), None),
+        (json!({"n": 0}), Some(("n", "n: only 1 choice"))),
+        (json!({"n": 2}), Some(("n", "n: only 1 choice"))),
+        (json!({"max_tokens": 1}), None),
+        (
+            json!({"max_tokens": 0}),
+            Some(("max_tokens", "max_tokens: must be at least 1")),
+        ),
+        (json!({"max_completion_tokens": 1}), None),
+        (
+            json!({"max_completion_tokens": 0}),
+            Some((
+                "max_completion_tokens",
+                "max_completion_tokens: must be at least 1",
+            )),
+        ),
+        (json!({"logprobs": true, "top_logprobs": 0}), None),
+        (json!({"logprobs": true, "top_logprobs": 20}), None),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            Some(("top_logprobs", "top_logprobs: must be between 0 and 20")),
+        ),
+        (
+            json!({"top_logprobs": 2}),
+            Some(("top_logprobs", "top_logprobs: logprobs must be true")),
+        ),
+        (json!({"seed": -7}), None),
+        (
+            json!({"seed": 18446744073709551615_u64}),
+            Some(("seed", "seed: invalid value")),
+        ),
+        // stop: a string or up to 4 strings.
+        (json!({"stop": "END"}), None),
+        (json!({"stop": ["a", "b", "c", "d"]}), None),
+        (
+            json!({"stop": ["a", "b", "c", "d", "e"]}),
+            Some(("stop", "stop: at most 4 sequences")),
+        ),
+        (
+            json!({"stop": [1]}),
+            Some(("stop", "stop: expected a string or an array of strings")),
+        ),
+        // stream_options only with stream.
+        (
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+            None,
+        ),
+        (
+            json!({"stream_options": {"include_usage": true}}),
+            Some((
+                "stream_options",
+                "stream_options: only allowed when stream is true",
+            )),
+        ),
+        (
+            json!({"stream": false, "stream_options": {"include_usage": true}}),
+            Some((
+                "stream_options",
+                "stream_options: only allowed when stream is true",
+            )),
+        ),
+        (json!({"stream_options": null}), None),
+        // Messages: at least one, known roles, tool results naming their call.
+        (
+            json!({"messages": []}),
+            Some(("messages", "messages: at least one message is required")),
+        ),
+        (
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            Some((
+                "messages[0].role",
+                "messages[0].role: expected system, developer, user, assistant or tool",
+            )),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}]}),
+            Some((
+                "messages[1].tool_call_id",
+                "messages[1].tool_call_id: Field required",
+            )),
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
+            Some((
+                "messages[0].tool_calls[0].function.arguments",
+                "messages[0].tool_calls[0].function.arguments: not a JSON object",
+            )),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            Some((
+                "messages[0].content[0]",
+                "messages[0].content[0]: this model accepts text only",
+            )),
+        ),
+        // Tools: function tools, names matching ^[a-zA-Z0-9_-]{1,64}$, object parameters.
+        (json!({"tools": tool("get_weather-2")}), None),
+        (json!({"tools": tool(&"a".repeat(64))}), None),
+        (
+            json!({"tools": tool(&"a".repeat(65))}),
+            Some((
+                "tools[0].function.name",
+                "tools[0].function.name: must match",
+            )),
+        ),
+        (
+            json!({"tools": tool("get.weather")}),
+            Some((
+                "tools[0].function.name",
+                "tools[0].function.name: must match",
+            )),
+        ),
+        (
+            json!({"tools": tool("")}),
+            Some((
+                "tools[0].function.name",
+                "tools[0].function.name: must match",
+            )),
+        ),
+        (
+            json!({"tools": [{"type": "web_search", "function": {"name": "f"}}]}),
+            Some((
+                "tools[0].type",
+                "tools[0].type: only function tools are supported",
+            )),
+        ),
+        (
+            json!({"tools": [{"type": "function"}]}),
+            Some(("tools[0].function", "tools[0].function: Field required")),
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "none"}}]}),
+            Some((
+                "tools[0].function.parameters",
+                "tools[0].function.parameters: must be a JSON Schema object",
+            )),
+        ),
+        // tool_choice: none, auto, required, or a named function.
+        (json!({"tool_choice": "auto"}), None),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+            None,
+        ),
+        (
+            json!({"tool_choice": "sometimes"}),
+            Some(("tool_choice", "tool_choice: expected")),
+        ),
+        (
+            json!({"tool_choice": {"function": {"name": "f"}}}),
+            Some(("tool_choice", "tool_choice: expected")),
+        ),
+        (
+            json!({"tool_choice": {"type": "function"}}),
+            Some(("tool_choice", "tool_choice: expected")),
+        ),
+        (
+            json!({"tool_choice": 1}),
+            Some(("tool_choice", "tool_choice: expected")),
+        ),
+        // response_format: text, json_object, json_schema with a schema.
+        (json!({"response_format": {"type": "text"}}), None),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            Some((
+                "response_format",
+                "response_format.type: expected text, json_object or json_schema",
+            )),
+        ),
+        (
+            json!({"response_format": {"type": "json_schema"}}),
+            Some((
+                "response_format",
+                "response_format.json_schema.schema: Field required",
+            )),
+        ),
+        (
+            json!({"response_format": {}}),
+            Some(("response_format", "response_format: missing field `type`")),
+        ),
+        (
+            json!({"reasoning_effort": "lots"}),
+            Some(("reasoning_effort", "reasoning_effort: unknown value")),
+        ),
+    ];
+    for (extra, want) in table {
+        match (parse(with(base.clone(), &extra)), want) {
+            (Ok(_), None) => {}
+            (Err(e), Some((param, message))) => {
+                assert_eq!(e.param.as_deref(), Some(param), "{extra}: {e}");
+                assert!(e.message.starts_with(message), "{extra}: {e}");
+            }
+            (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_body_that_is_no_object_has_no_param() {
+    for body in [&b"{not json"[..], b"[1, 2]", b"\"hi\"", b""] {
+        let e = parse_chat(body).unwrap_err();
+        assert_eq!(e.param, None, "{e}");
+        let e = crate::openai::parse_completion(body).unwrap_err();
+        assert_eq!(e.param, None, "{e}");
+    }
+}
+
+#[test]
+fn every_completions_field_is_checked_with_its_param() {
+    let base = json!({"model": "m", "prompt": "Once upon"});
+    let table: Vec<(Value, Option<(&str, &str)>)> = vec![
+        (
+            json!({"prompt": 5}),
+            Some((
+                "prompt",
+                "prompt: expected a string, an array of strings, or token ids",
+            )),
+        ),
+        (
+            json!({"prompt": ""}),
+            Some(("prompt", "prompt: must not be empty")),
+        ),
+        (
+            json!({"prompt": ["a", "b"]}),
+            Some(("prompt", "prompt: one prompt per request")),
+        ),
+        (json!({"max_tokens": 1}), None),
+        (
+            json!({"max_tokens": 0}),
+            Some(("max_tokens", "max_tokens: must be at least 1")),
+        ),
+        (
+            json!({"max_tokens": "8"}),
+            Some(("max_tokens", "max_tokens: invalid type")),
+        ),
+        (json!({"temperature": 2}), None),
+        (
+            json!({"temperature": 2.5}),
+            Some(("temperature", "temperature: must be between 0 and 2")),
+        ),
+        (
+            json!({"temperature": "x"}),
+            Some(("temperature", "temperature: invalid type")),
+        ),
+        (
+            json!({"top_p": -0.1}),
+            Some(("top_p", "top_p: must be between 0 and 1")),
+        ),
+        (
+            json!({"presence_penalty": 3}),
+            Some((
+                "presence_penalty",
+                "presence_penalty: must be between -2 and 2",
+            )),
+        ),
+        (json!({"n": 3}), Some(("n", "n: only 1 choice"))),
+        (json!({"logprobs": 5}), None),
+        (
+            json!({"logprobs": 6}),
+            Some(("logprobs", "logprobs: must be between 0 and 5")),
+        ),
+        (
+            json!({"logprobs": true}),
+            Some(("logprobs", "logprobs: invalid type")),
+        ),
+        (
+            json!({"stop": ["a", "b", "c", "d", "e"]}),
+            Some(("stop", "stop: at most 4 sequences")),
+        ),
+        (
+            json!({"stream_options": {"include_usage": true}}),
+            Some((
+                "stream_options",
+                "stream_options: only allowed when stream is true",
+            )),
+        ),
+        (json!({"echo": true}), Some(("echo", "echo: not supported"))),
+        (
+            json!({"best_of": 2}),
+            Some(("best_of", "best_of: not supported")),
+        ),
+        (json!({"seed": -1}), None),
+    ];
+    for (extra, want) in table {
+        let got =
+            crate::openai::parse_completion(with(base.clone(), &extra).to_string().as_bytes())
+                .and_then(|r| r.into_generate());
+        match (got, want) {
+            (Ok(_), None) => {}
+            (Err(e), Some((param, message))) => {
+                assert_eq!(e.param.as_deref(), Some(param), "{extra}: {e}");
+                assert!(e.message.starts_with(message), "{extra}: {e}");
+            }
+            (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
+        }
+    }
+}
