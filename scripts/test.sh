@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test, on a fresh machine too:
 #   1. scripts/setup-test-env.sh --lint, then cargo fmt --check, cargo clippy, ruff check and
-#      ruff format --check, then the unit tests (stops here if any fails; no model needed yet)
+#      ruff format --check, then the unit tests (stops here if any fails; no model needed yet),
+#      then every fuzz target for 30 s (scripts/fuzz.sh)
 #   2. scripts/setup-test-env.sh  (Claude Code, the test models)
 #   3. cargo test --release --workspace
 #   4. cargo build --release       (the pensieve binary)
@@ -51,6 +52,13 @@ step "cargo test --release --workspace --lib --bins (unit tests)"
 if ! cargo test --release --workspace --lib --bins; then
     echo "unit tests failed" >&2
     exit 1
+fi
+
+# Still no model: every fuzz target for a short run from the committed corpus (its own
+# target directory: the instrumented build must not replace the main one's artifacts).
+step "fuzz: each target ${FUZZ_SECONDS:-30} s (scripts/fuzz.sh)"
+if ! CARGO_TARGET_DIR="$HOME/.cache/pensieve-fuzz-target" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh; then
+    failed+=("fuzz")
 fi
 
 # Tier 2: the models, Claude Code and a browser, then every test that uses them.

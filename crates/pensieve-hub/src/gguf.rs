@@ -66,6 +66,12 @@ pub fn read_info(path: &Path) -> Result<GgufInfo, GgufError> {
     parse(BufReader::new(file), len).map_err(|fault| fault.at(path))
 }
 
+/// [`read_info`] over bytes in memory: the entry point of the fuzz target (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_bytes(bytes: &[u8]) -> Result<GgufInfo, GgufError> {
+    parse(bytes, bytes.len() as u64).map_err(|fault| fault.at(Path::new("<memory>")))
+}
+
 /// Parses GGUF metadata from `reader`, which holds `len` bytes in all (the bound every length
 /// read from the file is checked against).
 pub(crate) fn parse(reader: impl BufRead, len: u64) -> Result<GgufInfo, Fault> {

@@ -203,3 +203,19 @@ fn header_lengths_cannot_make_huge_allocations() {
     let err = decode_file(&mut &file[..], "m", &t, len).err().unwrap();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }
+
+#[test]
+fn the_reader_over_bytes_takes_a_written_file_and_refuses_a_flipped_one() {
+    let root = temp_root();
+    let t = tokens(12);
+    let path = write_one(&root, "m", &t, &[9u8; 300]);
+    let mut bytes = fs::read(&path).unwrap();
+    assert_eq!(
+        super::super::read_snapshot_file(&bytes, "m").unwrap(),
+        vec![9u8; 300]
+    );
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    assert!(super::super::read_snapshot_file(&bytes, "m").is_err());
+    let _ = fs::remove_dir_all(root);
+}

@@ -569,6 +569,15 @@ impl PrefixCache {
     }
 }
 
+/// The disk tier's reader over the bytes of one file, every check made: what the fuzz
+/// targets drive (the tokens the file must hold are the ones its header names).
+#[doc(hidden)]
+pub fn read_snapshot_file(bytes: &[u8], fingerprint: &str) -> std::io::Result<Vec<u8>> {
+    let len = bytes.len() as u64;
+    let header = disk::parse_header(&mut &bytes[..], fingerprint, len)?;
+    disk::decode_file(&mut &bytes[..], fingerprint, &header.tokens, len)
+}
+
 #[cfg(test)]
 #[path = "cache_tests.rs"]
 mod tests;

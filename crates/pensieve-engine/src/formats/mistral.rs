@@ -108,8 +108,8 @@ impl CallReader for MistralHead {
         let name = name.to_owned();
         p.held.drain(..head.len() + marker_len);
         p.start_call(out, name);
-        // The call is its arguments: it ends with them.
-        Next::Reader(Box::new(JsonCall::arguments_only(JsonScanner::default())))
+        // The call is its arguments, an object: it ends with them.
+        Next::Reader(Box::new(JsonCall::arguments_only(JsonScanner::object())))
     }
 
     fn finish(&mut self, p: &mut Core, _: &mut Vec<Segment>) {

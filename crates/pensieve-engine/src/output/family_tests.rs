@@ -89,6 +89,34 @@ fn mistral_name_and_args_calls() {
     every_cut_parses(ToolFormat::MISTRAL, MISTRAL_CALLS_V11);
 }
 
+/// A Gemma array with a trailing comma ends the call there, closed as JSON, not written as
+/// `[1,]` (the `tool_calls` fuzz target found it).
+#[test]
+fn gemma_arrays_with_a_trailing_comma_still_make_json() {
+    let f = format(ToolFormat::FUNCTIONGEMMA);
+    let text = "<start_function_call>call:get_weather{days:[1,]}<end_function_call>";
+    let (segments, _) = parse(f, text);
+    let args: String = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::CallArguments(a) => Some(a.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, "{\"days\":[1,null]}");
+}
+
+/// Arguments that are no object make a call without arguments, not a call whose arguments
+/// are a number (the `tool_calls` fuzz target found `[ARGS]6`).
+#[test]
+fn mistral_arguments_that_are_no_object_are_none() {
+    let f = format(ToolFormat::MISTRAL);
+    let (segments, _) = parse(f, "[TOOL_CALLS]get_weather[ARGS]6 and more");
+    let mut expected = call("get_weather", "{}");
+    expected.push(Segment::Text("6 and more".into()));
+    assert_eq!(segments, expected);
+}
+
 // Mistral 7B v0.3 / Nemo: a JSON array after `[TOOL_CALLS]` (Nemo adds an "id").
 const MISTRAL_ARRAY: &str = "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"a1b2c3d4e\"}, {\"name\": \"get_time\", \"arguments\": {\"tz\": \"CET\"}}]";
 

@@ -178,6 +178,8 @@ struct Translator {
     state: State,
     /// Open containers: true for objects.
     stack: Vec<bool>,
+    /// A value must follow the `,` just written in an array: `]` can't close it there.
+    after_comma: bool,
     /// The JSON written so far, followed to close it if the output is cut off.
     shadow: JsonScanner,
 }
@@ -188,6 +190,7 @@ impl Translator {
             delim,
             state: State::Value,
             stack: Vec::new(),
+            after_comma: false,
             shadow: JsonScanner::default(),
         }
     }
@@ -269,10 +272,12 @@ impl Translator {
                 '[' => {
                     json.push('[');
                     self.stack.push(false);
+                    self.after_comma = false;
                     self.state = State::Value;
                     Status::More
                 }
-                // `[]`: an empty array.
+                // `[]`: an empty array; `[x,]` is no JSON (nor Gemma's syntax).
+                ']' if self.stack.last() == Some(&false) && self.after_comma => Status::Invalid,
                 ']' if self.stack.last() == Some(&false) => {
                     self.state = State::After;
                     self.after(c, json)
@@ -346,6 +351,7 @@ impl Translator {
             }
             (',', Some(false)) => {
                 json.push(',');
+                self.after_comma = true;
                 self.state = State::Value;
                 Status::More
             }

@@ -16,6 +16,7 @@
 //! see exactly the prompt generation will.
 
 mod breakpoints;
+mod limits;
 mod normalize;
 mod python;
 mod stable;
@@ -36,6 +37,34 @@ use crate::request::{Breakpoint, Message, ToolSpec};
 
 /// The name the template is stored under; it shows in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
+
+// A template is code from a model file or a config, rendered on every request: these bound
+// what one render may cost, so that a hostile or broken one fails that request with a
+// clear error instead of hanging the engine or exhausting memory (see `limits`).
+
+/// minijinja instructions one render may run, for a conversation of `items` messages and
+/// tools: a base for the template's own work, and room for templates that look back over
+/// the conversation for each message, which makes them quadratic in it (gpt-oss's, Gemma
+/// 4's and DeepSeek V3.2's take about 5 n² for n messages) four times over. A template that
+/// never ends stops within a few hundred milliseconds on a short conversation.
+fn fuel_for(items: usize) -> u64 {
+    const BASE: u64 = 1_000_000;
+    const PER_ITEM_SQUARED: u64 = 20;
+    const MAX: u64 = 1_000_000_000;
+    let n = u64::try_from(items).unwrap_or(u64::MAX);
+    PER_ITEM_SQUARED
+        .saturating_mul(n.saturating_mul(n))
+        .saturating_add(BASE)
+        .min(MAX)
+}
+/// The longest text a render may produce, and the longest string a template may build
+/// with the filters that multiply text: far over any model's context.
+const MAX_TEXT: usize = 16 << 20;
+/// How deep a value printed or passed to `tojson` may nest (serde_json's own limit on the
+/// JSON a request carries).
+const MAX_VALUE_DEPTH: usize = 128;
+/// The widest indent `tojson` and `indent` take.
+const MAX_INDENT: usize = 256;
 
 /// Stands in for a prefill's text while rendering, so we can find where the
 /// template puts the content of the final assistant turn.
@@ -140,6 +169,9 @@ pub struct ChatTemplate {
     /// (LFM2's first template), the calls are written into the turn's text in the
     /// model's format ([`ToolFormat::calls_as_text`]), where its model reads them.
     renders_calls: bool,
+    /// Tests render with a part of the fuel, to show the margin real templates have.
+    #[cfg(test)]
+    fuel_divisor: u64,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -272,6 +304,10 @@ impl ChatTemplate {
             Ok(prompt) => return Ok(prompt),
             Err(err) => err,
         };
+        // A template that ran out of fuel would only run out again.
+        if limits::out_of_fuel(&first_error) {
+            return Err(first_error);
+        }
         if let Some(as_text) = normalize::arguments_as_text(&conversation) {
             if let Ok(prompt) = self.render_conversation(&as_text, tools, opts) {
                 tracing::debug!(
@@ -329,6 +365,7 @@ impl ChatTemplate {
         tools: &[ToolSpec],
         opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
+        let items = conversation.len() + tools.len();
         let last = conversation.len().saturating_sub(1);
         let messages: Vec<TemplateMessage<'_>> = conversation
             .iter()
@@ -358,11 +395,17 @@ impl ChatTemplate {
         if let Some(effort) = &opts.reasoning_effort {
             ctx = context! { reasoning_effort => effort.as_str(), ..ctx };
         }
-        let template = self
-            .env
+        // The fuel is the environment's: a render gets its own copy (one compiled template,
+        // the filters: cheap next to the render).
+        let mut env = (*self.env).clone();
+        let fuel = fuel_for(items);
+        #[cfg(test)]
+        let fuel = fuel / self.fuel_divisor;
+        env.set_fuel(Some(fuel));
+        let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|err| TemplateError::Render(err.to_string()))?;
-        template.render(ctx).map_err(render_error)
+        limits::render_capped(&template, ctx).map_err(render_error)
     }
 
     fn compile(
@@ -382,6 +425,10 @@ impl ChatTemplate {
         env.add_test("iterable", python::is_iterable);
         env.add_test("sequence", python::is_sequence);
         env.add_test("number", python::is_number);
+        // minijinja's own, with the size of what they build bounded.
+        env.add_filter("indent", limits::indent);
+        env.add_filter("replace", limits::replace);
+        env.add_filter("join", limits::join);
         // jinja2 built-ins that minijinja keeps in its contrib crate.
         env.add_filter("truncate", minijinja_contrib::filters::truncate);
         env.add_filter("striptags", minijinja_contrib::filters::striptags);
@@ -398,9 +445,13 @@ impl ChatTemplate {
             description,
             renders_tools: true,
             renders_calls: true,
+            #[cfg(test)]
+            fuel_divisor: 1,
         };
-        template.renders_tools = template.probe_renders_tools();
-        template.renders_calls = template.probe_renders_calls();
+        // A template that runs out of fuel on the probes' two-turn conversations would on
+        // every request: refused here, where the model is loaded.
+        template.renders_tools = template.probe_renders_tools()?;
+        template.renders_calls = template.probe_renders_calls()?;
         Ok(template)
     }
 
@@ -417,7 +468,7 @@ impl ChatTemplate {
 
     /// Render a call and its result and look for the call's name. A template that
     /// refuses the probe is left as it is.
-    fn probe_renders_calls(&self) -> bool {
+    fn probe_renders_calls(&self) -> Result<bool, TemplateError> {
         let name = "pensieve_probe_call_7f3a";
         let call = Message {
             tool_calls: vec![crate::request::ToolCall {
@@ -436,12 +487,15 @@ impl ChatTemplate {
             call,
             result,
         ];
-        self.render_raw(&messages, None, &[], &RenderOptions::default())
-            .map_or(true, |prompt| prompt.contains(name))
+        match self.render_raw(&messages, None, &[], &RenderOptions::default()) {
+            Ok(prompt) => Ok(prompt.contains(name)),
+            Err(err) if limits::out_of_fuel(&err) => Err(err),
+            Err(_) => Ok(true),
+        }
     }
 
     /// Render a one-message conversation with a probe tool and look for its name.
-    fn probe_renders_tools(&self) -> bool {
+    fn probe_renders_tools(&self) -> Result<bool, TemplateError> {
         let name = "pensieve_probe_tool_7f3a";
         let tool = ToolSpec {
             name: name.to_owned(),
@@ -449,8 +503,11 @@ impl ChatTemplate {
             parameters: serde_json::json!({"type": "object", "properties": {}}),
         };
         let messages = [Message::text(crate::request::Role::User, "hi")];
-        self.render_raw(&messages, None, &[tool], &RenderOptions::default())
-            .is_ok_and(|prompt| prompt.contains(name))
+        match self.render_raw(&messages, None, &[tool], &RenderOptions::default()) {
+            Ok(prompt) => Ok(prompt.contains(name)),
+            Err(err) if limits::out_of_fuel(&err) => Err(err),
+            Err(_) => Ok(false),
+        }
     }
 }
 
@@ -476,6 +533,9 @@ fn raise_exception(message: Value) -> Result<Value, Error> {
 }
 
 fn render_error(err: Error) -> TemplateError {
+    if let Some(limit) = limits::describe(&err) {
+        return TemplateError::Render(limit);
+    }
     // minijinja may wrap the error raised inside a macro or include; look down the chain.
     let mut current: Option<&(dyn StdError + 'static)> = Some(&err);
     while let Some(cause) = current {
@@ -525,7 +585,8 @@ fn strip_generation_tags(source: &str) -> String {
 /// For a `tag` starting with `{%`: the rewrite and its length in bytes when it is
 /// `{% generation %}` or `{% endgeneration %}` (with any `-`/`+` modifiers).
 fn rewrite_generation_tag(tag: &str) -> Option<(String, usize)> {
-    let end = tag.find("%}")?;
+    // After the opening `{%`: in `{%}` the `%` would close what it opens.
+    let end = tag[2..].find("%}")? + 2;
     let inner = &tag[2..end];
     let (left, inner) = split_modifier_start(inner);
     let (inner, right) = split_modifier_end(inner);

@@ -14,34 +14,63 @@ use std::fmt::Write;
 use minijinja::value::{from_args, Kwargs, Rest, ValueKind};
 use minijinja::{Error, ErrorKind, Output, State, Value};
 
+use super::{MAX_INDENT, MAX_TEXT, MAX_VALUE_DEPTH};
+
 /// The formatter for `{{ ... }}`: strings verbatim, everything else as Python's `str()`.
 pub(super) fn format_output(out: &mut Output, _state: &State, value: &Value) -> Result<(), Error> {
     let mut text = String::new();
-    write_str(&mut text, value);
+    write_str(&mut text, value)?;
     out.write_str(&text).map_err(|err| {
         Error::new(ErrorKind::WriteFailure, "cannot write template output").with_source(err)
     })
 }
 
 /// The `string` filter, as Python's `str()`.
-pub(super) fn string_filter(value: &Value) -> String {
+pub(super) fn string_filter(value: &Value) -> Result<String, Error> {
     let mut text = String::new();
-    write_str(&mut text, value);
-    text
+    write_str(&mut text, value)?;
+    Ok(text)
 }
 
 /// Python's `str(value)`: like `repr` except that a top-level string is itself.
-fn write_str(out: &mut String, value: &Value) {
+fn write_str(out: &mut String, value: &Value) -> Result<(), Error> {
     match value.kind() {
         // Lenient undefined prints nothing, as in jinja2.
-        ValueKind::Undefined => {}
-        ValueKind::String => out.push_str(value.as_str().unwrap_or_default()),
-        _ => write_repr(out, value),
+        ValueKind::Undefined => Ok(()),
+        ValueKind::String => {
+            out.push_str(value.as_str().unwrap_or_default());
+            Ok(())
+        }
+        _ => write_repr(out, value, 0),
     }
 }
 
+/// Fails once a value printed by a template is nested past [`MAX_VALUE_DEPTH`] (a
+/// namespace can hold itself) or its text is past [`MAX_TEXT`] (a list repeated many
+/// times over holds the same long string many times).
+fn check_size(what: &str, out: &str, depth: usize) -> Result<(), Error> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{what}: the value is nested more than {MAX_VALUE_DEPTH} deep"),
+        ));
+    }
+    if out.len() > MAX_TEXT {
+        return Err(too_long(what));
+    }
+    Ok(())
+}
+
+fn too_long(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{what}: the text is over {} MiB", MAX_TEXT >> 20),
+    )
+}
+
 /// Python's `repr(value)` for the values a template can hold.
-fn write_repr(out: &mut String, value: &Value) {
+fn write_repr(out: &mut String, value: &Value, depth: usize) -> Result<(), Error> {
+    check_size("printing a value", out, depth)?;
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("None"),
         ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
@@ -53,7 +82,7 @@ fn write_repr(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_repr(out, &item);
+                write_repr(out, &item, depth + 1)?;
             }
             out.push(']');
         }
@@ -63,16 +92,33 @@ fn write_repr(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_repr(out, &key);
+                write_repr(out, &key, depth + 1)?;
                 out.push_str(": ");
-                write_repr(out, &value.get_item(&key).unwrap_or_default());
+                write_repr(out, &value.get_item(&key).unwrap_or_default(), depth + 1)?;
             }
             out.push('}');
         }
-        // Objects without a Python counterpart (loop, namespace internals): minijinja's text.
+        // Objects without a Python counterpart (loop, namespace internals, `[x] * n`):
+        // minijinja's text, cut off at the limit (a repeated list is lazy and can be long).
         _ => {
-            let _ = write!(out, "{value}");
+            if write!(Bounded(out), "{value}").is_err() {
+                return Err(too_long("printing a value"));
+            }
         }
+    }
+    Ok(())
+}
+
+/// A `fmt::Write` into a string that fails once the string is past [`MAX_TEXT`].
+struct Bounded<'a>(&'a mut String);
+
+impl std::fmt::Write for Bounded<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.len() + s.len() > MAX_TEXT {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
     }
 }
 
@@ -246,6 +292,20 @@ pub(super) fn unknown_method(
                 };
                 return rsplit(text, sep, maxsplit).map(Value::from);
             }
+            // Done by pycompat below, once the size of the result is known to be sane.
+            "replace" => {
+                if let (Some(from), Some(to)) = (
+                    args.first().and_then(Value::as_str),
+                    args.get(1).and_then(Value::as_str),
+                ) {
+                    super::limits::check_replace(text, from, to)?;
+                }
+            }
+            "join" => {
+                if let Some(items) = args.first() {
+                    super::limits::check_join(items, text)?;
+                }
+            }
             "removeprefix" => {
                 let (prefix,): (&str,) = from_args(args)?;
                 return Ok(Value::from(text.strip_prefix(prefix).unwrap_or(text)));
@@ -317,7 +377,20 @@ pub(super) fn tojson(value: &Value, args: Rest<Value>) -> Result<Value, Error> {
     let indent = match arg(positional.next(), &kwargs, "indent")? {
         None => None,
         Some(v) if v.is_none() => None,
-        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
+        Some(v) if v.kind() == ValueKind::String => {
+            let indent = v.as_str().unwrap_or_default();
+            // Each line repeats it once per level: a long one multiplies the output.
+            if indent.len() > MAX_INDENT {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "tojson: an indent of {} bytes is over {MAX_INDENT}",
+                        indent.len()
+                    ),
+                ));
+            }
+            Some(indent.to_owned())
+        }
         // Python multiplies: `' ' * indent`, so True is one space and negatives none.
         Some(v) => {
             let width = i64::try_from(v.clone()).map_err(|_| {
@@ -326,7 +399,14 @@ pub(super) fn tojson(value: &Value, args: Rest<Value>) -> Result<Value, Error> {
                     "tojson: indent must be a number or a string",
                 )
             })?;
-            Some(" ".repeat(usize::try_from(width).unwrap_or(0)))
+            let width = usize::try_from(width).unwrap_or(0);
+            if width > MAX_INDENT {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: an indent of {width} is over {MAX_INDENT}"),
+                ));
+            }
+            Some(" ".repeat(width))
         }
     };
     let (item_sep, key_sep) = match arg(positional.next(), &kwargs, "separators")? {
@@ -422,6 +502,7 @@ struct JsonWriter {
 
 impl JsonWriter {
     fn write(&mut self, value: &Value, depth: usize) -> Result<(), Error> {
+        check_size("tojson", &self.out, depth)?;
         match value.kind() {
             ValueKind::Undefined | ValueKind::None => self.out.push_str("null"),
             ValueKind::Bool => self
@@ -430,9 +511,9 @@ impl JsonWriter {
             ValueKind::Number => write_number(&mut self.out, value, PyFloat::Json),
             ValueKind::String => self.write_string(value.as_str().unwrap_or_default()),
             ValueKind::Seq | ValueKind::Iterable => {
-                let items: Vec<Value> = iter(value).collect();
-                self.write_container(&items, depth, ('[', ']'), |writer, item, depth| {
-                    writer.write(item, depth)
+                // Streamed, not collected: `[x] * n` is a lazy list of any length.
+                self.write_container(iter(value), depth, ('[', ']'), |writer, item, depth| {
+                    writer.write(&item, depth)
                 })?;
             }
             ValueKind::Map => {
@@ -445,11 +526,12 @@ impl JsonWriter {
                 if self.sort_keys {
                     entries.sort_by(|a, b| a.0.cmp(&b.0));
                 }
-                self.write_container(&entries, depth, ('{', '}'), |writer, (key, item), depth| {
-                    writer.write_string(key);
+                let entries = entries.into_iter();
+                self.write_container(entries, depth, ('{', '}'), |writer, (key, item), depth| {
+                    writer.write_string(&key);
                     let key_sep = writer.key_sep.clone();
                     writer.out.push_str(&key_sep);
-                    writer.write(item, depth)
+                    writer.write(&item, depth)
                 })?;
             }
             other => {
@@ -466,17 +548,18 @@ impl JsonWriter {
     /// (default `,`) before the newline; empty containers stay `[]` / `{}`.
     fn write_container<T>(
         &mut self,
-        items: &[T],
+        items: impl Iterator<Item = T>,
         depth: usize,
         (open, close): (char, char),
-        mut write_item: impl FnMut(&mut Self, &T, usize) -> Result<(), Error>,
+        mut write_item: impl FnMut(&mut Self, T, usize) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.out.push(open);
-        if items.is_empty() {
+        let mut items = items.peekable();
+        if items.peek().is_none() {
             self.out.push(close);
             return Ok(());
         }
-        for (i, item) in items.iter().enumerate() {
+        for (i, item) in items.enumerate() {
             if i > 0 {
                 let item_sep = self.item_sep.clone();
                 self.out.push_str(&item_sep);
@@ -534,8 +617,9 @@ fn json_key(key: &Value) -> String {
         ValueKind::None | ValueKind::Undefined => "null".to_owned(),
         ValueKind::Bool => if key.is_true() { "true" } else { "false" }.to_owned(),
         _ => {
+            // Keys are numbers here: nothing nested, nothing long.
             let mut text = String::new();
-            write_repr(&mut text, key);
+            let _ = write_repr(&mut text, key, 0);
             text
         }
     }

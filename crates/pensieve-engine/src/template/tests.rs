@@ -280,6 +280,24 @@ fn syntax_errors_surface_at_compile_time() {
     assert!(err.to_string().contains("syntax error"), "{err}");
 }
 
+/// `{%}` is a syntax error, not a panic while the generation tags are rewritten (the
+/// `chat_template` fuzz target found it: the `%}` search overlapped the `{%`).
+#[test]
+fn a_tag_closed_by_its_own_percent_is_a_syntax_error() {
+    for source in ["{%}", "{%}{% generation %}x{% endgeneration %}", "a{%-}"] {
+        let err = ChatTemplate::from_source(source, SpecialTokens::default())
+            .expect_err("not a template");
+        assert!(matches!(err, TemplateError::Syntax(_)), "{source}: {err:?}");
+    }
+    let template = ChatTemplate::from_source(
+        "{%- generation -%}ok{%- endgeneration -%}",
+        SpecialTokens::default(),
+    )
+    .expect("compiles");
+    let prompt = template.render(&[user("q")], &[], &RenderOptions::default());
+    assert_eq!(prompt.as_deref(), Ok("ok"));
+}
+
 #[test]
 fn mid_conversation_system_is_folded_when_the_template_refuses_it() {
     let source = "{% for m in messages %}{% if m.role == 'system' and not loop.first %}{{ raise_exception('System message must be first') }}{% endif %}[{{ m.role }}:{{ m.content }}]{% endfor %}";
@@ -637,5 +655,139 @@ fn claude_codes_breakpoints_fall_after_the_tools_and_the_shared_environment() {
         assert!(preamble < env_end && env_end < last, "{name}: {found:?}");
         assert!(prompt[..env_end].ends_with("2026-12-03."), "{name}");
         assert!(prompt[..last].ends_with("say hi"), "{name}");
+    }
+}
+
+// Hostile templates: each must fail with an error that says why, and soon (see `limits`).
+
+/// Renders `source` over a short conversation: compile and render errors alike, as text.
+fn render_hostile(source: &str) -> Result<String, String> {
+    let started = std::time::Instant::now();
+    let result = ChatTemplate::from_source(source, SpecialTokens::default())
+        .and_then(|t| {
+            t.render(
+                &[user("q"), assistant("a"), user("q")],
+                &[],
+                &RenderOptions::default(),
+            )
+        })
+        .map_err(|e| e.to_string());
+    // Each case builds up to the 16 MiB limit, a few times over (the probes): seconds in
+    // an unoptimised build. The fuzz target holds release builds to 1 s.
+    let limit = std::time::Duration::from_secs(if cfg!(debug_assertions) { 120 } else { 10 });
+    let took = started.elapsed();
+    assert!(took < limit, "{source}: {took:?}");
+    result
+}
+
+#[test]
+fn an_endless_loop_runs_out_of_fuel() {
+    let endless =
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+    // Endless on the probes' conversation: refused where the model loads.
+    let err =
+        ChatTemplate::from_source(endless, SpecialTokens::default()).expect_err("runs out of fuel");
+    assert!(limits::out_of_fuel(&err), "{err}");
+    assert!(err.to_string().contains("ran too long"), "{err}");
+    // Endless only on a longer conversation: that request fails, without the retries.
+    let source = format!(
+        "{{% if messages|length > 2 %}}{endless}{{% endif %}}{{{{ messages[0].content }}}}"
+    );
+    let err = render_hostile(&source).expect_err("runs out of fuel");
+    assert!(err.contains("ran too long"), "{err}");
+}
+
+#[test]
+fn endless_recursion_hits_the_recursion_limit() {
+    for source in [
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{% macro f(n) %}{% for m in messages %}{{ f(n) }}{% endfor %}{% endmacro %}{{ f(0) }}",
+        "{% for m in messages recursive %}{{ loop([m]) }}{% endfor %}",
+    ] {
+        let err = render_hostile(source).expect_err(source);
+        assert!(err.contains("recursion"), "{source}: {err}");
+    }
+}
+
+#[test]
+fn huge_allocations_fail_with_an_error() {
+    let mib = "{% set s = 'x' * 1000000 %}";
+    for (source, says) in [
+        ("{{ 'x' * 10**10 }}".to_owned(), "too large"),
+        ("{{ range(10**9)|length }}".to_owned(), "too many elements"),
+        (format!("{mib}{{{{ s|replace('x', s) }}}}"), "over 16 MiB"),
+        (format!("{mib}{{{{ s.replace('x', s) }}}}"), "over 16 MiB"),
+        ("{{ 'a\nb'|indent(10**12) }}".to_owned(), "over 256"),
+        (
+            "{{ messages|tojson(indent=10**12) }}".to_owned(),
+            "over 256",
+        ),
+        (format!("{mib}{{{{ ([s] * 100000)|join }}}}"), "over 16 MiB"),
+        (
+            format!("{mib}{{{{ ','.join([s] * 100000) }}}}"),
+            "over 16 MiB",
+        ),
+        (
+            format!("{mib}{{{{ ([s] * 100000)|tojson }}}}"),
+            "over 16 MiB",
+        ),
+        (format!("{mib}{{{{ ([s] * 100000)|list }}}}"), "over 16 MiB"),
+        (
+            format!("{mib}{{{{ ([s] * 100000)|string }}}}"),
+            "over 16 MiB",
+        ),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}".to_owned(),
+            "output is over 16 MiB",
+        ),
+        (
+            "{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ [ns] }}".to_owned(),
+            "nested more than 128 deep",
+        ),
+        (
+            "{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns|tojson }}".to_owned(),
+            "nested more than 128 deep",
+        ),
+    ] {
+        let err = render_hostile(&source).expect_err(&source);
+        assert!(err.contains(says), "{source}: {err}");
+    }
+}
+
+/// The real templates render long agent sessions with Claude Code's tools on a quarter of
+/// their fuel: the quadratic ones (gpt-oss, Gemma 4, DeepSeek V3.2) need about 5 n² for n
+/// messages, measured up to 3,000 messages.
+#[test]
+fn real_templates_render_long_sessions_on_a_quarter_of_the_fuel() {
+    let spec = cases();
+    let tools = crate::testing::claude_code_tools();
+    let mut session = vec![system("You are a coding agent."), user("Fix the bug.")];
+    for i in 0..1000 {
+        session.push(Message {
+            tool_calls: vec![ToolCall {
+                id: format!("call_{i}"),
+                name: "Bash".into(),
+                arguments: json!({"command": format!("grep -rn bug src/{i}"), "timeout": 1000}),
+            }],
+            ..assistant("Looking.")
+        });
+        session.push(Message {
+            tool_call_id: Some(format!("call_{i}")),
+            ..Message::text(Role::Tool, "src/x.rs:1: bug")
+        });
+        session.push(user("Go on."));
+    }
+    for (name, info) in spec["templates"].as_object().expect("templates") {
+        let mut template = fixture_template(info);
+        template.fuel_divisor = 4;
+        let opts = RenderOptions {
+            tool_format: info["format"].as_str().and_then(ToolFormat::from_name),
+            ..RenderOptions::default()
+        };
+        for turns in [&session[..32], &session[..302], &session[..]] {
+            if let Err(err) = template.render(turns, &tools, &opts) {
+                assert!(!limits::out_of_fuel(&err), "{name}, {}: {err}", turns.len());
+            }
+        }
     }
 }

@@ -1,0 +1,32 @@
+//! An OpenAI Chat Completions or Completions body: the lenient parse, the checks and the
+//! translation into the neutral request, then the engine's validation of it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pensieve_protocol::openai::{parse_chat, parse_completion};
+
+#[path = "common_engine.rs"]
+mod common_engine;
+
+fuzz_target!(|body: &[u8]| {
+    if let Ok(parsed) = parse_chat(body) {
+        let _ = (
+            parsed.is_stream(),
+            parsed.include_usage(),
+            parsed.wants_logprobs(),
+        );
+        if let Ok(request) = parsed.into_generate() {
+            common_engine::validate(&request);
+        }
+    }
+    if let Ok(parsed) = parse_completion(body) {
+        let _ = (
+            parsed.is_stream(),
+            parsed.include_usage(),
+            parsed.wants_logprobs(),
+        );
+        if let Ok(request) = parsed.into_generate() {
+            common_engine::validate(&request);
+        }
+    }
+});
