@@ -8,10 +8,11 @@ from __future__ import annotations
 import collections
 import json
 
+import anthropic
 import jsonschema
 import openai
 import pytest
-from conftest import QWEN_CODER, _serve
+from conftest import QWEN_CODER, SMOLLM2, _serve
 
 QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 WEATHER_TOOL = {
@@ -178,6 +179,29 @@ def test_a_seed_makes_sampling_repeatable(smol):
     assert a == b
     others = {smol.chat.completions.create(**args, seed=s).choices[0].message.content for s in (8, 9, 10)}
     assert others - {a}, "other seeds give other samples"
+
+
+def test_the_servers_sampling_defaults_fill_what_a_request_leaves_out():
+    """`serve --temp 0`: requests that name no temperature (Claude Code's) are greedy on both
+    APIs, the same as ones that ask for temperature 0; one that names its own keeps it."""
+    gen = _serve(SMOLLM2, ["--temp", "0"])
+    server = next(gen)
+    try:
+        oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="anything", max_retries=0, timeout=180.0)
+        ask = dict(model="smol", messages=[{"role": "user", "content": "Invent a name for a cat."}], max_tokens=16)
+        greedy = oai.chat.completions.create(**ask, temperature=0).choices[0].message.content
+        assert oai.chat.completions.create(**ask).choices[0].message.content == greedy
+        sampled = {
+            oai.chat.completions.create(**ask, temperature=1.0, seed=s).choices[0].message.content for s in (8, 9, 10)
+        }
+        assert sampled - {greedy}, "a request's own temperature wins over the server's"
+
+        ant = anthropic.Anthropic(base_url=server.url, api_key="anything", max_retries=0, timeout=180.0)
+        ask = dict(model="smol", messages=[{"role": "user", "content": "Invent a name for a dog."}], max_tokens=16)
+        greedy = ant.messages.create(**ask, extra_body={"temperature": 0}).content[0].text
+        assert ant.messages.create(**ask).content[0].text == greedy
+    finally:
+        gen.close()
 
 
 def test_stop_sequences(smol):

@@ -47,6 +47,6 @@ pub use model::{
 };
 pub use output::OutputFormat;
 pub use request::{
-    Breakpoint, Effort, GenerateRequest, Message, RawPrompt, Role, SamplingParams, ToolCall,
-    ToolChoice, ToolSpec,
+    Breakpoint, Effort, GenerateRequest, Message, RawPrompt, Role, SamplingDefaults,
+    SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };

@@ -147,6 +147,34 @@ impl SamplingParams {
     }
 }
 
+/// The sampling a request gets for each setting it leaves out: the server's `--temp`,
+/// `--top-p`, `--top-k`, `--min-p` and `--seed` (as llama-server's), else the APIs' own
+/// defaults (temperature 1, the rest off). Claude Code sends no temperature, so these are
+/// how a model gets the sampling its makers recommend.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingDefaults {
+    /// The settings a client asked for (`asked`, already validated), each one it left
+    /// out taken from these defaults.
+    pub fn fill(&self, asked: SamplingParams, asked_temperature: Option<f32>) -> SamplingParams {
+        SamplingParams {
+            temperature: asked_temperature.or(self.temperature).unwrap_or(1.0),
+            top_p: asked.top_p.or(self.top_p),
+            top_k: asked.top_k.or(self.top_k),
+            min_p: asked.min_p.or(self.min_p),
+            seed: asked.seed.or(self.seed),
+            ..asked
+        }
+    }
+}
+
 /// How hard the model should reason, where its template has a switch for it (gpt-oss's
 /// `reasoning_effort`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::browser::{is_json, BrowserPolicy};
 use crate::error::{ApiError, Dialect};
 use crate::models::{Backend, ModelRouter};
 use crate::{request_metrics, routes};
-use pensieve_engine::EngineMetrics;
+use pensieve_engine::{EngineMetrics, SamplingDefaults};
 
 /// Settings of the HTTP edge.
 #[derive(Debug, Clone)]
@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// body.
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// The sampling of requests that leave a setting out (translated ones; a request
+    /// relayed to an upstream as it is gets the upstream's own defaults).
+    pub sampling: SamplingDefaults,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             browser: BrowserPolicy::default(),
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            sampling: SamplingDefaults::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! [server]
 //! port = 7777
 //! cache_dir = "~/.cache/pensieve/kv"
+//! temperature = 0.7               # for requests that name none (Claude Code's)
 //!
 //! [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
 //! ctx = 32768
@@ -67,6 +68,13 @@ pub struct ServerSettings {
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser origins allowed to call the API (`--cors-origin`).
     pub cors_origins: Option<Vec<String>>,
+    /// Sampling of requests that leave it out (`--temp`, `--top-p`, `--top-k`, `--min-p`,
+    /// `--seed`).
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
 }
 
 impl ServerSettings {

@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
 use pensieve_engine::settings::{self, Asked, GpuLayers, KvType, Layer};
-use pensieve_engine::{CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, ToolFormat};
+use pensieve_engine::{
+    CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, SamplingDefaults, ToolFormat,
+};
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
 use pensieve_server::{AppState, BrowserPolicy, ModelRouter, ServedModel, ServerConfig};
@@ -152,6 +154,23 @@ pub struct ServeArgs {
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
+    /// Sampling temperature of requests that name none, 0 for greedy (as llama-server's
+    /// --temp; Claude Code sends none) [default: 1, the APIs' own].
+    #[arg(long = "temp", value_name = "T", value_parser = unit_range(0.0, 2.0))]
+    temperature: Option<f32>,
+    /// Nucleus sampling of requests that leave top_p out [default: off].
+    #[arg(long, value_name = "P", value_parser = unit_range(0.0, 1.0))]
+    top_p: Option<f32>,
+    /// Top-k sampling of requests that leave top_k out; 0: off [default: off].
+    #[arg(long, value_name = "K")]
+    top_k: Option<u32>,
+    /// Min-p sampling of requests (no API sends it) [default: off].
+    #[arg(long, value_name = "P", value_parser = unit_range(0.0, 1.0))]
+    min_p: Option<f32>,
+    /// Seed of requests that name none, so that sampled answers repeat [default: a
+    /// random one per request].
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// How the model writes tool calls [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = tool_format_parser())]
     tool_parser: Option<ToolFormat>,
@@ -218,6 +237,40 @@ impl ServeArgs {
         };
         (flags, env)
     }
+}
+
+/// A clap parser for a number in `[low, high]`.
+fn unit_range(low: f32, high: f32) -> impl Fn(&str) -> Result<f32, String> + Clone {
+    move |text| {
+        let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
+        if (low..=high).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("must be between {low} and {high}"))
+        }
+    }
+}
+
+/// The sampling flags over the config's `[server]` ones; top_k 0 is off.
+fn sampling_defaults(args: &ServeArgs, config: &Config) -> anyhow::Result<SamplingDefaults> {
+    let s = &config.server;
+    let defaults = SamplingDefaults {
+        temperature: args.temperature.or(s.temperature),
+        top_p: args.top_p.or(s.top_p),
+        top_k: args.top_k.or(s.top_k).filter(|k| *k > 0),
+        min_p: args.min_p.or(s.min_p),
+        seed: args.seed.or(s.seed),
+    };
+    for (name, value, high) in [
+        ("temperature", defaults.temperature, 2.0),
+        ("top_p", defaults.top_p, 1.0),
+        ("min_p", defaults.min_p, 1.0),
+    ] {
+        if value.is_some_and(|v| !(0.0..=high).contains(&v)) {
+            bail!("[server] {name} must be between 0 and {high}");
+        }
+    }
+    Ok(defaults)
 }
 
 /// A value as (from a flag, from a variable).
@@ -602,6 +655,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             or_config(&args.allowed_hosts, &config.server.allowed_hosts),
             or_config(&args.cors_origins, &config.server.cors_origins),
         ),
+        sampling: sampling_defaults(&args, &config)?,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -757,6 +811,35 @@ mod tests {
         ] {
             assert!(parse(argv).is_err(), "{argv:?}");
         }
+    }
+
+    #[test]
+    fn sampling_flags_win_over_the_config_and_are_checked() {
+        let config: Config =
+            toml::from_str("[server]\ntemperature = 0.7\ntop_k = 20\nseed = 3\n").unwrap();
+        let args = parse(&["--temp", "0", "--top-p", "0.8", "--top-k", "0"]).unwrap();
+        assert_eq!(
+            sampling_defaults(&args, &config).unwrap(),
+            SamplingDefaults {
+                temperature: Some(0.0),
+                top_p: Some(0.8),
+                top_k: None,
+                min_p: None,
+                seed: Some(3),
+            }
+        );
+        for argv in [
+            &["--temp", "2.5"][..],
+            &["--temp", "nan"][..],
+            &["--top-p", "-0.1"][..],
+            &["--min-p", "1.5"][..],
+            &["--top-k", "-1"][..],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
+        let config: Config = toml::from_str("[server]\ntop_p = 1.5\n").unwrap();
+        let e = sampling_defaults(&parse(&[]).unwrap(), &config).unwrap_err();
+        assert!(e.to_string().contains("top_p"), "{e}");
     }
 
     /// The only test that sets a variable: clap reads it from the process, and no other

@@ -84,13 +84,17 @@ fn too_large(what: &str) -> Error {
     )
 }
 
-/// Fails when `text` with each `from` replaced by `to` would be over [`MAX_TEXT`]. Counts
-/// matches only up to what would pass the limit: a long text has many.
+/// Fails when `text`, or `text` with each `from` replaced by `to`, is over [`MAX_TEXT`].
+/// Counts matches only up to what would pass the limit: a long text has many.
 pub(super) fn check_replace(text: &str, from: &str, to: &str) -> Result<(), Error> {
+    // Already over (minijinja's `*` makes strings of up to 100 MB): refused before any scan.
+    if text.len() > MAX_TEXT {
+        return Err(too_large("replace"));
+    }
     if to.len() <= from.len() {
         return Ok(());
     }
-    let room = MAX_TEXT.saturating_sub(text.len());
+    let room = MAX_TEXT - text.len();
     let allowed = room / (to.len() - from.len());
     // An empty pattern matches between every two characters and at both ends.
     let matches = if from.is_empty() {
@@ -98,7 +102,7 @@ pub(super) fn check_replace(text: &str, from: &str, to: &str) -> Result<(), Erro
     } else {
         text.matches(from).take(allowed + 1).count()
     };
-    if text.len() > MAX_TEXT || matches > allowed {
+    if matches > allowed {
         return Err(too_large("replace"));
     }
     Ok(())

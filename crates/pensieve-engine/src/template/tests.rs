@@ -717,6 +717,11 @@ fn huge_allocations_fail_with_an_error() {
         ("{{ range(10**9)|length }}".to_owned(), "too many elements"),
         (format!("{mib}{{{{ s|replace('x', s) }}}}"), "over 16 MiB"),
         (format!("{mib}{{{{ s.replace('x', s) }}}}"), "over 16 MiB"),
+        // A text already over the cap is refused without a scan of its (up to) 100 MB.
+        (
+            "{% set s = 'x' * 70000000 %}{{ s|replace('y', s) }}".to_owned(),
+            "over 16 MiB",
+        ),
         ("{{ 'a\nb'|indent(10**12) }}".to_owned(), "over 256"),
         (
             "{{ messages|tojson(indent=10**12) }}".to_owned(),

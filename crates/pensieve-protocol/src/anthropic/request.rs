@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Breakpoint, Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice,
-    ToolSpec,
+    Breakpoint, Effort, GenerateRequest, Message, Role, SamplingDefaults, SamplingParams, ToolCall,
+    ToolChoice, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -256,6 +256,15 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RequestError>
 impl MessagesRequest {
     /// Check the required fields and translate into the engine's request.
     pub fn into_generate(self) -> Result<GenerateRequest, RequestError> {
+        self.into_generate_with(&SamplingDefaults::default())
+    }
+
+    /// As [`MessagesRequest::into_generate`], the sampling settings the request leaves out
+    /// taken from `defaults` (the server's).
+    pub fn into_generate_with(
+        self,
+        defaults: &SamplingDefaults,
+    ) -> Result<GenerateRequest, RequestError> {
         let cache_requested = self.asks_for_caching();
         let model = self.model.ok_or_else(|| field_required("model"))?;
         let messages = self.messages.ok_or_else(|| field_required("messages"))?;
@@ -306,12 +315,12 @@ impl MessagesRequest {
         );
         request.cache_requested = cache_requested;
         request.stop_sequences = self.stop_sequences.unwrap_or_default();
-        request.sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
+        let asked = SamplingParams {
             top_p: self.top_p,
             top_k: self.top_k,
             ..SamplingParams::default()
         };
+        request.sampling = defaults.fill(asked, self.temperature);
         Ok(request)
     }
 

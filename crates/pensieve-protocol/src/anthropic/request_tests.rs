@@ -297,6 +297,40 @@ fn r17_sampling_and_stops() {
 }
 
 #[test]
+fn the_servers_sampling_fills_only_what_the_request_leaves_out() {
+    let defaults = SamplingDefaults {
+        temperature: Some(1.5),
+        top_p: Some(0.8),
+        top_k: Some(20),
+        min_p: Some(0.05),
+        seed: Some(9),
+    };
+    let into = |body: Value| {
+        parse_messages(body.to_string().as_bytes())
+            .unwrap()
+            .into_generate_with(&defaults)
+            .unwrap()
+            .sampling
+    };
+    // Claude Code sends no temperature: a server's 1.5 is fine, though a client's is not.
+    let s = into(base());
+    assert_eq!(
+        (s.temperature, s.top_p, s.top_k, s.min_p, s.seed),
+        (1.5, Some(0.8), Some(20), Some(0.05), Some(9))
+    );
+    let mut body = base();
+    body["temperature"] = json!(0.0);
+    body["top_k"] = json!(1);
+    let s = into(body);
+    assert_eq!((s.temperature, s.top_k, s.top_p), (0.0, Some(1), Some(0.8)));
+    // Without server defaults, Anthropic's own: temperature 1, nothing else.
+    assert_eq!(
+        generate(base()).unwrap().sampling,
+        SamplingParams::default()
+    );
+}
+
+#[test]
 fn r19_r20_tools_with_extra_fields_and_server_tools() {
     let mut body = base();
     body["tools"] = json!([

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Completion, EngineError, GenerateRequest, GenerationEvent, RawPrompt, TokenLogprob,
+    Completion, EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingDefaults,
+    TokenLogprob,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -68,6 +69,15 @@ impl CompletionRequest {
     }
 
     pub fn into_generate(self) -> Result<GenerateRequest, OpenAiError> {
+        self.into_generate_with(&SamplingDefaults::default())
+    }
+
+    /// As [`CompletionRequest::into_generate`], the sampling settings the request leaves
+    /// out taken from `defaults` (the server's).
+    pub fn into_generate_with(
+        self,
+        defaults: &SamplingDefaults,
+    ) -> Result<GenerateRequest, OpenAiError> {
         let model = self
             .model
             .ok_or_else(|| OpenAiError::invalid(Some("model"), "model: Field required"))?;
@@ -128,7 +138,9 @@ impl CompletionRequest {
         let max_tokens = self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let mut request = GenerateRequest::new(model, Vec::new(), max_tokens);
         request.raw_prompt = Some(prompt);
-        request.sampling = self.common.sampling(self.logprobs.map(|n| n as usize))?;
+        request.sampling = self
+            .common
+            .sampling(self.logprobs.map(|n| n as usize), defaults)?;
         request.stop_sequences = self.common.stop_sequences();
         Ok(request)
     }

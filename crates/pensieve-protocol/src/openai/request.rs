@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Effort, GenerateRequest, Message, Role, SamplingParams, ToolCall, ToolChoice, ToolSpec,
+    Effort, GenerateRequest, Message, Role, SamplingDefaults, SamplingParams, ToolCall, ToolChoice,
+    ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -138,10 +139,14 @@ impl CommonParams {
 
     /// The sampling settings, reporting `logprobs` alternatives when given (after
     /// [`CommonParams::check`]).
-    pub(super) fn sampling(&self, logprobs: Option<usize>) -> Result<SamplingParams, OpenAiError> {
-        Ok(SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.filter(|p| *p != 1.0),
+    /// The settings the request leaves out come from `defaults` (the server's).
+    pub(super) fn sampling(
+        &self,
+        logprobs: Option<usize>,
+        defaults: &SamplingDefaults,
+    ) -> Result<SamplingParams, OpenAiError> {
+        let asked = SamplingParams {
+            top_p: self.top_p,
             // The engine's seed is 64 bits wide: a negative seed is a seed all the same.
             seed: self.seed.map(|s| s as u64),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
@@ -149,7 +154,11 @@ impl CommonParams {
             logit_bias: logit_bias(self.logit_bias.clone().unwrap_or_default())?,
             logprobs,
             ..SamplingParams::default()
-        })
+        };
+        let mut sampling = defaults.fill(asked, self.temperature);
+        // top_p 1 keeps every token: no nucleus filter at all.
+        sampling.top_p = sampling.top_p.filter(|p| *p != 1.0);
+        Ok(sampling)
     }
 
     pub(super) fn stop_sequences(&self) -> Vec<String> {
@@ -334,6 +343,15 @@ impl ChatRequest {
     /// The neutral request. Settings the engine can't honour are refused by name
     /// rather than ignored.
     pub fn into_generate(self) -> Result<GenerateRequest, OpenAiError> {
+        self.into_generate_with(&SamplingDefaults::default())
+    }
+
+    /// As [`ChatRequest::into_generate`], the sampling settings the request leaves out
+    /// taken from `defaults` (the server's).
+    pub fn into_generate_with(
+        self,
+        defaults: &SamplingDefaults,
+    ) -> Result<GenerateRequest, OpenAiError> {
         let model = self
             .model
             .ok_or_else(|| OpenAiError::invalid(Some("model"), "model: Field required"))?;
@@ -369,6 +387,7 @@ impl ChatRequest {
             .unwrap_or(NO_LIMIT);
         let sampling = self.common.sampling(
             (self.logprobs == Some(true)).then(|| self.top_logprobs.unwrap_or(0) as usize),
+            defaults,
         )?;
         let tools = self
             .tools

@@ -34,6 +34,38 @@ fn roles_content_parts_and_tool_turns() {
 }
 
 #[test]
+fn the_servers_sampling_fills_only_what_the_request_leaves_out() {
+    let defaults = SamplingDefaults {
+        temperature: Some(0.0),
+        top_p: Some(0.8),
+        top_k: Some(20),
+        min_p: None,
+        seed: Some(9),
+    };
+    let into = |body: Value| {
+        parse_chat(body.to_string().as_bytes())
+            .unwrap()
+            .into_generate_with(&defaults)
+            .unwrap()
+            .sampling
+    };
+    let s = into(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(
+        (s.temperature, s.top_p, s.top_k, s.seed),
+        (0.0, Some(0.8), Some(20), Some(9))
+    );
+    // A client's top_p of 1 means no nucleus filter, whatever the server's default.
+    let s = into(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                        "temperature": 0.7, "top_p": 1, "seed": -1}),
+    );
+    assert_eq!(
+        (s.temperature, s.top_p, s.seed),
+        (0.7, None, Some(u64::MAX))
+    );
+}
+
+#[test]
 fn tools_choices_and_response_formats() {
     let base = json!({
         "model": "m", "messages": [{"role": "user", "content": "hi"}],

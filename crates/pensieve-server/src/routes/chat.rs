@@ -45,7 +45,7 @@ async fn start(
     let parsed = parse_chat(&bytes)?;
     let (stream, include_usage) = (parsed.is_stream(), parsed.include_usage());
     let logprobs = parsed.wants_logprobs();
-    let request = parsed.into_generate()?;
+    let request = parsed.into_generate_with(&state.config.sampling)?;
     if let Backend::Upstream { upstream, .. } = state.backend_for(&request.model) {
         let key = conversation_key(&request);
         return relay(upstream, Endpoint::ChatCompletions, &bytes, key).await;

@@ -74,7 +74,7 @@ async fn start_message(
     let bytes = read_body(headers, body, &state.config).await?;
     let parsed = parse_messages(&bytes)?;
     let stream = parsed.is_stream();
-    let request = parsed.into_generate()?;
+    let request = parsed.into_generate_with(&state.config.sampling)?;
     if let Backend::Upstream { upstream, .. } = state.backend_for(&request.model) {
         if upstream.api() == UpstreamApi::Anthropic {
             let key = conversation_key(&request);
