@@ -360,6 +360,19 @@ pub enum SettingsError {
         ctx: u32,
         parallel: usize,
     },
+    #[error(
+        "the KV cache does not fit the GPU: {parallel} x {ctx} tokens take {} on the GPU, and \
+         {} of {device}'s memory is free after the weights; ask for a smaller --ctx or \
+         --parallel, a smaller --cache-type-k/-v (q8_0 halves the cache), or fewer --gpu-layers",
+        gib(*kv), gib(*free)
+    )]
+    DoesNotFitGpu {
+        kv: u64,
+        free: u64,
+        device: String,
+        ctx: u32,
+        parallel: usize,
+    },
 }
 
 fn gib(bytes: u64) -> String {
@@ -530,6 +543,24 @@ pub fn resolve(
                 weights: model.weights_bytes,
                 kv,
                 available,
+                ctx: sized.ctx,
+                parallel: sized.parallel,
+            });
+        }
+    }
+    // On a GPU, the offloaded layers' KV must fit what the weights left free: that much is
+    // sure not to (the margin for compute buffers is an estimate, so past it only a warning).
+    if let (Some(gpu), Some((_, per_token)), KvAllocation::UpFront) =
+        (&device.gpu, budget.gpu, device.kv)
+    {
+        let kv = per_token
+            .saturating_mul(u64::from(sized.ctx))
+            .saturating_mul(sized.parallel as u64);
+        if kv > gpu.free_bytes {
+            return Err(SettingsError::DoesNotFitGpu {
+                kv,
+                free: gpu.free_bytes,
+                device: gpu.description.clone(),
                 ctx: sized.ctx,
                 parallel: sized.parallel,
             });

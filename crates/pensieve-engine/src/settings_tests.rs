@@ -200,20 +200,21 @@ fn a_default_context_is_halved_until_a_sequence_fits_free_vram() {
 
 #[test]
 fn an_asked_context_or_parallel_is_never_changed() {
+    // 2 x 32k take 3.5 GiB: past the estimate (with a warning), within the free 5 GiB.
     let both = Layer {
-        ctx: Some(131_072),
-        parallel: Some(3),
+        ctx: Some(32_768),
+        parallel: Some(2),
         ..Layer::default()
     };
-    let s = resolved(both, qwen7b(131_072), &with_gpu(10));
-    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (131_072, 3, None));
+    let s = resolved(both, qwen7b(131_072), &with_gpu(5));
+    assert_eq!((s.ctx, s.parallel, s.shrunk_from), (32_768, 2, None));
     assert!(s.may_not_fit);
     // An asked context too long for free VRAM gets one sequence and a warning.
     let ctx = Layer {
         ctx: Some(131_072),
         ..Layer::default()
     };
-    let s = resolved(ctx, qwen7b(131_072), &with_gpu(4));
+    let s = resolved(ctx, qwen7b(131_072), &with_gpu(8));
     assert_eq!((s.ctx, s.parallel, s.may_not_fit), (131_072, 1, true));
     // Longer than trained is allowed (with a warning in the log).
     let long = Layer {
@@ -499,4 +500,50 @@ fn weights_and_kv_past_the_available_memory_are_refused_with_the_numbers() {
     assert!(resolve(&Asked::default(), &model, &device).is_ok());
     // A GPU takes the KV: that budget is the GPU's.
     assert!(resolve(&Asked::flags(asked), &model, &with_gpu(80)).is_ok());
+}
+
+#[test]
+fn a_kv_cache_past_the_gpus_free_memory_is_refused_with_the_numbers() {
+    // 3 x 128k of Qwen2.5-7B take 21 GiB; 10 GiB are free after the weights.
+    let asked = Layer {
+        ctx: Some(131_072),
+        parallel: Some(3),
+        ..Layer::default()
+    };
+    let err = resolve(&Asked::flags(asked), &qwen7b(131_072), &with_gpu(10)).unwrap_err();
+    assert!(matches!(
+        err,
+        SettingsError::DoesNotFitGpu {
+            ctx: 131_072,
+            parallel: 3,
+            ..
+        }
+    ));
+    let text = err.to_string();
+    assert!(
+        text.contains("21.0 GiB") && text.contains("10.0 GiB") && text.contains("NVIDIA H200"),
+        "{text}"
+    );
+    // Half the layers on the GPU: only their KV counts against it (10.5 GiB, still over).
+    let half = Layer {
+        gpu_layers: Some(GpuLayers::Count(14)),
+        ..asked
+    };
+    assert!(resolve(&Asked::flags(half), &qwen7b(131_072), &with_gpu(10)).is_err());
+    // q4_0 K and V take 18/64 of that: 5.9 GiB fit.
+    let small = Layer {
+        cache_type_k: Some(KvType::Q4_0),
+        cache_type_v: Some(KvType::Q4_0),
+        ..asked
+    };
+    assert!(resolve(&Asked::flags(small), &qwen7b(131_072), &with_gpu(10)).is_ok());
+    // Not even the smallest default context fits 100 MiB: refused, not a crash later.
+    let tiny = DeviceFacts {
+        gpu: Some(Gpu {
+            free_bytes: 100 << 20,
+            ..with_gpu(0).gpu.unwrap()
+        }),
+        ..with_gpu(0)
+    };
+    assert!(resolve(&Asked::flags(Layer::default()), &qwen7b(131_072), &tiny).is_err());
 }

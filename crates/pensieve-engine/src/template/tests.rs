@@ -796,3 +796,25 @@ fn real_templates_render_long_sessions_on_a_quarter_of_the_fuel() {
         }
     }
 }
+
+/// The inputs on which the fuzz target (coverage-instrumented, ~5 renders an input) passed
+/// its time limit: strings of 5-100 MB from `*`, then scanned or rewritten by `replace`
+/// (the last one: 5.6 million replacements, just under the 16 MiB cap). Optimised, each is
+/// refused or rendered in well under a second (printed with --nocapture).
+#[test]
+fn what_the_fuzzer_found_slow_ends_quickly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures/slow");
+    for i in 1..=5 {
+        let path = dir.join(format!("fuzz-slow-{i}.bin"));
+        let bytes = std::fs::read(&path).expect("fixture");
+        let source = String::from_utf8_lossy(&bytes);
+        let started = std::time::Instant::now();
+        let result = render_hostile(&source);
+        eprintln!(
+            "{}: {:?} in {:?}",
+            path.display(),
+            result.as_ref().map(String::len),
+            started.elapsed()
+        );
+    }
+}
