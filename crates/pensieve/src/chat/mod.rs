@@ -11,6 +11,7 @@
 
 mod client;
 mod input;
+mod tty;
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::mpsc;
@@ -305,6 +306,10 @@ impl Chat {
             body["temperature"] = json!(t);
         }
         let _ = local_server::take_sigint();
+        let _keep_output = self
+            .interactive
+            .then(tty::KeepOutputOnInterrupt::new)
+            .flatten();
         let started = Instant::now();
         let events = self.api.stream(body);
         let mut stdout = std::io::stdout().lock();
