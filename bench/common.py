@@ -67,6 +67,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A Pensieve server's /metrics: each sample line's name (with its labels) -> value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
 def read_proc_status(pid: int) -> dict[str, str]:
     out: dict[str, str] = {}
     try:

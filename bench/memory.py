@@ -40,6 +40,7 @@ from common import (
     nonce,
     pensieve_command,
     read_proc_status,
+    scrape,
     synthetic_text,
 )
 
@@ -80,19 +81,6 @@ def wave(port: int, prompts: list[str], timeout: float) -> None:
         raise RuntimeError(f"{len(errors)} of {len(prompts)} requests failed: {errors[0]}")
 
 
-def host_cache_mib(port: int) -> float | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith("pensieve_cache_bytes{") and 'tier="host"' in line:
-            return float(line.rsplit(" ", 1)[1]) / 2**20
-    return None
-
-
 def rss_mib(pid: int, field: str) -> float:
     return (kib_field(read_proc_status(pid), field) or 0) / 1024
 
@@ -114,7 +102,7 @@ def measure(label: str, cmd: list[str], port: int, prompts: list[str], args, log
             "took_s": took,
         }
         if label != LLAMA:
-            out["host_cache"] = host_cache_mib(port)
+            out["host_cache"] = scrape(port).get('pensieve_cache_bytes{tier="host"}', 0.0) / 2**20
         log(f"{label}: {out}")
         return out
     finally:
@@ -171,14 +159,10 @@ def main() -> int:
     for side in sides:
         runs = results[side]
         peak = max(x["peak"] for x in runs)
-        cache = [x.get("host_cache") for x in runs if x.get("host_cache") is not None]
-        print(
-            f"| {side} | {max(x['loaded'] for x in runs):.0f} | {peak:.0f} | {max(x['end'] for x in runs):.0f} "
-            f"| {max(cache):.0f} | {peak / base:.2f} |"
-            if cache
-            else f"| {side} | {max(x['loaded'] for x in runs):.0f} | {peak:.0f} | {max(x['end'] for x in runs):.0f} "
-            f"| - | {peak / base:.2f} |"
-        )
+        cache = [x["host_cache"] for x in runs if "host_cache" in x]
+        cache_col = f"{max(cache):.0f}" if cache else "-"
+        loaded, end = max(x["loaded"] for x in runs), max(x["end"] for x in runs)
+        print(f"| {side} | {loaded:.0f} | {peak:.0f} | {end:.0f} | {cache_col} | {peak / base:.2f} |")
     print(f"(logs in {log_dir})")
     return 0
 

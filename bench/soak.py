@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Server, free_port, kib_field, log, percentile, read_proc_status  # noqa: E402
+from common import Server, free_port, kib_field, log, percentile, read_proc_status, scrape  # noqa: E402
 
 MODEL = "claude-soak"
 ALLOWED_5XX = {503, 529}
@@ -440,24 +440,6 @@ def run_action(c: Client, rng: random.Random, action: str) -> tuple[str, int | N
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
 
 
 def gauge(m: dict[str, float], prefix: str) -> float:

@@ -156,16 +156,16 @@ pub struct ServeArgs {
     max_body_mib: Option<usize>,
     /// Sampling temperature of requests that name none, 0 for greedy (as llama-server's
     /// --temp; Claude Code sends none) [default: 1, the APIs' own].
-    #[arg(long = "temp", value_name = "T", value_parser = unit_range(0.0, 2.0))]
+    #[arg(long = "temp", value_name = "T", value_parser = in_range(0.0, 2.0))]
     temperature: Option<f32>,
     /// Nucleus sampling of requests that leave top_p out [default: off].
-    #[arg(long, value_name = "P", value_parser = unit_range(0.0, 1.0))]
+    #[arg(long, value_name = "P", value_parser = in_range(0.0, 1.0))]
     top_p: Option<f32>,
     /// Top-k sampling of requests that leave top_k out; 0: off [default: off].
     #[arg(long, value_name = "K")]
     top_k: Option<u32>,
     /// Min-p sampling of requests (no API sends it) [default: off].
-    #[arg(long, value_name = "P", value_parser = unit_range(0.0, 1.0))]
+    #[arg(long, value_name = "P", value_parser = in_range(0.0, 1.0))]
     min_p: Option<f32>,
     /// Seed of requests that name none, so that sampled answers repeat [default: a
     /// random one per request].
@@ -240,7 +240,7 @@ impl ServeArgs {
 }
 
 /// A clap parser for a number in `[low, high]`.
-fn unit_range(low: f32, high: f32) -> impl Fn(&str) -> Result<f32, String> + Clone {
+fn in_range(low: f32, high: f32) -> impl Fn(&str) -> Result<f32, String> + Clone {
     move |text| {
         let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
         if (low..=high).contains(&value) {
