@@ -1,6 +1,6 @@
 //! Hostile chat-template text compiled and rendered as a model's own template would be,
 //! over a small fixed conversation with tools. Syntax and render errors are fine; a panic,
-//! a render that runs past the fuzzer's 2 s timeout or allocates past its memory limit is
+//! a render that runs past the fuzzer's 1 s timeout or allocates past its memory limit is
 //! the bug (the environment's fuel and output limits must stop it first).
 #![no_main]
 

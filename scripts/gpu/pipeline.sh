@@ -12,6 +12,8 @@
 #             layers offloaded, VRAM) and one request
 #   e2e       the Anthropic, OpenAI and tools suites against this build (SmolLM2, reassembled
 #             from the parts that later calls carry); tests that need other models are left out
+#   admission (ADMISSION=1: this stage alone, after the build) `pensieve serve` with KV caches
+#             too large for the card and one that fits (scripts/gpu/admission.py)
 #   greedy    greedy output on the GPU against --gpu-layers 0, same binary, same prompts
 #   bench     bench/gpu.py on the 7B model (decode, prefill, 32/64 streams, agent swarm) against
 #             llama-server and llama-server --backend-sampling; a step trace of Pensieve at 64
@@ -140,6 +142,16 @@ stage "llama: ready ($(du -sh "$W/lib" | cut -f1) of libraries)"
     ldd "$W/bin/pensieve"
 } >"$L/libs.txt" 2>&1
 grep -q "not found" "$L/libs.txt" && stage "WARNING: pensieve has unresolved libraries (logs/libs.txt)"
+
+# ADMISSION=1: only the start-up checks of scripts/gpu/admission.py, on the F16 model (the
+# weights' size does not matter to them), then done.
+if [[ ${ADMISSION:-0} == 1 ]]; then
+    timeout 480 $PY "$REPO/scripts/gpu/admission.py" "$W/bin/pensieve" "$W/q7-f16.gguf" >"$R/admission.txt" 2>&1
+    stage "admission: rc=$? $(tail -1 "$R/admission.txt")"
+    stage ALL_DONE
+    touch "$W/DONE"
+    exit 0
+fi
 
 "$W/bin/llama-quantize" "$W/q7-f16.gguf" "$MODEL7" Q4_K_M 16 >"$L/quantize.log" 2>&1
 stage "model: Q4_K_M rc=$? $(stat -c %s "$MODEL7" 2>/dev/null) bytes"

@@ -18,6 +18,7 @@
 mod breakpoints;
 mod limits;
 mod normalize;
+mod operators;
 mod python;
 mod stable;
 mod strftime;
@@ -29,6 +30,7 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::sync::Arc;
 
+use minijinja::machinery::WhitespaceConfig;
 use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
@@ -58,7 +60,8 @@ fn fuel_for(items: usize) -> u64 {
         .min(MAX)
 }
 /// The longest text a render may produce, and the longest string a template may build
-/// with the filters that multiply text: far over any model's context.
+/// with the filters that multiply text, however long the conversation: far over any
+/// model's context. Shorter conversations get less ([`limits::cap_for`]).
 const MAX_TEXT: usize = 16 << 20;
 /// How deep a value printed or passed to `tojson` may nest (serde_json's own limit on the
 /// JSON a request carries).
@@ -366,6 +369,7 @@ impl ChatTemplate {
         opts: &RenderOptions,
     ) -> Result<String, TemplateError> {
         let items = conversation.len() + tools.len();
+        let cap = limits::cap_for(text_bytes(conversation, tools));
         let last = conversation.len().saturating_sub(1);
         let messages: Vec<TemplateMessage<'_>> = conversation
             .iter()
@@ -405,6 +409,7 @@ impl ChatTemplate {
         let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|err| TemplateError::Render(err.to_string()))?;
+        let _limits = limits::RenderLimits::enter(cap);
         limits::render_capped(&template, ctx).map_err(render_error)
     }
 
@@ -437,7 +442,15 @@ impl ChatTemplate {
         env.add_function("joiner", minijinja_contrib::globals::joiner);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime::strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
+        env.add_function(operators::BOUNDED, operators::bounded);
+        env.add_function(operators::MULTIPLY, operators::multiply);
+        let whitespace = WhitespaceConfig {
+            keep_trailing_newline: false,
+            lstrip_blocks: true,
+            trim_blocks: true,
+        };
+        let source = operators::bound_operators(&strip_generation_tags(source), whitespace);
+        env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|err| TemplateError::Syntax(err.to_string()))?;
         let mut template = ChatTemplate {
             env: Arc::new(env),
@@ -547,6 +560,32 @@ fn render_error(err: Error) -> TemplateError {
         current = cause.source();
     }
     TemplateError::Render(err.to_string())
+}
+
+/// The text a conversation brings to a render, which its text limit scales with: messages,
+/// reasoning, tool calls and tool definitions, their JSON as printed compactly.
+fn text_bytes(conversation: &[Message], tools: &[ToolSpec]) -> usize {
+    let json = |value: &serde_json::Value| serde_json::to_vec(value).map_or(0, |v| v.len());
+    let messages: usize = conversation
+        .iter()
+        .map(|m| {
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| c.id.len() + c.name.len() + json(&c.arguments))
+                .sum();
+            m.content.len()
+                + m.reasoning.as_ref().map_or(0, String::len)
+                + m.name.as_ref().map_or(0, String::len)
+                + m.tool_call_id.as_ref().map_or(0, String::len)
+                + calls
+        })
+        .sum();
+    let tools: usize = tools
+        .iter()
+        .map(|t| t.name.len() + t.description.as_ref().map_or(0, String::len) + json(&t.parameters))
+        .sum();
+    messages + tools
 }
 
 /// A marker that appears in no message, so finding it in the output is unambiguous.

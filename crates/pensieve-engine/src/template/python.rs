@@ -14,12 +14,23 @@ use std::fmt::Write;
 use minijinja::value::{from_args, Kwargs, Rest, ValueKind};
 use minijinja::{Error, ErrorKind, Output, State, Value};
 
-use super::{MAX_INDENT, MAX_TEXT, MAX_VALUE_DEPTH};
+use super::limits::{count_printed, mib, text_cap};
+use super::{MAX_INDENT, MAX_VALUE_DEPTH};
 
 /// The formatter for `{{ ... }}`: strings verbatim, everything else as Python's `str()`.
 pub(super) fn format_output(out: &mut Output, _state: &State, value: &Value) -> Result<(), Error> {
+    // A long string is counted before it is copied.
+    if let Some(text) = value.as_str() {
+        count_printed(text.len())?;
+        if text.len() > text_cap() {
+            return Err(too_long("printing a value"));
+        }
+    }
     let mut text = String::new();
     write_str(&mut text, value)?;
+    if value.as_str().is_none() {
+        count_printed(text.len())?;
+    }
     out.write_str(&text).map_err(|err| {
         Error::new(ErrorKind::WriteFailure, "cannot write template output").with_source(err)
     })
@@ -46,7 +57,7 @@ fn write_str(out: &mut String, value: &Value) -> Result<(), Error> {
 }
 
 /// Fails once a value printed by a template is nested past [`MAX_VALUE_DEPTH`] (a
-/// namespace can hold itself) or its text is past [`MAX_TEXT`] (a list repeated many
+/// namespace can hold itself) or its text is past the text limit (a list repeated many
 /// times over holds the same long string many times).
 fn check_size(what: &str, out: &str, depth: usize) -> Result<(), Error> {
     if depth > MAX_VALUE_DEPTH {
@@ -55,7 +66,7 @@ fn check_size(what: &str, out: &str, depth: usize) -> Result<(), Error> {
             format!("{what}: the value is nested more than {MAX_VALUE_DEPTH} deep"),
         ));
     }
-    if out.len() > MAX_TEXT {
+    if out.len() > text_cap() {
         return Err(too_long(what));
     }
     Ok(())
@@ -64,7 +75,10 @@ fn check_size(what: &str, out: &str, depth: usize) -> Result<(), Error> {
 fn too_long(what: &str) -> Error {
     Error::new(
         ErrorKind::InvalidOperation,
-        format!("{what}: the text is over {} MiB", MAX_TEXT >> 20),
+        format!(
+            "{what}: the text is over the {} this conversation allows",
+            mib(text_cap())
+        ),
     )
 }
 
@@ -109,12 +123,12 @@ fn write_repr(out: &mut String, value: &Value, depth: usize) -> Result<(), Error
     Ok(())
 }
 
-/// A `fmt::Write` into a string that fails once the string is past [`MAX_TEXT`].
+/// A `fmt::Write` into a string that fails once the string is past the text limit.
 struct Bounded<'a>(&'a mut String);
 
 impl std::fmt::Write for Bounded<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        if self.0.len() + s.len() > MAX_TEXT {
+        if self.0.len() + s.len() > text_cap() {
             return Err(std::fmt::Error);
         }
         self.0.push_str(s);

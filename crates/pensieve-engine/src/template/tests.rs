@@ -672,8 +672,8 @@ fn render_hostile(source: &str) -> Result<String, String> {
             )
         })
         .map_err(|e| e.to_string());
-    // Each case builds up to the 16 MiB limit, a few times over (the probes): seconds in
-    // an unoptimised build. The fuzz target holds release builds to 1 s.
+    // Each case builds up to the text limit (1 MiB here), a few times over (the probes):
+    // seconds in an unoptimised build. The fuzz target holds release builds to 1 s.
     let limit = std::time::Duration::from_secs(if cfg!(debug_assertions) { 120 } else { 10 });
     let took = started.elapsed();
     assert!(took < limit, "{source}: {took:?}");
@@ -713,37 +713,80 @@ fn endless_recursion_hits_the_recursion_limit() {
 fn huge_allocations_fail_with_an_error() {
     let mib = "{% set s = 'x' * 1000000 %}";
     for (source, says) in [
-        ("{{ 'x' * 10**10 }}".to_owned(), "too large"),
+        (
+            "{{ 'x' * 10**10 }}".to_owned(),
+            "a string of 9536.7 MiB, over the 1.0 MiB",
+        ),
         ("{{ range(10**9)|length }}".to_owned(), "too many elements"),
-        (format!("{mib}{{{{ s|replace('x', s) }}}}"), "over 16 MiB"),
-        (format!("{mib}{{{{ s.replace('x', s) }}}}"), "over 16 MiB"),
-        // A text already over the cap is refused without a scan of its (up to) 100 MB.
+        (
+            format!("{mib}{{{{ s|replace('x', s) }}}}"),
+            "over the 1.0 MiB this conversation allows",
+        ),
+        (
+            format!("{mib}{{{{ s.replace('x', s) }}}}"),
+            "over the 1.0 MiB this conversation allows",
+        ),
+        // A string over the limit is refused where an operator built it.
         (
             "{% set s = 'x' * 70000000 %}{{ s|replace('y', s) }}".to_owned(),
-            "over 16 MiB",
+            "an operator's result would be a string of 66.8 MiB, over the 1.0 MiB",
+        ),
+        // Doubled without end through a namespace, or a macro's argument: out of memory in
+        // a few steps without the operators' bound.
+        (
+            "{% set ns = namespace(s='x' * 1000) %}{% for i in range(60) %}\
+             {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"
+                .to_owned(),
+            "an operator's result would be a string of 2.0 MiB, over the 1.0 MiB",
+        ),
+        (
+            "{% macro d(s, n) %}{% if n %}{{ d(s + s, n - 1) }}{% endif %}{% endmacro %}\
+             {{ d('x', 60) }}"
+                .to_owned(),
+            "an operator's result would be a string of",
+        ),
+        (
+            "{{ ([1] * 10**7)|list|length }}".to_owned(),
+            "an operator's result would be a list of over 1000000 items",
         ),
         ("{{ 'a\nb'|indent(10**12) }}".to_owned(), "over 256"),
         (
             "{{ messages|tojson(indent=10**12) }}".to_owned(),
             "over 256",
         ),
-        (format!("{mib}{{{{ ([s] * 100000)|join }}}}"), "over 16 MiB"),
+        (
+            format!("{mib}{{{{ ([s] * 100000)|join }}}}"),
+            "over the 1.0 MiB this conversation allows",
+        ),
         (
             format!("{mib}{{{{ ','.join([s] * 100000) }}}}"),
-            "over 16 MiB",
+            "over the 1.0 MiB this conversation allows",
         ),
         (
             format!("{mib}{{{{ ([s] * 100000)|tojson }}}}"),
-            "over 16 MiB",
+            "over the 1.0 MiB this conversation allows",
         ),
-        (format!("{mib}{{{{ ([s] * 100000)|list }}}}"), "over 16 MiB"),
+        (
+            format!("{mib}{{{{ ([s] * 100000)|list }}}}"),
+            "over the 1.0 MiB this conversation allows",
+        ),
         (
             format!("{mib}{{{{ ([s] * 100000)|string }}}}"),
-            "over 16 MiB",
+            "over the 1.0 MiB this conversation allows",
         ),
         (
             "{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}".to_owned(),
-            "output is over 16 MiB",
+            "output is over the 1.0 MiB",
+        ),
+        // Captured prints double a string at each call of a macro that prints it twice.
+        (
+            "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}{{ d(d(d(d(d(d('x' * 100000)))))) }}"
+                .to_owned(),
+            "printed over 4.0 MiB in all",
+        ),
+        (
+            "{{ ('\n' * 100000)|indent(100, blank=true) }}".to_owned(),
+            "indent: the result would be over the 1.0 MiB",
         ),
         (
             "{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ [ns] }}".to_owned(),
@@ -757,6 +800,25 @@ fn huge_allocations_fail_with_an_error() {
         let err = render_hostile(&source).expect_err(&source);
         assert!(err.contains(says), "{source}: {err}");
     }
+}
+
+/// The text limit grows with the conversation: a template that prints a 3 MB message
+/// twice renders, where the same template building 3 MB out of a short one is refused.
+#[test]
+fn the_text_limit_scales_with_the_conversation() {
+    assert_eq!(limits::cap_for(0), 1 << 20);
+    assert_eq!(limits::cap_for(1 << 20), 9 << 20);
+    assert_eq!(limits::cap_for(usize::MAX), super::MAX_TEXT);
+    let twice = "{{ messages[0].content }}{{ messages[0].content|replace('x', 'yy') }}";
+    let template = ChatTemplate::from_source(twice, SpecialTokens::default()).expect("compiles");
+    let long = "x".repeat(3_000_000);
+    let prompt = template
+        .render(&[user(&long)], &[], &RenderOptions::default())
+        .expect("renders a long conversation");
+    assert_eq!(prompt.len(), 9_000_000);
+    let built = "{{ 'x' * 3000000 }}{{ messages[0].content }}";
+    let err = render_hostile(built).expect_err("a short conversation");
+    assert!(err.contains("over the 1.0 MiB"), "{err}");
 }
 
 /// The real templates render long agent sessions with Claude Code's tools on a quarter of
@@ -798,13 +860,14 @@ fn real_templates_render_long_sessions_on_a_quarter_of_the_fuel() {
 }
 
 /// The inputs on which the fuzz target (coverage-instrumented, ~5 renders an input) passed
-/// its time limit: strings of 5-100 MB from `*`, then scanned or rewritten by `replace`
-/// (the last one: 5.6 million replacements, just under the 16 MiB cap). Optimised, each is
-/// refused or rendered in well under a second (printed with --nocapture).
+/// its time limit when the text limit was 16 MiB whatever the conversation: strings of
+/// 5-100 MB from `*`, then scanned or rewritten by `replace` (the last one: 5.6 million
+/// replacements). Now refused at this short conversation's 1 MiB before any scan; what is
+/// left is minijinja's `*` itself (printed with --nocapture).
 #[test]
 fn what_the_fuzzer_found_slow_ends_quickly() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures/slow");
-    for i in 1..=5 {
+    for i in 1..=6 {
         let path = dir.join(format!("fuzz-slow-{i}.bin"));
         let bytes = std::fs::read(&path).expect("fixture");
         let source = String::from_utf8_lossy(&bytes);
