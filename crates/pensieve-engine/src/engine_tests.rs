@@ -135,33 +135,42 @@ fn decodes(log: &Arc<std::sync::Mutex<crate::testing::RunnerLog>>) -> Vec<(SeqId
 
 #[tokio::test]
 async fn shared_prefix_is_not_computed_again() {
-    let runner = ScriptedRunner::new("ok");
-    let log = runner.log.clone();
-    let engine = start(runner, 256, 4);
-    let (_, first) = finish(
-        engine
-            .submit(valid("system prompt; question one", 5))
-            .unwrap(),
-    )
-    .await;
-    let first = first.unwrap();
-    assert_eq!(first.usage.cached_prompt_tokens, 0);
-    assert_eq!(first.usage.cache_creation_tokens, 27);
-    log.lock().unwrap().decodes.clear();
+    // KV streams of each slot's own (both real backends), and one unified cache.
+    for runner in [ScriptedRunner::new("ok"), shared_cells()] {
+        let log = runner.log.clone();
+        let engine = start(runner, 256, 4);
+        let (_, first) = finish(
+            engine
+                .submit(valid("system prompt; question one", 5))
+                .unwrap(),
+        )
+        .await;
+        let first = first.unwrap();
+        assert_eq!(first.usage.cached_prompt_tokens, 0);
+        assert_eq!(first.usage.cache_creation_tokens, 27);
+        log.lock().unwrap().decodes.clear();
 
-    let (_, second) = finish(
-        engine
-            .submit(valid("system prompt; question two", 5))
-            .unwrap(),
-    )
-    .await;
-    let second = second.unwrap();
-    let shared = "system prompt; question ".len() as u32;
-    assert_eq!(second.usage.cached_prompt_tokens, shared);
-    assert_eq!(second.usage.cache_creation_tokens, 27 - shared);
-    // Prefill starts where the shared prefix ends: only the suffix is computed.
-    let d = decodes(&log);
-    assert_eq!((d[0].1, d[0].2), (shared, 3));
+        let (_, second) = finish(
+            engine
+                .submit(valid("system prompt; question two", 5))
+                .unwrap(),
+        )
+        .await;
+        let second = second.unwrap();
+        let shared = "system prompt; question ".len() as u32;
+        assert_eq!(second.usage.cached_prompt_tokens, shared);
+        assert_eq!(second.usage.cache_creation_tokens, 27 - shared);
+        // Prefill starts where the shared prefix ends: only the suffix is computed.
+        let d = decodes(&log);
+        assert_eq!((d[0].1, d[0].2), (shared, 3));
+    }
+}
+
+/// A backend whose slots share one pool of cells (llama.cpp's unified KV cache).
+fn shared_cells() -> ScriptedRunner {
+    let mut runner = ScriptedRunner::new("ok");
+    runner.shared_cells = true;
+    runner
 }
 
 #[tokio::test]
@@ -501,11 +510,10 @@ fn validation_checks_the_context() {
     ));
 }
 
-/// A backend whose sequences each have cells of their own (llama.cpp's KV streams), with
-/// one slot per running sequence.
+/// A backend whose sequences each have cells of their own (llama.cpp's KV streams, the
+/// scripted runner's default), with one slot per running sequence.
 fn own_cells(slots: usize) -> ScriptedRunner {
     let mut runner = ScriptedRunner::new("ok");
-    runner.own_cells = true;
     runner.sequences = slots;
     runner
 }
@@ -1019,7 +1027,7 @@ async fn queued_and_final(engine: &Engine, request: ValidRequest) -> (Usage, Usa
 #[tokio::test]
 async fn the_split_announced_when_queued_is_the_final_one() {
     // Cells shared between slots, and cells of each slot's own.
-    for runner in [ScriptedRunner::new("ok"), own_cells(2)] {
+    for runner in [shared_cells(), own_cells(2)] {
         let engine = start_with(runner, 4096, 4, 2, CacheConfig::default());
         let first = "system prompt; question one";
         let cases = [

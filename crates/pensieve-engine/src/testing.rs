@@ -53,7 +53,7 @@ pub struct RunnerLog {
     next_cell: u64,
     pub saves: usize,
     pub restores: usize,
-    /// Prefixes copied from one slot to another (with `own_cells`).
+    /// Prefixes copied from one slot to another (unless `shared_cells`).
     pub copies: usize,
 }
 
@@ -90,8 +90,8 @@ impl RunnerLog {
 }
 
 /// A simulated backend: a KV cache of `cells` cells for `sequences` slots, with the
-/// sharing semantics of llama.cpp's unified cache (or, with `own_cells`, of its
-/// per-sequence streams), and a "model" that replies
+/// semantics of llama.cpp's per-sequence KV streams, as both real backends run (or, with
+/// `shared_cells`, of its unified cache), and a "model" that replies
 /// with `reply` (then EOG, unless `endless`), whatever the prompt.
 pub struct ScriptedRunner {
     reply: Vec<TokenId>,
@@ -110,8 +110,9 @@ pub struct ScriptedRunner {
     pub batch_variant: bool,
     /// Prompt tokens a step may take while others decode (the trait's default if None).
     pub prefill_while_decoding: Option<usize>,
-    /// Cells of each slot's own, as llama.cpp's per-sequence KV streams: `share` copies.
-    pub own_cells: bool,
+    /// One pool of cells that slots share, as llama.cpp's unified KV cache: `share` adds
+    /// a slot to the cells instead of copying them. No real backend runs this way today.
+    pub shared_cells: bool,
     pub log: Arc<Mutex<RunnerLog>>,
 }
 
@@ -129,7 +130,7 @@ impl ScriptedRunner {
             truncatable: true,
             batch_variant: false,
             prefill_while_decoding: None,
-            own_cells: false,
+            shared_cells: false,
             log: Arc::default(),
         }
     }
@@ -175,7 +176,7 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn shares_cells(&self) -> bool {
-        !self.own_cells
+        self.shared_cells
     }
 
     fn can_truncate(&self) -> bool {
@@ -272,7 +273,7 @@ impl ModelRunner for ScriptedRunner {
             log.slots.get(&dst).is_none_or(Vec::is_empty),
             "share into a slot that is in use"
         );
-        let shared = if self.own_cells {
+        let shared = if !self.shared_cells {
             log.copies += 1;
             shared
                 .into_iter()

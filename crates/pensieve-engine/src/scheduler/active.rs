@@ -137,11 +137,6 @@ impl Active {
         self.job.events.is_closed()
     }
 
-    /// Tokens still to evaluate before the next sample.
-    pub fn pending(&self) -> usize {
-        self.tokens.len() - self.computed
-    }
-
     pub fn mark_admitted(&mut self, order: u64, reused: usize) {
         self.order = order;
         self.computed = reused;
