@@ -38,6 +38,8 @@ pub struct EngineConfig {
     /// Metrics to record into, shared with the engines of other served models; None: a
     /// registry of its own.
     pub metrics: Option<Arc<EngineMetrics>>,
+    /// Speculative decoding (on backends that can check drafts).
+    pub speculative: crate::speculate::Speculative,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
             cache: CacheConfig::default(),
             tool_format: None,
             metrics: None,
+            speculative: crate::speculate::Speculative::Off,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Engine {
                 parallel: config.parallel,
                 cache: config.cache,
                 markers: markers.clone(),
+                speculative: config.speculative,
             },
         );
         let cache = scheduler.cache_index();

@@ -30,8 +30,7 @@ fn start_with(
             queue_capacity: queue,
             parallel,
             cache,
-            tool_format: None,
-            metrics: None,
+            ..EngineConfig::default()
         },
     )
     .unwrap()
@@ -1080,4 +1079,99 @@ async fn without_truncation_the_queued_split_counts_whole_snapshots() {
             ..done
         }
     );
+}
+
+/// A counter's value in the metrics text.
+fn counter(engine: &Engine, name: &str) -> u64 {
+    let text = engine.metrics().encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// `request` through a scripted `reply`, with speculation `on` or not: the text, the
+/// usage, the decode calls made and the tokens the slot holds after.
+async fn speculated(
+    reply: &str,
+    request: ValidRequest,
+    on: bool,
+) -> (String, Completion, usize, Vec<crate::TokenId>, Engine) {
+    let runner = ScriptedRunner::new(reply);
+    let log = runner.log.clone();
+    let engine = Engine::start(
+        model_info(4096),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        EngineConfig {
+            speculative: if on {
+                crate::speculate::Speculative::Ngram
+            } else {
+                crate::speculate::Speculative::Off
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let (text, done) = finish(engine.submit(request).unwrap()).await;
+    let log = log.lock().unwrap();
+    let calls = log.decodes.len();
+    (text, done.unwrap(), calls, log.tokens_of(0), engine)
+}
+
+#[tokio::test]
+async fn speculation_changes_no_token_and_saves_steps() {
+    // The reply quotes the prompt, then parts from it: drafts stand, then fail.
+    let prompt = "Edit: fn add(a: i32, b: i32) -> i32 { a + b }\nNew: ";
+    let reply = "fn add(a: i32, b: i32) -> i32 { a + b + 1 } // fn add(a: i32";
+    let (plain, plain_done, plain_calls, plain_kv, plain_engine) =
+        speculated(reply, valid(prompt, 200), false).await;
+    let (spec, spec_done, spec_calls, spec_kv, engine) =
+        speculated(reply, valid(prompt, 200), true).await;
+    assert_eq!(spec, reply);
+    assert_eq!(spec, plain);
+    assert_eq!(spec_done.usage, plain_done.usage);
+    assert_eq!(spec_done.reason, plain_done.reason);
+    // The slot holds exactly what was computed, rejected drafts cut off.
+    let mut all = ByteTokenizer.encode(prompt);
+    all.extend(ByteTokenizer.encode(reply));
+    assert_eq!(spec_kv, all);
+    assert_eq!(plain_kv, all);
+    assert!(
+        spec_calls * 2 < plain_calls,
+        "{spec_calls} steps with speculation, {plain_calls} without"
+    );
+    let drafted = counter(&engine, "pensieve_draft_tokens_total");
+    let accepted = counter(&engine, "pensieve_draft_accepted_tokens_total");
+    assert!(
+        accepted > 20 && drafted > accepted,
+        "{accepted} of {drafted}"
+    );
+    assert_eq!(counter(&plain_engine, "pensieve_draft_tokens_total"), 0);
+}
+
+#[tokio::test]
+async fn a_draft_stops_where_the_request_does() {
+    let prompt = "the quick brown fox jumps over the lazy dog; the quick brown fox ";
+    let reply = "jumps over the lazy dog; the quick brown fox jumps";
+    // Stop sequence, max_tokens and end of turn inside drafted runs.
+    let stopped = ValidRequest {
+        stop_sequences: vec!["lazy".into()],
+        ..valid(prompt, 200)
+    };
+    for request in [stopped, valid(prompt, 17), valid(prompt, 200)] {
+        let (plain, plain_done, ..) = speculated(reply, request.clone(), false).await;
+        let (spec, spec_done, _, spec_kv, _) = speculated(reply, request, true).await;
+        assert_eq!(spec, plain);
+        assert_eq!(spec_done.usage, plain_done.usage);
+        assert_eq!(spec_done.reason, plain_done.reason);
+        // Nothing past what the request kept is in the slot.
+        let mut all = ByteTokenizer.encode(prompt);
+        all.extend(ByteTokenizer.encode(reply));
+        assert!(all.starts_with(&spec_kv), "{spec_kv:?}");
+        assert!(
+            spec_kv.len()
+                <= ByteTokenizer.encode(prompt).len() + plain_done.usage.completion_tokens as usize
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! - `scheduler`: the engine thread: continuous batching, admission, preemption,
 //!   cancellation, and the generation of each sequence.
 //! - [`cache`]: the prefix cache (radix tree, context/RAM/disk tiers, eviction).
+//! - [`speculate`]: speculative decoding's drafts and draft lengths.
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`output`]: the model's output split into text, reasoning and tool calls.
 //! - [`formats`]: the tool-call formats, one module each, and their registry.
@@ -31,6 +32,7 @@ pub mod output;
 pub mod request;
 mod scheduler;
 pub mod settings;
+pub mod speculate;
 pub mod stop;
 pub mod template;
 pub mod testing;

@@ -134,6 +134,8 @@ pub struct EngineMetrics {
     cached_prompt_tokens: Counter,
     cache_created_tokens: Counter,
     generated_tokens: Counter,
+    draft_tokens: Counter,
+    draft_accepted_tokens: Counter,
     cache_entries: Family<TierLabels, UGauge>,
     cache_bytes: Family<TierLabels, UGauge>,
     upstream_requests: Family<ReplicaOutcomeLabels, Counter>,
@@ -166,6 +168,8 @@ impl EngineMetrics {
             cached_prompt_tokens: Counter::default(),
             cache_created_tokens: Counter::default(),
             generated_tokens: Counter::default(),
+            draft_tokens: Counter::default(),
+            draft_accepted_tokens: Counter::default(),
             cache_entries: Family::default(),
             cache_bytes: Family::default(),
             upstream_requests: Family::default(),
@@ -238,6 +242,16 @@ impl EngineMetrics {
             "generated_tokens",
             "Tokens generated",
             self.generated_tokens.clone(),
+        );
+        r.register(
+            "draft_tokens",
+            "Tokens drafted by speculative decoding and checked",
+            self.draft_tokens.clone(),
+        );
+        r.register(
+            "draft_accepted_tokens",
+            "Drafted tokens that the model's own sampling kept",
+            self.draft_accepted_tokens.clone(),
         );
         r.register(
             "cache_entries",
@@ -349,6 +363,12 @@ impl EngineMetrics {
 
     pub fn add_generated_tokens(&self, n: u64) {
         self.generated_tokens.inc_by(n);
+    }
+
+    /// A speculative draft was checked: `drafted` tokens, of which `accepted` were kept.
+    pub fn add_draft(&self, drafted: u64, accepted: u64) {
+        self.draft_tokens.inc_by(drafted);
+        self.draft_accepted_tokens.inc_by(accepted);
     }
 
     /// The current size of one cache tier (replaces the previous reading).

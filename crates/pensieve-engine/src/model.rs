@@ -195,6 +195,12 @@ pub trait ModelRunner: Send {
     fn prefill_while_decoding(&self) -> usize {
         (self.batch_size() / 4).max(1)
     }
+    /// Whether a step may evaluate drafted tokens after a sequence's pending one, with
+    /// logits at each, sample them in order with [`ModelRunner::sample`], and then cut
+    /// the rejected ones off with [`ModelRunner::truncate`] (see [`crate::speculate`]).
+    fn can_speculate(&self) -> bool {
+        false
+    }
     /// Evaluate one batch. Its tokens come a sequence at a time, sequences in slot order
     /// (llama.cpp's per-slot KV streams compute consecutive slots in one pass).
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;

@@ -183,6 +183,10 @@ impl ModelRunner for ScriptedRunner {
         self.truncatable
     }
 
+    fn can_speculate(&self) -> bool {
+        self.truncatable && !self.positional
+    }
+
     fn batch_invariant(&self) -> bool {
         !self.batch_variant
     }

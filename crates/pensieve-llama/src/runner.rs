@@ -351,6 +351,12 @@ impl ModelRunner for LlamaRunner {
         self.layout.can_truncate
     }
 
+    fn can_speculate(&self) -> bool {
+        // Tokens the graph picks (backend sampling) come one a sequence; drafts need the
+        // host to sample each position.
+        self.layout.can_truncate && self.layout.backend_greedy == 0
+    }
+
     fn batch_invariant(&self) -> bool {
         !self.layout.on_gpu
     }

@@ -477,3 +477,76 @@ fn claude_code_grammars_build_once_over_a_real_vocabulary() {
         );
     }
 }
+
+/// One greedy generation through `engine`: its text and completion tokens.
+async fn greedy_text(engine: &Engine, user: &str, max_tokens: u32) -> (String, u32) {
+    let mut request = GenerateRequest::new("m", vec![Message::text(Role::User, user)], max_tokens);
+    request.sampling.temperature = 0.0;
+    let mut generation = engine.submit(engine.validate(&request).unwrap()).unwrap();
+    let mut text = String::new();
+    loop {
+        match generation.events.recv().await.expect("engine answers") {
+            GenerationEvent::Text(t) => text.push_str(&t),
+            GenerationEvent::Done(c) => return (text, c.usage.completion_tokens),
+            GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// Greedy output with n-gram speculation is the output without it, token for token, on
+/// both test models: code quoted back (where drafts stand) and plain chat.
+#[tokio::test]
+async fn speculation_keeps_greedy_output_token_for_token() {
+    use pensieve_engine::speculate::Speculative;
+    let code = "def area(width, height):\n    if width < 0 or height < 0:\n        raise \
+                ValueError(\"negative size\")\n    return width * height\n";
+    let prompts = [
+        format!("Rename the function to rect_area and repeat the rest exactly:\n{code}"),
+        "Name three colours and say one thing about each.".to_owned(),
+    ];
+    for file in [
+        "Qwen2.5-Coder-0.5B-Instruct.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ] {
+        let mut outputs = Vec::new();
+        for speculative in [Speculative::Off, Speculative::Ngram] {
+            let mut options = LlamaOptions::new(model_path(file));
+            options.asked.flags.ctx = Some(1024);
+            options.asked.flags.threads = Some(2);
+            options.asked.flags.parallel = Some(1);
+            let model = load(&options).expect("the model loads");
+            assert!(model.runner.can_speculate());
+            let engine = Engine::start(
+                model.info,
+                model.tokenizer.clone(),
+                model.runner,
+                EngineConfig {
+                    parallel: 1,
+                    speculative,
+                    ..EngineConfig::default()
+                },
+            )
+            .unwrap();
+            let mut texts = Vec::new();
+            for prompt in &prompts {
+                texts.push(greedy_text(&engine, prompt, 96).await);
+            }
+            let metrics = engine.metrics().encode();
+            let accepted = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("pensieve_draft_accepted_tokens_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            outputs.push((texts, accepted));
+            engine.shutdown();
+            engine.join();
+        }
+        assert_eq!(
+            outputs[0].0, outputs[1].0,
+            "{file}: speculation changed the output"
+        );
+        assert_eq!(outputs[0].1, 0.0);
+        assert!(outputs[1].1 > 0.0, "{file}: no drafted token was kept");
+    }
+}

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use bytesize::ByteSize;
 use pensieve_engine::settings::{GpuLayers, KvType};
+use pensieve_engine::speculate::Speculative;
 use serde::Deserialize;
 
 use crate::paths;
@@ -75,6 +76,8 @@ pub struct ServerSettings {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub seed: Option<u64>,
+    /// Speculative decoding (`--speculative`).
+    pub speculative: Option<Speculative>,
 }
 
 impl ServerSettings {
@@ -249,6 +252,7 @@ mod tests {
             host = "0.0.0.0"
             port = 8080
             cache_ram = "2GiB"
+            speculative = "ngram"
             [models.tiny]
             model = "/m/tiny.gguf"
             ctx = 4096
@@ -267,6 +271,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.port, Some(8080));
         assert_eq!(config.server.cache_ram, Some(ByteSize::gib(2)));
+        assert_eq!(config.server.speculative, Some(Speculative::Ngram));
         let (target, settings) = config.model("tiny");
         assert_eq!(target, "/m/tiny.gguf");
         assert_eq!(settings.ctx, Some(4096));

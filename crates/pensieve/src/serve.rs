@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
 use pensieve_engine::settings::{self, Asked, GpuLayers, KvType, Layer};
+use pensieve_engine::speculate::Speculative;
 use pensieve_engine::{
     CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, SamplingDefaults, ToolFormat,
 };
@@ -171,6 +172,10 @@ pub struct ServeArgs {
     /// random one per request].
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Speculative decoding: `ngram` drafts tokens from the conversation itself (prompt
+    /// lookup) and checks them in the next step; `off`: one token a step [default: off].
+    #[arg(long, value_name = "off|ngram")]
+    speculative: Option<Speculative>,
     /// How the model writes tool calls [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = tool_format_parser())]
     tool_parser: Option<ToolFormat>,
@@ -483,6 +488,10 @@ fn start_engine(
             },
             tool_format: plan.tool_parser,
             metrics: Some(metrics.clone()),
+            speculative: args
+                .speculative
+                .or(config.server.speculative)
+                .unwrap_or_default(),
         },
     )
     .context("cannot start the engine")?;

@@ -413,8 +413,7 @@ mod tests {
                 queue_capacity: 4,
                 parallel: 1,
                 cache: Default::default(),
-                tool_format: None,
-                metrics: None,
+                ..EngineConfig::default()
             },
         )
         .unwrap();

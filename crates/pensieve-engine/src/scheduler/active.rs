@@ -11,6 +11,7 @@ use crate::detok::Utf8Stream;
 use crate::event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 use crate::model::{SeqId, TokenId, Tokenizer};
 use crate::output::{OutputParser, Segment};
+use crate::speculate::DraftLength;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{EngineError, ValidRequest};
 
@@ -53,6 +54,9 @@ pub(crate) struct Active {
     /// Where to look on for the text that opens a call without its marker (Qwen's
     /// `<function=`), in `tokens`.
     pub bare_text_from: usize,
+    /// Tokens drafted to follow the pending one this step (speculative decoding).
+    pub draft: Vec<TokenId>,
+    pub draft_length: DraftLength,
     generated: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
@@ -111,6 +115,8 @@ impl Active {
             bare_from: None,
             bare_checked: false,
             bare_text_from: 0,
+            draft: Vec::new(),
+            draft_length: DraftLength::default(),
             generated: 0,
             utf8: Utf8Stream::default(),
             stops,
@@ -144,6 +150,11 @@ impl Active {
             self.cached = Some(reused.min(self.prompt_len) as u32);
             self.admitted = Some(Instant::now());
         }
+    }
+
+    /// Tokens it may still generate.
+    pub fn tokens_left(&self) -> usize {
+        self.job.request.max_tokens.saturating_sub(self.generated) as usize
     }
 
     /// Back to the queue after losing its slot; it continues where it was.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheConfig, PrefixCache};
 use crate::metrics::{EngineMetrics, GaugeShare};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
+use crate::speculate::Speculative;
 use crate::EngineError;
 use active::Follow;
 pub(crate) use active::{Active, Job};
@@ -51,6 +52,7 @@ pub(crate) struct SchedulerConfig {
     pub cache: CacheConfig,
     /// Tokens that render as the marker text they are.
     pub markers: HashMap<crate::TokenId, Vec<u8>>,
+    pub speculative: Speculative,
 }
 
 /// State shared with the engine handle.
@@ -80,15 +82,20 @@ pub(crate) struct Scheduler {
     markers: HashMap<crate::TokenId, Vec<u8>>,
     admissions: u64,
     closed: bool,
+    /// Decoding sequences draft tokens by prompt lookup (see [`crate::speculate`]).
+    speculate: bool,
 }
 
 /// Where one batch entry came from.
 struct Planned {
     /// Index into `running`.
     index: usize,
+    /// Its pending tokens in the batch (drafted ones not counted).
     tokens: usize,
-    /// Batch index of the logits to sample from, when this completes the pending tokens.
+    /// Batch index of the logits to sample from, when this completes the pending tokens;
+    /// the drafted tokens' logits follow.
     logits: Option<usize>,
+    drafted: usize,
 }
 
 impl Scheduler {
@@ -109,6 +116,10 @@ impl Scheduler {
             runner.batch_invariant(),
             &runner.fingerprint(),
         );
+        let speculate = config.speculative == Speculative::Ngram && runner.can_speculate();
+        if config.speculative != Speculative::Off && !speculate {
+            tracing::warn!("this backend cannot check drafted tokens: speculation is off");
+        }
         Scheduler {
             free: (0..slots as SeqId).rev().collect(),
             runner,
@@ -125,6 +136,7 @@ impl Scheduler {
             markers: config.markers,
             admissions: 0,
             closed: false,
+            speculate,
         }
     }
 
@@ -266,9 +278,12 @@ impl Scheduler {
             .add_cache_created_tokens((prompt_len - cached) as u64);
     }
 
-    /// One batch: decode tokens first, then prefill chunks (see [`plan`]).
+    /// One batch: decode tokens first, then prefill chunks, then drafts (see [`plan`]).
     fn step(&mut self) {
         self.take_over_prefixes();
+        if self.speculate {
+            self.draft();
+        }
         let candidates: Vec<Candidate> = self
             .running
             .iter()
@@ -283,6 +298,7 @@ impl Scheduler {
                     .map(|&(at, _)| at)
                     .find(|&at| at > a.computed),
                 following: a.follow.is_some(),
+                draft: a.draft.len(),
             })
             .collect();
         let limits = Limits {
@@ -294,18 +310,26 @@ impl Scheduler {
         let mut planned: Vec<Planned> = Vec::with_capacity(parts.len());
         for part in parts {
             let a = &self.running[part.index];
-            for pos in part.from..part.from + part.len {
+            let known = a.tokens.len();
+            let end = part.from + part.len;
+            let first_logits = batch.len() + (end - part.drafted) - 1 - part.from;
+            for pos in part.from..end {
+                let token = match pos.checked_sub(known) {
+                    Some(d) => a.draft[d],
+                    None => a.tokens[pos],
+                };
                 batch.push(BatchToken {
                     seq: part.seq,
-                    token: a.tokens[pos],
+                    token,
                     pos: pos as u32,
-                    logits: part.logits && pos + 1 == part.from + part.len,
+                    logits: part.logits && pos + 1 + part.drafted >= end,
                 });
             }
             planned.push(Planned {
                 index: part.index,
-                tokens: part.len,
-                logits: part.logits.then(|| batch.len() - 1),
+                tokens: part.len - part.drafted,
+                logits: part.logits.then_some(first_logits),
+                drafted: part.drafted,
             });
         }
         if batch.is_empty() {
@@ -335,6 +359,24 @@ impl Scheduler {
                 tracing::error!("the model backend restarted: {e}");
                 self.fail_all(EngineError::BackendRestarted(e));
             }
+        }
+    }
+
+    /// Each sequence that decodes and may speculate drafts what its recent tokens were
+    /// followed by before, as many tokens as its acceptance so far suggests.
+    fn draft(&mut self) {
+        for a in &mut self.running {
+            a.draft.clear();
+            // One token pending; no grammar or log-probabilities to follow per position.
+            if a.follow.is_some()
+                || a.tokens.len() != a.computed + 1
+                || a.constraint.is_some()
+                || a.job.request.sampling.logprobs.is_some()
+            {
+                continue;
+            }
+            let k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
+            a.draft = crate::speculate::lookup(&a.tokens, k);
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Decoding sequences (one pending token) come first, so their streams never wait behind a
 //! long prompt; prefills follow, oldest first, in chunks that stop at their snapshot points.
-//! While anything decodes, prefills get a smaller share of the step. The plan lists its
+//! While anything decodes, prefills get a smaller share of the step. What room is left goes
+//! to speculative drafts: tokens checked after a decoding sequence's own. The plan lists its
 //! parts in slot order: llama.cpp computes a batch in one pass only over consecutive KV
 //! streams in order.
 
@@ -25,6 +26,8 @@ pub(super) struct Candidate {
     pub checkpoint: Option<usize>,
     /// Waiting for another sequence to compute a shared prefix: not in this step.
     pub following: bool,
+    /// Tokens drafted to follow its pending one (when decoding).
+    pub draft: usize,
 }
 
 impl Candidate {
@@ -42,7 +45,8 @@ pub(super) struct Limits {
     pub prefill_while_decoding: usize,
 }
 
-/// One sequence's share of the batch: tokens `from..from + len` of it.
+/// One sequence's share of the batch: positions `from..from + len` of it, the last
+/// `drafted` of them drafted tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Part {
     /// Index of the sequence among the candidates.
@@ -50,8 +54,10 @@ pub(super) struct Part {
     pub seq: SeqId,
     pub from: usize,
     pub len: usize,
-    /// This completes its pending tokens: the last one's logits are sampled.
+    /// This completes its pending tokens: the logits after them are sampled (and after
+    /// each drafted token).
     pub logits: bool,
+    pub drafted: usize,
 }
 
 /// The next batch, in slot order, and how many runs of consecutive slots it spans (each
@@ -106,7 +112,17 @@ pub(super) fn plan_batch(candidates: &[Candidate], limits: Limits) -> BatchPlan 
             from: c.computed,
             len: n,
             logits: n == pending,
+            drafted: 0,
         });
+    }
+    // Drafts last, from the room left: they may be rejected, the rest is sure work.
+    for part in &mut parts {
+        let c = &candidates[part.index];
+        if c.pending() == 1 && room > 0 {
+            part.drafted = c.draft.min(room);
+            part.len += part.drafted;
+            room -= part.drafted;
+        }
     }
     parts.sort_by_key(|p| p.seq);
     let slot_runs = if parts.is_empty() {
@@ -133,6 +149,7 @@ mod tests {
             len: 11,
             checkpoint: None,
             following: false,
+            draft: 0,
         }
     }
 
@@ -144,6 +161,7 @@ mod tests {
             len: prompt,
             checkpoint: None,
             following: false,
+            draft: 0,
         }
     }
 
@@ -283,5 +301,41 @@ mod tests {
         let plan = plan_batch(&c, limits(12, 4));
         // Nothing decodes: the whole batch, the older prompt first.
         assert_eq!(shape(&plan), vec![(0, 0, 2, false), (1, 0, 10, true)]);
+    }
+
+    #[test]
+    fn drafts_take_what_room_is_left_after_sure_work() {
+        let c = [
+            Candidate {
+                draft: 4,
+                ..decoding(0, 1)
+            },
+            Candidate {
+                draft: 8,
+                ..decoding(1, 2)
+            },
+            prefill(2, 3, 100),
+        ];
+        // 2 decode tokens and 4 prompt tokens first; 4 left: the older stream's draft.
+        let plan = plan_batch(&c, limits(10, 4));
+        assert_eq!(
+            plan.parts
+                .iter()
+                .map(|p| (p.seq, p.from, p.len, p.drafted))
+                .collect::<Vec<_>>(),
+            vec![(0, 10, 5, 4), (1, 10, 1, 0), (2, 0, 4, 0)]
+        );
+        // Room for both drafts, the second cut short.
+        let plan = plan_batch(&c, limits(16, 4));
+        assert_eq!(
+            plan.parts.iter().map(|p| p.drafted).collect::<Vec<_>>(),
+            vec![4, 6, 0]
+        );
+        // A draft is only for a sequence that decodes.
+        let prefilling = Candidate {
+            draft: 4,
+            ..prefill(0, 1, 3)
+        };
+        assert_eq!(plan_batch(&[prefilling], limits(16, 4)).parts[0].drafted, 0);
     }
 }

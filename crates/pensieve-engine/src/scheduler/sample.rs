@@ -3,7 +3,7 @@
 //! the grammar of a forced or opened tool call, log-probabilities, the stream, and the end.
 
 use crate::constrain::{Constraint, LazyCall};
-use crate::model::{Pick, TokenMask};
+use crate::model::{Pick, SeqId, TokenMask};
 use crate::output::BareName;
 
 use super::active::Step;
@@ -31,12 +31,12 @@ impl Scheduler {
             if mask.is_none() {
                 a.constraint = None;
             }
-            due.push((p.index, seq, index, mask));
+            due.push((p.index, seq, index, mask, p.drafted));
         }
         // All at once: the backend may sample them in parallel.
         let picks: Vec<Pick<'_>> = due
             .iter()
-            .map(|(_, seq, index, mask)| Pick {
+            .map(|(_, seq, index, mask, _)| Pick {
                 seq: *seq,
                 index: *index,
                 mask: mask.as_ref().map(|m| TokenMask(m.as_slice())),
@@ -48,28 +48,29 @@ impl Scheduler {
         debug_assert_eq!(tokens.len(), picks.len());
         drop(picks);
         let mut finished = Vec::new();
-        for ((i, _, index, _), token) in due.into_iter().zip(tokens) {
-            let a = &mut self.running[i];
-            if let Some(top) = a.job.request.sampling.logprobs {
-                if !self.tokenizer.is_end_of_generation(token) {
-                    if let Some((logprob, top)) = self.runner.logprobs(index, token, top) {
-                        a.send_logprob(token, logprob, &top, self.tokenizer.as_ref());
-                    }
+        for ((i, seq, index, _, drafted), token) in due.into_iter().zip(tokens) {
+            let mut step = self.take_token(i, index, token);
+            if drafted == 0 {
+                if let Step::Finished(reason) = step {
+                    finished.push((i, reason));
                 }
+                continue;
             }
-            self.follow_grammar(i, token);
-            let a = &mut self.running[i];
-            let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
-            self.watch_bare_call(i);
-            if let Some(d) = timing.first {
-                self.metrics.observe_ttft(d);
+            // A drafted token stands while it is the one sampled before it: then its KV
+            // is right, and the logits after it are sampled in turn.
+            let mut token = token;
+            let mut kept = 0;
+            while kept < drafted
+                && matches!(step, Step::Continue)
+                && self.running[i].constraint.is_none()
+                && self.running[i].draft.get(kept) == Some(&token)
+            {
+                self.running[i].computed += 1;
+                kept += 1;
+                token = self.runner.sample(seq, index + kept, None);
+                step = self.take_token(i, index + kept, token);
             }
-            if let Some(d) = timing.gap {
-                self.metrics.observe_inter_token(d);
-            }
-            if !matches!(step, Step::Finished(crate::FinishReason::EndOfTurn)) {
-                self.metrics.add_generated_tokens(1);
-            }
+            self.checked_draft(i, seq, drafted, kept);
             if let Step::Finished(reason) = step {
                 finished.push((i, reason));
             }
@@ -84,6 +85,50 @@ impl Scheduler {
             active.finish(reason);
         }
         sampling
+    }
+
+    /// What one sampled token does to request `i`: its log-probability, its grammar, its
+    /// text and the metrics; whether it ended the request.
+    fn take_token(&mut self, i: usize, index: usize, token: crate::TokenId) -> Step {
+        let a = &mut self.running[i];
+        if let Some(top) = a.job.request.sampling.logprobs {
+            if !self.tokenizer.is_end_of_generation(token) {
+                if let Some((logprob, top)) = self.runner.logprobs(index, token, top) {
+                    a.send_logprob(token, logprob, &top, self.tokenizer.as_ref());
+                }
+            }
+        }
+        self.follow_grammar(i, token);
+        let a = &mut self.running[i];
+        let (step, timing) = a.accept(token, self.tokenizer.as_ref(), &self.markers);
+        self.watch_bare_call(i);
+        if let Some(d) = timing.first {
+            self.metrics.observe_ttft(d);
+        }
+        if let Some(d) = timing.gap {
+            self.metrics.observe_inter_token(d);
+        }
+        if !matches!(step, Step::Finished(crate::FinishReason::EndOfTurn)) {
+            self.metrics.add_generated_tokens(1);
+        }
+        step
+    }
+
+    /// `kept` of request `i`'s `drafted` tokens stood: the KV of the others is cut off
+    /// (before anything else reads the slot), and the next draft's length follows.
+    fn checked_draft(&mut self, i: usize, seq: SeqId, drafted: usize, kept: usize) {
+        let a = &mut self.running[i];
+        a.draft.clear();
+        a.draft_length.record(drafted, kept);
+        self.metrics.add_draft(drafted as u64, kept as u64);
+        if kept < drafted && !self.runner.truncate(seq, a.computed as u32) {
+            // Cannot happen where drafts are made (they need truncation); if it did, the
+            // slot's KV would be wrong past `computed`: compute it all again.
+            tracing::error!("cannot drop rejected draft tokens: recomputing the sequence");
+            self.runner.release(seq);
+            self.runner.start_sampling(seq, &a.job.request.sampling);
+            a.computed = 0;
+        }
     }
 
     /// After `token` was sampled: advance the request's grammar; under `tool_choice:
