@@ -269,9 +269,23 @@ pub(super) fn join(
     value: &Value,
     joiner: Option<StringInput<'_>>,
 ) -> Result<Value, Error> {
-    // A string joins its characters; the result is no longer than it with the joiner.
-    if value.as_str().is_none() && !value.is_undefined() && !value.is_none() {
-        check_join(value, joiner.as_ref().map_or("", |j| j.as_str()))?;
+    let sep = joiner.as_ref().map_or("", |j| j.as_str());
+    if let Some(text) = value.as_str() {
+        // A string joins its characters: the joiner comes between every two of them.
+        let cap = text_cap();
+        let joins = if sep.is_empty() || text.len() > cap {
+            0
+        } else {
+            text.chars()
+                .take(cap / sep.len() + 2)
+                .count()
+                .saturating_sub(1)
+        };
+        if text.len() > cap || joins.saturating_mul(sep.len()) > cap - text.len() {
+            return Err(too_large("join"));
+        }
+    } else if !value.is_undefined() && !value.is_none() {
+        check_join(value, sep)?;
     }
     minijinja::filters::join(state, value, joiner)
 }

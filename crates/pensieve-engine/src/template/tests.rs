@@ -758,6 +758,11 @@ fn huge_allocations_fail_with_an_error() {
             format!("{mib}{{{{ ([s] * 100000)|join }}}}"),
             "over the 1.0 MiB this conversation allows",
         ),
+        // A string joins its characters, the joiner between each two.
+        (
+            format!("{mib}{{{{ s|join('0123456789') }}}}"),
+            "over the 1.0 MiB this conversation allows",
+        ),
         (
             format!("{mib}{{{{ ','.join([s] * 100000) }}}}"),
             "over the 1.0 MiB this conversation allows",
@@ -819,6 +824,11 @@ fn the_text_limit_scales_with_the_conversation() {
     let built = "{{ 'x' * 3000000 }}{{ messages[0].content }}";
     let err = render_hostile(built).expect_err("a short conversation");
     assert!(err.contains("over the 1.0 MiB"), "{err}");
+    // A string's characters joined, within the limit.
+    assert_eq!(
+        render_hostile("{{ 'abc'|join('--') }}{{ 'de'|join }}").as_deref(),
+        Ok("a--b--cde")
+    );
 }
 
 /// The real templates render long agent sessions with Claude Code's tools on a quarter of
@@ -863,11 +873,15 @@ fn real_templates_render_long_sessions_on_a_quarter_of_the_fuel() {
 /// its time limit when the text limit was 16 MiB whatever the conversation: strings of
 /// 5-100 MB from `*`, then scanned or rewritten by `replace` (the last one: 5.6 million
 /// replacements). Now refused at this short conversation's 1 MiB before any scan; what is
-/// left is minijinja's `*` itself (printed with --nocapture).
+/// left is minijinja's `*` itself (printed with --nocapture). The seventh stays under the
+/// limit (a million replacements in a string of 1 MB, about 17 ms a render optimised): it
+/// passed 1 s only with the fuzzer's instrumentation on a machine busy building. The
+/// eighth joined the characters of a 1 MB string with a 100-byte joiner, 100 MB built
+/// (630 ms optimised) before the printed-bytes count refused it; now refused first.
 #[test]
 fn what_the_fuzzer_found_slow_ends_quickly() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/template/fixtures/slow");
-    for i in 1..=6 {
+    for i in 1..=8 {
         let path = dir.join(format!("fuzz-slow-{i}.bin"));
         let bytes = std::fs::read(&path).expect("fixture");
         let source = String::from_utf8_lossy(&bytes);
