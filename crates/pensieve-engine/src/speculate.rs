@@ -10,6 +10,8 @@
 //! `p` without `x`): greedy output is unchanged token for token, sampled output in
 //! distribution.
 
+use std::collections::HashMap;
+
 use crate::TokenId;
 
 /// How the engine speculates (`--speculative`, `speculative` in the config file).
@@ -42,32 +44,88 @@ const MAX_NGRAM: usize = 4;
 const MIN_NGRAM: usize = 2;
 /// The most tokens drafted at once.
 pub const MAX_DRAFT: usize = 8;
-/// How far back a lookup reads: a draft must cost little next to the step it saves.
-const LOOKBACK: usize = 1 << 16;
 
 /// Up to `k` tokens that may follow `tokens`: where the last `n` tokens (for `n` from
 /// `MAX_NGRAM` down to `MIN_NGRAM`) occurred before, most recently, what came after them.
+/// The definition, by a scan; [`NgramIndex`] finds the same without one.
 pub fn lookup(tokens: &[TokenId], k: usize) -> Vec<TokenId> {
     if k == 0 {
         return Vec::new();
     }
-    let start = tokens.len().saturating_sub(LOOKBACK);
-    let window = &tokens[start..];
     for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
-        if window.len() <= n {
+        if tokens.len() <= n {
             continue;
         }
-        let suffix = &window[window.len() - n..];
+        let suffix = &tokens[tokens.len() - n..];
         // Latest earlier occurrence that has at least one token after it.
-        let found = (0..window.len() - n)
+        let found = (0..tokens.len() - n)
             .rev()
-            .find(|&i| &window[i..i + n] == suffix);
+            .find(|&i| &tokens[i..i + n] == suffix);
         if let Some(i) = found {
-            let after = &window[i + n..];
+            let after = &tokens[i + n..];
             return after[..after.len().min(k)].to_vec();
         }
     }
     Vec::new()
+}
+
+/// Where each run of `MIN_NGRAM` to `MAX_NGRAM` tokens of one sequence last occurred with a
+/// token after it, kept up to date as the sequence grows: a draft is then a few hash lookups
+/// instead of a scan of the whole context every step (32k tokens of Claude Code's prompt).
+#[derive(Debug, Default)]
+pub struct NgramIndex {
+    /// (n, hash of the n tokens) -> the position of the token after their latest occurrence.
+    last: HashMap<(u8, u64), usize>,
+    /// Positions before this one are in `last`.
+    indexed: usize,
+}
+
+impl NgramIndex {
+    /// Up to `k` tokens that may follow `tokens`, as [`lookup`] finds them; `tokens` only
+    /// grows from one call to the next.
+    pub fn draft(&mut self, tokens: &[TokenId], k: usize) -> Vec<TokenId> {
+        if k == 0 {
+            return Vec::new();
+        }
+        self.extend(tokens);
+        for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
+            let Some(from) = tokens.len().checked_sub(n) else {
+                continue;
+            };
+            let suffix = &tokens[from..];
+            let Some(&at) = self.last.get(&(n as u8, hash(suffix))) else {
+                continue;
+            };
+            // Another run with the same hash: no draft from this length.
+            if tokens.get(at - n..at) != Some(suffix) {
+                continue;
+            }
+            let after = &tokens[at..];
+            return after[..after.len().min(k)].to_vec();
+        }
+        Vec::new()
+    }
+
+    /// Index the runs that end before each position not indexed yet.
+    fn extend(&mut self, tokens: &[TokenId]) {
+        if tokens.len() < self.indexed {
+            // Not the sequence it indexed: start again.
+            *self = NgramIndex::default();
+        }
+        for at in self.indexed.max(MIN_NGRAM)..tokens.len() {
+            for n in MIN_NGRAM..=MAX_NGRAM.min(at) {
+                self.last.insert((n as u8, hash(&tokens[at - n..at])), at);
+            }
+        }
+        self.indexed = tokens.len();
+    }
+}
+
+/// FNV-1a over token ids.
+fn hash(tokens: &[TokenId]) -> u64 {
+    tokens.iter().fold(0xcbf2_9ce4_8422_2325, |h, &t| {
+        (h ^ u64::from(t.cast_unsigned())).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// One sequence's draft length, adapted to how its drafts fare: longer while they are
@@ -153,6 +211,31 @@ mod tests {
         assert!(lookup(&t("abzd"), 4).is_empty());
         assert!(lookup(&t("ab"), 4).is_empty());
         assert!(lookup(&t(""), 4).is_empty());
+    }
+
+    #[test]
+    fn the_index_drafts_what_a_scan_finds() {
+        // Random sequences over a few tokens repeat runs of every length; the index, grown
+        // a token at a time, agrees with the scan at each length.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for alphabet in [2u64, 3, 5, 20] {
+            let mut tokens = Vec::new();
+            let mut index = NgramIndex::default();
+            for _ in 0..400 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                tokens.push((state % alphabet) as TokenId);
+                for k in [1, 3, 8] {
+                    assert_eq!(index.draft(&tokens, k), lookup(&tokens, k), "{tokens:?}");
+                }
+            }
+        }
+        let mut index = NgramIndex::default();
+        assert!(index.draft(&t("abcdXYabcd"), 0).is_empty());
+        assert_eq!(index.draft(&t("abcdXYabcd"), 2), t("XY"));
+        // A shorter sequence than the one indexed is another sequence.
+        assert_eq!(index.draft(&t("xyzxy"), 2), t("zx"));
     }
 
     #[test]

@@ -376,7 +376,7 @@ impl Scheduler {
                 continue;
             }
             let k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
-            a.draft = crate::speculate::lookup(&a.tokens, k);
+            a.draft = a.ngrams.draft(&a.tokens, k);
         }
     }
 
