@@ -45,30 +45,6 @@ const MIN_NGRAM: usize = 2;
 /// The most tokens drafted at once.
 pub const MAX_DRAFT: usize = 8;
 
-/// Up to `k` tokens that may follow `tokens`: where the last `n` tokens (for `n` from
-/// `MAX_NGRAM` down to `MIN_NGRAM`) occurred before, most recently, what came after them.
-/// The definition, by a scan; [`NgramIndex`] finds the same without one.
-pub fn lookup(tokens: &[TokenId], k: usize) -> Vec<TokenId> {
-    if k == 0 {
-        return Vec::new();
-    }
-    for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
-        if tokens.len() <= n {
-            continue;
-        }
-        let suffix = &tokens[tokens.len() - n..];
-        // Latest earlier occurrence that has at least one token after it.
-        let found = (0..tokens.len() - n)
-            .rev()
-            .find(|&i| &tokens[i..i + n] == suffix);
-        if let Some(i) = found {
-            let after = &tokens[i + n..];
-            return after[..after.len().min(k)].to_vec();
-        }
-    }
-    Vec::new()
-}
-
 /// Where each run of `MIN_NGRAM` to `MAX_NGRAM` tokens of one sequence last occurred with a
 /// token after it, kept up to date as the sequence grows: a draft is then a few hash lookups
 /// instead of a scan of the whole context every step (32k tokens of Claude Code's prompt).
@@ -81,8 +57,9 @@ pub struct NgramIndex {
 }
 
 impl NgramIndex {
-    /// Up to `k` tokens that may follow `tokens`, as [`lookup`] finds them; `tokens` only
-    /// grows from one call to the next.
+    /// Up to `k` tokens that may follow `tokens`: where its last `n` tokens (for `n` from
+    /// `MAX_NGRAM` down to `MIN_NGRAM`) occurred before, most recently, what came after
+    /// them. `tokens` only grows from one call to the next.
     pub fn draft(&mut self, tokens: &[TokenId], k: usize) -> Vec<TokenId> {
         if k == 0 {
             return Vec::new();
@@ -189,6 +166,30 @@ impl DraftLength {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up to `k` tokens that may follow `tokens`: where the last `n` tokens (for `n` from
+    /// `MAX_NGRAM` down to `MIN_NGRAM`) occurred before, most recently, what came after them.
+    /// The definition, by a scan, that [`NgramIndex`] must agree with.
+    fn lookup(tokens: &[TokenId], k: usize) -> Vec<TokenId> {
+        if k == 0 {
+            return Vec::new();
+        }
+        for n in (MIN_NGRAM..=MAX_NGRAM).rev() {
+            if tokens.len() <= n {
+                continue;
+            }
+            let suffix = &tokens[tokens.len() - n..];
+            // Latest earlier occurrence that has at least one token after it.
+            let found = (0..tokens.len() - n)
+                .rev()
+                .find(|&i| &tokens[i..i + n] == suffix);
+            if let Some(i) = found {
+                let after = &tokens[i + n..];
+                return after[..after.len().min(k)].to_vec();
+            }
+        }
+        Vec::new()
+    }
 
     fn t(s: &str) -> Vec<TokenId> {
         s.bytes().map(TokenId::from).collect()

@@ -312,7 +312,8 @@ impl Scheduler {
             let a = &self.running[part.index];
             let known = a.tokens.len();
             let end = part.from + part.len;
-            let first_logits = batch.len() + (end - part.drafted) - 1 - part.from;
+            // The last pending token's logits, then each drafted token's.
+            let first_logits = batch.len() + part.len - part.drafted - 1;
             for pos in part.from..end {
                 let token = match pos.checked_sub(known) {
                     Some(d) => a.draft[d],
