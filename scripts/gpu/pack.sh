@@ -19,6 +19,8 @@
 #        GPU_CACHE         where downloads are kept (default /root/.cache/pensieve/gpu)
 #        TEST_MODELS       (default /root/.cache/pensieve/test-models)
 #        GPU_LLAMA_PARTS   folder with llama-cuda.tar.xz.part* from an earlier run (optional)
+#        REUSE_PENSIEVE=1  pack the binary of an earlier pack instead of building (for runs that
+#                          measure llama.cpp alone)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -36,9 +38,14 @@ grep -qx '/.gpu/' "$ROOT/.git/info/exclude" 2>/dev/null || grep -qx '/.gpu/' "$R
     || { echo "error: .gpu/ must be git-ignored" >&2; exit 1; }
 
 echo "== pensieve, linked dynamically against libllama"
-(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release --features dynamic-link -p pensieve)
-cp "$TARGET/release/pensieve" "$CACHE/pensieve-dynamic"
-strip "$CACHE/pensieve-dynamic"
+if [[ "${REUSE_PENSIEVE:-0}" == 1 && -x "$CACHE/pensieve-dynamic" ]]; then
+    # For runs that measure llama.cpp alone (VERIFY_COST=1): the binary of an earlier pack.
+    echo "   reusing $CACHE/pensieve-dynamic ($(date -r "$CACHE/pensieve-dynamic"))"
+else
+    (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release --features dynamic-link -p pensieve)
+    cp "$TARGET/release/pensieve" "$CACHE/pensieve-dynamic"
+    strip "$CACHE/pensieve-dynamic"
+fi
 readelf -d "$CACHE/pensieve-dynamic" | awk '/NEEDED/ {print "  needs", $NF}'
 xz -T0 -6 -c "$CACHE/pensieve-dynamic" > "$OUT/pensieve.xz"
 # llama-common is a static library, so it lives in the binary; the device must provide the rest.

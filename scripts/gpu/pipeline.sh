@@ -14,6 +14,8 @@
 #             from the parts that later calls carry); tests that need other models are left out
 #   admission (ADMISSION=1: this stage alone, after the build) `pensieve serve` with KV caches
 #             too large for the card and one that fits (scripts/gpu/admission.py)
+#   verify    (VERIFY_COST=1: this stage alone, after the model) llama-bench passes of 1..9
+#             tokens at three context depths: what checking drafted tokens costs
 #   greedy    greedy output on the GPU against --gpu-layers 0, same binary, same prompts
 #   bench     bench/gpu.py on the 7B model (decode, prefill, 32/64 streams, agent swarm) against
 #             llama-server and llama-server --backend-sampling; a step trace of Pensieve at 64
@@ -156,6 +158,19 @@ fi
 "$W/bin/llama-quantize" "$W/q7-f16.gguf" "$MODEL7" Q4_K_M 16 >"$L/quantize.log" 2>&1
 stage "model: Q4_K_M rc=$? $(stat -c %s "$MODEL7" 2>/dev/null) bytes"
 rm -f "$W/q7-f16.gguf"
+
+# VERIFY_COST=1: only what a pass of n = 1..9 tokens of one sequence costs on the GPU (what
+# checking n - 1 drafted tokens costs: speculative decoding), at 0, 3,000 and 12,000 tokens of
+# context, by llama-bench on the 7B model; then done.
+if [[ ${VERIFY_COST:-0} == 1 ]]; then
+    for depth in 0 3000 12000; do
+        "$W/bin/llama-bench" -m "$MODEL7" -ngl 99 -p 1,2,3,4,5,6,7,8,9 -n 0 -d "$depth" -r 10 -o md
+    done >"$R/verify-cost.md" 2>"$L/verify-cost.log"
+    stage "verify cost: rc=$? $(grep -c '| pp' "$R/verify-cost.md") rows"
+    stage ALL_DONE
+    touch "$W/DONE"
+    exit 0
+fi
 
 # The test model arrives in parts, one a call (the wheels may come with one of them).
 wait_parts() {

@@ -1091,13 +1091,23 @@ fn counter(engine: &Engine, name: &str) -> u64 {
 }
 
 /// `request` through a scripted `reply`, with speculation `on` or not: the text, the
-/// usage, the decode calls made and the tokens the slot holds after.
+/// usage, the decode calls made and the tokens the slot holds after. Its steps cost about
+/// the same whatever their size, as decode does where memory bounds it.
 async fn speculated(
     reply: &str,
     request: ValidRequest,
     on: bool,
 ) -> (String, Completion, usize, Vec<crate::TokenId>, Engine) {
-    let runner = ScriptedRunner::new(reply);
+    let mut runner = ScriptedRunner::new(reply);
+    runner.step_delay = Duration::from_millis(2);
+    speculated_on(runner, request, on).await
+}
+
+async fn speculated_on(
+    runner: ScriptedRunner,
+    request: ValidRequest,
+    on: bool,
+) -> (String, Completion, usize, Vec<crate::TokenId>, Engine) {
     let log = runner.log.clone();
     let engine = Engine::start(
         model_info(4096),
@@ -1137,8 +1147,10 @@ async fn speculation_changes_no_token_and_saves_steps() {
     all.extend(ByteTokenizer.encode(reply));
     assert_eq!(spec_kv, all);
     assert_eq!(plain_kv, all);
+    // A third of the steps saved at least (the first draft checks one token, to measure
+    // what a bigger step costs).
     assert!(
-        spec_calls * 2 < plain_calls,
+        spec_calls * 3 < plain_calls * 2,
         "{spec_calls} steps with speculation, {plain_calls} without"
     );
     let drafted = counter(&engine, "pensieve_draft_tokens_total");
@@ -1148,6 +1160,102 @@ async fn speculation_changes_no_token_and_saves_steps() {
         "{accepted} of {drafted}"
     );
     assert_eq!(counter(&plain_engine, "pensieve_draft_tokens_total"), 0);
+}
+
+#[tokio::test]
+async fn where_each_token_costs_a_step_few_drafts_are_checked() {
+    // Compute-bound steps: a draft of k tokens costs k steps' time. Only probes check a
+    // token, however well drafts would stand; the output is the same.
+    let prompt = "Edit: fn add(a: i32, b: i32) -> i32 { a + b }\nNew: ";
+    let reply = "fn add(a: i32, b: i32) -> i32 { a + b } fn add(a: i32, b: i32) -> i32";
+    let compute_bound = || {
+        let mut runner = ScriptedRunner::new(reply);
+        runner.token_delay = Duration::from_millis(3);
+        runner
+    };
+    let (plain, plain_done, plain_calls, ..) =
+        speculated_on(compute_bound(), valid(prompt, 200), false).await;
+    let (spec, spec_done, spec_calls, _, engine) =
+        speculated_on(compute_bound(), valid(prompt, 200), true).await;
+    assert_eq!((spec, spec_done.usage), (plain, plain_done.usage));
+    let drafted = counter(&engine, "pensieve_draft_tokens_total");
+    // The first draft measures what a bigger step costs; after it, probes of one token
+    // (a few more where a loaded machine's sleeps make a step's cost look fixed).
+    assert!(drafted <= 20, "{drafted} drafted tokens checked");
+    assert!(
+        spec_calls * 10 >= plain_calls * 8,
+        "{spec_calls} of {plain_calls}"
+    );
+}
+
+#[tokio::test]
+async fn drafts_inside_a_tool_call_follow_its_grammar() {
+    // A Write-like call quotes the prompt: the drafts that stand are under the call's
+    // grammar, and the call is the one made without speculation.
+    let code = "fn add(a: i32, b: i32) -> i32 { a + b }";
+    let reply =
+        format!("{{\"name\": \"write\", \"arguments\": {{\"content\": \"{code} {code}\"}}}}");
+    let write = crate::ToolSpec {
+        name: "write".into(),
+        description: None,
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"content": {"type": "string"}},
+            "required": ["content"],
+            "additionalProperties": false,
+        }),
+    };
+    let mut outcomes = Vec::new();
+    for on in [false, true] {
+        let mut runner = ScriptedRunner::new(&reply);
+        runner.step_delay = Duration::from_millis(2);
+        let log = runner.log.clone();
+        let engine = Engine::start(
+            model_info(4096),
+            Arc::new(ByteTokenizer),
+            Box::new(runner),
+            EngineConfig {
+                speculative: if on {
+                    crate::speculate::Speculative::Ngram
+                } else {
+                    crate::speculate::Speculative::Off
+                },
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let mut request = valid(&format!("Write this twice: {code}\n"), 400);
+        request.output.tools = Some(crate::ToolFormat::HERMES);
+        request.tools = vec![write.clone()];
+        request.lazy_call = Some(
+            grammars()
+                .call_body(
+                    crate::ToolFormat::HERMES,
+                    std::slice::from_ref(&write),
+                    false,
+                )
+                .unwrap(),
+        );
+        let outcome = drain_calls(engine.submit(request).unwrap()).await;
+        let steps = log.lock().unwrap().decodes.len();
+        let accepted = counter(&engine, "pensieve_draft_accepted_tokens_total");
+        outcomes.push((outcome, steps, accepted));
+    }
+    let ((plain, plain_steps, _), (spec, spec_steps, accepted)) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(spec, plain);
+    assert_eq!(spec.2, FinishReason::ToolUse);
+    assert_eq!(
+        spec.1,
+        vec![(
+            "write".to_owned(),
+            format!("{{\"content\": \"{code} {code}\"}}")
+        )]
+    );
+    assert!(*accepted >= 20, "{accepted} drafted tokens stood");
+    assert!(
+        spec_steps < plain_steps,
+        "{spec_steps} steps, {plain_steps} without"
+    );
 }
 
 #[tokio::test]

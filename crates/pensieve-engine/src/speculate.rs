@@ -1,6 +1,9 @@
 //! Speculative decoding's decisions, apart from the engine thread: which tokens to draft
 //! for a sequence (prompt lookup: the tokens that followed the last place its recent
-//! tokens occurred before), and how many to draft next, from how many were accepted.
+//! tokens occurred before), and how many of them to check, from how often its drafts were
+//! accepted and from what a step of more tokens costs on this machine ([`StepCost`],
+//! [`size_drafts`]). A GPU checks 8 tokens for about the price of one; two CPU cores pay
+//! for most of each, so there only drafts that are likely to stand are worth checking.
 //!
 //! A draft is checked in the next step: the sequence's pending token and its draft are
 //! evaluated in one pass, with logits at each position, and the sampler runs over them in
@@ -108,12 +111,17 @@ fn hash(tokens: &[TokenId]) -> u64 {
 /// One sequence's draft length, adapted to how its drafts fare: longer while they are
 /// accepted whole, as long as the accepted run when one fails, and after drafts that gain
 /// nothing, a pause that doubles each time (so a sequence where speculation does not pay
-/// costs next to nothing).
+/// costs next to nothing). It also estimates how likely its next drafted token is to
+/// stand, for [`size_drafts`].
 #[derive(Debug, Clone)]
 pub struct DraftLength {
     next: usize,
     misses: u32,
     pause: u32,
+    /// Decayed counts of drafted tokens that stood, and of tokens checked (those that
+    /// stood and the first rejected one): the acceptance rate per token.
+    stood: f64,
+    checked: f64,
     /// Drafted and accepted tokens, for `/metrics`.
     pub drafted: u64,
     pub accepted: u64,
@@ -125,11 +133,17 @@ impl Default for DraftLength {
             next: 4,
             misses: 0,
             pause: 0,
+            stood: 0.0,
+            checked: 0.0,
             drafted: 0,
             accepted: 0,
         }
     }
 }
+
+/// How fast the acceptance estimate forgets: a sequence that starts copying (a Write of a
+/// file after a sentence of prose) is trusted again within a few drafts.
+const RATE_DECAY: f64 = 0.5;
 
 impl DraftLength {
     /// How many tokens to draft this step (0: none).
@@ -141,6 +155,18 @@ impl DraftLength {
         self.next
     }
 
+    /// Whether its next draft is a probe: the first, or the first after a pause. A probe
+    /// checks at least one token, whatever its rate says, so the rate is learnt again.
+    pub fn probing(&self) -> bool {
+        self.misses > 0 || self.checked == 0.0
+    }
+
+    /// The chance that a drafted token stands, given the ones before it did (a Laplace
+    /// estimate over recent drafts: 1/2 before the first).
+    pub fn rate(&self) -> f64 {
+        (self.stood + 1.0) / (self.checked + 2.0)
+    }
+
     /// A draft of `drafted` tokens had its first `accepted` kept.
     pub fn record(&mut self, drafted: usize, accepted: usize) {
         if drafted == 0 {
@@ -148,6 +174,9 @@ impl DraftLength {
         }
         self.drafted += drafted as u64;
         self.accepted += accepted as u64;
+        let rejected = usize::from(accepted < drafted);
+        self.stood = self.stood * RATE_DECAY + accepted as f64;
+        self.checked = self.checked * RATE_DECAY + (accepted + rejected) as f64;
         if accepted == drafted {
             self.next = (self.next * 2).min(MAX_DRAFT);
             self.misses = 0;
@@ -161,6 +190,124 @@ impl DraftLength {
             self.misses = 0;
         }
     }
+}
+
+/// What a decode step costs by how many tokens it carries, measured as the engine runs
+/// (steps without prompt tokens only): a smoothed time for each batch size seen.
+#[derive(Debug, Default)]
+pub struct StepCost {
+    /// Index `n - 1`: the smoothed seconds of a step of `n` tokens, and how many steps of
+    /// that size were seen.
+    by_size: Vec<(f64, u32)>,
+}
+
+/// Batch sizes beyond this are not told apart (a step that large is not one drafts decide).
+const COST_SIZES: usize = 1024;
+/// Steps of one size after which a new one moves the estimate by this share.
+const COST_SMOOTHING: f64 = 0.2;
+
+impl StepCost {
+    /// A step of `tokens` tokens took `seconds`.
+    pub fn record(&mut self, tokens: usize, seconds: f64) {
+        if tokens == 0 || tokens > COST_SIZES || !seconds.is_finite() || seconds <= 0.0 {
+            return;
+        }
+        if self.by_size.len() < tokens {
+            self.by_size.resize(tokens, (0.0, 0));
+        }
+        let (mean, seen) = &mut self.by_size[tokens - 1];
+        // An average until a few are seen, then a moving one: costs drift with context.
+        let weight = (1.0 / f64::from(*seen + 1)).max(COST_SMOOTHING);
+        *mean += weight * (seconds - *mean);
+        *seen += 1;
+    }
+
+    /// `(a, b)` of the line `a + b * n` that fits the measured sizes near `n` (weighted
+    /// by how often each was seen); None until two sizes there were measured.
+    fn line_near(&self, n: usize) -> Option<(f64, f64)> {
+        let near = |m: usize| m + MAX_DRAFT >= n && m <= n + 2 * MAX_DRAFT;
+        let points: Vec<(f64, f64, f64)> = self
+            .by_size
+            .iter()
+            .enumerate()
+            .filter(|&(i, &(_, seen))| seen > 0 && near(i + 1))
+            .map(|(i, &(t, seen))| ((i + 1) as f64, t, f64::from(seen.min(16))))
+            .collect();
+        if points.len() < 2 {
+            return None;
+        }
+        let w: f64 = points.iter().map(|p| p.2).sum();
+        let mx = points.iter().map(|p| p.2 * p.0).sum::<f64>() / w;
+        let my = points.iter().map(|p| p.2 * p.1).sum::<f64>() / w;
+        let sxx: f64 = points.iter().map(|p| p.2 * (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = points.iter().map(|p| p.2 * (p.0 - mx) * (p.1 - my)).sum();
+        // Noise can tilt a line through close points either way: a step never gets
+        // cheaper with more tokens, nor costs less than nothing.
+        let b = (sxy / sxx).max(0.0);
+        let a = my - b * mx;
+        if a >= 0.0 {
+            return Some((a, b));
+        }
+        // Through the origin instead.
+        let sx2: f64 = points.iter().map(|p| p.2 * p.0 * p.0).sum();
+        let sxy0: f64 = points.iter().map(|p| p.2 * p.0 * p.1).sum();
+        Some((0.0, (sxy0 / sx2).max(0.0)))
+    }
+
+    /// By how much a step of `n` tokens grows with each further token, as a share of its
+    /// cost; None until steps of two sizes near `n` were measured.
+    pub fn growth(&self, n: usize) -> Option<f64> {
+        let (a, b) = self.line_near(n)?;
+        let at = a + b * n as f64;
+        Some(if at > 0.0 { b / at } else { 0.0 })
+    }
+}
+
+/// How many tokens of each draft to check in a step that carries `sure` tokens for
+/// `decoding` sequences (one sampled token each). `drafts[i]` is sequence `i`'s draft
+/// length and its per-token acceptance rate `r`: its `j`-th drafted token adds `r^j`
+/// tokens in expectation. Drafted tokens are taken most likely first, each while it
+/// raises the step's expected tokens per second: `(e + v) / c(n + 1) > e / c(n)`, or
+/// `v > e * growth(n)`. A sequence whose first token is not worth it still checks one
+/// when `probe` says so (after a pause: see [`DraftLength`]), so that its rate is learnt.
+/// While what a bigger step costs is unknown, each draft checks one token: that step
+/// measures it, at the price of one token where tokens are dear.
+pub fn size_drafts(
+    sure: usize,
+    decoding: usize,
+    drafts: &[(usize, f64)],
+    probe: &[bool],
+    cost: &StepCost,
+) -> Vec<usize> {
+    let mut take = vec![0; drafts.len()];
+    let mut n = sure;
+    let mut expected = decoding as f64;
+    loop {
+        // The most likely next token among the drafts: the next of the sequence whose
+        // next token's chance `r^(taken + 1)` is highest.
+        let best = drafts
+            .iter()
+            .enumerate()
+            .filter(|&(i, &(len, _))| take[i] < len)
+            .map(|(i, &(_, r))| (i, r.powi(take[i] as i32 + 1)))
+            .max_by(|x, y| x.1.total_cmp(&y.1));
+        let Some((i, value)) = best else { break };
+        let Some(growth) = cost.growth(n) else {
+            return drafts.iter().map(|&(len, _)| len.min(1)).collect();
+        };
+        if value <= expected * growth {
+            break;
+        }
+        take[i] += 1;
+        n += 1;
+        expected += value;
+    }
+    for (i, t) in take.iter_mut().enumerate() {
+        if *t == 0 && probe.get(i).copied().unwrap_or(false) && drafts[i].0 > 0 {
+            *t = 1;
+        }
+    }
+    take
 }
 
 #[cfg(test)]
@@ -237,6 +384,103 @@ mod tests {
         assert_eq!(index.draft(&t("abcdXYabcd"), 2), t("XY"));
         // A shorter sequence than the one indexed is another sequence.
         assert_eq!(index.draft(&t("xyzxy"), 2), t("zx"));
+    }
+
+    /// A step cost of `a + b * n` seconds, measured at sizes `sizes`.
+    fn measured(a: f64, b: f64, sizes: &[usize]) -> StepCost {
+        let mut cost = StepCost::default();
+        for &n in sizes {
+            cost.record(n, a + b * n as f64);
+        }
+        cost
+    }
+
+    #[test]
+    fn the_step_cost_is_a_line_through_the_sizes_seen() {
+        let cost = measured(0.010, 0.002, &[1, 3, 5, 9]);
+        let (a, b) = cost.line_near(1).unwrap();
+        assert!((a - 0.010).abs() < 1e-9 && (b - 0.002).abs() < 1e-9);
+        // One more token on a step of 1: 0.002 / 0.012.
+        assert!((cost.growth(1).unwrap() - 0.002 / 0.012).abs() < 1e-9);
+        // One size alone says nothing.
+        assert_eq!(measured(0.01, 0.002, &[1, 1, 1]).growth(1), None);
+        assert_eq!(StepCost::default().growth(4), None);
+        // Only sizes near the step count: a 64-stream step is not sized from single streams.
+        let mut far = measured(0.010, 0.002, &[1, 2]);
+        far.record(64, 0.5);
+        assert_eq!(far.growth(64), None);
+        assert!(far.growth(1) > Some(0.0));
+        // Noise that makes more tokens look cheaper reads as free, never as negative.
+        let mut noisy = StepCost::default();
+        noisy.record(1, 0.012);
+        noisy.record(2, 0.011);
+        assert_eq!(noisy.growth(1), Some(0.0));
+        // Nonsense is ignored.
+        noisy.record(0, 1.0);
+        noisy.record(3, f64::NAN);
+        noisy.record(3, -1.0);
+        assert_eq!(noisy.line_near(1).map(|_| ()), Some(()));
+        assert_eq!(noisy.by_size.len(), 2);
+    }
+
+    #[test]
+    fn the_step_cost_follows_a_change() {
+        let mut cost = measured(0.010, 0.002, &[1, 2]);
+        // The context grew: steps of 1 now take twice as long; the average moves there.
+        for _ in 0..30 {
+            cost.record(1, 0.024);
+        }
+        let at_one = cost.by_size[0].0;
+        assert!((at_one - 0.024).abs() < 0.001, "{at_one}");
+    }
+
+    #[test]
+    fn drafts_are_checked_while_they_pay_for_their_cost() {
+        // Unmeasured: one token each, which measures a bigger step.
+        let unknown = StepCost::default();
+        assert_eq!(
+            size_drafts(2, 2, &[(8, 0.9), (0, 0.9)], &[false, false], &unknown),
+            vec![1, 0]
+        );
+        // Free extra tokens (a GPU): every drafted token is checked.
+        let free = measured(0.01, 0.0, &[1, 2]);
+        assert_eq!(size_drafts(1, 1, &[(8, 0.1)], &[false], &free), vec![8]);
+        // Each token costs as much as the step itself (compute-bound): nothing pays.
+        let linear = measured(0.0, 0.01, &[1, 2, 3]);
+        assert_eq!(size_drafts(1, 1, &[(8, 0.95)], &[false], &linear), vec![0]);
+        // Half the step is fixed: tokens likely to stand pay, up to where the chance of
+        // the next falls below the cost (0.9: 3 tokens, see the module's rule).
+        let half = measured(0.005, 0.005, &[1, 2, 3, 4]);
+        assert_eq!(size_drafts(1, 1, &[(8, 0.9)], &[false], &half), vec![3]);
+        assert_eq!(size_drafts(1, 1, &[(8, 0.3)], &[false], &half), vec![0]);
+        // A probe checks one token whatever its rate; a sequence without a draft none.
+        assert_eq!(size_drafts(1, 1, &[(8, 0.3)], &[true], &half), vec![1]);
+        assert_eq!(size_drafts(1, 1, &[(0, 0.9)], &[true], &half), vec![0]);
+        // Among sequences, the likelier drafts get the room.
+        let two = size_drafts(2, 2, &[(8, 0.5), (8, 0.95)], &[false, false], &half);
+        assert_eq!(two[0], 0);
+        assert!(two[1] >= 3, "{two:?}");
+    }
+
+    #[test]
+    fn the_rate_follows_what_stood_lately() {
+        let mut d = DraftLength::default();
+        assert_eq!(d.rate(), 0.5);
+        assert!(d.probing());
+        d.record(4, 4);
+        assert!(!d.probing());
+        let high = d.rate();
+        assert!(high > 0.8, "{high}");
+        // Rejections at once: the rate falls, and the next draft after the pause probes.
+        d.record(4, 0);
+        d.record(1, 0);
+        assert!(d.rate() < 0.5, "{}", d.rate());
+        assert!(d.probing());
+        // Copying again: trusted again within a few drafts.
+        for _ in 0..4 {
+            d.record(8, 8);
+        }
+        assert!(d.rate() > 0.85, "{}", d.rate());
     }
 
     #[test]

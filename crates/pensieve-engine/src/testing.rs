@@ -102,6 +102,9 @@ pub struct ScriptedRunner {
     pub positional: bool,
     /// Sleep per decode call, to make concurrency and cancellation observable.
     pub step_delay: Duration,
+    /// Sleep per token of a decode call: with `step_delay`, what a step costs by its size
+    /// (speculation sizes drafts by that).
+    pub token_delay: Duration,
     pub batch: usize,
     pub sequences: usize,
     pub cells: usize,
@@ -124,6 +127,7 @@ impl ScriptedRunner {
             endless: false,
             positional: false,
             step_delay: Duration::ZERO,
+            token_delay: Duration::ZERO,
             batch: 8,
             sequences: 16,
             cells: 4096,
@@ -197,7 +201,7 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
-        std::thread::sleep(self.step_delay);
+        std::thread::sleep(self.step_delay + self.token_delay * batch.len() as u32);
         assert!(batch.len() <= self.batch, "batch over budget");
         let cells = self.cells;
         let mut log = self.log();

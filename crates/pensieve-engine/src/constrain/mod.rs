@@ -183,6 +183,16 @@ impl Constraint {
 }
 
 impl Constraint {
+    /// How many of `tokens`, in order, the grammar allows from here; its state is left as
+    /// it is. Drafts are cut there: a token the mask forbids cannot stand.
+    pub fn allowed_prefix(&mut self, tokens: &[TokenId]) -> usize {
+        if self.matcher.is_stopped() {
+            return 0;
+        }
+        let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        self.matcher.validate_tokens(&ids).unwrap_or(0)
+    }
+
     /// The grammar is complete (a lazily started call has ended).
     pub fn is_complete(&mut self) -> bool {
         self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false)

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheConfig, PrefixCache};
 use crate::metrics::{EngineMetrics, GaugeShare};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
-use crate::speculate::Speculative;
+use crate::speculate::{size_drafts, Speculative, StepCost};
 use crate::EngineError;
 use active::Follow;
 pub(crate) use active::{Active, Job};
@@ -84,6 +84,8 @@ pub(crate) struct Scheduler {
     closed: bool,
     /// Decoding sequences draft tokens by prompt lookup (see [`crate::speculate`]).
     speculate: bool,
+    /// What decode steps cost by their size, to size drafts.
+    step_cost: StepCost,
 }
 
 /// Where one batch entry came from.
@@ -137,6 +139,7 @@ impl Scheduler {
             admissions: 0,
             closed: false,
             speculate,
+            step_cost: StepCost::default(),
         }
     }
 
@@ -341,6 +344,10 @@ impl Scheduler {
         let decoded = started.elapsed();
         match result {
             Ok(()) => {
+                // Decode steps (no prompt tokens) tell what checking drafts costs.
+                if self.speculate && planned.iter().all(|p| p.tokens == 1) {
+                    self.step_cost.record(batch.len(), decoded.as_secs_f64());
+                }
                 let sampling = self.after_decode(planned);
                 tracing::trace!(
                     tokens = batch.len(),
@@ -364,20 +371,32 @@ impl Scheduler {
     }
 
     /// Each sequence that decodes and may speculate drafts what its recent tokens were
-    /// followed by before, as many tokens as its acceptance so far suggests.
+    /// followed by before, as many tokens as its acceptance so far suggests, cut where its
+    /// grammar (a tool call's) forbids one; then the drafts are sized to what checking
+    /// them costs here (see [`crate::speculate::size_drafts`]).
     fn draft(&mut self) {
+        let mut decoding = 0;
+        let mut drafts = Vec::with_capacity(self.running.len());
+        let mut probes = Vec::with_capacity(self.running.len());
         for a in &mut self.running {
             a.draft.clear();
-            // One token pending; no grammar or log-probabilities to follow per position.
-            if a.follow.is_some()
-                || a.tokens.len() != a.computed + 1
-                || a.constraint.is_some()
-                || a.job.request.sampling.logprobs.is_some()
-            {
-                continue;
+            let decodes = a.follow.is_none() && a.tokens.len() == a.computed + 1;
+            decoding += usize::from(decodes);
+            // No log-probabilities to report per drafted position.
+            if decodes && a.job.request.sampling.logprobs.is_none() {
+                let k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
+                a.draft = a.ngrams.draft(&a.tokens, k);
+                if let Some(c) = a.constraint.as_mut() {
+                    let allowed = c.allowed_prefix(&a.draft);
+                    a.draft.truncate(allowed);
+                }
             }
-            let k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
-            a.draft = a.ngrams.draft(&a.tokens, k);
+            drafts.push((a.draft.len(), a.draft_length.rate()));
+            probes.push(a.draft_length.probing());
+        }
+        let sizes = size_drafts(decoding, decoding, &drafts, &probes, &self.step_cost);
+        for (a, k) in self.running.iter_mut().zip(sizes) {
+            a.draft.truncate(k);
         }
     }
 

@@ -58,16 +58,23 @@ impl Scheduler {
             }
             // A drafted token stands while it is the one sampled before it: then its KV
             // is right, and the logits after it are sampled in turn.
+            // Under a grammar, each position samples under the mask of the tokens before
+            // it, as it would have one step at a time.
             let mut token = token;
             let mut kept = 0;
             while kept < drafted
                 && matches!(step, Step::Continue)
-                && self.running[i].constraint.is_none()
                 && self.running[i].draft.get(kept) == Some(&token)
             {
                 self.running[i].computed += 1;
                 kept += 1;
-                token = self.runner.sample(seq, index + kept, None);
+                let a = &mut self.running[i];
+                let mask = a.constraint.as_mut().and_then(Constraint::mask);
+                if mask.is_none() {
+                    a.constraint = None;
+                }
+                let mask = mask.as_ref().map(|m| TokenMask(m.as_slice()));
+                token = self.runner.sample(seq, index + kept, mask);
                 step = self.take_token(i, index + kept, token);
             }
             self.checked_draft(i, seq, drafted, kept);
