@@ -1103,13 +1103,9 @@ async fn speculated(
     speculated_on(runner, request, on).await
 }
 
-async fn speculated_on(
-    runner: ScriptedRunner,
-    request: ValidRequest,
-    on: bool,
-) -> (String, Completion, usize, Vec<crate::TokenId>, Engine) {
-    let log = runner.log.clone();
-    let engine = Engine::start(
+/// An engine over `runner`, speculating (n-gram) when `on`.
+fn speculating(runner: ScriptedRunner, on: bool) -> Engine {
+    Engine::start(
         model_info(4096),
         Arc::new(ByteTokenizer),
         Box::new(runner),
@@ -1122,7 +1118,16 @@ async fn speculated_on(
             ..EngineConfig::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn speculated_on(
+    runner: ScriptedRunner,
+    request: ValidRequest,
+    on: bool,
+) -> (String, Completion, usize, Vec<crate::TokenId>, Engine) {
+    let log = runner.log.clone();
+    let engine = speculating(runner, on);
     let (text, done) = finish(engine.submit(request).unwrap()).await;
     let log = log.lock().unwrap();
     let calls = log.decodes.len();
@@ -1170,22 +1175,18 @@ async fn where_each_token_costs_a_step_few_drafts_are_checked() {
     let reply = "fn add(a: i32, b: i32) -> i32 { a + b } fn add(a: i32, b: i32) -> i32";
     let compute_bound = || {
         let mut runner = ScriptedRunner::new(reply);
-        runner.token_delay = Duration::from_millis(3);
+        // Long enough that a loaded machine's late wake-ups do not make steps look fixed.
+        runner.token_delay = Duration::from_millis(10);
         runner
     };
-    let (plain, plain_done, plain_calls, ..) =
-        speculated_on(compute_bound(), valid(prompt, 200), false).await;
-    let (spec, spec_done, spec_calls, _, engine) =
+    let (plain, plain_done, ..) = speculated_on(compute_bound(), valid(prompt, 200), false).await;
+    let (spec, spec_done, _, _, engine) =
         speculated_on(compute_bound(), valid(prompt, 200), true).await;
     assert_eq!((spec, spec_done.usage), (plain, plain_done.usage));
     let drafted = counter(&engine, "pensieve_draft_tokens_total");
-    // The first draft measures what a bigger step costs; after it, probes of one token
-    // (a few more where a loaded machine's sleeps make a step's cost look fixed).
-    assert!(drafted <= 20, "{drafted} drafted tokens checked");
-    assert!(
-        spec_calls * 10 >= plain_calls * 8,
-        "{spec_calls} of {plain_calls}"
-    );
+    // The first draft (one token) measures what a bigger step costs; after it, probes
+    // of one token. With memory-bound steps the same reply checks dozens.
+    assert!(drafted <= 12, "{drafted} drafted tokens checked");
 }
 
 #[tokio::test]
@@ -1210,20 +1211,7 @@ async fn drafts_inside_a_tool_call_follow_its_grammar() {
         let mut runner = ScriptedRunner::new(&reply);
         runner.step_delay = Duration::from_millis(2);
         let log = runner.log.clone();
-        let engine = Engine::start(
-            model_info(4096),
-            Arc::new(ByteTokenizer),
-            Box::new(runner),
-            EngineConfig {
-                speculative: if on {
-                    crate::speculate::Speculative::Ngram
-                } else {
-                    crate::speculate::Speculative::Off
-                },
-                ..EngineConfig::default()
-            },
-        )
-        .unwrap();
+        let engine = speculating(runner, on);
         let mut request = valid(&format!("Write this twice: {code}\n"), 400);
         request.output.tools = Some(crate::ToolFormat::HERMES);
         request.tools = vec![write.clone()];
