@@ -263,8 +263,8 @@ impl StepCost {
     }
 }
 
-/// How many tokens of each draft to check in a step that carries `sure` tokens for
-/// `decoding` sequences (one sampled token each). `drafts[i]` is sequence `i`'s draft
+/// How many tokens of each draft to check in a step of `decoding` sequences (one token
+/// each, and one sampled token each). `drafts[i]` is sequence `i`'s draft
 /// length and its per-token acceptance rate `r`: its `j`-th drafted token adds `r^j`
 /// tokens in expectation. Drafted tokens are taken most likely first, each while it
 /// raises the step's expected tokens per second: `(e + v) / c(n + 1) > e / c(n)`, or
@@ -273,14 +273,13 @@ impl StepCost {
 /// While what a bigger step costs is unknown, each draft checks one token: that step
 /// measures it, at the price of one token where tokens are dear.
 pub fn size_drafts(
-    sure: usize,
     decoding: usize,
     drafts: &[(usize, f64)],
     probe: &[bool],
     cost: &StepCost,
 ) -> Vec<usize> {
     let mut take = vec![0; drafts.len()];
-    let mut n = sure;
+    let mut n = decoding;
     let mut expected = decoding as f64;
     loop {
         // The most likely next token among the drafts: the next of the sequence whose
@@ -439,25 +438,25 @@ mod tests {
         // Unmeasured: one token each, which measures a bigger step.
         let unknown = StepCost::default();
         assert_eq!(
-            size_drafts(2, 2, &[(8, 0.9), (0, 0.9)], &[false, false], &unknown),
+            size_drafts(2, &[(8, 0.9), (0, 0.9)], &[false, false], &unknown),
             vec![1, 0]
         );
         // Free extra tokens (a GPU): every drafted token is checked.
         let free = measured(0.01, 0.0, &[1, 2]);
-        assert_eq!(size_drafts(1, 1, &[(8, 0.1)], &[false], &free), vec![8]);
+        assert_eq!(size_drafts(1, &[(8, 0.1)], &[false], &free), vec![8]);
         // Each token costs as much as the step itself (compute-bound): nothing pays.
         let linear = measured(0.0, 0.01, &[1, 2, 3]);
-        assert_eq!(size_drafts(1, 1, &[(8, 0.95)], &[false], &linear), vec![0]);
+        assert_eq!(size_drafts(1, &[(8, 0.95)], &[false], &linear), vec![0]);
         // Half the step is fixed: tokens likely to stand pay, up to where the chance of
         // the next falls below the cost (0.9: 3 tokens, see the module's rule).
         let half = measured(0.005, 0.005, &[1, 2, 3, 4]);
-        assert_eq!(size_drafts(1, 1, &[(8, 0.9)], &[false], &half), vec![3]);
-        assert_eq!(size_drafts(1, 1, &[(8, 0.3)], &[false], &half), vec![0]);
+        assert_eq!(size_drafts(1, &[(8, 0.9)], &[false], &half), vec![3]);
+        assert_eq!(size_drafts(1, &[(8, 0.3)], &[false], &half), vec![0]);
         // A probe checks one token whatever its rate; a sequence without a draft none.
-        assert_eq!(size_drafts(1, 1, &[(8, 0.3)], &[true], &half), vec![1]);
-        assert_eq!(size_drafts(1, 1, &[(0, 0.9)], &[true], &half), vec![0]);
+        assert_eq!(size_drafts(1, &[(8, 0.3)], &[true], &half), vec![1]);
+        assert_eq!(size_drafts(1, &[(0, 0.9)], &[true], &half), vec![0]);
         // Among sequences, the likelier drafts get the room.
-        let two = size_drafts(2, 2, &[(8, 0.5), (8, 0.95)], &[false, false], &half);
+        let two = size_drafts(2, &[(8, 0.5), (8, 0.95)], &[false, false], &half);
         assert_eq!(two[0], 0);
         assert!(two[1] >= 3, "{two:?}");
     }

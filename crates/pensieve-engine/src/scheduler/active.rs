@@ -96,6 +96,16 @@ pub(crate) struct TokenTiming {
 }
 
 impl Active {
+    /// The tokens its grammar allows next, if it follows one; a grammar that failed is
+    /// dropped (generation goes on unconstrained).
+    pub fn grammar_mask(&mut self) -> Option<llguidance::toktrie::SimpleVob> {
+        let mask = self.constraint.as_mut().and_then(Constraint::mask);
+        if mask.is_none() {
+            self.constraint = None;
+        }
+        mask
+    }
+
     pub fn new(job: Job) -> Active {
         let tokens = job.request.prompt.clone();
         let stops = StopMatcher::new(&job.request.stop_sequences);

@@ -394,7 +394,7 @@ impl Scheduler {
             drafts.push((a.draft.len(), a.draft_length.rate()));
             probes.push(a.draft_length.probing());
         }
-        let sizes = size_drafts(decoding, decoding, &drafts, &probes, &self.step_cost);
+        let sizes = size_drafts(decoding, &drafts, &probes, &self.step_cost);
         for (a, k) in self.running.iter_mut().zip(sizes) {
             a.draft.truncate(k);
         }

@@ -2,7 +2,7 @@
 //! once, so the backend may spread them), and what each sampled token does to its request:
 //! the grammar of a forced or opened tool call, log-probabilities, the stream, and the end.
 
-use crate::constrain::{Constraint, LazyCall};
+use crate::constrain::LazyCall;
 use crate::model::{Pick, SeqId, TokenMask};
 use crate::output::BareName;
 
@@ -27,10 +27,7 @@ impl Scheduler {
             let a = &mut self.running[p.index];
             let Some(index) = p.logits else { continue };
             // A grammar (a forced tool call) decides which tokens may come.
-            let mask = a.constraint.as_mut().and_then(Constraint::mask);
-            if mask.is_none() {
-                a.constraint = None;
-            }
+            let mask = a.grammar_mask();
             due.push((p.index, seq, index, mask, p.drafted));
         }
         // All at once: the backend may sample them in parallel.
@@ -68,11 +65,7 @@ impl Scheduler {
             {
                 self.running[i].computed += 1;
                 kept += 1;
-                let a = &mut self.running[i];
-                let mask = a.constraint.as_mut().and_then(Constraint::mask);
-                if mask.is_none() {
-                    a.constraint = None;
-                }
+                let mask = self.running[i].grammar_mask();
                 let mask = mask.as_ref().map(|m| TokenMask(m.as_slice()));
                 token = self.runner.sample(seq, index + kept, mask);
                 step = self.take_token(i, index + kept, token);
