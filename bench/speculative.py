@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -172,7 +173,13 @@ def main() -> int:
         help="llama-server --spec-type values to compare, comma-separated ('' for none)",
     )
     ap.add_argument("--sets", default="edit,chat")
+    ap.add_argument(
+        "--llama-args",
+        default="",
+        help="more llama-server flags for every llama side, e.g. '-ngl 99' on a GPU (Pensieve offloads all by itself)",
+    )
     ap.add_argument("--only", default="", help="run only the sides whose names contain this (comma-separated)")
+    ap.add_argument("--skip", default="", help="leave out the sides named (comma-separated, exact names)")
     ap.add_argument("--health-timeout", type=float, default=180)
     ap.add_argument("--request-timeout", type=float, default=900)
     ap.add_argument("--json", default=None, metavar="FILE", help="everything, each request's output included")
@@ -195,7 +202,9 @@ def main() -> int:
         return pensieve_command(args.pensieve_bin, args.model, "PORT", args.threads, args.ctx, extra, parallel=1)
 
     def llama(extra: list[str]) -> list:
-        return llama_command(args.llama_bin, args.model, "PORT", args.threads, 1, args.ctx, extra)
+        return llama_command(
+            args.llama_bin, args.model, "PORT", args.threads, 1, args.ctx, shlex.split(args.llama_args) + extra
+        )
 
     add("pensieve", pensieve(["--speculative", "off"]))
     add("pensieve+ngram", pensieve(["--speculative", "ngram"]))
@@ -210,6 +219,8 @@ def main() -> int:
     if args.only:
         keep = [k for k in args.only.split(",") if k]
         sides = {name: srv for name, srv in sides.items() if any(k in name for k in keep)}
+    skip = set(args.skip.split(","))
+    sides = {name: srv for name, srv in sides.items() if name not in skip}
 
     results: dict = {
         "model": args.model,

@@ -7,8 +7,8 @@
 #   3. cargo test --release --workspace
 #   4. cargo build --release       (the pensieve binary)
 #   5. the mlx engine: scripts/setup-mlx-test.sh (`pensieve setup mlx`, SmolLM2 converted to
-#      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite and the
-#      chat template override on `--engine mlx`
+#      MLX), the worker's and converter's tests (python/tests), and the Anthropic suite, the
+#      chat template override and speculation on `--engine mlx`
 #   6. a 3-minute soak (bench/soak.py) against that binary
 #   7. the end-to-end pytest suite in tests/e2e against that binary
 # Exits non-zero if any step fails. The last line printed is pytest's summary.
@@ -79,7 +79,7 @@ if ! cargo build --release -p pensieve; then
     failed+=("cargo build")
 fi
 
-step "mlx engine: environment, worker and converter tests, the Anthropic suite and chat template override on --engine mlx"
+step "mlx engine: environment, worker and converter tests, the Anthropic suite, chat template override and speculation on --engine mlx"
 if ! bash scripts/setup-mlx-test.sh; then
     failed+=("mlx setup")
 else
@@ -93,6 +93,9 @@ else
     fi
     if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_chat_template.py -q; then
         failed+=("chat template override on --engine mlx")
+    fi
+    if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_speculative.py -q -k mlx; then
+        failed+=("speculation on --engine mlx")
     fi
 fi
 

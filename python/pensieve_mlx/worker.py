@@ -190,8 +190,9 @@ def greedy(logits, allowed=None):
 class Kept:
     """A flagged entry of the last DECODE: its logits and the token used for it."""
 
-    def __init__(self, seq, logits, token, sampler):
+    def __init__(self, seq, pos, logits, token, sampler):
         self.seq = seq
+        self.pos = pos
         self.logits = logits
         self.token = token
         # The sampler that counted `token`: SAMPLE takes it back from that one only.
@@ -433,7 +434,7 @@ class Worker:
             else:
                 token = sampler.pick(logits)
                 sampler.accept(token)
-            self.kept[index] = Kept(seq, logits, token, sampler)
+            self.kept[index] = Kept(seq, int(entries["pos"][index]), logits, token, sampler)
             out += struct.pack("<Ii", index, token)
         return bytes(out)
 
@@ -513,8 +514,16 @@ class Worker:
         return struct.pack("<fI", lp[token], ids.size) + pairs.tobytes()
 
     def truncate(self, body):
-        slot, start = self.slot(body.u32()), body.u32()
+        seq, start = body.u32(), body.u32()
+        slot = self.slot(seq)
         body.end()
+        # Speculation checks drafted tokens in one DECODE, a token sampled after each, and
+        # cuts the rejected ones off here: the tokens sampled after them were never used,
+        # so the penalties stop counting them.
+        for kept in self.kept.values():
+            if kept.seq == seq and kept.pos >= start and kept.sampler is not None:
+                kept.sampler.forget(kept.token)
+                kept.sampler = None
         if start >= slot.length:
             return b"\x01"
         if start == 0:

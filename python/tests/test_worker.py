@@ -276,6 +276,42 @@ def test_sample_with_mask_and_logprobs(worker, prompt):
     worker.release(0)
 
 
+def test_a_draft_is_checked_in_one_decode(worker, prompt, reference):
+    """Speculative decoding's check: the pending token and three drafted ones in one DECODE,
+    all flagged, give the token after each; the rejected one is cut off and generation goes on
+    as without speculation."""
+    expected, _ = reference
+    p = len(prompt)
+    assert worker.feed(0, prompt, 0) == expected[0]
+    wrong = (expected[3] + 1) % VOCAB
+    drafted = [expected[0], expected[1], expected[2], wrong]
+    out = worker.decode([(0, t, p + i, True) for i, t in enumerate(drafted)])
+    assert [index for index, _ in out] == [0, 1, 2, 3]
+    # The two drafted tokens that are right stand; the token after them is not `wrong`.
+    assert [t for _, t in out[:3]] == expected[1:4]
+    assert worker.truncate(0, p + 3)
+    assert worker.extend(0, expected[3], p + 3, 6) == expected[4:10]
+    worker.release(0)
+
+
+def test_tokens_sampled_after_rejected_drafts_do_not_count_for_penalties(worker, prompt):
+    # A penalty no logit margin survives: a token counted once too often is never picked.
+    params = dict(temperature=0, frequency_penalty=50.0)
+    worker.start_sampling(0, **params)
+    plain = worker.generate(0, prompt, 10)
+    worker.release(0)
+    worker.start_sampling(1, **params)
+    p = len(prompt)
+    assert worker.feed(1, prompt, 0) == plain[0]
+    # A draft of two tokens, rejected at once: the tokens sampled after them (the next two
+    # of the plain run) were never used, and must not weigh on what comes next.
+    out = worker.decode([(1, plain[0], p, True), (1, plain[1], p + 1, True), (1, plain[2], p + 2, True)])
+    assert [t for _, t in out] == plain[1:4]
+    assert worker.truncate(1, p + 1)
+    assert worker.extend(1, plain[1], p + 1, 8) == plain[2:10]
+    worker.release(1)
+
+
 def test_seeded_sampling_repeats(worker, prompt):
     params = dict(
         temperature=0.8,

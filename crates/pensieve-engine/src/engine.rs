@@ -128,6 +128,15 @@ struct Shared {
     metrics: Arc<EngineMetrics>,
 }
 
+/// A draft model for speculative decoding (`--draft-model`): a smaller model of the same
+/// tokenizer, with a KV slot for each of the model's.
+pub struct DraftModel {
+    pub tokenizer: Arc<dyn Tokenizer>,
+    pub runner: Box<dyn ModelRunner>,
+    /// The most positions of a sequence it holds (its context per slot).
+    pub window: usize,
+}
+
 impl Engine {
     /// Start the engine thread over a loaded model.
     pub fn start(
@@ -136,6 +145,34 @@ impl Engine {
         runner: Box<dyn ModelRunner>,
         config: EngineConfig,
     ) -> Result<Engine, EngineError> {
+        Engine::start_with_draft(info, tokenizer, runner, None, config)
+    }
+
+    /// Start the engine thread over a loaded model, with a draft model for speculation
+    /// (`config.speculative` then says `Draft`). A draft model of another tokenizer is
+    /// refused.
+    pub fn start_with_draft(
+        info: ModelInfo,
+        tokenizer: Arc<dyn Tokenizer>,
+        runner: Box<dyn ModelRunner>,
+        draft: Option<DraftModel>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let draft = match draft {
+            Some(d) => {
+                crate::speculate::check_vocabulary(tokenizer.as_ref(), d.tokenizer.as_ref())
+                    .map_err(EngineError::Draft)?;
+                if !d.runner.can_truncate() {
+                    return Err(EngineError::Draft(
+                        "its cache cannot be cut back to a position (sliding-window or \
+                         recurrent layers), so rejected drafts could not be dropped"
+                            .into(),
+                    ));
+                }
+                Some(crate::scheduler::DraftModel::new(d.runner, d.window))
+            }
+            None => None,
+        };
         let template = ChatTemplate::for_model(
             info.chat_template.as_deref(),
             &info.architecture,
@@ -186,6 +223,7 @@ impl Engine {
                 cache: config.cache,
                 markers: markers.clone(),
                 speculative: config.speculative,
+                draft_model: draft,
             },
         );
         let cache = scheduler.cache_index();

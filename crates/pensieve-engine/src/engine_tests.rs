@@ -1247,6 +1247,225 @@ async fn drafts_inside_a_tool_call_follow_its_grammar() {
 }
 
 #[tokio::test]
+async fn an_earlier_requests_output_drafts_for_the_next() {
+    // Two requests of unrelated prompts write the same thing (as subagents making the same
+    // call): the second drafts from the first's output, and writes what it would have.
+    let reply = "<call>{\"name\": \"Read\", \"file_path\": \"/src/main.rs\"}</call>";
+    let mut runner = ScriptedRunner::new(reply);
+    runner.step_delay = Duration::from_millis(2);
+    let engine = speculating(runner, true);
+    let accepted = || counter(&engine, "pensieve_draft_accepted_tokens_total");
+    let (first, _) = finish(engine.submit(valid("Look at the code.\n", 200)).unwrap()).await;
+    let after_first = accepted();
+    let (second, _) = finish(
+        engine
+            .submit(valid("Which file is the entry point?\n", 200))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((first.as_str(), second.as_str()), (reply, reply));
+    let from_history = accepted() - after_first;
+    assert!(
+        from_history >= after_first + 20,
+        "{from_history} drafted tokens stood in the second request, {after_first} in the first"
+    );
+}
+
+/// An engine over a scripted `reply` whose draft model predicts `predicted` after `prompt`
+/// (a positional script: what it drafts depends only on how much it holds), with a window
+/// of `window` positions. The draft model's log comes back too.
+fn with_draft_model(
+    reply: &str,
+    prompt: &str,
+    predicted: &str,
+    window: usize,
+) -> (
+    Engine,
+    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
+    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
+) {
+    let mut runner = ScriptedRunner::new(reply);
+    runner.step_delay = Duration::from_millis(2);
+    let mut draft = ScriptedRunner::new(&format!("{prompt}{predicted}"));
+    draft.positional = true;
+    draft.batch = 512;
+    draft.prefill_while_decoding = Some(512);
+    let (log, draft_log) = (runner.log.clone(), draft.log.clone());
+    let engine = Engine::start_with_draft(
+        model_info(4096),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        Some(crate::DraftModel {
+            tokenizer: Arc::new(ByteTokenizer),
+            runner: Box::new(draft),
+            window,
+        }),
+        EngineConfig {
+            speculative: crate::speculate::Speculative::Draft,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    (engine, log, draft_log)
+}
+
+#[tokio::test]
+async fn a_draft_model_changes_no_token_and_saves_steps() {
+    let prompt = "Write a poem.\n";
+    let reply = "Roses are red, violets are blue, drafts that stand save steps for you.";
+    let (plain, plain_done, plain_calls, ..) = speculated(reply, valid(prompt, 200), false).await;
+    // A draft model right but for every 12th token.
+    let predicted: String = reply
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i % 12 == 11 { '#' } else { c })
+        .collect();
+    let (engine, log, draft_log) = with_draft_model(reply, prompt, &predicted, 4096);
+    let (text, done) = finish(engine.submit(valid(prompt, 200)).unwrap()).await;
+    let done = done.unwrap();
+    assert_eq!(text, plain);
+    assert_eq!(
+        (done.usage, done.reason),
+        (plain_done.usage, plain_done.reason)
+    );
+    let log = log.lock().unwrap();
+    // The slot holds exactly prompt and reply: rejected drafts were cut off.
+    let mut all = ByteTokenizer.encode(prompt);
+    all.extend(ByteTokenizer.encode(reply));
+    assert_eq!(log.tokens_of(0), all);
+    let calls = log.decodes.len();
+    assert!(
+        calls * 2 < plain_calls,
+        "{calls} steps with a draft model, {plain_calls} without"
+    );
+    let drafted = counter(&engine, "pensieve_draft_tokens_total");
+    let accepted = counter(&engine, "pensieve_draft_accepted_tokens_total");
+    assert!(
+        accepted > 30 && drafted > accepted,
+        "{accepted} of {drafted}"
+    );
+    // The draft model held the prompt as it is, and no more than a draft past the reply.
+    let held = draft_log.lock().unwrap().tokens_of(0);
+    assert!(held.starts_with(&ByteTokenizer.encode(prompt)));
+    assert!(
+        held.len() <= all.len() + crate::speculate::MAX_DRAFT,
+        "{}",
+        held.len()
+    );
+}
+
+#[tokio::test]
+async fn a_draft_model_takes_in_the_prompt_while_it_is_computed() {
+    // A prompt of 25 steps' chunks, and a draft model that takes 16 tokens a step: it has
+    // the prompt when the first token is sampled, and drafts in the first decode step.
+    let prompt = "x".repeat(199) + "\n";
+    let reply = "a reply that the draft model knows";
+    let mut runner = ScriptedRunner::new(reply);
+    runner.step_delay = Duration::from_millis(1);
+    let mut draft = ScriptedRunner::new(&format!("{prompt}{reply}"));
+    draft.positional = true;
+    draft.batch = 16;
+    draft.prefill_while_decoding = Some(16);
+    let log = runner.log.clone();
+    let engine = Engine::start_with_draft(
+        model_info(4096),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        Some(crate::DraftModel {
+            tokenizer: Arc::new(ByteTokenizer),
+            runner: Box::new(draft),
+            window: 4096,
+        }),
+        EngineConfig {
+            speculative: crate::speculate::Speculative::Draft,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let (text, _) = finish(engine.submit(valid(&prompt, 100)).unwrap()).await;
+    assert_eq!(text, reply);
+    let log = log.lock().unwrap();
+    let first_decode = log
+        .decodes
+        .iter()
+        .flatten()
+        .find(|&&(_, pos, _)| pos as usize == prompt.len())
+        .copied();
+    assert!(
+        matches!(first_decode, Some((0, _, n)) if n >= 2),
+        "the first decode step was {first_decode:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draft_model_that_is_always_wrong_or_short_of_context_changes_nothing() {
+    let prompt = "Count: ";
+    let reply = "one two three four five six seven eight nine ten eleven twelve";
+    let (plain, plain_done, ..) = speculated(reply, valid(prompt, 200), false).await;
+    // Wrong everywhere; and right, but with a window shorter than the sequence (its
+    // positions then no longer line up with the script: wrong too, and moved often).
+    for (predicted, window) in [("#".repeat(reply.len()), 4096), (reply.to_owned(), 24)] {
+        let (engine, log, draft_log) = with_draft_model(reply, prompt, &predicted, window);
+        let (text, done) = finish(engine.submit(valid(prompt, 200)).unwrap()).await;
+        let done = done.unwrap();
+        assert_eq!(text, plain);
+        assert_eq!(done.usage, plain_done.usage);
+        let mut all = ByteTokenizer.encode(prompt);
+        all.extend(ByteTokenizer.encode(reply));
+        assert_eq!(log.lock().unwrap().tokens_of(0), all);
+        let held = draft_log.lock().unwrap().tokens_of(0).len();
+        assert!(
+            held <= window.max(2 * crate::speculate::MAX_DRAFT + 2),
+            "{held} held"
+        );
+    }
+}
+
+#[test]
+fn a_draft_model_of_another_tokenizer_is_refused() {
+    struct Wider;
+    impl crate::Tokenizer for Wider {
+        fn encode(&self, text: &str) -> Vec<crate::TokenId> {
+            ByteTokenizer.encode(text)
+        }
+        fn token_bytes(&self, token: crate::TokenId) -> Vec<u8> {
+            ByteTokenizer.token_bytes(token)
+        }
+        fn is_end_of_generation(&self, token: crate::TokenId) -> bool {
+            token == EOG
+        }
+        fn single_token(&self, _: &str) -> Option<crate::TokenId> {
+            None
+        }
+        fn vocab_size(&self) -> usize {
+            32_000
+        }
+    }
+    let result = Engine::start_with_draft(
+        model_info(4096),
+        Arc::new(ByteTokenizer),
+        Box::new(ScriptedRunner::new("hi")),
+        Some(crate::DraftModel {
+            tokenizer: Arc::new(Wider),
+            runner: Box::new(ScriptedRunner::new("hi")),
+            window: 4096,
+        }),
+        EngineConfig {
+            speculative: crate::speculate::Speculative::Draft,
+            ..EngineConfig::default()
+        },
+    );
+    let Err(error) = result else {
+        panic!("a draft model of 32000 tokens drafted for one of 257");
+    };
+    assert_eq!(
+        error.to_string(),
+        "the draft model cannot draft for this model: its vocabulary has 32000 tokens, the \
+         model's 257: they do not share a tokenizer"
+    );
+}
+
+#[tokio::test]
 async fn a_draft_stops_where_the_request_does() {
     let prompt = "the quick brown fox jumps over the lazy dog; the quick brown fox ";
     let reply = "jumps over the lazy dog; the quick brown fox jumps";

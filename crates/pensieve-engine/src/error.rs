@@ -19,6 +19,9 @@ pub enum EngineError {
     EngineStopped,
     #[error("model backend failed: {0}")]
     Backend(String),
+    /// The draft model can't draft for this model.
+    #[error("the draft model cannot draft for this model: {0}")]
+    Draft(String),
     /// The backend's worker died mid-request and was restarted; a retry runs on the new one.
     #[error("the model worker restarted ({0}); retry the request")]
     BackendRestarted(String),

@@ -38,7 +38,7 @@ pub mod template;
 pub mod testing;
 
 pub use cache::CacheConfig;
-pub use engine::{CachePoint, Engine, EngineConfig, Generation, ValidRequest};
+pub use engine::{CachePoint, DraftModel, Engine, EngineConfig, Generation, ValidRequest};
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use formats::ToolFormat;

@@ -1,21 +1,24 @@
 //! Speculative decoding's decisions, apart from the engine thread: which tokens to draft
-//! for a sequence (prompt lookup: the tokens that followed the last place its recent
-//! tokens occurred before), and how many of them to check, from how often its drafts were
-//! accepted and from what a step of more tokens costs on this machine ([`StepCost`],
-//! [`size_drafts`]). A GPU checks 8 tokens for about the price of one; two CPU cores pay
-//! for most of each, so there only drafts that are likely to stand are worth checking.
+//! for a sequence by prompt lookup (the tokens that followed the last place its recent
+//! tokens occurred before, in the sequence itself or in earlier requests' outputs:
+//! [`History`]), whether a draft model shares the model's tokenizer (its drafts come from
+//! `scheduler::draft_model`), and how many drafted tokens to check, from how often its
+//! drafts were accepted and from what a step of more tokens costs on this machine
+//! ([`StepCost`], [`size_drafts`]). A GPU checks 8 tokens for about the price of one; two
+//! CPU cores pay for most of each, so there only drafts that are likely to stand are worth
+//! checking.
 //!
 //! A draft is checked in the next step: the sequence's pending token and its draft are
 //! evaluated in one pass, with logits at each position, and the sampler runs over them in
 //! order; a drafted token stands while it equals the token sampled before it. Prompt
-//! lookup drafts one token with certainty, so this is the standard acceptance rule (a
-//! draft token `x` is kept with probability `p(x)`, and otherwise the token comes from
-//! `p` without `x`): greedy output is unchanged token for token, sampled output in
-//! distribution.
+//! lookup and a greedy draft model draft one token with certainty, so this is the
+//! standard acceptance rule (a draft token `x` is kept with probability `p(x)`, and
+//! otherwise the token comes from `p` without `x`): greedy output is unchanged token for
+//! token, sampled output in distribution.
 
 use std::collections::HashMap;
 
-use crate::TokenId;
+use crate::{TokenId, Tokenizer};
 
 /// How the engine speculates (`--speculative`, `speculative` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -26,6 +29,18 @@ pub enum Speculative {
     Off,
     /// Drafts from the sequence's own prompt and output (prompt lookup).
     Ngram,
+    /// Drafts from a smaller model of the same vocabulary (`--draft-model`).
+    Draft,
+}
+
+impl std::fmt::Display for Speculative {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Speculative::Off => "off",
+            Speculative::Ngram => "ngram",
+            Speculative::Draft => "draft",
+        })
+    }
 }
 
 impl std::str::FromStr for Speculative {
@@ -34,11 +49,42 @@ impl std::str::FromStr for Speculative {
         match s {
             "off" => Ok(Speculative::Off),
             "ngram" => Ok(Speculative::Ngram),
+            "draft" => Ok(Speculative::Draft),
             other => Err(format!(
-                "{other:?} is not a kind of speculation (off, ngram)"
+                "{other:?} is not a kind of speculation (off, ngram, draft)"
             )),
         }
     }
+}
+
+/// Token ids past the shorter vocabulary that the longer one may have: models of one
+/// family pad their embedding (Qwen2.5's 7B has 128 ids more than its 0.5B), and those ids
+/// never come out of a tokenizer.
+const VOCAB_PADDING: usize = 128;
+
+/// Whether a draft model's token ids mean what the model's do: every id both have renders
+/// as the same bytes and ends a turn alike, and the two sizes differ by padding at most.
+/// Drafts are ids, so a draft model of another tokenizer would draft nonsense.
+pub fn check_vocabulary(model: &dyn Tokenizer, draft: &dyn Tokenizer) -> Result<(), String> {
+    let (ours, theirs) = (model.vocab_size(), draft.vocab_size());
+    if ours.abs_diff(theirs) > VOCAB_PADDING {
+        return Err(format!(
+            "its vocabulary has {theirs} tokens, the model's {ours}: they do not share a tokenizer"
+        ));
+    }
+    for id in 0..ours.min(theirs) {
+        let token = TokenId::try_from(id).unwrap_or(TokenId::MAX);
+        let (a, b) = (model.token_bytes(token), draft.token_bytes(token));
+        if a != b || model.is_end_of_generation(token) != draft.is_end_of_generation(token) {
+            return Err(format!(
+                "token {id} is {:?} to the model and {:?} to the draft model: they do not share \
+                 a tokenizer",
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The longest run of recent tokens looked up, and the shortest worth a draft: a single
@@ -98,6 +144,108 @@ impl NgramIndex {
             }
         }
         self.indexed = tokens.len();
+    }
+}
+
+/// What earlier requests wrote, for drafts across requests (SuffixDecoding's idea, arXiv
+/// 2411.04975): agents repeat themselves from one request to the next (the scaffolding of
+/// a tool call, a file written again by a subagent), and a sequence whose own tokens hold
+/// no match may find one there. It keeps the outputs of finished requests, the newest
+/// `capacity` tokens of them, with where each run of `HISTORY_MIN_NGRAM` to `MAX_NGRAM`
+/// tokens last occurred.
+#[derive(Debug)]
+pub struct History {
+    /// Outputs, oldest first, each with its number (numbers only grow).
+    outputs: std::collections::VecDeque<(u64, Vec<TokenId>)>,
+    next: u64,
+    tokens: usize,
+    capacity: usize,
+    /// (n, hash of the n tokens) -> (output number, position of the token after them).
+    last: HashMap<(u8, u64), (u64, usize)>,
+}
+
+/// A run this short is too common across requests to say what follows it.
+const HISTORY_MIN_NGRAM: usize = 3;
+/// Tokens of earlier outputs kept (with three index entries each, some 20 MB).
+pub const HISTORY_TOKENS: usize = 1 << 18;
+
+impl History {
+    pub fn new(capacity: usize) -> History {
+        History {
+            outputs: std::collections::VecDeque::new(),
+            next: 0,
+            tokens: 0,
+            capacity,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Keep a finished request's output; the oldest go past `capacity` tokens.
+    pub fn add(&mut self, output: &[TokenId]) {
+        if output.len() <= HISTORY_MIN_NGRAM || output.len() > self.capacity {
+            return;
+        }
+        let number = self.next;
+        self.next += 1;
+        self.index(number, output);
+        self.outputs.push_back((number, output.to_vec()));
+        self.tokens += output.len();
+        let mut evicted = false;
+        while self.tokens > self.capacity {
+            let Some((_, old)) = self.outputs.pop_front() else {
+                break;
+            };
+            self.tokens -= old.len();
+            evicted = true;
+        }
+        if evicted {
+            // Entries that point into evicted outputs are dropped by indexing again.
+            self.last.clear();
+            let outputs = std::mem::take(&mut self.outputs);
+            for (number, output) in &outputs {
+                self.index(*number, output);
+            }
+            self.outputs = outputs;
+        }
+    }
+
+    fn index(&mut self, number: u64, output: &[TokenId]) {
+        for at in HISTORY_MIN_NGRAM..output.len() {
+            for n in HISTORY_MIN_NGRAM..=MAX_NGRAM.min(at) {
+                self.last
+                    .insert((n as u8, hash(&output[at - n..at])), (number, at));
+            }
+        }
+    }
+
+    /// Up to `k` tokens that followed the last `n` tokens of `tokens` (longest `n` first)
+    /// in the latest earlier output that has them.
+    pub fn draft(&self, tokens: &[TokenId], k: usize) -> Vec<TokenId> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let first = self.outputs.front().map_or(0, |(number, _)| *number);
+        for n in (HISTORY_MIN_NGRAM..=MAX_NGRAM).rev() {
+            let Some(from) = tokens.len().checked_sub(n) else {
+                continue;
+            };
+            let suffix = &tokens[from..];
+            let Some(&(number, at)) = self.last.get(&(n as u8, hash(suffix))) else {
+                continue;
+            };
+            let Some((_, output)) = number
+                .checked_sub(first)
+                .and_then(|i| self.outputs.get(i as usize))
+            else {
+                continue;
+            };
+            if output.get(at - n..at) != Some(suffix) {
+                continue;
+            }
+            let after = &output[at..];
+            return after[..after.len().min(k)].to_vec();
+        }
+        Vec::new()
     }
 }
 
@@ -254,6 +402,20 @@ impl StepCost {
         Some((0.0, (sxy0 / sx2).max(0.0)))
     }
 
+    /// What a step of `n` tokens costs: on the line through the sizes measured near it,
+    /// else what the nearest size measured cost; None before any step.
+    pub fn seconds(&self, n: usize) -> Option<f64> {
+        if let Some((a, b)) = self.line_near(n) {
+            return Some(a + b * n as f64);
+        }
+        self.by_size
+            .iter()
+            .enumerate()
+            .filter(|(_, &(_, seen))| seen > 0)
+            .min_by_key(|(i, _)| (i + 1).abs_diff(n))
+            .map(|(_, &(mean, _))| mean)
+    }
+
     /// By how much a step of `n` tokens grows with each further token, as a share of its
     /// cost; None until steps of two sizes near `n` were measured.
     pub fn growth(&self, n: usize) -> Option<f64> {
@@ -268,8 +430,11 @@ impl StepCost {
 /// length and its per-token acceptance rate `r`: its `j`-th drafted token adds `r^j`
 /// tokens in expectation. Drafted tokens are taken most likely first, each while it
 /// raises the step's expected tokens per second: `(e + v) / c(n + 1) > e / c(n)`, or
-/// `v > e * growth(n)`. A sequence whose first token is not worth it still checks one
-/// when `probe` says so (after a pause: see [`DraftLength`]), so that its rate is learnt.
+/// `v > e * growth(n)`. Where drafting costs time too (a draft model: `draft_step`
+/// seconds for each token of the longest draft), that time counts in the step's: a
+/// deeper draft must pay for its draft step as well. A sequence whose first token is not
+/// worth it still checks one when `probe` says so (after a pause: see [`DraftLength`]),
+/// so that its rate is learnt.
 /// While what a bigger step costs is unknown, each draft checks one token: that step
 /// measures it, at the price of one token where tokens are dear.
 pub fn size_drafts(
@@ -277,6 +442,7 @@ pub fn size_drafts(
     drafts: &[(usize, f64)],
     probe: &[bool],
     cost: &StepCost,
+    draft_step: f64,
 ) -> Vec<usize> {
     let mut take = vec![0; drafts.len()];
     let mut n = decoding;
@@ -291,10 +457,13 @@ pub fn size_drafts(
             .map(|(i, &(_, r))| (i, r.powi(take[i] as i32 + 1)))
             .max_by(|x, y| x.1.total_cmp(&y.1));
         let Some((i, value)) = best else { break };
-        let Some(growth) = cost.growth(n) else {
+        let Some((a, b)) = cost.line_near(n) else {
             return drafts.iter().map(|&(len, _)| len.min(1)).collect();
         };
-        if value <= expected * growth {
+        let depth = take.iter().copied().max().unwrap_or(0);
+        let now = a + b * n as f64 + draft_step * depth as f64;
+        let next = a + b * (n + 1) as f64 + draft_step * depth.max(take[i] + 1) as f64;
+        if now > 0.0 && (expected + value) * now <= expected * next {
             break;
         }
         take[i] += 1;
@@ -339,6 +508,108 @@ mod tests {
 
     fn t(s: &str) -> Vec<TokenId> {
         s.bytes().map(TokenId::from).collect()
+    }
+
+    /// The byte tokenizer with some ids spelled otherwise, or a vocabulary of another size.
+    struct Altered {
+        vocab: usize,
+        spelled: Option<(TokenId, &'static [u8])>,
+        eog: TokenId,
+    }
+
+    impl Tokenizer for Altered {
+        fn encode(&self, text: &str) -> Vec<TokenId> {
+            crate::testing::ByteTokenizer.encode(text)
+        }
+        fn token_bytes(&self, token: TokenId) -> Vec<u8> {
+            match self.spelled {
+                Some((id, bytes)) if id == token => bytes.to_vec(),
+                _ => crate::testing::ByteTokenizer.token_bytes(token),
+            }
+        }
+        fn is_end_of_generation(&self, token: TokenId) -> bool {
+            token == self.eog
+        }
+        fn single_token(&self, _text: &str) -> Option<TokenId> {
+            None
+        }
+        fn vocab_size(&self) -> usize {
+            self.vocab
+        }
+    }
+
+    #[test]
+    fn a_draft_model_must_share_the_tokenizer() {
+        let bytes = crate::testing::ByteTokenizer;
+        let same = Altered {
+            vocab: 257,
+            spelled: None,
+            eog: 0,
+        };
+        assert_eq!(check_vocabulary(&bytes, &same), Ok(()));
+        // Padding ids past the shorter vocabulary are fine; more are another tokenizer.
+        let padded = Altered {
+            vocab: 257 + 128,
+            ..same
+        };
+        assert_eq!(check_vocabulary(&bytes, &padded), Ok(()));
+        let larger = Altered {
+            vocab: 257 + 129,
+            ..same
+        };
+        let error = check_vocabulary(&bytes, &larger).unwrap_err();
+        assert!(error.contains("386 tokens, the model's 257"), "{error}");
+        // One id spelled otherwise, or ending the turn where the model's does not.
+        let respelled = Altered {
+            spelled: Some((66, b"hello")),
+            ..same
+        };
+        let error = check_vocabulary(&bytes, &respelled).unwrap_err();
+        assert!(
+            error.contains(r#"token 66 is "A" to the model and "hello" to the draft"#),
+            "{error}"
+        );
+        let other_end = Altered { eog: 3, ..same };
+        assert!(check_vocabulary(&bytes, &other_end)
+            .unwrap_err()
+            .starts_with("token 0 "));
+    }
+
+    #[test]
+    fn kinds_of_speculation_read_as_they_are_written() {
+        for kind in [Speculative::Off, Speculative::Ngram, Speculative::Draft] {
+            assert_eq!(kind.to_string().parse::<Speculative>(), Ok(kind));
+        }
+        assert_eq!(
+            "eagle".parse::<Speculative>(),
+            Err("\"eagle\" is not a kind of speculation (off, ngram, draft)".to_owned())
+        );
+    }
+
+    #[test]
+    fn earlier_outputs_draft_for_other_requests() {
+        let mut history = History::new(64);
+        history.add(&t("<call>{\"name\": \"Read\", \"path\": \"a.rs\"}"));
+        // Another request opening the same call: the rest of the earlier one.
+        assert_eq!(
+            history.draft(&t("I will read it. <call>{\"na"), 6),
+            t("me\": \"")
+        );
+        // Two tokens are too few to go by across requests; k = 0 drafts nothing.
+        assert!(history.draft(&t("xx<c"), 4).is_empty());
+        assert!(history.draft(&t("<call>"), 0).is_empty());
+        // The latest output wins.
+        history.add(&t("<call>{\"name\": \"Edit\"}"));
+        assert_eq!(history.draft(&t("<call>{\"name\": \""), 4), t("Edit"));
+        // Past its capacity the oldest outputs go, and what they alone held with them.
+        history.add(&t("0123456789012345678901234567890123456789"));
+        assert!(history.tokens <= 64);
+        assert!(history.draft(&t("\"path"), 4).is_empty());
+        assert_eq!(history.draft(&t("\"Ed"), 2), t("it"));
+        assert_eq!(history.draft(&t("345"), 3), t("678"));
+        // An output larger than all it keeps is not kept.
+        history.add(&t(&"y".repeat(65)));
+        assert!(history.draft(&t("yyy"), 2).is_empty());
     }
 
     #[test]
@@ -423,6 +694,17 @@ mod tests {
     }
 
     #[test]
+    fn a_step_costs_what_the_sizes_near_it_did() {
+        assert_eq!(StepCost::default().seconds(3), None);
+        // One size measured: its cost, whatever the size asked.
+        let one = measured(0.01, 0.002, &[2]);
+        assert!((one.seconds(7).unwrap() - 0.014).abs() < 1e-9);
+        // Two: on their line.
+        let two = measured(0.01, 0.002, &[1, 2]);
+        assert!((two.seconds(4).unwrap() - 0.018).abs() < 1e-9);
+    }
+
+    #[test]
     fn the_step_cost_follows_a_change() {
         let mut cost = measured(0.010, 0.002, &[1, 2]);
         // The context grew: steps of 1 now take twice as long; the average moves there.
@@ -438,25 +720,33 @@ mod tests {
         // Unmeasured: one token each, which measures a bigger step.
         let unknown = StepCost::default();
         assert_eq!(
-            size_drafts(2, &[(8, 0.9), (0, 0.9)], &[false, false], &unknown),
+            size_drafts(2, &[(8, 0.9), (0, 0.9)], &[false, false], &unknown, 0.0),
             vec![1, 0]
         );
         // Free extra tokens (a GPU): every drafted token is checked.
         let free = measured(0.01, 0.0, &[1, 2]);
-        assert_eq!(size_drafts(1, &[(8, 0.1)], &[false], &free), vec![8]);
+        assert_eq!(size_drafts(1, &[(8, 0.1)], &[false], &free, 0.0), vec![8]);
         // Each token costs as much as the step itself (compute-bound): nothing pays.
         let linear = measured(0.0, 0.01, &[1, 2, 3]);
-        assert_eq!(size_drafts(1, &[(8, 0.95)], &[false], &linear), vec![0]);
+        assert_eq!(
+            size_drafts(1, &[(8, 0.95)], &[false], &linear, 0.0),
+            vec![0]
+        );
         // Half the step is fixed: tokens likely to stand pay, up to where the chance of
         // the next falls below the cost (0.9: 3 tokens, see the module's rule).
         let half = measured(0.005, 0.005, &[1, 2, 3, 4]);
-        assert_eq!(size_drafts(1, &[(8, 0.9)], &[false], &half), vec![3]);
-        assert_eq!(size_drafts(1, &[(8, 0.3)], &[false], &half), vec![0]);
+        assert_eq!(size_drafts(1, &[(8, 0.9)], &[false], &half, 0.0), vec![3]);
+        assert_eq!(size_drafts(1, &[(8, 0.3)], &[false], &half, 0.0), vec![0]);
         // A probe checks one token whatever its rate; a sequence without a draft none.
-        assert_eq!(size_drafts(1, &[(8, 0.3)], &[true], &half), vec![1]);
-        assert_eq!(size_drafts(1, &[(0, 0.9)], &[true], &half), vec![0]);
+        assert_eq!(size_drafts(1, &[(8, 0.3)], &[true], &half, 0.0), vec![1]);
+        assert_eq!(size_drafts(1, &[(0, 0.9)], &[true], &half, 0.0), vec![0]);
+        // Drafting costs too (a draft model): a fifth of a step for each drafted token
+        // stops a likely draft short of its end; as much as a step, even before its start.
+        let deep = size_drafts(1, &[(8, 0.9)], &[false], &free, 0.002)[0];
+        assert!((3..8).contains(&deep), "{deep}");
+        assert_eq!(size_drafts(1, &[(8, 0.5)], &[false], &free, 0.01), vec![0]);
         // Among sequences, the likelier drafts get the room.
-        let two = size_drafts(2, &[(8, 0.5), (8, 0.95)], &[false, false], &half);
+        let two = size_drafts(2, &[(8, 0.5), (8, 0.95)], &[false, false], &half, 0.0);
         assert_eq!(two[0], 0);
         assert!(two[1] >= 3, "{two:?}");
     }

@@ -494,8 +494,9 @@ async fn greedy_text(engine: &Engine, user: &str, max_tokens: u32) -> (String, u
     }
 }
 
-/// Greedy output with n-gram speculation is the output without it, token for token, on
-/// both test models: code quoted back (where drafts stand) and plain chat.
+/// Greedy output with n-gram speculation, and with a draft model (a second copy of the
+/// same model: its drafts stand unless numerics differ), is the output without it, token
+/// for token, on both test models: code quoted back (where drafts stand) and plain chat.
 #[tokio::test]
 async fn speculation_keeps_greedy_output_token_for_token() {
     use pensieve_engine::speculate::Speculative;
@@ -510,17 +511,26 @@ async fn speculation_keeps_greedy_output_token_for_token() {
         "SmolLM2-135M-Instruct.Q4_1.gguf",
     ] {
         let mut outputs = Vec::new();
-        for speculative in [Speculative::Off, Speculative::Ngram] {
+        for speculative in [Speculative::Off, Speculative::Ngram, Speculative::Draft] {
             let mut options = LlamaOptions::new(model_path(file));
             options.asked.flags.ctx = Some(1024);
             options.asked.flags.threads = Some(2);
             options.asked.flags.parallel = Some(1);
             let model = load(&options).expect("the model loads");
             assert!(model.runner.can_speculate());
-            let engine = Engine::start(
+            let draft = (speculative == Speculative::Draft).then(|| {
+                let drafter = load(&options).expect("the draft model loads");
+                pensieve_engine::DraftModel {
+                    tokenizer: drafter.tokenizer,
+                    runner: drafter.runner,
+                    window: 1024,
+                }
+            });
+            let engine = Engine::start_with_draft(
                 model.info,
                 model.tokenizer.clone(),
                 model.runner,
+                draft,
                 EngineConfig {
                     parallel: 1,
                     speculative,
@@ -542,11 +552,13 @@ async fn speculation_keeps_greedy_output_token_for_token() {
             engine.shutdown();
             engine.join();
         }
-        assert_eq!(
-            outputs[0].0, outputs[1].0,
-            "{file}: speculation changed the output"
-        );
+        for (kind, (texts, accepted)) in ["n-gram", "draft model"].iter().zip(&outputs[1..]) {
+            assert_eq!(
+                &outputs[0].0, texts,
+                "{file}: {kind} speculation changed the output"
+            );
+            assert!(*accepted > 0.0, "{file}: no {kind} drafted token was kept");
+        }
         assert_eq!(outputs[0].1, 0.0);
-        assert!(outputs[1].1 > 0.0, "{file}: no drafted token was kept");
     }
 }

@@ -102,6 +102,12 @@ impl ModelRunner for MlxRunner {
         self.worker.borrow().hello.can_truncate
     }
 
+    /// DECODE keeps the logits of every flagged entry and samples each in order, so one
+    /// call checks a draft; TRUNCATE cuts the rejected tokens off (PROTOCOL.md).
+    fn can_speculate(&self) -> bool {
+        self.can_truncate()
+    }
+
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
         self.sampled.clear();
         {

@@ -78,6 +78,8 @@ pub struct ServerSettings {
     pub seed: Option<u64>,
     /// Speculative decoding (`--speculative`).
     pub speculative: Option<Speculative>,
+    /// The draft model of the main model (`--draft-model`).
+    pub draft_model: Option<String>,
 }
 
 impl ServerSettings {
@@ -253,6 +255,7 @@ mod tests {
             port = 8080
             cache_ram = "2GiB"
             speculative = "ngram"
+            draft_model = "tiny-draft"
             [models.tiny]
             model = "/m/tiny.gguf"
             ctx = 4096
@@ -272,6 +275,7 @@ mod tests {
         assert_eq!(config.server.port, Some(8080));
         assert_eq!(config.server.cache_ram, Some(ByteSize::gib(2)));
         assert_eq!(config.server.speculative, Some(Speculative::Ngram));
+        assert_eq!(config.server.draft_model.as_deref(), Some("tiny-draft"));
         let (target, settings) = config.model("tiny");
         assert_eq!(target, "/m/tiny.gguf");
         assert_eq!(settings.ctx, Some(4096));

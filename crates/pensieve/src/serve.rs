@@ -12,7 +12,8 @@ use clap::Args;
 use pensieve_engine::settings::{self, Asked, GpuLayers, KvType, Layer};
 use pensieve_engine::speculate::Speculative;
 use pensieve_engine::{
-    CacheConfig, Engine, EngineConfig, EngineMetrics, LoadedModel, SamplingDefaults, ToolFormat,
+    CacheConfig, DraftModel, Engine, EngineConfig, EngineMetrics, LoadedModel, SamplingDefaults,
+    ToolFormat,
 };
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
@@ -173,9 +174,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
     /// Speculative decoding: `ngram` drafts tokens from the conversation itself (prompt
-    /// lookup) and checks them in the next step; `off`: one token a step [default: off].
-    #[arg(long, value_name = "off|ngram")]
+    /// lookup) and checks them in the next step; `draft` drafts them with --draft-model;
+    /// `off`: one token a step [default: draft with --draft-model, else off].
+    #[arg(long, value_name = "off|ngram|draft")]
     speculative: Option<Speculative>,
+    /// A smaller model of the same tokenizer that drafts tokens for the main model to
+    /// check (as llama-server's --model-draft), named as --model names one; e.g.
+    /// Qwen2.5-Coder-0.5B for Qwen2.5-Coder-7B. The llama engine only.
+    #[arg(long, value_name = "MODEL")]
+    draft_model: Option<String>,
     /// How the model writes tool calls [default: as its chat template shows].
     #[arg(long, value_name = "FORMAT", value_parser = tool_format_parser())]
     tool_parser: Option<ToolFormat>,
@@ -442,14 +449,87 @@ fn main_model_name(args: &ServeArgs, config: &Config) -> (String, bool) {
     }
 }
 
-/// Start one engine, recording into `metrics`.
+/// How the main model speculates, and the draft model it drafts with: `draft` when a
+/// draft model is named and nothing else is asked. A draft model the flags turn off is
+/// not loaded.
+fn speculation(args: &ServeArgs, config: &Config) -> anyhow::Result<(Speculative, Option<String>)> {
+    let asked = args.speculative.or(config.server.speculative);
+    let draft = args
+        .draft_model
+        .clone()
+        .or(config.server.draft_model.clone());
+    match (asked, draft) {
+        (None | Some(Speculative::Draft), Some(draft)) => Ok((Speculative::Draft, Some(draft))),
+        (Some(Speculative::Draft), None) => bail!(
+            "--speculative draft needs a draft model: name one with --draft-model (or \
+             draft_model under [server] in the config)"
+        ),
+        (Some(asked), Some(draft)) => {
+            tracing::warn!("speculation is {asked}: the draft model {draft} is not loaded");
+            Ok((asked, None))
+        }
+        (asked, None) => Ok((asked.unwrap_or_default(), None)),
+    }
+}
+
+/// The context the draft model holds of each sequence: its last this many tokens.
+const DRAFT_WINDOW: u32 = 4096;
+
+/// Load the draft model of a main model that `plan` loaded into `parallel` sequences of
+/// `ctx` positions: one slot for each of the main model's, with the main model's threads,
+/// batch and GPU layers.
+fn load_draft(
+    name: &str,
+    plan: &LoadPlan,
+    parallel: usize,
+    ctx: u32,
+    args: &ServeArgs,
+    config: &Config,
+) -> anyhow::Result<DraftModel> {
+    if plan.engine != EngineKind::Llama {
+        bail!("--draft-model works with the llama engine; the mlx worker cannot check drafts");
+    }
+    let model = resolve::resolve(name, config, Fetch::IfMissing)
+        .with_context(|| format!("draft model {name}"))?;
+    let mut draft = LoadPlan::new(args, model, false)?;
+    if draft.engine != EngineKind::Llama {
+        bail!("the draft model {name} is not a GGUF file: the llama engine drafts");
+    }
+    let window = DRAFT_WINDOW.min(ctx);
+    draft.asked.flags.ctx = Some(window);
+    draft.asked.flags.parallel = Some(parallel);
+    // Its tokens are picked on the host, each draft step's for every sequence at once.
+    draft.asked.flags.backend_sampling = Some(false);
+    let loaded = load_model(&draft, None).with_context(|| format!("draft model {name}"))?;
+    tracing::info!(draft_model = %loaded.info.id, window, "draft model loaded on {}", loaded.runs_on);
+    Ok(DraftModel {
+        tokenizer: loaded.tokenizer,
+        runner: loaded.runner,
+        window: window as usize,
+    })
+}
+
+/// Start one engine, recording into `metrics`; it speculates as `speculative` says,
+/// drafting with the model `draft` names if there is one.
 fn start_engine(
     plan: &LoadPlan,
     args: &ServeArgs,
     config: &Config,
     metrics: &Arc<EngineMetrics>,
+    (speculative, draft): (Speculative, Option<&str>),
 ) -> anyhow::Result<ServedModel> {
     let loaded = load_model(plan, args.python.as_ref())?;
+    let draft = match draft {
+        Some(name) => Some(load_draft(
+            name,
+            plan,
+            loaded.parallel,
+            loaded.info.context_size,
+            args,
+            config,
+        )?),
+        None => None,
+    };
     let mut info = loaded.info;
     if let Some(template) = &plan.chat_template {
         tracing::info!(
@@ -465,10 +545,11 @@ fn start_engine(
         // The engine compiles this source and detects the tool-call format from it.
         info.chat_template = Some(template.source.clone());
     }
-    let engine = Engine::start(
+    let engine = Engine::start_with_draft(
         info,
         loaded.tokenizer,
         loaded.runner,
+        draft,
         EngineConfig {
             queue_capacity: args
                 .queue
@@ -488,10 +569,7 @@ fn start_engine(
             },
             tool_format: plan.tool_parser,
             metrics: Some(metrics.clone()),
-            speculative: args
-                .speculative
-                .or(config.server.speculative)
-                .unwrap_or_default(),
+            speculative,
         },
     )
     .context("cannot start the engine")?;
@@ -578,7 +656,14 @@ fn start_main(
         }
         result => result?,
     };
-    start_engine(&LoadPlan::new(args, main, true)?, args, config, metrics)
+    let (speculative, draft) = speculation(args, config)?;
+    start_engine(
+        &LoadPlan::new(args, main, true)?,
+        args,
+        config,
+        metrics,
+        (speculative, draft.as_deref()),
+    )
 }
 
 /// Each alias target (`claude-*haiku*` -> the small model, the config's `[aliases]`) that
@@ -592,6 +677,11 @@ fn add_aliases(
     metrics: &Arc<EngineMetrics>,
 ) {
     let small = args.small_model.clone().or(config.small_model.clone());
+    // The draft model drafts for the main model only.
+    let alias_speculation = match speculation(args, config) {
+        Ok((Speculative::Draft, _)) | Err(_) => (Speculative::Off, None),
+        Ok((other, _)) => (other, None),
+    };
     let mut loaded: Vec<(String, usize)> = vec![(main_name.to_owned(), 0)];
     for (pattern, target) in config.aliases(small.as_deref()) {
         let index = match loaded.iter().find(|(name, _)| *name == target) {
@@ -601,7 +691,9 @@ fn add_aliases(
                     configured_upstream(&target, config, None, metrics).unwrap_or_else(|| {
                         resolve::resolve(&target, config, Fetch::IfMissing)
                             .and_then(|m| LoadPlan::new(args, m, false))
-                            .and_then(|plan| start_engine(&plan, args, config, metrics))
+                            .and_then(|plan| {
+                                start_engine(&plan, args, config, metrics, alias_speculation)
+                            })
                     });
                 match started {
                     Ok(model) => {

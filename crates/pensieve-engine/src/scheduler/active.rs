@@ -106,6 +106,14 @@ impl Active {
         mask
     }
 
+    /// Cut its draft where its grammar (a tool call's) forbids a token.
+    pub fn cut_to_grammar(&mut self) {
+        if let Some(c) = self.constraint.as_mut() {
+            let allowed = c.allowed_prefix(&self.draft);
+            self.draft.truncate(allowed);
+        }
+    }
+
     pub fn new(job: Job) -> Active {
         let tokens = job.request.prompt.clone();
         let stops = StopMatcher::new(&job.request.stop_sequences);

@@ -9,11 +9,13 @@
 //! together with a long common prefix (one system prompt, several subagents) compute it
 //! once: the later ones wait for the first to get past it and copy its KV.
 //!
-//! This module owns the loop, admission and preemption; `plan` decides each batch, `prefix`
-//! where a sequence's KV comes from and what it leaves to the cache, `slots` the sequence
-//! slots, `sample` what happens to each sampled token, `active` one request's state.
+//! This module owns the loop, admission, drafting and preemption; `plan` decides each
+//! batch, `prefix` where a sequence's KV comes from and what it leaves to the cache, `slots`
+//! the sequence slots, `sample` what happens to each sampled token, `active` one request's
+//! state, `draft_model` the drafts of a draft model.
 
 mod active;
+mod draft_model;
 mod plan;
 mod prefix;
 mod sample;
@@ -29,10 +31,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheConfig, PrefixCache};
 use crate::metrics::{EngineMetrics, GaugeShare};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
-use crate::speculate::{size_drafts, Speculative, StepCost};
+use crate::speculate::{size_drafts, History, Speculative, StepCost, HISTORY_TOKENS};
 use crate::EngineError;
 use active::Follow;
 pub(crate) use active::{Active, Job};
+pub(crate) use draft_model::DraftModel;
+use draft_model::Want;
 use plan::{plan_batch, BatchPlan, Candidate, Limits};
 use prefix::checkpoints;
 
@@ -44,8 +48,7 @@ pub(crate) enum Command {
     Stop,
 }
 
-/// Limits of the scheduler.
-#[derive(Debug, Clone)]
+/// Limits of the scheduler, and what it speculates with.
 pub(crate) struct SchedulerConfig {
     /// Sequences running at once.
     pub parallel: usize,
@@ -53,6 +56,8 @@ pub(crate) struct SchedulerConfig {
     /// Tokens that render as the marker text they are.
     pub markers: HashMap<crate::TokenId, Vec<u8>>,
     pub speculative: Speculative,
+    /// Drafts for `Speculative::Draft`.
+    pub draft_model: Option<DraftModel>,
 }
 
 /// State shared with the engine handle.
@@ -82,8 +87,12 @@ pub(crate) struct Scheduler {
     markers: HashMap<crate::TokenId, Vec<u8>>,
     admissions: u64,
     closed: bool,
-    /// Decoding sequences draft tokens by prompt lookup (see [`crate::speculate`]).
+    /// Decoding sequences draft tokens (see [`crate::speculate`]): from the draft model
+    /// if there is one, else by prompt lookup.
     speculate: bool,
+    draft_model: Option<DraftModel>,
+    /// Earlier requests' outputs, for prompt lookup across requests.
+    history: History,
     /// What decode steps cost by their size, to size drafts.
     step_cost: StepCost,
 }
@@ -118,10 +127,13 @@ impl Scheduler {
             runner.batch_invariant(),
             &runner.fingerprint(),
         );
-        let speculate = config.speculative == Speculative::Ngram && runner.can_speculate();
+        let speculate = config.speculative != Speculative::Off && runner.can_speculate();
         if config.speculative != Speculative::Off && !speculate {
             tracing::warn!("this backend cannot check drafted tokens: speculation is off");
         }
+        let draft_model = config
+            .draft_model
+            .filter(|_| speculate && config.speculative == Speculative::Draft);
         Scheduler {
             free: (0..slots as SeqId).rev().collect(),
             runner,
@@ -139,6 +151,8 @@ impl Scheduler {
             admissions: 0,
             closed: false,
             speculate,
+            draft_model,
+            history: History::new(HISTORY_TOKENS),
             step_cost: StepCost::default(),
         }
     }
@@ -370,31 +384,73 @@ impl Scheduler {
         }
     }
 
-    /// Each sequence that decodes and may speculate drafts what its recent tokens were
-    /// followed by before, as many tokens as its acceptance so far suggests, cut where its
-    /// grammar (a tool call's) forbids one; then the drafts are sized to what checking
-    /// them costs here (see [`crate::speculate::size_drafts`]).
+    /// Each sequence that decodes and may speculate drafts: by prompt lookup, what its
+    /// recent tokens were followed by before, as many tokens as its acceptance so far
+    /// suggests, then sized to what checking them costs here (see
+    /// [`crate::speculate::size_drafts`]); with a draft model, it is asked for as many as
+    /// that sizing takes (each costs it a step). Drafts are cut where the sequence's
+    /// grammar (a tool call's) forbids a token.
     fn draft(&mut self) {
         let mut decoding = 0;
         let mut drafts = Vec::with_capacity(self.running.len());
         let mut probes = Vec::with_capacity(self.running.len());
+        let by_model = self.draft_model.is_some();
         for a in &mut self.running {
             a.draft.clear();
             let decodes = a.follow.is_none() && a.tokens.len() == a.computed + 1;
             decoding += usize::from(decodes);
+            let mut k = 0;
             // No log-probabilities to report per drafted position.
             if decodes && a.job.request.sampling.logprobs.is_none() {
-                let k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
-                a.draft = a.ngrams.draft(&a.tokens, k);
-                if let Some(c) = a.constraint.as_mut() {
-                    let allowed = c.allowed_prefix(&a.draft);
-                    a.draft.truncate(allowed);
+                k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
+                if !by_model {
+                    // Its own tokens first; else what followed its last tokens in an
+                    // earlier request's output.
+                    a.draft = a.ngrams.draft(&a.tokens, k);
+                    if a.draft.is_empty() {
+                        a.draft = self.history.draft(&a.tokens, k);
+                    }
+                    a.cut_to_grammar();
+                    k = a.draft.len();
                 }
             }
-            drafts.push((a.draft.len(), a.draft_length.rate()));
+            drafts.push((k, a.draft_length.rate()));
             probes.push(a.draft_length.probing());
         }
-        let sizes = size_drafts(decoding, &drafts, &probes, &self.step_cost);
+        // What a draft step costs; unknown before the first, which is one token each.
+        let draft_step = self
+            .draft_model
+            .as_ref()
+            .and_then(|m| m.step_seconds(decoding))
+            .unwrap_or(0.0);
+        let sizes = size_drafts(decoding, &drafts, &probes, &self.step_cost, draft_step);
+        if let Some(model) = self.draft_model.as_mut() {
+            // Sequences that do not decode yet catch up with their prompt (k = 0); one that
+            // decodes without a draft this step does not: catching up costs the draft model
+            // a step too, and where drafts do not pay (a CPU) it is not paid for nothing.
+            let wants: Vec<Want<'_>> = self
+                .running
+                .iter()
+                .zip(&sizes)
+                .map(|(a, &k)| {
+                    let decodes = a.follow.is_none() && a.tokens.len() == a.computed + 1;
+                    Want {
+                        // No slot: nothing asked of the draft model.
+                        seq: match a.seq {
+                            Some(seq) if k > 0 || !decodes => seq,
+                            _ => SeqId::MAX,
+                        },
+                        tokens: &a.tokens,
+                        k,
+                    }
+                })
+                .collect();
+            let drafted = model.draft(&wants, decoding > 0);
+            for (a, d) in self.running.iter_mut().zip(drafted) {
+                a.draft = d;
+                a.cut_to_grammar();
+            }
+        }
         for (a, k) in self.running.iter_mut().zip(sizes) {
             a.draft.truncate(k);
         }

@@ -82,6 +82,9 @@ impl Scheduler {
             // Into the cache before the client hears of the end: a next turn sent at once
             // is estimated against this one when it is queued.
             self.keep(&active);
+            if self.speculate && self.draft_model.is_none() {
+                self.history.add(&active.tokens[active.prompt_len..]);
+            }
             active.finish(reason);
         }
         sampling
