@@ -1271,27 +1271,19 @@ async fn an_earlier_requests_output_drafts_for_the_next() {
     );
 }
 
-/// An engine over a scripted `reply` whose draft model predicts `predicted` after `prompt`
-/// (a positional script: what it drafts depends only on how much it holds), with a window
-/// of `window` positions. The draft model's log comes back too.
-fn with_draft_model(
-    reply: &str,
-    prompt: &str,
-    predicted: &str,
-    window: usize,
-) -> (
-    Engine,
-    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
-    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
-) {
-    let mut runner = ScriptedRunner::new(reply);
-    runner.step_delay = Duration::from_millis(2);
-    let mut draft = ScriptedRunner::new(&format!("{prompt}{predicted}"));
+/// A draft model that predicts `text` (a positional script: what it drafts depends only on
+/// how much it holds), taking `batch` tokens a step.
+fn scripted_draft(text: &str, batch: usize) -> ScriptedRunner {
+    let mut draft = ScriptedRunner::new(text);
     draft.positional = true;
-    draft.batch = 512;
-    draft.prefill_while_decoding = Some(512);
-    let (log, draft_log) = (runner.log.clone(), draft.log.clone());
-    let engine = Engine::start_with_draft(
+    draft.batch = batch;
+    draft.prefill_while_decoding = Some(batch);
+    draft
+}
+
+/// An engine over `runner` that drafts with `draft`, which holds `window` positions.
+fn drafting(runner: ScriptedRunner, draft: ScriptedRunner, window: usize) -> Engine {
+    Engine::start_with_draft(
         model_info(4096),
         Arc::new(ByteTokenizer),
         Box::new(runner),
@@ -1305,8 +1297,26 @@ fn with_draft_model(
             ..EngineConfig::default()
         },
     )
-    .unwrap();
-    (engine, log, draft_log)
+    .unwrap()
+}
+
+/// An engine over a scripted `reply` whose draft model predicts `predicted` after `prompt`,
+/// with a window of `window` positions; the two models' logs come back too.
+fn with_draft_model(
+    reply: &str,
+    prompt: &str,
+    predicted: &str,
+    window: usize,
+) -> (
+    Engine,
+    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
+    Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
+) {
+    let mut runner = ScriptedRunner::new(reply);
+    runner.step_delay = Duration::from_millis(2);
+    let draft = scripted_draft(&format!("{prompt}{predicted}"), 512);
+    let (log, draft_log) = (runner.log.clone(), draft.log.clone());
+    (drafting(runner, draft, window), log, draft_log)
 }
 
 #[tokio::test]
@@ -1362,26 +1372,12 @@ async fn a_draft_model_takes_in_the_prompt_while_it_is_computed() {
     let reply = "a reply that the draft model knows";
     let mut runner = ScriptedRunner::new(reply);
     runner.step_delay = Duration::from_millis(1);
-    let mut draft = ScriptedRunner::new(&format!("{prompt}{reply}"));
-    draft.positional = true;
-    draft.batch = 16;
-    draft.prefill_while_decoding = Some(16);
     let log = runner.log.clone();
-    let engine = Engine::start_with_draft(
-        model_info(4096),
-        Arc::new(ByteTokenizer),
-        Box::new(runner),
-        Some(crate::DraftModel {
-            tokenizer: Arc::new(ByteTokenizer),
-            runner: Box::new(draft),
-            window: 4096,
-        }),
-        EngineConfig {
-            speculative: crate::speculate::Speculative::Draft,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = drafting(
+        runner,
+        scripted_draft(&format!("{prompt}{reply}"), 16),
+        4096,
+    );
     let (text, _) = finish(engine.submit(valid(&prompt, 100)).unwrap()).await;
     assert_eq!(text, reply);
     let log = log.lock().unwrap();

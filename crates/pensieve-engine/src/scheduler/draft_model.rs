@@ -20,6 +20,7 @@ use crate::SamplingParams;
 
 /// What the draft model is asked for one sequence.
 pub(crate) struct Want<'a> {
+    /// Its slot; one the draft model does not have (`SeqId::MAX`): nothing is asked.
     pub seq: SeqId,
     /// The sequence's tokens, the pending one last.
     pub tokens: &'a [TokenId],
