@@ -190,16 +190,17 @@ impl History {
         self.index(number, output);
         self.outputs.push_back((number, output.to_vec()));
         self.tokens += output.len();
-        let mut evicted = false;
         while self.tokens > self.capacity {
             let Some((_, old)) = self.outputs.pop_front() else {
                 break;
             };
             self.tokens -= old.len();
-            evicted = true;
         }
-        if evicted {
-            // Entries that point into evicted outputs are dropped by indexing again.
+        // Entries that point into evicted outputs are never followed (`draft` finds their
+        // output gone, and an entry always names the latest occurrence, so no live one
+        // hides behind it); they are dropped by indexing again once they outnumber the
+        // live ones, not at every eviction: a full history evicts with every request.
+        if self.last.len() > 4 * self.tokens {
             self.last.clear();
             let outputs = std::mem::take(&mut self.outputs);
             for (number, output) in &outputs {
@@ -417,8 +418,10 @@ impl StepCost {
     }
 
     /// By how much a step of `n` tokens grows with each further token, as a share of its
-    /// cost; None until steps of two sizes near `n` were measured.
-    pub fn growth(&self, n: usize) -> Option<f64> {
+    /// cost; None until steps of two sizes near `n` were measured. (What `size_drafts`
+    /// weighs, read apart for the tests of the line.)
+    #[cfg(test)]
+    fn growth(&self, n: usize) -> Option<f64> {
         let (a, b) = self.line_near(n)?;
         let at = a + b * n as f64;
         Some(if at > 0.0 { b / at } else { 0.0 })

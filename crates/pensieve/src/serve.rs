@@ -487,7 +487,7 @@ fn load_draft(
     config: &Config,
 ) -> anyhow::Result<DraftModel> {
     if plan.engine != EngineKind::Llama {
-        bail!("--draft-model works with the llama engine; the mlx worker cannot check drafts");
+        bail!("--draft-model works with the llama engine; the mlx engine has no draft models");
     }
     let model = resolve::resolve(name, config, Fetch::IfMissing)
         .with_context(|| format!("draft model {name}"))?;
@@ -677,11 +677,15 @@ fn add_aliases(
     metrics: &Arc<EngineMetrics>,
 ) {
     let small = args.small_model.clone().or(config.small_model.clone());
-    // The draft model drafts for the main model only.
-    let alias_speculation = match speculation(args, config) {
-        Ok((Speculative::Draft, _)) | Err(_) => (Speculative::Off, None),
-        Ok((other, _)) => (other, None),
-    };
+    // The draft model drafts for the main model only: the others speculate as asked,
+    // without one.
+    let asked = args.speculative.or(config.server.speculative);
+    let alias_speculation = (
+        asked
+            .filter(|s| *s != Speculative::Draft)
+            .unwrap_or_default(),
+        None,
+    );
     let mut loaded: Vec<(String, usize)> = vec![(main_name.to_owned(), 0)];
     for (pattern, target) in config.aliases(small.as_deref()) {
         let index = match loaded.iter().find(|(name, _)| *name == target) {

@@ -106,6 +106,11 @@ impl Active {
         mask
     }
 
+    /// Whether it decodes this step: one token pending, its own (not following a leader).
+    pub fn decodes(&self) -> bool {
+        self.follow.is_none() && self.tokens.len() == self.computed + 1
+    }
+
     /// Cut its draft where its grammar (a tool call's) forbids a token.
     pub fn cut_to_grammar(&mut self) {
         if let Some(c) = self.constraint.as_mut() {

@@ -397,7 +397,7 @@ impl Scheduler {
         let by_model = self.draft_model.is_some();
         for a in &mut self.running {
             a.draft.clear();
-            let decodes = a.follow.is_none() && a.tokens.len() == a.computed + 1;
+            let decodes = a.decodes();
             decoding += usize::from(decodes);
             let mut k = 0;
             // No log-probabilities to report per drafted position.
@@ -432,17 +432,14 @@ impl Scheduler {
                 .running
                 .iter()
                 .zip(&sizes)
-                .map(|(a, &k)| {
-                    let decodes = a.follow.is_none() && a.tokens.len() == a.computed + 1;
-                    Want {
-                        // No slot: nothing asked of the draft model.
-                        seq: match a.seq {
-                            Some(seq) if k > 0 || !decodes => seq,
-                            _ => SeqId::MAX,
-                        },
-                        tokens: &a.tokens,
-                        k,
-                    }
+                .map(|(a, &k)| Want {
+                    // No slot: nothing asked of the draft model.
+                    seq: match a.seq {
+                        Some(seq) if k > 0 || !a.decodes() => seq,
+                        _ => SeqId::MAX,
+                    },
+                    tokens: &a.tokens,
+                    k,
                 })
                 .collect();
             let drafted = model.draft(&wants, decoding > 0);
