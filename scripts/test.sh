@@ -40,6 +40,8 @@ if ! bash scripts/setup-test-env.sh --lint; then
     echo "setup-test-env.sh --lint failed" >&2
     exit 1
 fi
+# Where scripts/setup.sh's rustup puts cargo, for a shell started before it did.
+[[ -x "$HOME/.cargo/bin/cargo" ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
 step "cargo fmt --check; cargo clippy --release --all-targets -D warnings; ruff check; ruff format --check"
 if ! cargo fmt --all --check || ! cargo clippy --release --workspace --all-targets -- -D warnings \

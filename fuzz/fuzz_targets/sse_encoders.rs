@@ -1,5 +1,5 @@
 //! Arbitrary sequences of engine events through every SSE encoder (Anthropic's, OpenAI's
-//! chat and text completions) and the non-streaming collectors. Nothing may panic, and every
+//! chat and text completions, Responses') and the non-streaming collectors. Nothing may panic, and every
 //! frame must be well-formed: `event:`/`data:` lines whose data is JSON (or `[DONE]`).
 #![no_main]
 
@@ -9,6 +9,7 @@ use pensieve_engine::{
     Completion, EngineError, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage,
 };
 use pensieve_protocol::anthropic::{ContentCollector, MessageResponse, StreamEncoder};
+use pensieve_protocol::openai::responses::{reply_message, Echo, Head, ResponseEncoder};
 use pensieve_protocol::openai::{
     ChatCompletion, ChunkEncoder, MessageCollector, TextChunkEncoder, TextCollector,
 };
@@ -164,6 +165,16 @@ fuzz_target!(|data: &[u8]| {
     check_frame(&chat.start());
     check_frame(&ChunkEncoder::ping());
     let mut text = TextChunkEncoder::new("cmpl-1".into(), "m".into(), 0, include_usage, logprobs);
+    let mut responses = ResponseEncoder::new(Head {
+        id: "resp_1".into(),
+        created_at: 0,
+        model: "m".into(),
+        echo: Echo::default(),
+    });
+    for f in responses.start() {
+        check_frame(&f);
+    }
+    check_frame(&ResponseEncoder::ping());
     let mut content = ContentCollector::default();
     let mut message = MessageCollector::new(logprobs);
     let mut text_collected = TextCollector::new(logprobs);
@@ -177,6 +188,9 @@ fuzz_target!(|data: &[u8]| {
             check_frame(&f);
         }
         for f in text.on_event(copy(e)) {
+            check_frame(&f);
+        }
+        for f in responses.on_event(copy(e)) {
             check_frame(&f);
         }
         content.push(e);
@@ -195,7 +209,13 @@ fuzz_target!(|data: &[u8]| {
         for f in text.error(&err) {
             check_frame(&f);
         }
+        for f in responses.error(&err) {
+            check_frame(&f);
+        }
     }
+    // The response object, whatever its state, and the turn it would store.
+    serde_json::to_string(&responses.response()).expect("the response serializes");
+    let _ = reply_message(responses.items());
     // The non-streaming bodies must serialize.
     if let Some(c) = done {
         let body = MessageResponse::new("msg_1".into(), "m".into(), content.into_blocks(), &c);

@@ -17,7 +17,23 @@ if [[ ${1:-} == run ]]; then
     set -x
     mkdir -p "$W/bin" "$W/models"
     xz -dc "$G/base/pensieve.xz" >"$W/bin/pensieve" && chmod +x "$W/bin/pensieve"
-    cat "$G"/llama/llama-cuda.tar.xz.part* | xz -dc | tar -x -C "$W"
+    if compgen -G "$G/llama/llama-cuda.tar.xz.part*" >/dev/null; then
+        cat "$G"/llama/llama-cuda.tar.xz.part* | xz -dc | tar -x -C "$W"
+    else
+        # No earlier build came: build llama.cpp's libraries and llama-server with CUDA (about
+        # 4 min on 16 cores, while the model's parts arrive), and bring them back in parts.
+        mkdir -p "$W/src" "$W/lib" "$W/parts" && tar -xJf "$G/llama/llama-src.tar.xz" -C "$W/src"
+        S=$W/src/llama.cpp
+        cmake -S "$S" -B "$S/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+            -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_NCCL=OFF -DLLAMA_CURL=OFF \
+            -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+            -DLLAMA_BUILD_NUMBER=11434 >"$W/cmake.log" 2>&1 &&
+            ninja -C "$S/build" llama-server llama-bench >"$W/ninja.log" 2>&1 ||
+            { tail -30 "$W/cmake.log" "$W/ninja.log"; echo "llama.cpp build failed"; touch "$W/DONE"; exit 1; }
+        cp -a "$S"/build/bin/*.so* "$W/lib/" && cp "$S"/build/bin/llama-{server,bench} "$W/bin/"
+        tar -C "$W" -cf - lib bin/llama-server bin/llama-bench | xz -T0 -6 >"$W/llama-cuda.tar.xz"
+        split -b 15M -d -a 1 "$W/llama-cuda.tar.xz" "$W/parts/llama-cuda.tar.xz.part"
+    fi
     want=$(cat "$G/base/model.parts")
     for _ in $(seq 1 600); do
         [[ $(compgen -G "$G/q*/model.part[0-9]*" | wc -l) -ge $want ]] && break
@@ -27,7 +43,9 @@ if [[ ${1:-} == run ]]; then
     (cd "$W/models" && sha256sum -c "$G/base/model.sha256") || { echo "model damaged"; touch "$W/DONE"; exit 1; }
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     LD_LIBRARY_PATH=$W/lib "$W/bin/pensieve" --version
-    LD_LIBRARY_PATH=$W/lib timeout "${SPEC_TIMEOUT:-900}" python3 bench/speculative.py \
+    # Per request, what speculation drafted and the step costs it weighed (debug lines).
+    PENSIEVE_LOG=${PENSIEVE_LOG:-info,pensieve_engine::scheduler=debug} \
+        LD_LIBRARY_PATH=$W/lib timeout "${SPEC_TIMEOUT:-900}" python3 bench/speculative.py \
         --model "$W/models/Qwen2.5-Coder-0.5B-Instruct.gguf" --pensieve-bin "$W/bin/pensieve" \
         --llama-bin "$W/bin/llama-server" --llama-args "-ngl 99" --threads 8 \
         --rounds "${SPEC_ROUNDS:-3}" --max-tokens "${SPEC_MAX_TOKENS:-512}" \
@@ -49,5 +67,6 @@ if [[ -n ${OUT:-} && -f $W/DONE ]]; then
     cp "$W/spec.txt" "$W/run.log" "$OUT/" 2>/dev/null
     [[ -f $W/spec.json ]] && xz -c "$W/spec.json" >"$OUT/spec.json.xz"
     tar -C "$W" -czf "$OUT/logs.tgz" logs 2>/dev/null
+    [[ -d $W/parts ]] && cp -r "$W/parts" "$OUT/llama-parts"
 fi
 exit 0

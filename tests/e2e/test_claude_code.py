@@ -195,6 +195,63 @@ def test_claude_code_through_an_upstream(qwen_server, project_dir, user_home):
         front.close()
 
 
+def test_the_claude_agent_sdk_runs_a_query(qwen_server, project_dir, user_home):
+    """The Claude Agent SDK (PyPI `claude-agent-sdk`) drives Claude Code from a program:
+    `query()` with Claude Code underneath, pointed at Pensieve by the environment it passes."""
+    import anyio
+    from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, TextBlock, query
+
+    env = {
+        "HOME": user_home,
+        "ANTHROPIC_BASE_URL": qwen_server.url,
+        "ANTHROPIC_AUTH_TOKEN": "local",
+        "ANTHROPIC_API_KEY": "",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "256",
+        "API_TIMEOUT_MS": str(HELLO_TIMEOUT_S * 1000),
+        "DISABLE_AUTOUPDATER": "1",
+        **QWEN_ENV,
+    }
+    # Claude Code's own system prompt, as `claude -p` sends it (the SDK's default is a short
+    # one): the prompt that test_claude_code_says_hello left in the cache.
+    options = ClaudeAgentOptions(
+        cli_path=str(claude_bin()),
+        cwd=project_dir,
+        env=env,
+        max_turns=1,
+        model=QWEN_ENV["ANTHROPIC_MODEL"],
+        system_prompt={"type": "preset", "preset": "claude_code"},
+    )
+
+    async def run():
+        texts, results = [], []
+        with anyio.fail_after(HELLO_TIMEOUT_S):
+            async for message in query(prompt="Say hello", options=options):
+                if isinstance(message, AssistantMessage):
+                    texts.extend(b.text for b in message.content if isinstance(b, TextBlock))
+                elif isinstance(message, ResultMessage):
+                    results.append(message)
+        return texts, results
+
+    started = time.monotonic()
+    texts, results = anyio.run(run)
+    took = time.monotonic() - started
+    report = f"texts={texts} results={results}\n--- server log ---\n{qwen_server.log_tail(3000)}"
+    assert len(results) == 1 and not results[0].is_error, report
+    answer = "".join(texts).strip()
+    assert answer and "API Error" not in answer, report
+    assert (
+        results[0].usage
+        and results[0].usage.get("input_tokens", 0) + results[0].usage.get("cache_read_input_tokens", 0) > 0
+    ), report
+    usage = results[0].usage
+    summary_line(
+        f"claude-agent-sdk query('Say hello') took {took:.1f}s ({usage.get('cache_read_input_tokens', 0)} of"
+        f" {usage.get('input_tokens', 0) + usage.get('cache_read_input_tokens', 0)} prompt tokens from the cache)"
+        f" and got: {answer[:200]!r}"
+    )
+
+
 def another_day_tz() -> str:
     """A time zone whose date today differs from this machine's: Claude Code writes
     today's date into its prompt, so a session there is a session on another day."""

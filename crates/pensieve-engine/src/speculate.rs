@@ -348,6 +348,8 @@ pub struct StepCost {
     /// Index `n - 1`: the smoothed seconds of a step of `n` tokens, and how many steps of
     /// that size were seen.
     by_size: Vec<(f64, u32)>,
+    /// Index `n - 1`: whether the first step of `n` tokens, which is not counted, ran.
+    warmed: Vec<bool>,
 }
 
 /// Batch sizes beyond this are not told apart (a step that large is not one drafts decide).
@@ -363,6 +365,13 @@ impl StepCost {
         }
         if self.by_size.len() < tokens {
             self.by_size.resize(tokens, (0.0, 0));
+            self.warmed.resize(tokens, false);
+        }
+        // The first step of a size pays one-time costs that later ones do not: a GPU
+        // loads the kernels of that shape, llama.cpp captures a new CUDA graph. Counted,
+        // it made drafts look dear enough that none were checked again to correct it.
+        if !std::mem::replace(&mut self.warmed[tokens - 1], true) {
+            return;
         }
         let (mean, seen) = &mut self.by_size[tokens - 1];
         // An average until a few are seen, then a moving one: costs drift with context.
@@ -659,13 +668,31 @@ mod tests {
         assert_eq!(index.draft(&t("xyzxy"), 2), t("zx"));
     }
 
-    /// A step cost of `a + b * n` seconds, measured at sizes `sizes`.
+    /// A step cost of `a + b * n` seconds, measured at sizes `sizes` (after a first
+    /// step of each size that took a second and is not counted).
     fn measured(a: f64, b: f64, sizes: &[usize]) -> StepCost {
         let mut cost = StepCost::default();
         for &n in sizes {
+            cost.record(n, 1.0);
             cost.record(n, a + b * n as f64);
         }
         cost
+    }
+
+    #[test]
+    fn the_first_step_of_each_size_is_not_counted() {
+        let mut cost = StepCost::default();
+        cost.record(1, 0.010);
+        cost.record(2, 0.500);
+        // Warm-ups only: nothing known yet.
+        assert_eq!(cost.seconds(1), None);
+        cost.record(1, 0.010);
+        cost.record(2, 0.011);
+        let (a, b) = cost.line_near(1).unwrap();
+        assert!(
+            (a - 0.009).abs() < 1e-9 && (b - 0.001).abs() < 1e-9,
+            "{a} {b}"
+        );
     }
 
     #[test]
@@ -684,8 +711,8 @@ mod tests {
         assert_eq!(far.growth(64), None);
         assert!(far.growth(1) > Some(0.0));
         // Noise that makes more tokens look cheaper reads as free, never as negative.
-        let mut noisy = StepCost::default();
-        noisy.record(1, 0.012);
+        let mut noisy = measured(0.012, 0.0, &[1]);
+        noisy.record(2, 0.011);
         noisy.record(2, 0.011);
         assert_eq!(noisy.growth(1), Some(0.0));
         // Nonsense is ignored.

@@ -1,7 +1,6 @@
 //! The router, its shared state, and the middleware every request passes through
 //! (metrics, the browser guard, CORS, request id, authentication, the body's type).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -18,66 +17,9 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use crate::auth::is_authorized;
 use crate::browser::{is_json, BrowserPolicy};
 use crate::error::{ApiError, Dialect};
-use crate::models::{Backend, ModelRouter};
+use crate::state::RequestId;
+pub use crate::state::{AppState, ServerConfig};
 use crate::{request_metrics, routes};
-use pensieve_engine::{EngineMetrics, SamplingDefaults};
-
-/// Settings of the HTTP edge.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// When set, every API route needs this key.
-    pub api_key: Option<String>,
-    /// Largest request body accepted, in bytes.
-    pub body_limit: usize,
-    /// How often a stream without other traffic gets a `ping` (prefill can take minutes).
-    pub ping_interval: Duration,
-    /// Which hosts and browser origins are answered.
-    pub browser: BrowserPolicy,
-    /// How long a client may take to send a request's headers (slow-loris), and then its
-    /// body.
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    /// The sampling of requests that leave a setting out (translated ones; a request
-    /// relayed to an upstream as it is gets the upstream's own defaults).
-    pub sampling: SamplingDefaults,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            api_key: None,
-            body_limit: 32 * 1024 * 1024,
-            ping_interval: Duration::from_secs(3),
-            browser: BrowserPolicy::default(),
-            header_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(60),
-            sampling: SamplingDefaults::default(),
-        }
-    }
-}
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub models: Arc<ModelRouter>,
-    pub config: Arc<ServerConfig>,
-}
-
-impl AppState {
-    /// The backend of the model that serves requests for `requested`.
-    pub fn backend_for(&self, requested: &str) -> &Backend {
-        &self.models.route(requested).backend
-    }
-
-    /// The metrics every engine records into.
-    pub fn metrics(&self) -> &Arc<EngineMetrics> {
-        self.models.default_model().backend.metrics()
-    }
-}
-
-/// The id of the request being handled, also sent back as the `request-id` header.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
@@ -94,6 +36,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/chat/completions", post(routes::chat::completions))
         .route("/chat/completions", post(routes::chat::completions))
+        .route("/v1/responses", post(routes::responses::create))
+        .route("/responses", post(routes::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(routes::responses::retrieve).delete(routes::responses::delete),
+        )
         .route("/v1/completions", post(routes::completions::completions))
         .route("/completions", post(routes::completions::completions))
         .route("/v1/models", get(routes::models::list))
@@ -121,7 +69,7 @@ fn cors(policy: &BrowserPolicy) -> CorsLayer {
         .allow_origin(AllowOrigin::predicate(move |origin, _| {
             origin.to_str().is_ok_and(|o| policy.origin_allowed(o))
         }))
-        .allow_methods([Method::GET, Method::POST, Method::HEAD])
+        .allow_methods([Method::GET, Method::POST, Method::HEAD, Method::DELETE])
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([HeaderName::from_static("request-id"), header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))

@@ -23,15 +23,15 @@ fn state_with(reply: &str, config: ServerConfig, context: u32) -> AppState {
         EngineConfig::default(),
     )
     .unwrap();
-    AppState {
-        models: Arc::new(crate::ModelRouter::new(crate::ServedModel {
+    AppState::new(
+        Arc::new(crate::ModelRouter::new(crate::ServedModel {
             id: engine.info().id.clone(),
             backend: engine.into(),
             created: std::time::SystemTime::UNIX_EPOCH,
             runs_on: "CPU, 2 threads".into(),
         })),
-        config: Arc::new(config),
-    }
+        config,
+    )
 }
 
 fn router(reply: &str) -> Router {
@@ -623,10 +623,7 @@ fn two_models() -> Router {
     let mut models = crate::ModelRouter::new(served("big", start("from big")));
     let small = models.add(served("small", start("from small")));
     models.alias("claude-*haiku*", small);
-    app(AppState {
-        models: Arc::new(models),
-        config: Arc::new(ServerConfig::default()),
-    })
+    app(AppState::new(Arc::new(models), ServerConfig::default()))
 }
 
 #[tokio::test]
@@ -1062,4 +1059,106 @@ async fn field_errors_are_400_naming_the_field_on_every_route() {
         assert_eq!(v["error"]["param"], param, "{body}");
         assert_eq!(v["error"]["code"], Value::Null, "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_response_is_kept_continued_retrieved_and_deleted() {
+    let router = router("Hello");
+    let ask = |extra: Value| {
+        let mut body = json!({"model": "gpt-local", "input": "Hi", "instructions": "Be brief."});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, _, body) = send(
+        router.clone(),
+        "POST",
+        "/v1/responses",
+        Some(ask(json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = json_of(&body);
+    assert_eq!(first["object"], "response");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["output"][0]["content"][0]["text"], "Hello");
+    let id = first["id"].as_str().unwrap().to_owned();
+
+    // The follow-up's prompt holds the first turn and its reply: more input tokens.
+    let (status, _, body) = send(
+        router.clone(),
+        "POST",
+        "/v1/responses",
+        Some(ask(json!({"previous_response_id": id, "input": "Again"}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let second = json_of(&body);
+    assert_eq!(second["previous_response_id"], id.as_str());
+    assert!(
+        second["usage"]["input_tokens"].as_u64() > first["usage"]["input_tokens"].as_u64(),
+        "{second}"
+    );
+
+    let uri = format!("/v1/responses/{id}");
+    let (status, _, body) = send(router.clone(), "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body), first);
+    let (status, _, body) = send(router.clone(), "DELETE", &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json_of(&body),
+        json!({"id": id, "object": "response", "deleted": true})
+    );
+    let (status, _, body) = send(router.clone(), "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&body)["error"]["type"], "invalid_request_error");
+    let (status, _, body) = send(
+        router.clone(),
+        "POST",
+        "/v1/responses",
+        Some(ask(json!({"previous_response_id": id}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = &json_of(&body)["error"];
+    assert_eq!(error["param"], "previous_response_id");
+    assert_eq!(error["code"], "previous_response_not_found");
+
+    // store: false keeps nothing.
+    let (_, _, body) = send(
+        router.clone(),
+        "POST",
+        "/v1/responses",
+        Some(ask(json!({"store": false}))),
+    )
+    .await;
+    let unstored = json_of(&body);
+    assert_eq!(unstored["store"], false);
+    let uri = format!("/v1/responses/{}", unstored["id"].as_str().unwrap());
+    let (status, _, _) = send(router, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_kept_when_it_completes() {
+    let router = router("Hello");
+    let body = json!({"model": "gpt-local", "input": "Hi", "stream": true});
+    let (status, headers, bytes) = send(router.clone(), "POST", "/v1/responses", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let text = String::from_utf8(bytes).unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|f| f.split_once("\ndata: "))
+        .map(|(_, data)| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    let id = last["response"]["id"].as_str().unwrap();
+    let (status, _, body) = send(router, "GET", &format!("/v1/responses/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body), last["response"]);
 }

@@ -19,7 +19,10 @@ impl Dialect {
     /// The dialect of the API served at `path`.
     pub fn of_path(path: &str) -> Dialect {
         let path = path.trim_start_matches("/v1");
-        if path.starts_with("/chat/completions") || path.starts_with("/completions") {
+        if path.starts_with("/chat/completions")
+            || path.starts_with("/completions")
+            || path.starts_with("/responses")
+        {
             Dialect::OpenAi
         } else {
             Dialect::Anthropic

@@ -14,7 +14,7 @@ use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use pensieve_engine::EngineMetrics;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The `route` label of requests that matched no route (the 404 fallback).
 pub const UNMATCHED: &str = "unmatched";

@@ -45,40 +45,8 @@ pub fn run(args: ClaudeArgs) -> anyhow::Result<()> {
         .url
         .clone()
         .unwrap_or_else(|| config.server.local_url());
-    let api_key = std::env::var("PENSIEVE_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
-        .or(config.server.api_key.clone());
-    let mut serve_args: Vec<OsString> = Vec::new();
-    if let Some(model) = &args.model {
-        serve_args.extend(["--model".into(), model.into()]);
-    }
-    if let Some(small) = &args.small_model {
-        serve_args.extend(["--small-model".into(), small.into()]);
-    }
-    // Claude Code's ~10k-token system prompt and tools are the same in every session:
-    // kept on disk, a new session after a restart prefills only what is new.
-    if config.server.cache_dir.is_none() && std::env::var_os("PENSIEVE_CACHE_DIR").is_none() {
-        let dir = paths::data_dir().join("prefix-cache");
-        serve_args.extend(["--cache-dir".into(), dir.into()]);
-    }
-    local_server::catch_sigint();
-    let server = local_server::ensure(LaunchOptions {
-        api_key: api_key.clone(),
-        serve_args,
-        startup_timeout: Duration::from_secs(60 * 60),
-        ..LaunchOptions::new(base_url)
-    })?;
-    let served = served_models(&server.base_url)?;
-    if !server.started_here() {
-        if let Some(model) = args.model.as_deref().filter(|m| *m != served.main) {
-            eprintln!(
-                "note: a server is already running at {} with {}; --model {model} applies only \
-                 to a server started here (stop that one, or pass --url)",
-                server.base_url, served.main
-            );
-        }
-    }
+    let api_key = api_key(&config);
+    let (server, served) = start_server(base_url, api_key.clone(), &args.model, &args.small_model)?;
     let mut command = Command::new(&claude);
     command.args(&args.args);
     command
@@ -114,15 +82,65 @@ pub fn run(args: ClaudeArgs) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// What the server serves, from its `/health`.
-struct Served {
-    main: String,
-    /// What `claude-*haiku*` requests get.
-    haiku: String,
-    context_size: Option<u64>,
+/// The key the server wants, from the environment or the config.
+pub(crate) fn api_key(config: &config::Config) -> Option<String> {
+    std::env::var("PENSIEVE_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .or(config.server.api_key.clone())
 }
 
-fn served_models(base_url: &str) -> anyhow::Result<Served> {
+/// The server at `base_url`, started here with `model` and `small_model` when none
+/// answers there, and what it serves. An agent's long system prompt and tools are the
+/// same in every session: a server started here keeps its prefix cache on disk, so a new
+/// session after a restart prefills only what is new.
+pub(crate) fn start_server(
+    base_url: String,
+    api_key: Option<String>,
+    model: &Option<String>,
+    small_model: &Option<String>,
+) -> anyhow::Result<(local_server::LocalServer, Served)> {
+    let config = config::load()?;
+    let mut serve_args: Vec<OsString> = Vec::new();
+    if let Some(model) = model {
+        serve_args.extend(["--model".into(), model.into()]);
+    }
+    if let Some(small) = small_model {
+        serve_args.extend(["--small-model".into(), small.into()]);
+    }
+    if config.server.cache_dir.is_none() && std::env::var_os("PENSIEVE_CACHE_DIR").is_none() {
+        let dir = paths::data_dir().join("prefix-cache");
+        serve_args.extend(["--cache-dir".into(), dir.into()]);
+    }
+    local_server::catch_sigint();
+    let server = local_server::ensure(LaunchOptions {
+        api_key,
+        serve_args,
+        startup_timeout: Duration::from_secs(60 * 60),
+        ..LaunchOptions::new(base_url)
+    })?;
+    let served = served_models(&server.base_url)?;
+    if !server.started_here() {
+        if let Some(model) = model.as_deref().filter(|m| *m != served.main) {
+            eprintln!(
+                "note: a server is already running at {} with {}; --model {model} applies only \
+                 to a server started here (stop that one, or pass --url)",
+                server.base_url, served.main
+            );
+        }
+    }
+    Ok((server, served))
+}
+
+/// What the server serves, from its `/health`.
+pub(crate) struct Served {
+    pub main: String,
+    /// What `claude-*haiku*` requests get.
+    pub haiku: String,
+    pub context_size: Option<u64>,
+}
+
+pub(crate) fn served_models(base_url: &str) -> anyhow::Result<Served> {
     let health: serde_json::Value = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?
@@ -143,24 +161,35 @@ fn served_models(base_url: &str) -> anyhow::Result<Served> {
 }
 
 fn find_claude(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    find_program(
+        explicit,
+        "claude",
+        "Claude Code is not installed (no `claude` on PATH): `npm install -g \
+         @anthropic-ai/claude-code` installs it, or pass --claude PATH",
+    )
+}
+
+/// `explicit`, else `name` on PATH; `missing` says how to get it.
+pub(crate) fn find_program(
+    explicit: Option<&std::path::Path>,
+    name: &str,
+    missing: &str,
+) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path.to_owned());
     }
     let name = if cfg!(windows) {
-        "claude.exe"
+        format!("{name}.exe")
     } else {
-        "claude"
+        name.to_owned()
     };
     let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
+            .map(|dir| dir.join(&name))
             .find(|p| p.is_file())
     });
     match found {
         Some(path) => Ok(path),
-        None => bail!(
-            "Claude Code is not installed (no `claude` on PATH): `npm install -g \
-             @anthropic-ai/claude-code` installs it, or pass --claude PATH"
-        ),
+        None => bail!("{missing}"),
     }
 }

@@ -3,6 +3,7 @@
 mod catalog;
 mod chat;
 mod claude;
+mod codex;
 mod config;
 mod local_server;
 mod paths;
@@ -29,6 +30,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run Claude Code on a local model (starts the server if none is running).
     Claude(claude::ClaudeArgs),
+    /// Run OpenAI's Codex CLI on a local model (starts the server if none is running).
+    Codex(codex::CodexArgs),
     /// Chat with a model in the terminal (a running server's, or one started for the chat).
     Chat(chat::ChatArgs),
     /// Download a model from the Hugging Face Hub into its standard cache.
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             serve::run(*args)
         }
         Command::Claude(args) => claude::run(args),
+        Command::Codex(args) => codex::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Pull(args) => catalog::pull(args),
         Command::List(args) => catalog::list(args),

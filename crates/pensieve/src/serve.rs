@@ -142,7 +142,7 @@ pub struct ServeArgs {
     gpu_layers: Option<GpuLayers>,
     /// Pick every slot's greedy tokens inside llama.cpp's graph, on the GPU, instead of on
     /// the host (as llama-server's --backend-sampling); false: none [default: the first
-    /// two slots' when the model is on a GPU].
+    /// two slots' when the model is on a GPU and does not speculate].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     backend_sampling: Option<bool>,
     /// The K cache's element type: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 or
@@ -510,14 +510,32 @@ fn load_draft(
 }
 
 /// Start one engine, recording into `metrics`; it speculates as `speculative` says,
-/// drafting with the model `draft` names if there is one.
+/// drafting with the model `draft` names if there is one, and then picks its tokens on
+/// the host unless backend sampling is asked for.
 fn start_engine(
-    plan: &LoadPlan,
+    mut plan: LoadPlan,
     args: &ServeArgs,
     config: &Config,
     metrics: &Arc<EngineMetrics>,
     (speculative, draft): (Speculative, Option<&str>),
 ) -> anyhow::Result<ServedModel> {
+    let asked = &mut plan.asked;
+    let sampling_asked = [&asked.flags, &asked.env, &asked.config]
+        .iter()
+        .find_map(|layer| layer.backend_sampling);
+    match sampling_asked {
+        // Drafts are checked against the host's logits, which a token picked inside
+        // llama.cpp's graph would skip: speculation takes the GPU's default for itself.
+        None if speculative != Speculative::Off => asked.flags.backend_sampling = Some(false),
+        Some(true) if speculative != Speculative::Off && plan.engine == EngineKind::Llama => {
+            tracing::warn!(
+                "speculation is {speculative}, but --backend-sampling picks greedy tokens \
+                 inside llama.cpp's graph, where drafts can't be checked: nothing is drafted"
+            );
+        }
+        _ => {}
+    }
+    let plan = &plan;
     let loaded = load_model(plan, args.python.as_ref())?;
     let draft = match draft {
         Some(name) => Some(load_draft(
@@ -658,7 +676,7 @@ fn start_main(
     };
     let (speculative, draft) = speculation(args, config)?;
     start_engine(
-        &LoadPlan::new(args, main, true)?,
+        LoadPlan::new(args, main, true)?,
         args,
         config,
         metrics,
@@ -696,7 +714,7 @@ fn add_aliases(
                         resolve::resolve(&target, config, Fetch::IfMissing)
                             .and_then(|m| LoadPlan::new(args, m, false))
                             .and_then(|plan| {
-                                start_engine(&plan, args, config, metrics, alias_speculation)
+                                start_engine(plan, args, config, metrics, alias_speculation)
                             })
                     });
                 match started {
@@ -788,10 +806,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    let state = AppState {
-        models: models.clone(),
-        config: Arc::new(config),
-    };
+    let state = AppState::new(models.clone(), config);
     for model in models.models() {
         model.backend.start_background();
     }

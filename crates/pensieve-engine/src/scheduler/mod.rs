@@ -358,17 +358,22 @@ impl Scheduler {
         let decoded = started.elapsed();
         match result {
             Ok(()) => {
-                // Decode steps (no prompt tokens) tell what checking drafts costs.
-                if self.speculate && planned.iter().all(|p| p.tokens == 1) {
-                    self.step_cost.record(batch.len(), decoded.as_secs_f64());
-                }
+                let decode_only = planned.iter().all(|p| p.tokens == 1);
                 let sampling = self.after_decode(planned);
+                let step = started.elapsed();
+                // Decode steps (no prompt tokens) tell what checking drafts costs. The
+                // whole step counts, sampling included: on a GPU `decode` only queues the
+                // work, which the first read of logits waits for, and each checked token
+                // is one more row of logits to sample.
+                if self.speculate && decode_only {
+                    self.step_cost.record(batch.len(), step.as_secs_f64());
+                }
                 tracing::trace!(
                     tokens = batch.len(),
                     slot_runs,
                     decode_us = decoded.as_micros() as u64,
                     sample_us = sampling.as_micros() as u64,
-                    step_us = started.elapsed().as_micros() as u64,
+                    step_us = step.as_micros() as u64,
                     "step"
                 );
             }

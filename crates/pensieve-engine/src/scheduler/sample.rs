@@ -85,6 +85,14 @@ impl Scheduler {
             if self.speculate && self.draft_model.is_none() {
                 self.history.add(&active.tokens[active.prompt_len..]);
             }
+            if self.speculate {
+                tracing::debug!(
+                    drafted = active.draft_length.drafted,
+                    accepted = active.draft_length.accepted,
+                    step_cost = ?self.step_cost,
+                    "speculation of a finished request"
+                );
+            }
             active.finish(reason);
         }
         sampling

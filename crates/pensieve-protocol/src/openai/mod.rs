@@ -1,5 +1,6 @@
-//! The OpenAI Chat Completions API (`/v1/chat/completions`) and the legacy Completions
-//! API (`/v1/completions`, in [`completions`]).
+//! The OpenAI Chat Completions API (`/v1/chat/completions`), the legacy Completions
+//! API (`/v1/completions`, in [`completions`]) and the Responses API (`/v1/responses`, in
+//! [`responses`]).
 //!
 //! - [`request`]: lenient request types and their translation to a `GenerateRequest`.
 //! - [`response`]: the non-streaming response, finish reasons and usage.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod logprobs;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 
 pub use completions::{parse_completion, CompletionRequest, TextChunkEncoder, TextCollector};

@@ -306,7 +306,7 @@ fn from_value<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T, OpenAiError
 }
 
 /// `name` within `[min, max]`.
-fn in_range(name: &str, value: f32, min: f32, max: f32) -> Result<(), OpenAiError> {
+pub(super) fn in_range(name: &str, value: f32, min: f32, max: f32) -> Result<(), OpenAiError> {
     if (min..=max).contains(&value) {
         return Ok(());
     }

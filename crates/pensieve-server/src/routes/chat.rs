@@ -16,9 +16,9 @@ use pensieve_upstream::{conversation_key, Endpoint};
 
 use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
 use super::relay::relay;
-use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
 use crate::models::Backend;
+use crate::state::{AppState, RequestId};
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -111,7 +111,7 @@ struct Reply {
 impl Reply {
     async fn collect(self, generation: Generation) -> Result<Response, ApiError> {
         let mut message = MessageCollector::new(self.logprobs);
-        let outcome = collect(generation, |event| message.push(event)).await;
+        let outcome = collect(generation, |event| message.push(&event)).await;
         self.log(false, outcome.as_ref());
         let completion = outcome?;
         let body = ChatCompletion::new(self.id, self.model, self.created, message, &completion);

@@ -16,9 +16,9 @@ use pensieve_upstream::{conversation_key, Endpoint};
 
 use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
 use super::relay::relay;
-use crate::app::{AppState, RequestId};
 use crate::error::{ApiError, Dialect};
 use crate::models::Backend;
+use crate::state::{AppState, RequestId};
 
 pub async fn completions(
     State(state): State<AppState>,
@@ -74,7 +74,7 @@ async fn start(
         ));
     }
     let mut text = TextCollector::new(logprobs);
-    let outcome = collect(generation, |event| text.push(event)).await;
+    let outcome = collect(generation, |event| text.push(&event)).await;
     log(false, outcome.as_ref());
     let completion = outcome?;
     Ok(Json(text.into_response(id, model, created, &completion)).into_response())

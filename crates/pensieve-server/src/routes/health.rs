@@ -7,8 +7,8 @@ use axum::{Extension, Json};
 use pensieve_protocol::anthropic::ErrorKind;
 use serde_json::json;
 
-use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
+use crate::state::{AppState, RequestId};
 
 /// 200 once the model is loaded (the server only listens after that).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {

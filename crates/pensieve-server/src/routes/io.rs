@@ -11,9 +11,9 @@ use pensieve_protocol::anthropic::ErrorKind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::app::ServerConfig;
 use crate::error::ApiError;
 use crate::models::Backend;
+use crate::state::ServerConfig;
 
 /// Read the whole body, refusing one over the limit with 413 and one that does not arrive
 /// within the body timeout with 408 (a client that trickles its body holds no task for ever).
@@ -73,7 +73,7 @@ pub async fn blocking<T: Send + 'static>(
 /// Validate `request` (rendering and tokenizing a long prompt is CPU work: off the
 /// reactor) and queue it. Returns the request back and the generation.
 pub async fn submit(
-    state: &crate::app::AppState,
+    state: &crate::state::AppState,
     request: GenerateRequest,
 ) -> Result<(GenerateRequest, Generation), ApiError> {
     let backend = state.backend_for(&request.model).clone();
@@ -94,13 +94,13 @@ pub async fn submit(
 /// ended.
 pub async fn collect(
     mut generation: Generation,
-    mut push: impl FnMut(&GenerationEvent),
+    mut push: impl FnMut(GenerationEvent),
 ) -> Result<Completion, EngineError> {
     while let Some(event) = generation.events.recv().await {
         match event {
             GenerationEvent::Done(completion) => return Ok(completion),
             GenerationEvent::Failed(e) => return Err(e),
-            other => push(&other),
+            other => push(other),
         }
     }
     Err(EngineError::EngineStopped)

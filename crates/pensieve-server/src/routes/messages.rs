@@ -20,9 +20,9 @@ use super::io::{
     blocking, collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome,
 };
 use super::relay::{self, relay};
-use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
 use crate::models::Backend;
+use crate::state::{AppState, RequestId};
 
 pub async fn messages(
     State(state): State<AppState>,
@@ -131,7 +131,7 @@ impl Reply {
     /// Gather the whole generation into one JSON message.
     async fn collect(self, generation: Generation) -> Result<Response, ApiError> {
         let mut content = ContentCollector::default();
-        let outcome = collect(generation, |event| content.push(event)).await;
+        let outcome = collect(generation, |event| content.push(&event)).await;
         self.log(false, outcome.as_ref());
         let completion = outcome?;
         let blocks = content.into_blocks();

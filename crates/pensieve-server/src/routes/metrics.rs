@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// What prometheus-client's text encoder writes is OpenMetrics (`# UNIT`, `# EOF`, counters
 /// typed under their name without `_total`); read as the older 0.0.4 text format, the

@@ -8,3 +8,4 @@ pub mod messages;
 pub mod metrics;
 pub mod models;
 mod relay;
+pub mod responses;

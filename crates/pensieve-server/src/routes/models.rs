@@ -11,9 +11,9 @@ use axum::{Extension, Json};
 use pensieve_protocol::anthropic::ErrorKind;
 use serde_json::{json, Value};
 
-use crate::app::{AppState, RequestId};
 use crate::error::ApiError;
 use crate::models::ServedModel;
+use crate::state::{AppState, RequestId};
 
 fn model_entry(id: &str, served: &ServedModel) -> Value {
     let created = humantime::format_rfc3339_seconds(served.created).to_string();
