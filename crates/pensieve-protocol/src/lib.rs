@@ -3,8 +3,10 @@
 //!
 //! - [`anthropic`]: the Messages API (requests, responses, the SSE encoder, errors).
 //! - [`openai`]: the Chat Completions API, translated into the same neutral types.
+//! - [`encode`]: the traits every API's SSE encoder and reply collector implement.
 
 pub mod anthropic;
+pub mod encode;
 mod fields;
 pub mod ids;
 pub mod openai;

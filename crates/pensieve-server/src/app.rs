@@ -17,6 +17,11 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use crate::auth::is_authorized;
 use crate::browser::{is_json, BrowserPolicy};
 use crate::error::{ApiError, Dialect};
+use crate::routes::chat::Chat;
+use crate::routes::completions::TextCompletion;
+use crate::routes::generate::generate;
+use crate::routes::messages::Messages;
+use crate::routes::responses::Responses;
 use crate::state::RequestId;
 pub use crate::state::{AppState, ServerConfig};
 use crate::{request_metrics, routes};
@@ -24,8 +29,8 @@ use crate::{request_metrics, routes};
 /// The whole API.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
-        .route("/v1/messages", post(routes::messages::messages))
-        .route("/v1/v1/messages", post(routes::messages::messages))
+        .route("/v1/messages", post(generate::<Messages>))
+        .route("/v1/v1/messages", post(generate::<Messages>))
         .route(
             "/v1/messages/count_tokens",
             post(routes::messages::count_tokens),
@@ -34,16 +39,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/v1/messages/count_tokens",
             post(routes::messages::count_tokens),
         )
-        .route("/v1/chat/completions", post(routes::chat::completions))
-        .route("/chat/completions", post(routes::chat::completions))
-        .route("/v1/responses", post(routes::responses::create))
-        .route("/responses", post(routes::responses::create))
+        .route("/v1/chat/completions", post(generate::<Chat>))
+        .route("/chat/completions", post(generate::<Chat>))
+        .route("/v1/responses", post(generate::<Responses>))
+        .route("/responses", post(generate::<Responses>))
         .route(
             "/v1/responses/{id}",
             get(routes::responses::retrieve).delete(routes::responses::delete),
         )
-        .route("/v1/completions", post(routes::completions::completions))
-        .route("/completions", post(routes::completions::completions))
+        .route("/v1/completions", post(generate::<TextCompletion>))
+        .route("/completions", post(generate::<TextCompletion>))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::retrieve))
         .route("/health", get(routes::health::health))

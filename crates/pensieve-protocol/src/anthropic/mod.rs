@@ -18,5 +18,7 @@ pub use request::{
     parse_count_tokens, parse_messages, strip_billing_line, CountTokensRequest, MessagesRequest,
     RequestError,
 };
-pub use response::{stop_reason, ContentCollector, MessageResponse, ResponseBlock, ResponseUsage};
+pub use response::{
+    stop_reason, ContentCollector, MessageCollector, MessageResponse, ResponseBlock, ResponseUsage,
+};
 pub use stream::{SseEvent, StreamEncoder};

@@ -4,6 +4,7 @@ use pensieve_engine::{Completion, FinishReason, GenerationEvent, Usage};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::encode::Collector;
 use crate::ids::random_id;
 
 /// `usage` as Anthropic reports it: the prompt split into uncached, newly cached and
@@ -140,6 +141,37 @@ impl MessageResponse {
             stop_sequence,
             usage: completion.usage.into(),
         }
+    }
+}
+
+/// A whole non-streamed message: its content, gathered, under the reply's id and model.
+pub struct MessageCollector {
+    id: String,
+    /// The name the client asked for, echoed back.
+    model: String,
+    content: ContentCollector,
+}
+
+impl MessageCollector {
+    pub fn new(id: String, model: String) -> Self {
+        MessageCollector {
+            id,
+            model,
+            content: ContentCollector::default(),
+        }
+    }
+}
+
+impl Collector for MessageCollector {
+    type Body = MessageResponse;
+
+    fn push(&mut self, event: GenerationEvent) {
+        self.content.push(&event);
+    }
+
+    fn finish(self, completion: Completion) -> MessageResponse {
+        let blocks = self.content.into_blocks();
+        MessageResponse::new(self.id, self.model, blocks, &completion)
     }
 }
 

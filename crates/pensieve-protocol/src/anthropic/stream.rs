@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::error::{error_body, ErrorKind};
 use super::response::{stop_reason, ResponseUsage};
+use crate::encode::SseEncoder;
 use crate::ids::random_id;
 
 /// One server-sent event: `event: <name>\ndata: <json>\n\n`.
@@ -212,6 +213,31 @@ impl StreamEncoder {
 pub fn error_event(error: &EngineError) -> SseEvent {
     let kind = ErrorKind::of_engine_error(error);
     SseEvent::new("error", error_body(kind, &error.to_string(), None))
+}
+
+impl SseEncoder for StreamEncoder {
+    fn start(&mut self) -> Vec<String> {
+        vec![StreamEncoder::start(self).to_frame()]
+    }
+
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        StreamEncoder::on_event(self, event)
+            .iter()
+            .map(SseEvent::to_frame)
+            .collect()
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        vec![StreamEncoder::error(self, error).to_frame()]
+    }
+
+    fn ping(&self) -> String {
+        StreamEncoder::ping().to_frame()
+    }
+
+    fn is_finished(&self) -> bool {
+        StreamEncoder::is_finished(self)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::error::OpenAiError;
 use super::request::CommonParams;
 use super::response::{finish_reason, ChatUsage};
 use super::stream::{error_frames, frame, StreamHead};
+use crate::encode::{Collector, SseEncoder};
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -303,6 +304,63 @@ impl TextChunkEncoder {
         let choice =
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish});
         frame(&self.head.chunk(vec![choice]))
+    }
+}
+
+impl SseEncoder for TextChunkEncoder {
+    /// Legacy completions open with the first text chunk: nothing to send before it.
+    fn start(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        TextChunkEncoder::on_event(self, event)
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        TextChunkEncoder::error(self, error)
+    }
+
+    fn ping(&self) -> String {
+        ": ping\n\n".into()
+    }
+
+    fn is_finished(&self) -> bool {
+        TextChunkEncoder::is_finished(self)
+    }
+}
+
+/// A whole non-streamed text completion: its text, gathered, under the reply's id, model
+/// and creation time.
+pub struct CompletionCollector {
+    id: String,
+    /// The name the client asked for, echoed back.
+    model: String,
+    created: u64,
+    text: TextCollector,
+}
+
+impl CompletionCollector {
+    pub fn new(id: String, model: String, created: u64, logprobs: bool) -> Self {
+        CompletionCollector {
+            id,
+            model,
+            created,
+            text: TextCollector::new(logprobs),
+        }
+    }
+}
+
+impl Collector for CompletionCollector {
+    type Body = Value;
+
+    fn push(&mut self, event: GenerationEvent) {
+        self.text.push(&event);
+    }
+
+    fn finish(self, completion: Completion) -> Value {
+        self.text
+            .into_response(self.id, self.model, self.created, &completion)
     }
 }
 

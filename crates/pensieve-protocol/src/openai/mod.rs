@@ -16,8 +16,10 @@ pub mod response;
 pub mod responses;
 pub mod stream;
 
-pub use completions::{parse_completion, CompletionRequest, TextChunkEncoder, TextCollector};
+pub use completions::{
+    parse_completion, CompletionCollector, CompletionRequest, TextChunkEncoder, TextCollector,
+};
 pub use error::{engine_error_detail, error_body, OpenAiError};
 pub use request::{parse_chat, ChatRequest};
-pub use response::{ChatCompletion, MessageCollector};
+pub use response::{ChatCollector, ChatCompletion, MessageCollector};
 pub use stream::ChunkEncoder;

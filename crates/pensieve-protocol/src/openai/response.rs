@@ -5,6 +5,7 @@ use pensieve_engine::{Completion, FinishReason, GenerationEvent, Usage};
 use serde::Serialize;
 
 use super::logprobs::LogprobEntry;
+use crate::encode::Collector;
 use crate::ids::random_id;
 
 /// `finish_reason` of a finished generation.
@@ -187,6 +188,39 @@ impl ChatCompletion {
             usage: completion.usage.into(),
             system_fingerprint: None,
         }
+    }
+}
+
+/// A whole non-streamed chat completion: its message, gathered, under the reply's id,
+/// model and creation time.
+pub struct ChatCollector {
+    id: String,
+    /// The name the client asked for, echoed back.
+    model: String,
+    created: u64,
+    message: MessageCollector,
+}
+
+impl ChatCollector {
+    pub fn new(id: String, model: String, created: u64, logprobs: bool) -> Self {
+        ChatCollector {
+            id,
+            model,
+            created,
+            message: MessageCollector::new(logprobs),
+        }
+    }
+}
+
+impl Collector for ChatCollector {
+    type Body = ChatCompletion;
+
+    fn push(&mut self, event: GenerationEvent) {
+        self.message.push(&event);
+    }
+
+    fn finish(self, completion: Completion) -> ChatCompletion {
+        ChatCompletion::new(self.id, self.model, self.created, self.message, &completion)
     }
 }
 

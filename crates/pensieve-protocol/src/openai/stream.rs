@@ -13,6 +13,7 @@ use super::error::{engine_error_detail, error_body};
 use super::logprobs::LogprobEntry;
 use super::response::{finish_reason, ChatUsage};
 use crate::anthropic::ErrorKind;
+use crate::encode::SseEncoder;
 use crate::ids::random_id;
 
 pub struct ChunkEncoder {
@@ -163,6 +164,28 @@ pub fn error_frames(e: &EngineError) -> Vec<String> {
     let (code, param) = engine_error_detail(e);
     let body = error_body(ErrorKind::of_engine_error(e), &e.to_string(), param, code);
     vec![frame(&body), DONE.into()]
+}
+
+impl SseEncoder for ChunkEncoder {
+    fn start(&mut self) -> Vec<String> {
+        vec![ChunkEncoder::start(self)]
+    }
+
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        ChunkEncoder::on_event(self, event)
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        ChunkEncoder::error(self, error)
+    }
+
+    fn ping(&self) -> String {
+        ChunkEncoder::ping()
+    }
+
+    fn is_finished(&self) -> bool {
+        ChunkEncoder::is_finished(self)
+    }
 }
 
 #[cfg(test)]

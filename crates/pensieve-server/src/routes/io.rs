@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use pensieve_engine::{Completion, EngineError, GenerateRequest, Generation, GenerationEvent};
 use pensieve_protocol::anthropic::ErrorKind;
+use pensieve_protocol::encode::SseEncoder;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -133,31 +134,20 @@ pub fn log_outcome(
     }
 }
 
-/// One API's SSE encoder: frames from engine events.
-pub trait FrameEncoder: Send + 'static {
-    /// The frames an event makes.
-    fn on_event(&mut self, event: GenerationEvent) -> Vec<String>;
-    /// The stream ends with `error`.
-    fn error(&mut self, error: &EngineError) -> Vec<String>;
-    /// A frame that keeps the connection busy.
-    fn ping(&self) -> String;
-    fn is_finished(&self) -> bool;
-}
-
 /// How a finished generation is logged: its completion, or its failure.
 pub type LogOutcome = Box<dyn Fn(Result<&Completion, &EngineError>) + Send>;
 
-/// Stream `generation` as SSE: `first` at once, then the encoder's frames, and a ping
-/// every `ping_interval` so clients see bytes during a long prefill. Returns the
-/// response whose body is that stream.
-pub fn stream_sse<E: FrameEncoder>(
+/// Stream `generation` as SSE: the encoder's first frames at once, then those of the
+/// engine's events, and a ping every `ping_interval` so clients see bytes during a long
+/// prefill. Returns the response whose body is that stream.
+pub fn stream_sse<E: SseEncoder>(
     request_id: String,
     mut encoder: E,
-    first: Vec<String>,
     mut generation: Generation,
     ping_interval: std::time::Duration,
     log: LogOutcome,
 ) -> Response {
+    let first = encoder.start();
     let (frames, response) = sse_response();
     tokio::spawn(async move {
         let send = |frame: String| {

@@ -1,40 +1,27 @@
 //! `POST /v1/responses` (streaming and not), `GET` and `DELETE /v1/responses/{id}`: where
 //! a Responses request becomes an engine request after the stored conversation it
-//! continues, and engine events become Responses events. Errors use OpenAI's envelope.
+//! continues, and engine events become Responses events; a finished response is kept
+//! when the request asks for it. Errors use OpenAI's envelope.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use pensieve_engine::{EngineError, GenerationEvent, Message};
+use pensieve_engine::{Completion, EngineError, GenerateRequest, GenerationEvent, Message};
 use pensieve_protocol::anthropic::ErrorKind;
-use pensieve_protocol::ids::random_id;
+use pensieve_protocol::encode::{Collector, SseEncoder};
 use pensieve_protocol::openai::responses::{
-    parse_responses, reply_message, Head, ResponseEncoder, Status,
+    parse_responses, reply_message, Echo, Head, ResponseEncoder, ResponsesRequest, Status,
 };
 use pensieve_protocol::openai::OpenAiError;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::io::{collect, log_outcome, read_body, stream_sse, submit, FrameEncoder, LogOutcome};
+use super::extract::{reject, Parse};
+use super::generate::{Generate, ReplyHead};
 use crate::error::{ApiError, Dialect};
 use crate::response_store::{ResponseStore, Stored};
 use crate::state::{AppState, RequestId};
-
-pub async fn create(
-    State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match start(&state, &request_id.0, &headers, body).await {
-        Ok(response) => response,
-        Err(e) => openai_error(e, &request_id.0),
-    }
-}
 
 pub async fn retrieve(
     State(state): State<AppState>,
@@ -43,7 +30,7 @@ pub async fn retrieve(
 ) -> Response {
     match state.responses.get(&id) {
         Some(stored) => Json(stored.response).into_response(),
-        None => openai_error(not_found(&id), &request_id.0),
+        None => reject(not_found(&id), Dialect::OpenAi, &request_id.0),
     }
 }
 
@@ -55,7 +42,7 @@ pub async fn delete(
     if state.responses.remove(&id) {
         Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
     } else {
-        openai_error(not_found(&id), &request_id.0)
+        reject(not_found(&id), Dialect::OpenAi, &request_id.0)
     }
 }
 
@@ -66,75 +53,78 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
-fn openai_error(e: ApiError, request_id: &str) -> Response {
-    e.in_dialect(Dialect::OpenAi)
-        .with_request_id(request_id)
-        .into_response()
+/// What a response repeats of its request, and where it is kept once finished.
+pub struct Responses {
+    stream: bool,
+    echo: Echo,
+    keep: Option<Keep>,
 }
 
-async fn start(
-    state: &AppState,
-    request_id: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(headers, body, &state.config).await?;
-    let parsed = parse_responses(&bytes)?;
-    let previous = match parsed.previous_response_id.as_deref() {
-        Some(id) => Some(state.responses.get(id).ok_or_else(|| {
-            let mut e = ApiError::from(OpenAiError::invalid(
-                Some("previous_response_id"),
-                format!("Previous response with id '{id}' not found."),
-            ));
-            e.code = Some("previous_response_not_found".into());
-            e
-        })?),
-        None => None,
-    };
-    let prepared = parsed.prepare(
-        &state.config.sampling,
-        previous.as_ref().map(|p| p.conversation.as_slice()),
-    )?;
-    let (request, generation) = submit(state, prepared.request).await?;
-    let head = Head {
-        id: random_id("resp_"),
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        model: request.model.clone(),
-        echo: prepared.echo,
-    };
-    let encoder = ResponseFrames {
-        encoder: ResponseEncoder::new(head),
-        keep: prepared.store.then(|| Keep {
-            store: state.responses.clone(),
-            history: prepared.history,
-        }),
-    };
-    let model = request.model;
-    let request_id = request_id.to_owned();
-    if prepared.stream {
-        let mut encoder = encoder;
-        let first = encoder.encoder.start();
-        let log: LogOutcome =
-            Box::new(move |outcome| log_outcome(&request_id.clone(), &model, true, outcome));
-        let interval = state.config.ping_interval;
-        let id = encoder.encoder.id().to_owned();
-        Ok(stream_sse(id, encoder, first, generation, interval, log))
-    } else {
-        let mut encoder = encoder;
-        let outcome = collect(generation, |event| {
-            encoder.on_event(event);
-        })
-        .await;
-        log_outcome(&request_id, &model, false, outcome.as_ref());
-        match outcome {
-            Ok(completion) => {
-                encoder.on_event(GenerationEvent::Done(completion));
-                Ok(Json(encoder.encoder.response()).into_response())
-            }
-            Err(e) => Err(e.into()),
+impl Parse for Responses {
+    type Request = ResponsesRequest;
+    const DIALECT: Dialect = Dialect::OpenAi;
+
+    fn parse(bytes: &[u8]) -> Result<ResponsesRequest, ApiError> {
+        Ok(parse_responses(bytes)?)
+    }
+}
+
+impl Generate for Responses {
+    type Encoder = ResponseFrames;
+    type Collector = ResponseFrames;
+    const ID_PREFIX: &'static str = "resp_";
+
+    /// The request continues the stored conversation of `previous_response_id`.
+    fn prepare(
+        request: ResponsesRequest,
+        state: &AppState,
+    ) -> Result<(Self, GenerateRequest), ApiError> {
+        let previous = match request.previous_response_id.as_deref() {
+            Some(id) => Some(state.responses.get(id).ok_or_else(|| {
+                let mut e = ApiError::from(OpenAiError::invalid(
+                    Some("previous_response_id"),
+                    format!("Previous response with id '{id}' not found."),
+                ));
+                e.code = Some("previous_response_not_found".into());
+                e
+            })?),
+            None => None,
+        };
+        let prepared = request.prepare(
+            &state.config.sampling,
+            previous.as_ref().map(|p| p.conversation.as_slice()),
+        )?;
+        let responses = Responses {
+            stream: prepared.stream,
+            echo: prepared.echo,
+            keep: prepared.store.then(|| Keep {
+                store: state.responses.clone(),
+                history: prepared.history,
+            }),
+        };
+        Ok((responses, prepared.request))
+    }
+
+    fn is_stream(&self) -> bool {
+        self.stream
+    }
+
+    fn encoder(self, reply: ReplyHead) -> ResponseFrames {
+        let head = Head {
+            id: reply.id,
+            created_at: reply.created,
+            model: reply.model,
+            echo: self.echo,
+        };
+        ResponseFrames {
+            encoder: ResponseEncoder::new(head),
+            keep: self.keep,
         }
+    }
+
+    /// A response that is not streamed is the encoder's last state.
+    fn collector(self, reply: ReplyHead) -> ResponseFrames {
+        self.encoder(reply)
     }
 }
 
@@ -144,8 +134,9 @@ struct Keep {
     history: Vec<Message>,
 }
 
-/// The Responses encoder, keeping the response when it ends well and `store` asked for it.
-struct ResponseFrames {
+/// The Responses encoder, keeping the response when it ends well and `store` asked for
+/// it, whether it was streamed or not.
+pub struct ResponseFrames {
     encoder: ResponseEncoder,
     keep: Option<Keep>,
 }
@@ -171,22 +162,39 @@ impl ResponseFrames {
     }
 }
 
-impl FrameEncoder for ResponseFrames {
+impl SseEncoder for ResponseFrames {
+    fn start(&mut self) -> Vec<String> {
+        SseEncoder::start(&mut self.encoder)
+    }
+
     fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
-        let frames = self.encoder.on_event(event);
+        let frames = SseEncoder::on_event(&mut self.encoder, event);
         self.keep_if_done();
         frames
     }
 
     fn error(&mut self, error: &EngineError) -> Vec<String> {
-        self.encoder.error(error)
+        SseEncoder::error(&mut self.encoder, error)
     }
 
     fn ping(&self) -> String {
-        ResponseEncoder::ping()
+        SseEncoder::ping(&self.encoder)
     }
 
     fn is_finished(&self) -> bool {
-        self.encoder.is_finished()
+        SseEncoder::is_finished(&self.encoder)
+    }
+}
+
+impl Collector for ResponseFrames {
+    type Body = Value;
+
+    fn push(&mut self, event: GenerationEvent) {
+        SseEncoder::on_event(self, event);
+    }
+
+    fn finish(mut self, completion: Completion) -> Value {
+        SseEncoder::on_event(&mut self, GenerationEvent::Done(completion));
+        self.encoder.response()
     }
 }

@@ -12,6 +12,7 @@ use pensieve_engine::{Completion, EngineError, GenerationEvent, Usage};
 use serde_json::{json, Value};
 
 use super::output::{output_text, Head, Item, Status};
+use crate::encode::{Collector, SseEncoder};
 use crate::ids::random_id;
 
 pub struct ResponseEncoder {
@@ -265,6 +266,43 @@ fn part(item: &Item, text: &str) -> Option<Value> {
         Item::Reasoning { .. } => Some(json!({"type": "reasoning_text", "text": text})),
         Item::Message { .. } => Some(output_text(text)),
         Item::FunctionCall { .. } => None,
+    }
+}
+
+impl SseEncoder for ResponseEncoder {
+    fn start(&mut self) -> Vec<String> {
+        ResponseEncoder::start(self)
+    }
+
+    fn on_event(&mut self, event: GenerationEvent) -> Vec<String> {
+        ResponseEncoder::on_event(self, event)
+    }
+
+    fn error(&mut self, error: &EngineError) -> Vec<String> {
+        ResponseEncoder::error(self, error)
+    }
+
+    fn ping(&self) -> String {
+        ResponseEncoder::ping()
+    }
+
+    fn is_finished(&self) -> bool {
+        ResponseEncoder::is_finished(self)
+    }
+}
+
+/// A response that is not streamed is the encoder's last state: the events go through
+/// it, and their frames are dropped.
+impl Collector for ResponseEncoder {
+    type Body = Value;
+
+    fn push(&mut self, event: GenerationEvent) {
+        ResponseEncoder::on_event(self, event);
+    }
+
+    fn finish(mut self, completion: Completion) -> Value {
+        ResponseEncoder::on_event(&mut self, GenerationEvent::Done(completion));
+        self.response()
     }
 }
 
