@@ -91,8 +91,11 @@ pub fn check_vocabulary(model: &dyn Tokenizer, draft: &dyn Tokenizer) -> Result<
 /// token repeats too often to predict what follows it.
 const MAX_NGRAM: usize = 4;
 const MIN_NGRAM: usize = 2;
-/// The most tokens drafted at once.
-pub const MAX_DRAFT: usize = 8;
+/// The most tokens drafted at once. On a GPU a step of 9 tokens costs little more than one
+/// of 2 (see `StepCost::at`), so where an output repeats an earlier one, long drafts are
+/// where speculation gains (llama-server's ngram-mod drafts 48 to 64); where checking costs
+/// (a CPU), `size_drafts` keeps them short.
+pub const MAX_DRAFT: usize = 32;
 
 /// Where each run of `MIN_NGRAM` to `MAX_NGRAM` tokens of one sequence last occurred with a
 /// token after it, kept up to date as the sequence grows: a draft is then a few hash lookups
@@ -437,16 +440,34 @@ impl StepCost {
     }
 }
 
+/// Steps of one size after which their own average is trusted over the line.
+const MEASURED: u32 = 3;
+
+impl StepCost {
+    /// What a step of `n` tokens costs for sizing drafts: its own average once measured
+    /// often enough, else on the line through the sizes near it. A GPU's cost is not a
+    /// line (an H100 with a 0.5B model: 1.3 ms for one token, 2.7-3.4 ms for 2 to 8, 4.5 ms
+    /// for 9), so the sizes measured speak for themselves.
+    fn at(&self, n: usize) -> Option<f64> {
+        match self.by_size.get(n.wrapping_sub(1)) {
+            Some(&(mean, seen)) if seen >= MEASURED => Some(mean),
+            _ => self.line_near(n).map(|(a, b)| a + b * n as f64),
+        }
+    }
+}
+
 /// How many tokens of each draft to check in a step of `decoding` sequences (one token
 /// each, and one sampled token each). `drafts[i]` is sequence `i`'s draft
 /// length and its per-token acceptance rate `r`: its `j`-th drafted token adds `r^j`
-/// tokens in expectation. Drafted tokens are taken most likely first, each while it
-/// raises the step's expected tokens per second: `(e + v) / c(n + 1) > e / c(n)`, or
-/// `v > e * growth(n)`. Where drafting costs time too (a draft model: `draft_step`
-/// seconds for each token of the longest draft), that time counts in the step's: a
-/// deeper draft must pay for its draft step as well. A sequence whose first token is not
-/// worth it still checks one when `probe` says so (after a pause: see [`DraftLength`]),
-/// so that its rate is learnt.
+/// tokens in expectation. Drafted tokens are taken most likely first, and of all the
+/// steps that makes (none of them, the likeliest, the two likeliest, ...) the one with the
+/// most expected tokens per second is run: `e(n) / c(n)`, with `c` what [`StepCost`]
+/// measured. The best is not always reached token by token: where one more token makes a
+/// step much dearer and the ones after it cost little (a GPU), only a long draft pays.
+/// Where drafting costs time too (a draft model: `draft_step` seconds for each token of
+/// the longest draft), that time counts in the step's: a deeper draft must pay for its
+/// draft step as well. A sequence whose first token is not worth it still checks one when
+/// `probe` says so (after a pause: see [`DraftLength`]), so that its rate is learnt.
 /// While what a bigger step costs is unknown, each draft checks one token: that step
 /// measures it, at the price of one token where tokens are dear.
 pub fn size_drafts(
@@ -457,30 +478,45 @@ pub fn size_drafts(
     draft_step: f64,
 ) -> Vec<usize> {
     let mut take = vec![0; drafts.len()];
+    if drafts.iter().all(|&(len, _)| len == 0) {
+        return take;
+    }
+    if cost.line_near(decoding).is_none() {
+        return drafts.iter().map(|&(len, _)| len.min(1)).collect();
+    }
     let mut n = decoding;
     let mut expected = decoding as f64;
+    // The drafted tokens in the order they are taken, and the best step so far: its
+    // tokens per second and how many of them it takes.
+    let mut order = Vec::new();
+    let mut best = (0.0, 0);
+    if let Some(c) = cost.at(n).filter(|&c| c > 0.0) {
+        best.0 = expected / c;
+    }
     loop {
         // The most likely next token among the drafts: the next of the sequence whose
         // next token's chance `r^(taken + 1)` is highest.
-        let best = drafts
+        let next = drafts
             .iter()
             .enumerate()
             .filter(|&(i, &(len, _))| take[i] < len)
             .map(|(i, &(_, r))| (i, r.powi(take[i] as i32 + 1)))
             .max_by(|x, y| x.1.total_cmp(&y.1));
-        let Some((i, value)) = best else { break };
-        let Some((a, b)) = cost.line_near(n) else {
-            return drafts.iter().map(|&(len, _)| len.min(1)).collect();
-        };
-        let depth = take.iter().copied().max().unwrap_or(0);
-        let now = a + b * n as f64 + draft_step * depth as f64;
-        let next = a + b * (n + 1) as f64 + draft_step * depth.max(take[i] + 1) as f64;
-        if now > 0.0 && (expected + value) * now <= expected * next {
-            break;
-        }
+        let Some((i, value)) = next else { break };
         take[i] += 1;
         n += 1;
         expected += value;
+        order.push(i);
+        let depth = take.iter().copied().max().unwrap_or(0);
+        let Some(c) = cost.at(n) else { break };
+        let seconds = c + draft_step * depth as f64;
+        if seconds > 0.0 && expected / seconds > best.0 {
+            best = (expected / seconds, order.len());
+        }
+    }
+    take.iter_mut().for_each(|t| *t = 0);
+    for &i in &order[..best.1] {
+        take[i] += 1;
     }
     for (i, t) in take.iter_mut().enumerate() {
         if *t == 0 && probe.get(i).copied().unwrap_or(false) && drafts[i].0 > 0 {
@@ -782,6 +818,34 @@ mod tests {
     }
 
     #[test]
+    fn a_draft_that_pays_only_when_long_is_checked_whole() {
+        // An H100 with a 0.5B model (the bench's debug log): one token 1.3 ms, 2 to 8
+        // about 3.2 ms, 9 tokens 4.6 ms. Token by token the second token never pays;
+        // a draft of 6 likely tokens does (3.4 tokens expected in 3.2 ms).
+        let mut gpu = StepCost::default();
+        for (n, ms) in [(1, 1.3), (2, 3.0), (3, 3.1), (4, 3.2), (5, 3.2), (6, 3.2)] {
+            for _ in 0..=MEASURED {
+                gpu.record(n, ms / 1000.0);
+            }
+        }
+        for (n, ms) in [(7, 3.2), (8, 3.3), (9, 4.6)] {
+            for _ in 0..=MEASURED {
+                gpu.record(n, ms / 1000.0);
+            }
+        }
+        assert_eq!(size_drafts(1, &[(8, 0.7)], &[false], &gpu, 0.0), vec![6]);
+        // Unlikely drafts: none, short or long.
+        assert_eq!(size_drafts(1, &[(8, 0.3)], &[false], &gpu, 0.0), vec![0]);
+        // A short draft cannot reach where checking pays.
+        assert_eq!(size_drafts(1, &[(2, 0.7)], &[false], &gpu, 0.0), vec![0]);
+        // Nothing drafted: nothing checked, whatever is known.
+        assert_eq!(
+            size_drafts(1, &[(0, 0.9)], &[false], &StepCost::default(), 0.0),
+            vec![0]
+        );
+    }
+
+    #[test]
     fn the_rate_follows_what_stood_lately() {
         let mut d = DraftLength::default();
         assert_eq!(d.rate(), 0.5);
@@ -809,6 +873,10 @@ mod tests {
         d.record(4, 4);
         assert_eq!(d.want(), 8);
         d.record(8, 8);
+        assert_eq!(d.want(), 16);
+        d.record(16, 16);
+        assert_eq!(d.want(), MAX_DRAFT);
+        d.record(MAX_DRAFT, MAX_DRAFT);
         assert_eq!(d.want(), MAX_DRAFT);
         // A partial acceptance: as long as the accepted run.
         d.record(8, 3);
@@ -823,7 +891,10 @@ mod tests {
         assert_eq!(d.want(), 2);
         assert_eq!(
             (d.drafted, d.accepted),
-            (4 + 8 + 8 + 3 + 1 + 1, 4 + 8 + 3 + 1)
+            (
+                4 + 8 + 16 + MAX_DRAFT as u64 + 8 + 3 + 1 + 1,
+                4 + 8 + 16 + MAX_DRAFT as u64 + 3 + 1
+            )
         );
         // A step without a draft changes nothing.
         d.record(0, 0);
