@@ -482,10 +482,24 @@ fn tool_spec(index: usize, tool: ChatTool) -> Result<ToolSpec, OpenAiError> {
 
 /// `"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}`.
 fn tool_choice(choice: Option<Value>) -> Result<ToolChoice, OpenAiError> {
+    parse_tool_choice(
+        choice.as_ref(),
+        "/function/name",
+        r#"{"type": "function", "function": {"name": ...}}"#,
+    )
+}
+
+/// OpenAI's `tool_choice`: a mode, or an object of type `function` whose name stands at
+/// `name_at` (Chat Completions nests it, Responses does not; `shape` says so in errors).
+pub(super) fn parse_tool_choice(
+    choice: Option<&Value>,
+    name_at: &str,
+    shape: &str,
+) -> Result<ToolChoice, OpenAiError> {
     let bad = || {
         OpenAiError::invalid(
             Some("tool_choice"),
-            "tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            format!(r#"tool_choice: expected "none", "auto", "required" or {shape}"#),
         )
     };
     match choice {
@@ -497,7 +511,7 @@ fn tool_choice(choice: Option<Value>) -> Result<ToolChoice, OpenAiError> {
             _ => Err(bad()),
         },
         Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => v
-            .pointer("/function/name")
+            .pointer(name_at)
             .and_then(Value::as_str)
             .map(|n| ToolChoice::Named(n.to_owned()))
             .ok_or_else(bad),

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::fields;
 use crate::openai::error::OpenAiError;
-use crate::openai::request::{at_least_one_token, in_range, parse_body};
+use crate::openai::request::{at_least_one_token, in_range, parse_body, parse_tool_choice};
 
 /// OpenAI's longest function name.
 const MAX_FUNCTION_NAME: usize = 64;
@@ -517,27 +517,7 @@ fn tool_spec(index: usize, tool: &Value) -> Result<Option<ToolSpec>, OpenAiError
 
 /// `"none" | "auto" | "required" | {"type": "function", "name": ...}`.
 fn tool_choice(choice: Option<&Value>) -> Result<ToolChoice, OpenAiError> {
-    let bad = || {
-        OpenAiError::invalid(
-            Some("tool_choice"),
-            "tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"name\": ...}",
-        )
-    };
-    match choice {
-        None => Ok(ToolChoice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            _ => Err(bad()),
-        },
-        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => v
-            .get("name")
-            .and_then(Value::as_str)
-            .map(|n| ToolChoice::Named(n.to_owned()))
-            .ok_or_else(bad),
-        Some(_) => Err(bad()),
-    }
+    parse_tool_choice(choice, "/name", r#"{"type": "function", "name": ...}"#)
 }
 
 /// The schema a JSON reply must follow (`text.format`): any object for `json_object`.
