@@ -408,6 +408,10 @@ fn parse_header(body: &str) -> Header {
     let Ok(name) = serde_json::from_str::<String>(&format!("\"{}", &rest[..=end])) else {
         return Header::Mismatch;
     };
+    // A call names a tool: one named "" is parsed whole at its end, and refused there.
+    if name.is_empty() {
+        return Header::Mismatch;
+    }
     rest = &rest[end + 1..];
     expect!(",");
     expect!("\"");
@@ -452,7 +456,11 @@ fn string_end(s: &str) -> Option<usize> {
 /// arguments an object or a string holding one. Returns the name and the arguments' JSON.
 fn parse_whole_call(body: &str) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    let name = value.get("name")?.as_str()?.to_owned();
+    let name = value
+        .get("name")?
+        .as_str()
+        .filter(|n| !n.is_empty())?
+        .to_owned();
     let arguments = value
         .get("arguments")
         .or_else(|| value.get("parameters"))

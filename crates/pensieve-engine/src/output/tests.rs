@@ -209,6 +209,22 @@ fn a_call_that_is_not_json_is_returned_as_text() {
 }
 
 #[test]
+fn a_call_without_a_name_is_returned_as_text() {
+    // Found by the tool_calls fuzz target: a call named "" streamed as a call.
+    let text = "<tool_call>\n{\"name\": \"\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let (segments, calls) = parse(HERMES, text);
+    assert_eq!(segments, vec![Segment::Text(text.into())]);
+    assert_eq!(calls, 0);
+    // Cut off: nothing.
+    let (segments, calls) = parse(
+        HERMES,
+        "<tool_call>\n{\"name\": \"\", \"arguments\": {\"city\": \"Par",
+    );
+    assert!(segments.is_empty(), "{segments:?}");
+    assert_eq!(calls, 0);
+}
+
+#[test]
 fn a_missing_closing_marker_still_ends_the_call() {
     let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n";
     let (segments, calls) = parse(HERMES, text);
