@@ -163,6 +163,8 @@ def test_qwen_code_answers_a_prompt(qwen_server, scratch):
     done = subprocess.run(
         [
             str(qwen),
+            # First: an array option such as --core-tools takes every word after it.
+            "Say hello.",
             "--auth-type",
             "openai",
             "--openai-base-url",
@@ -180,7 +182,6 @@ def test_qwen_code_answers_a_prompt(qwen_server, scratch):
             # 11 minutes of cold prefill on 2 cores (it works so too; the README says so).
             "--bare",
             "--core-tools=read_file",
-            "Say hello.",
         ],
         cwd=scratch / "project",
         # Qwen Code gives up on a stream silent for 4 minutes, which a cold prefill of its
