@@ -58,8 +58,10 @@ setup_rust() {
     [[ "${PENSIEVE_NO_RUSTUP:-0}" == 1 ]] &&
         die "cargo is not on PATH: install Rust (https://rustup.rs), then run this again"
     log "rust: installing the stable toolchain with rustup (https://rustup.rs)"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-        --component rustfmt,clippy >&2
+    # The script sh.rustup.rs redirects to, from the Rust project's own host (a network that
+    # lets only the package registries through reaches this one, not the short name).
+    curl --proto '=https' --tlsv1.2 -sSf https://static.rust-lang.org/rustup/rustup-init.sh |
+        sh -s -- -y --profile minimal --component rustfmt,clippy >&2
     export PATH="$HOME/.cargo/bin:$PATH"
     log "rust: ok ($(cargo --version))"
 }

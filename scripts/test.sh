@@ -113,8 +113,9 @@ step "end-to-end tests (PENSIEVE_BIN=$PENSIEVE_BIN)"
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "FAILED before the end-to-end tests: ${failed[*]}" >&2
 fi
-# Nothing is printed after pytest: its summary line is the last line of the run.
-"$PENSIEVE_VENV/bin/python" -m pytest tests/e2e -v "$@"
+# Nothing is printed after pytest: its summary line is the last line of the run (after the
+# slowest tests, which say where CI's time goes).
+"$PENSIEVE_VENV/bin/python" -m pytest tests/e2e -v --durations=15 "$@"
 pytest_rc=$?
 if [[ $pytest_rc -ne 0 || ${#failed[@]} -gt 0 ]]; then
     exit 1

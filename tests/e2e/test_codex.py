@@ -33,7 +33,10 @@ def codex_bin() -> Path:
 def server():
     if not codex_bin().exists():
         pytest.fail(f"Codex CLI is not installed at {codex_bin()} (scripts/setup-test-env.sh installs it)")
-    yield from _serve(QWEN_CODER, ["--ctx", "16384"])
+    # Codex sends no temperature: greedy by the server's default, so that what the 0.5B
+    # does with a prompt is the same in every run (sampled, it once answered "Say hello."
+    # by running `echo` until the turn ended without a message).
+    yield from _serve(QWEN_CODER, ["--ctx", "16384", "--temp", "0"])
 
 
 @pytest.fixture(scope="module")
