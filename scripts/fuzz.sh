@@ -17,7 +17,7 @@ seconds=${FUZZ_SECONDS:-30}
 runs=${FUZZ_RUNS:-}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(anthropic_request openai_request sse_encoders tool_calls gguf chat_template disk_cache)
+    targets=(anthropic_request openai_request sse_encoders tool_calls gguf chat_template disk_cache image)
 fi
 
 # cargo-fuzz's instrumentation without its nightly-only sanitizer: coverage counters and
@@ -39,7 +39,7 @@ max_len() {
     case $1 in
         anthropic_request | openai_request) echo 65536 ;;
         chat_template) echo 32768 ;;
-        gguf | disk_cache) echo 8192 ;;
+        gguf | disk_cache | image) echo 8192 ;;
         *) echo 4096 ;;
     esac
 }

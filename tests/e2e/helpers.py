@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -26,6 +28,22 @@ WEATHER_TOOL = {
 QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 # This SDK version no longer takes `temperature` as an argument; the API still does.
 T0 = {"extra_body": {"temperature": 0}}
+
+# What a model without vision reads in an image's place.
+IMAGE_PLACEHOLDER = "[image: PNG {w}×{h}, not shown: this model has no vision]"
+# What the server logs once per request that had images shown as placeholders.
+IMAGES_LOGGED = "images shown to the model as placeholders"
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG of one grey colour, every chunk with its CRC."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def after_the_call(first, result: str) -> list[dict]:

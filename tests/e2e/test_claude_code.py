@@ -28,6 +28,7 @@ from conftest import (
     pensieve_bin,
     summary_line,
 )
+from helpers import IMAGES_LOGGED, png
 
 pytestmark = pytest.mark.claude_code
 
@@ -305,7 +306,7 @@ def test_a_new_session_elsewhere_after_a_restart_reuses_the_prompt_from_disk(
 
 
 FILE_TASK = "create hello.txt containing hi"
-FILE_TASK_RUNS = 5
+FILE_TASK_RUNS = 3
 # A Write call for hello.txt is ~50 tokens. The cap bounds what a rambling answer costs:
 # Claude Code asks the model to go on after each answer cut off by max_tokens, and decode
 # at Claude Code's ~12k tokens of context is slow on 2 cores.
@@ -324,7 +325,7 @@ MALFORMED_CALL_LOGS = ("could not be parsed", "not valid JSON", "not well-formed
 
 
 def test_claude_code_file_task(qwen_server, project_dir, user_home):
-    """`claude -p "create hello.txt containing hi" --permission-mode acceptEdits`, five
+    """`claude -p "create hello.txt containing hi" --permission-mode acceptEdits`, three
     times in the user's project (its path is in Claude Code's system prompt: the same
     project keeps the prompt cached), the file removed before each. Whether a 0.5B model
     chooses to call the Write tool is its own business (the rate is printed); every run
@@ -364,6 +365,44 @@ def test_claude_code_file_task(qwen_server, project_dir, user_home):
     )
     for code, content, took, out in outcomes:
         summary_line(f"  exit={code} took={took:.1f}s file={content!r} printed={out!r}")
+
+
+def test_a_session_with_an_image_goes_on(qwen_server, project_dir, user_home):
+    """A PNG in a Claude Code session, attached as a user attaches one (`@shot.png`): Qwen
+    has no vision, so it reads a placeholder where the image is, and the next turn
+    (`--continue`: the whole history, image included, sent again) goes on too."""
+    shot = Path(project_dir) / "shot.png"
+    shot.write_bytes(png(320, 200))
+    log_before = len(qwen_server.log_tail(10**9))
+    try:
+        for prompt, args in [
+            ("What is in @shot.png? Answer in one sentence.", []),
+            ("Say that again in five words.", ["--continue"]),
+        ]:
+            code, out, err, took = run_claude(
+                qwen_server.url,
+                prompt,
+                HELLO_TIMEOUT_S,
+                workdir=project_dir,
+                home=user_home,
+                extra_env=QWEN_ENV,
+                args=args,
+            )
+            report = (
+                f"{prompt!r} exit={code} took={took:.1f}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}\n"
+                f"--- server log ---\n{qwen_server.log_tail(3000)}"
+            )
+            assert code == 0, report
+            assert out.strip() and "API Error" not in out, report
+            summary_line(
+                f"image session {' '.join(args) or 'first turn'}: took {took:.1f}s, printed {out.strip()[:120]!r}"
+            )
+    finally:
+        shot.unlink(missing_ok=True)
+    log = qwen_server.log_tail(10**9)[log_before:]
+    # Both turns' requests held the image.
+    assert log.count(IMAGES_LOGGED) >= 2, log[-4000:]
+    assert "PNG 320×200" in log, log[-4000:]
 
 
 def test_pensieve_claude_says_hello(qwen_server, project_dir, user_home, cache_dir, tmp_path):

@@ -49,6 +49,6 @@ pub use model::{
 };
 pub use output::OutputFormat;
 pub use request::{
-    Breakpoint, Effort, GenerateRequest, Message, RawPrompt, Role, SamplingDefaults,
+    Breakpoint, Effort, GenerateRequest, Image, Message, RawPrompt, Role, SamplingDefaults,
     SamplingParams, ToolCall, ToolChoice, ToolSpec,
 };

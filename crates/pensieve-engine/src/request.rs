@@ -240,6 +240,30 @@ pub struct GenerateRequest {
     /// A prompt given as it is (text completion): no chat template, and the output is
     /// plain text. `messages` is ignored.
     pub raw_prompt: Option<RawPrompt>,
+    /// The images the client sent, in order. A text-only model reads each one's
+    /// [`Image::placeholder`] in its message where the image was.
+    pub images: Vec<Image>,
+}
+
+/// An image in a request, as the API translation read it (its header only: no pixels
+/// are decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Where the request had it (`messages.2.content.0`), for errors and logs.
+    pub at: String,
+    /// What it is: its format and size (`PNG 1280×720`), or its URL when it was not sent
+    /// inline.
+    pub summary: String,
+}
+
+impl Image {
+    /// What a model without vision reads in its place.
+    pub fn placeholder(&self) -> String {
+        format!(
+            "[image: {}, not shown: this model has no vision]",
+            self.summary
+        )
+    }
 }
 
 /// A text-completion prompt.
@@ -269,6 +293,7 @@ impl GenerateRequest {
             breakpoints: Vec::new(),
             output_schema: None,
             raw_prompt: None,
+            images: Vec::new(),
         }
     }
 }

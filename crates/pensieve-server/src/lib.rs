@@ -28,4 +28,4 @@ pub use app::app;
 pub use browser::BrowserPolicy;
 pub use error::ApiError;
 pub use models::{Backend, ModelRouter, ServedModel};
-pub use state::{AppState, ServerConfig};
+pub use state::{AppState, ImagePolicy, ServerConfig};

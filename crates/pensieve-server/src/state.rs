@@ -28,6 +28,33 @@ pub struct ServerConfig {
     /// The sampling of requests that leave a setting out (translated ones; a request
     /// relayed to an upstream as it is gets the upstream's own defaults).
     pub sampling: SamplingDefaults,
+    /// What a model without vision makes of the images it is sent.
+    pub images: ImagePolicy,
+}
+
+/// What a model without vision makes of an image (`--images`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagePolicy {
+    /// The model reads a short placeholder where the image was, so that a conversation
+    /// that once held a screenshot goes on.
+    #[default]
+    Placeholder,
+    /// The request is refused (400), naming the image's block.
+    Reject,
+}
+
+impl std::str::FromStr for ImagePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "placeholder" => Ok(ImagePolicy::Placeholder),
+            "reject" => Ok(ImagePolicy::Reject),
+            other => Err(format!(
+                "{other:?} is not an image policy (placeholder, reject)"
+            )),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -40,6 +67,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             sampling: SamplingDefaults::default(),
+            images: ImagePolicy::default(),
         }
     }
 }

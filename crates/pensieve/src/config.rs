@@ -32,6 +32,7 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use pensieve_engine::settings::{GpuLayers, KvType};
 use pensieve_engine::speculate::Speculative;
+use pensieve_server::ImagePolicy;
 use serde::Deserialize;
 
 use crate::paths;
@@ -65,6 +66,8 @@ pub struct ServerSettings {
     pub cache_disk: Option<ByteSize>,
     pub queue: Option<usize>,
     pub max_body_mib: Option<usize>,
+    /// What a model without vision makes of an image (`--images`).
+    pub images: Option<ImagePolicy>,
     /// Host names answered on a loopback bind besides this machine's (`--allowed-host`).
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser origins allowed to call the API (`--cors-origin`).
@@ -256,6 +259,7 @@ mod tests {
             cache_ram = "2GiB"
             speculative = "ngram"
             draft_model = "tiny-draft"
+            images = "reject"
             [models.tiny]
             model = "/m/tiny.gguf"
             ctx = 4096
@@ -276,6 +280,7 @@ mod tests {
         assert_eq!(config.server.cache_ram, Some(ByteSize::gib(2)));
         assert_eq!(config.server.speculative, Some(Speculative::Ngram));
         assert_eq!(config.server.draft_model.as_deref(), Some("tiny-draft"));
+        assert_eq!(config.server.images, Some(ImagePolicy::Reject));
         let (target, settings) = config.model("tiny");
         assert_eq!(target, "/m/tiny.gguf");
         assert_eq!(settings.ctx, Some(4096));

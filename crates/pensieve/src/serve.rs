@@ -17,7 +17,9 @@ use pensieve_engine::{
 };
 use pensieve_hub::ModelFormat;
 use pensieve_llama::LlamaOptions;
-use pensieve_server::{AppState, BrowserPolicy, ModelRouter, ServedModel, ServerConfig};
+use pensieve_server::{
+    AppState, BrowserPolicy, ImagePolicy, ModelRouter, ServedModel, ServerConfig,
+};
 
 use crate::config::{Config, EngineKind, UpstreamApi, UpstreamRouting};
 use crate::resolve::{self, Fetch, Resolved};
@@ -156,6 +158,12 @@ pub struct ServeArgs {
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
+    /// What a model without vision makes of an image: `placeholder`, a short line such as
+    /// "[image: PNG 1280×720, not shown: this model has no vision]" where the image was
+    /// (a session that once held a screenshot goes on), or `reject`: a 400 naming the
+    /// image [default: placeholder].
+    #[arg(long, value_name = "placeholder|reject")]
+    images: Option<ImagePolicy>,
     /// Sampling temperature of requests that name none, 0 for greedy (as llama-server's
     /// --temp; Claude Code sends none) [default: 1, the APIs' own].
     #[arg(long = "temp", value_name = "T", value_parser = in_range(0.0, 2.0))]
@@ -779,6 +787,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             or_config(&args.cors_origins, &config.server.cors_origins),
         ),
         sampling: sampling_defaults(&args, &config)?,
+        images: args.images.or(config.server.images).unwrap_or_default(),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

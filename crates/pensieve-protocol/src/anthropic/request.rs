@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Breakpoint, Effort, GenerateRequest, Message, Role, SamplingDefaults, SamplingParams, ToolCall,
-    ToolChoice, ToolSpec,
+    Breakpoint, Effort, GenerateRequest, Image, Message, Role, SamplingDefaults, SamplingParams,
+    ToolCall, ToolChoice, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -295,12 +295,14 @@ impl MessagesRequest {
             .iter()
             .flatten()
             .any(|t| t.cache_control.is_some());
-        let (conversation, mut breakpoints) = conversation(self.system, messages)?;
+        let mut conversation = conversation(self.system, messages)?;
+        let breakpoints = &mut conversation.breakpoints;
         if marked_tools && !breakpoints.contains(&Breakpoint::Preamble) {
             breakpoints.push(Breakpoint::Preamble);
         }
-        let mut request = GenerateRequest::new(model, conversation, max_tokens);
-        request.breakpoints = breakpoints;
+        let mut request = GenerateRequest::new(model, conversation.messages, max_tokens);
+        request.breakpoints = conversation.breakpoints;
+        request.images = conversation.images;
         request.tools = tools(self.tools.unwrap_or_default());
         request.parallel_tool_calls = !self
             .tool_choice
@@ -356,8 +358,9 @@ impl CountTokensRequest {
         at_least_one(&messages)?;
         check_tools(self.tools.as_deref())?;
         check_thinking(self.thinking.as_ref())?;
-        let (conversation, _) = conversation(self.system, messages)?;
-        let mut request = GenerateRequest::new(model, conversation, 1);
+        let conversation = conversation(self.system, messages)?;
+        let mut request = GenerateRequest::new(model, conversation.messages, 1);
+        request.images = conversation.images;
         request.tools = tools(self.tools.unwrap_or_default());
         request.tool_choice = tool_choice(self.tool_choice)?;
         set_reasoning(
@@ -491,14 +494,22 @@ fn tool_choice(choice: Option<ToolChoiceParam>) -> Result<ToolChoice, RequestErr
     }
 }
 
-/// The system prompt and the messages as one neutral conversation, with the cache
-/// breakpoints marked in them.
+/// A request's system prompt and messages as one neutral conversation.
+#[derive(Default)]
+struct Conversation {
+    messages: Vec<Message>,
+    /// The cache breakpoints marked in it.
+    breakpoints: Vec<Breakpoint>,
+    /// The images it holds, each read as its placeholder in its message's text.
+    images: Vec<Image>,
+}
+
 fn conversation(
     system: Option<SystemPrompt>,
     messages: Vec<InputMessage>,
-) -> Result<(Vec<Message>, Vec<Breakpoint>), RequestError> {
-    let mut out = Vec::new();
-    let mut breakpoints = Vec::new();
+) -> Result<Conversation, RequestError> {
+    let mut conv = Conversation::default();
+    let (out, breakpoints) = (&mut conv.messages, &mut conv.breakpoints);
     if let Some(SystemPrompt::Blocks(blocks)) = &system {
         if blocks.iter().any(is_marked) {
             breakpoints.push(Breakpoint::Preamble);
@@ -553,9 +564,9 @@ fn conversation(
             }],
             Some(Content::Blocks(b)) => b,
         };
-        translate_turn(role, blocks, i, &mut tool_names, &mut out, &mut breakpoints)?;
+        translate_turn(role, blocks, i, &mut tool_names, &mut conv)?;
     }
-    Ok((out, breakpoints))
+    Ok(conv)
 }
 
 /// Whether a block carries `cache_control`.
@@ -579,9 +590,13 @@ fn translate_turn(
     blocks: Vec<ContentBlock>,
     index: usize,
     tool_names: &mut HashMap<String, String>,
-    out: &mut Vec<Message>,
-    breakpoints: &mut Vec<Breakpoint>,
+    conv: &mut Conversation,
 ) -> Result<(), RequestError> {
+    let Conversation {
+        messages: out,
+        breakpoints,
+        images,
+    } = conv;
     // A mark on a text block holds at the end of the turn's text, where the blocks are
     // joined.
     let text_marked = blocks
@@ -597,16 +612,15 @@ fn translate_turn(
             ContentBlock::Text { text, .. } => texts.push(text),
             ContentBlock::Thinking { thinking } => reasoning.push(thinking),
             ContentBlock::RedactedThinking {} | ContentBlock::Other => {}
-            ContentBlock::Image { .. } => {
-                return Err(RequestError(format!(
-                    "{}: this model does not accept images",
-                    at()
-                )))
+            ContentBlock::Image { source } => {
+                let image = read_image(&source, &at())?;
+                texts.push(image.placeholder());
+                images.push(image);
             }
-            ContentBlock::Document { source } => texts.push(document_text(&source, &at())?),
+            ContentBlock::Document { source } => texts.push(document_text(&source, &at(), images)?),
             ContentBlock::MidConvSystem { text, content } => {
                 let body = match content.map(|c| *c) {
-                    Some(c) => content_text(c),
+                    Some(c) => content_text(c, &at(), images)?,
                     None => text,
                 };
                 out.push(Message::text(Role::System, body));
@@ -638,7 +652,10 @@ fn translate_turn(
                 if cache_control.is_some() {
                     breakpoints.push(Breakpoint::After(out.len()));
                 }
-                let mut text = content.map(content_text).unwrap_or_default();
+                let mut text = match content {
+                    Some(c) => content_text(c, &format!("{}.content", at()), images)?,
+                    None => String::new(),
+                };
                 if is_error == Some(true) {
                     text = format!("Error: {text}");
                 }
@@ -707,20 +724,64 @@ fn strip_billing_header(text: &str) -> String {
         .to_owned()
 }
 
-/// The text of a tool result or nested content: text blocks joined; others dropped.
-fn content_text(content: Content) -> String {
-    match content {
-        Content::Text(t) => t,
-        Content::Blocks(blocks) => join_texts(blocks.into_iter().filter_map(|b| match b {
-            ContentBlock::Text { text, .. } => Some(text),
-            ContentBlock::Image { .. } => Some("[image omitted]".to_owned()),
-            _ => None,
-        })),
+/// The text of a tool result or nested content (at `at`): text blocks joined, images as
+/// their placeholders (gathered in `images`); other blocks dropped.
+fn content_text(
+    content: Content,
+    at: &str,
+    images: &mut Vec<Image>,
+) -> Result<String, RequestError> {
+    let blocks = match content {
+        Content::Text(t) => return Ok(t),
+        Content::Blocks(blocks) => blocks,
+    };
+    let mut texts = Vec::new();
+    for (k, block) in blocks.into_iter().enumerate() {
+        match block {
+            ContentBlock::Text { text, .. } => texts.push(text),
+            ContentBlock::Image { source } => {
+                let image = read_image(&source, &format!("{at}.{k}"))?;
+                texts.push(image.placeholder());
+                images.push(image);
+            }
+            _ => {}
+        }
     }
+    Ok(join_texts(texts.into_iter()))
 }
 
-/// Documents with a text source are read as text; anything else (PDF) is refused.
-fn document_text(source: &Value, at: &str) -> Result<String, RequestError> {
+/// An image block's `source`: inline base64 data, a URL (not fetched) or a file id.
+fn read_image(source: &Value, at: &str) -> Result<Image, RequestError> {
+    let field = |name: &str| source.get(name).and_then(Value::as_str);
+    let required = |name: &str| field_required(&format!("{at}.source.{name}"));
+    let read = match field("type") {
+        Some("base64") => {
+            let data = field("data").ok_or_else(|| required("data"))?;
+            crate::image::from_base64(data, at)
+        }
+        Some("url") => {
+            let url = field("url").ok_or_else(|| required("url"))?;
+            crate::image::from_url(url, at)
+        }
+        Some("file") => {
+            let id = field("file_id").ok_or_else(|| required("file_id"))?;
+            Ok(crate::image::from_file_id(id, at))
+        }
+        other => Err(format!(
+            "{at}.source.type: expected base64, url or file; got {}",
+            other.map_or("nothing".to_owned(), |t| format!("{t:?}"))
+        )),
+    };
+    read.map_err(RequestError)
+}
+
+/// Documents with a text source are read as text (a `content` source's images as their
+/// placeholders, gathered in `images`); anything else (PDF) is refused.
+fn document_text(
+    source: &Value,
+    at: &str,
+    images: &mut Vec<Image>,
+) -> Result<String, RequestError> {
     match source.get("type").and_then(Value::as_str) {
         Some("text") => Ok(source
             .get("data")
@@ -731,7 +792,10 @@ fn document_text(source: &Value, at: &str) -> Result<String, RequestError> {
             let content: Option<Content> = source
                 .get("content")
                 .and_then(|c| serde_json::from_value(c.clone()).ok());
-            Ok(content.map(content_text).unwrap_or_default())
+            match content {
+                Some(c) => content_text(c, &format!("{at}.source.content"), images),
+                None => Ok(String::new()),
+            }
         }
         other => Err(RequestError(format!(
             "{at}: document source {} is not supported; send the document as text",

@@ -139,15 +139,77 @@ fn r9_cache_control_and_citations_accepted() {
     assert_eq!(generate(body).unwrap().messages[0].content, "x");
 }
 
+/// A PNG's signature and header, base64: all that is read of an image.
+fn png_1280x720() -> &'static str {
+    "iVBORw0KGgoAAAANSUhEUgAABQAAAALQCAYAAAAAAAAA"
+}
+
 #[test]
-fn r10_images_are_a_clear_400() {
+fn r10_images_become_placeholders_that_name_them() {
     let mut body = base();
     body["messages"] = json!([{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png_1280x720()}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}}
     ]}]);
-    let err = generate(body).unwrap_err();
-    assert!(err.0.contains("messages.0.content.0"), "{}", err.0);
-    assert!(err.0.contains("images"), "{}", err.0);
+    let request = generate(body).unwrap();
+    assert_eq!(
+        request.messages[0].content,
+        "What is this?\n\n[image: PNG 1280×720, not shown: this model has no vision]\n\n\
+         [image: https://example.com/a.jpg, not shown: this model has no vision]"
+    );
+    let at: Vec<_> = request.images.iter().map(|i| i.at.as_str()).collect();
+    assert_eq!(at, ["messages.0.content.1", "messages.0.content.2"]);
+}
+
+#[test]
+fn r10_an_image_in_a_tool_result_is_a_placeholder_in_the_result() {
+    let mut body = base();
+    body["messages"] = json!([
+        {"role": "user", "content": "look at shot.png"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "shot.png"}}
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png_1280x720()}}
+            ]}
+        ]}
+    ]);
+    let request = generate(body).unwrap();
+    let result = request.messages.last().unwrap();
+    assert_eq!(result.role, Role::Tool);
+    assert_eq!(
+        result.content,
+        "[image: PNG 1280×720, not shown: this model has no vision]"
+    );
+    assert_eq!(request.images[0].at, "messages.2.content.0.content.0");
+}
+
+#[test]
+fn r10_a_bad_image_is_a_clear_400_naming_its_block() {
+    for (source, says) in [
+        (
+            json!({"type": "base64", "media_type": "image/png", "data": "AAAA"}),
+            "not an image",
+        ),
+        (
+            json!({"type": "base64", "media_type": "image/png"}),
+            "source.data: Field required",
+        ),
+        (
+            json!({"type": "bytes"}),
+            "source.type: expected base64, url or file",
+        ),
+    ] {
+        let mut body = base();
+        body["messages"] = json!([{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "source": source}
+        ]}]);
+        let err = generate(body).unwrap_err();
+        assert!(err.0.starts_with("messages.0.content.1"), "{}", err.0);
+        assert!(err.0.contains(says), "{}", err.0);
+    }
 }
 
 #[test]

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Effort, GenerateRequest, Message, Role, SamplingDefaults, SamplingParams, ToolCall, ToolChoice,
-    ToolSpec,
+    Effort, GenerateRequest, Image, Message, Role, SamplingDefaults, SamplingParams, ToolCall,
+    ToolChoice, ToolSpec,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -215,7 +215,11 @@ pub enum ContentPart {
         #[serde(default)]
         text: String,
     },
-    ImageUrl {},
+    ImageUrl {
+        /// `{"url": ..., "detail": ...}`, or the URL alone as some clients send it.
+        #[serde(default)]
+        image_url: Value,
+    },
     InputAudio {},
     File {},
     #[serde(other)]
@@ -396,7 +400,10 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, t)| tool_spec(i, t))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut request = GenerateRequest::new(model, conversation(messages)?, max_tokens);
+        let mut images = Vec::new();
+        let messages = conversation(messages, &mut images)?;
+        let mut request = GenerateRequest::new(model, messages, max_tokens);
+        request.images = images;
         request.sampling = sampling;
         request.tools = tools;
         request.tool_choice = tool_choice(self.tool_choice)?;
@@ -546,8 +553,11 @@ fn output_schema(format: Option<ResponseFormat>) -> Result<Option<Value>, OpenAi
     }
 }
 
-/// The messages as one neutral conversation.
-fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError> {
+/// The messages as one neutral conversation; the images in them are gathered in `images`.
+fn conversation(
+    messages: Vec<ChatMessage>,
+    images: &mut Vec<Image>,
+) -> Result<Vec<Message>, OpenAiError> {
     // Tool results name their call by id; templates often want the tool's name too.
     let mut tool_names: HashMap<String, String> = HashMap::new();
     let mut out = Vec::with_capacity(messages.len());
@@ -572,7 +582,7 @@ fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError>
                 format!("{param}: Field required for messages with role tool"),
             ));
         }
-        let mut message = Message::text(role, content_text(m.content, i)?);
+        let mut message = Message::text(role, content_text(m.content, i, images)?);
         message.reasoning = m.reasoning_content.filter(|r| !r.is_empty());
         for (j, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
             let arguments = if call.function.arguments.trim().is_empty() {
@@ -603,7 +613,12 @@ fn conversation(messages: Vec<ChatMessage>) -> Result<Vec<Message>, OpenAiError>
     Ok(out)
 }
 
-fn content_text(content: Option<ChatContent>, index: usize) -> Result<String, OpenAiError> {
+/// A message's text: its text parts joined, each image as its placeholder.
+fn content_text(
+    content: Option<ChatContent>,
+    index: usize,
+    images: &mut Vec<Image>,
+) -> Result<String, OpenAiError> {
     match content {
         None => Ok(String::new()),
         Some(ChatContent::Text(t)) => Ok(t),
@@ -613,9 +628,24 @@ fn content_text(content: Option<ChatContent>, index: usize) -> Result<String, Op
                 match part {
                     ContentPart::Text { text } => texts.push(text),
                     ContentPart::Other => {}
-                    ContentPart::ImageUrl {}
-                    | ContentPart::InputAudio {}
-                    | ContentPart::File {} => {
+                    ContentPart::ImageUrl { image_url } => {
+                        let param = format!("messages[{index}].content[{j}]");
+                        let url = image_url
+                            .as_str()
+                            .or_else(|| image_url.get("url").and_then(Value::as_str));
+                        let Some(url) = url else {
+                            let param = format!("{param}.image_url.url");
+                            return Err(OpenAiError::invalid(
+                                Some(&param),
+                                format!("{param}: Field required"),
+                            ));
+                        };
+                        let image = crate::image::from_url(url, &param)
+                            .map_err(|e| OpenAiError::invalid(Some(&param), e))?;
+                        texts.push(image.placeholder());
+                        images.push(image);
+                    }
+                    ContentPart::InputAudio {} | ContentPart::File {} => {
                         let param = format!("messages[{index}].content[{j}]");
                         return Err(OpenAiError::invalid(
                             Some(&param),

@@ -149,7 +149,7 @@ fn what_the_server_cannot_honour_is_refused_by_name() {
     assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, 1.0));
     assert_eq!(s.logit_bias, vec![(7, 3.5), (42, -100.0)]);
     let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})).unwrap_err();
-    assert!(e.message.contains("text only"), "{e}");
+    assert!(e.message.contains("an image URL must be"), "{e}");
     assert!(parse(json!({"messages": []})).is_err());
     assert!(parse_chat(b"{not json").is_err());
 }
@@ -373,7 +373,7 @@ fn every_chat_field_is_checked_with_its_param() {
             json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
             Some((
                 "messages[0].content[0]",
-                "messages[0].content[0]: this model accepts text only",
+                "messages[0].content[0]: an image URL must be http(s)",
             )),
         ),
         // Tools: function tools, names matching ^[a-zA-Z0-9_-]{1,64}$, object parameters.
@@ -576,4 +576,32 @@ fn every_completions_field_is_checked_with_its_param() {
             (got, want) => panic!("{extra}: got {got:?}, want {want:?}"),
         }
     }
+}
+
+#[test]
+fn images_become_placeholders_in_their_message() {
+    // A PNG's signature and header (1280×720): all that is read of an image.
+    let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAABQAAAALQCAYAAAAAAAAA";
+    let body = json!({"model": "m", "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "Compare"},
+            {"type": "image_url", "image_url": {"url": png, "detail": "high"}},
+            {"type": "image_url", "image_url": "https://example.com/b.webp"}
+        ]}
+    ]});
+    let request = parse(body).unwrap();
+    assert_eq!(
+        request.messages[0].content,
+        "Compare\n\n[image: PNG 1280×720, not shown: this model has no vision]\n\n\
+         [image: https://example.com/b.webp, not shown: this model has no vision]"
+    );
+    let at: Vec<_> = request.images.iter().map(|i| i.at.as_str()).collect();
+    assert_eq!(at, ["messages[0].content[1]", "messages[0].content[2]"]);
+    let e = parse(
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]}),
+    )
+    .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
+    assert!(e.message.contains("not an image"), "{e}");
 }

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pensieve_engine::{Completion, EngineError, GenerateRequest, Usage};
+use pensieve_protocol::anthropic::ErrorKind;
 use pensieve_protocol::encode::{Collector, SseEncoder};
 use pensieve_protocol::ids::random_id;
 use pensieve_upstream::{conversation_key, Endpoint, Upstream};
@@ -19,7 +20,7 @@ use super::io::{collect, log_outcome, stream_sse, submit, LogOutcome};
 use super::relay::relay;
 use crate::error::ApiError;
 use crate::models::Backend;
-use crate::state::AppState;
+use crate::state::{AppState, ImagePolicy};
 
 /// One generation API. `Self` is what the reply needs to remember of the request (whether
 /// it streams, its options) once the engine request is made from it.
@@ -73,6 +74,7 @@ async fn run<A: Generate>(state: &AppState, body: Parsed<A>) -> Result<Response,
             return relay(upstream, endpoint, &body.bytes, key).await;
         }
     }
+    text_only_images(state, &request, &body.request_id)?;
     let (request, generation) = submit(state, request).await?;
     let reply = ReplyHead {
         id: random_id(A::ID_PREFIX),
@@ -104,4 +106,40 @@ async fn run<A: Generate>(state: &AppState, body: Parsed<A>) -> Result<Response,
     let outcome = collect(generation, |event| collector.push(event)).await;
     log(false, outcome.as_ref());
     Ok(Json(collector.finish(outcome?)).into_response())
+}
+
+/// The images of a request to a model that has no vision: left as the placeholders the
+/// translation put in their place (said once per request in the log), or refused with
+/// `--images reject`.
+pub fn text_only_images(
+    state: &AppState,
+    request: &GenerateRequest,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    let Some(first) = request.images.first() else {
+        return Ok(());
+    };
+    match state.config.images {
+        ImagePolicy::Reject => {
+            let mut e = ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{}: this model does not accept images (the server runs with --images reject)",
+                    first.at
+                ),
+            );
+            e.param = Some(first.at.clone());
+            Err(e)
+        }
+        ImagePolicy::Placeholder => {
+            tracing::info!(
+                request_id,
+                images = request.images.len(),
+                first = %first.summary,
+                at = %first.at,
+                "images shown to the model as placeholders: it has no vision"
+            );
+            Ok(())
+        }
+    }
 }

@@ -90,9 +90,12 @@ pub async fn count_tokens(State(state): State<AppState>, body: Parsed<CountToken
     let result = async {
         let request = request.into_generate()?;
         let count = match state.backend_for(&request.model).clone() {
-            Backend::Local(engine) => blocking(move || engine.prompt_tokens(&request))
-                .await??
-                .len(),
+            Backend::Local(engine) => {
+                super::generate::text_only_images(&state, &request, &request_id)?;
+                blocking(move || engine.prompt_tokens(&request))
+                    .await??
+                    .len()
+            }
             Backend::Upstream { upstream, .. } if upstream.api() == UpstreamApi::Anthropic => {
                 let key = conversation_key(&request);
                 match relay::count_tokens(&upstream, &bytes, key).await? {

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    Effort, GenerateRequest, Message, Role, SamplingDefaults, SamplingParams, ToolCall, ToolChoice,
-    ToolSpec,
+    Effort, GenerateRequest, Image, Message, Role, SamplingDefaults, SamplingParams, ToolCall,
+    ToolChoice, ToolSpec,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -159,13 +159,14 @@ impl ResponsesRequest {
             }
         }
         let mut history = previous.map(<[Message]>::to_vec).unwrap_or_default();
+        let mut images = Vec::new();
         match self.input {
             None if previous.is_none() => {
                 return Err(OpenAiError::invalid(Some("input"), "input: Field required"))
             }
             None => {}
             Some(Input::Text(text)) => history.push(Message::text(Role::User, text)),
-            Some(Input::Items(items)) => conversation(items, &mut history)?,
+            Some(Input::Items(items)) => conversation(items, &mut history, &mut images)?,
         }
         if !history.iter().any(|m| m.role != Role::System) {
             return Err(OpenAiError::invalid(
@@ -203,6 +204,7 @@ impl ResponsesRequest {
         request.tool_choice = tool_choice(self.tool_choice.as_ref())?;
         request.parallel_tool_calls = self.parallel_tool_calls.unwrap_or(true);
         request.output_schema = output_schema(format)?;
+        request.images = images;
         let effort = self.reasoning.as_ref().and_then(|r| r.effort.clone());
         if let Some(word) = effort.as_deref() {
             request.thinking = word != "none";
@@ -295,8 +297,13 @@ struct ReasoningItem {
 }
 
 /// The items as neutral messages, after `out`: reasoning and function calls join the
-/// assistant turn they belong to, as one chat turn carries them.
-fn conversation(items: Vec<Value>, out: &mut Vec<Message>) -> Result<(), OpenAiError> {
+/// assistant turn they belong to, as one chat turn carries them. Their images are
+/// gathered in `images`.
+fn conversation(
+    items: Vec<Value>,
+    out: &mut Vec<Message>,
+    images: &mut Vec<Image>,
+) -> Result<(), OpenAiError> {
     // Outputs name their call by id; templates often want the tool's name too.
     let mut names: HashMap<String, String> = out
         .iter()
@@ -330,7 +337,7 @@ fn conversation(items: Vec<Value>, out: &mut Vec<Message>) -> Result<(), OpenAiE
                         ));
                     }
                 };
-                let text = content_text(m.content, &format!("input[{i}].content"))?;
+                let text = content_text(m.content, &format!("input[{i}].content"), images)?;
                 match out.last_mut() {
                     // After its reasoning, the assistant's answer is the same turn.
                     Some(last)
@@ -383,7 +390,7 @@ fn conversation(items: Vec<Value>, out: &mut Vec<Message>) -> Result<(), OpenAiE
                 let o: FunctionCallOutputItem = item(value, i)?;
                 let mut m = Message::text(
                     Role::Tool,
-                    content_text(Some(o.output), &format!("input[{i}].output"))?,
+                    content_text(Some(o.output), &format!("input[{i}].output"), images)?,
                 );
                 m.name = names.get(&o.call_id).cloned();
                 m.tool_call_id = Some(o.call_id);
@@ -430,8 +437,12 @@ struct CustomCallItem {
 }
 
 /// The text of a message's content (or a call's output): text parts joined with blank
-/// lines; images, files and audio refused.
-fn content_text(content: Option<MessageContent>, at: &str) -> Result<String, OpenAiError> {
+/// lines, images as their placeholders (gathered in `images`); files and audio refused.
+fn content_text(
+    content: Option<MessageContent>,
+    at: &str,
+    images: &mut Vec<Image>,
+) -> Result<String, OpenAiError> {
     let parts = match content {
         None => return Ok(String::new()),
         Some(MessageContent::Text(t)) => return Ok(t),
@@ -441,15 +452,32 @@ fn content_text(content: Option<MessageContent>, at: &str) -> Result<String, Ope
     for (j, part) in parts.iter().enumerate() {
         let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
         match kind {
-            "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text" => {
-                texts.push(part.get("text").and_then(Value::as_str).unwrap_or_default())
-            }
+            "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text" => texts
+                .push(
+                    part.get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
             "refusal" => texts.push(
                 part.get("refusal")
                     .and_then(Value::as_str)
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .to_owned(),
             ),
-            "input_image" | "input_file" | "input_audio" => {
+            "input_image" => {
+                let param = format!("{at}[{j}]");
+                let field = |name: &str| part.get(name).and_then(Value::as_str);
+                let image = match (field("image_url"), field("file_id")) {
+                    (Some(url), _) => crate::image::from_url(url, &param),
+                    (None, Some(id)) => Ok(crate::image::from_file_id(id, &param)),
+                    (None, None) => Err(format!("{param}.image_url: Field required")),
+                }
+                .map_err(|e| OpenAiError::invalid(Some(&param), e))?;
+                texts.push(image.placeholder());
+                images.push(image);
+            }
+            "input_file" | "input_audio" => {
                 let param = format!("{at}[{j}]");
                 return Err(OpenAiError::invalid(
                     Some(&param),

@@ -224,3 +224,24 @@ fn refusals_name_their_parameter() {
         assert!(e.message.starts_with(param), "{body}: {}", e.message);
     }
 }
+
+#[test]
+fn input_images_become_placeholders() {
+    let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAABQAAAALQCAYAAAAAAAAA";
+    let p = prepare(json!({"model": "m", "input": [
+        {"role": "user", "content": [
+            {"type": "input_text", "text": "What is it?"},
+            {"type": "input_image", "image_url": png, "detail": "auto"},
+            {"type": "input_image", "file_id": "file-1"}
+        ]}
+    ]}))
+    .unwrap();
+    let m = p.request.messages.last().unwrap();
+    assert_eq!(
+        m.content,
+        "What is it?\n\n[image: PNG 1280×720, not shown: this model has no vision]\n\n\
+         [image: file file-1, not shown: this model has no vision]"
+    );
+    assert_eq!(p.request.images.len(), 2);
+    assert_eq!(p.request.images[1].at, "input[0].content[2]");
+}
