@@ -35,13 +35,13 @@ IMAGE_PLACEHOLDER = "[image: PNG {w}×{h}, not shown: this model has no vision]"
 IMAGES_LOGGED = "images shown to the model as placeholders"
 
 
-def png(width: int, height: int) -> bytes:
+def png(width: int, height: int, grey: int = 0x80) -> bytes:
     """A real PNG of one grey colour, every chunk with its CRC."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    rows = b"".join(b"\x00" + bytes([grey]) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 

@@ -21,7 +21,8 @@ use crate::request::ToolSpec;
 use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{
-    EngineError, GenerateRequest, GenerationEvent, RawPrompt, SamplingParams, ToolChoice, Usage,
+    EngineError, GenerateRequest, GenerationEvent, Media, MediaPrompt, RawPrompt, SamplingParams,
+    ToolChoice, Usage, Vision,
 };
 
 /// Settings of the engine itself (the model's own come from the backend).
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub metrics: Option<Arc<EngineMetrics>>,
     /// Speculative decoding (on backends that can check drafts).
     pub speculative: crate::speculate::Speculative,
+    /// The model's vision projector (the backend's loader gives it): images in requests
+    /// are then shown to the model, not described by a placeholder.
+    pub vision: Option<Arc<dyn Vision>>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             tool_format: None,
             metrics: None,
             speculative: crate::speculate::Speculative::Off,
+            vision: None,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct ValidRequest {
     /// The tools offered (none under `tool_choice: none`): their schemas type the raw
     /// argument values of the XML-style formats.
     pub tools: Vec<ToolSpec>,
+    /// The stretches of the prompt that are images, in order (a vision model's).
+    pub media: Vec<Media>,
 }
 
 /// A cache breakpoint in a prompt: the prefix cache keeps a snapshot of the first `at`
@@ -126,6 +133,7 @@ struct Shared {
     shutdown: CancellationToken,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<EngineMetrics>,
+    vision: Option<Arc<dyn Vision>>,
 }
 
 /// A draft model for speculative decoding (`--draft-model`): a smaller model of the same
@@ -247,6 +255,7 @@ impl Engine {
                 shutdown,
                 thread: std::sync::Mutex::new(Some(thread)),
                 metrics,
+                vision: config.vision,
             }),
         })
     }
@@ -263,7 +272,72 @@ impl Engine {
     /// Render the request through the chat template and tokenize it, exactly as
     /// generation will (count_tokens relies on this being the same path).
     pub fn prompt_tokens(&self, request: &GenerateRequest) -> Result<Vec<TokenId>, EngineError> {
-        Ok(self.shared.tokenizer.encode(&self.render(request)?))
+        Ok(self.tokenize(&self.render(request)?, request)?.tokens)
+    }
+
+    /// Whether the model sees images (a vision projector is loaded).
+    pub fn sees_images(&self) -> bool {
+        self.shared.vision.is_some()
+    }
+
+    /// The rendered prompt's tokens. For a model that sees images, each image the client
+    /// sent inline is put where its placeholder is in the text (translation wrote the
+    /// placeholder into its message, in order) and tokenized by the projector.
+    fn tokenize(&self, text: &str, request: &GenerateRequest) -> Result<MediaPrompt, EngineError> {
+        let inline = || request.images.iter().filter(|i| i.data.is_some());
+        let Some(vision) = self
+            .shared
+            .vision
+            .as_ref()
+            .filter(|_| inline().next().is_some())
+        else {
+            return Ok(MediaPrompt {
+                tokens: self.shared.tokenizer.encode(text),
+                media: Vec::new(),
+            });
+        };
+        let mut marked = String::with_capacity(text.len());
+        let mut rest = text;
+        let mut images = Vec::new();
+        for image in inline() {
+            let placeholder = image.placeholder();
+            let Some(i) = rest.find(&placeholder) else {
+                // A template may leave some content out (a tool result's, say).
+                tracing::warn!(at = image.at, "the chat template left an image out");
+                continue;
+            };
+            marked.push_str(&rest[..i]);
+            marked.push_str(vision.marker());
+            rest = &rest[i + placeholder.len()..];
+            images.push(image);
+        }
+        marked.push_str(rest);
+        let bytes: Vec<&[u8]> = images.iter().filter_map(|i| i.data.as_deref()).collect();
+        let prompt = vision.tokenize(&marked, &bytes).map_err(|e| {
+            EngineError::InvalidRequest(match e.split_once(": ") {
+                // "image N: why" names the client's block instead.
+                Some((head, why)) => match head
+                    .strip_prefix("image ")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| images.get(n))
+                {
+                    Some(image) => format!("{}: {why}", image.at),
+                    None => e,
+                },
+                None => e,
+            })
+        })?;
+        // The logits sampled first are those of the prompt's last token: text.
+        if prompt
+            .media
+            .last()
+            .is_some_and(|m| m.end() >= prompt.tokens.len())
+        {
+            return Err(EngineError::InvalidRequest(
+                "messages: the prompt must not end with an image".into(),
+            ));
+        }
+        Ok(prompt)
     }
 
     fn render(&self, request: &GenerateRequest) -> Result<String, EngineError> {
@@ -337,11 +411,14 @@ impl Engine {
             ));
         }
         let mut cache_points = Vec::new();
+        let mut media = Vec::new();
         let (text, prompt) = match &request.raw_prompt {
             None => {
                 let (text, offsets) =
                     self.render_with_breakpoints(request, &request.breakpoints)?;
-                let prompt = self.shared.tokenizer.encode(&text);
+                let prompt = self.tokenize(&text, request)?;
+                media = prompt.media;
+                let prompt = prompt.tokens;
                 cache_points = self.cache_points(&text, &prompt, &offsets);
                 (text, prompt)
             }
@@ -392,6 +469,7 @@ impl Engine {
             } else {
                 request.tools.clone()
             },
+            media,
         })
     }
 

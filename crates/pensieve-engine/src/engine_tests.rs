@@ -49,6 +49,7 @@ fn valid(prompt: &str, max_tokens: u32) -> ValidRequest {
         constraint: None,
         lazy_call: None,
         tools: Vec::new(),
+        media: Vec::new(),
     }
 }
 
@@ -1489,4 +1490,142 @@ async fn a_draft_stops_where_the_request_does() {
                 <= ByteTokenizer.encode(prompt).len() + plain_done.usage.completion_tokens as usize
         );
     }
+}
+
+fn image(bytes: &[u8]) -> crate::Image {
+    crate::Image {
+        at: "messages.0.content.1".into(),
+        summary: "PNG 2×2".into(),
+        data: Some(bytes.into()),
+        url: None,
+    }
+}
+
+/// A user turn that shows `images`: each one's placeholder where it was sent.
+fn showing(images: Vec<crate::Image>) -> GenerateRequest {
+    let shown: Vec<String> = images.iter().map(crate::Image::placeholder).collect();
+    let text = format!("Look at {}, then say ok.", shown.join(" and "));
+    let mut request = GenerateRequest::new("m", vec![Message::text(Role::User, text)], 3);
+    request.images = images;
+    request
+}
+
+#[tokio::test]
+async fn an_image_is_computed_once_then_read_from_the_cache_by_its_content() {
+    let runner = ScriptedRunner::new("ok");
+    let log = runner.log.clone();
+    let engine = Engine::start(
+        model_info(512),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        EngineConfig {
+            vision: Some(Arc::new(crate::testing::ScriptedVision)),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(engine.sees_images());
+    let first = showing(vec![image(b"first image")]);
+    let valid = engine.validate(&first).unwrap();
+    let [media] = &valid.media[..] else {
+        panic!("one image: {:?}", valid.media);
+    };
+    assert_eq!(media.len, crate::testing::ScriptedVision::TOKENS);
+    assert!(valid.prompt[media.at..media.end()]
+        .iter()
+        .all(|&t| crate::is_media_token(t)));
+    // The placeholder's text is gone: the image stands in its place.
+    let text: Vec<u8> = valid
+        .prompt
+        .iter()
+        .flat_map(|&t| ByteTokenizer.token_bytes(t))
+        .collect();
+    assert!(!String::from_utf8_lossy(&text).contains("not shown"));
+    // count_tokens counts what generation will.
+    assert_eq!(engine.prompt_tokens(&first).unwrap(), valid.prompt);
+
+    let (text, done) = finish(engine.submit(valid.clone()).unwrap()).await;
+    assert_eq!(text, "ok");
+    let usage = done.unwrap().usage;
+    assert_eq!(usage.prompt_tokens as usize, valid.prompt.len());
+    assert_eq!(usage.cached_prompt_tokens, 0);
+    assert_eq!(
+        log.lock().unwrap().images,
+        vec![(0, media.at as u32, media.len)]
+    );
+
+    // The same image again: its prefix, image included, comes from the cache.
+    let (_, done) = finish(engine.submit(engine.validate(&first).unwrap()).unwrap()).await;
+    assert!(done.unwrap().usage.cached_prompt_tokens as usize >= media.end());
+    assert_eq!(log.lock().unwrap().images.len(), 1);
+
+    // Another image: computed, the cache read stops where the images differ.
+    let (_, done) = finish(
+        engine
+            .submit(
+                engine
+                    .validate(&showing(vec![image(b"other image")]))
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .await;
+    assert!(done.unwrap().usage.cached_prompt_tokens as usize <= media.at);
+    assert_eq!(log.lock().unwrap().images.len(), 2);
+
+    // Two images in one turn, each its own stretch; a bad one is named by its block.
+    let two = engine
+        .validate(&showing(vec![image(b"first image"), image(b"third")]))
+        .unwrap();
+    assert_eq!(two.media.len(), 2);
+    assert!(two.media[0].end() < two.media[1].at);
+    let (text, done) = finish(engine.submit(two).unwrap()).await;
+    assert_eq!((text.as_str(), done.is_ok()), ("ok", true));
+    let err = engine.validate(&showing(vec![image(b"")])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("messages.0.content.1: it is empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_without_vision_reads_the_placeholder() {
+    let engine = start(ScriptedRunner::new("ok"), 512, 4);
+    assert!(!engine.sees_images());
+    let request = showing(vec![image(b"first image")]);
+    let valid = engine.validate(&request).unwrap();
+    assert!(valid.media.is_empty());
+    let text: Vec<u8> = valid
+        .prompt
+        .iter()
+        .flat_map(|&t| ByteTokenizer.token_bytes(t))
+        .collect();
+    assert!(String::from_utf8_lossy(&text).contains("[image: PNG 2×2, not shown"));
+}
+
+#[tokio::test]
+async fn an_image_the_backend_cannot_compute_fails_its_request_alone() {
+    let runner = ScriptedRunner::new("ok");
+    let engine = Engine::start(
+        model_info(512),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        EngineConfig {
+            vision: Some(Arc::new(crate::testing::ScriptedVision)),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let mut broken = engine
+        .validate(&showing(vec![image(b"first image")]))
+        .unwrap();
+    // A unit the scripted backend can't read: it refuses to compute the image.
+    broken.media[0].unit = Arc::new(());
+    let broken = engine.submit(broken).unwrap();
+    let fine = engine.submit(chat_turn("hello")).unwrap();
+    let (_, failed) = finish(broken).await;
+    assert!(matches!(failed, Err(EngineError::Backend(_))), "{failed:?}");
+    let (text, done) = finish(fine).await;
+    assert_eq!((text.as_str(), done.is_ok()), ("ok", true));
 }

@@ -11,6 +11,8 @@
 //! - [`stop`], [`detok`]: stop sequences and UTF-8-safe detokenisation.
 //! - [`output`]: the model's output split into text, reasoning and tool calls.
 //! - [`formats`]: the tool-call formats, one module each, and their registry.
+//! - [`media`]: images for a vision model: their stretches of a prompt and the [`Vision`]
+//!   seam.
 //! - [`model`]: the seams a backend implements ([`Tokenizer`], [`ModelRunner`]) and what
 //!   its loader returns ([`LoadedModel`]).
 //! - [`settings`]: the numbers a model is loaded with, resolved once from flags, variables,
@@ -26,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod formats;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -42,6 +45,7 @@ pub use engine::{CachePoint, DraftModel, Engine, EngineConfig, Generation, Valid
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use formats::ToolFormat;
+pub use media::{is_media_token, media_token, Media, MediaPrompt, Vision};
 pub use metrics::{CacheTier, EngineMetrics, UpstreamRecord};
 pub use model::{
     BatchToken, LoadedModel, ModelInfo, ModelRunner, Pick, RunnerError, RunsOn, SeqId, TokenId,

@@ -36,6 +36,8 @@ pub struct LoadedModel {
     pub info: ModelInfo,
     pub tokenizer: Arc<dyn Tokenizer>,
     pub runner: Box<dyn ModelRunner>,
+    /// The vision projector, when the model has one loaded (`--mmproj`).
+    pub vision: Option<Arc<dyn crate::Vision>>,
     /// Sequences the runner was sized for.
     pub parallel: usize,
     /// Where it runs, for the start-up log and `/health`.
@@ -204,6 +206,15 @@ pub trait ModelRunner: Send {
     /// Evaluate one batch. Its tokens come a sequence at a time, sequences in slot order
     /// (llama.cpp's per-slot KV streams compute consecutive slots in one pass).
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;
+    /// Evaluate an image's stretch of `seq` (see [`crate::Media`]) at positions
+    /// `media.at..media.end()`, all of them at once, keeping no logits. The engine calls
+    /// it before the step's [`ModelRunner::decode`], whose logits are the ones sampled.
+    fn decode_media(&mut self, seq: SeqId, media: &crate::Media) -> Result<(), RunnerError> {
+        let _ = (seq, media);
+        Err(RunnerError::Failed(
+            "this model has no vision projector".into(),
+        ))
+    }
     /// Prepare the sampler of `seq` for a new generation.
     fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams);
     /// Sample the next token of `seq` from the logits of entry `index` of the last batch,

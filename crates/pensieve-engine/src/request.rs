@@ -4,6 +4,8 @@
 //! [`GenerateRequest`]; the engine renders it through the model's chat template,
 //! tokenizes it and validates it into a [`crate::ValidRequest`].
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::model::TokenId;
@@ -254,6 +256,11 @@ pub struct Image {
     /// What it is: its format and size (`PNG 1280×720`), or its URL when it was not sent
     /// inline.
     pub summary: String,
+    /// Its bytes as sent (PNG, JPEG, ...), when sent inline: a model with vision sees
+    /// them.
+    pub data: Option<Arc<[u8]>>,
+    /// Its http(s) address, when given by one (fetched only with `--allow-image-urls`).
+    pub url: Option<String>,
 }
 
 impl Image {

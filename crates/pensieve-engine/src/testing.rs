@@ -55,6 +55,8 @@ pub struct RunnerLog {
     pub restores: usize,
     /// Prefixes copied from one slot to another (unless `shared_cells`).
     pub copies: usize,
+    /// Every image computed: `(seq, first position, token count)`.
+    pub images: Vec<(SeqId, u32, usize)>,
 }
 
 impl RunnerLog {
@@ -227,6 +229,24 @@ impl ModelRunner for ScriptedRunner {
         Ok(())
     }
 
+    fn decode_media(&mut self, seq: SeqId, media: &crate::Media) -> Result<(), RunnerError> {
+        let Some(tokens) = media.unit.downcast_ref::<Vec<TokenId>>() else {
+            return Err(RunnerError::Failed("not a scripted image".into()));
+        };
+        let mut log = self.log();
+        if log.used_cells() + tokens.len() > self.cells {
+            return Err(RunnerError::CacheFull);
+        }
+        let expected = log.slots.get(&seq).map_or(0, Vec::len);
+        assert_eq!(media.at, expected, "seq {seq} gets an image out of order");
+        for &t in tokens {
+            let cell = log.new_cell();
+            log.slots.entry(seq).or_default().push((t, cell));
+        }
+        log.images.push((seq, media.at as u32, tokens.len()));
+        Ok(())
+    }
+
     fn start_sampling(&mut self, seq: SeqId, _params: &SamplingParams) {
         self.next.insert(seq, 0);
     }
@@ -332,6 +352,55 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn fingerprint(&self) -> String {
+        "scripted".into()
+    }
+}
+
+/// A vision projector for the scripted backend: `<image>` marks an image, which becomes
+/// [`ScriptedVision::TOKENS`] media tokens of its content.
+pub struct ScriptedVision;
+
+impl ScriptedVision {
+    pub const TOKENS: usize = 8;
+}
+
+impl crate::Vision for ScriptedVision {
+    fn marker(&self) -> &str {
+        "<image>"
+    }
+
+    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<crate::MediaPrompt, String> {
+        let pieces: Vec<&str> = text.split(self.marker()).collect();
+        if pieces.len() != images.len() + 1 {
+            return Err(format!(
+                "{} markers for {} images",
+                pieces.len() - 1,
+                images.len()
+            ));
+        }
+        let mut prompt = crate::MediaPrompt::default();
+        for (i, piece) in pieces.iter().enumerate() {
+            prompt.tokens.extend(ByteTokenizer.encode(piece));
+            let Some(image) = images.get(i) else { break };
+            if image.is_empty() {
+                return Err(format!("image {i}: it is empty"));
+            }
+            // FNV-1a: a digest of the content.
+            let digest = image.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            let tokens = vec![crate::media_token(digest); Self::TOKENS];
+            prompt.media.push(crate::Media {
+                at: prompt.tokens.len(),
+                len: tokens.len(),
+                unit: Arc::new(tokens.clone()),
+            });
+            prompt.tokens.extend(tokens);
+        }
+        Ok(prompt)
+    }
+
+    fn describe(&self) -> String {
         "scripted".into()
     }
 }

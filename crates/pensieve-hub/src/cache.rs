@@ -45,6 +45,8 @@ pub struct CachedModel {
     /// Its files in the snapshot (all GGUF parts, or every file of the folder).
     pub files: Vec<PathBuf>,
     pub size: u64,
+    /// The vision projector pulled with a GGUF model, when its repo has one.
+    pub mmproj: Option<PathBuf>,
 }
 
 impl HfCache {
@@ -103,7 +105,13 @@ impl HfCache {
         };
         let files = relative_files(&snapshot);
         let model = match select(repo, &files, tag)? {
-            Selection::Gguf { files, tag } => gguf_model(repo, &snapshot, &tag, &files),
+            Selection::Gguf { files, tag, mmproj } => {
+                gguf_model(repo, &snapshot, &tag, &files).map(|mut model| {
+                    // Pulled before projectors were fetched: a model without one.
+                    model.mmproj = mmproj.map(|p| snapshot.join(p)).filter(|p| p.is_file());
+                    model
+                })
+            }
             Selection::Folder => folder_model(repo, &snapshot, &files),
         };
         Ok(model.filter(|m| m.files.iter().all(|f| f.is_file())))
@@ -192,6 +200,7 @@ fn gguf_model(repo: &str, snapshot: &Path, tag: &str, parts: &[String]) -> Optio
         path: files.first()?.clone(),
         size: files.iter().map(|f| file_size(f)).sum(),
         files,
+        mmproj: None,
     })
 }
 
@@ -207,6 +216,7 @@ fn folder_model(repo: &str, snapshot: &Path, files: &[String]) -> Option<CachedM
         path: snapshot.to_owned(),
         size: files.iter().map(|f| file_size(f)).sum(),
         files,
+        mmproj: None,
     })
 }
 

@@ -203,9 +203,13 @@ impl Hub {
         })?;
         let paths: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
         let (wanted, name, tag, format) = match select(repo, &paths, tag)? {
-            Selection::Gguf { files, tag } => {
-                (files, format!("{repo}:{tag}"), Some(tag), ModelFormat::Gguf)
-            }
+            // The projector comes with the model: a vision model then sees images.
+            Selection::Gguf { files, tag, mmproj } => (
+                files.into_iter().chain(mmproj).collect(),
+                format!("{repo}:{tag}"),
+                Some(tag),
+                ModelFormat::Gguf,
+            ),
             Selection::Folder => (paths.clone(), repo.to_owned(), None, ModelFormat::Folder),
         };
         let files = info

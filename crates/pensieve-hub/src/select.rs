@@ -12,9 +12,13 @@ pub const DEFAULT_QUANT: &str = "Q4_K_M";
 /// What a reference resolves to inside one repo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
-    /// One GGUF model: its files (all parts, in order; the first is the one to load) and
-    /// the tag `list` names it by.
-    Gguf { files: Vec<String>, tag: String },
+    /// One GGUF model: its files (all parts, in order; the first is the one to load), the
+    /// tag `list` names it by, and the repo's vision projector if it has one.
+    Gguf {
+        files: Vec<String>,
+        tag: String,
+        mmproj: Option<String>,
+    },
     /// The whole repo is the model.
     Folder,
 }
@@ -68,7 +72,29 @@ pub fn select(repo: &str, paths: &[String], tag: Option<&str>) -> Result<Selecti
     Ok(Selection::Gguf {
         tag: tag_of(chosen),
         files,
+        mmproj: projector(paths),
     })
+}
+
+/// The repo's vision projector (`mmproj-*.gguf`), one for every quant of the model: F16
+/// where there are several, as llama.cpp's `-hf` takes (then BF16, F32, Q8_0, the first).
+fn projector(paths: &[String]) -> Option<String> {
+    let mut projectors: Vec<&String> = paths
+        .iter()
+        .filter(|p| {
+            let name = file_name(p).to_ascii_lowercase();
+            name.ends_with(".gguf") && name.contains("mmproj")
+        })
+        .collect();
+    projectors.sort();
+    let rank = |p: &String| {
+        let name = file_name(p).to_ascii_lowercase();
+        ["f16", "bf16", "f32", "q8_0"]
+            .iter()
+            .position(|q| name.contains(q) && !(*q == "f16" && name.contains("bf16")))
+            .unwrap_or(4)
+    };
+    projectors.into_iter().min_by_key(|p| rank(p)).cloned()
 }
 
 /// The names `list` shows for each GGUF model in `paths`: (tag, its files).
@@ -168,6 +194,7 @@ mod tests {
         let gguf = |f: &str, t: &str| Selection::Gguf {
             files: vec![f.to_owned()],
             tag: t.to_owned(),
+            mmproj: Some("mmproj-model-f16.gguf".into()),
         };
         assert_eq!(pick(Some("q8_0")), gguf("model-Q8_0.gguf", "Q8_0"));
         assert_eq!(pick(None), gguf("model-Q4_K_M.gguf", "Q4_K_M"));
@@ -186,7 +213,8 @@ mod tests {
             select("o/r", &repo, None).unwrap(),
             Selection::Gguf {
                 files: vec!["a-Q5_K_M.gguf".into()],
-                tag: "Q5_K_M".into()
+                tag: "Q5_K_M".into(),
+                mmproj: None,
             }
         );
     }
@@ -198,7 +226,8 @@ mod tests {
             "q-q4_k_m-00001-of-00002.gguf",
             "q-q8_0.gguf",
         ]);
-        let Selection::Gguf { files, tag } = select("o/r", &repo, Some("Q4_K_M")).unwrap() else {
+        let Selection::Gguf { files, tag, .. } = select("o/r", &repo, Some("Q4_K_M")).unwrap()
+        else {
             panic!("not a gguf");
         };
         assert_eq!(tag, "Q4_K_M");
@@ -212,6 +241,26 @@ mod tests {
         let listed = gguf_models(&repo);
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].1.len(), 2);
+    }
+
+    #[test]
+    fn the_vision_projector_comes_with_any_quant() {
+        let repo = paths(&[
+            "gemma-3-4b-it-Q4_K_M.gguf",
+            "mmproj-model-bf16.gguf",
+            "mmproj-model-f32.gguf",
+            "mmproj-model-f16.gguf",
+        ]);
+        let Selection::Gguf { files, mmproj, .. } = select("o/r", &repo, None).unwrap() else {
+            panic!("not a gguf");
+        };
+        assert_eq!(files, ["gemma-3-4b-it-Q4_K_M.gguf"]);
+        assert_eq!(mmproj.as_deref(), Some("mmproj-model-f16.gguf"));
+        let only_bf16 = paths(&["m-Q8_0.gguf", "mmproj-BF16.gguf", "mmproj-F32.gguf"]);
+        let Selection::Gguf { mmproj, .. } = select("o/r", &only_bf16, None).unwrap() else {
+            panic!("not a gguf");
+        };
+        assert_eq!(mmproj.as_deref(), Some("mmproj-BF16.gguf"));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //!   time.
 //! - [`tokenizer`]: the model's vocabulary behind the engine's `Tokenizer` trait.
 //! - [`runner`]: one llama.cpp context behind the engine's step-level `ModelRunner` trait.
+//! - [`vision`]: a vision model's projector (mmproj) through llama.cpp's mtmd.
 
 pub mod device;
 pub mod load;
 pub mod runner;
 pub mod tokenizer;
+pub mod vision;
 
 pub use load::{load, LlamaError, LlamaOptions};

@@ -20,6 +20,7 @@ use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 use crate::device;
 use crate::runner::{LlamaRunner, RunnerLayout};
 use crate::tokenizer::LlamaTokenizer;
+use crate::vision::LlamaVision;
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct LlamaOptions {
     /// What flags, variables and the config file ask for; everything else is the
     /// settings' default for this model on this machine.
     pub asked: Asked,
+    /// The vision projector (`--mmproj`): images are then shown to the model.
+    pub mmproj: Option<PathBuf>,
 }
 
 impl LlamaOptions {
@@ -38,6 +41,7 @@ impl LlamaOptions {
             path: path.into(),
             id: None,
             asked: Asked::default(),
+            mmproj: None,
         }
     }
 }
@@ -106,8 +110,25 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     settings::warn_about(&settings, &facts);
     let context = new_context(backend, model, &settings)?;
     let runs_on = runs_on(&settings, &before, &device::facts());
-    let layout = layout(model, &options.path, &architecture, &settings, &facts);
+    let mut layout = layout(model, &options.path, &architecture, &settings, &facts);
     let tokenizer = Arc::new(LlamaTokenizer::new(model));
+    let vision = match &options.mmproj {
+        Some(path) => {
+            let vision = LlamaVision::load(
+                path,
+                model,
+                tokenizer.clone(),
+                settings.threads,
+                settings.gpu_layers > 0,
+            )?;
+            // Cached images were computed by this projector.
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            layout.fingerprint.push_str(&format!("/mmproj={size}"));
+            tracing::info!(mmproj = %path.display(), "vision projector loaded");
+            Some(vision)
+        }
+        None => None,
+    };
     let chat_template = model
         .chat_template(None)
         .ok()
@@ -144,10 +165,15 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         has_template = info.chat_template.is_some(),
         "model loaded on {runs_on}"
     );
+    let mut runner = LlamaRunner::new(context, layout);
+    if let Some(vision) = &vision {
+        runner = runner.with_vision(vision.context());
+    }
     Ok(LoadedModel {
         info,
         tokenizer,
-        runner: Box::new(LlamaRunner::new(context, layout)),
+        runner: Box::new(runner),
+        vision: vision.map(|v| Arc::new(v) as Arc<dyn pensieve_engine::Vision>),
         parallel: settings.parallel,
         runs_on,
     })

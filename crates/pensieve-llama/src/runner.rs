@@ -2,11 +2,13 @@
 //! sequence slot, one batch per step, one sampler per slot.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::mtmd::MtmdContext;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
@@ -14,7 +16,7 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use pensieve_engine::{
-    BatchToken, ModelRunner, Pick, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
+    BatchToken, Media, ModelRunner, Pick, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
 };
 use rayon::prelude::*;
 
@@ -48,6 +50,8 @@ pub struct LlamaRunner {
     /// the next decode. Until then the destination's cells are listed but not filled:
     /// neither may be saved over or read out.
     pending_copies: Vec<(SeqId, SeqId)>,
+    /// The vision projector's context, when one is loaded (see [`crate::vision`]).
+    vision: Option<Arc<Mutex<MtmdContext>>>,
 }
 
 /// How one sequence picks its next token.
@@ -107,7 +111,14 @@ impl LlamaRunner {
             layout,
             samplers: HashMap::new(),
             pending_copies: Vec::new(),
+            vision: None,
         }
+    }
+
+    /// Computes images with this projector's context.
+    pub(crate) fn with_vision(mut self, mtmd: Arc<Mutex<MtmdContext>>) -> Self {
+        self.vision = Some(mtmd);
+        self
     }
 
     /// Copying a whole KV stream (every cell of it, on the device) beats a snapshot of
@@ -398,6 +409,21 @@ impl ModelRunner for LlamaRunner {
             DecodeError::NoKvCacheSlot => RunnerError::CacheFull,
             other => RunnerError::Failed(other.to_string()),
         })
+    }
+
+    fn decode_media(&mut self, seq: SeqId, media: &Media) -> Result<(), RunnerError> {
+        let Some(mtmd) = &self.vision else {
+            return Err(RunnerError::Failed(
+                "this model has no vision projector".into(),
+            ));
+        };
+        let n_batch = i32::try_from(self.layout.batch_size).unwrap_or(i32::MAX);
+        let result = crate::vision::eval(mtmd, &mut self.context, seq_i32(seq), media, n_batch);
+        // Its decodes made the queued stream copies (see `decode`).
+        if matches!(result, Ok(()) | Err(RunnerError::CacheFull)) {
+            self.pending_copies.clear();
+        }
+        result
     }
 
     fn start_sampling(&mut self, seq: SeqId, params: &SamplingParams) {

@@ -31,6 +31,16 @@ impl LlamaTokenizer {
     pub fn eos_text(&self) -> String {
         self.special_text(self.model.vocab().eos())
     }
+
+    /// Text that continues a prompt (after an image): special tokens parsed, no BOS.
+    pub(crate) fn encode_more(&self, text: &str) -> Vec<TokenId> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
 }
 
 impl Tokenizer for LlamaTokenizer {

@@ -202,6 +202,7 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         info,
         tokenizer,
         runner: Box::new(MlxRunner::new(worker, layout)),
+        vision: None,
         parallel: settings.parallel,
         runs_on,
     })

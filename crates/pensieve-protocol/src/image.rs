@@ -2,7 +2,7 @@
 //! text-only model needs: checked to be an image of a known format within the size
 //! limits, and summed up by its format and size for the placeholder the model reads
 //! instead. Only the header is parsed (by `imagesize`); no pixels are decoded, and
-//! nothing is fetched.
+//! nothing is fetched here (the HTTP edge fetches URLs where the server allows it).
 
 use base64::Engine as _;
 use pensieve_engine::Image;
@@ -63,6 +63,8 @@ pub fn from_url(url: &str, at: &str) -> Result<Image, String> {
     Ok(Image {
         at: at.to_owned(),
         summary: format!("{shown}{cut}"),
+        data: None,
+        url: Some(url.to_owned()),
     })
 }
 
@@ -72,6 +74,8 @@ pub fn from_file_id(file_id: &str, at: &str) -> Image {
     Image {
         at: at.to_owned(),
         summary: format!("file {file_id}"),
+        data: None,
+        url: None,
     }
 }
 
@@ -97,6 +101,8 @@ pub fn from_bytes(bytes: &[u8], at: &str) -> Result<Image, String> {
     Ok(Image {
         at: at.to_owned(),
         summary: format!("{} {width}×{height}", format_name(format)),
+        data: Some(bytes.into()),
+        url: None,
     })
 }
 

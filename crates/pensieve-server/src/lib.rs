@@ -11,12 +11,14 @@
 //! - [`models`]: which loaded model serves a requested name (aliases).
 //! - [`routes`]: one module per API surface.
 //! - [`response_store`]: responses kept for `previous_response_id`.
+//! - [`fetch_images`]: images given by URL, fetched where the server allows it.
 //! - [`error`]: [`ApiError`], rendered in each API's error shape.
 
 pub mod app;
 pub mod auth;
 pub mod browser;
 pub mod error;
+pub mod fetch_images;
 pub mod listen;
 pub mod models;
 pub mod request_metrics;

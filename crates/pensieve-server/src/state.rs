@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub sampling: SamplingDefaults,
     /// What a model without vision makes of the images it is sent.
     pub images: ImagePolicy,
+    /// Fetch images given by http(s) URL for a model that sees images
+    /// (`--allow-image-urls`); otherwise the server makes no network calls of its own.
+    pub allow_image_urls: bool,
 }
 
 /// What a model without vision makes of an image (`--images`).
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(60),
             sampling: SamplingDefaults::default(),
             images: ImagePolicy::default(),
+            allow_image_urls: false,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! [models."Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M"]
 //! ctx = 32768
 //! chat_template = "~/templates/qwen-tools.jinja"   # replaces the model's own
+//! mmproj = "~/models/mmproj-F16.gguf"              # its vision projector
 //!
 //! [models.tiny]                   # a name of your own for a file
 //! model = "/models/tiny.gguf"
@@ -68,6 +69,8 @@ pub struct ServerSettings {
     pub max_body_mib: Option<usize>,
     /// What a model without vision makes of an image (`--images`).
     pub images: Option<ImagePolicy>,
+    /// Fetch images given by URL for a model that sees images (`--allow-image-urls`).
+    pub allow_image_urls: Option<bool>,
     /// Host names answered on a loopback bind besides this machine's (`--allowed-host`).
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser origins allowed to call the API (`--cors-origin`).
@@ -126,6 +129,8 @@ pub struct ModelSettings {
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,
+    /// The vision projector (an mmproj GGUF): images are shown to the model.
+    pub mmproj: Option<PathBuf>,
     /// Served by these OpenAI-compatible replicas (base URLs) instead of loaded here.
     pub upstream: Option<Vec<String>>,
     /// The upstream's name for the model [default: the first one its /v1/models lists].
@@ -229,6 +234,9 @@ pub fn load_from(path: &Path) -> anyhow::Result<Config> {
         config.server.cache_dir = Some(paths::expand_home(dir));
     }
     for settings in config.models.values_mut() {
+        if let Some(file) = &settings.mmproj {
+            settings.mmproj = Some(paths::expand_home(file));
+        }
         if let Some(file) = &settings.chat_template {
             settings.chat_template = Some(paths::expand_home(file));
         }

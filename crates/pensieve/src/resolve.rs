@@ -24,6 +24,8 @@ pub struct Resolved {
     /// Known for models from the HF cache.
     pub format: Option<ModelFormat>,
     pub settings: ModelSettings,
+    /// The vision projector pulled with it.
+    pub mmproj: Option<PathBuf>,
 }
 
 impl Resolved {
@@ -62,6 +64,7 @@ pub fn resolve(name: &str, config: &Config, fetch: Fetch) -> anyhow::Result<Reso
                 path,
                 format: None,
                 settings,
+                mmproj: None,
             })
         }
         ModelRef::Repo { repo, tag } => {
@@ -87,6 +90,7 @@ pub fn resolve(name: &str, config: &Config, fetch: Fetch) -> anyhow::Result<Reso
                 path: model.path,
                 format: Some(model.format),
                 settings,
+                mmproj: model.mmproj,
             })
         }
     }

@@ -199,6 +199,16 @@ pub struct ServeArgs {
     /// [default: the model's, else a built-in one for its architecture].
     #[arg(long, value_name = "FILE")]
     chat_template: Option<PathBuf>,
+    /// The model's vision projector, an mmproj GGUF (as llama-server's --mmproj): images
+    /// in requests are then shown to the model [default: the mmproj file pulled with the
+    /// model, if its repository has one]. The llama engine only.
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Fetch images that requests give by http(s) URL, for a model that sees images
+    /// (without it the server makes no network calls of its own, and such an image is
+    /// shown as a placeholder).
+    #[arg(long)]
+    allow_image_urls: bool,
     /// Which model settings clap took from `PENSIEVE_*` variables rather than flags.
     #[arg(skip)]
     from_env: FromEnv,
@@ -311,6 +321,8 @@ struct LoadPlan {
     asked: Asked,
     tool_parser: Option<ToolFormat>,
     chat_template: Option<TemplateOverride>,
+    /// The vision projector to load with it.
+    mmproj: Option<PathBuf>,
 }
 
 impl LoadPlan {
@@ -350,6 +362,12 @@ impl LoadPlan {
             },
             tool_parser,
             chat_template,
+            mmproj: args
+                .mmproj
+                .clone()
+                .filter(|_| main)
+                .or(s.mmproj.clone())
+                .or_else(|| model.mmproj.clone()),
             model,
         })
     }
@@ -380,12 +398,19 @@ fn load_model(plan: &LoadPlan, python: Option<&PathBuf>) -> anyhow::Result<Loade
             let options = LlamaOptions {
                 id: plan.id.clone(),
                 asked: plan.asked,
+                mmproj: plan.mmproj.clone(),
                 ..LlamaOptions::new(path)
             };
             pensieve_llama::load(&options)
                 .with_context(|| format!("cannot load {}", path.display()))
         }
         EngineKind::Mlx => {
+            if let Some(mmproj) = &plan.mmproj {
+                bail!(
+                    "{} is a projector for the llama engine; the mlx engine loads none",
+                    mmproj.display()
+                );
+            }
             if !path.is_dir() {
                 bail!(
                     "the mlx engine runs MLX model folders; {} is not one (for a GGUF file, \
@@ -596,6 +621,7 @@ fn start_engine(
             tool_format: plan.tool_parser,
             metrics: Some(metrics.clone()),
             speculative,
+            vision: loaded.vision,
         },
     )
     .context("cannot start the engine")?;
@@ -788,6 +814,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         sampling: sampling_defaults(&args, &config)?,
         images: args.images.or(config.server.images).unwrap_or_default(),
+        allow_image_urls: args.allow_image_urls || config.server.allow_image_urls.unwrap_or(false),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

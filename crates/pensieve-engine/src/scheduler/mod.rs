@@ -256,6 +256,8 @@ impl Scheduler {
                 self.waiting.push_front(active);
                 return;
             };
+            let media = active.job.request.media.clone();
+            let reused = self.cut_before_media(seq, &media, reused);
             // First admission (not a resumed preempted one): it leaves the queue.
             let first = active.cached.is_none();
             if first {
@@ -281,6 +283,10 @@ impl Scheduler {
                 self.runner.can_truncate(),
                 self.tokenizer.as_ref(),
             );
+            // A computation never stops inside an image.
+            active
+                .checkpoints
+                .retain(|&(at, _)| !media.iter().any(|m| m.splits_at(at)));
             self.runner
                 .start_sampling(seq, &active.job.request.sampling);
             self.running.push(active);
@@ -316,6 +322,13 @@ impl Scheduler {
                     .find(|&at| at > a.computed),
                 following: a.follow.is_some(),
                 draft: a.draft.len(),
+                media: a
+                    .job
+                    .request
+                    .media
+                    .iter()
+                    .find(|m| m.end() > a.computed)
+                    .map(|m| (m.at, m.end())),
             })
             .collect();
         let limits = Limits {
@@ -325,7 +338,12 @@ impl Scheduler {
         let BatchPlan { parts, slot_runs } = plan_batch(&candidates, limits);
         let mut batch: Vec<BatchToken> = Vec::with_capacity(limits.batch);
         let mut planned: Vec<Planned> = Vec::with_capacity(parts.len());
+        let mut images = Vec::new();
         for part in parts {
+            if part.media {
+                images.push(part);
+                continue;
+            }
             let a = &self.running[part.index];
             let known = a.tokens.len();
             let end = part.from + part.len;
@@ -349,6 +367,43 @@ impl Scheduler {
                 logits: part.logits.then_some(first_logits),
                 drafted: part.drafted,
             });
+        }
+        // Images first: their decodes leave no logits, the batch's are the ones sampled.
+        for part in images {
+            let a = &self.running[part.index];
+            let Some(media) = a
+                .job
+                .request
+                .media
+                .iter()
+                .find(|m| m.at == part.from)
+                .cloned()
+            else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let result = self.runner.decode_media(part.seq, &media);
+            tracing::debug!(
+                tokens = part.len,
+                ms = started.elapsed().as_millis() as u64,
+                "image computed"
+            );
+            match result {
+                Ok(()) => {}
+                // This image's own failure (the projector refused it): its request
+                // fails, the others go on.
+                Err(RunnerError::Failed(e)) => {
+                    tracing::warn!("an image could not be computed: {e}");
+                    return self.fail_one(part.index, EngineError::Backend(e));
+                }
+                Err(e) => return self.decode_failed(e),
+            }
+            self.after_decode(vec![Planned {
+                index: part.index,
+                tokens: part.len,
+                logits: None,
+                drafted: 0,
+            }]);
         }
         if batch.is_empty() {
             return;
@@ -377,12 +432,18 @@ impl Scheduler {
                     "step"
                 );
             }
-            Err(RunnerError::CacheFull) => self.relieve_pressure(),
-            Err(RunnerError::Failed(e)) => {
+            Err(e) => self.decode_failed(e),
+        }
+    }
+
+    fn decode_failed(&mut self, error: RunnerError) {
+        match error {
+            RunnerError::CacheFull => self.relieve_pressure(),
+            RunnerError::Failed(e) => {
                 tracing::error!("decode failed: {e}");
                 self.fail_all(EngineError::Backend(e));
             }
-            Err(RunnerError::Restarted(e)) => {
+            RunnerError::Restarted(e) => {
                 tracing::error!("the model backend restarted: {e}");
                 self.fail_all(EngineError::BackendRestarted(e));
             }
@@ -405,8 +466,10 @@ impl Scheduler {
             let decodes = a.decodes();
             decoding += usize::from(decodes);
             let mut k = 0;
-            // No log-probabilities to report per drafted position.
-            if decodes && a.job.request.sampling.logprobs.is_none() {
+            // No log-probabilities to report per drafted position. A prompt with images
+            // is not drafted for: a draft model can't read them.
+            let images = !a.job.request.media.is_empty();
+            if decodes && a.job.request.sampling.logprobs.is_none() && !images {
                 k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
                 if !by_model {
                     // Its own tokens first; else what followed its last tokens in an
@@ -414,6 +477,10 @@ impl Scheduler {
                     a.draft = a.ngrams.draft(&a.tokens, k);
                     if a.draft.is_empty() {
                         a.draft = self.history.draft(&a.tokens, k);
+                    }
+                    // What followed in a prompt with images may be one.
+                    if let Some(i) = a.draft.iter().position(|&t| crate::is_media_token(t)) {
+                        a.draft.truncate(i);
                     }
                     a.cut_to_grammar();
                     k = a.draft.len();
@@ -440,7 +507,9 @@ impl Scheduler {
                 .map(|(a, &k)| Want {
                     // No slot: nothing asked of the draft model.
                     seq: match a.seq {
-                        Some(seq) if k > 0 || !a.decodes() => seq,
+                        Some(seq) if a.job.request.media.is_empty() && (k > 0 || !a.decodes()) => {
+                            seq
+                        }
                         _ => SeqId::MAX,
                     },
                     tokens: &a.tokens,
@@ -484,6 +553,17 @@ impl Scheduler {
 
     /// A backend failure: every running request ends with it, and cached slots are
     /// dropped (their state is unknown).
+    /// End one running request with `error`; its slot is emptied.
+    fn fail_one(&mut self, index: usize, error: EngineError) {
+        let mut active = self.running.remove(index);
+        self.unfollow(&mut active);
+        active.fail(error);
+        if let Some(seq) = active.seq {
+            self.runner.release(seq);
+            self.free.push(seq);
+        }
+    }
+
     fn fail_all(&mut self, error: EngineError) {
         for mut active in std::mem::take(&mut self.running) {
             self.unfollow(&mut active);

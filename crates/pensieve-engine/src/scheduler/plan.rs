@@ -28,6 +28,9 @@ pub(super) struct Candidate {
     pub following: bool,
     /// Tokens drafted to follow its pending one (when decoding).
     pub draft: usize,
+    /// Its next image stretch not computed yet (`at..end`): computed whole in a step of
+    /// its own, never split, and a prefill chunk before it stops at it.
+    pub media: Option<(usize, usize)>,
 }
 
 impl Candidate {
@@ -58,6 +61,8 @@ pub(super) struct Part {
     /// each drafted token).
     pub logits: bool,
     pub drafted: usize,
+    /// This is an image stretch (see [`Candidate::media`]), not tokens for the batch.
+    pub media: bool,
 }
 
 /// The next batch, in slot order, and how many runs of consecutive slots it spans (each
@@ -95,17 +100,29 @@ pub(super) fn plan_batch(candidates: &[Candidate], limits: Limits) -> BatchPlan 
         }
         let pending = c.pending();
         let mut n = pending.min(room);
+        let mut media = false;
         if pending > 1 {
-            n = n.min(prefill_budget.saturating_sub(prefill_used));
+            let share = prefill_budget.saturating_sub(prefill_used);
+            n = n.min(share);
             if let Some(stop) = c.checkpoint.filter(|&at| at > c.computed) {
                 n = n.min(stop - c.computed);
+            }
+            match c.media {
+                // An image goes whole, whatever its size, where the step has room for
+                // prompt work at all.
+                Some((at, end)) if at == c.computed => {
+                    media = share > 0;
+                    n = if media { end - at } else { 0 };
+                }
+                Some((at, _)) if at > c.computed => n = n.min(at - c.computed),
+                _ => {}
             }
             prefill_used += n;
         }
         if n == 0 {
             continue;
         }
-        room -= n;
+        room = room.saturating_sub(n);
         parts.push(Part {
             index: i,
             seq,
@@ -113,6 +130,7 @@ pub(super) fn plan_batch(candidates: &[Candidate], limits: Limits) -> BatchPlan 
             len: n,
             logits: n == pending,
             drafted: 0,
+            media,
         });
     }
     // Drafts last, from the room left: they may be rejected, the rest is sure work.
@@ -150,6 +168,7 @@ mod tests {
             checkpoint: None,
             following: false,
             draft: 0,
+            media: None,
         }
     }
 
@@ -162,6 +181,7 @@ mod tests {
             checkpoint: None,
             following: false,
             draft: 0,
+            media: None,
         }
     }
 
@@ -337,5 +357,38 @@ mod tests {
             ..prefill(0, 1, 3)
         };
         assert_eq!(plan_batch(&[prefilling], limits(16, 4)).parts[0].drafted, 0);
+    }
+
+    #[test]
+    fn an_image_is_computed_whole_in_its_own_part() {
+        // An image at 10..50 of a prompt of 60.
+        let with_image = |computed| Candidate {
+            computed,
+            media: Some((10, 50)),
+            ..prefill(0, 1, 60)
+        };
+        let parts = |c: Candidate, l| {
+            plan_batch(&[c], l)
+                .parts
+                .iter()
+                .map(|p| (p.from, p.len, p.media))
+                .collect::<Vec<_>>()
+        };
+        // The text before it stops at it.
+        assert_eq!(parts(with_image(0), limits(32, 8)), vec![(0, 10, false)]);
+        // Then the image, whole, though it is larger than the batch.
+        assert_eq!(parts(with_image(10), limits(32, 8)), vec![(10, 40, true)]);
+        // While others decode it still goes whole, where prompt work has a share.
+        let plan = plan_batch(&[decoding(1, 2), with_image(10)], limits(32, 8));
+        assert_eq!(
+            plan.parts
+                .iter()
+                .map(|p| (p.seq, p.len, p.media))
+                .collect::<Vec<_>>(),
+            vec![(0, 40, true), (1, 1, false)]
+        );
+        // A prefill that used the share leaves it to the next step.
+        let plan = plan_batch(&[prefill(2, 0, 100), with_image(10)], limits(32, 32));
+        assert_eq!(shape(&plan), vec![(2, 0, 32, false)]);
     }
 }

@@ -27,6 +27,7 @@ impl Scheduler {
             .iter()
             .filter_map(|leader| {
                 let len = common_prefix(&leader.tokens, &active.tokens).min(most);
+                let len = before_media(&active.job.request.media, len);
                 // A copy moves all of the leader's cells, cheap next to computing them
                 // but not free: the gain must not be a sliver of them.
                 let gain = len.saturating_sub(reused);
@@ -64,6 +65,7 @@ impl Scheduler {
                     self.load_prefix(seq, &tokens, hit)
                 }
             };
+            let got = self.cut_before_media(seq, &self.running[i].job.request.media.clone(), got);
             tracing::debug!(shared = got, "prefix taken from a running sequence");
             // Emptying the slot dropped its sampler too.
             self.runner
@@ -77,6 +79,26 @@ impl Scheduler {
                 self.count_prompt(prompt_len, got);
             }
         }
+    }
+
+    /// `seq` holds `len` tokens of a prompt with these images. An image is computed whole,
+    /// so a prefix that ends inside one is cut back to its start (or dropped, where the
+    /// cache can't be cut). Returns what `seq` holds then.
+    pub(super) fn cut_before_media(
+        &mut self,
+        seq: SeqId,
+        media: &[crate::Media],
+        len: usize,
+    ) -> usize {
+        let cut = before_media(media, len);
+        if cut == len {
+            return len;
+        }
+        if self.runner.truncate(seq, cut as u32) {
+            return cut;
+        }
+        self.runner.release(seq);
+        0
     }
 
     /// A follower leaving before its prefix came: its prompt is counted as it stands.
@@ -247,6 +269,14 @@ impl Scheduler {
             self.free.push(slot);
         }
     }
+}
+
+/// `len`, or the start of the image it ends inside.
+pub(super) fn before_media(media: &[crate::Media], len: usize) -> usize {
+    media
+        .iter()
+        .find(|m| m.splits_at(len))
+        .map_or(len, |m| m.at)
 }
 
 /// Where a prompt's snapshots go, beyond what is cached already (`reused`), each with

@@ -74,6 +74,8 @@ async fn run<A: Generate>(state: &AppState, body: Parsed<A>) -> Result<Response,
             return relay(upstream, endpoint, &body.bytes, key).await;
         }
     }
+    let mut request = request;
+    fetch_allowed_images(state, &mut request).await?;
     text_only_images(state, &request, &body.request_id)?;
     let (request, generation) = submit(state, request).await?;
     let reply = ReplyHead {
@@ -108,36 +110,52 @@ async fn run<A: Generate>(state: &AppState, body: Parsed<A>) -> Result<Response,
     Ok(Json(collector.finish(outcome?)).into_response())
 }
 
-/// The images of a request to a model that has no vision: left as the placeholders the
+/// Images given by URL, fetched when the server allows it (`--allow-image-urls`) and the
+/// model sees images.
+pub async fn fetch_allowed_images(
+    state: &AppState,
+    request: &mut GenerateRequest,
+) -> Result<(), ApiError> {
+    let sees = matches!(state.backend_for(&request.model), Backend::Local(e) if e.sees_images());
+    if sees && state.config.allow_image_urls {
+        crate::fetch_images::fetch_images(request).await?;
+    }
+    Ok(())
+}
+
+/// The images of a request that its model does not see: left as the placeholders the
 /// translation put in their place (said once per request in the log), or refused with
-/// `--images reject`.
+/// `--images reject`. A model with a vision projector sees those sent inline; one given
+/// by URL or file id stays a placeholder.
 pub fn text_only_images(
     state: &AppState,
     request: &GenerateRequest,
     request_id: &str,
 ) -> Result<(), ApiError> {
-    let Some(first) = request.images.first() else {
+    let sees = matches!(state.backend_for(&request.model), Backend::Local(e) if e.sees_images());
+    let mut unseen = request.images.iter().filter(|i| !sees || i.data.is_none());
+    let Some(first) = unseen.next() else {
         return Ok(());
     };
     match state.config.images {
         ImagePolicy::Reject => {
-            let mut e = ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "{}: this model does not accept images (the server runs with --images reject)",
-                    first.at
-                ),
-            );
+            let why = if sees {
+                "this server does not fetch images by URL or file id; send it inline (base64)"
+            } else {
+                "this model does not accept images (the server runs with --images reject)"
+            };
+            let mut e = ApiError::new(ErrorKind::InvalidRequest, format!("{}: {why}", first.at));
             e.param = Some(first.at.clone());
             Err(e)
         }
         ImagePolicy::Placeholder => {
             tracing::info!(
                 request_id,
-                images = request.images.len(),
+                images = 1 + unseen.count(),
                 first = %first.summary,
                 at = %first.at,
-                "images shown to the model as placeholders: it has no vision"
+                "images shown to the model as placeholders: {}",
+                if sees { "not sent inline" } else { "it has no vision" }
             );
             Ok(())
         }

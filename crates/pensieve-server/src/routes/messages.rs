@@ -88,9 +88,10 @@ pub async fn count_tokens(State(state): State<AppState>, body: Parsed<CountToken
         request_id,
     } = body;
     let result = async {
-        let request = request.into_generate()?;
+        let mut request = request.into_generate()?;
         let count = match state.backend_for(&request.model).clone() {
             Backend::Local(engine) => {
+                super::generate::fetch_allowed_images(&state, &mut request).await?;
                 super::generate::text_only_images(&state, &request, &request_id)?;
                 blocking(move || engine.prompt_tokens(&request))
                     .await??
