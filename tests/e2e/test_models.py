@@ -17,6 +17,7 @@ writes it) and PENSIEVE_DATA_DIR; HF_TOKEN is unset unless the test sets it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import QWEN_CODER, SMOLLM2, closed_port_url, free_port, model_path, pensieve_bin, stop_process
+from helpers import png
 from hub_server import FakeHub
 
 SMOL_REPO = "test-org/SmolLM2-135M-Instruct-GGUF"
@@ -611,6 +613,8 @@ QUANT_CASES = [
     ("quant", ":Tiny-Q8_0.gguf", "Tiny-Q8_0.gguf", "Q8_0"),
     ("no_km", "", "model-Q5_K_S.gguf", "Q5_K_S"),  # first in sorted order, mmproj skipped
 ]
+# The vision projector each repo has, pulled with any of its quants.
+PROJECTORS = {"quant": "mmproj-Tiny-F16.gguf", "no_km": "mmproj-model-f16.gguf"}
 
 
 @pytest.mark.parametrize(
@@ -626,7 +630,8 @@ def test_pull_picks_the_gguf(cli, fake_hub, maker, suffix, expected_file, quant)
     f = repo.file(expected_file)
     assert_size(size, f.size)
     ggufs = {p for p in downloaded_paths(fake_hub, repo_id) if p.endswith(".gguf")}
-    assert ggufs == {expected_file}, f"downloaded {ggufs}, expected only {expected_file}\n{r}"
+    wanted = {expected_file, PROJECTORS[maker]}
+    assert ggufs == wanted, f"downloaded {ggufs}, expected only {wanted}\n{r}"
     assert (cli.snapshot(repo_id, repo.commit) / expected_file).is_file()
     # `list` knows it under the name `pull` printed, and lists nothing else (no mmproj).
     entries = cli.list_json()
@@ -1201,6 +1206,41 @@ def test_serve_without_model_hub_unreachable(cli, serve):
     assert "cannot reach" in out.lower(), out
     assert "--model" in out and "pensieve list" in out, f"no offline options named:\n{out}"
     assert_no_panic(out)
+
+
+@pytest.mark.slow
+def test_a_pulled_vision_model_sees_images(cli, fake_hub, serve, tmp_path):
+    """A repo with an mmproj beside the model: pull fetches it, serve loads it, an image counts
+    as its tokens. The projector is a random-weight one for SmolLM2 (make-test-mmproj.py)."""
+    mmproj = tmp_path / "mmproj-SmolLM2-F16.gguf"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make-test-mmproj.py"
+    other = tmp_path / "mmproj-SmolLM2-F32.gguf"
+    for out, seed in ((mmproj, "0"), (other, "1")):
+        make = [sys.executable, str(script), "--model", str(model_path(SMOLLM2)), "--out", str(out), "--seed", seed]
+        subprocess.run(make, check=True)
+    repo = fake_hub.add_repo(
+        "test-org/SmolVision-GGUF",
+        {SMOL_FILE: model_path(SMOLLM2), mmproj.name: mmproj, other.name: other},
+    )
+    name, _, r = cli.pull("test-org/SmolVision-GGUF")
+    assert downloaded_paths(fake_hub, "test-org/SmolVision-GGUF") == {SMOL_FILE, "mmproj-SmolLM2-F16.gguf"}, str(r)
+    assert (cli.snapshot("test-org/SmolVision-GGUF", repo.commit) / "mmproj-SmolLM2-F16.gguf").is_file()
+    s = serve(["--model", name])
+    s.wait_healthy()
+    assert "vision projector loaded" in s.output(), s.output()[-3000:]
+
+    def count(content) -> int:
+        r = httpx.post(
+            f"{s.url}/v1/messages/count_tokens",
+            timeout=120,
+            json={"model": name, "messages": [{"role": "user", "content": content}]},
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["input_tokens"]
+
+    data = base64.b64encode(png(64, 48)).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    assert count([{"type": "text", "text": "What?"}, image]) >= count("What? x") + 10
 
 
 @pytest.mark.slow

@@ -184,7 +184,9 @@ impl HfCache {
             remove_if_exists(blob)?;
         }
         let snapshots = repo_dir.join("snapshots");
-        if relative_files(&snapshots).is_empty() {
+        // The repo's last model: what came with it (a vision projector, a README) goes too.
+        if gguf_models(&relative_files(&snapshots)).is_empty() {
+            freed += dir_size(&repo_dir.join("blobs"));
             std::fs::remove_dir_all(&repo_dir)?;
         }
         Ok(freed)

@@ -54,6 +54,7 @@ fn finds_lists_and_removes_gguf_models() {
         &[
             ("m-Q4_K_M.gguf", b"aaaa"),
             ("m-Q8_0.gguf", b"bbbbbbbb"),
+            ("mmproj-m-f16.gguf", b"pp"),
             ("README.md", b"r"),
         ],
     );
@@ -72,6 +73,11 @@ fn finds_lists_and_removes_gguf_models() {
         .unwrap();
     assert_eq!(q8.size, 8);
     assert!(q8.path.ends_with("snapshots/c1/m-Q8_0.gguf"));
+    // The vision projector beside it, for every quant; not a model of its own.
+    assert!(q8
+        .mmproj
+        .as_ref()
+        .is_some_and(|p| p.ends_with("snapshots/c1/mmproj-m-f16.gguf")));
     assert!(cache.find("org/absent", None, "main").unwrap().is_none());
     assert!(cache.find("org/m-GGUF", Some("F16"), "main").is_err());
 
@@ -79,8 +85,9 @@ fn finds_lists_and_removes_gguf_models() {
     let names: Vec<_> = cache.models().into_iter().map(|m| m.name).collect();
     assert_eq!(names, ["org/m-GGUF:Q4_K_M", "org/mlx"]);
     let default = cache.find("org/m-GGUF", None, "main").unwrap().unwrap();
-    cache.remove(&default).unwrap();
-    // README.md is left, so the repo folder stays; no model is listed from it.
+    // The repo's last model: its projector and README go with it.
+    assert_eq!(cache.remove(&default).unwrap(), 4 + 2 + 1);
+    assert!(!cache.repo_dir("org/m-GGUF").exists());
     assert_eq!(cache.models().len(), 1);
 
     let mlx = cache.find("org/mlx", None, "main").unwrap().unwrap();
