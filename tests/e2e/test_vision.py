@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import base64
 import http.server
+import random
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
-from conftest import ENGINE, REQUESTED_MODEL, SMOLLM2, _serve, model_path
+from conftest import ENGINE, REQUESTED_MODEL, SMOLLM2, Server, _serve, model_path
 from helpers import IMAGES_LOGGED, T0, png, prompt_total
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,3 +226,62 @@ def test_image_urls_are_fetched_only_when_allowed(server, fetching, png_server):
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=message(f"{png_server}/missing.png"), **T0)
     assert "404" in str(e.value) and "messages.0.content.1" in str(e.value), e.value
+
+
+def test_an_image_is_read_from_the_disk_cache_after_a_restart(mmproj, tmp_path):
+    server = Server(model_path(SMOLLM2), ["--mmproj", str(mmproj), "--cache-dir", str(tmp_path / "kv")])
+    messages = describe(image_block(png(48, 32, grey=0x50)))
+    try:
+        server.start()
+        cold = sdk(server).messages.create(model=REQUESTED_MODEL, max_tokens=8, messages=messages, **T0)
+        assert server.terminate() == 0
+        server.start()
+        warm = sdk(server).messages.create(model=REQUESTED_MODEL, max_tokens=8, messages=messages, **T0)
+    finally:
+        server.close()
+    total = prompt_total(cold.usage)
+    # The snapshot on disk holds the image's positions: read back by the image's content.
+    assert (warm.usage.cache_read_input_tokens or 0) >= total - 2, (cold.usage, warm.usage)
+    assert warm.content[0].text == cold.content[0].text
+
+
+def bmp(width: int, height: int) -> bytes:
+    """A 24-bit BMP of one colour."""
+    row = (b"\x10\x80\xf0" * width).ljust((3 * width + 3) // 4 * 4, b"\x00")
+    pixels = row * height
+    header = b"BM" + (54 + len(pixels)).to_bytes(4, "little") + b"\x00" * 4 + (54).to_bytes(4, "little")
+    info = (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    info += (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + b"\x00" * 24
+    return header + info + pixels
+
+
+def test_hostile_images_get_a_400_or_are_seen_never_a_crash(server):
+    """Mutations of real images (bytes flipped, cut short, sizes rewritten) through mtmd's
+    decoder, by count_tokens: each is a 200 or a 400 naming its block, and the server lives."""
+    rng = random.Random(23)
+    seeds = [png(33, 21), png(8, 300, grey=0x01), bmp(17, 9), bmp(4, 4)]
+    client = httpx.Client(base_url=server.url, timeout=60)
+    statuses = []
+    for i in range(120):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            match rng.randrange(3):
+                case 0:
+                    data[at] ^= 1 << rng.randrange(8)
+                case 1:
+                    del data[at:]
+                    data += b"\x00"
+                case _:
+                    data[at : at + 4] = rng.randbytes(4)
+        r = client.post(
+            "/v1/messages/count_tokens",
+            json={"model": REQUESTED_MODEL, "messages": describe(image_block(bytes(data)))},
+        )
+        statuses.append(r.status_code)
+        assert r.status_code in (200, 400), (i, r.status_code, r.text)
+        if r.status_code == 400:
+            assert "messages.0.content.1" in r.text, r.text
+    # Both kinds happened: the test exercised the decoder and its refusals.
+    assert 200 in statuses and 400 in statuses, statuses
+    assert client.get("/health").status_code == 200
