@@ -30,7 +30,8 @@ export PENSIEVE_MLX_PYTHON="${PENSIEVE_MLX_PYTHON:-$PENSIEVE_DATA_DIR/mlx-venv/b
 export PENSIEVE_TEST_MLX_MODELS="${PENSIEVE_TEST_MLX_MODELS:-$PENSIEVE_TEST_MODELS/mlx}"
 export PENSIEVE_MLX_TEST_MODEL="$PENSIEVE_TEST_MLX_MODELS/SmolLM2-135M-Instruct.Q4_1"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step with the minutes since the start, so a log says where CI's time goes.
+step() { printf '\n==> [%d min] %s\n' $((SECONDS / 60)) "$*" >&2; }
 failed=()
 
 # Tier 1, in minutes and before any model is fetched: the lints and the tests that need no
