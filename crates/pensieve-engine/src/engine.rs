@@ -22,7 +22,7 @@ use crate::scheduler::{Command, Counters, Job, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
 use crate::{
     EngineError, GenerateRequest, GenerationEvent, Media, MediaPrompt, RawPrompt, SamplingParams,
-    ToolChoice, Usage, Vision,
+    ToolChoice, Usage, Vision, VisionError,
 };
 
 /// Settings of the engine itself (the model's own come from the backend).
@@ -314,17 +314,13 @@ impl Engine {
         marked.push_str(rest);
         let bytes: Vec<&[u8]> = images.iter().filter_map(|i| i.data.as_deref()).collect();
         let prompt = vision.tokenize(&marked, &bytes).map_err(|e| {
-            EngineError::InvalidRequest(match e.split_once(": ") {
-                // "image N: why" names the client's block instead.
-                Some((head, why)) => match head
-                    .strip_prefix("image ")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .and_then(|n| images.get(n))
-                {
-                    Some(image) => format!("{}: {why}", image.at),
-                    None => e,
+            EngineError::InvalidRequest(match e {
+                // Named by the client's block.
+                VisionError::Image { index, reason } => match images.get(index) {
+                    Some(image) => format!("{}: {reason}", image.at),
+                    None => reason,
                 },
-                None => e,
+                VisionError::Prompt(why) => why,
             })
         })?;
         // The logits sampled first are those of the prompt's last token: text.

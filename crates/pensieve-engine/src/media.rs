@@ -71,6 +71,16 @@ pub struct MediaPrompt {
     pub media: Vec<Media>,
 }
 
+/// Why a prompt with images could not be tokenized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VisionError {
+    /// The image at this index (among those given) was refused.
+    #[error("image {index}: {reason}")]
+    Image { index: usize, reason: String },
+    #[error("{0}")]
+    Prompt(String),
+}
+
 /// What a backend with a vision projector offers the engine. Shared by the request
 /// threads: preparing an image (decoding and resizing it) happens there, not on the
 /// engine thread.
@@ -78,8 +88,8 @@ pub trait Vision: Send + Sync {
     /// The text that marks an image's place in a rendered prompt.
     fn marker(&self) -> &str;
     /// Tokenize `text`, whose markers stand for `images` in order (their encoded bytes:
-    /// PNG, JPEG, ...). Err says what is wrong with which image (by index).
-    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<MediaPrompt, String>;
+    /// PNG, JPEG, ...).
+    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<MediaPrompt, VisionError>;
     /// The projector, for the start-up log (its file name, what it takes).
     fn describe(&self) -> String;
 }

@@ -369,21 +369,28 @@ impl crate::Vision for ScriptedVision {
         "<image>"
     }
 
-    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<crate::MediaPrompt, String> {
+    fn tokenize(
+        &self,
+        text: &str,
+        images: &[&[u8]],
+    ) -> Result<crate::MediaPrompt, crate::VisionError> {
         let pieces: Vec<&str> = text.split(self.marker()).collect();
         if pieces.len() != images.len() + 1 {
-            return Err(format!(
+            return Err(crate::VisionError::Prompt(format!(
                 "{} markers for {} images",
                 pieces.len() - 1,
                 images.len()
-            ));
+            )));
         }
         let mut prompt = crate::MediaPrompt::default();
         for (i, piece) in pieces.iter().enumerate() {
             prompt.tokens.extend(ByteTokenizer.encode(piece));
             let Some(image) = images.get(i) else { break };
             if image.is_empty() {
-                return Err(format!("image {i}: it is empty"));
+                return Err(crate::VisionError::Image {
+                    index: i,
+                    reason: "it is empty".into(),
+                });
             }
             // FNV-1a: a digest of the content.
             let digest = image.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

@@ -11,7 +11,7 @@ use llama_cpp_2::mtmd::{
     mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType,
     MtmdInputChunks, MtmdInputText,
 };
-use pensieve_engine::{media_token, Media, MediaPrompt, Vision};
+use pensieve_engine::{media_token, Media, MediaPrompt, Vision, VisionError};
 use sha2::{Digest, Sha256};
 
 use crate::tokenizer::LlamaTokenizer;
@@ -103,14 +103,14 @@ impl Vision for LlamaVision {
         &self.marker
     }
 
-    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<MediaPrompt, String> {
+    fn tokenize(&self, text: &str, images: &[&[u8]]) -> Result<MediaPrompt, VisionError> {
         let pieces: Vec<&str> = text.split(self.marker.as_str()).collect();
         if pieces.len() != images.len() + 1 {
             // The marker written in the client's own text.
-            return Err(format!(
+            return Err(VisionError::Prompt(format!(
                 "messages: the text may not contain {}",
                 self.marker
-            ));
+            )));
         }
         let mtmd = lock(&self.mtmd);
         let mut prompt = MediaPrompt::default();
@@ -126,7 +126,7 @@ impl Vision for LlamaVision {
             let Some(image) = images.get(i) else { break };
             let chunks = self
                 .prepare(&mtmd, image)
-                .map_err(|why| format!("image {i}: {why}"))?;
+                .map_err(|reason| VisionError::Image { index: i, reason })?;
             let at = prompt.tokens.len();
             let token = media_token(digest(image));
             for c in 0..chunks.len() {
