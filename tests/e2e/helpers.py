@@ -46,6 +46,19 @@ def png(width: int, height: int, grey: int = 0x80) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
+def read_history(result_content) -> list[dict]:
+    """A conversation where the assistant's Read call of shot.png came back with `result_content`
+    (as Claude Code's Read returns an image: a block inside the tool_result)."""
+    return [
+        {"role": "user", "content": "Look at shot.png"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "shot.png"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": result_content}]},
+    ]
+
+
 def after_the_call(first, result: str) -> list[dict]:
     """QUESTION, the assistant's reply `first` (an SDK message with a tool_use block), and
     `result` as that call's tool result: the conversation's next request."""

@@ -14,7 +14,7 @@ import pytest
 from conftest import REQUESTED_MODEL, SMOLLM2, _serve
 from helpers import IMAGE_PLACEHOLDER as PLACEHOLDER
 from helpers import IMAGES_LOGGED as LOGGED
-from helpers import T0, png, prompt_total
+from helpers import T0, png, prompt_total, read_history
 
 
 def b64(data: bytes) -> str:
@@ -65,19 +65,9 @@ def test_an_image_in_a_tool_result_keeps_the_conversation_going(server):
     """As Claude Code's Read returns a PNG: an image block inside a tool_result."""
     client = sdk(server)
 
-    def history(result_content):
-        return [
-            {"role": "user", "content": "Look at shot.png"},
-            {
-                "role": "assistant",
-                "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "shot.png"}}],
-            },
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": result_content}]},
-        ]
-
     tools = [{"name": "Read", "description": "Read a file", "input_schema": {"type": "object"}}]
-    with_image = history([image_block(1280, 720)])
-    as_text = history([{"type": "text", "text": PLACEHOLDER.format(w=1280, h=720)}])
+    with_image = read_history([image_block(1280, 720)])
+    as_text = read_history([{"type": "text", "text": PLACEHOLDER.format(w=1280, h=720)}])
     counted = [
         client.messages.count_tokens(model=REQUESTED_MODEL, messages=m, tools=tools).input_tokens
         for m in (with_image, as_text)

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 from conftest import ENGINE, REQUESTED_MODEL, SMOLLM2, Server, _serve, model_path
-from helpers import IMAGES_LOGGED, T0, png, prompt_total
+from helpers import IMAGES_LOGGED, T0, png, prompt_total, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,18 +148,8 @@ def test_an_image_in_a_tool_result_is_seen_too(server):
     client = sdk(server)
     tools = [{"name": "Read", "description": "Read a file", "input_schema": {"type": "object"}}]
 
-    def history(content):
-        return [
-            {"role": "user", "content": "Look at shot.png"},
-            {
-                "role": "assistant",
-                "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "shot.png"}}],
-            },
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": content}]},
-        ]
-
-    as_text = count(client, history([{"type": "text", "text": "x"}]))
-    messages = history([image_block(png(320, 200))])
+    as_text = count(client, read_history([{"type": "text", "text": "x"}]))
+    messages = read_history([image_block(png(320, 200))])
     counted = client.messages.count_tokens(model=REQUESTED_MODEL, messages=messages, tools=tools).input_tokens
     assert counted >= as_text + 10
     reply = client.messages.create(model=REQUESTED_MODEL, max_tokens=8, messages=messages, tools=tools, **T0)

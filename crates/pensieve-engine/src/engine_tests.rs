@@ -1501,6 +1501,20 @@ fn image(bytes: &[u8]) -> crate::Image {
     }
 }
 
+/// An engine over `runner` with the scripted vision projector.
+fn seeing(runner: ScriptedRunner) -> Engine {
+    Engine::start(
+        model_info(512),
+        Arc::new(ByteTokenizer),
+        Box::new(runner),
+        EngineConfig {
+            vision: Some(Arc::new(crate::testing::ScriptedVision)),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap()
+}
+
 /// A user turn that shows `images`: each one's placeholder where it was sent.
 fn showing(images: Vec<crate::Image>) -> GenerateRequest {
     let shown: Vec<String> = images.iter().map(crate::Image::placeholder).collect();
@@ -1514,16 +1528,7 @@ fn showing(images: Vec<crate::Image>) -> GenerateRequest {
 async fn an_image_is_computed_once_then_read_from_the_cache_by_its_content() {
     let runner = ScriptedRunner::new("ok");
     let log = runner.log.clone();
-    let engine = Engine::start(
-        model_info(512),
-        Arc::new(ByteTokenizer),
-        Box::new(runner),
-        EngineConfig {
-            vision: Some(Arc::new(crate::testing::ScriptedVision)),
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = seeing(runner);
     assert!(engine.sees_images());
     let first = showing(vec![image(b"first image")]);
     let valid = engine.validate(&first).unwrap();
@@ -1607,16 +1612,7 @@ fn a_model_without_vision_reads_the_placeholder() {
 #[tokio::test]
 async fn an_image_the_backend_cannot_compute_fails_its_request_alone() {
     let runner = ScriptedRunner::new("ok");
-    let engine = Engine::start(
-        model_info(512),
-        Arc::new(ByteTokenizer),
-        Box::new(runner),
-        EngineConfig {
-            vision: Some(Arc::new(crate::testing::ScriptedVision)),
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = seeing(runner);
     let mut broken = engine
         .validate(&showing(vec![image(b"first image")]))
         .unwrap();
