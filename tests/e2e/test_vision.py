@@ -168,7 +168,7 @@ def test_chat_completions_image_url_is_seen(server):
     url = "data:image/png;base64," + b64(png(64, 48))
     seen = ask([{"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": url}}])
     assert seen.usage.prompt_tokens >= text_only.usage.prompt_tokens + 10
-    # The Responses API's input_image, the same image: the same prompt as Chat Completions'.
+    # The Responses API's input_image is seen too.
     response = client.responses.create(
         model=REQUESTED_MODEL,
         max_output_tokens=4,
