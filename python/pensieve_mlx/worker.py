@@ -4,7 +4,8 @@ The Rust scheduler starts this file as `python worker.py` and drives it over std
 with the frames of PROTOCOL.md (version 1); stderr is the log. Rust owns tokenisation,
 scheduling and the prefix-cache policy. This process owns:
 
-- the model, loaded with mlx_lm's loader;
+- the model, loaded with mlx_lm's loader; a vision model (its config.json has a
+  `vision_config`) with mlx_vlm's, imported only then, so that text models need no mlx-vlm;
 - one list of mlx_lm cache objects per slot (make_prompt_cache), and the slot's length;
 - the logits of the last DECODE's flagged entries (float32), for SAMPLE and LOGPROBS;
 - one sampler per slot (bias, penalties, top-k, top-p, temperature, a seeded generator).
@@ -12,7 +13,8 @@ scheduling and the prefix-cache policy. This process owns:
 A refused or failed request is answered with status 1 and a message; the worker keeps
 serving. It exits 0 on SHUTDOWN or at end-of-file on stdin.
 
-Self-contained on purpose (stdlib, numpy, mlx, mlx_lm): the Rust binary embeds this file.
+Self-contained on purpose (stdlib, numpy, mlx, mlx_lm; mlx_vlm and Pillow for vision models):
+the Rust binary embeds this file.
 """
 
 import json
@@ -32,6 +34,12 @@ VERSION = 1
 
 HELLO, START_SAMPLING, DECODE, SAMPLE, LOGPROBS = 1, 2, 3, 4, 5
 TRUNCATE, RELEASE, SAVE, RESTORE, SHARE, SHUTDOWN = 6, 7, 8, 9, 10, 11
+DECODE_MEDIA = 12
+
+# mlx_vlm model types whose images the worker computes: one image is a fixed number of
+# positions of one image token, placed with ordinary (1-D) positions, so the Rust side can
+# lay a prompt out by itself. Others are refused at HELLO rather than served wrong.
+VISION_TYPES = {"llava": "LLaVA", "gemma3": "Gemma 3"}
 
 # One DECODE entry on the wire: u32 seq, i32 token, u32 pos, u8 logits (packed, 13 bytes).
 ENTRY = np.dtype([("seq", "<u4"), ("token", "<i4"), ("pos", "<u4"), ("logits", "u1")])
@@ -304,9 +312,175 @@ def from_raw(data, dtype, shape):
     return mx.array(carrier).view(dtype)
 
 
+def model_config(path):
+    """The folder's config.json, or None (a Hub id, or no such file: mlx_lm's loader decides)."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+class VisionLanguageModel:
+    """mlx_vlm's language model as the worker calls an mlx_lm model (logits out), with
+    mlx_lm's cache classes of the kinds mlx_vlm picks, so that TRUNCATE, SHARE, SAVE and
+    RESTORE work on its slots unchanged."""
+
+    def __init__(self, vlm_model):
+        self.lm = vlm_model.language_model
+
+    @property
+    def layers(self):
+        return self.lm.layers
+
+    def make_cache(self):
+        from mlx_vlm.models import cache as vlm_cache
+
+        out = []
+        for c in vlm_cache.make_prompt_cache(self.lm):
+            if type(c) is vlm_cache.KVCache:
+                out.append(cache_lib.KVCache())
+            elif type(c) is vlm_cache.RotatingKVCache:
+                out.append(cache_lib.RotatingKVCache(max_size=c.max_size, keep=c.keep))
+            else:
+                raise Refused(f"no mlx_lm cache for mlx_vlm's {type(c).__name__}")
+        return out
+
+    def __call__(self, inputs, cache=None, inputs_embeds=None):
+        # Lazy: the vocabulary projection is computed only if the logits are evaluated.
+        return self.lm(inputs, inputs_embeds=inputs_embeds, cache=cache).logits
+
+
+class Vision:
+    """A vision model's image path: Pillow decodes an image, mlx_vlm's processor prepares
+    it, and the vision tower and projector make its embeddings, which DECODE_MEDIA runs
+    through the language model into a slot's cache.
+
+    `layout()` is what HELLO tells the Rust side so that it lays a prompt out without asking
+    the worker: an image is `before` (text), the image token `positions` times, `after`
+    (text), exactly as mlx_vlm's processor expands the model's placeholder."""
+
+    def __init__(self, model, processor, model_type):
+        self.model = model
+        self.processor = processor
+        self.model_type = model_type
+        cfg = model.config
+        image_id = getattr(cfg, "image_token_index", None)
+        if image_id is None:
+            image_id = getattr(cfg, "image_token_id", None)
+        if not isinstance(image_id, int):
+            raise Refused(f"this {model_type} model's config names no image token")
+        self.image_id = image_id
+        ip = processor.image_processor
+        if getattr(ip, "do_pan_and_scan", None):
+            # Pan-and-scan adds crops, and positions, that depend on the image.
+            log.info("pan-and-scan turned off: every image takes the same positions")
+            ip.do_pan_and_scan = False
+        self.positions, self.before, self.after = self.expansion()
+        # The tower and projector once, on a blank image: a check that an image fills its
+        # positions, and a warm-up.
+        emb = self.embed(self.blank(64, 48))
+        if emb.shape[1] != self.positions:
+            raise Refused(f"the projector makes {emb.shape[1]} positions of an image, the processor {self.positions}")
+
+    @staticmethod
+    def blank(width, height):
+        from PIL import Image
+
+        return Image.new("RGB", (width, height), (128, 128, 128))
+
+    def expansion(self):
+        """How the processor expands an image's placeholder: (positions, before, after).
+        Read off the processor itself, then checked: the tokenizer on before + image token
+        + after must give what the processor gives, for two image shapes."""
+        processor, tok = self.processor, self.processor.tokenizer
+        image_text = tok.convert_ids_to_tokens(self.image_id)
+        # Gemma 3 writes an image as `\n\n<start_of_image>` + image tokens +
+        # `<end_of_image>\n\n` in place of its `<start_of_image>`; LLaVA as image tokens in
+        # place of its `<image>`.
+        full = getattr(processor, "full_image_sequence", None)
+        placeholder = getattr(processor, "boi_token", None) if full else processor.image_token
+        if not isinstance(image_text, str) or not isinstance(placeholder, str):
+            raise Refused(f"cannot tell how this {self.model_type} processor writes an image")
+        if full:
+            before = full[: full.index(image_text)]
+            after = full[full.rindex(image_text) + len(image_text) :]
+        else:
+            before = after = ""
+        positions = set()
+        for width, height in ((64, 48), (300, 200)):
+            out = processor(text=[placeholder], images=[self.blank(width, height)])
+            ids = np.array(out["input_ids"]).reshape(-1).tolist()
+            n = ids.count(self.image_id)
+            expected = tok(before + image_text * n + after)["input_ids"]
+            if n == 0 or ids != list(expected):
+                raise Refused(
+                    f"this {self.model_type} processor expands an image unlike {before + image_text + after!r}"
+                )
+            positions.add(n)
+        if len(positions) != 1:
+            raise Refused("this model's images take a number of positions that depends on the image")
+        return positions.pop(), before, after
+
+    def layout(self):
+        import mlx_vlm
+
+        return {
+            "image_token_id": self.image_id,
+            "image_token": self.processor.tokenizer.convert_ids_to_tokens(self.image_id),
+            "positions": self.positions,
+            "before": self.before,
+            "after": self.after,
+            "mlx_vlm": mlx_vlm.__version__,
+        }
+
+    @staticmethod
+    def open(data):
+        """The image in `data` (PNG, JPEG, GIF, WebP, ...) as RGB; Refused if Pillow can't."""
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.convert("RGB")
+        except Exception as e:
+            raise Refused(f"not an image Pillow can decode ({type(e).__name__}: {e})") from None
+
+    def embed(self, image):
+        """The image's input embeddings (1, positions, hidden), evaluated."""
+        pv = self.processor.image_processor(images=[image])["pixel_values"]
+        ids = mx.array([[self.image_id] * self.positions])
+        emb = self.model.get_input_embeddings(ids, mx.array(np.asarray(pv)), mask=mx.ones_like(ids)).inputs_embeds
+        mx.eval(emb)
+        return emb
+
+
+def load_vision(path, model_type):
+    """A vision folder through mlx_vlm: (language model, config, Vision)."""
+    if model_type not in VISION_TYPES:
+        kinds = ", ".join(VISION_TYPES.values())
+        raise Refused(
+            f"{path} is a vision model of type {model_type!r}, which Pensieve's mlx engine does not "
+            f"support (images of {kinds} models only)"
+        )
+    try:
+        import mlx_vlm
+        import PIL  # noqa: F401
+    except ImportError as e:
+        raise Refused(
+            f"{path} is a vision model and needs mlx-vlm and Pillow ({e}); `pensieve setup mlx` installs them"
+        ) from None
+    model, processor = mlx_vlm.load(path)
+    config = model_config(path) or {}
+    return VisionLanguageModel(model), config, Vision(model, processor, model_type)
+
+
 class Worker:
     def __init__(self):
         self.model = None
+        self.vision = None
 
     def handle(self, op, body):
         """The ok body of one request; raises Refused (or anything) for an error."""
@@ -324,6 +498,7 @@ class Worker:
             SAVE: self.save,
             RESTORE: self.restore,
             SHARE: self.share,
+            DECODE_MEDIA: self.decode_media,
         }.get(op)
         if handler is None:
             raise Refused(f"unknown op {op}")
@@ -351,7 +526,12 @@ class Worker:
             raise Refused("HELLO needs a positive context")
 
         log.info("loading %s", path)
-        model, _tokenizer, config = load(path, return_config=True)
+        folder_config = model_config(path)
+        vision = None
+        if folder_config is not None and "vision_config" in folder_config:
+            model, config, vision = load_vision(path, folder_config.get("model_type"))
+        else:
+            model, _tokenizer, config = load(path, return_config=True)
 
         # One position through a scratch cache tells the logits' width and what a cached
         # position costs, whatever the architecture; it also warms the model up.
@@ -366,6 +546,7 @@ class Worker:
         self.layer_shapes = [(type(c).__name__, describe(c.state)) for c in probe]
         self.model_type = config.get("model_type", type(model).__module__.rsplit(".", 1)[-1])
         self.kept = {}
+        self.vision = vision
         info = {
             "version": VERSION,
             "vocab_size": self.vocab,
@@ -375,6 +556,8 @@ class Worker:
             "mlx": mx.__version__,
             "mlx_lm": mlx_lm.__version__,
         }
+        if vision is not None:
+            info["vision"] = vision.layout()
         log.info("loaded: %s", info)
         return json.dumps(info).encode()
 
@@ -463,6 +646,39 @@ class Worker:
             for j, index in enumerate(run):
                 flagged[int(index)] = (seq, rows[j])
         return flagged
+
+    def decode_media(self, body):
+        """One image, whole, into `seq`'s cache at its end; no logits are kept."""
+        seq, pos, n = body.u32(), body.u32(), body.u32()
+        data = body.rest()
+        slot = self.slot(seq)
+        if self.vision is None:
+            raise Refused("this model takes no images")
+        # Refusals first: a refused image changes nothing.
+        if n != self.vision.positions:
+            raise Refused(f"an image takes {self.vision.positions} positions, not {n}")
+        if pos != slot.length:
+            raise Refused(f"sequence {seq}: image at position {pos}, expected {slot.length}")
+        if pos + n > self.context:
+            raise Refused(f"sequence {seq}: the image would end at {pos + n}, beyond the context ({self.context})")
+        image = self.vision.open(data)
+        try:
+            emb = self.vision.embed(image)
+        except Exception as e:
+            log.exception("image embeddings failed")
+            raise Refused(f"the vision tower failed on this image ({e!r})") from None
+        if slot.cache is None:
+            slot.cache = cache_lib.make_prompt_cache(self.model)
+        try:
+            self.model(None, cache=slot.cache, inputs_embeds=emb)
+            mx.eval([c.state for c in slot.cache])
+        except Exception as e:
+            # Lazily updated caches may be half-written: the sequence starts over.
+            slot.clear()
+            log.exception("image decode failed")
+            raise Refused(f"image decode failed ({e!r}); sequence {seq} is now empty") from None
+        slot.length += n
+        return b""
 
     def entry(self, index):
         kept = self.kept.get(index)

@@ -45,14 +45,14 @@ class Client:
     """A worker process and the request/response framing of PROTOCOL.md (no HELLO sent
     when `sequences` is 0)."""
 
-    def __init__(self, sequences=4, context=4096):
+    def __init__(self, sequences=4, context=4096, model=None):
         self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if sequences:
-            self.hello = json.loads(self.call(1, self.hello_body(sequences, context)))
+            self.hello = json.loads(self.call(1, self.hello_body(sequences, context, model=model)))
 
     @staticmethod
-    def hello_body(sequences, context, version=1):
-        params = {"model": str(MODEL), "sequences": sequences, "context": context}
+    def hello_body(sequences, context, version=1, model=None):
+        params = {"model": str(model or MODEL), "sequences": sequences, "context": context}
         return struct.pack("<I", version) + json.dumps(params).encode()
 
     def call(self, op, body=b""):
@@ -399,4 +399,186 @@ def test_requests_before_hello():
         client.decode([(0, 1, 0, True)])
     with pytest.raises(WorkerError, match="too short"):
         client.call(1, b"\x01")
+    client.close()
+
+
+# --- Images (DECODE_MEDIA) on a vision model ---------------------------------------------------
+
+VLM = Path(
+    os.environ.get(
+        "PENSIEVE_MLX_TEST_VLM",
+        Path.home() / ".cache/pensieve/test-models/mlx/llava-smollm2-random",
+    )
+)
+DECODE_MEDIA = 12
+
+
+def png_bytes(seed, width, height):
+    """A random RGB picture, PNG-encoded (what a request carries, base64-decoded)."""
+    import io
+
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def decode_media(client, seq, pos, n, data):
+    return client.call(DECODE_MEDIA, struct.pack("<III", seq, pos, n) + data)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    if not (VLM / "config.json").exists():
+        pytest.skip(
+            f"no MLX vision test model at {VLM} (set PENSIEVE_MLX_TEST_VLM, or make it with scripts/setup-mlx-test.sh)"
+        )
+    return VLM
+
+
+@pytest.fixture(scope="module")
+def vlm_worker(vlm):
+    client = Client(sequences=3, context=512, model=vlm)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def vlm_prompt(vlm):
+    """'text A <image> text B' as the Rust side lays it out: the text around one image
+    token, tokenized whole, then that token repeated for each of the image's positions."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(vlm / "tokenizer.json"))
+    text = "<|im_start|>user\nLook at this: <image> What is in the picture?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok.encode(text).ids
+    image_id = tok.token_to_id("<image>")
+    at = ids.index(image_id)
+    return ids[:at], image_id, ids[at + 1 :]
+
+
+def vlm_reference(vlm, before, image_id, positions, after, image, steps):
+    """mlx_vlm's own whole-prompt run: the prompt's embeddings (text and image) through the
+    language model at once; the last position's log-probabilities and the greedy tokens."""
+    import io
+
+    import mlx.core as mx
+    import mlx_vlm
+    from mlx_vlm.models import cache as vlm_cache
+    from PIL import Image
+
+    model, processor = mlx_vlm.load(str(vlm))
+    ids = before + [image_id] * positions + after
+    pv = processor.image_processor(images=[Image.open(io.BytesIO(image)).convert("RGB")])["pixel_values"]
+    emb = model.get_input_embeddings(
+        mx.array([ids]), mx.array(np.asarray(pv)), mask=mx.ones((1, len(ids)))
+    ).inputs_embeds
+    cache = vlm_cache.make_prompt_cache(model.language_model)
+    logits = model.language_model(None, inputs_embeds=emb, cache=cache).logits[0, -1].astype(mx.float32)
+    row = np.array(logits).astype(np.float64)
+    logprobs = row - row.max() - np.log(np.exp(row - row.max()).sum())
+    tokens = [int(np.argmax(row))]
+    for _ in range(steps - 1):
+        out = model.language_model(mx.array([[tokens[-1]]]), cache=cache).logits[0, -1]
+        tokens.append(int(np.argmax(np.array(out.astype(mx.float32)))))
+    return logprobs, tokens
+
+
+def test_vision_hello(vlm_worker):
+    vision = vlm_worker.hello["vision"]
+    # 112 / 14 = 8 x 8 patches.
+    assert vision["positions"] == 64
+    assert vision["image_token"] == "<image>"
+    assert (vision["before"], vision["after"]) == ("", "")
+    assert vision["mlx_vlm"]
+    assert vlm_worker.hello["model_type"] == "llava"
+    assert vlm_worker.hello["can_truncate"] is True
+
+
+def test_an_image_staged_equals_the_whole_prompt(vlm, vlm_worker, vlm_prompt):
+    """Text, the image whole (DECODE_MEDIA), then text: the same log-probabilities and
+    greedy tokens as mlx_vlm running the whole prompt at once."""
+    before, image_id, after = vlm_prompt
+    n = vlm_worker.hello["vision"]["positions"]
+    image = png_bytes(0, 140, 90)
+    steps = 8
+    expected_lp, expected = vlm_reference(vlm, before, image_id, n, after, image, steps)
+
+    assert vlm_worker.decode([(0, t, i, False) for i, t in enumerate(before)]) == []
+    assert decode_media(vlm_worker, 0, len(before), n, image) == b""
+    start = len(before) + n
+    first = vlm_worker.feed(0, after, start)
+    _, everything = vlm_worker.logprobs(len(after) - 1, first, len(expected_lp))
+    got = np.zeros_like(expected_lp)
+    for token, lp in everything:
+        got[token] = lp
+    assert np.max(np.abs(got - expected_lp)) < 1e-4
+    end = start + len(after)
+    assert [first] + vlm_worker.extend(0, first, end, steps - 1) == expected
+
+    # The image's positions are cache like any other: a copy through it goes on the same way,
+    # and so does a snapshot.
+    vlm_worker.share(0, 1, end)
+    assert vlm_worker.extend(1, first, end, steps - 1) == expected[1:]
+    snapshot = vlm_worker.save(1)
+    vlm_worker.restore(2, snapshot)
+    assert vlm_worker.truncate(2, end)
+    assert vlm_worker.extend(2, first, end, 3) == expected[1:4]
+    # Another image in the same place leads elsewhere.
+    for seq in (0, 1, 2):
+        vlm_worker.release(seq)
+    vlm_worker.decode([(0, t, i, False) for i, t in enumerate(before)])
+    decode_media(vlm_worker, 0, len(before), n, png_bytes(1, 140, 90))
+    vlm_worker.feed(0, after, start)
+    _, other = vlm_worker.logprobs(len(after) - 1, first, len(expected_lp))
+    assert max(abs(lp - got[t]) for t, lp in other) > 1e-3
+    vlm_worker.release(0)
+
+
+def test_decode_media_refusals_change_nothing(vlm_worker, vlm_prompt):
+    before, _, after = vlm_prompt
+    n = vlm_worker.hello["vision"]["positions"]
+    image = png_bytes(2, 32, 32)
+    vlm_worker.decode([(0, t, i, False) for i, t in enumerate(before)])
+    p = len(before)
+    with pytest.raises(WorkerError, match="not an image"):
+        decode_media(vlm_worker, 0, p, n, b"\x89PNG\r\n\x1a\n but not really")
+    with pytest.raises(WorkerError, match="expected"):
+        decode_media(vlm_worker, 0, p + 1, n, image)
+    with pytest.raises(WorkerError, match=f"takes {n} positions"):
+        decode_media(vlm_worker, 0, p, n - 1, image)
+    with pytest.raises(WorkerError, match="out of range"):
+        decode_media(vlm_worker, 9, 0, n, image)
+    # The sequence still holds its text only: the image goes in where it ended.
+    assert decode_media(vlm_worker, 0, p, n, image) == b""
+    assert vlm_worker.feed(0, after, p + n) >= 0
+    vlm_worker.release(0)
+
+
+def test_an_image_past_the_context_is_refused(vlm):
+    client = Client(sequences=1, context=80, model=vlm)
+    n = client.hello["vision"]["positions"]
+    client.decode([(0, 1, i, False) for i in range(20)])
+    with pytest.raises(WorkerError, match="beyond the context"):
+        decode_media(client, 0, 20, n, png_bytes(3, 32, 32))
+    # Refused whole: the sequence still holds its 20 positions, and an image fits after 16.
+    assert client.truncate(0, 16)
+    assert decode_media(client, 0, 16, n, png_bytes(3, 32, 32)) == b""
+    client.close()
+
+
+def test_a_text_model_takes_no_images(worker):
+    with pytest.raises(WorkerError, match="no images"):
+        decode_media(worker, 0, 0, 4, png_bytes(4, 8, 8))
+
+
+def test_unsupported_vision_models_are_refused_at_hello(tmp_path):
+    """A vision folder of a family whose images the worker can't place is refused by name,
+    before any weights are read."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "vision_config": {}}))
+    client = Client(sequences=0)
+    with pytest.raises(WorkerError, match="qwen2_vl.*LLaVA, Gemma 3"):
+        client.call(1, Client.hello_body(1, 64, model=tmp_path))
     client.close()
