@@ -8,12 +8,14 @@
 //! - [`worker`]: the process: start, requests, restart, stop.
 //! - [`runner`]: the worker behind the engine's step-level `ModelRunner` trait.
 //! - [`tokenizer`]: the model's `tokenizer.json` behind the engine's `Tokenizer` trait.
+//! - [`vision`]: a vision model's images (mlx-vlm in the worker), laid out for the engine.
 //! - [`load`]: a model folder's JSON files, the worker and the tokenizer together.
 
 pub mod load;
 pub mod protocol;
 pub mod runner;
 pub mod tokenizer;
+pub mod vision;
 pub mod worker;
 
 pub use load::{load, MlxError, MlxOptions};

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::runner::{MlxRunner, RunnerLayout};
 use crate::tokenizer::{HfTokenizer, SpecialTokens, TokenizerError};
+use crate::vision::MlxVision;
 use crate::worker::{Worker, WorkerError, WorkerSpec};
 
 #[derive(Debug, Clone)]
@@ -106,9 +107,11 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
     let tok_config = read_json(&folder.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&folder.join("generation_config.json"))?.unwrap_or(Value::Null);
     let facts = ModelFacts {
-        // 0 where config.json does not say: the settings' default context then applies.
+        // 0 where config.json does not say: the settings' default context then applies. A
+        // vision model says it of its language model (`text_config`).
         train_context: config["max_position_embeddings"]
             .as_u64()
+            .or_else(|| config["text_config"]["max_position_embeddings"].as_u64())
             .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
         layers: 0,
         kv_bytes_per_token: 0,
@@ -158,13 +161,18 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
                 .sum()
         })
         .unwrap_or(0);
-    let fingerprint = format!(
+    let mut fingerprint = format!(
         "mlx/{model_type}/weights={weights}/config={config_len}/kv={kv}/mlx={mlx}",
         model_type = hello.model_type,
         config_len = config.to_string().len(),
         kv = hello.kv_bytes_per_token,
         mlx = hello.mlx,
     );
+    if let Some(v) = &hello.vision {
+        // Cached images are mlx-vlm's computation (preprocessing, tower, projector): another
+        // version may compute them differently.
+        fingerprint.push_str(&format!("/mlx-vlm={}", v.mlx_vlm));
+    }
     let layout = RunnerLayout {
         batch_size: settings.batch as usize,
         sequences: settings.parallel,
@@ -176,6 +184,11 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".to_owned())
+    });
+    let vision = hello.vision.clone().map(|layout| {
+        let tokenizer: Arc<dyn pensieve_engine::Tokenizer> = tokenizer.clone();
+        Arc::new(MlxVision::new(tokenizer, layout, &hello.model_type))
+            as Arc<dyn pensieve_engine::Vision>
     });
     let runs_on = RunsOn::Mlx {
         version: hello.mlx.clone(),
@@ -196,13 +209,14 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         parallel = settings.parallel,
         can_truncate = hello.can_truncate,
         has_template = info.chat_template.is_some(),
+        vision = vision.as_ref().map(|v| v.describe()),
         "model loaded on {runs_on}"
     );
     Ok(LoadedModel {
         info,
         tokenizer,
         runner: Box::new(MlxRunner::new(worker, layout)),
-        vision: None,
+        vision,
         parallel: settings.parallel,
         runs_on,
     })

@@ -20,6 +20,7 @@ pub enum Op {
     Restore = 9,
     Share = 10,
     Shutdown = 11,
+    DecodeMedia = 12,
 }
 
 /// A malformed response.
@@ -72,6 +73,25 @@ pub struct Hello {
     pub mlx: String,
     #[serde(default)]
     pub mlx_lm: String,
+    /// A vision model's image layout (mlx-vlm loaded it); absent for a text model.
+    #[serde(default)]
+    pub vision: Option<HelloVision>,
+}
+
+/// How an image sits in a prompt, as mlx-vlm's processor expands the model's placeholder:
+/// the text `before`, the image token `positions` times, the text `after`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct HelloVision {
+    pub image_token_id: TokenId,
+    /// The image token's text (`<image>`), a special token of the tokenizer.
+    pub image_token: String,
+    pub positions: usize,
+    #[serde(default)]
+    pub before: String,
+    #[serde(default)]
+    pub after: String,
+    #[serde(default)]
+    pub mlx_vlm: String,
 }
 
 pub fn parse_hello(body: &[u8]) -> Result<Hello, Malformed> {
@@ -148,6 +168,16 @@ pub fn parse_logprobs(body: &[u8]) -> Result<(f32, Vec<(TokenId, f32)>), Malform
 /// A body of `u32` fields (TRUNCATE, RELEASE, SAVE, SHARE).
 pub fn words(fields: &[u32]) -> Vec<u8> {
     fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+/// DECODE_MEDIA: one image (its encoded bytes) into `seq` at `pos..pos + len`.
+pub fn decode_media(seq: SeqId, pos: u32, len: u32, image: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + image.len());
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&pos.to_le_bytes());
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(image);
+    body
 }
 
 pub fn restore(seq: SeqId, snapshot: &[u8]) -> Vec<u8> {
@@ -272,5 +302,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.vocab_size, 10);
+        assert_eq!(h.vision, None);
+    }
+
+    #[test]
+    fn hello_of_a_vision_model() {
+        let h = parse_hello(
+            br#"{"version":1,"vocab_size":10,"can_truncate":false,"kv_bytes_per_token":8,
+                "model_type":"gemma3","vision":{"image_token_id":7,"image_token":"<img>",
+                "positions":16,"before":"\n\n<boi>","after":"<eoi>\n\n","mlx_vlm":"0.7.10"}}"#,
+        )
+        .unwrap();
+        let v = h.vision.unwrap();
+        assert_eq!((v.image_token_id, v.positions), (7, 16));
+        assert_eq!(
+            (v.before.as_str(), v.after.as_str()),
+            ("\n\n<boi>", "<eoi>\n\n")
+        );
+        // A vision object without its token is malformed, not a text model.
+        assert!(parse_hello(
+            br#"{"version":1,"vocab_size":10,"can_truncate":false,"kv_bytes_per_token":8,
+                "model_type":"llava","vision":{"positions":16}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn decode_media_request_layout() {
+        let payload = request(Op::DecodeMedia, &decode_media(3, 17, 64, b"\x89PNG"));
+        assert_eq!(payload[0], 12);
+        assert_eq!(&payload[1..5], &3u32.to_le_bytes());
+        assert_eq!(&payload[5..9], &17u32.to_le_bytes());
+        assert_eq!(&payload[9..13], &64u32.to_le_bytes());
+        assert_eq!(&payload[13..], b"\x89PNG");
     }
 }

@@ -9,10 +9,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use pensieve_engine::{
-    BatchToken, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
+    BatchToken, Media, ModelRunner, RunnerError, SamplingParams, SeqId, TokenId, TokenMask,
 };
 
 use crate::protocol::{self, Op};
+use crate::vision::ImageBytes;
 use crate::worker::{Worker, WorkerError};
 
 /// What the scheduler needs to know about the cache.
@@ -56,6 +57,26 @@ impl MlxRunner {
             self.restarted.replace(Some(reason.clone()));
         }
         result
+    }
+
+    /// Before a step's first request: a worker that exited is replaced, and a replacement
+    /// since the last step is reported, so the scheduler forgets what the old one held.
+    fn ready(&mut self) -> Result<(), RunnerError> {
+        {
+            let mut worker = self.worker.borrow_mut();
+            if worker.exited() {
+                let reason = "the process exited".to_owned();
+                tracing::error!("the MLX worker {reason}; restarting it");
+                worker
+                    .restart()
+                    .map_err(|e| RunnerError::Failed(e.to_string()))?;
+                self.restarted.replace(Some(reason));
+            }
+        }
+        if let Some(reason) = self.restarted.take() {
+            return Err(RunnerError::Restarted(reason));
+        }
+        Ok(())
     }
 
     fn warn(&self, what: &str, e: &WorkerError) {
@@ -110,20 +131,7 @@ impl ModelRunner for MlxRunner {
 
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
         self.sampled.clear();
-        {
-            let mut worker = self.worker.borrow_mut();
-            if worker.exited() {
-                let reason = "the process exited".to_owned();
-                tracing::error!("the MLX worker {reason}; restarting it");
-                worker
-                    .restart()
-                    .map_err(|e| RunnerError::Failed(e.to_string()))?;
-                self.restarted.replace(Some(reason));
-            }
-        }
-        if let Some(reason) = self.restarted.take() {
-            return Err(RunnerError::Restarted(reason));
-        }
+        self.ready()?;
         match self.call(Op::Decode, &protocol::decode(batch)) {
             Ok(body) => {
                 let tokens = protocol::parse_decode(&body)
@@ -135,6 +143,32 @@ impl ModelRunner for MlxRunner {
                 self.restarted.take();
                 Err(RunnerError::Restarted(reason))
             }
+            Err(e) => Err(RunnerError::Failed(e.to_string())),
+        }
+    }
+
+    /// The image's bytes to the worker, which decodes and computes it into `seq` (DECODE_MEDIA).
+    /// A refusal (Pillow can't decode it) is this request's failure alone.
+    fn decode_media(&mut self, seq: SeqId, media: &Media) -> Result<(), RunnerError> {
+        self.ready()?;
+        let Some(image) = media.unit.downcast_ref::<ImageBytes>() else {
+            return Err(RunnerError::Failed(
+                "an image prepared for another backend".into(),
+            ));
+        };
+        let (Ok(at), Ok(len)) = (u32::try_from(media.at), u32::try_from(media.len)) else {
+            return Err(RunnerError::Failed("image position out of range".into()));
+        };
+        match self.call(
+            Op::DecodeMedia,
+            &protocol::decode_media(seq, at, len, &image.0),
+        ) {
+            Ok(_) => Ok(()),
+            Err(WorkerError::Died(reason)) => {
+                self.restarted.take();
+                Err(RunnerError::Restarted(reason))
+            }
+            Err(WorkerError::Refused(why)) => Err(RunnerError::Failed(why)),
             Err(e) => Err(RunnerError::Failed(e.to_string())),
         }
     }

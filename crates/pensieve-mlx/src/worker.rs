@@ -113,6 +113,7 @@ impl Worker {
                 model_type: String::new(),
                 mlx: String::new(),
                 mlx_lm: String::new(),
+                vision: None,
             },
         };
         let started = Instant::now();
