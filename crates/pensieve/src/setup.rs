@@ -1,6 +1,7 @@
 //! `pensieve setup mlx`: a venv under Pensieve's data directory with pinned `mlx` and
-//! `mlx-lm` (and the platform's MLX backend), for the `mlx` engine's worker, and `gguf` for
-//! the GGUF -> MLX converter. It prints the venv's Python last.
+//! `mlx-lm` (and the platform's MLX backend), for the `mlx` engine's worker, `mlx-vlm` and
+//! Pillow for vision models, and `gguf` for the GGUF -> MLX converter. It prints the venv's
+//! Python last.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,6 +15,8 @@ use crate::paths;
 const MLX_VERSION: &str = "0.32.4";
 const MLX_LM_VERSION: &str = "0.32.2";
 const GGUF_VERSION: &str = "0.19.0";
+const MLX_VLM_VERSION: &str = "0.7.10";
+const PILLOW_VERSION: &str = "13.0.0";
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
@@ -23,7 +26,7 @@ pub struct SetupArgs {
 
 #[derive(Debug, Subcommand)]
 enum Setup {
-    /// Install MLX and mlx-lm for `--engine mlx` into a venv of Pensieve's own.
+    /// Install MLX, mlx-lm and mlx-vlm for `--engine mlx` into a venv of Pensieve's own.
     Mlx(MlxArgs),
 }
 
@@ -79,6 +82,8 @@ fn setup_mlx(args: &MlxArgs) -> anyhow::Result<()> {
         format!("mlx-lm=={MLX_LM_VERSION}"),
         // GGUF reading, for python/pensieve_mlx/convert.py.
         format!("gguf=={GGUF_VERSION}"),
+        // Image decoding, for vision models (with mlx-vlm, below).
+        format!("pillow=={PILLOW_VERSION}"),
     ];
     if !cfg!(target_os = "macos") {
         packages.push(match args.backend {
@@ -93,10 +98,28 @@ fn setup_mlx(args: &MlxArgs) -> anyhow::Result<()> {
             .args(&packages),
         "pip could not install MLX",
     )?;
+    // Without its dependencies: mlx-vlm lists a server, audio, video and training stacks
+    // (and unpinned mlx, mlx-lm and transformers, which pip would move) that the worker never
+    // imports; what it does import (mlx, mlx-lm, transformers, Pillow, numpy) is above.
+    let vlm = format!("mlx-vlm=={MLX_VLM_VERSION}");
+    eprintln!("installing {vlm} (without its dependencies)");
+    run_step(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
+            .arg(&vlm),
+        "pip could not install mlx-vlm",
+    )?;
     run_step(
         Command::new(&python).args([
             "-c",
-            "import mlx.core as mx, mlx_lm; print('mlx', mx.__version__, 'on', mx.default_device())",
+            "import mlx.core as mx, mlx_lm, mlx_vlm, PIL; \
+             print('mlx', mx.__version__, 'on', mx.default_device(), '; mlx-vlm', mlx_vlm.__version__)",
         ]),
         "MLX was installed but does not import",
     )?;
