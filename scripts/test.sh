@@ -82,7 +82,7 @@ if ! cargo build --release -p pensieve; then
     failed+=("cargo build")
 fi
 
-step "mlx engine: environment, worker and converter tests, the Anthropic suite, chat template override and speculation on --engine mlx"
+step "mlx engine: environment, worker and converter tests, the Anthropic suite, chat template override, speculation and images on --engine mlx"
 if ! bash scripts/setup-mlx-test.sh; then
     failed+=("mlx setup")
 else
@@ -99,6 +99,9 @@ else
     fi
     if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_speculative.py -q -k mlx; then
         failed+=("speculation on --engine mlx")
+    fi
+    if ! PENSIEVE_TEST_ENGINE=mlx "$PENSIEVE_VENV/bin/python" -m pytest tests/e2e/test_mlx_vision.py -q; then
+        failed+=("images on --engine mlx")
     fi
 fi
 

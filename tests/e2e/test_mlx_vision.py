@@ -6,7 +6,9 @@ end (the worker decodes and computes each image into the sequence's cache, its p
 in usage and in count_tokens, and the prefix cache keeps it by the image's content), not that
 the model sees well: its weights are noise.
 
-Needs PENSIEVE_MLX_PYTHON: a Python with mlx, mlx-lm and mlx-vlm (`pensieve setup mlx`).
+Run in scripts/test.sh's mlx tier (PENSIEVE_TEST_ENGINE=mlx), skipped on the other engines, as
+test_vision.py (mtmd) runs on the llama engine only. Needs PENSIEVE_MLX_PYTHON: a Python with
+mlx, mlx-lm and mlx-vlm (`pensieve setup mlx`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import json
 
 import anthropic
 import pytest
-from conftest import REQUESTED_MODEL, Server, mlx_model_dir
+from conftest import ENGINE, REQUESTED_MODEL, Server, mlx_model_dir
 from helpers import T0, png, prompt_total
 from test_mlx_engine import mlx_python
+
+pytestmark = pytest.mark.skipif(ENGINE != "mlx", reason="mlx-vlm is the mlx engine's")
 
 VLM = "llava-smollm2-random"
 
