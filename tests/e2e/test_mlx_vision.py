@@ -122,11 +122,11 @@ def test_what_is_no_image_is_a_400_naming_its_block(server):
 
 def test_an_image_pillow_cannot_decode_fails_only_its_request(server):
     """A PNG whose header reads but whose data is cut: only the worker's Pillow finds out.
-    That request fails, with the reason; the next one, with an image, is served."""
+    That request gets a 400 naming its block; the next one, with an image, is served."""
     client = sdk(server)
     broken = png(16, 16)[:40] + b"\x00" * 64
-    with pytest.raises(anthropic.APIStatusError) as e:
+    with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=describe(image_block(broken)), **T0)
-    assert "not an image Pillow can decode" in str(e.value), e.value
+    assert "messages.0.content.1" in str(e.value) and "not an image Pillow can decode" in str(e.value), e.value
     reply = client.messages.create(model=REQUESTED_MODEL, max_tokens=4, messages=describe(image_block(png(8, 8))), **T0)
     assert reply.stop_reason in ("end_turn", "max_tokens")

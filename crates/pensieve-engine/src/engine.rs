@@ -313,7 +313,7 @@ impl Engine {
         }
         marked.push_str(rest);
         let bytes: Vec<&[u8]> = images.iter().filter_map(|i| i.data.as_deref()).collect();
-        let prompt = vision.tokenize(&marked, &bytes).map_err(|e| {
+        let mut prompt = vision.tokenize(&marked, &bytes).map_err(|e| {
             EngineError::InvalidRequest(match e {
                 // Named by the client's block.
                 VisionError::Image { index, reason } => match images.get(index) {
@@ -323,6 +323,9 @@ impl Engine {
                 VisionError::Prompt(why) => why,
             })
         })?;
+        for (media, image) in prompt.media.iter_mut().zip(&images) {
+            media.block.clone_from(&image.at);
+        }
         // The logits sampled first are those of the prompt's last token: text.
         if prompt
             .media

@@ -1625,3 +1625,23 @@ async fn an_image_the_backend_cannot_compute_fails_its_request_alone() {
     let (text, done) = finish(fine).await;
     assert_eq!((text.as_str(), done.is_ok()), ("ok", true));
 }
+
+#[tokio::test]
+async fn an_image_the_backend_cannot_decode_is_the_requests_fault() {
+    let engine = seeing(ScriptedRunner::new("ok"));
+    let mut refused = engine
+        .validate(&showing(vec![image(b"first image")]))
+        .unwrap();
+    assert_eq!(refused.media[0].block, "messages.0.content.1");
+    // What the scripted backend takes for an image it cannot decode.
+    refused.media[0].unit = Arc::new("not an image it can decode");
+    let (_, failed) = finish(engine.submit(refused).unwrap()).await;
+    match failed {
+        Err(EngineError::InvalidRequest(why)) => {
+            assert_eq!(why, "messages.0.content.1: not an image it can decode")
+        }
+        other => panic!("{other:?}"),
+    }
+    let (text, _) = finish(engine.submit(chat_turn("hello")).unwrap()).await;
+    assert_eq!(text, "ok");
+}

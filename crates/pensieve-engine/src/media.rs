@@ -21,6 +21,9 @@ use crate::model::TokenId;
 pub struct Media {
     pub at: usize,
     pub len: usize,
+    /// Where the request had the image (`messages.0.content.1`), for errors; the engine
+    /// sets it.
+    pub block: String,
     /// The backend's prepared form of the image (for llama.cpp, its mtmd chunks).
     pub unit: Arc<dyn Any + Send + Sync>,
 }
@@ -119,6 +122,7 @@ mod tests {
         let m = Media {
             at: 4,
             len: 3,
+            block: String::new(),
             unit: Arc::new(()),
         };
         assert_eq!(m.end(), 7);

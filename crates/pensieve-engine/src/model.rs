@@ -150,6 +150,10 @@ pub enum RunnerError {
     /// The backend lost every sequence (its worker process died and was restarted).
     #[error("the model backend restarted: {0}")]
     Restarted(String),
+    /// The backend refused this sequence's input (an image it cannot decode): the
+    /// request's own fault, and only its request fails.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A sequence slot of the backend's KV cache: `0..max_sequences()`.

@@ -230,6 +230,10 @@ impl ModelRunner for ScriptedRunner {
     }
 
     fn decode_media(&mut self, seq: SeqId, media: &crate::Media) -> Result<(), RunnerError> {
+        // A test's stand-in for an image the backend cannot decode.
+        if let Some(why) = media.unit.downcast_ref::<&str>() {
+            return Err(RunnerError::Refused((*why).to_owned()));
+        }
         let Some(tokens) = media.unit.downcast_ref::<Vec<TokenId>>() else {
             return Err(RunnerError::Failed("not a scripted image".into()));
         };
@@ -400,6 +404,7 @@ impl crate::Vision for ScriptedVision {
             prompt.media.push(crate::Media {
                 at: prompt.tokens.len(),
                 len: tokens.len(),
+                block: String::new(),
                 unit: Arc::new(tokens.clone()),
             });
             prompt.tokens.extend(tokens);

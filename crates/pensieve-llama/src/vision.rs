@@ -145,6 +145,7 @@ impl Vision for LlamaVision {
             prompt.media.push(Media {
                 at,
                 len: prompt.tokens.len() - at,
+                block: String::new(),
                 unit: Arc::new(chunks),
             });
         }

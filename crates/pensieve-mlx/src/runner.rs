@@ -168,7 +168,8 @@ impl ModelRunner for MlxRunner {
                 self.restarted.take();
                 Err(RunnerError::Restarted(reason))
             }
-            Err(WorkerError::Refused(why)) => Err(RunnerError::Failed(why)),
+            // Pillow could not decode it, or it does not fit: the request's own fault.
+            Err(WorkerError::Refused(why)) => Err(RunnerError::Refused(why)),
             Err(e) => Err(RunnerError::Failed(e.to_string())),
         }
     }

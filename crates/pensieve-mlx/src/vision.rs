@@ -86,6 +86,7 @@ impl Vision for MlxVision {
             prompt.media.push(Media {
                 at,
                 len: self.layout.positions,
+                block: String::new(),
                 unit: Arc::new(ImageBytes(image.to_vec())),
             });
         }

@@ -390,8 +390,12 @@ impl Scheduler {
             );
             match result {
                 Ok(()) => {}
-                // This image's own failure (the projector refused it): its request
-                // fails, the others go on.
+                // This image's own failure: its request fails, the others go on. A
+                // refusal (an image the backend cannot decode) is the request's fault.
+                Err(RunnerError::Refused(why)) => {
+                    let why = format!("{}: {why}", media.block);
+                    return self.fail_one(part.index, EngineError::InvalidRequest(why));
+                }
                 Err(RunnerError::Failed(e)) => {
                     tracing::warn!("an image could not be computed: {e}");
                     return self.fail_one(part.index, EngineError::Backend(e));
@@ -446,6 +450,11 @@ impl Scheduler {
             RunnerError::Restarted(e) => {
                 tracing::error!("the model backend restarted: {e}");
                 self.fail_all(EngineError::BackendRestarted(e));
+            }
+            // Only images are refused, and those are handled where they are computed.
+            RunnerError::Refused(e) => {
+                tracing::error!("decode refused: {e}");
+                self.fail_all(EngineError::Backend(e));
             }
         }
     }
