@@ -1176,9 +1176,9 @@ async fn where_each_token_costs_a_step_few_drafts_are_checked() {
     let reply = "fn add(a: i32, b: i32) -> i32 { a + b } fn add(a: i32, b: i32) -> i32";
     let compute_bound = || {
         let mut runner = ScriptedRunner::new(reply);
-        // Long enough that a loaded machine's late wake-ups do not make steps look fixed
-        // (at 10 ms, a run beside a build checked 17).
-        runner.token_delay = Duration::from_millis(25);
+        // The scripted backend reports this modelled cost, so a loaded machine's late
+        // wake-ups do not make steps look fixed (timed, a run beside a build checked 17).
+        runner.token_delay = Duration::from_millis(5);
         runner
     };
     let (plain, plain_done, ..) = speculated_on(compute_bound(), valid(prompt, 200), false).await;
@@ -1315,10 +1315,10 @@ fn with_draft_model(
     Arc<std::sync::Mutex<crate::testing::RunnerLog>>,
 ) {
     let mut runner = ScriptedRunner::new(reply);
-    // The model's step well above the draft model's (no delay) even when the machine is
-    // busy: both are measured, and a draft step that a loaded machine stretched to the
-    // model's cost would make drafting look dear (it did, at 2 ms, in a CI run).
-    runner.step_delay = Duration::from_millis(10);
+    // The model's step dearer than the draft model's (no delay). Both report these
+    // modelled costs, so a loaded machine does not make drafting look dear (timed, it
+    // did in a CI run).
+    runner.step_delay = Duration::from_millis(2);
     let draft = scripted_draft(&format!("{prompt}{predicted}"), 512);
     let (log, draft_log) = (runner.log.clone(), draft.log.clone());
     (drafting(runner, draft, window), log, draft_log)

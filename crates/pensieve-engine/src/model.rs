@@ -207,6 +207,12 @@ pub trait ModelRunner: Send {
     fn can_speculate(&self) -> bool {
         false
     }
+    /// What the last [`ModelRunner::decode`] cost, where the backend models its costs
+    /// rather than spends them (the scripted test backend); None: the scheduler times the
+    /// step by the wall clock, as for every real backend.
+    fn modelled_step_seconds(&self) -> Option<f64> {
+        None
+    }
     /// Evaluate one batch. Its tokens come a sequence at a time, sequences in slot order
     /// (llama.cpp's per-slot KV streams compute consecutive slots in one pass).
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError>;

@@ -107,6 +107,8 @@ pub struct ScriptedRunner {
     /// Sleep per token of a decode call: with `step_delay`, what a step costs by its size
     /// (speculation sizes drafts by that).
     pub token_delay: Duration,
+    /// What the last decode cost by the delays above.
+    last_step: Duration,
     pub batch: usize,
     pub sequences: usize,
     pub cells: usize,
@@ -130,6 +132,7 @@ impl ScriptedRunner {
             positional: false,
             step_delay: Duration::ZERO,
             token_delay: Duration::ZERO,
+            last_step: Duration::ZERO,
             batch: 8,
             sequences: 16,
             cells: 4096,
@@ -202,8 +205,15 @@ impl ModelRunner for ScriptedRunner {
             .unwrap_or_else(|| (self.batch / 4).max(1))
     }
 
+    /// The step's cost as the delays model it: a loaded machine's late wake-ups would
+    /// otherwise make the tests that size drafts by it flaky.
+    fn modelled_step_seconds(&self) -> Option<f64> {
+        Some(self.last_step.as_secs_f64())
+    }
+
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
-        std::thread::sleep(self.step_delay + self.token_delay * batch.len() as u32);
+        self.last_step = self.step_delay + self.token_delay * batch.len() as u32;
+        std::thread::sleep(self.last_step);
         assert!(batch.len() <= self.batch, "batch over budget");
         let cells = self.cells;
         let mut log = self.log();

@@ -78,8 +78,9 @@ impl DraftModel {
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), RunnerError> {
         let started = std::time::Instant::now();
         self.runner.decode(batch)?;
-        self.cost
-            .record(batch.len(), started.elapsed().as_secs_f64());
+        let seconds = self.runner.modelled_step_seconds();
+        let seconds = seconds.unwrap_or(started.elapsed().as_secs_f64());
+        self.cost.record(batch.len(), seconds);
         Ok(())
     }
 

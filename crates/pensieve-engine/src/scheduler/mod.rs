@@ -425,7 +425,9 @@ impl Scheduler {
                 // work, which the first read of logits waits for, and each checked token
                 // is one more row of logits to sample.
                 if self.speculate && decode_only {
-                    self.step_cost.record(batch.len(), step.as_secs_f64());
+                    let seconds = self.runner.modelled_step_seconds();
+                    let seconds = seconds.unwrap_or(step.as_secs_f64());
+                    self.step_cost.record(batch.len(), seconds);
                 }
                 tracing::trace!(
                     tokens = batch.len(),
