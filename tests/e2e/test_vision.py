@@ -21,7 +21,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import ENGINE, REQUESTED_MODEL, SMOLLM2, Server, _serve, model_path
+from conftest import ENGINE, QWEN_CODER, REQUESTED_MODEL, SMOLLM2, Server, _serve, model_path, pensieve_bin
 from helpers import IMAGES_LOGGED, T0, png, prompt_total, read_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,3 +288,15 @@ def test_hostile_images_get_a_400_or_are_seen_never_a_crash(server):
     # Both kinds happened: the test exercised the decoder and its refusals.
     assert 200 in statuses and 400 in statuses, statuses
     assert client.get("/health").status_code == 200
+
+
+def test_a_projector_that_is_missing_or_for_another_model_is_named_at_start(mmproj, tmp_path):
+    def start(model: str, projector: Path) -> subprocess.CompletedProcess:
+        args = [str(pensieve_bin()), "serve", "--model", str(model_path(model)), "--mmproj", str(projector)]
+        return subprocess.run(args + ["--port", "0"], capture_output=True, text=True, timeout=120)
+
+    missing = start(SMOLLM2, tmp_path / "absent.gguf")
+    assert missing.returncode != 0 and "vision projector (--mmproj)" in missing.stderr, missing.stderr
+    # SmolLM2's projector (576 wide) for Qwen2.5-Coder-0.5B (896).
+    other = start(QWEN_CODER, mmproj)
+    assert other.returncode != 0 and "not a projector (mmproj) llama.cpp can use" in other.stderr, other.stderr[-2000:]

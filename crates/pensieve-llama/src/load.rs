@@ -50,6 +50,8 @@ impl LlamaOptions {
 pub enum LlamaError {
     #[error("model file {0} does not exist")]
     NotFound(PathBuf),
+    #[error("vision projector (--mmproj) {0} does not exist")]
+    ProjectorNotFound(PathBuf),
     #[error("llama.cpp could not initialise: {0}")]
     Backend(String),
     #[error("llama.cpp could not load {path}: {reason}")]
@@ -78,6 +80,10 @@ fn backend() -> Result<&'static LlamaBackend, LlamaError> {
 pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
     if !options.path.is_file() {
         return Err(LlamaError::NotFound(options.path.clone()));
+    }
+    // Before the model's load, which can take minutes.
+    if let Some(mmproj) = options.mmproj.as_ref().filter(|p| !p.is_file()) {
+        return Err(LlamaError::ProjectorNotFound(mmproj.clone()));
     }
     // Refuse a 0 before spending the time to load.
     options.asked.validate()?;

@@ -42,7 +42,7 @@ impl LlamaVision {
             reason,
         };
         if !path.is_file() {
-            return Err(LlamaError::NotFound(path.to_owned()));
+            return Err(LlamaError::ProjectorNotFound(path.to_owned()));
         }
         let marker = mtmd_default_marker().to_owned();
         let params = MtmdContextParams {
