@@ -45,7 +45,9 @@ pub use engine::{CachePoint, DraftModel, Engine, EngineConfig, Generation, Valid
 pub use error::EngineError;
 pub use event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 pub use formats::ToolFormat;
-pub use media::{is_media_token, media_token, Media, MediaPrompt, Vision, VisionError};
+pub use media::{
+    is_media_token, media_token, media_token_of, Media, MediaPrompt, Vision, VisionError,
+};
 pub use metrics::{CacheTier, EngineMetrics, UpstreamRecord};
 pub use model::{
     BatchToken, LoadedModel, ModelInfo, ModelRunner, Pick, RunnerError, RunsOn, SeqId, TokenId,

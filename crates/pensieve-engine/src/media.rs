@@ -61,6 +61,16 @@ pub fn media_token(digest: u64) -> TokenId {
     -1 - i32::try_from(digest & 0x3fff_ffff).unwrap_or(0)
 }
 
+/// The token for an image's positions: [`media_token`] of a sha256 of its bytes, the same
+/// on every backend and across restarts (the disk cache matches by it).
+pub fn media_token_of(image: &[u8]) -> TokenId {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(image);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    media_token(u64::from_le_bytes(first))
+}
+
 /// Whether a token stands for an image (see [`media_token`]).
 pub fn is_media_token(token: TokenId) -> bool {
     token < 0

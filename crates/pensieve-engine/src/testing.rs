@@ -406,11 +406,7 @@ impl crate::Vision for ScriptedVision {
                     reason: "it is empty".into(),
                 });
             }
-            // FNV-1a: a digest of the content.
-            let digest = image.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
-            let tokens = vec![crate::media_token(digest); Self::TOKENS];
+            let tokens = vec![crate::media_token_of(image); Self::TOKENS];
             prompt.media.push(crate::Media {
                 at: prompt.tokens.len(),
                 len: tokens.len(),

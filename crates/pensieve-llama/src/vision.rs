@@ -11,8 +11,7 @@ use llama_cpp_2::mtmd::{
     mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType,
     MtmdInputChunks, MtmdInputText,
 };
-use pensieve_engine::{media_token, Media, MediaPrompt, Vision, VisionError};
-use sha2::{Digest, Sha256};
+use pensieve_engine::{media_token_of, Media, MediaPrompt, Vision, VisionError};
 
 use crate::tokenizer::LlamaTokenizer;
 use crate::LlamaError;
@@ -128,7 +127,7 @@ impl Vision for LlamaVision {
                 .prepare(&mtmd, image)
                 .map_err(|reason| VisionError::Image { index: i, reason })?;
             let at = prompt.tokens.len();
-            let token = media_token(digest(image));
+            let token = media_token_of(image);
             for c in 0..chunks.len() {
                 let Some(chunk) = chunks.get(c) else { continue };
                 match chunk.chunk_type() {
@@ -157,14 +156,6 @@ impl Vision for LlamaVision {
             .file_name()
             .map_or_else(|| "mmproj".into(), |n| n.to_string_lossy().into_owned())
     }
-}
-
-/// An image's identity in the prefix cache: its bytes' digest.
-fn digest(image: &[u8]) -> u64 {
-    let hash = Sha256::digest(image);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(first)
 }
 
 pub(crate) fn lock(mtmd: &Mutex<MtmdContext>) -> MutexGuard<'_, MtmdContext> {

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use pensieve_engine::{media_token, Media, MediaPrompt, TokenId, Tokenizer, Vision, VisionError};
-use sha2::{Digest, Sha256};
+use pensieve_engine::{
+    media_token_of, Media, MediaPrompt, TokenId, Tokenizer, Vision, VisionError,
+};
 
 use crate::protocol::HelloVision;
 
@@ -79,7 +80,7 @@ impl Vision for MlxVision {
                 )));
             };
             let at = prompt.tokens.len();
-            let token: TokenId = media_token(digest(image));
+            let token: TokenId = media_token_of(image);
             prompt
                 .tokens
                 .extend(std::iter::repeat_n(token, self.layout.positions));
@@ -122,14 +123,6 @@ fn readable(image: &[u8]) -> Result<(), String> {
         )),
         Err(_) => Err("the data is not an image".into()),
     }
-}
-
-/// An image's identity in the prefix cache: its bytes' digest (as the llama engine's).
-fn digest(image: &[u8]) -> u64 {
-    let hash = Sha256::digest(image);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(first)
 }
 
 #[cfg(test)]

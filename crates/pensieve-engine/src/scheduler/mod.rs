@@ -256,8 +256,7 @@ impl Scheduler {
                 self.waiting.push_front(active);
                 return;
             };
-            let media = active.job.request.media.clone();
-            let reused = self.cut_before_media(seq, &media, reused);
+            let reused = self.cut_before_media(seq, &active.job.request.media, reused);
             // First admission (not a resumed preempted one): it leaves the queue.
             let first = active.cached.is_none();
             if first {
@@ -284,6 +283,7 @@ impl Scheduler {
                 self.tokenizer.as_ref(),
             );
             // A computation never stops inside an image.
+            let media = &active.job.request.media;
             active
                 .checkpoints
                 .retain(|&(at, _)| !media.iter().any(|m| m.splits_at(at)));
