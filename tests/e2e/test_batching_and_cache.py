@@ -596,13 +596,18 @@ def test_quantized_kv_cache_types_take_less_memory_and_keep_their_own_snapshots(
     assert rss["f16"] - rss["q4_0"] >= 513 / 2, rss
 
 
-def test_an_unknown_kv_cache_type_is_refused_by_name():
-    r = subprocess.run(
-        [str(pensieve_bin()), "serve", "--model", str(model_path(SMOLLM2)), "--cache-type-k", "q3"],
+def _serve_refused(*args: str) -> subprocess.CompletedProcess:
+    """`pensieve serve` of SmolLM2 with `args`, expected to stop at start."""
+    return subprocess.run(
+        [str(pensieve_bin()), "serve", "--model", str(model_path(SMOLLM2)), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_an_unknown_kv_cache_type_is_refused_by_name():
+    r = _serve_refused("--cache-type-k", "q3")
     assert r.returncode == 2, r
     assert '"q3" is not a KV cache type' in r.stderr and "q8_0" in r.stderr, r.stderr
 
@@ -642,3 +647,26 @@ def test_a_kv_cache_past_the_available_memory_is_refused_at_start_with_the_numbe
     assert "the model does not fit in memory" in r.stderr and "is available" in r.stderr, r.stderr[-2000:]
     assert f"a KV cache of {parallel} x {ctx} tokens" in r.stderr, r.stderr[-2000:]
     assert time.monotonic() - t0 < 60
+
+
+# --- 7. flash attention ------------------------------------------------------------------
+
+
+def test_flash_attention_off_answers_and_keeps_its_snapshots_apart(tmp_path: Path):
+    """`--flash-attn off` (faster decode on a CPU at long contexts) answers as llama.cpp's
+    default does. Without flash attention llama.cpp stores V transposed, so a snapshot
+    written by one is never offered to the other."""
+    cache_dir = tmp_path / "kv"
+    messages = [{"role": "user", "content": f"[{nonce()}] " + filler(200, seed=11)}]
+    for asked, shown in (([], "auto"), (["--flash-attn", "off"], "off")):
+        with serving("--cache-dir", str(cache_dir), *asked) as server:
+            first = create(server, max_tokens=8, **T0, messages=messages)
+            assert first.content[0].text, "no answer"
+            assert first.usage.cache_read_input_tokens < 64, usage_str(first.usage)
+            assert f"flash_attn={shown}" in server.log_tail(100_000)
+
+
+def test_flash_attention_off_with_a_quantized_v_cache_is_refused_by_name():
+    r = _serve_refused("--flash-attn", "off", "--cache-type-v", "q8_0")
+    assert r.returncode != 0, r
+    assert "a q8_0 V cache (--cache-type-v) needs flash attention, which --flash-attn turns off" in r.stderr, r.stderr

@@ -231,6 +231,66 @@ impl<'de> serde::Deserialize<'de> for KvType {
     }
 }
 
+/// Whether llama.cpp computes attention with its fused flash-attention kernel (llama-server's
+/// `--flash-attn on|off|auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashAttn {
+    /// As llama.cpp decides: on where the backend has the kernel.
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a flash-attention setting (on, off, auto)")]
+pub struct FlashAttnError(String);
+
+impl FromStr for FlashAttn {
+    type Err = FlashAttnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(FlashAttn::Auto),
+            "on" | "true" | "1" => Ok(FlashAttn::On),
+            "off" | "false" | "0" => Ok(FlashAttn::Off),
+            _ => Err(FlashAttnError(s.trim().to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for FlashAttn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The config file's `flash_attn`: "on", "off", "auto", or a boolean.
+impl<'de> serde::Deserialize<'de> for FlashAttn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(true) => Ok(FlashAttn::On),
+            Raw::Bool(false) => Ok(FlashAttn::Off),
+            Raw::Name(name) => name.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Bytes per token of a K and V cache of these types, from what the same cache takes in
 /// f16 (half K, half V).
 pub fn kv_bytes_with(f16_bytes: u64, k: KvType, v: KvType) -> u64 {
@@ -251,6 +311,7 @@ pub struct Layer {
     pub backend_sampling: Option<bool>,
     pub cache_type_k: Option<KvType>,
     pub cache_type_v: Option<KvType>,
+    pub flash_attn: Option<FlashAttn>,
 }
 
 /// Where a value came from, so that an error names it as the user wrote it.
@@ -298,9 +359,21 @@ impl Asked {
             .or_else(|| get(&self.config).map(|v| (v, Source::Config)))
     }
 
-    /// Reject what no default can mend: a context or a sequence count of 0, or more
-    /// sequences than llama.cpp has. A backend checks this before loading anything.
+    /// Reject what no default can mend: a context or a sequence count of 0, more
+    /// sequences than llama.cpp has, or a quantized V cache without flash attention. A
+    /// backend checks this before loading anything.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if let (Some((FlashAttn::Off, fa)), Some((v, source))) =
+            (self.pick(|l| l.flash_attn), self.pick(|l| l.cache_type_v))
+        {
+            if v.is_quantized() {
+                return Err(SettingsError::NeedsFlashAttn {
+                    v,
+                    name: source.name("cache_type_v"),
+                    flash_attn: fa.name("flash_attn"),
+                });
+            }
+        }
         if let Some((0, source)) = self.pick(|l| l.ctx) {
             return Err(SettingsError::TooSmall {
                 name: source.name("ctx"),
@@ -322,8 +395,15 @@ impl Asked {
 }
 
 impl Asked {
-    /// For an engine that keeps its KV cache as it likes: refuse a type asked for.
+    /// For an engine that keeps its KV cache and computes attention as it likes (mlx):
+    /// refuse a cache type or a flash-attention setting asked for.
     pub fn refuse_kv_types(&self, engine: &'static str) -> Result<(), SettingsError> {
+        if let Some((f, source)) = self.pick(|l| l.flash_attn) {
+            return Err(SettingsError::LlamaOnly {
+                name: format!("{} {f}", source.name("flash_attn")),
+                engine,
+            });
+        }
         for (setting, t) in [
             ("cache_type_k", self.pick(|l| l.cache_type_k)),
             ("cache_type_v", self.pick(|l| l.cache_type_v)),
@@ -343,19 +423,30 @@ impl Asked {
 pub enum SettingsError {
     #[error("{name}, but the {engine} engine keeps its KV cache in the model's own type")]
     Unsupported { name: String, engine: &'static str },
+    #[error("{name} is a setting of the llama engine, not of the {engine} engine")]
+    LlamaOnly { name: String, engine: &'static str },
+    #[error("a {v} V cache ({name}) needs flash attention, which {flash_attn} turns off")]
+    NeedsFlashAttn {
+        v: KvType,
+        name: String,
+        flash_attn: String,
+    },
     #[error("{name} must be at least {min}")]
     TooSmall { name: String, min: u64 },
     #[error("{name} must be at most {max}")]
     TooLarge { name: String, max: u64 },
     #[error(
         "the model does not fit in memory: its weights ({}) and a KV cache of {parallel} x \
-         {ctx} tokens ({}) need {}, and {} is available; ask for a smaller --ctx or \
+         {ctx} tokens ({}){} need {}, and {} is available; ask for a smaller --ctx or \
          --parallel, or a smaller --cache-type-k/-v (q8_0 halves the cache)",
-        gib(*weights), gib(*kv), gib(weights + kv), gib(*available)
+        gib(*weights), gib(*kv), scores_text(*scores), gib(weights + kv + scores),
+        gib(*available)
     )]
     DoesNotFit {
         weights: u64,
         kv: u64,
+        /// Attention scores without flash attention (0 with it).
+        scores: u64,
         available: u64,
         ctx: u32,
         parallel: usize,
@@ -373,6 +464,17 @@ pub enum SettingsError {
         ctx: u32,
         parallel: usize,
     },
+}
+
+fn scores_text(scores: u64) -> String {
+    if scores == 0 {
+        String::new()
+    } else {
+        format!(
+            " and attention scores without flash attention ({}; --flash-attn on saves them)",
+            gib(scores)
+        )
+    }
 }
 
 fn gib(bytes: u64) -> String {
@@ -393,6 +495,8 @@ pub struct ModelFacts {
     pub vocab: u32,
     /// Bytes of its weights (0: unknown).
     pub weights_bytes: u64,
+    /// Its attention (query) heads (0: unknown).
+    pub heads: u32,
 }
 
 /// The GPU llama.cpp offloads to (several are summed: it splits layers across them).
@@ -455,6 +559,14 @@ pub struct Settings {
     /// The K and V caches' element types.
     pub cache_type_k: KvType,
     pub cache_type_v: KvType,
+    /// Flash attention as asked, else as llama.cpp decides (on where the backend has the
+    /// kernel). Off is faster on a CPU at long contexts (llama.cpp's CPU kernel walks the
+    /// whole context once per query token and head; without it attention is a matrix
+    /// product): with Qwen2.5-Coder-0.5B on two EPYC cores, a one-token step at 3,000 tokens
+    /// of context took 52-65 ms against 72, at 6,000 72-98 ms against 115. It is not the
+    /// default because a step of several tokens then sums attention in another order than
+    /// a step of one, and a checked draft could change a greedy token.
+    pub flash_attn: FlashAttn,
 }
 
 /// Layers to ask llama.cpp to offload, decided before the weights are loaded: what is
@@ -521,6 +633,9 @@ pub fn resolve(
     let cache_type_v = asked
         .pick(|l| l.cache_type_v)
         .map_or(KvType::F16, |(t, _)| t);
+    let flash_attn = asked
+        .pick(|l| l.flash_attn)
+        .map_or(FlashAttn::Auto, |(f, _)| f);
     // The budget counts the cache at the types asked for.
     let model = &ModelFacts {
         kv_bytes_per_token: kv_bytes_with(model.kv_bytes_per_token, cache_type_k, cache_type_v),
@@ -538,10 +653,16 @@ pub fn resolve(
         (gpu_layers, device.host_available_bytes, device.kv)
     {
         let kv = model.kv_bytes_per_token * u64::from(sized.ctx) * sized.parallel as u64;
-        if model.weights_bytes + kv > available {
+        let scores = if flash_attn == FlashAttn::Off {
+            attention_scores_bytes(model, batch.min(sized.ctx), sized.ctx)
+        } else {
+            0
+        };
+        if model.weights_bytes + kv + scores > available {
             return Err(SettingsError::DoesNotFit {
                 weights: model.weights_bytes,
                 kv,
+                scores,
                 available,
                 ctx: sized.ctx,
                 parallel: sized.parallel,
@@ -579,7 +700,15 @@ pub fn resolve(
         may_not_fit: sized.may_not_fit,
         cache_type_k,
         cache_type_v,
+        flash_attn,
     })
+}
+
+/// Host memory for a step's attention scores without flash attention, at most: every
+/// head's `batch x ctx` matrix of f32 scores (llama.cpp reserves its compute buffer for
+/// them when the context is created). Unknown heads count as none.
+fn attention_scores_bytes(model: &ModelFacts, batch: u32, ctx: u32) -> u64 {
+    u64::from(batch) * u64::from(ctx) * u64::from(model.heads) * 4
 }
 
 /// RAM for prefix-cache snapshots unless asked: a quarter of what is available once the

@@ -10,6 +10,7 @@ fn qwen7b(train_context: u32) -> ModelFacts {
         kv_bytes_per_token: 28 * 4 * 128 * 2 * 2,
         vocab: 152_064,
         weights_bytes: 0,
+        heads: 28,
     }
 }
 
@@ -254,6 +255,7 @@ fn mlx_grows_its_kv_so_parallel_bounds_work() {
         kv_bytes_per_token: 0,
         vocab: 0,
         weights_bytes: 0,
+        heads: 0,
     };
     let s = resolved(Layer::default(), model, &device);
     assert_eq!((s.ctx, s.parallel, s.gpu_layers), (32_768, 4, 0));
@@ -462,6 +464,76 @@ fn an_engine_without_kv_types_names_the_setting_it_refuses() {
         ..Layer::default()
     });
     assert!(f16.refuse_kv_types("mlx").is_ok());
+    let fa = Asked::flags(Layer {
+        flash_attn: Some(FlashAttn::On),
+        ..Layer::default()
+    });
+    assert_eq!(
+        fa.refuse_kv_types("mlx").unwrap_err().to_string(),
+        "--flash-attn on is a setting of the llama engine, not of the mlx engine"
+    );
+}
+
+#[test]
+fn flash_attention_is_llama_cpps_choice_unless_asked() {
+    let model = qwen7b(32_768);
+    let on_cpu = |asked| resolved(asked, model, &cpu_only(Some(64 * GIB))).flash_attn;
+    assert_eq!(on_cpu(Layer::default()), FlashAttn::Auto);
+    let off = Layer {
+        flash_attn: Some(FlashAttn::Off),
+        ..Layer::default()
+    };
+    assert_eq!(on_cpu(off), FlashAttn::Off);
+    assert_eq!(
+        resolved(Layer::default(), model, &with_gpu(100)).flash_attn,
+        FlashAttn::Auto
+    );
+    assert_eq!(
+        resolved(off, model, &with_gpu(100)).flash_attn,
+        FlashAttn::Off
+    );
+}
+
+#[test]
+fn flash_attention_off_with_a_quantized_v_is_refused_by_name() {
+    let asked = Asked {
+        flags: Layer {
+            flash_attn: Some(FlashAttn::Off),
+            ..Layer::default()
+        },
+        config: Layer {
+            cache_type_v: Some(KvType::Q4_0),
+            ..Layer::default()
+        },
+        ..Asked::default()
+    };
+    let err = resolve(&asked, &qwen7b(4096), &cpu_only(None)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a q4_0 V cache (cache_type_v in the config file) needs flash attention, which \
+         --flash-attn turns off"
+    );
+    // A quantized K alone is fine without it.
+    let k_only = Layer {
+        flash_attn: Some(FlashAttn::Off),
+        cache_type_k: Some(KvType::Q8_0),
+        ..Layer::default()
+    };
+    assert!(resolve(&Asked::flags(k_only), &qwen7b(4096), &cpu_only(None)).is_ok());
+}
+
+#[test]
+fn flash_attention_names_parse_as_llama_servers() {
+    for (text, want) in [
+        ("on", FlashAttn::On),
+        ("OFF", FlashAttn::Off),
+        ("auto", FlashAttn::Auto),
+        ("true", FlashAttn::On),
+        ("0", FlashAttn::Off),
+    ] {
+        assert_eq!(text.parse::<FlashAttn>(), Ok(want), "{text}");
+    }
+    assert!("maybe".parse::<FlashAttn>().is_err());
 }
 
 #[test]
@@ -488,6 +560,19 @@ fn weights_and_kv_past_the_available_memory_are_refused_with_the_numbers() {
         "the model does not fit in memory: its weights (5.0 GiB) and a KV cache of 4 x 65536 \
          tokens (14.0 GiB) need 19.0 GiB, and 16.0 GiB is available; ask for a smaller --ctx or \
          --parallel, or a smaller --cache-type-k/-v (q8_0 halves the cache)"
+    );
+    // Flash attention asked off: its attention scores count too.
+    let off = Layer {
+        flash_attn: Some(FlashAttn::Off),
+        ..asked
+    };
+    let err = resolve(&Asked::flags(off), &model, &device).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "and attention scores without flash attention (3.5 GiB; --flash-attn on saves them) \
+             need 22.5 GiB"
+        ),
+        "{err}"
     );
     // The same in q8_0 fits.
     let q8 = Layer {

@@ -91,9 +91,12 @@ pub fn check_vocabulary(model: &dyn Tokenizer, draft: &dyn Tokenizer) -> Result<
 /// token repeats too often to predict what follows it.
 const MAX_NGRAM: usize = 4;
 const MIN_NGRAM: usize = 2;
-/// The most tokens drafted at once. (On a GPU longer drafts may pay where an output repeats
-/// an earlier one: llama-server's ngram-mod drafts 48 to 64 tokens. Not measured here yet.)
-pub const MAX_DRAFT: usize = 8;
+/// The most tokens drafted at once. Where an output copies text (a file written back with
+/// an edit) the longest drafts pay most: on a GPU a step of 9 tokens costs little more than
+/// one of 2 (see `StepCost::at`), and on two CPU cores a step of 33 tokens costs 15 to 22
+/// of one. `size_drafts` checks only what pays at the measured cost.
+/// (llama-server's ngram-mod drafts 48 to 64.)
+pub const MAX_DRAFT: usize = 32;
 
 /// Where each run of `MIN_NGRAM` to `MAX_NGRAM` tokens of one sequence last occurred with a
 /// token after it, kept up to date as the sequence grows: a draft is then a few hash lookups
@@ -324,21 +327,81 @@ impl DraftLength {
         }
         self.drafted += drafted as u64;
         self.accepted += accepted as u64;
-        let rejected = usize::from(accepted < drafted);
-        self.stood = self.stood * RATE_DECAY + accepted as f64;
-        self.checked = self.checked * RATE_DECAY + (accepted + rejected) as f64;
-        if accepted == drafted {
-            self.next = (self.next * 2).min(MAX_DRAFT);
-            self.misses = 0;
-        } else {
-            self.next = accepted.clamp(1, MAX_DRAFT);
-        }
+        self.learn(drafted, accepted);
         if accepted == 0 {
             self.misses += 1;
             self.pause = (1u32 << self.misses.min(6)) - 1;
         } else {
             self.misses = 0;
         }
+    }
+}
+
+impl DraftLength {
+    /// What an unchecked draft would have done (see [`Shadow`]): the rate and the next
+    /// length learn from it as from a check, the counters do not count it, and one that
+    /// would have stood in part ends a pause.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        self.learn(drafted, accepted);
+        if accepted > 0 {
+            self.misses = 0;
+            self.pause = 0;
+        }
+    }
+
+    fn learn(&mut self, drafted: usize, accepted: usize) {
+        let rejected = usize::from(accepted < drafted);
+        self.stood = self.stood * RATE_DECAY + accepted as f64;
+        self.checked = self.checked * RATE_DECAY + (accepted + rejected) as f64;
+        self.next = if accepted == drafted {
+            (self.next * 2).max(drafted).min(MAX_DRAFT)
+        } else {
+            accepted.clamp(1, MAX_DRAFT)
+        };
+    }
+}
+
+/// A draft left unchecked (checking it did not pay here, or its sequence pauses), followed
+/// against the tokens the sequence goes on to produce: how far it would have stood, learnt
+/// at no cost. Where a checked token is dear (a CPU) a sequence's rate would otherwise stay
+/// where its last checks left it, too low for any check to pay, even once it starts copying
+/// a file; followed drafts raise it there, to where a long check pays.
+#[derive(Debug, Clone, Default)]
+pub struct Shadow {
+    draft: Vec<TokenId>,
+    stood: usize,
+}
+
+impl Shadow {
+    /// Follow `draft`, unless one is followed already.
+    pub fn start(&mut self, draft: Vec<TokenId>) {
+        if self.draft.is_empty() {
+            self.draft = draft;
+            self.stood = 0;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.draft.clear();
+        self.stood = 0;
+    }
+
+    /// The sequence produced `token`. Once the draft failed or stood whole: as a check
+    /// would have gone, `(drafted, accepted)`, and it is done.
+    pub fn follow(&mut self, token: TokenId) -> Option<(usize, usize)> {
+        let &expected = self.draft.get(self.stood)?;
+        if expected == token {
+            self.stood += 1;
+            if self.stood < self.draft.len() {
+                return None;
+            }
+        }
+        let seen = (self.draft.len(), self.stood);
+        self.clear();
+        Some(seen)
     }
 }
 
@@ -411,6 +474,14 @@ impl StepCost {
         let sx2: f64 = points.iter().map(|p| p.2 * p.0 * p.0).sum();
         let sxy0: f64 = points.iter().map(|p| p.2 * p.0 * p.1).sum();
         Some((0.0, (sxy0 / sx2).max(0.0)))
+    }
+
+    /// Whether a step within a quarter of `n` tokens' size was measured (counted).
+    fn measured_near(&self, n: usize) -> bool {
+        self.by_size
+            .iter()
+            .enumerate()
+            .any(|(i, &(_, seen))| seen > 0 && (i + 1).abs_diff(n) * 4 <= n)
     }
 
     /// What a step of `n` tokens costs: on the line through the sizes measured near it,
@@ -516,12 +587,46 @@ pub fn size_drafts(
     for &i in &order[..best.1] {
         take[i] += 1;
     }
+    // A draft model's tokens cost a draft step each: not drafted to explore.
+    if draft_step == 0.0 {
+        explore(decoding, drafts, cost, &mut take);
+    }
     for (i, t) in take.iter_mut().enumerate() {
         if *t == 0 && probe.get(i).copied().unwrap_or(false) && drafts[i].0 > 0 {
             *t = 1;
         }
     }
     take
+}
+
+/// A draft at least this likely per token, and this long, is checked whole where no step
+/// near that size was measured yet (see [`explore`]).
+const EXPLORE_RATE: f64 = 0.9;
+const EXPLORE_LEN: usize = 8;
+
+/// Check the longest likely draft whole once its step's size is far from every size
+/// measured: what a long step costs is not read off a line through short ones. On two CPU
+/// cores (Qwen2.5-Coder-0.5B, 3k tokens of context) the second token of a step costs about
+/// a whole step and each one after it a half; drawn through sizes 1 and 2 alone, the line
+/// priced a step of 33 tokens at nearly twice what it costs, and no draft was ever checked
+/// long enough to show it. The first step of a size is not counted, so a size is explored twice.
+fn explore(decoding: usize, drafts: &[(usize, f64)], cost: &StepCost, take: &mut [usize]) {
+    let Some((i, len)) = drafts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &(len, rate))| len >= EXPLORE_LEN && rate >= EXPLORE_RATE)
+        .max_by_key(|&(_, &(len, _))| len)
+        .map(|(i, &(len, _))| (i, len))
+    else {
+        return;
+    };
+    if take[i] >= len {
+        return;
+    }
+    let size = decoding + take.iter().sum::<usize>() - take[i] + len;
+    if !cost.measured_near(size) {
+        take[i] = len;
+    }
 }
 
 #[cfg(test)]
@@ -780,6 +885,34 @@ mod tests {
     }
 
     #[test]
+    fn a_likely_long_draft_is_checked_whole_where_no_step_near_its_size_was_measured() {
+        // Two CPU cores: the second token costs three quarters of a step. Through sizes 1
+        // and 2 alone, a step of 33 tokens would cost 25 steps and no draft pay.
+        let mut cpu = StepCost::default();
+        for _ in 0..2 {
+            cpu.record(1, 0.040);
+            cpu.record(2, 0.070);
+        }
+        assert_eq!(size_drafts(1, &[(32, 0.5)], &[false], &cpu, 0.0), vec![0]);
+        assert_eq!(size_drafts(1, &[(32, 0.97)], &[false], &cpu, 0.0), vec![32]);
+        // Short drafts are sized by the line, which prices short steps well enough.
+        assert_eq!(size_drafts(1, &[(4, 0.97)], &[false], &cpu, 0.0), vec![4]);
+        assert_eq!(size_drafts(1, &[(4, 0.7)], &[false], &cpu, 0.0), vec![0]);
+        // Drafted by a draft model, whose every token costs a draft step: not explored.
+        assert_eq!(size_drafts(1, &[(32, 0.97)], &[false], &cpu, 0.04), vec![0]);
+        // The first step of a size is not counted: explored again.
+        cpu.record(33, 1.0);
+        assert_eq!(size_drafts(1, &[(32, 0.97)], &[false], &cpu, 0.0), vec![32]);
+        // Measured (15 steps' time): long drafts pay, and are checked because they do (as
+        // long as the line through the sizes measured says pays best), not to explore.
+        cpu.record(33, 0.600);
+        assert!(cpu.measured_near(33) && cpu.measured_near(30) && !cpu.measured_near(20));
+        let k = size_drafts(1, &[(32, 0.97)], &[false], &cpu, 0.0)[0];
+        assert!(k >= 8, "{k}");
+        assert_eq!(size_drafts(1, &[(32, 0.3)], &[false], &cpu, 0.0), vec![0]);
+    }
+
+    #[test]
     fn drafts_are_checked_while_they_pay_for_their_cost() {
         // Unmeasured: one token each, which measures a bigger step.
         let unknown = StepCost::default();
@@ -791,14 +924,14 @@ mod tests {
         let free = measured(0.01, 0.0, &[1, 2]);
         assert_eq!(size_drafts(1, &[(8, 0.1)], &[false], &free, 0.0), vec![8]);
         // Each token costs as much as the step itself (compute-bound): nothing pays.
-        let linear = measured(0.0, 0.01, &[1, 2, 3]);
+        let linear = measured(0.0, 0.01, &[1, 2, 3, 9]);
         assert_eq!(
             size_drafts(1, &[(8, 0.95)], &[false], &linear, 0.0),
             vec![0]
         );
         // Half the step is fixed: tokens likely to stand pay, up to where the chance of
         // the next falls below the cost (0.9: 3 tokens, see the module's rule).
-        let half = measured(0.005, 0.005, &[1, 2, 3, 4]);
+        let half = measured(0.005, 0.005, &[1, 2, 3, 4, 9]);
         assert_eq!(size_drafts(1, &[(8, 0.9)], &[false], &half, 0.0), vec![3]);
         assert_eq!(size_drafts(1, &[(8, 0.3)], &[false], &half, 0.0), vec![0]);
         // A probe checks one token whatever its rate; a sequence without a draft none.
@@ -865,12 +998,53 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_draft_reports_how_far_it_would_have_stood() {
+        let mut s = Shadow::default();
+        assert_eq!(s.follow(7), None, "nothing followed");
+        s.start(vec![1, 2, 3]);
+        // A second draft waits for the first to end.
+        s.start(vec![9]);
+        assert_eq!((s.follow(1), s.follow(2)), (None, None));
+        assert_eq!(s.follow(3), Some((3, 3)), "stood whole");
+        assert_eq!(s.follow(3), None, "done");
+        s.start(vec![1, 2, 3]);
+        assert_eq!(s.follow(1), None);
+        assert_eq!(s.follow(5), Some((3, 1)), "failed at its second token");
+        s.start(vec![4]);
+        s.clear();
+        assert_eq!(s.follow(4), None);
+    }
+
+    #[test]
+    fn followed_drafts_teach_the_rate_without_counting() {
+        let mut d = DraftLength::default();
+        // Checks that failed: a low rate and a pause.
+        d.record(4, 0);
+        d.record(1, 0);
+        assert!(d.rate() < 0.3, "{}", d.rate());
+        assert_eq!(d.want(), 0);
+        // The sequence starts copying: followed drafts that stood raise the rate past
+        // where a long check pays on a CPU, and end the pause.
+        d.observe(MAX_DRAFT, MAX_DRAFT);
+        d.observe(MAX_DRAFT, MAX_DRAFT);
+        assert!(d.rate() > 0.95, "{}", d.rate());
+        assert_eq!(d.want(), MAX_DRAFT);
+        assert!(!d.probing());
+        assert_eq!((d.drafted, d.accepted), (5, 0), "only checks are counted");
+        // One that fails: as long as the run that stood, as a check.
+        d.observe(MAX_DRAFT, 5);
+        assert_eq!(d.want(), 5);
+    }
+
+    #[test]
     fn the_draft_length_follows_acceptance() {
         let mut d = DraftLength::default();
         assert_eq!(d.want(), 4);
         d.record(4, 4);
         assert_eq!(d.want(), 8);
         d.record(8, 8);
+        assert_eq!(d.want(), 16);
+        d.record(16, 16);
         assert_eq!(d.want(), MAX_DRAFT);
         d.record(MAX_DRAFT, MAX_DRAFT);
         assert_eq!(d.want(), MAX_DRAFT);
@@ -888,8 +1062,8 @@ mod tests {
         assert_eq!(
             (d.drafted, d.accepted),
             (
-                4 + 8 + MAX_DRAFT as u64 + 8 + 3 + 1 + 1,
-                4 + 8 + MAX_DRAFT as u64 + 3 + 1
+                4 + 8 + 16 + MAX_DRAFT as u64 + 8 + 3 + 1 + 1,
+                4 + 8 + 16 + MAX_DRAFT as u64 + 3 + 1
             )
         );
         // A step without a draft changes nothing.

@@ -13,7 +13,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use pensieve_engine::settings::{
-    self, Asked, DeviceFacts, KvType, ModelFacts, Settings, SettingsError,
+    self, Asked, DeviceFacts, FlashAttn, KvType, ModelFacts, Settings, SettingsError,
 };
 use pensieve_engine::{LoadedModel, ModelInfo, RunsOn};
 
@@ -110,6 +110,7 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         vocab: u32::try_from(model.n_vocab()).unwrap_or(0),
         // Mapped, not yet read: still counted as available memory below.
         weights_bytes: model.size(),
+        heads: model.n_head(),
     };
     // Measured now, so the KV cache is sized from what the weights left free.
     let settings = settings::resolve(&options.asked, &facts, &device::facts())?;
@@ -166,6 +167,7 @@ pub fn load(options: &LlamaOptions) -> Result<LoadedModel, LlamaError> {
         kv_on_gpu = settings.kv_on_gpu,
         cache_type_k = %settings.cache_type_k,
         cache_type_v = %settings.cache_type_v,
+        flash_attn = %settings.flash_attn,
         backend_sampling_slots = settings.backend_sampling_slots,
         can_truncate = layout.can_truncate,
         has_template = info.chat_template.is_some(),
@@ -211,7 +213,13 @@ fn new_context(
         .with_type_k(kv_cache_type(settings.cache_type_k))
         .with_type_v(kv_cache_type(settings.cache_type_v))
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(threads)
+        // llama.cpp's `llama_flash_attn_type` (llama-cpp-2 takes the raw value).
+        .with_flash_attention_policy(match settings.flash_attn {
+            FlashAttn::Auto => -1,
+            FlashAttn::Off => 0,
+            FlashAttn::On => 1,
+        });
     let context = if settings.backend_sampling_slots > 0 {
         // A greedy chain on each of those slots, for good: attaching or detaching one
         // later makes llama.cpp reserve its compute graphs again, a stall for every
@@ -281,7 +289,7 @@ fn layout(
         || meta_u64(model, &format!("{architecture}.attention.sliding_window")).is_some());
     let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let fingerprint = format!(
-        "llama.cpp/{architecture}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv={k}/{v}/streams={sequences}",
+        "llama.cpp/{architecture}/params={params}/file={file_size}/layers={layers}/embd={embd}/kv_heads={kv}/kv={k}/{v}/streams={sequences}{v_layout}",
         params = model.n_params(),
         layers = model.n_layer(),
         embd = model.n_embd(),
@@ -289,6 +297,13 @@ fn layout(
         sequences = settings.parallel,
         k = settings.cache_type_k,
         v = settings.cache_type_v,
+        // Without flash attention llama.cpp stores V transposed: a sequence saved one way
+        // cannot be restored the other.
+        v_layout = if settings.flash_attn == FlashAttn::Off {
+            "/v_transposed"
+        } else {
+            ""
+        },
     );
     RunnerLayout {
         batch_size: settings.batch as usize,

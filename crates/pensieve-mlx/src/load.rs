@@ -118,6 +118,7 @@ pub fn load(options: &MlxOptions) -> Result<LoadedModel, MlxError> {
         // Nothing is sized from memory for the mlx engine.
         vocab: 0,
         weights_bytes: 0,
+        heads: 0,
     };
     let device = DeviceFacts {
         gpu: None,

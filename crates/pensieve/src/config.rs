@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use pensieve_engine::settings::{GpuLayers, KvType};
+use pensieve_engine::settings::{FlashAttn, GpuLayers, KvType};
 use pensieve_engine::speculate::Speculative;
 use pensieve_server::ImagePolicy;
 use serde::Deserialize;
@@ -126,6 +126,8 @@ pub struct ModelSettings {
     /// The K and V caches' element types ("f16", "q8_0", "q4_0", ...).
     pub cache_type_k: Option<KvType>,
     pub cache_type_v: Option<KvType>,
+    /// "on", "off" or "auto" (or a boolean).
+    pub flash_attn: Option<FlashAttn>,
     pub tool_parser: Option<String>,
     /// A Jinja file that replaces the model's own chat template.
     pub chat_template: Option<PathBuf>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
 use clap::Args;
-use pensieve_engine::settings::{self, Asked, GpuLayers, KvType, Layer};
+use pensieve_engine::settings::{self, Asked, FlashAttn, GpuLayers, KvType, Layer};
 use pensieve_engine::speculate::Speculative;
 use pensieve_engine::{
     CacheConfig, DraftModel, Engine, EngineConfig, EngineMetrics, LoadedModel, SamplingDefaults,
@@ -155,6 +155,11 @@ pub struct ServeArgs {
     /// [default: f16].
     #[arg(long, value_name = "TYPE")]
     cache_type_v: Option<KvType>,
+    /// Flash attention: on, off or auto, as llama-server's. Off decodes faster on a CPU at
+    /// long contexts, but a quantized V cache needs it, and speculating without it may
+    /// change a greedy token [default: auto, llama.cpp's choice].
+    #[arg(long, value_name = "on|off|auto")]
+    flash_attn: Option<FlashAttn>,
     /// Largest request body in MiB [default: 32].
     #[arg(long, value_name = "MIB")]
     max_body_mib: Option<usize>,
@@ -254,6 +259,7 @@ impl ServeArgs {
             backend_sampling: self.backend_sampling,
             cache_type_k: self.cache_type_k,
             cache_type_v: self.cache_type_v,
+            flash_attn: self.flash_attn,
         };
         let env = Layer {
             ctx: env_ctx,
@@ -264,6 +270,7 @@ impl ServeArgs {
             backend_sampling: None,
             cache_type_k: None,
             cache_type_v: None,
+            flash_attn: None,
         };
         (flags, env)
     }
@@ -358,6 +365,7 @@ impl LoadPlan {
                     backend_sampling: s.backend_sampling,
                     cache_type_k: s.cache_type_k,
                     cache_type_v: s.cache_type_v,
+                    flash_attn: s.flash_attn,
                 },
             },
             tool_parser,
@@ -567,6 +575,19 @@ fn start_engine(
             );
         }
         _ => {}
+    }
+    // Without flash attention, llama.cpp's attention over a step of several tokens is a
+    // matrix product that sums in another order than a step of one: a checked draft could
+    // then change a greedy token (one did, on SmolLM2).
+    let fa_off = [&asked.flags, &asked.env, &asked.config]
+        .iter()
+        .find_map(|layer| layer.flash_attn)
+        == Some(FlashAttn::Off);
+    if fa_off && speculative != Speculative::Off {
+        tracing::warn!(
+            "speculation is {speculative} and flash attention is off: a checked draft may \
+             change a greedy token where two are nearly tied"
+        );
     }
     let plan = &plan;
     let loaded = load_model(plan, args.python.as_ref())?;
@@ -1019,6 +1040,8 @@ mod tests {
             "q8_0",
             "--cache-type-v",
             "Q4_0",
+            "--flash-attn",
+            "on",
         ])
         .unwrap();
         let (flags, env) = args.layers(true);
@@ -1033,6 +1056,7 @@ mod tests {
                 backend_sampling: Some(false),
                 cache_type_k: Some(KvType::Q8_0),
                 cache_type_v: Some(KvType::Q4_0),
+                flash_attn: Some(FlashAttn::On),
             }
         );
         assert_eq!(env, Layer::default());

@@ -11,7 +11,7 @@ use crate::detok::Utf8Stream;
 use crate::event::{Completion, FinishReason, GenerationEvent, Timings, TokenLogprob, Usage};
 use crate::model::{SeqId, TokenId, Tokenizer};
 use crate::output::{OutputParser, Segment};
-use crate::speculate::{DraftLength, NgramIndex};
+use crate::speculate::{DraftLength, NgramIndex, Shadow};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{EngineError, ValidRequest};
 
@@ -57,6 +57,8 @@ pub(crate) struct Active {
     /// Tokens drafted to follow the pending one this step (speculative decoding).
     pub draft: Vec<TokenId>,
     pub draft_length: DraftLength,
+    /// A draft not checked, followed as the sequence goes on (n-gram drafts).
+    pub shadow: Shadow,
     /// Where its runs of tokens occurred, for drafts (filled once it speculates).
     pub ngrams: NgramIndex,
     generated: u32,
@@ -142,6 +144,7 @@ impl Active {
             bare_text_from: 0,
             draft: Vec::new(),
             draft_length: DraftLength::default(),
+            shadow: Shadow::default(),
             ngrams: NgramIndex::default(),
             generated: 0,
             utf8: Utf8Stream::default(),

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{CacheConfig, PrefixCache};
 use crate::metrics::{EngineMetrics, GaugeShare};
 use crate::model::{BatchToken, ModelRunner, RunnerError, SeqId, Tokenizer};
-use crate::speculate::{size_drafts, History, Speculative, StepCost, HISTORY_TOKENS};
+use crate::speculate::{size_drafts, History, Speculative, StepCost, HISTORY_TOKENS, MAX_DRAFT};
 use crate::EngineError;
 use active::Follow;
 pub(crate) use active::{Active, Job};
@@ -471,32 +471,39 @@ impl Scheduler {
         let mut decoding = 0;
         let mut drafts = Vec::with_capacity(self.running.len());
         let mut probes = Vec::with_capacity(self.running.len());
+        // Each n-gram draft at full length: what is not checked is followed (`Shadow`).
+        let mut whole = Vec::with_capacity(self.running.len());
         let by_model = self.draft_model.is_some();
         for a in &mut self.running {
             a.draft.clear();
             let decodes = a.decodes();
             decoding += usize::from(decodes);
             let mut k = 0;
+            let mut full = Vec::new();
             // No log-probabilities to report per drafted position. A prompt with images
             // is not drafted for: a draft model can't read them.
             let images = !a.job.request.media.is_empty();
             if decodes && a.job.request.sampling.logprobs.is_none() && !images {
-                k = a.draft_length.want().min(a.tokens_left().saturating_sub(1));
+                let left = a.tokens_left().saturating_sub(1);
+                k = a.draft_length.want().min(left);
                 if !by_model {
                     // Its own tokens first; else what followed its last tokens in an
                     // earlier request's output.
-                    a.draft = a.ngrams.draft(&a.tokens, k);
-                    if a.draft.is_empty() {
-                        a.draft = self.history.draft(&a.tokens, k);
+                    let most = MAX_DRAFT.min(left);
+                    full = a.ngrams.draft(&a.tokens, most);
+                    if full.is_empty() {
+                        full = self.history.draft(&a.tokens, most);
                     }
                     // What followed in a prompt with images may be one.
-                    if let Some(i) = a.draft.iter().position(|&t| crate::is_media_token(t)) {
-                        a.draft.truncate(i);
+                    if let Some(i) = full.iter().position(|&t| crate::is_media_token(t)) {
+                        full.truncate(i);
                     }
+                    a.draft = full[..k.min(full.len())].to_vec();
                     a.cut_to_grammar();
                     k = a.draft.len();
                 }
             }
+            whole.push(full);
             drafts.push((k, a.draft_length.rate()));
             probes.push(a.draft_length.probing());
         }
@@ -533,8 +540,14 @@ impl Scheduler {
                 a.cut_to_grammar();
             }
         }
-        for (a, k) in self.running.iter_mut().zip(sizes) {
+        for ((a, k), full) in self.running.iter_mut().zip(sizes).zip(whole) {
             a.draft.truncate(k);
+            if k > 0 {
+                // A check learns more than a followed draft.
+                a.shadow.clear();
+            } else if !full.is_empty() {
+                a.shadow.start(full);
+            }
         }
     }
 

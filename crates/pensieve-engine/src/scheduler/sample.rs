@@ -48,6 +48,10 @@ impl Scheduler {
         for ((i, seq, index, _, drafted), token) in due.into_iter().zip(tokens) {
             let mut step = self.take_token(i, index, token);
             if drafted == 0 {
+                let a = &mut self.running[i];
+                if let Some((drafted, stood)) = a.shadow.follow(token) {
+                    a.draft_length.observe(drafted, stood);
+                }
                 if let Step::Finished(reason) = step {
                     finished.push((i, reason));
                 }
