@@ -178,6 +178,14 @@ def main() -> int:
         default="",
         help="more llama-server flags for every llama side, e.g. '-ngl 99' on a GPU (Pensieve offloads all by itself)",
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="one more side: NAME starting with 'llama' runs llama-server, else Pensieve, with FLAGS "
+        "(e.g. 'llama-fa-on=-fa on' or 'pensieve+ngram-fa-on=--speculative ngram --flash-attn on')",
+    )
     ap.add_argument("--only", default="", help="run only the sides whose names contain this (comma-separated)")
     ap.add_argument("--skip", default="", help="leave out the sides named (comma-separated, exact names)")
     ap.add_argument("--health-timeout", type=float, default=180)
@@ -215,6 +223,10 @@ def main() -> int:
         add("llama+draft", llama(["--spec-type", "draft-simple", "--spec-draft-model", args.draft_model]))
         if "--draft-model" in pensieve_flags(args.pensieve_bin):
             add("pensieve+draft", pensieve(["--speculative", "draft", "--draft-model", args.draft_model]))
+
+    for variant in args.variant:
+        name, _, flags = variant.partition("=")
+        add(name, (llama if name.startswith("llama") else pensieve)(shlex.split(flags)))
 
     if args.only:
         keep = [k for k in args.only.split(",") if k]
